@@ -1,0 +1,172 @@
+/* fb_table: the session table shared by mod_fallback (every Apache child, both generations
+ * during a graceful restart) and udpd, in one memory-mapped file (DESIGN.md section 3).
+ *
+ * Layout: a versioned header, then NSLOTS fixed-size slots addressed by index. No pointers
+ * inside. Slot state is an atomic changed by compare-and-swap:
+ *
+ *   FREE -> CLAIMED -> ACTIVE -> FINALISING -> DONE
+ *                        ^           |
+ *                        +-----------+  (commit failed: back to ACTIVE)
+ *   any -> FAILED / FREE (cancel)
+ *
+ * The process that claims a slot fills its descriptive fields under the slot's seqlock while it
+ * is CLAIMED, then publishes it as ACTIVE. After that the descriptive fields never change;
+ * progress lives in atomics and the chunk bitmap (atomic OR). A process killed at any point
+ * leaves at worst a CLAIMED or FINALISING slot with a dead owner pid, which fb_table_claim
+ * and fb_table_recover_slot repair. The file is created under a temporary name, initialised,
+ * and renamed into place, so a reader never sees a half-built table; it is never truncated or
+ * zeroed once published. Mode 0660; attach refuses world-accessible files or foreign owners. */
+#ifndef FB_TABLE_H
+#define FB_TABLE_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "fb_err.h"
+
+#define FB_TABLE_MAGIC "FBSESS\0\0" /* 8 bytes */
+#define FB_TABLE_VERSION_MAJOR 1
+#define FB_TABLE_VERSION_MINOR 0
+
+#define FB_BITMAP_BITS 131072u /* chunks per session; chunk size grows for huge files */
+#define FB_BITMAP_WORDS (FB_BITMAP_BITS / 64u)
+#define FB_USER_MAX 128
+#define FB_RELPATH_MAX 1040 /* FB_PATH_MAX + NUL, rounded */
+#define FB_DOCROOT_MAX 1024
+#define FB_KEY_LEN 32
+#define FB_ID_RANDOM_LEN 12
+#define FB_SESSION_ID_LEN 32 /* hex characters: 8 for the slot index, 24 random */
+
+typedef enum fb_slot_state {
+    FB_SLOT_FREE = 0,
+    FB_SLOT_CLAIMED = 1,
+    FB_SLOT_ACTIVE = 2,
+    FB_SLOT_FINALISING = 3,
+    FB_SLOT_DONE = 4,
+    FB_SLOT_FAILED = 5,
+} fb_slot_state;
+
+typedef enum fb_direction { FB_DIR_UPLOAD = 1, FB_DIR_DOWNLOAD = 2 } fb_direction;
+typedef enum fb_overwrite { FB_OVERWRITE_NEVER = 0, FB_OVERWRITE_ALWAYS = 1, FB_OVERWRITE_IF_DIFFERENT = 2 } fb_overwrite;
+
+#define FB_SLOT_FLAG_EXPECTED_SHA256 1u /* expected_sha256 is set */
+#define FB_SLOT_FLAG_RESUMED 2u         /* progress was loaded from a checkpoint */
+
+/* Descriptive fields: written only while CLAIMED, under the seqlock. */
+typedef struct fb_slot_info {
+    uint8_t id_random[FB_ID_RANDOM_LEN];
+    uint8_t key[FB_KEY_LEN];
+    uint32_t direction;  /* fb_direction */
+    uint32_t chunk_size;
+    uint64_t size;
+    uint64_t nchunks;
+    uint32_t overwrite;  /* fb_overwrite */
+    uint32_t file_mode;
+    uint32_t flags;      /* FB_SLOT_FLAG_* */
+    uint32_t cipher;     /* fb_cipher bit chosen (UDP) */
+    uint64_t created_ns;
+    uint8_t expected_sha256[32];
+    char user[FB_USER_MAX];
+    char relpath[FB_RELPATH_MAX];
+    char docroot[FB_DOCROOT_MAX];
+} fb_slot_info;
+
+typedef struct fb_slot {
+    _Atomic uint32_t state;      /* fb_slot_state */
+    _Atomic uint32_t seq;        /* seqlock over INFO: odd while being written */
+    _Atomic uint32_t generation; /* incremented at each claim */
+    _Atomic int32_t owner_pid;   /* process holding CLAIMED or FINALISING */
+    _Atomic uint64_t state_since_ns;
+    _Atomic uint64_t last_activity_ns;
+    _Atomic uint64_t bytes_http;   /* payload bytes written over HTTP(S) */
+    _Atomic uint64_t bytes_udp;    /* payload bytes written over UDP */
+    _Atomic uint64_t chunks_done;  /* bits set in BITMAP */
+    _Atomic uint32_t error_code;   /* fb_err when FAILED */
+    _Atomic uint32_t writers;      /* requests currently writing data (informational) */
+    uint8_t reserved[64];
+    fb_slot_info info;
+    _Atomic uint64_t bitmap[FB_BITMAP_WORDS];
+} fb_slot;
+
+typedef struct fb_table_header {
+    char magic[8];
+    uint16_t version_major;
+    uint16_t version_minor;
+    uint32_t header_size;
+    uint64_t total_size;
+    uint32_t slot_size;
+    uint32_t nslots;
+    uint8_t boot_id[16];
+    _Atomic uint64_t heartbeat_ns; /* bumped by udpd; informational */
+    _Atomic int32_t udpd_pid;
+    uint8_t reserved[204];
+} fb_table_header;
+
+_Static_assert(sizeof(fb_table_header) == 256, "table header layout");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2, "lock-free atomics needed in shared memory");
+
+typedef struct fb_table fb_table; /* process-local handle */
+
+/* Options for fb_table_open. */
+typedef struct fb_table_opts {
+    uint32_t nslots;    /* used only when creating */
+    int create;         /* create if missing */
+    uid_t owner_uid;    /* when creating as root: chown to this uid/gid; (uid_t)-1 keeps */
+    gid_t owner_gid;
+    uid_t trusted_uid;  /* attach accepts files owned by root, by geteuid(), or by this uid */
+} fb_table_opts;
+
+/* Attaches to the table at PATH, or creates it (tmp + rename) if missing and opts->create.
+ * Refuses a file whose magic or major version differ (FB_ERR_SHM_VERSION), or whose mode gives
+ * any access to others or whose owner is not trusted (FB_ERR_SHM_PERMS). Errors in ERRBUF. */
+fb_err fb_table_open(fb_table **ptable, const char *path, const fb_table_opts *opts, char *errbuf, size_t errlen);
+void fb_table_close(fb_table *table);
+
+fb_table_header *fb_table_header_get(fb_table *table);
+uint32_t fb_table_nslots(const fb_table *table);
+fb_slot *fb_table_slot(fb_table *table, uint32_t index);
+
+/* Chunk size for a SIZE-byte file: PREFERRED, doubled until the file fits FB_BITMAP_BITS chunks. */
+uint32_t fb_table_chunk_size_for(uint64_t size, uint32_t preferred);
+
+/* Claims a slot for the caller (state CLAIMED, owner_pid = getpid(), generation bumped, info and
+ * bitmap zeroed, counters reset). Reuses FREE slots first, then DONE/FAILED slots older than
+ * DONE_LINGER seconds, ACTIVE ones idle for IDLE_TIMEOUT seconds, and CLAIMED/FINALISING ones
+ * whose owner process no longer exists. FB_ERR_TABLE_FULL when none. */
+fb_err fb_table_claim(fb_table *table, uint32_t *pindex, uint64_t now_ns, uint32_t idle_timeout_s,
+                      uint32_t done_linger_s);
+
+/* Seqlock writer side for INFO while CLAIMED. */
+void fb_slot_info_write_begin(fb_slot *slot);
+void fb_slot_info_write_end(fb_slot *slot);
+/* Consistent copy of INFO (retries while a writer is active). */
+void fb_slot_info_read(fb_slot_info *out, fb_slot *slot);
+
+/* CAS FROM -> TO; on success updates state_since_ns and, for CLAIMED/FINALISING, owner_pid. */
+int fb_slot_transition(fb_slot *slot, fb_slot_state from, fb_slot_state to);
+/* Unconditionally frees the slot (cancel), wiping the key. */
+void fb_slot_release(fb_slot *slot);
+
+/* Formats the public session id of slot INDEX ("%08x" index + 24 hex random). */
+void fb_session_id_format(char out[FB_SESSION_ID_LEN + 1], uint32_t index, const uint8_t random[FB_ID_RANDOM_LEN]);
+/* Finds the slot of a session id: the syntax must be exact, the index in range, the slot in
+ * ACTIVE, FINALISING, DONE or FAILED, and the random part equal (constant time).
+ * FB_ERR_NOT_FOUND otherwise. */
+fb_err fb_table_find(fb_table *table, uint32_t *pindex, const char *id);
+
+/* Finds an ACTIVE upload with the same user, docroot, relpath and size (for resume). */
+fb_err fb_table_find_upload(fb_table *table, uint32_t *pindex, const char *user, const char *docroot,
+                            const char *relpath, uint64_t size);
+
+/* Marks chunk INDEX complete (atomic OR); returns 1 if it was newly set (chunks_done bumped). */
+int fb_slot_set_chunk(fb_slot *slot, uint64_t index);
+int fb_slot_chunk_done(fb_slot *slot, uint64_t index);
+/* Copies the bitmap (FB_BITMAP_WORDS words) with atomic loads. */
+void fb_slot_bitmap_copy(uint64_t *out, fb_slot *slot);
+
+/* Repairs one slot whose owner died: CLAIMED -> FREE, FINALISING -> ACTIVE. Returns 1 if
+ * repaired. fb_table_claim calls it; readers may too. */
+int fb_table_recover_slot(fb_table *table, uint32_t index);
+
+#endif

@@ -1,0 +1,1 @@
+# udpd: the UDP data path daemon (built in the UDP issue).
