@@ -1,0 +1,1 @@
+# Unit tests for the UDP fast path parts of libfb.
