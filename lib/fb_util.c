@@ -1,0 +1,150 @@
+/* fb_util: small helpers shared by every part of libfb: hex encoding, random bytes from
+ * OpenSSL, SHA-256 of an open file, wall and monotonic clocks, and constant-time comparison.
+ * Digests and randomness come from OpenSSL; nothing here implements a primitive itself. */
+#include "fb_util.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+
+/* Read size for hashing: large enough to keep the syscall count low, small enough to allocate
+ * per call in a busy server. */
+#define FB_HASH_BLOCK (1024u * 1024u)
+
+void fb_hex_encode(char *out, const unsigned char *in, size_t len)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < len; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 0x0f];
+    }
+    out[2 * len] = '\0';
+}
+
+/* Value of one hex digit, or -1. */
+static int fb_hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+fb_err fb_hex_decode(unsigned char *out, size_t len, const char *in)
+{
+    if (in == NULL)
+        return FB_ERR_BAD_REQUEST;
+    /* Exactly 2*LEN digits: the string must end right there (strnlen never reads past it). */
+    if (len > (SIZE_MAX - 1) / 2 || strnlen(in, 2 * len + 1) != 2 * len)
+        return FB_ERR_BAD_REQUEST;
+    for (size_t i = 0; i < len; i++) {
+        int hi = fb_hex_digit(in[2 * i]);
+        int lo = fb_hex_digit(in[2 * i + 1]);
+
+        if (hi < 0 || lo < 0)
+            return FB_ERR_BAD_REQUEST;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return FB_OK;
+}
+
+fb_err fb_random_bytes(unsigned char *out, size_t len)
+{
+    /* RAND_bytes takes an int: feed it in bounded pieces. */
+    while (len > 0) {
+        size_t n = len > INT_MAX ? INT_MAX : len;
+
+        if (RAND_bytes(out, (int)n) != 1)
+            return FB_ERR_INTERNAL;
+        out += n;
+        len -= n;
+    }
+    return FB_OK;
+}
+
+fb_err fb_sha256_fd(unsigned char out[FB_SHA256_LEN], int fd, uint64_t size)
+{
+    fb_err rv = FB_ERR_INTERNAL;
+    EVP_MD_CTX *ctx = NULL;
+    unsigned char *buf = NULL;
+    unsigned int outlen = 0;
+    uint64_t done = 0;
+
+    if (fd < 0 || size > (uint64_t)INT64_MAX)
+        return FB_ERR_BAD_REQUEST;
+    buf = malloc(FB_HASH_BLOCK);
+    ctx = EVP_MD_CTX_new();
+    if (buf == NULL || ctx == NULL) {
+        rv = FB_ERR_NOMEM;
+        goto out;
+    }
+    if (EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) != 1)
+        goto out;
+    while (done < size) {
+        uint64_t want = size - done;
+        ssize_t n;
+
+        if (want > FB_HASH_BLOCK)
+            want = FB_HASH_BLOCK;
+        n = pread(fd, buf, (size_t)want, (off_t)done);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            rv = FB_ERR_IO;
+            goto out;
+        }
+        if (n == 0) {
+            /* The file is shorter than the caller said: its digest would be meaningless. */
+            rv = FB_ERR_IO;
+            goto out;
+        }
+        if (EVP_DigestUpdate(ctx, buf, (size_t)n) != 1)
+            goto out;
+        done += (uint64_t)n;
+    }
+    if (EVP_DigestFinal_ex(ctx, out, &outlen) != 1 || outlen != FB_SHA256_LEN)
+        goto out;
+    rv = FB_OK;
+out:
+    EVP_MD_CTX_free(ctx);
+    free(buf);
+    return rv;
+}
+
+/* Nanoseconds on CLOCK; both clocks exist on every Linux, so failure is not expected. */
+static uint64_t fb_time_ns(clockid_t clock)
+{
+    struct timespec ts;
+
+    if (clock_gettime(clock, &ts) != 0)
+        return 0;
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t fb_time_now_ns(void)
+{
+    return fb_time_ns(CLOCK_REALTIME);
+}
+
+uint64_t fb_time_mono_ns(void)
+{
+    return fb_time_ns(CLOCK_MONOTONIC);
+}
+
+int fb_mem_equal_ct(const void *a, const void *b, size_t len)
+{
+    if (len == 0)
+        return 1;
+    return CRYPTO_memcmp(a, b, len) == 0;
+}

@@ -1,0 +1,282 @@
+/* Unit tests for fb_util: hex encoding and strict decoding, SHA-256 of a file against known
+ * digests (including files larger than one read block and files shorter than claimed), random
+ * bytes, clocks and constant-time comparison. */
+#include <check.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "fb_util.h"
+
+/* SHA-256 test vectors from FIPS 180-2. */
+#define SHA256_ABC "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+#define SHA256_EMPTY "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+/* One million 'a' characters. */
+#define SHA256_MILLION_A "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+/* Exactly one 1 MiB read block of 'a', and 3 MiB + 5 bytes of 'a' (computed with Python hashlib). */
+#define SHA256_MIB_A "9bc1b2a288b26af7257a36277ae3816a7d4f16e89c1e7e77d0a5c48bad62b360"
+#define SHA256_3MIB_5_A "aff2c7498aae939dfb2fb1dc6c0c83fa3708b069428e51338801af7f5dc2bf0f"
+
+/* A temporary file holding LEN bytes of DATA (or LEN copies of FILL if DATA is NULL),
+ * already unlinked; returns its descriptor. */
+static int temp_file(const void *data, size_t len, char fill)
+{
+    char name[] = "/tmp/check_util.XXXXXX";
+    int fd = mkstemp(name);
+    char *buf;
+
+    ck_assert_int_ge(fd, 0);
+    unlink(name);
+    buf = malloc(len + 1);
+    ck_assert_ptr_nonnull(buf);
+    if (data != NULL)
+        memcpy(buf, data, len);
+    else
+        memset(buf, fill, len);
+    ck_assert_int_eq(write(fd, buf, len), (ssize_t)len);
+    free(buf);
+    return fd;
+}
+
+static void expect_sha256(int fd, uint64_t size, const char *want_hex)
+{
+    unsigned char digest[FB_SHA256_LEN];
+    char hex[FB_SHA256_HEX_LEN + 1];
+
+    ck_assert_int_eq(fb_sha256_fd(digest, fd, size), FB_OK);
+    fb_hex_encode(hex, digest, sizeof(digest));
+    ck_assert_str_eq(hex, want_hex);
+}
+
+START_TEST(test_hex_encode_is_lower_case)
+{
+    const unsigned char in[] = {0x00, 0x01, 0x7f, 0x80, 0xab, 0xff};
+    char out[2 * sizeof(in) + 1];
+
+    memset(out, 'x', sizeof(out));
+    fb_hex_encode(out, in, sizeof(in));
+    ck_assert_str_eq(out, "00017f80abff");
+    fb_hex_encode(out, in, 0);
+    ck_assert_str_eq(out, "");
+}
+END_TEST
+
+START_TEST(test_hex_decode_accepts_either_case)
+{
+    unsigned char out[4];
+    const unsigned char want[] = {0xde, 0xad, 0xbe, 0xef};
+
+    ck_assert_int_eq(fb_hex_decode(out, 4, "deadbeef"), FB_OK);
+    ck_assert_mem_eq(out, want, 4);
+    memset(out, 0, sizeof(out));
+    ck_assert_int_eq(fb_hex_decode(out, 4, "DeAdBEEF"), FB_OK);
+    ck_assert_mem_eq(out, want, 4);
+    ck_assert_int_eq(fb_hex_decode(out, 0, ""), FB_OK);
+}
+END_TEST
+
+START_TEST(test_hex_decode_rejects_bad_characters)
+{
+    unsigned char out[4];
+
+    ck_assert_int_eq(fb_hex_decode(out, 4, "deadbeeg"), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 4, "dead beef"), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 4, "deadbee "), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 4, "0xdeadbe"), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 4, "-1000000"), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 1, "\xc3\xa9"), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 1, NULL), FB_ERR_BAD_REQUEST);
+}
+END_TEST
+
+START_TEST(test_hex_decode_rejects_wrong_length)
+{
+    unsigned char out[4];
+
+    ck_assert_int_eq(fb_hex_decode(out, 4, "deadbee"), FB_ERR_BAD_REQUEST);    /* odd, short */
+    ck_assert_int_eq(fb_hex_decode(out, 4, "deadbeef0"), FB_ERR_BAD_REQUEST);  /* odd, long */
+    ck_assert_int_eq(fb_hex_decode(out, 4, "deadbeef00"), FB_ERR_BAD_REQUEST); /* even, long */
+    ck_assert_int_eq(fb_hex_decode(out, 4, "dead"), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 4, ""), FB_ERR_BAD_REQUEST);
+    ck_assert_int_eq(fb_hex_decode(out, 0, "00"), FB_ERR_BAD_REQUEST);
+}
+END_TEST
+
+START_TEST(test_hex_round_trip)
+{
+    unsigned char in[256], back[256];
+    char hex[2 * sizeof(in) + 1];
+
+    for (unsigned i = 0; i < sizeof(in); i++)
+        in[i] = (unsigned char)i;
+    fb_hex_encode(hex, in, sizeof(in));
+    ck_assert_int_eq(fb_hex_decode(back, sizeof(back), hex), FB_OK);
+    ck_assert_mem_eq(in, back, sizeof(in));
+}
+END_TEST
+
+START_TEST(test_sha256_of_abc_is_the_known_digest)
+{
+    int fd = temp_file("abc", 3, 0);
+
+    expect_sha256(fd, 3, SHA256_ABC);
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_sha256_of_empty_prefix)
+{
+    int fd = temp_file("abc", 3, 0);
+
+    expect_sha256(fd, 0, SHA256_EMPTY);
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_sha256_hashes_only_the_first_size_bytes)
+{
+    int fd = temp_file("abcdef", 6, 0);
+
+    expect_sha256(fd, 3, SHA256_ABC);
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_sha256_across_several_read_blocks)
+{
+    /* Less than one 1 MiB read block, exactly one, and a bit over three. */
+    int fd = temp_file(NULL, 3 * 1024 * 1024 + 5, 'a');
+
+    expect_sha256(fd, 1000000, SHA256_MILLION_A);
+    expect_sha256(fd, 1024 * 1024, SHA256_MIB_A);
+    expect_sha256(fd, 3 * 1024 * 1024 + 5, SHA256_3MIB_5_A);
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_sha256_file_shorter_than_size_is_an_error)
+{
+    unsigned char digest[FB_SHA256_LEN];
+    int fd = temp_file("abc", 3, 0);
+
+    ck_assert_int_eq(fb_sha256_fd(digest, fd, 4), FB_ERR_IO);
+    close(fd);
+    fd = temp_file(NULL, 3 * 1024 * 1024 + 5, 'z');
+    ck_assert_int_eq(fb_sha256_fd(digest, fd, 3 * 1024 * 1024 + 6), FB_ERR_IO);
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_sha256_does_not_move_the_file_offset)
+{
+    unsigned char digest[FB_SHA256_LEN];
+    int fd = temp_file("abc", 3, 0);
+
+    ck_assert_int_eq(lseek(fd, 1, SEEK_SET), 1);
+    ck_assert_int_eq(fb_sha256_fd(digest, fd, 3), FB_OK);
+    ck_assert_int_eq(lseek(fd, 0, SEEK_CUR), 1);
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_sha256_bad_descriptor_is_an_error)
+{
+    unsigned char digest[FB_SHA256_LEN];
+    int fd = open("/", O_RDONLY | O_DIRECTORY);
+
+    ck_assert_int_ne(fb_sha256_fd(digest, -1, 3), FB_OK);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(fb_sha256_fd(digest, fd, 3), FB_ERR_IO); /* EISDIR from pread */
+    close(fd);
+}
+END_TEST
+
+START_TEST(test_random_bytes_differ_between_calls)
+{
+    unsigned char a[32], b[32], zero[32];
+
+    memset(zero, 0, sizeof(zero));
+    ck_assert_int_eq(fb_random_bytes(a, sizeof(a)), FB_OK);
+    ck_assert_int_eq(fb_random_bytes(b, sizeof(b)), FB_OK);
+    ck_assert(memcmp(a, b, sizeof(a)) != 0);
+    ck_assert(memcmp(a, zero, sizeof(a)) != 0);
+    ck_assert_int_eq(fb_random_bytes(a, 0), FB_OK);
+}
+END_TEST
+
+START_TEST(test_clocks_advance)
+{
+    uint64_t m1 = fb_time_mono_ns();
+    uint64_t now = fb_time_now_ns();
+    struct timespec ts = {0, 2000000};
+    uint64_t m2;
+
+    nanosleep(&ts, NULL);
+    m2 = fb_time_mono_ns();
+    ck_assert_uint_ge(m2 - m1, 2000000);
+    /* Wall clock after 2020-01-01 and within a few seconds of time(). */
+    ck_assert_uint_gt(now, 1577836800ull * 1000000000ull);
+    ck_assert_uint_le(now / 1000000000ull, (uint64_t)time(NULL) + 1);
+    ck_assert_uint_ge(now / 1000000000ull + 2, (uint64_t)time(NULL));
+}
+END_TEST
+
+START_TEST(test_constant_time_compare)
+{
+    unsigned char a[64], b[64];
+
+    memset(a, 0x5a, sizeof(a));
+    memcpy(b, a, sizeof(b));
+    ck_assert_int_eq(fb_mem_equal_ct(a, b, sizeof(a)), 1);
+    b[63] ^= 1;
+    ck_assert_int_eq(fb_mem_equal_ct(a, b, sizeof(a)), 0);
+    ck_assert_int_eq(fb_mem_equal_ct(a, b, 63), 1);
+    b[63] ^= 1;
+    b[0] ^= 0x80;
+    ck_assert_int_eq(fb_mem_equal_ct(a, b, sizeof(a)), 0);
+    ck_assert_int_eq(fb_mem_equal_ct(a, b, 0), 1);
+}
+END_TEST
+
+static Suite *util_suite(void)
+{
+    Suite *s = suite_create("fb_util");
+    TCase *hex = tcase_create("hex");
+    TCase *sha = tcase_create("sha256");
+    TCase *misc = tcase_create("misc");
+
+    tcase_add_test(hex, test_hex_encode_is_lower_case);
+    tcase_add_test(hex, test_hex_decode_accepts_either_case);
+    tcase_add_test(hex, test_hex_decode_rejects_bad_characters);
+    tcase_add_test(hex, test_hex_decode_rejects_wrong_length);
+    tcase_add_test(hex, test_hex_round_trip);
+    suite_add_tcase(s, hex);
+
+    tcase_add_test(sha, test_sha256_of_abc_is_the_known_digest);
+    tcase_add_test(sha, test_sha256_of_empty_prefix);
+    tcase_add_test(sha, test_sha256_hashes_only_the_first_size_bytes);
+    tcase_add_test(sha, test_sha256_across_several_read_blocks);
+    tcase_add_test(sha, test_sha256_file_shorter_than_size_is_an_error);
+    tcase_add_test(sha, test_sha256_does_not_move_the_file_offset);
+    tcase_add_test(sha, test_sha256_bad_descriptor_is_an_error);
+    suite_add_tcase(s, sha);
+
+    tcase_add_test(misc, test_random_bytes_differ_between_calls);
+    tcase_add_test(misc, test_clocks_advance);
+    tcase_add_test(misc, test_constant_time_compare);
+    suite_add_tcase(s, misc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(util_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
