@@ -1,7 +1,7 @@
 #!/bin/bash
 # t_devserver: scripts/devserver itself: start, status, static files, auth on /fallback,
 # graceful, stop, a second instance beside the first, and the module loading.
-# shellcheck disable=SC2034,SC2317
+# shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
 T_INDEX=1
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
