@@ -72,25 +72,45 @@ typedef struct fb_config {
     unsigned ndocroots;
 } fb_config;
 
-/* Sets every field to its default (no docroots). */
+/* Largest configuration file fb_config_load reads, in bytes. */
+#define FB_CONFIG_MAX_FILE_SIZE (1024 * 1024)
+
+/* Sets every field to its default (no docroots). The string fields (bind_address, shm_path) then
+ * point at static storage: a struct filled only by this function must not go to fb_config_free. */
 void fb_config_defaults(fb_config *cfg);
 
-/* Reads and validates PATH against SCHEMA (NULL: FB_DEFAULT_SCHEMA_FILE, or the FB_SCHEMA
- * environment variable if set). On error returns FB_ERR_CONFIG and writes "file:line: what"
- * into ERRBUF. *PCFG is allocated with malloc; free with fb_config_free. */
+/* Reads PATH, validates it against the schema, then checks what the schema cannot express
+ * (repeated <default>/<user>/<group>, '..' in a docroot, min rate above target rate, both
+ * listeners disabled, cert_file without key_file, a non-numeric bind address).
+ *
+ * SCHEMA NULL means: the FB_SCHEMA environment variable if set, else FB_PKGDATADIR/fallback.xsd
+ * (the installed copy) if it exists, else fallback.xsd in the directory of PATH.
+ *
+ * On error returns FB_ERR_CONFIG and writes into ERRBUF "file:line: what" (or "file: what"
+ * when no line applies, e.g. a missing file); when there are several errors, each is on its own
+ * line (at most 8, then a count), the first one first. Never prints anything, never calls
+ * xmlCleanupParser, and only changes libxml2's thread-local error handlers for the duration of
+ * the call, so it is safe inside Apache next to other libxml2 users and from several threads.
+ * *PCFG is allocated with malloc; free with fb_config_free. Docroots come back without trailing
+ * slashes. */
 fb_err fb_config_load(fb_config **pcfg, const char *path, const char *schema, char *errbuf, size_t errlen);
 
 void fb_config_free(fb_config *cfg);
 
-/* Docroot for USER (exact <user> match first, then any <group> listed in GROUPS (NULL-terminated,
- * may be NULL), then the default). NULL if none applies. */
+/* Docroot for USER: the <user> entry with that exact name first; else the first <group> entry,
+ * in file order, whose name is in GROUPS (NULL-terminated, may be NULL); else the <default>.
+ * NULL if none applies (the user must then be refused). USER may be NULL (default only). */
 const char *fb_config_docroot(const fb_config *cfg, const char *user, const char *const *groups);
 
 /* Writes the effective settings, one "key = value" per line, as fbctl check prints them. */
 void fb_config_print(const fb_config *cfg, FILE *out);
 
 /* Changes <http_server>/<http_port> (which = "http") or https_port in the file at PATH, keeping
- * comments and layout, then re-validates; the file is replaced atomically only if valid. */
+ * comments and layout (creating the elements if absent), then re-validates; the file is replaced
+ * atomically (PATH.tmp, fsync, rename; same mode and, as root, same owner) only if the result
+ * loads with fb_config_load. Otherwise the original is untouched, PATH.tmp removed, and the
+ * error returned (FB_ERR_CONFIG; FB_ERR_USAGE for a WHICH other than "http"/"https"; FB_ERR_IO
+ * when writing fails). A symlink at PATH is followed and its target replaced. */
 fb_err fb_config_set_port(const char *path, const char *schema, const char *which, int port, char *errbuf,
                           size_t errlen);
 

@@ -1,0 +1,1212 @@
+/* fb_config: reads, validates and edits fallback.xml (see fb_config.h and docs/CONFIG.md).
+ *
+ * The file is parsed from memory with libxml2 (no network, no DTD, no entity expansion),
+ * validated against fallback.xsd, and only then read into an fb_config. libxml2's errors are
+ * captured through per-context handlers (and, for the duration of a call, the thread-local
+ * global ones, restored afterwards) into a list of "file:line: message" lines, so nothing is
+ * printed and other libxml2 users in the same process (Apache modules) are not disturbed. */
+#include "fb_config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libxml/parser.h>
+#include <libxml/tree.h>
+#include <libxml/xmlerror.h>
+#include <libxml/xmlsave.h>
+#include <libxml/xmlschemas.h>
+
+#ifndef FB_PKGDATADIR
+#define FB_PKGDATADIR "/usr/share/fallback"
+#endif
+
+#define CONFIG_SCHEMA_NAME "fallback.xsd"
+#define CONFIG_MAX_ERRORS 8
+#define CONFIG_PARSE_OPTIONS (XML_PARSE_NONET | XML_PARSE_BIG_LINES)
+
+/* libxml2 2.12 made the structured error argument const. */
+#if LIBXML_VERSION >= 21200
+typedef const xmlError *config_xml_error_ptr;
+#else
+typedef xmlErrorPtr config_xml_error_ptr;
+#endif
+
+/* Errors of one call, kept on the caller's stack (no global state). */
+typedef struct config_errors {
+    char *buf;           /* caller's ERRBUF, may be NULL */
+    size_t len;          /* its size */
+    size_t used;         /* characters written so far */
+    unsigned count;      /* errors seen (shown or not) */
+    const char *file;    /* name used for errors without a file of their own */
+    char generic[512];   /* text from the unstructured handler, used if nothing else came */
+    size_t generic_used;
+} config_errors;
+
+static void config_errors_init(config_errors *errs, char *errbuf, size_t errlen, const char *file)
+{
+    memset(errs, 0, sizeof(*errs));
+    errs->buf = errbuf;
+    errs->len = errbuf != NULL ? errlen : 0;
+    errs->file = file;
+    if (errs->len > 0)
+        errs->buf[0] = '\0';
+}
+
+/* Appends one line. The first error always goes first; lines after CONFIG_MAX_ERRORS are only
+ * counted, and config_errors_finish says how many were left out. */
+static void config_errors_add_line(config_errors *errs, const char *line)
+{
+    errs->count++;
+    if (errs->count > CONFIG_MAX_ERRORS || errs->len == 0 || errs->used + 1 >= errs->len)
+        return;
+    int n = snprintf(errs->buf + errs->used, errs->len - errs->used, "%s%s", errs->used > 0 ? "\n" : "", line);
+    if (n < 0)
+        return;
+    errs->used += (size_t)n;
+    if (errs->used >= errs->len)
+        errs->used = errs->len - 1; /* truncated */
+}
+
+static void config_errors_finish(config_errors *errs)
+{
+    if (errs->count == 0 && errs->generic_used > 0) {
+        char line[600];
+        snprintf(line, sizeof(line), "%s: %s", errs->file, errs->generic);
+        config_errors_add_line(errs, line);
+    }
+    if (errs->count > CONFIG_MAX_ERRORS && errs->len > errs->used + 1) {
+        snprintf(errs->buf + errs->used, errs->len - errs->used, "\n(%u more errors not shown)",
+                 errs->count - CONFIG_MAX_ERRORS);
+    }
+}
+
+__attribute__((format(printf, 4, 5))) static void config_error_at(config_errors *errs, const char *file, long line,
+                                                                    const char *fmt, ...)
+{
+    char msg[512];
+    char full[1200];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (line > 0)
+        snprintf(full, sizeof(full), "%s:%ld: %s", file, line, msg);
+    else
+        snprintf(full, sizeof(full), "%s: %s", file, msg);
+    config_errors_add_line(errs, full);
+}
+
+#define config_error_node(errs, node, ...) config_error_at((errs), (errs)->file, xmlGetLineNo(node), __VA_ARGS__)
+
+/* Structured handler for schema contexts and the thread-local fallback: DATA is our list. */
+static void config_xml_error(void *data, config_xml_error_ptr err)
+{
+    config_errors *errs = data;
+    if (errs == NULL || err == NULL || err->level < XML_ERR_ERROR)
+        return; /* warnings do not make a file invalid */
+
+    char msg[700];
+    snprintf(msg, sizeof(msg), "%s", err->message != NULL ? err->message : "unknown XML error");
+    size_t n = strlen(msg);
+    while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
+        msg[--n] = '\0';
+
+    long line = err->line;
+    if (line <= 0 && err->node != NULL && ((xmlNodePtr)err->node)->type == XML_ELEMENT_NODE)
+        line = xmlGetLineNo((xmlNodePtr)err->node);
+    /* Errors in the document we parsed carry its URL, which is errs->file; errors while reading
+     * the schema carry the schema's own file name, which is what the admin must look at. */
+    const char *file = err->file != NULL && err->file[0] != '\0' ? err->file : errs->file;
+    config_error_at(errs, file, line, "%s", msg);
+}
+
+/* Structured handler installed in a parser context: its user data is the parser context. */
+static void config_parser_error(void *data, config_xml_error_ptr err)
+{
+    xmlParserCtxtPtr ctxt = data;
+    config_xml_error(ctxt != NULL ? ctxt->_private : NULL, err);
+}
+
+/* Unstructured messages (rare code paths in libxml2) arrive in fragments; keep the text. */
+__attribute__((format(printf, 2, 3))) static void config_generic_error(void *data, const char *fmt, ...)
+{
+    config_errors *errs = data;
+    if (errs == NULL || errs->generic_used + 1 >= sizeof(errs->generic))
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(errs->generic + errs->generic_used, sizeof(errs->generic) - errs->generic_used, fmt, ap);
+    va_end(ap);
+    if (n > 0) {
+        errs->generic_used += (size_t)n;
+        if (errs->generic_used >= sizeof(errs->generic))
+            errs->generic_used = sizeof(errs->generic) - 1;
+    }
+    for (size_t i = 0; i < errs->generic_used; i++)
+        if (errs->generic[i] == '\n')
+            errs->generic[i] = ' ';
+}
+
+/* The thread-local libxml2 handlers in force before a call, restored after it. */
+typedef struct config_saved_handlers {
+    xmlStructuredErrorFunc serror;
+    void *sctx;
+    xmlGenericErrorFunc gerror;
+    void *gctx;
+} config_saved_handlers;
+
+static void config_handlers_install(config_saved_handlers *saved, config_errors *errs)
+{
+    saved->serror = xmlStructuredError;
+    saved->sctx = xmlStructuredErrorContext;
+    saved->gerror = xmlGenericError;
+    saved->gctx = xmlGenericErrorContext;
+    xmlSetStructuredErrorFunc(errs, config_xml_error);
+    xmlSetGenericErrorFunc(errs, config_generic_error);
+}
+
+static void config_handlers_restore(const config_saved_handlers *saved)
+{
+    xmlSetStructuredErrorFunc(saved->sctx, saved->serror);
+    xmlSetGenericErrorFunc(saved->gctx, saved->gerror);
+}
+
+/* Reads a whole regular file of at most FB_CONFIG_MAX_FILE_SIZE bytes. */
+static fb_err config_read_file(char **pbuf, size_t *plen, const char *path, config_errors *errs)
+{
+    fb_err rv = FB_ERR_CONFIG;
+    char *buf = NULL;
+    struct stat st;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+
+    if (fd < 0) {
+        config_error_at(errs, errs->file, 0, "cannot open: %s", strerror(errno));
+        goto out;
+    }
+    if (fstat(fd, &st) != 0) {
+        config_error_at(errs, errs->file, 0, "cannot stat: %s", strerror(errno));
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        config_error_at(errs, errs->file, 0, "not a regular file");
+        goto out;
+    }
+    if (st.st_size > FB_CONFIG_MAX_FILE_SIZE) {
+        config_error_at(errs, errs->file, 0, "file is larger than %d bytes", FB_CONFIG_MAX_FILE_SIZE);
+        goto out;
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (buf == NULL) {
+        rv = FB_ERR_NOMEM;
+        config_error_at(errs, errs->file, 0, "out of memory");
+        goto out;
+    }
+    size_t len = 0;
+    /* Bounded: the loop stops at EOF, on error, or when the buffer (size known) is full. */
+    while (len < (size_t)st.st_size) {
+        ssize_t n = read(fd, buf + len, (size_t)st.st_size - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            config_error_at(errs, errs->file, 0, "cannot read: %s", strerror(errno));
+            goto out;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = '\0';
+    *pbuf = buf;
+    *plen = len;
+    buf = NULL;
+    rv = FB_OK;
+out:
+    free(buf);
+    if (fd >= 0)
+        close(fd);
+    return rv;
+}
+
+/* Parses PATH into a tree, errors named after ERRS->file. Refuses DTDs: the format needs none,
+ * and without one no entity can be declared, let alone expanded. */
+static fb_err config_parse(xmlDocPtr *pdoc, const char *path, config_errors *errs)
+{
+    fb_err rv;
+    char *buf = NULL;
+    size_t len = 0;
+    xmlParserCtxtPtr ctxt = NULL;
+    xmlDocPtr doc = NULL;
+
+    rv = config_read_file(&buf, &len, path, errs);
+    if (rv != FB_OK)
+        goto out;
+    if (len > INT_MAX) { /* cannot happen with FB_CONFIG_MAX_FILE_SIZE; xmlCtxtReadMemory takes int */
+        rv = FB_ERR_CONFIG;
+        goto out;
+    }
+    rv = FB_ERR_CONFIG;
+    ctxt = xmlNewParserCtxt();
+    if (ctxt == NULL) {
+        rv = FB_ERR_NOMEM;
+        config_error_at(errs, errs->file, 0, "out of memory");
+        goto out;
+    }
+    ctxt->_private = errs;
+    ctxt->sax->serror = config_parser_error;
+    doc = xmlCtxtReadMemory(ctxt, buf, (int)len, errs->file, NULL, CONFIG_PARSE_OPTIONS);
+    if (doc == NULL || !ctxt->wellFormed) {
+        if (errs->count == 0)
+            config_error_at(errs, errs->file, 0, "not a well-formed XML document");
+        goto out;
+    }
+    if (doc->intSubset != NULL || doc->extSubset != NULL) {
+        config_error_at(errs, errs->file, 0, "a DOCTYPE declaration is not allowed");
+        goto out;
+    }
+    if (xmlDocGetRootElement(doc) == NULL) {
+        config_error_at(errs, errs->file, 0, "no root element");
+        goto out;
+    }
+    *pdoc = doc;
+    doc = NULL;
+    rv = FB_OK;
+out:
+    if (doc != NULL)
+        xmlFreeDoc(doc);
+    if (ctxt != NULL)
+        xmlFreeParserCtxt(ctxt);
+    free(buf);
+    return rv;
+}
+
+/* Picks the schema file (see fb_config_load in the header) into OUT. */
+static fb_err config_find_schema(char *out, size_t outlen, const char *path, const char *schema,
+                                 config_errors *errs)
+{
+    const char *env = getenv("FB_SCHEMA");
+    int n;
+
+    if (schema != NULL && schema[0] != '\0') {
+        n = snprintf(out, outlen, "%s", schema);
+    } else if (env != NULL && env[0] != '\0') {
+        n = snprintf(out, outlen, "%s", env);
+    } else if (access(FB_PKGDATADIR "/" CONFIG_SCHEMA_NAME, R_OK) == 0) {
+        n = snprintf(out, outlen, "%s", FB_PKGDATADIR "/" CONFIG_SCHEMA_NAME);
+    } else {
+        const char *slash = strrchr(path, '/');
+        if (slash == NULL)
+            n = snprintf(out, outlen, "%s", CONFIG_SCHEMA_NAME);
+        else
+            n = snprintf(out, outlen, "%.*s/%s", (int)(slash - path), path, CONFIG_SCHEMA_NAME);
+        if (n >= 0 && (size_t)n < outlen && access(out, R_OK) != 0) {
+            config_error_at(errs, errs->file, 0,
+                            "no schema to validate against: set FB_SCHEMA, or install %s as %s or "
+                            "beside the configuration file",
+                            CONFIG_SCHEMA_NAME, FB_PKGDATADIR "/" CONFIG_SCHEMA_NAME);
+            return FB_ERR_CONFIG;
+        }
+    }
+    if (n < 0 || (size_t)n >= outlen) {
+        config_error_at(errs, errs->file, 0, "schema path too long");
+        return FB_ERR_CONFIG;
+    }
+    if (access(out, R_OK) != 0) {
+        config_error_at(errs, errs->file, 0, "cannot read schema %s: %s", out, strerror(errno));
+        return FB_ERR_CONFIG;
+    }
+    return FB_OK;
+}
+
+static fb_err config_validate(xmlDocPtr doc, const char *schema_path, config_errors *errs)
+{
+    fb_err rv = FB_ERR_CONFIG;
+    xmlSchemaParserCtxtPtr pctxt = NULL;
+    xmlSchemaPtr schema = NULL;
+    xmlSchemaValidCtxtPtr vctxt = NULL;
+    const char *doc_file = errs->file;
+
+    /* Errors while reading the schema are about the schema file. */
+    errs->file = schema_path;
+    pctxt = xmlSchemaNewParserCtxt(schema_path);
+    if (pctxt == NULL)
+        goto nomem;
+    xmlSchemaSetParserStructuredErrors(pctxt, config_xml_error, errs);
+    schema = xmlSchemaParse(pctxt);
+    if (schema == NULL) {
+        if (errs->count == 0)
+            config_error_at(errs, schema_path, 0, "cannot parse the schema");
+        goto out;
+    }
+    errs->file = doc_file;
+    vctxt = xmlSchemaNewValidCtxt(schema);
+    if (vctxt == NULL)
+        goto nomem;
+    xmlSchemaSetValidStructuredErrors(vctxt, config_xml_error, errs);
+    int ret = xmlSchemaValidateDoc(vctxt, doc);
+    if (ret == 0 && errs->count == 0)
+        rv = FB_OK;
+    else if (errs->count == 0)
+        config_error_at(errs, doc_file, 0, "schema validation failed (internal error %d)", ret);
+    goto out;
+nomem:
+    rv = FB_ERR_NOMEM;
+    config_error_at(errs, doc_file, 0, "out of memory");
+out:
+    errs->file = doc_file;
+    if (vctxt != NULL)
+        xmlSchemaFreeValidCtxt(vctxt);
+    if (schema != NULL)
+        xmlSchemaFree(schema);
+    if (pctxt != NULL)
+        xmlSchemaFreeParserCtxt(pctxt);
+    return rv;
+}
+
+/* ---- extraction ------------------------------------------------------------------------- */
+
+static int config_name_is(const xmlNode *node, const char *name)
+{
+    return node->type == XML_ELEMENT_NODE && xmlStrcmp(node->name, (const xmlChar *)name) == 0;
+}
+
+static int config_is_blank(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+/* The element's text without surrounding XML blanks, malloc'd; NULL when out of memory. */
+static char *config_text(const xmlNode *node)
+{
+    xmlChar *raw = xmlNodeGetContent(node);
+    if (raw == NULL)
+        return strdup("");
+    const char *s = (const char *)raw;
+    while (config_is_blank(*s))
+        s++;
+    size_t n = strlen(s);
+    while (n > 0 && config_is_blank(s[n - 1]))
+        n--;
+    char *out = strndup(s, n);
+    xmlFree(raw);
+    return out;
+}
+
+/* Context of the extraction pass. */
+typedef struct config_reader {
+    fb_config *cfg;
+    config_errors *errs;
+    int nomem;
+    long http_port_line, https_port_line;
+    long enable_http_line, enable_https_line;
+    const xmlNode *cert_node, *key_node;
+    long min_rate_line;
+    long root_line;
+} config_reader;
+
+static int config_get_uint(config_reader *rd, const xmlNode *node, uint64_t max, uint64_t *out)
+{
+    char *text = config_text(node);
+    if (text == NULL) {
+        rd->nomem = 1;
+        return -1;
+    }
+    const char *s = text[0] == '+' ? text + 1 : text;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = s[0] >= '0' && s[0] <= '9' ? strtoull(s, &end, 10) : 0;
+    int ok = end != NULL && *end == '\0' && errno == 0 && v <= max;
+    if (!ok)
+        config_error_node(rd->errs, node, "Element '%s': '%s' is not a number between 0 and %llu", node->name,
+                          text, (unsigned long long)max);
+    else
+        *out = v;
+    free(text);
+    return ok ? 0 : -1;
+}
+
+static void config_get_int(config_reader *rd, const xmlNode *node, int *out, int min, int max)
+{
+    uint64_t v = 0;
+    if (config_get_uint(rd, node, (uint64_t)max, &v) != 0)
+        return;
+    if (v < (uint64_t)min) {
+        config_error_node(rd->errs, node, "Element '%s': %llu is below %d", node->name, (unsigned long long)v, min);
+        return;
+    }
+    *out = (int)v;
+}
+
+static void config_get_u32(config_reader *rd, const xmlNode *node, uint32_t *out)
+{
+    uint64_t v = 0;
+    if (config_get_uint(rd, node, UINT32_MAX, &v) == 0)
+        *out = (uint32_t)v;
+}
+
+static void config_get_bool(config_reader *rd, const xmlNode *node, int *out)
+{
+    char *text = config_text(node);
+    if (text == NULL) {
+        rd->nomem = 1;
+        return;
+    }
+    if (strcmp(text, "true") == 0 || strcmp(text, "yes") == 0 || strcmp(text, "1") == 0)
+        *out = 1;
+    else if (strcmp(text, "false") == 0 || strcmp(text, "no") == 0 || strcmp(text, "0") == 0)
+        *out = 0;
+    else
+        config_error_node(rd->errs, node, "Element '%s': '%s' is not a boolean (true/false, yes/no, 1/0)",
+                          node->name, text);
+    free(text);
+}
+
+static void config_get_string(config_reader *rd, const xmlNode *node, char **out)
+{
+    char *text = config_text(node);
+    if (text == NULL) {
+        rd->nomem = 1;
+        return;
+    }
+    free(*out);
+    *out = text;
+}
+
+/* A comma-separated list of NAMES (index i stands for bit 1 << i) into a bit set. */
+static void config_get_list(config_reader *rd, const xmlNode *node, const char *const *names, unsigned nnames,
+                            unsigned *out)
+{
+    char *text = config_text(node);
+    if (text == NULL) {
+        rd->nomem = 1;
+        return;
+    }
+    unsigned bits = 0;
+    char *save = NULL;
+    for (char *tok = strtok_r(text, ",", &save); tok != NULL; tok = strtok_r(NULL, ",", &save)) {
+        while (config_is_blank(*tok))
+            tok++;
+        size_t n = strlen(tok);
+        while (n > 0 && config_is_blank(tok[n - 1]))
+            tok[--n] = '\0';
+        unsigned i;
+        for (i = 0; i < nnames; i++)
+            if (strcmp(tok, names[i]) == 0)
+                break;
+        if (i == nnames) {
+            config_error_node(rd->errs, node, "Element '%s': unknown value '%s'", node->name, tok);
+            free(text);
+            return;
+        }
+        bits |= 1u << i;
+    }
+    free(text);
+    if (bits == 0) {
+        config_error_node(rd->errs, node, "Element '%s': the list is empty", node->name);
+        return;
+    }
+    *out = bits;
+}
+
+/* Names in bit order of enum fb_policy and enum fb_cipher. */
+static const char *const config_policy_names[] = {"fixed", "high", "fair", "low"};
+static const char *const config_cipher_names[] = {"none", "aes-128-gcm", "aes-256-gcm"};
+_Static_assert(FB_POLICY_FIXED == 1 && FB_POLICY_HIGH == 2 && FB_POLICY_FAIR == 4 && FB_POLICY_LOW == 8,
+               "policy bits match config_policy_names");
+_Static_assert(FB_CIPHER_NONE == 1 && FB_CIPHER_AES128_GCM == 2 && FB_CIPHER_AES256_GCM == 4,
+               "cipher bits match config_cipher_names");
+
+static void config_read_http_server(config_reader *rd, const xmlNode *sect)
+{
+    fb_config *cfg = rd->cfg;
+    for (const xmlNode *n = sect->children; n != NULL; n = n->next) {
+        if (config_name_is(n, "http_port")) {
+            config_get_int(rd, n, &cfg->http_port, 1, 65535);
+            rd->http_port_line = xmlGetLineNo(n);
+        } else if (config_name_is(n, "https_port")) {
+            config_get_int(rd, n, &cfg->https_port, 1, 65535);
+            rd->https_port_line = xmlGetLineNo(n);
+        } else if (config_name_is(n, "enable_http")) {
+            config_get_bool(rd, n, &cfg->enable_http);
+            rd->enable_http_line = xmlGetLineNo(n);
+        } else if (config_name_is(n, "enable_https")) {
+            config_get_bool(rd, n, &cfg->enable_https);
+            rd->enable_https_line = xmlGetLineNo(n);
+        } else if (config_name_is(n, "cert_file")) {
+            config_get_string(rd, n, &cfg->cert_file);
+            rd->cert_node = n;
+        } else if (config_name_is(n, "key_file")) {
+            config_get_string(rd, n, &cfg->key_file);
+            rd->key_node = n;
+        }
+    }
+}
+
+static void config_read_udp(config_reader *rd, const xmlNode *sect)
+{
+    fb_config *cfg = rd->cfg;
+    for (const xmlNode *n = sect->children; n != NULL; n = n->next) {
+        if (config_name_is(n, "port")) {
+            config_get_int(rd, n, &cfg->udp_port, 1, 65535);
+        } else if (config_name_is(n, "bind_address")) {
+            config_get_string(rd, n, &cfg->bind_address);
+            unsigned char addr[16];
+            if (cfg->bind_address != NULL && inet_pton(AF_INET, cfg->bind_address, addr) != 1 &&
+                inet_pton(AF_INET6, cfg->bind_address, addr) != 1)
+                config_error_node(rd->errs, n, "Element 'bind_address': '%s' is not a numeric IPv4 or IPv6 address",
+                                  cfg->bind_address);
+        }
+    }
+}
+
+static void config_read_transfer(config_reader *rd, const xmlNode *sect)
+{
+    fb_config *cfg = rd->cfg;
+    uint64_t v;
+    for (const xmlNode *n = sect->children; n != NULL; n = n->next) {
+        if (config_name_is(n, "target_rate_cap_kbps")) {
+            config_get_uint(rd, n, UINT64_MAX, &cfg->target_rate_cap_kbps);
+        } else if (config_name_is(n, "min_rate_cap_kbps")) {
+            config_get_uint(rd, n, UINT64_MAX, &cfg->min_rate_cap_kbps);
+            rd->min_rate_line = xmlGetLineNo(n);
+        } else if (config_name_is(n, "allowed_policies")) {
+            config_get_list(rd, n, config_policy_names, 4, &cfg->allowed_policies);
+        } else if (config_name_is(n, "allowed_ciphers")) {
+            config_get_list(rd, n, config_cipher_names, 3, &cfg->allowed_ciphers);
+        } else if (config_name_is(n, "content_protection_required")) {
+            config_get_bool(rd, n, &cfg->content_protection_required);
+        } else if (config_name_is(n, "chunk_size")) {
+            if (config_get_uint(rd, n, UINT32_MAX, &v) != 0)
+                continue;
+            /* The schema lists the allowed values; checked again because a wrong chunk size
+             * would break the bitmap arithmetic everywhere. */
+            if (v < 65536 || v > 67108864 || (v & (v - 1)) != 0)
+                config_error_node(rd->errs, n,
+                                  "Element 'chunk_size': %llu is not a power of two between 65536 and 67108864",
+                                  (unsigned long long)v);
+            else
+                cfg->chunk_size = (uint32_t)v;
+        } else if (config_name_is(n, "max_file_size")) {
+            config_get_uint(rd, n, UINT64_MAX, &cfg->max_file_size);
+        } else if (config_name_is(n, "file_mode")) {
+            char *text = config_text(n);
+            if (text == NULL) {
+                rd->nomem = 1;
+                continue;
+            }
+            char *end = NULL;
+            unsigned long mode = strtoul(text, &end, 8);
+            if (text[0] == '\0' || *end != '\0' || mode > 0777)
+                config_error_node(rd->errs, n, "Element 'file_mode': '%s' is not an octal mode 0000-0777", text);
+            else
+                cfg->file_mode = (unsigned)mode;
+            free(text);
+        }
+    }
+}
+
+static void config_read_sessions(config_reader *rd, const xmlNode *sect)
+{
+    fb_config *cfg = rd->cfg;
+    int max_sessions = (int)cfg->max_sessions;
+    for (const xmlNode *n = sect->children; n != NULL; n = n->next) {
+        if (config_name_is(n, "shm_path")) {
+            config_get_string(rd, n, &cfg->shm_path);
+            if (cfg->shm_path != NULL && cfg->shm_path[0] != '/')
+                config_error_node(rd->errs, n, "Element 'shm_path': '%s' is not an absolute path", cfg->shm_path);
+        } else if (config_name_is(n, "max_sessions")) {
+            config_get_int(rd, n, &max_sessions, 1, 65536);
+            cfg->max_sessions = (uint32_t)max_sessions;
+        } else if (config_name_is(n, "idle_timeout")) {
+            config_get_u32(rd, n, &cfg->idle_timeout);
+        } else if (config_name_is(n, "done_linger")) {
+            config_get_u32(rd, n, &cfg->done_linger);
+        } else if (config_name_is(n, "max_json_body")) {
+            config_get_u32(rd, n, &cfg->max_json_body);
+        }
+    }
+}
+
+/* Checks an absolute docroot and drops trailing slashes ("/srv/x/" -> "/srv/x"). */
+static int config_docroot_ok(config_reader *rd, const xmlNode *node, char *dir)
+{
+    if (dir[0] != '/') {
+        config_error_node(rd->errs, node, "Element '%s': docroot '%s' is not an absolute path", node->name, dir);
+        return 0;
+    }
+    /* '..' would let the docroot move with the tree around it; refuse any such component. */
+    for (const char *p = dir; (p = strstr(p, "..")) != NULL; p += 2) {
+        if (p[-1] == '/' && (p[2] == '/' || p[2] == '\0')) {
+            config_error_node(rd->errs, node, "Element '%s': docroot '%s' contains a '..' component", node->name,
+                              dir);
+            return 0;
+        }
+    }
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/')
+        dir[--n] = '\0';
+    return 1;
+}
+
+static void config_read_docroots(config_reader *rd, const xmlNode *sect)
+{
+    fb_config *cfg = rd->cfg;
+    unsigned count = 0;
+    const xmlNode *default_node = NULL;
+
+    for (const xmlNode *n = sect->children; n != NULL; n = n->next)
+        if (n->type == XML_ELEMENT_NODE)
+            count++;
+    if (count == 0)
+        return;
+    /* One array for all entries: the schema allows nothing else in <docroots>. */
+    cfg->docroots = calloc(count, sizeof(*cfg->docroots));
+    const xmlNode **nodes = calloc(count, sizeof(*nodes));
+    if (cfg->docroots == NULL || nodes == NULL) {
+        free(nodes);
+        rd->nomem = 1;
+        return;
+    }
+
+    for (const xmlNode *n = sect->children; n != NULL && cfg->ndocroots < count; n = n->next) {
+        int is_user = config_name_is(n, "user"), is_group = config_name_is(n, "group");
+        if (!is_user && !is_group && !config_name_is(n, "default"))
+            continue;
+        char *dir = config_text(n);
+        char *name = NULL;
+        if (dir == NULL) {
+            rd->nomem = 1;
+            break;
+        }
+        if (!config_docroot_ok(rd, n, dir)) {
+            free(dir);
+            continue;
+        }
+        if (!is_user && !is_group) {
+            if (default_node != NULL) {
+                config_error_node(rd->errs, n, "Element 'default': a second <default> docroot (the first is at line %ld)",
+                                  xmlGetLineNo(default_node));
+                free(dir);
+                continue;
+            }
+            default_node = n;
+        } else {
+            xmlChar *attr = xmlGetProp(n, (const xmlChar *)"name");
+            int has_attr = attr != NULL;
+            name = has_attr ? strdup((const char *)attr) : NULL;
+            xmlFree(attr);
+            if (name == NULL || name[0] == '\0') {
+                if (name == NULL && has_attr)
+                    rd->nomem = 1;
+                else
+                    config_error_node(rd->errs, n, "Element '%s': attribute 'name' is missing or empty", n->name);
+                free(name);
+                free(dir);
+                continue;
+            }
+            const xmlNode *dup = NULL;
+            for (unsigned i = 0; i < cfg->ndocroots && dup == NULL; i++) {
+                const char *other = is_user ? cfg->docroots[i].user : cfg->docroots[i].group;
+                if (other != NULL && strcmp(other, name) == 0)
+                    dup = nodes[i];
+            }
+            if (dup != NULL) {
+                config_error_node(rd->errs, n, "Element '%s': duplicate %s name '%s' (first at line %ld)", n->name,
+                                  is_user ? "user" : "group", name, xmlGetLineNo(dup));
+                free(name);
+                free(dir);
+                continue;
+            }
+        }
+        fb_docroot *d = &cfg->docroots[cfg->ndocroots];
+        d->user = is_user ? name : NULL;
+        d->group = is_group ? name : NULL;
+        d->docroot = dir;
+        nodes[cfg->ndocroots] = n;
+        cfg->ndocroots++;
+    }
+    free(nodes);
+}
+
+/* Cross-field rules the schema cannot state. */
+static void config_check_semantics(config_reader *rd)
+{
+    fb_config *cfg = rd->cfg;
+    config_errors *errs = rd->errs;
+
+    if (!cfg->enable_http && !cfg->enable_https)
+        config_error_at(errs, errs->file,
+                        rd->enable_https_line ? rd->enable_https_line
+                                              : rd->enable_http_line ? rd->enable_http_line : rd->root_line,
+                        "enable_http and enable_https are both false: clients could neither create sessions "
+                        "nor continue over HTTP(S)");
+    if (cfg->enable_http && cfg->enable_https && cfg->http_port == cfg->https_port)
+        config_error_at(errs, errs->file,
+                        rd->https_port_line ? rd->https_port_line
+                                            : rd->http_port_line ? rd->http_port_line : rd->root_line,
+                        "http_port and https_port are both %d: one port cannot serve HTTP and HTTPS",
+                        cfg->http_port);
+    if ((rd->cert_node != NULL) != (rd->key_node != NULL)) {
+        const xmlNode *given = rd->cert_node != NULL ? rd->cert_node : rd->key_node;
+        config_error_node(errs, given, "Element '%s': cert_file and key_file must be given together",
+                          given->name);
+    }
+    if (cfg->target_rate_cap_kbps != 0 && cfg->min_rate_cap_kbps > cfg->target_rate_cap_kbps)
+        config_error_at(errs, errs->file, rd->min_rate_line,
+                        "min_rate_cap_kbps (%llu) is above target_rate_cap_kbps (%llu)",
+                        (unsigned long long)cfg->min_rate_cap_kbps, (unsigned long long)cfg->target_rate_cap_kbps);
+}
+
+static fb_err config_extract(fb_config *cfg, xmlDocPtr doc, config_errors *errs)
+{
+    config_reader rd;
+    memset(&rd, 0, sizeof(rd));
+    rd.cfg = cfg;
+    rd.errs = errs;
+
+    const xmlNode *root = xmlDocGetRootElement(doc);
+    if (!config_name_is(root, "CONF")) {
+        config_error_node(errs, root, "the root element must be <CONF version=\"1\">, not <%s>", root->name);
+        return FB_ERR_CONFIG;
+    }
+    rd.root_line = xmlGetLineNo(root);
+    for (const xmlNode *n = root->children; n != NULL; n = n->next) {
+        if (config_name_is(n, "http_server"))
+            config_read_http_server(&rd, n);
+        else if (config_name_is(n, "udp"))
+            config_read_udp(&rd, n);
+        else if (config_name_is(n, "transfer"))
+            config_read_transfer(&rd, n);
+        else if (config_name_is(n, "sessions"))
+            config_read_sessions(&rd, n);
+        else if (config_name_is(n, "docroots"))
+            config_read_docroots(&rd, n);
+    }
+    if (rd.nomem) {
+        config_error_at(errs, errs->file, 0, "out of memory");
+        return FB_ERR_NOMEM;
+    }
+    config_check_semantics(&rd);
+    return errs->count == 0 ? FB_OK : FB_ERR_CONFIG;
+}
+
+/* ---- public ----------------------------------------------------------------------------- */
+
+void fb_config_defaults(fb_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->http_port = FB_DEFAULT_HTTP_PORT;
+    cfg->https_port = FB_DEFAULT_HTTPS_PORT;
+    cfg->enable_http = 0;
+    cfg->enable_https = 1;
+    cfg->udp_port = FB_DEFAULT_UDP_PORT;
+    cfg->bind_address = (char *)"::";
+    cfg->allowed_policies = FB_POLICY_FIXED | FB_POLICY_HIGH | FB_POLICY_FAIR | FB_POLICY_LOW;
+    cfg->allowed_ciphers = FB_CIPHER_AES128_GCM | FB_CIPHER_AES256_GCM;
+    cfg->chunk_size = FB_DEFAULT_CHUNK_SIZE;
+    cfg->file_mode = FB_DEFAULT_FILE_MODE;
+    cfg->shm_path = (char *)FB_DEFAULT_SHM_PATH;
+    cfg->max_sessions = FB_DEFAULT_MAX_SESSIONS;
+    cfg->idle_timeout = FB_DEFAULT_IDLE_TIMEOUT;
+    cfg->done_linger = FB_DEFAULT_DONE_LINGER;
+    cfg->max_json_body = FB_DEFAULT_MAX_JSON_BODY;
+}
+
+void fb_config_free(fb_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free(cfg->file);
+    free(cfg->cert_file);
+    free(cfg->key_file);
+    free(cfg->bind_address);
+    free(cfg->shm_path);
+    for (unsigned i = 0; i < cfg->ndocroots; i++) {
+        free(cfg->docroots[i].user);
+        free(cfg->docroots[i].group);
+        free(cfg->docroots[i].docroot);
+    }
+    free(cfg->docroots);
+    free(cfg);
+}
+
+/* fb_config_load, with DISPLAY as the file name in messages (set_port validates PATH.tmp but
+ * reports against the file the admin named). */
+static fb_err config_load_named(fb_config **pcfg, const char *path, const char *display, const char *schema,
+                                char *errbuf, size_t errlen)
+{
+    fb_err rv;
+    config_errors errs;
+    config_saved_handlers saved;
+    xmlDocPtr doc = NULL;
+    fb_config *cfg = NULL;
+    char schema_path[PATH_MAX];
+
+    *pcfg = NULL;
+    config_errors_init(&errs, errbuf, errlen, display);
+    xmlInitParser(); /* idempotent; makes first use from several threads safe */
+    config_handlers_install(&saved, &errs);
+
+    rv = config_find_schema(schema_path, sizeof(schema_path), path, schema, &errs);
+    if (rv != FB_OK)
+        goto out;
+    rv = config_parse(&doc, path, &errs);
+    if (rv != FB_OK)
+        goto out;
+    rv = config_validate(doc, schema_path, &errs);
+    if (rv != FB_OK)
+        goto out;
+
+    cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL)
+        goto nomem;
+    fb_config_defaults(cfg);
+    /* Replace the static defaults so fb_config_free can free every string. */
+    cfg->bind_address = strdup(cfg->bind_address);
+    cfg->shm_path = strdup(cfg->shm_path);
+    cfg->file = strdup(display);
+    if (cfg->bind_address == NULL || cfg->shm_path == NULL || cfg->file == NULL)
+        goto nomem;
+    rv = config_extract(cfg, doc, &errs);
+    if (rv != FB_OK)
+        goto out;
+    *pcfg = cfg;
+    cfg = NULL;
+    goto out;
+nomem:
+    rv = FB_ERR_NOMEM;
+    config_error_at(&errs, display, 0, "out of memory");
+out:
+    config_errors_finish(&errs);
+    config_handlers_restore(&saved);
+    if (rv != FB_OK && errs.count == 0)
+        config_error_at(&errs, display, 0, "%s", fb_err_message(rv));
+    fb_config_free(cfg);
+    if (doc != NULL)
+        xmlFreeDoc(doc);
+    return rv;
+}
+
+fb_err fb_config_load(fb_config **pcfg, const char *path, const char *schema, char *errbuf, size_t errlen)
+{
+    if (pcfg == NULL || path == NULL || path[0] == '\0') {
+        if (errbuf != NULL && errlen > 0)
+            snprintf(errbuf, errlen, "fb_config_load: no configuration file named");
+        if (pcfg != NULL)
+            *pcfg = NULL;
+        return FB_ERR_CONFIG;
+    }
+    return config_load_named(pcfg, path, path, schema, errbuf, errlen);
+}
+
+const char *fb_config_docroot(const fb_config *cfg, const char *user, const char *const *groups)
+{
+    if (cfg == NULL)
+        return NULL;
+    if (user != NULL)
+        for (unsigned i = 0; i < cfg->ndocroots; i++)
+            if (cfg->docroots[i].user != NULL && strcmp(cfg->docroots[i].user, user) == 0)
+                return cfg->docroots[i].docroot;
+    if (groups != NULL)
+        for (unsigned i = 0; i < cfg->ndocroots; i++) {
+            if (cfg->docroots[i].group == NULL)
+                continue;
+            for (const char *const *g = groups; *g != NULL; g++)
+                if (strcmp(cfg->docroots[i].group, *g) == 0)
+                    return cfg->docroots[i].docroot;
+        }
+    for (unsigned i = 0; i < cfg->ndocroots; i++)
+        if (cfg->docroots[i].user == NULL && cfg->docroots[i].group == NULL)
+            return cfg->docroots[i].docroot;
+    return NULL;
+}
+
+static void config_print_list(FILE *out, const char *key, unsigned bits, const char *const *names, unsigned n)
+{
+    fprintf(out, "%s = ", key);
+    int first = 1;
+    for (unsigned i = 0; i < n; i++)
+        if (bits & (1u << i)) {
+            fprintf(out, "%s%s", first ? "" : ",", names[i]);
+            first = 0;
+        }
+    fputc('\n', out);
+}
+
+void fb_config_print(const fb_config *cfg, FILE *out)
+{
+    fprintf(out, "file = %s\n", cfg->file != NULL ? cfg->file : "(defaults)");
+    fprintf(out, "http_server.http_port = %d\n", cfg->http_port);
+    fprintf(out, "http_server.https_port = %d\n", cfg->https_port);
+    fprintf(out, "http_server.enable_http = %s\n", cfg->enable_http ? "true" : "false");
+    fprintf(out, "http_server.enable_https = %s\n", cfg->enable_https ? "true" : "false");
+    fprintf(out, "http_server.cert_file = %s\n", cfg->cert_file != NULL ? cfg->cert_file : "(none)");
+    fprintf(out, "http_server.key_file = %s\n", cfg->key_file != NULL ? cfg->key_file : "(none)");
+    fprintf(out, "udp.port = %d\n", cfg->udp_port);
+    fprintf(out, "udp.bind_address = %s\n", cfg->bind_address != NULL ? cfg->bind_address : "::");
+    fprintf(out, "transfer.target_rate_cap_kbps = %llu\n", (unsigned long long)cfg->target_rate_cap_kbps);
+    fprintf(out, "transfer.min_rate_cap_kbps = %llu\n", (unsigned long long)cfg->min_rate_cap_kbps);
+    config_print_list(out, "transfer.allowed_policies", cfg->allowed_policies, config_policy_names, 4);
+    config_print_list(out, "transfer.allowed_ciphers", cfg->allowed_ciphers, config_cipher_names, 3);
+    fprintf(out, "transfer.content_protection_required = %s\n", cfg->content_protection_required ? "true" : "false");
+    fprintf(out, "transfer.chunk_size = %u\n", (unsigned)cfg->chunk_size);
+    fprintf(out, "transfer.max_file_size = %llu\n", (unsigned long long)cfg->max_file_size);
+    fprintf(out, "transfer.file_mode = %04o\n", cfg->file_mode);
+    fprintf(out, "sessions.shm_path = %s\n", cfg->shm_path != NULL ? cfg->shm_path : FB_DEFAULT_SHM_PATH);
+    fprintf(out, "sessions.max_sessions = %u\n", (unsigned)cfg->max_sessions);
+    fprintf(out, "sessions.idle_timeout = %u\n", (unsigned)cfg->idle_timeout);
+    fprintf(out, "sessions.done_linger = %u\n", (unsigned)cfg->done_linger);
+    fprintf(out, "sessions.max_json_body = %u\n", (unsigned)cfg->max_json_body);
+    if (cfg->ndocroots == 0)
+        fprintf(out, "docroots = (none: every user is refused)\n");
+    for (unsigned i = 0; i < cfg->ndocroots; i++) {
+        const fb_docroot *d = &cfg->docroots[i];
+        if (d->user != NULL)
+            fprintf(out, "docroots.user.%s = %s\n", d->user, d->docroot);
+        else if (d->group != NULL)
+            fprintf(out, "docroots.group.%s = %s\n", d->group, d->docroot);
+        else
+            fprintf(out, "docroots.default = %s\n", d->docroot);
+    }
+}
+
+/* ---- set_port ----------------------------------------------------------------------------- */
+
+static int config_depth(const xmlNode *node)
+{
+    int depth = 0;
+    for (const xmlNode *p = node->parent; p != NULL && p->type == XML_ELEMENT_NODE && depth < 64; p = p->parent)
+        depth++;
+    return depth;
+}
+
+static int config_text_is_blank(const xmlNode *node)
+{
+    if (node == NULL || node->type != XML_TEXT_NODE)
+        return 0;
+    for (const xmlChar *c = node->content; c != NULL && *c != '\0'; c++)
+        if (!config_is_blank((char)*c))
+            return 0;
+    return 1;
+}
+
+/* Newline plus two spaces per level, the shipped file's layout. */
+static xmlNodePtr config_indent_node(xmlDocPtr doc, int level)
+{
+    char buf[1 + 2 * 32 + 1];
+    if (level > 32)
+        level = 32;
+    buf[0] = '\n';
+    memset(buf + 1, ' ', (size_t)(2 * level));
+    buf[1 + 2 * level] = '\0';
+    return xmlNewDocText(doc, (const xmlChar *)buf);
+}
+
+/* Adds <NAME>CONTENT</NAME> as the last element of PARENT, indented like its siblings.
+ * libxml2 merges adjacent text nodes on insertion (freeing the inserted one), so the element is
+ * linked first and each text node is inserted next to it and never touched again. */
+static xmlNodePtr config_add_child(xmlNodePtr parent, const char *name, const char *content)
+{
+    xmlDocPtr doc = parent->doc;
+    int level = config_depth(parent);
+    xmlNodePtr elem = xmlNewDocNode(doc, NULL, (const xmlChar *)name, (const xmlChar *)content);
+    xmlNodePtr text;
+
+    if (elem == NULL)
+        return NULL;
+    if (config_text_is_blank(parent->last)) {
+        /* "...<prev/>\n  </parent>" becomes "...<prev/>\n    <new/>\n  </parent>". */
+        if (xmlAddPrevSibling(parent->last, elem) == NULL)
+            goto fail;
+    } else {
+        if (xmlAddChild(parent, elem) == NULL)
+            goto fail;
+        if ((text = config_indent_node(doc, level)) == NULL)
+            return NULL; /* ELEM is linked: it goes with the document */
+        if (xmlAddNextSibling(elem, text) == NULL) {
+            xmlFreeNode(text);
+            return NULL;
+        }
+    }
+    if ((text = config_indent_node(doc, level + 1)) == NULL)
+        return NULL;
+    if (xmlAddPrevSibling(elem, text) == NULL) {
+        xmlFreeNode(text);
+        return NULL;
+    }
+    return elem;
+fail:
+    xmlFreeNode(elem);
+    return NULL;
+}
+
+static xmlNodePtr config_find_child(xmlNodePtr parent, const char *name)
+{
+    for (xmlNodePtr n = parent->children; n != NULL; n = n->next)
+        if (config_name_is(n, name))
+            return n;
+    return NULL;
+}
+
+static void config_fsync_dir(const char *file)
+{
+    char dir[PATH_MAX];
+    const char *slash = strrchr(file, '/');
+    if (slash == NULL)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == file)
+        snprintf(dir, sizeof(dir), "/");
+    else
+        snprintf(dir, sizeof(dir), "%.*s", (int)(slash - file), file);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        (void)fsync(fd); /* best effort: the rename is already visible */
+        close(fd);
+    }
+}
+
+fb_err fb_config_set_port(const char *path, const char *schema, const char *which, int port, char *errbuf,
+                          size_t errlen)
+{
+    fb_err rv = FB_ERR_CONFIG;
+    config_errors errs;
+    config_saved_handlers saved;
+    xmlDocPtr doc = NULL;
+    xmlSaveCtxtPtr save = NULL;
+    fb_config *cfg = NULL;
+    char real[PATH_MAX];
+    char tmp[PATH_MAX + 8];
+    char value[16];
+    const char *elem_name;
+    int fd = -1, tmp_created = 0;
+    struct stat st;
+
+    config_errors_init(&errs, errbuf, errlen, path != NULL ? path : "(null)");
+    if (path == NULL || which == NULL) {
+        config_error_at(&errs, errs.file, 0, "no file or port kind given");
+        return FB_ERR_USAGE;
+    }
+    if (strcmp(which, "http") == 0)
+        elem_name = "http_port";
+    else if (strcmp(which, "https") == 0)
+        elem_name = "https_port";
+    else {
+        config_error_at(&errs, path, 0, "unknown port kind '%s' (use http or https)", which);
+        return FB_ERR_USAGE;
+    }
+    if (realpath(path, real) == NULL) {
+        config_error_at(&errs, path, 0, "cannot open: %s", strerror(errno));
+        return FB_ERR_CONFIG;
+    }
+    if (stat(real, &st) != 0) {
+        config_error_at(&errs, path, 0, "cannot stat: %s", strerror(errno));
+        return FB_ERR_CONFIG;
+    }
+    snprintf(tmp, sizeof(tmp), "%s.tmp", real);
+    /* The range is left to validation on purpose: the same check, the same message. */
+    snprintf(value, sizeof(value), "%d", port);
+
+    xmlInitParser();
+    config_handlers_install(&saved, &errs);
+    rv = config_parse(&doc, real, &errs);
+    if (rv != FB_OK)
+        goto out;
+    rv = FB_ERR_CONFIG;
+    xmlNodePtr root = xmlDocGetRootElement(doc);
+    if (!config_name_is(root, "CONF")) {
+        config_error_node(&errs, root, "the root element must be <CONF version=\"1\">, not <%s>", root->name);
+        goto out;
+    }
+    xmlNodePtr server = config_find_child(root, "http_server");
+    if (server == NULL && (server = config_add_child(root, "http_server", NULL)) == NULL)
+        goto nomem;
+    xmlNodePtr elem = config_find_child(server, elem_name);
+    if (elem == NULL) {
+        if (config_add_child(server, elem_name, value) == NULL)
+            goto nomem;
+    } else {
+        xmlNodeSetContent(elem, (const xmlChar *)value);
+    }
+
+    /* O_EXCL: never write through something already at PATH.tmp (a symlink planted there, or
+     * another fbctl at work). */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+        rv = errno == EEXIST ? FB_ERR_CONFIG : FB_ERR_IO;
+        config_error_at(&errs, tmp, 0, "cannot create: %s%s", strerror(errno),
+                        errno == EEXIST ? " (left by an interrupted change? remove it and retry)" : "");
+        goto out;
+    }
+    tmp_created = 1;
+    if (fchmod(fd, st.st_mode & 07777) != 0 || (geteuid() == 0 && fchown(fd, st.st_uid, st.st_gid) != 0)) {
+        rv = FB_ERR_IO;
+        config_error_at(&errs, tmp, 0, "cannot set mode or owner: %s", strerror(errno));
+        goto out;
+    }
+    /* No XML_SAVE_FORMAT: the blank text nodes and comments of the original are written back
+     * as they were. */
+    save = xmlSaveToFd(fd, "UTF-8", 0);
+    if (save == NULL)
+        goto nomem;
+    long saved_bytes = xmlSaveDoc(save, doc);
+    int close_rc = xmlSaveClose(save);
+    save = NULL;
+    if (saved_bytes < 0 || close_rc < 0 || fsync(fd) != 0) {
+        rv = FB_ERR_IO;
+        config_error_at(&errs, tmp, 0, "cannot write: %s", errno != 0 ? strerror(errno) : "libxml2 save failed");
+        goto out;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        rv = FB_ERR_IO;
+        config_error_at(&errs, tmp, 0, "cannot write: %s", strerror(errno));
+        goto out;
+    }
+    fd = -1;
+
+    /* Validate exactly what will be installed, with the normal loader; errors name PATH. */
+    rv = config_load_named(&cfg, tmp, path, schema, errbuf, errlen);
+    if (rv != FB_OK) {
+        errs.count = 1; /* ERRBUF already holds the loader's messages; keep them */
+        errs.used = errbuf != NULL ? strlen(errbuf) : 0;
+        goto out;
+    }
+    int now = strcmp(which, "http") == 0 ? cfg->http_port : cfg->https_port;
+    if (now != port) {
+        rv = FB_ERR_CONFIG;
+        config_error_at(&errs, path, 0, "%s is %d after the change, not %d", elem_name, now, port);
+        goto out;
+    }
+    if (rename(tmp, real) != 0) {
+        rv = FB_ERR_IO;
+        config_error_at(&errs, real, 0, "cannot replace: %s", strerror(errno));
+        goto out;
+    }
+    tmp_created = 0;
+    config_fsync_dir(real);
+    rv = FB_OK;
+    goto out;
+nomem:
+    rv = FB_ERR_NOMEM;
+    config_error_at(&errs, path, 0, "out of memory");
+out:
+    if (save != NULL)
+        xmlSaveClose(save);
+    if (fd >= 0)
+        close(fd);
+    if (tmp_created)
+        unlink(tmp);
+    config_errors_finish(&errs);
+    config_handlers_restore(&saved);
+    fb_config_free(cfg);
+    if (doc != NULL)
+        xmlFreeDoc(doc);
+    return rv;
+}
