@@ -183,6 +183,10 @@ static fb_err fb_open_error(int errnum)
      * or a symlink loop; either way not something a client may make us follow. */
     if (errnum == EXDEV || errnum == ELOOP)
         return FB_ERR_PATH_ESCAPE;
+    /* No openat2 (kernel before 5.6, a seccomp filter, valgrind): there is no safe fallback here,
+     * so say it is our problem rather than an I/O error. */
+    if (errnum == ENOSYS)
+        return FB_ERR_INTERNAL;
     return fb_err_from_errno(errnum);
 }
 

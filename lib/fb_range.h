@@ -17,17 +17,21 @@ typedef struct fb_range {
 /* Number of chunks for SIZE bytes (0 for an empty file). CHUNK_SIZE must be > 0. */
 uint64_t fb_chunk_count(uint64_t size, uint32_t chunk_size);
 
-/* Byte range of chunk INDEX (the last one may be short). */
+/* Byte range of chunk INDEX (the last one may be short). An INDEX past the last chunk gives the
+ * empty range {SIZE, 0}. */
 fb_range fb_chunk_range(uint64_t size, uint32_t chunk_size, uint64_t index);
 
 /* Chunks wholly inside [offset, offset+length) of a SIZE-byte file: *PFIRST .. *PLAST_EXCL.
- * The final, short chunk counts as whole when the range reaches SIZE. Empty if none. */
+ * The final, short chunk counts as whole when the range reaches SIZE. Bytes past SIZE (and an
+ * offset + length that overflows) are clamped to SIZE. If no chunk is covered both are 0. */
 void fb_chunks_covered(uint64_t *pfirst, uint64_t *plast_excl, uint64_t size, uint32_t chunk_size,
                        uint64_t offset, uint64_t length);
 
-/* Parses a Content-Range value of the form "bytes FIRST-LAST/COMPLETE" strictly: digits only,
- * no signs or spaces besides the one after "bytes", no overflow, FIRST <= LAST < COMPLETE.
- * "bytes * /N" and "/ *" forms are rejected (not valid on a request). */
+/* Parses a Content-Range value of the form "bytes FIRST-LAST/COMPLETE" strictly: lower-case
+ * "bytes", exactly one space, digits only (leading zeros allowed), no signs or other spaces, no
+ * value above UINT64_MAX. "bytes * /N" and "/ *" forms are rejected (not valid on a request).
+ * Returns FB_ERR_BAD_RANGE for bad syntax or FIRST > LAST, FB_ERR_RANGE_NOT_SATISFIABLE for
+ * LAST >= COMPLETE (so COMPLETE 0 never parses). The outputs are written only on FB_OK. */
 fb_err fb_content_range_parse(uint64_t *pfirst, uint64_t *plast, uint64_t *pcomplete, const char *value);
 
 /* Plain (non-atomic) bitmap helpers; the session table has atomic versions. */
@@ -35,9 +39,10 @@ int fb_bitmap_get(const uint64_t *words, uint64_t bit);
 void fb_bitmap_set(uint64_t *words, uint64_t bit);
 uint64_t fb_bitmap_count(const uint64_t *words, uint64_t nbits);
 
-/* Writes the byte ranges of the chunks whose bit is clear (adjacent chunks merged) into OUT
- * (capacity MAX). Returns the total number of ranges (which may exceed MAX: only MAX are
- * written). *PMISSING_BYTES, if not NULL, receives the byte total of all missing ranges. */
+/* Writes the byte ranges of the chunks whose bit is clear (adjacent chunks merged, in order) into
+ * OUT (capacity MAX; OUT may be NULL when MAX is 0). Returns the total number of ranges (which
+ * may exceed MAX: only MAX are written). *PMISSING_BYTES, if not NULL, receives the byte total of
+ * all missing ranges. Bits past the last chunk are ignored; SIZE 0 has no ranges. */
 size_t fb_bitmap_missing(fb_range *out, size_t max, uint64_t *pmissing_bytes, const uint64_t *words,
                          uint64_t size, uint32_t chunk_size);
 

@@ -109,12 +109,12 @@ START_TEST(test_check_requires_well_formed_utf8)
 {
     expect_ok("caf\xc3\xa9/\xe2\x82\xac.txt", "caf\xc3\xa9/\xe2\x82\xac.txt");
     expect_ok("\xf0\x9f\x98\x80", "\xf0\x9f\x98\x80");
-    expect_bad("caf\xc3");              /* truncated */
-    expect_bad("\xc3/a");                /* truncated before a slash */
-    expect_bad("\xc0\xaf");              /* overlong "/" */
-    expect_bad("\xe0\x80\xaf");          /* overlong "/" */
-    expect_bad("\xed\xa0\x80");          /* surrogate */
-    expect_bad("\xf4\x90\x80\x80");      /* beyond U+10FFFF */
+    expect_bad("caf\xc3");          /* truncated */
+    expect_bad("\xc3/a");           /* truncated before a slash */
+    expect_bad("\xc0\xaf");         /* overlong "/" */
+    expect_bad("\xe0\x80\xaf");     /* overlong "/" */
+    expect_bad("\xed\xa0\x80");     /* surrogate */
+    expect_bad("\xf4\x90\x80\x80"); /* beyond U+10FFFF */
     expect_bad("\xff");
     expect_bad("\x80");
 }
@@ -225,9 +225,12 @@ START_TEST(test_is_partial_name)
 }
 END_TEST
 
-/* ---- Real filesystem: a docroot and an "outside" directory under a mkdtemp base. ---- */
+/* ---- Real filesystem: a docroot and an "outside" directory per test, under one mkdtemp base
+ * that the unchecked teardown removes even when a test failed (a failed test skips the checked
+ * teardown). ---- */
 
 static char base[32];
+static char testdir[64];
 static char root[PATH_MAX];
 static char outside[PATH_MAX];
 static int rootfd = -1;
@@ -241,16 +244,22 @@ static void write_file(const char *path, const char *content)
     close(fd);
 }
 
+static void base_setup(void)
+{
+    snprintf(base, sizeof(base), "/tmp/check_path.XXXXXX");
+    ck_assert_ptr_nonnull(mkdtemp(base));
+}
+
 static void fs_setup(void)
 {
     char p[PATH_MAX + 32];
 
     umask(022);
-    /* A fresh template each time: without fork mode the fixture runs repeatedly in one process. */
-    snprintf(base, sizeof(base), "/tmp/check_path.XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(base));
-    snprintf(root, sizeof(root), "%s/root", base);
-    snprintf(outside, sizeof(outside), "%s/outside", base);
+    /* A fresh directory per test, from a template so it works with and without fork mode. */
+    snprintf(testdir, sizeof(testdir), "%s/tXXXXXX", base);
+    ck_assert_ptr_nonnull(mkdtemp(testdir));
+    snprintf(root, sizeof(root), "%s/root", testdir);
+    snprintf(outside, sizeof(outside), "%s/outside", testdir);
     ck_assert_int_eq(mkdir(root, 0755), 0);
     ck_assert_int_eq(mkdir(outside, 0755), 0);
     snprintf(p, sizeof(p), "%s/inside.txt", root);
@@ -289,6 +298,10 @@ static void fs_teardown(void)
     if (rootfd >= 0)
         close(rootfd);
     rootfd = -1;
+}
+
+static void base_teardown(void)
+{
     nftw(base, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
 }
 
@@ -403,7 +416,8 @@ START_TEST(test_open_always_sets_cloexec_and_creates_with_mode)
     struct stat st;
     int fd = -1;
 
-    ck_assert_int_eq(fb_path_open_beneath(&fd, rootfd, "sub/new.bin", O_WRONLY | O_CREAT | O_EXCL, 0640), FB_OK);
+    ck_assert_int_eq(fb_path_open_beneath(&fd, rootfd, "sub/new.bin", O_WRONLY | O_CREAT | O_EXCL, 0640),
+                     FB_OK);
     ck_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
     ck_assert_int_eq(fstat(fd, &st), 0);
     ck_assert_uint_eq(st.st_mode & 07777, 0640);
@@ -451,7 +465,8 @@ START_TEST(test_mkdirs_through_escaping_symlink_is_refused)
 
     ck_assert_int_eq(fb_path_mkdirs_beneath(rootfd, "outdir/newdir/file.bin"), FB_ERR_PATH_ESCAPE);
     ck_assert_int_eq(fb_path_mkdirs_beneath(rootfd, "outdir_abs/newdir/file.bin"), FB_ERR_PATH_ESCAPE);
-    ck_assert_int_eq(fb_path_mkdirs_beneath(rootfd, "rootlink/tmp/fb-check-path-new/file"), FB_ERR_PATH_ESCAPE);
+    ck_assert_int_eq(fb_path_mkdirs_beneath(rootfd, "rootlink/tmp/fb-check-path-new/file"),
+                     FB_ERR_PATH_ESCAPE);
     ck_assert_int_eq(fb_path_mkdirs_beneath(rootfd, "dangling_abs/file"), FB_ERR_PATH_ESCAPE);
     ck_assert_int_eq(fb_path_mkdirs_beneath(rootfd, "../outside/newdir/file"), FB_ERR_PATH_ESCAPE);
     snprintf(p, sizeof(p), "%s/newdir", outside);
@@ -488,6 +503,7 @@ static Suite *path_suite(void)
     tcase_add_test(syntax, test_is_partial_name);
     suite_add_tcase(s, syntax);
 
+    tcase_add_unchecked_fixture(fs, base_setup, base_teardown);
     tcase_add_checked_fixture(fs, fs_setup, fs_teardown);
     tcase_add_test(fs, test_open_plain_file_beneath);
     tcase_add_test(fs, test_open_symlink_staying_inside_is_followed);

@@ -205,9 +205,9 @@ static void expect_covered(uint64_t size, uint64_t offset, uint64_t length, uint
 
     fb_chunks_covered(&f, &l, size, CHUNK, offset, length);
     if (first == last) {
-        ck_assert_msg(f >= l, "size %llu [%llu,+%llu): expected no chunk, got %llu..%llu", (unsigned long long)size,
-                      (unsigned long long)offset, (unsigned long long)length, (unsigned long long)f,
-                      (unsigned long long)l);
+        ck_assert_msg(f >= l, "size %llu [%llu,+%llu): expected no chunk, got %llu..%llu",
+                      (unsigned long long)size, (unsigned long long)offset, (unsigned long long)length,
+                      (unsigned long long)f, (unsigned long long)l);
         return;
     }
     ck_assert_msg(f == first && l == last, "size %llu [%llu,+%llu): got %llu..%llu, want %llu..%llu",
@@ -255,7 +255,8 @@ START_TEST(test_covered_out_of_file_and_overflow)
     /* offset + length wraps around: treated as reaching the end of the file. */
     expect_covered(4 * CHUNK, 2 * CHUNK, UINT64_MAX, 2, 4);
     /* The last (short) chunk of the largest file starts at (UINT64_MAX / CHUNK) * CHUNK. */
-    expect_covered(UINT64_MAX, (UINT64_MAX / CHUNK) * CHUNK, UINT64_MAX, UINT64_MAX / CHUNK, UINT64_MAX / CHUNK + 1);
+    expect_covered(UINT64_MAX, (UINT64_MAX / CHUNK) * CHUNK, UINT64_MAX, UINT64_MAX / CHUNK,
+                   UINT64_MAX / CHUNK + 1);
     expect_covered(UINT64_MAX, UINT64_MAX - 1, UINT64_MAX, 0, 0);
 }
 END_TEST
@@ -500,7 +501,8 @@ START_TEST(test_covered_matches_byte_by_byte_reference)
                 rl = c + 1;
         }
         if (!found) {
-            ck_assert_msg(f >= l, "size %d chunk %d [%d,+%d)", (int)size, (int)chunk, (int)offset, (int)length);
+            ck_assert_msg(f >= l, "size %d chunk %d [%d,+%d)", (int)size, (int)chunk, (int)offset,
+                          (int)length);
         } else {
             ck_assert_uint_eq(f, rf);
             ck_assert_uint_eq(l, rl);
