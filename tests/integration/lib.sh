@@ -366,6 +366,16 @@ fbcp() {
     "$FBCP" --cacert "$CA" -u "$DS_USER:$DS_PASSWORD" "$@"
 }
 
+# fbcp_bg OUT ERR ARGS...: fbcp in the background with stdout to OUT and stderr to ERR; FBCP_PID is
+# the pid of fbcp itself (not of a subshell), so it can be killed.
+fbcp_bg() {
+    local out=$1 err=$2
+    shift 2
+    "$FBCP" --cacert "$CA" -u "$DS_USER:$DS_PASSWORD" "$@" >"$out" 2>"$err" &
+    FBCP_PID=$!
+    T_BG_PIDS+=("$FBCP_PID")
+}
+
 # Sum of the lengths in a JSON "missing" list of the last body.
 missing_bytes() {
     jq '[.missing[]?[1]] | add // 0' "$BODY"

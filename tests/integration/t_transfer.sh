@@ -1,0 +1,103 @@
+#!/bin/bash
+# t_transfer: fbcp uploads and downloads over HTTPS on loopback with the real Apache and module:
+# the edge sizes around one chunk, 100 MiB of random data, and a directory tree with -r; every
+# file SHA-256 identical at both ends. Downloads are also checked with plain curl.
+# shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
+T_INDEX=2
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+SRC=$T_TMP/src
+BACK=$T_TMP/back
+mkdir -p "$SRC" "$BACK"
+
+# roundtrip SIZE NAME: fbcp up, compare in the docroot, fbcp down, compare, curl down, compare.
+roundtrip() {
+    local size=$1 name=$2 rc st
+    require_fbcp
+    mkrand "$SRC/$name" "$size"
+    fbcp --json "$SRC/$name" "$URL/sizes/$name" >"$T_TMP/$name.up.json" 2>"$T_TMP/$name.up.err"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp upload exit code ($(tail -n 3 "$T_TMP/$name.up.err"))"
+    assert_file_same "$SRC/$name" "$DOCROOT/sizes/$name"
+    jq -e 'select(.event == "done")' "$T_TMP/$name.up.json" >/dev/null || fail "no done event in --json output"
+    assert_eq "$(sha "$SRC/$name")" "$(jq -r 'select(.event == "done") | .sha256' "$T_TMP/$name.up.json")" \
+        "sha256 in the done event"
+    fbcp --json "$URL/sizes/$name" "$BACK/$name" >"$T_TMP/$name.down.json" 2>"$T_TMP/$name.down.err"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp download exit code ($(tail -n 3 "$T_TMP/$name.down.err"))"
+    assert_file_same "$SRC/$name" "$BACK/$name"
+    # No partial file or sidecar is left behind on either side.
+    assert_no_file "$DOCROOT/sizes/.$name.fbpart"
+    [ -z "$(find "$BACK" -name "*.fbpart*")" ] || fail "download left $(find "$BACK" -name "*.fbpart*")"
+    st=$(api GET "files/sizes/$name")
+    assert_eq 200 "$st" "curl GET"
+    assert_file_same "$SRC/$name" "$BODY"
+}
+
+test_0() { roundtrip 0 zero.bin; }
+test_1() { roundtrip 1 one.bin; }
+test_chunk_minus_1() { roundtrip $((CHUNK - 1)) cm1.bin; }
+test_chunk() { roundtrip $CHUNK c.bin; }
+test_chunk_plus_1() { roundtrip $((CHUNK + 1)) cp1.bin; }
+test_100m() { roundtrip $((100 * CHUNK)) big.bin; }
+
+test_connections_1_and_8() {
+    local rc
+    require_fbcp
+    mkrand "$SRC/conn.bin" $((9 * CHUNK + 17))
+    for c in 1 8; do
+        fbcp --connections "$c" "$SRC/conn.bin" "$URL/sizes/conn$c.bin" 2>"$T_TMP/conn.err"
+        rc=$?
+        assert_eq 0 "$rc" "upload with $c connections ($(tail -n 2 "$T_TMP/conn.err"))"
+        assert_file_same "$SRC/conn.bin" "$DOCROOT/sizes/conn$c.bin"
+        fbcp --connections "$c" "$URL/sizes/conn$c.bin" "$BACK/conn$c.bin" 2>"$T_TMP/conn.err"
+        rc=$?
+        assert_eq 0 "$rc" "download with $c connections ($(tail -n 2 "$T_TMP/conn.err"))"
+        assert_file_same "$SRC/conn.bin" "$BACK/conn$c.bin"
+    done
+}
+
+test_tree() {
+    local rc
+    require_fbcp
+    mkdir -p "$SRC/tree/a/b/c" "$SRC/tree/empty-dir-sibling" "$SRC/tree/d"
+    mkrand "$SRC/tree/top.bin" 12345
+    : >"$SRC/tree/empty.txt"
+    mkrand "$SRC/tree/a/one.bin" $((CHUNK + 1))
+    : >"$SRC/tree/a/b/empty2.txt"
+    mkrand "$SRC/tree/a/b/c/deep.bin" 777
+    mkrand "$SRC/tree/d/x.bin" 1
+    printf 'some text\n' >"$SRC/tree/empty-dir-sibling/t.txt"
+    fbcp -r "$SRC/tree" "$URL/" 2>"$T_TMP/tree.up.err"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp -r upload ($(tail -n 3 "$T_TMP/tree.up.err"))"
+    assert_tree_same "$SRC/tree" "$DOCROOT/tree"
+    fbcp -r "$URL/tree" "$BACK/" 2>"$T_TMP/tree.down.err"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp -r download ($(tail -n 3 "$T_TMP/tree.down.err"))"
+    assert_tree_same "$SRC/tree" "$BACK/tree"
+}
+
+test_upload_again_is_idempotent() {
+    local rc
+    require_fbcp
+    # Same content again (default overwrite): still identical, exit 0.
+    fbcp "$SRC/c.bin" "$URL/sizes/c.bin" 2>"$T_TMP/again.err"
+    rc=$?
+    assert_eq 0 "$rc" "second upload ($(tail -n 2 "$T_TMP/again.err"))"
+    assert_file_same "$SRC/c.bin" "$DOCROOT/sizes/c.bin"
+}
+
+ds_start_or_bail "all fbcp transfer tests"
+
+run_test "fbcp up/down 0 B" test_0
+run_test "fbcp up/down 1 B" test_1
+run_test "fbcp up/down 1048575 B" test_chunk_minus_1
+run_test "fbcp up/down 1048576 B" test_chunk
+run_test "fbcp up/down 1048577 B" test_chunk_plus_1
+run_test "fbcp up/down 100 MiB random" test_100m
+run_test "fbcp up/down with 1 and 8 connections" test_connections_1_and_8
+run_test "fbcp -r directory tree up and down" test_tree
+run_test "fbcp upload of the same file again" test_upload_again_is_idempotent
+finish
