@@ -23,10 +23,6 @@
 #include <libxml/xmlsave.h>
 #include <libxml/xmlschemas.h>
 
-#ifndef FB_PKGDATADIR
-#define FB_PKGDATADIR "/usr/share/fallback"
-#endif
-
 #define CONFIG_SCHEMA_NAME "fallback.xsd"
 #define CONFIG_MAX_ERRORS 8
 #define CONFIG_PARSE_OPTIONS (XML_PARSE_NONET | XML_PARSE_BIG_LINES)
@@ -298,8 +294,8 @@ static fb_err config_find_schema(char *out, size_t outlen, const char *path, con
         n = snprintf(out, outlen, "%s", schema);
     } else if (env != NULL && env[0] != '\0') {
         n = snprintf(out, outlen, "%s", env);
-    } else if (access(FB_PKGDATADIR "/" CONFIG_SCHEMA_NAME, R_OK) == 0) {
-        n = snprintf(out, outlen, "%s", FB_PKGDATADIR "/" CONFIG_SCHEMA_NAME);
+    } else if (access(FB_DEFAULT_SCHEMA_FILE, R_OK) == 0) {
+        n = snprintf(out, outlen, "%s", FB_DEFAULT_SCHEMA_FILE);
     } else {
         const char *slash = strrchr(path, '/');
         if (slash == NULL)
@@ -310,7 +306,7 @@ static fb_err config_find_schema(char *out, size_t outlen, const char *path, con
             config_error_at(errs, errs->file, 0,
                             "no schema to validate against: set FB_SCHEMA, or install %s as %s or "
                             "beside the configuration file",
-                            CONFIG_SCHEMA_NAME, FB_PKGDATADIR "/" CONFIG_SCHEMA_NAME);
+                            CONFIG_SCHEMA_NAME, FB_DEFAULT_SCHEMA_FILE);
             return FB_ERR_CONFIG;
         }
     }

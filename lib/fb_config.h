@@ -11,8 +11,18 @@
 
 #include "fb_err.h"
 
+/* The build passes FB_SYSCONFDIR and FB_PKGDATADIR (see Makefile.am), so the defaults follow
+ * --prefix/--sysconfdir, as the installed conf/ files do; without them, Debian's paths. */
+#ifdef FB_SYSCONFDIR
+#define FB_DEFAULT_CONFIG_FILE FB_SYSCONFDIR "/fallback/fallback.xml"
+#else
 #define FB_DEFAULT_CONFIG_FILE "/etc/fallback/fallback.xml"
+#endif
+#ifdef FB_PKGDATADIR
+#define FB_DEFAULT_SCHEMA_FILE FB_PKGDATADIR "/fallback.xsd"
+#else
 #define FB_DEFAULT_SCHEMA_FILE "/usr/share/fallback/fallback.xsd"
+#endif
 #define FB_DEFAULT_HTTP_PORT 8080
 #define FB_DEFAULT_HTTPS_PORT 8443
 #define FB_DEFAULT_UDP_PORT 33001
