@@ -36,12 +36,12 @@ typedef xmlErrorPtr config_xml_error_ptr;
 
 /* Errors of one call, kept on the caller's stack (no global state). */
 typedef struct config_errors {
-    char *buf;           /* caller's ERRBUF, may be NULL */
-    size_t len;          /* its size */
-    size_t used;         /* characters written so far */
-    unsigned count;      /* errors seen (shown or not) */
-    const char *file;    /* name used for errors without a file of their own */
-    char generic[512];   /* text from the unstructured handler, used if nothing else came */
+    char *buf;         /* caller's ERRBUF, may be NULL */
+    size_t len;        /* its size */
+    size_t used;       /* characters written so far */
+    unsigned count;    /* errors seen (shown or not) */
+    const char *file;  /* name used for errors without a file of their own */
+    char generic[512]; /* text from the unstructured handler, used if nothing else came */
     size_t generic_used;
 } config_errors;
 
@@ -62,7 +62,8 @@ static void config_errors_add_line(config_errors *errs, const char *line)
     errs->count++;
     if (errs->count > CONFIG_MAX_ERRORS || errs->len == 0 || errs->used + 1 >= errs->len)
         return;
-    int n = snprintf(errs->buf + errs->used, errs->len - errs->used, "%s%s", errs->used > 0 ? "\n" : "", line);
+    int n =
+        snprintf(errs->buf + errs->used, errs->len - errs->used, "%s%s", errs->used > 0 ? "\n" : "", line);
     if (n < 0)
         return;
     errs->used += (size_t)n;
@@ -83,8 +84,8 @@ static void config_errors_finish(config_errors *errs)
     }
 }
 
-__attribute__((format(printf, 4, 5))) static void config_error_at(config_errors *errs, const char *file, long line,
-                                                                    const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void config_error_at(config_errors *errs, const char *file,
+                                                                  long line, const char *fmt, ...)
 {
     char msg[512];
     char full[1200];
@@ -100,7 +101,8 @@ __attribute__((format(printf, 4, 5))) static void config_error_at(config_errors 
     config_errors_add_line(errs, full);
 }
 
-#define config_error_node(errs, node, ...) config_error_at((errs), (errs)->file, xmlGetLineNo(node), __VA_ARGS__)
+#define config_error_node(errs, node, ...)                                                                   \
+    config_error_at((errs), (errs)->file, xmlGetLineNo(node), __VA_ARGS__)
 
 /* Structured handler for schema contexts and the thread-local fallback: DATA is our list. */
 static void config_xml_error(void *data, config_xml_error_ptr err)
@@ -139,7 +141,8 @@ __attribute__((format(printf, 2, 3))) static void config_generic_error(void *dat
         return;
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(errs->generic + errs->generic_used, sizeof(errs->generic) - errs->generic_used, fmt, ap);
+    int n =
+        vsnprintf(errs->generic + errs->generic_used, sizeof(errs->generic) - errs->generic_used, fmt, ap);
     va_end(ap);
     if (n > 0) {
         errs->generic_used += (size_t)n;
@@ -434,7 +437,8 @@ static void config_get_int(config_reader *rd, const xmlNode *node, int *out, int
     if (config_get_uint(rd, node, (uint64_t)max, &v) != 0)
         return;
     if (v < (uint64_t)min) {
-        config_error_node(rd->errs, node, "Element '%s': %llu is below %d", node->name, (unsigned long long)v, min);
+        config_error_node(rd->errs, node, "Element '%s': %llu is below %d", node->name, (unsigned long long)v,
+                          min);
         return;
     }
     *out = (int)v;
@@ -556,7 +560,8 @@ static void config_read_udp(config_reader *rd, const xmlNode *sect)
             unsigned char addr[16];
             if (cfg->bind_address != NULL && inet_pton(AF_INET, cfg->bind_address, addr) != 1 &&
                 inet_pton(AF_INET6, cfg->bind_address, addr) != 1)
-                config_error_node(rd->errs, n, "Element 'bind_address': '%s' is not a numeric IPv4 or IPv6 address",
+                config_error_node(rd->errs, n,
+                                  "Element 'bind_address': '%s' is not a numeric IPv4 or IPv6 address",
                                   cfg->bind_address);
         }
     }
@@ -584,9 +589,10 @@ static void config_read_transfer(config_reader *rd, const xmlNode *sect)
             /* The schema lists the allowed values; checked again because a wrong chunk size
              * would break the bitmap arithmetic everywhere. */
             if (v < 65536 || v > 67108864 || (v & (v - 1)) != 0)
-                config_error_node(rd->errs, n,
-                                  "Element 'chunk_size': %llu is not a power of two between 65536 and 67108864",
-                                  (unsigned long long)v);
+                config_error_node(
+                    rd->errs, n,
+                    "Element 'chunk_size': %llu is not a power of two between 65536 and 67108864",
+                    (unsigned long long)v);
             else
                 cfg->chunk_size = (uint32_t)v;
         } else if (config_name_is(n, "max_file_size")) {
@@ -600,7 +606,8 @@ static void config_read_transfer(config_reader *rd, const xmlNode *sect)
             char *end = NULL;
             unsigned long mode = strtoul(text, &end, 8);
             if (text[0] == '\0' || *end != '\0' || mode > 0777)
-                config_error_node(rd->errs, n, "Element 'file_mode': '%s' is not an octal mode 0000-0777", text);
+                config_error_node(rd->errs, n, "Element 'file_mode': '%s' is not an octal mode 0000-0777",
+                                  text);
             else
                 cfg->file_mode = (unsigned)mode;
             free(text);
@@ -616,7 +623,8 @@ static void config_read_sessions(config_reader *rd, const xmlNode *sect)
         if (config_name_is(n, "shm_path")) {
             config_get_string(rd, n, &cfg->shm_path);
             if (cfg->shm_path != NULL && cfg->shm_path[0] != '/')
-                config_error_node(rd->errs, n, "Element 'shm_path': '%s' is not an absolute path", cfg->shm_path);
+                config_error_node(rd->errs, n, "Element 'shm_path': '%s' is not an absolute path",
+                                  cfg->shm_path);
         } else if (config_name_is(n, "max_sessions")) {
             config_get_int(rd, n, &max_sessions, 1, 65536);
             cfg->max_sessions = (uint32_t)max_sessions;
@@ -634,14 +642,15 @@ static void config_read_sessions(config_reader *rd, const xmlNode *sect)
 static int config_docroot_ok(config_reader *rd, const xmlNode *node, char *dir)
 {
     if (dir[0] != '/') {
-        config_error_node(rd->errs, node, "Element '%s': docroot '%s' is not an absolute path", node->name, dir);
+        config_error_node(rd->errs, node, "Element '%s': docroot '%s' is not an absolute path", node->name,
+                          dir);
         return 0;
     }
     /* '..' would let the docroot move with the tree around it; refuse any such component. */
     for (const char *p = dir; (p = strstr(p, "..")) != NULL; p += 2) {
         if (p[-1] == '/' && (p[2] == '/' || p[2] == '\0')) {
-            config_error_node(rd->errs, node, "Element '%s': docroot '%s' contains a '..' component", node->name,
-                              dir);
+            config_error_node(rd->errs, node, "Element '%s': docroot '%s' contains a '..' component",
+                              node->name, dir);
             return 0;
         }
     }
@@ -687,7 +696,8 @@ static void config_read_docroots(config_reader *rd, const xmlNode *sect)
         }
         if (!is_user && !is_group) {
             if (default_node != NULL) {
-                config_error_node(rd->errs, n, "Element 'default': a second <default> docroot (the first is at line %ld)",
+                config_error_node(rd->errs, n,
+                                  "Element 'default': a second <default> docroot (the first is at line %ld)",
                                   xmlGetLineNo(default_node));
                 free(dir);
                 continue;
@@ -702,7 +712,8 @@ static void config_read_docroots(config_reader *rd, const xmlNode *sect)
                 if (name == NULL && has_attr)
                     rd->nomem = 1;
                 else
-                    config_error_node(rd->errs, n, "Element '%s': attribute 'name' is missing or empty", n->name);
+                    config_error_node(rd->errs, n, "Element '%s': attribute 'name' is missing or empty",
+                                      n->name);
                 free(name);
                 free(dir);
                 continue;
@@ -714,8 +725,8 @@ static void config_read_docroots(config_reader *rd, const xmlNode *sect)
                     dup = nodes[i];
             }
             if (dup != NULL) {
-                config_error_node(rd->errs, n, "Element '%s': duplicate %s name '%s' (first at line %ld)", n->name,
-                                  is_user ? "user" : "group", name, xmlGetLineNo(dup));
+                config_error_node(rd->errs, n, "Element '%s': duplicate %s name '%s' (first at line %ld)",
+                                  n->name, is_user ? "user" : "group", name, xmlGetLineNo(dup));
                 free(name);
                 free(dir);
                 continue;
@@ -739,14 +750,16 @@ static void config_check_semantics(config_reader *rd)
 
     if (!cfg->enable_http && !cfg->enable_https)
         config_error_at(errs, errs->file,
-                        rd->enable_https_line ? rd->enable_https_line
-                                              : rd->enable_http_line ? rd->enable_http_line : rd->root_line,
+                        rd->enable_https_line  ? rd->enable_https_line
+                        : rd->enable_http_line ? rd->enable_http_line
+                                               : rd->root_line,
                         "enable_http and enable_https are both false: clients could neither create sessions "
                         "nor continue over HTTP(S)");
     if (cfg->enable_http && cfg->enable_https && cfg->http_port == cfg->https_port)
         config_error_at(errs, errs->file,
-                        rd->https_port_line ? rd->https_port_line
-                                            : rd->http_port_line ? rd->http_port_line : rd->root_line,
+                        rd->https_port_line  ? rd->https_port_line
+                        : rd->http_port_line ? rd->http_port_line
+                                             : rd->root_line,
                         "http_port and https_port are both %d: one port cannot serve HTTP and HTTPS",
                         cfg->http_port);
     if ((rd->cert_node != NULL) != (rd->key_node != NULL)) {
@@ -757,7 +770,8 @@ static void config_check_semantics(config_reader *rd)
     if (cfg->target_rate_cap_kbps != 0 && cfg->min_rate_cap_kbps > cfg->target_rate_cap_kbps)
         config_error_at(errs, errs->file, rd->min_rate_line,
                         "min_rate_cap_kbps (%llu) is above target_rate_cap_kbps (%llu)",
-                        (unsigned long long)cfg->min_rate_cap_kbps, (unsigned long long)cfg->target_rate_cap_kbps);
+                        (unsigned long long)cfg->min_rate_cap_kbps,
+                        (unsigned long long)cfg->target_rate_cap_kbps);
 }
 
 static fb_err config_extract(fb_config *cfg, xmlDocPtr doc, config_errors *errs)
@@ -951,7 +965,8 @@ void fb_config_print(const fb_config *cfg, FILE *out)
     fprintf(out, "transfer.min_rate_cap_kbps = %llu\n", (unsigned long long)cfg->min_rate_cap_kbps);
     config_print_list(out, "transfer.allowed_policies", cfg->allowed_policies, config_policy_names, 4);
     config_print_list(out, "transfer.allowed_ciphers", cfg->allowed_ciphers, config_cipher_names, 3);
-    fprintf(out, "transfer.content_protection_required = %s\n", cfg->content_protection_required ? "true" : "false");
+    fprintf(out, "transfer.content_protection_required = %s\n",
+            cfg->content_protection_required ? "true" : "false");
     fprintf(out, "transfer.chunk_size = %u\n", (unsigned)cfg->chunk_size);
     fprintf(out, "transfer.max_file_size = %llu\n", (unsigned long long)cfg->max_file_size);
     fprintf(out, "transfer.file_mode = %04o\n", cfg->file_mode);
@@ -978,7 +993,8 @@ void fb_config_print(const fb_config *cfg, FILE *out)
 static int config_depth(const xmlNode *node)
 {
     int depth = 0;
-    for (const xmlNode *p = node->parent; p != NULL && p->type == XML_ELEMENT_NODE && depth < 64; p = p->parent)
+    for (const xmlNode *p = node->parent; p != NULL && p->type == XML_ELEMENT_NODE && depth < 64;
+         p = p->parent)
         depth++;
     return depth;
 }
@@ -1156,7 +1172,8 @@ fb_err fb_config_set_port(const char *path, const char *schema, const char *whic
     save = NULL;
     if (saved_bytes < 0 || close_rc < 0 || fsync(fd) != 0) {
         rv = FB_ERR_IO;
-        config_error_at(&errs, tmp, 0, "cannot write: %s", errno != 0 ? strerror(errno) : "libxml2 save failed");
+        config_error_at(&errs, tmp, 0, "cannot write: %s",
+                        errno != 0 ? strerror(errno) : "libxml2 save failed");
         goto out;
     }
     if (close(fd) != 0) {

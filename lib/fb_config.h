@@ -71,10 +71,10 @@ typedef struct fb_config {
     unsigned file_mode;     /* mode of committed files, default 0644 */
 
     /* <sessions> */
-    char *shm_path;        /* session table file, default /dev/shm/fallback-sessions */
-    uint32_t max_sessions; /* slot count, default 256 */
-    uint32_t idle_timeout; /* seconds */
-    uint32_t done_linger;  /* seconds */
+    char *shm_path;         /* session table file, default /dev/shm/fallback-sessions */
+    uint32_t max_sessions;  /* slot count, default 256 */
+    uint32_t idle_timeout;  /* seconds */
+    uint32_t done_linger;   /* seconds */
     uint32_t max_json_body; /* bytes */
 
     /* <docroots> */

@@ -320,7 +320,8 @@ static void fbctl_print_json(const fbctl_session *s, uint64_t now_ns)
     json_object_set_new(o, "created", json_integer((json_int_t)(s->created_ns / 1000000000u)));
     json_object_set_new(o, "age_s", json_integer((json_int_t)fbctl_seconds_since(now_ns, s->created_ns)));
     if (s->last_activity_ns != 0)
-        json_object_set_new(o, "idle_s", json_integer((json_int_t)fbctl_seconds_since(now_ns, s->last_activity_ns)));
+        json_object_set_new(o, "idle_s",
+                            json_integer((json_int_t)fbctl_seconds_since(now_ns, s->last_activity_ns)));
     if (s->state == FB_SLOT_FAILED)
         json_object_set_new(o, "error", json_string(fb_err_name((fb_err)s->error_code)));
     if (s->state == FB_SLOT_CLAIMED || s->state == FB_SLOT_FINALISING)
@@ -552,8 +553,8 @@ int main(int argc, char **argv)
     int json = 0;
     optind = 0; /* GNU getopt: restart on the command's arguments */
     opterr = 0; /* our own message names fbctl and the command */
-    while ((c = getopt_long(sub_argc, sub_argv, "+", strcmp(cmd, "sessions") == 0 ? sessions_opts : sessions_opts + 1,
-                            NULL)) != -1) {
+    while ((c = getopt_long(sub_argc, sub_argv, "+",
+                            strcmp(cmd, "sessions") == 0 ? sessions_opts : sessions_opts + 1, NULL)) != -1) {
         if (c == 'j') {
             json = 1;
         } else {

@@ -98,7 +98,8 @@ START_TEST(test_defaults_when_elements_absent)
     ck_assert_str_eq(cfg->bind_address, "::");
     ck_assert_uint_eq(cfg->target_rate_cap_kbps, 0);
     ck_assert_uint_eq(cfg->min_rate_cap_kbps, 0);
-    ck_assert_uint_eq(cfg->allowed_policies, FB_POLICY_FIXED | FB_POLICY_HIGH | FB_POLICY_FAIR | FB_POLICY_LOW);
+    ck_assert_uint_eq(cfg->allowed_policies,
+                      FB_POLICY_FIXED | FB_POLICY_HIGH | FB_POLICY_FAIR | FB_POLICY_LOW);
     ck_assert_uint_eq(cfg->allowed_ciphers, FB_CIPHER_AES128_GCM | FB_CIPHER_AES256_GCM);
     ck_assert_int_eq(cfg->content_protection_required, 0);
     ck_assert_uint_eq(cfg->chunk_size, 1048576);
@@ -247,15 +248,19 @@ START_TEST(test_boolean_spellings_accepted)
     char text[512];
     fb_config *cfg = NULL;
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++) {
-        snprintf(text, sizeof(text), HEAD "<transfer><content_protection_required>%s</content_protection_required>"
-                                          "</transfer></CONF>", yes[i]);
+        snprintf(text, sizeof(text),
+                 HEAD "<transfer><content_protection_required>%s</content_protection_required>"
+                      "</transfer></CONF>",
+                 yes[i]);
         ck_assert_msg(load_text(&cfg, text) == FB_OK, "%s: %s", yes[i], errbuf);
         ck_assert_int_eq(cfg->content_protection_required, 1);
         fb_config_free(cfg);
     }
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++) {
-        snprintf(text, sizeof(text), HEAD "<http_server><enable_http>true</enable_http><enable_https>%s</enable_https>"
-                                          "</http_server></CONF>", no[i]);
+        snprintf(text, sizeof(text),
+                 HEAD "<http_server><enable_http>true</enable_http><enable_https>%s</enable_https>"
+                      "</http_server></CONF>",
+                 no[i]);
         ck_assert_msg(load_text(&cfg, text) == FB_OK, "%s: %s", no[i], errbuf);
         ck_assert_int_eq(cfg->enable_https, 0);
         fb_config_free(cfg);
@@ -284,7 +289,8 @@ END_TEST
 
 START_TEST(test_dotdot_docroot_rejected_with_line)
 {
-    expect_error(HEAD "  <docroots>\n    <default>/srv/../etc</default>\n  </docroots>\n</CONF>\n", 4, "'..'");
+    expect_error(HEAD "  <docroots>\n    <default>/srv/../etc</default>\n  </docroots>\n</CONF>\n", 4,
+                 "'..'");
 }
 END_TEST
 
@@ -329,7 +335,8 @@ END_TEST
 START_TEST(test_unclosed_tag_at_end_reports_line)
 {
     /* The parser notices at the end of the file (line 6, after the last newline). */
-    expect_error(HEAD "  <udp>\n    <port>33001</port>\n  </udp>\n", 6, "Premature end of data in tag CONF line 2");
+    expect_error(HEAD "  <udp>\n    <port>33001</port>\n  </udp>\n", 6,
+                 "Premature end of data in tag CONF line 2");
 }
 END_TEST
 
@@ -370,8 +377,9 @@ START_TEST(test_semantic_rules_reported_with_line)
     expect_error(HEAD "  <transfer>\n    <target_rate_cap_kbps>100</target_rate_cap_kbps>\n"
                       "    <min_rate_cap_kbps>200</min_rate_cap_kbps>\n  </transfer>\n</CONF>\n",
                  5, "min_rate_cap_kbps (200) is above");
-    expect_error(HEAD "  <http_server>\n    <enable_http>no</enable_http>\n    <enable_https>no</enable_https>\n"
-                      "  </http_server>\n</CONF>\n",
+    expect_error(HEAD
+                 "  <http_server>\n    <enable_http>no</enable_http>\n    <enable_https>no</enable_https>\n"
+                 "  </http_server>\n</CONF>\n",
                  5, "both false");
     expect_error(HEAD "  <http_server>\n    <enable_http>1</enable_http>\n    <https_port>8080</https_port>\n"
                       "  </http_server>\n</CONF>\n",
@@ -461,7 +469,8 @@ START_TEST(test_docroot_lookup_user_group_default)
     ck_assert_str_eq(fb_config_docroot(cfg, "video", NULL), "/srv/all");
     fb_config_free(cfg);
 
-    ck_assert(load_text(&cfg, HEAD "<docroots><user name=\"alice\">/srv/alice</user></docroots></CONF>") == FB_OK);
+    ck_assert(load_text(&cfg, HEAD "<docroots><user name=\"alice\">/srv/alice</user></docroots></CONF>") ==
+              FB_OK);
     ck_assert_ptr_null(fb_config_docroot(cfg, "bob", bob_groups));
     fb_config_free(cfg);
 }
@@ -470,8 +479,9 @@ END_TEST
 START_TEST(test_print_shows_effective_settings)
 {
     fb_config *cfg = NULL;
-    ck_assert(load_text(&cfg, HEAD "<udp><port>40001</port></udp><docroots><user name=\"a\">/x</user></docroots>"
-                                   "</CONF>") == FB_OK);
+    ck_assert(load_text(&cfg,
+                        HEAD "<udp><port>40001</port></udp><docroots><user name=\"a\">/x</user></docroots>"
+                             "</CONF>") == FB_OK);
     char *buf = NULL;
     size_t len = 0;
     FILE *out = open_memstream(&buf, &len);
@@ -523,18 +533,21 @@ END_TEST
 START_TEST(test_set_port_creates_missing_elements)
 {
     write_file(conf_path, "<CONF version=\"1\">\n  <!-- keep me -->\n</CONF>\n");
-    ck_assert_msg(fb_config_set_port(conf_path, NULL, "http", 8081, errbuf, sizeof(errbuf)) == FB_OK, "%s", errbuf);
+    ck_assert_msg(fb_config_set_port(conf_path, NULL, "http", 8081, errbuf, sizeof(errbuf)) == FB_OK, "%s",
+                  errbuf);
     fb_config *cfg = NULL;
     ck_assert_msg(fb_config_load(&cfg, conf_path, NULL, errbuf, sizeof(errbuf)) == FB_OK, "%s", errbuf);
     ck_assert_int_eq(cfg->http_port, 8081);
     fb_config_free(cfg);
     char *text = read_file(conf_path);
     ck_assert_ptr_nonnull(strstr(text, "<!-- keep me -->"));
-    ck_assert_ptr_nonnull(strstr(text, "  <http_server>\n    <http_port>8081</http_port>\n  </http_server>\n"));
+    ck_assert_ptr_nonnull(
+        strstr(text, "  <http_server>\n    <http_port>8081</http_port>\n  </http_server>\n"));
     free(text);
 
     /* The second port goes into the existing section. */
-    ck_assert_msg(fb_config_set_port(conf_path, NULL, "https", 9000, errbuf, sizeof(errbuf)) == FB_OK, "%s", errbuf);
+    ck_assert_msg(fb_config_set_port(conf_path, NULL, "https", 9000, errbuf, sizeof(errbuf)) == FB_OK, "%s",
+                  errbuf);
     ck_assert(fb_config_load(&cfg, conf_path, NULL, errbuf, sizeof(errbuf)) == FB_OK);
     ck_assert_int_eq(cfg->http_port, 8081);
     ck_assert_int_eq(cfg->https_port, 9000);
@@ -558,7 +571,8 @@ START_TEST(test_set_port_invalid_leaves_file_unchanged)
     ck_assert_int_eq(rv, FB_ERR_CONFIG);
     /* Same port for HTTP and HTTPS with both enabled is a semantic error: also refused. */
     write_file(conf_path, HEAD "<http_server><enable_http>true</enable_http></http_server></CONF>\n");
-    ck_assert_int_eq(fb_config_set_port(conf_path, NULL, "http", 8443, errbuf, sizeof(errbuf)), FB_ERR_CONFIG);
+    ck_assert_int_eq(fb_config_set_port(conf_path, NULL, "http", 8443, errbuf, sizeof(errbuf)),
+                     FB_ERR_CONFIG);
     char *text = read_file(conf_path);
     ck_assert_str_eq(text, HEAD "<http_server><enable_http>true</enable_http></http_server></CONF>\n");
     free(text);
@@ -578,7 +592,8 @@ START_TEST(test_set_port_on_invalid_file_changes_nothing)
 {
     const char *orig = HEAD "  <udp><port>0</port></udp>\n</CONF>\n";
     write_file(conf_path, orig);
-    ck_assert_int_eq(fb_config_set_port(conf_path, NULL, "http", 8000, errbuf, sizeof(errbuf)), FB_ERR_CONFIG);
+    ck_assert_int_eq(fb_config_set_port(conf_path, NULL, "http", 8000, errbuf, sizeof(errbuf)),
+                     FB_ERR_CONFIG);
     ck_assert_ptr_nonnull(strstr(errbuf, ":3: "));
     char *text = read_file(conf_path);
     ck_assert_str_eq(text, orig);
@@ -597,7 +612,8 @@ START_TEST(test_set_port_follows_symlink)
     write_file(conf_path, "<CONF version=\"1\"/>\n");
     snprintf(link, sizeof(link), "%s/link.xml", tmpdir);
     ck_assert_int_eq(symlink("fallback.xml", link), 0);
-    ck_assert_msg(fb_config_set_port(link, NULL, "https", 8444, errbuf, sizeof(errbuf)) == FB_OK, "%s", errbuf);
+    ck_assert_msg(fb_config_set_port(link, NULL, "https", 8444, errbuf, sizeof(errbuf)) == FB_OK, "%s",
+                  errbuf);
     struct stat st;
     ck_assert_int_eq(lstat(link, &st), 0);
     ck_assert(S_ISLNK(st.st_mode));
