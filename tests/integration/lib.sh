@@ -56,7 +56,8 @@ cleanup() {
     for p in "${T_BG_PIDS[@]}"; do
         kill -KILL "$p" 2>/dev/null || true
     done
-    if [ "$DS_RUNNING" = 1 ]; then
+    # Tests may start and stop the server inside their subshells: stop whatever runs.
+    if [ -f "$DS_DIR/devserver.env" ]; then
         "$DEVSERVER" stop --dir "$DS_DIR" --clean --quiet >/dev/null 2>&1 || true
     fi
     if [ -n "${T_CLEANUP_EXTRA:-}" ]; then eval "$T_CLEANUP_EXTRA" || true; fi
@@ -89,15 +90,14 @@ ds_stop() {
     DS_RUNNING=0
 }
 
-# Starts the devserver or, if that fails, reports every test of the file as failed through
-# the caller's list and exits. Usage: ds_start_or_bail test1 test2 ...
+# Starts the devserver (extra arguments go to devserver start) or, if that fails, reports one
+# failure named LABEL and exits. Usage: ds_start_or_bail LABEL [devserver options]
 ds_start_or_bail() {
-    local t
-    if ds_start; then return 0; fi
-    for t in "$@"; do
-        echo "not ok - $t # devserver did not start"
-        T_FAILED=$((T_FAILED + 1))
-    done
+    local label=$1
+    shift
+    if ds_start "$@"; then return 0; fi
+    echo "not ok - $label # devserver did not start"
+    T_FAILED=$((T_FAILED + 1))
     finish
 }
 
