@@ -82,20 +82,20 @@ test_configtest_invalid_xml() {
 test_fbctl_check() {
     local rc
     require_fbctl
-    gen_conf "$T_TMP/ok"
-    "$FBCTL" -c "$T_TMP/ok/fallback.xml" check >"$T_TMP/check.out" 2>&1
+    gen_conf "$T_TMP/fb" --no-module
+    "$FBCTL" -c "$T_TMP/fb/fallback.xml" check >"$T_TMP/check.out" 2>&1
     rc=$?
     assert_eq 0 "$rc" "fbctl check on a good file ($(cat "$T_TMP/check.out"))"
     grep -q "$HTTPS_PORT" "$T_TMP/check.out" || fail "effective settings lack the https port"
-    grep -q "$DS_DIR/docroot\|$T_TMP/ok/docroot" "$T_TMP/check.out" || fail "effective settings lack the docroot"
+    grep -q "$DS_DIR/docroot\|$T_TMP/fb/docroot" "$T_TMP/check.out" || fail "effective settings lack the docroot"
     # Bad: a value out of range, and broken XML.
-    sed "s:<port>$UDP_PORT</port>:<port>0</port>:" "$T_TMP/ok/fallback.xml" >"$T_TMP/ok/bad1.xml"
-    "$FBCTL" -c "$T_TMP/ok/bad1.xml" check >"$T_TMP/check.out" 2>&1
+    sed "s:<port>$UDP_PORT</port>:<port>0</port>:" "$T_TMP/fb/fallback.xml" >"$T_TMP/fb/bad1.xml"
+    "$FBCTL" -c "$T_TMP/fb/bad1.xml" check >"$T_TMP/check.out" 2>&1
     rc=$?
     assert_eq "$(exit_code_of config)" "$rc" "fbctl check exit code on a bad value"
     grep -q "bad1.xml:[0-9][0-9]*" "$T_TMP/check.out" || fail "no file:line: $(cat "$T_TMP/check.out")"
-    head -n 5 "$T_TMP/ok/fallback.xml" >"$T_TMP/ok/bad2.xml"
-    "$FBCTL" -c "$T_TMP/ok/bad2.xml" check >"$T_TMP/check.out" 2>&1
+    head -n 5 "$T_TMP/fb/fallback.xml" >"$T_TMP/fb/bad2.xml"
+    "$FBCTL" -c "$T_TMP/fb/bad2.xml" check >"$T_TMP/check.out" 2>&1
     rc=$?
     assert_eq "$(exit_code_of config)" "$rc" "fbctl check exit code on broken XML"
     grep -q "bad2.xml" "$T_TMP/check.out" || fail "the message does not name the file: $(cat "$T_TMP/check.out")"
