@@ -8,6 +8,9 @@ fallbackconfdir = $(sysconfdir)/fallback
 apacheconfdir = $(APACHE_CONFDIR)
 systemdsystemunitdir = $(prefix)/lib/systemd/system
 dist_pkgdata_DATA = conf/fallback.xsd
+# The configuration reference; udpd.service points at it.
+confdocdir = $(docdir)
+dist_confdoc_DATA = docs/CONFIG.md
 EXTRA_DIST += conf/fallback.xml conf/fallback.load conf/fallback.conf conf/udpd.service
 
 conf_edit = sed -e 's|/etc/fallback|$(sysconfdir)/fallback|g' \
