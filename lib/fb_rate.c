@@ -1,0 +1,430 @@
+/* fb_rate: delay-based rate control, pacing and retransmission scheduling for the UDP sender.
+ * The control laws and their constants are explained in fb_rate.h and docs/PROTOCOL.md
+ * section 7; the unit tests drive them through a simulated bottleneck in virtual time. */
+#include "fb_rate.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "fb_config.h"
+#include "fb_wire.h"
+
+/* Constants of the control laws. Times in microseconds, rates in bytes/s. */
+#define BASE_BUCKET_US 10000000u /* one-way-delay minimum kept per 10 s, 6 buckets: 60 s window */
+#define BASE_BUCKETS 6u
+#define MIN_CONTROL_RTT_US 10000u   /* control time constant never shorter than 10 ms */
+#define DEFAULT_RTT_US 100000u      /* assumed before the first RTT sample */
+#define FAST_GAMMA 0.5              /* fair: fraction of the error corrected per RTT */
+#define MAX_UP_PER_RTT 1.0          /* at most doubling per RTT */
+#define MAX_DOWN_PER_RTT 0.5        /* at most halving per RTT by delay alone */
+#define LOSS_CUT_FAIR 0.85          /* congestive loss: fair and high */
+#define LOSS_CUT_LOW 0.5            /* congestive loss: low */
+#define QS_EXIT_MIN_US 4000         /* quick start ends once q exceeds max(this, min(alpha/x, max)) */
+#define QS_EXIT_MAX_US 25000
+#define RISE_MIN_US 2000            /* q counts as rising when 2 ms and 50 % above its recent min */
+#define HIGH_Q_MIN_US 5000          /* ... or when above 5 ms and twice the flow's own target */
+#define RECV_CAP_GAIN 1.25          /* never pace above 1.25x the best recent receive rate */
+#define LOW_UP_PER_RTT 0.25         /* low: increase at most +25 % per RTT below its target */
+#define BURST_US 1000.0             /* pacer credit after idling: 1 ms of the rate */
+#define SILENCE_MIN_US 200000u      /* no feedback for max(this, 2 srtt): start slowing down */
+
+static double clampd(double v, double lo, double hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
+
+static void clamp_rate(fb_rate *r)
+{
+    r->rate = clampd(r->rate, (double)r->p.min_rate, (double)r->p.target_rate);
+}
+
+static uint64_t control_rtt(const fb_rate *r)
+{
+    uint64_t t = r->srtt_us ? r->srtt_us : DEFAULT_RTT_US;
+
+    return t < MIN_CONTROL_RTT_US ? MIN_CONTROL_RTT_US : t;
+}
+
+/* Bytes of its own a flow keeps queued in equilibrium (fair and high). */
+static double alpha_bytes(const fb_rate *r)
+{
+    double a = (double)FB_RATE_FAIR_ALPHA_PACKETS * r->p.packet_size;
+
+    return r->p.policy == FB_POLICY_HIGH ? 2.0 * a : a;
+}
+
+void fb_rate_init(fb_rate *r, const fb_rate_params *p, uint64_t now_us)
+{
+    memset(r, 0, sizeof(*r));
+    r->p = *p;
+    if (r->p.policy != FB_POLICY_FIXED && r->p.policy != FB_POLICY_HIGH && r->p.policy != FB_POLICY_FAIR &&
+        r->p.policy != FB_POLICY_LOW)
+        r->p.policy = FB_POLICY_FAIR;
+    if (r->p.target_rate == 0)
+        r->p.target_rate = 1;
+    if (r->p.min_rate > r->p.target_rate)
+        r->p.min_rate = r->p.target_rate;
+    if (r->p.packet_size == 0)
+        r->p.packet_size = FB_WIRE_DEFAULT_DATAGRAM;
+    if (r->p.initial_rate == 0)
+        r->p.initial_rate = FB_RATE_DEFAULT_INITIAL;
+    if (r->p.policy == FB_POLICY_FIXED) {
+        r->rate = (double)r->p.target_rate;
+    } else {
+        r->rate = (double)r->p.initial_rate;
+        r->quick_start = 1;
+    }
+    clamp_rate(r);
+    r->last_update_us = now_us;
+    r->last_feedback_us = now_us;
+    r->last_decay_us = now_us;
+    r->next_send_us = (double)now_us;
+}
+
+void fb_rate_set_limits(fb_rate *r, uint64_t min_rate, uint64_t target_rate)
+{
+    r->p.target_rate = target_rate ? target_rate : 1;
+    r->p.min_rate = min_rate > r->p.target_rate ? r->p.target_rate : min_rate;
+    if (r->p.policy == FB_POLICY_FIXED)
+        r->rate = (double)r->p.target_rate;
+    clamp_rate(r);
+}
+
+/* Windowed minimum of the one-way delay, in buckets so old minima expire (route changes,
+ * clock drift). */
+static int64_t base_owd_update(fb_rate *r, int64_t owd, uint64_t now)
+{
+    int64_t m;
+
+    if (!r->have_owd) {
+        for (unsigned i = 0; i < BASE_BUCKETS; i++)
+            r->base_owd[i] = owd;
+        r->base_bucket_us = now;
+        r->have_owd = 1;
+    }
+    if (now - r->base_bucket_us >= BASE_BUCKET_US) {
+        r->base_idx = (r->base_idx + 1) % BASE_BUCKETS;
+        r->base_owd[r->base_idx] = owd;
+        r->base_bucket_us = now;
+    }
+    if (owd < r->base_owd[r->base_idx])
+        r->base_owd[r->base_idx] = owd;
+    m = r->base_owd[0];
+    for (unsigned i = 1; i < BASE_BUCKETS; i++)
+        if (r->base_owd[i] < m)
+            m = r->base_owd[i];
+    return m;
+}
+
+static void update_delay(fb_rate *r, const fb_rate_sample *s)
+{
+    int64_t q;
+
+    if (s->rtt_us > 0) {
+        r->srtt_us = r->srtt_us == 0 ? s->rtt_us : (7 * r->srtt_us + s->rtt_us) / 8;
+        if (r->min_rtt_us == 0 || s->rtt_us < r->min_rtt_us)
+            r->min_rtt_us = s->rtt_us;
+    }
+    if (s->has_owd)
+        q = s->owd_us - base_owd_update(r, s->owd_us, s->now_us);
+    else if (s->rtt_us > 0 && r->min_rtt_us > 0)
+        q = (int64_t)(s->rtt_us - r->min_rtt_us);
+    else
+        return;
+    if (q < 0)
+        q = 0;
+    r->qdelay_us = q;
+    /* Minimum q over the last one to two RTTs: the reference for "the delay is rising". */
+    if (!r->have_q) {
+        r->qmin_cur_us = r->qmin_prev_us = q;
+        r->qmin_since_us = s->now_us;
+        r->have_q = 1;
+    } else if (s->now_us - r->qmin_since_us >= control_rtt(r)) {
+        r->qmin_prev_us = r->qmin_cur_us;
+        r->qmin_cur_us = q;
+        r->qmin_since_us = s->now_us;
+    } else if (q < r->qmin_cur_us) {
+        r->qmin_cur_us = q;
+    }
+}
+
+static void update_recv_max(fb_rate *r, const fb_rate_sample *s)
+{
+    double rr = (double)s->recv_rate;
+
+    if (s->recv_rate == 0)
+        return;
+    if (s->now_us - r->recv_since_us >= 2 * control_rtt(r)) {
+        r->recv_max_prev = r->recv_max;
+        r->recv_max = 0;
+        r->recv_since_us = s->now_us;
+    }
+    if (rr > r->recv_max)
+        r->recv_max = rr;
+}
+
+/* Congestion, as opposed to random loss: the queue grew with the loss, or it is well above
+ * what this flow aims at (another flow is filling it). */
+static int delay_says_congested(const fb_rate *r)
+{
+    int64_t qmin = r->qmin_cur_us < r->qmin_prev_us ? r->qmin_cur_us : r->qmin_prev_us;
+    int64_t rise = qmin / 2 > RISE_MIN_US ? qmin / 2 : RISE_MIN_US;
+    double own_target_us = r->p.policy == FB_POLICY_LOW ? (double)FB_RATE_LOW_TARGET_US
+                                                        : alpha_bytes(r) / r->rate * 1e6;
+
+    if (!r->have_q)
+        return 0;
+    if (r->qdelay_us >= qmin + rise)
+        return 1;
+    return r->qdelay_us > HIGH_Q_MIN_US && (double)r->qdelay_us > 2.0 * own_target_us;
+}
+
+static double quick_start_exit_us(const fb_rate *r)
+{
+    double t;
+
+    if (r->p.policy == FB_POLICY_LOW)
+        return (double)FB_RATE_LOW_TARGET_US / 2;
+    t = alpha_bytes(r) / r->rate * 1e6;
+    t = t > QS_EXIT_MAX_US ? QS_EXIT_MAX_US : t;
+    return t < QS_EXIT_MIN_US ? QS_EXIT_MIN_US : t;
+}
+
+/* One step of the delay law over DT microseconds with control time constant T. */
+static void delay_step(fb_rate *r, double dt, double T)
+{
+    double x = r->rate, q = (double)r->qdelay_us / 1e6, frac = dt / T, dx;
+
+    if (r->p.policy == FB_POLICY_LOW) {
+        double off = clampd(((double)FB_RATE_LOW_TARGET_US / 1e6 - q) / ((double)FB_RATE_LOW_TARGET_US / 1e6), -1.0,
+                            1.0);
+        double floor_rate = 4.0 * r->p.packet_size / (T / 1e6); /* so it can grow from a zero minimum */
+
+        dx = off > 0 ? off * LOW_UP_PER_RTT * (x > floor_rate ? x : floor_rate) : off * MAX_DOWN_PER_RTT * x;
+        dx *= frac;
+    } else {
+        double gain = r->p.policy == FB_POLICY_HIGH ? 2.0 * FAST_GAMMA : FAST_GAMMA;
+
+        /* FAST TCP in rate form: the "window" error (alpha - own queued bytes) corrected at
+         * GAMMA per RTT, i.e. dx = gamma * (alpha - x q) / T per RTT. */
+        dx = gain * (alpha_bytes(r) - x * q) / (T / 1e6) * frac;
+        dx = clampd(dx, -MAX_DOWN_PER_RTT * x * frac, MAX_UP_PER_RTT * x * frac);
+    }
+    r->rate = x + dx;
+}
+
+void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
+{
+    double T, dt;
+
+    update_delay(r, s);
+    update_recv_max(r, s);
+    r->last_feedback_us = s->now_us;
+    r->last_decay_us = s->now_us;
+    if (r->p.policy == FB_POLICY_FIXED) {
+        r->rate = (double)r->p.target_rate;
+        r->last_update_us = s->now_us;
+        return;
+    }
+    T = (double)control_rtt(r);
+    dt = s->now_us > r->last_update_us ? (double)(s->now_us - r->last_update_us) : 0.0;
+    if (dt > T)
+        dt = T; /* a long gap is not a licence for a huge step */
+    r->last_update_us = s->now_us;
+
+    if (s->lost_bytes > 0 && delay_says_congested(r) && s->now_us - r->last_cut_us >= control_rtt(r)) {
+        r->rate *= r->p.policy == FB_POLICY_LOW ? LOSS_CUT_LOW : LOSS_CUT_FAIR;
+        r->last_cut_us = s->now_us;
+        if (r->quick_start) {
+            r->quick_start = 0;
+            if (s->recv_rate > 0 && (double)s->recv_rate < r->rate)
+                r->rate = (double)s->recv_rate;
+        }
+        clamp_rate(r);
+        return;
+    }
+    if (r->quick_start) {
+        if (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r)) {
+            /* The queue is building: we overshot by up to one RTT of doubling. Fall back to what
+             * the receiver actually got, and let the delay law drain the rest. */
+            r->quick_start = 0;
+            if (s->recv_rate > 0 && (double)s->recv_rate < r->rate)
+                r->rate = (double)s->recv_rate;
+        } else {
+            r->rate *= exp2(dt / T);
+            if (r->rate >= (double)r->p.target_rate)
+                r->quick_start = 0;
+        }
+    } else if (r->have_q) {
+        delay_step(r, dt, T);
+        /* Safety cap: never far above what the receiver gets, which bounds the damage when
+         * the queue is too short for the delay signal (losses then stay below ~20 %). */
+        if (r->recv_max > 0 || r->recv_max_prev > 0) {
+            double best = r->recv_max > r->recv_max_prev ? r->recv_max : r->recv_max_prev;
+
+            if (r->rate > RECV_CAP_GAIN * best)
+                r->rate = RECV_CAP_GAIN * best;
+        }
+    }
+    clamp_rate(r);
+}
+
+void fb_rate_on_send(fb_rate *r, uint64_t now_us, size_t bytes)
+{
+    double start, now = (double)now_us;
+    uint64_t silence_limit = 2 * control_rtt(r) > SILENCE_MIN_US ? 2 * control_rtt(r) : SILENCE_MIN_US;
+
+    /* No feedback for a while: the path may be gone or badly congested. Halve per RTT. */
+    if (r->p.policy != FB_POLICY_FIXED && now_us > r->last_feedback_us &&
+        now_us - r->last_feedback_us > silence_limit && now_us - r->last_decay_us >= control_rtt(r)) {
+        r->rate *= 0.5;
+        r->quick_start = 0;
+        r->last_decay_us = now_us;
+        clamp_rate(r);
+    }
+    start = r->next_send_us > now - BURST_US ? r->next_send_us : now - BURST_US;
+    if (!r->started) {
+        start = now;
+        r->started = 1;
+    }
+    r->next_send_us = start + (double)bytes * 1e6 / r->rate;
+}
+
+uint64_t fb_rate_next_send_time(const fb_rate *r, uint64_t now_us)
+{
+    if (!r->started || r->next_send_us <= (double)now_us)
+        return now_us;
+    return (uint64_t)ceil(r->next_send_us);
+}
+
+uint64_t fb_rate_current(const fb_rate *r)
+{
+    return (uint64_t)r->rate;
+}
+
+uint64_t fb_rate_srtt(const fb_rate *r)
+{
+    return r->srtt_us;
+}
+
+uint64_t fb_rate_queue_delay(const fb_rate *r)
+{
+    return r->have_q ? (uint64_t)r->qdelay_us : 0;
+}
+
+int fb_rate_in_quick_start(const fb_rate *r)
+{
+    return r->quick_start;
+}
+
+/* ---- retransmission scheduler ---------------------------------------------------------- */
+
+void fb_retx_init(fb_retx *x)
+{
+    memset(x, 0, sizeof(*x));
+}
+
+typedef struct retx_build {
+    fb_retx_entry e[FB_RETX_MAX];
+    unsigned n;
+    fb_range *out;
+    size_t cap, nout;
+    uint64_t budget; /* UINT64_MAX = unlimited */
+    uint64_t now;
+} retx_build;
+
+static void retx_record(retx_build *b, uint64_t s, uint64_t e, uint64_t t)
+{
+    if (b->n > 0 && b->e[b->n - 1].end == s && b->e[b->n - 1].sent_us == t) {
+        b->e[b->n - 1].end = e;
+        return;
+    }
+    if (b->n == FB_RETX_MAX)
+        return; /* full: this part may go out again early; wasteful, never wrong */
+    b->e[b->n].offset = s;
+    b->e[b->n].end = e;
+    b->e[b->n].sent_us = t;
+    b->n++;
+}
+
+static void retx_due(retx_build *b, uint64_t s, uint64_t e)
+{
+    uint64_t len = e - s;
+
+    if (b->budget == 0 || len == 0)
+        return;
+    if (len > b->budget)
+        len = b->budget;
+    if (b->nout > 0 && b->out[b->nout - 1].offset + b->out[b->nout - 1].length == s) {
+        b->out[b->nout - 1].length += len;
+    } else {
+        if (b->nout == b->cap)
+            return;
+        b->out[b->nout].offset = s;
+        b->out[b->nout].length = len;
+        b->nout++;
+    }
+    if (b->budget != UINT64_MAX)
+        b->budget -= len;
+    retx_record(b, s, s + len, b->now);
+}
+
+size_t fb_retx_schedule(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
+                        uint64_t now_us, uint64_t interval_us, uint64_t max_bytes)
+{
+    retx_build b;
+    unsigned j = 0;
+
+    memset(&b, 0, sizeof(b));
+    b.out = out;
+    b.cap = out == NULL ? 0 : cap;
+    b.budget = max_bytes == 0 ? UINT64_MAX : max_bytes;
+    b.now = now_us;
+    for (size_t i = 0; i < nmissing; i++) {
+        uint64_t pos = missing[i].offset, end;
+
+        if (missing[i].length == 0 || missing[i].offset > UINT64_MAX - missing[i].length)
+            continue;
+        end = missing[i].offset + missing[i].length;
+        while (j < x->n && x->e[j].end <= pos)
+            j++;
+        while (pos < end) {
+            if (j < x->n && x->e[j].offset <= pos) {
+                uint64_t seg_end = x->e[j].end < end ? x->e[j].end : end;
+                uint64_t sent = x->e[j].sent_us;
+                int fresh = now_us < sent || now_us - sent < interval_us;
+
+                if (fresh)
+                    retx_record(&b, pos, seg_end, sent);
+                else
+                    retx_due(&b, pos, seg_end);
+                pos = seg_end;
+                if (x->e[j].end <= pos)
+                    j++;
+            } else {
+                uint64_t next = j < x->n && x->e[j].offset < end ? x->e[j].offset : end;
+
+                retx_due(&b, pos, next);
+                pos = next;
+            }
+        }
+    }
+    memcpy(x->e, b.e, b.n * sizeof(b.e[0]));
+    x->n = b.n;
+    return b.nout;
+}
+
+void fb_retx_forget_below(fb_retx *x, uint64_t offset)
+{
+    unsigned k = 0;
+
+    for (unsigned i = 0; i < x->n; i++) {
+        if (x->e[i].end <= offset)
+            continue;
+        x->e[k] = x->e[i];
+        if (x->e[k].offset < offset)
+            x->e[k].offset = offset;
+        k++;
+    }
+    x->n = k;
+}

@@ -1,0 +1,137 @@
+/* fb_rate: the sender's rate controller, pacer and retransmission scheduler for the UDP fast
+ * path (DESIGN.md section 6; docs/PROTOCOL.md section 7).
+ *
+ * Rate-based and paced, fed by the receiver's FEEDBACK, driven by queueing delay rather than
+ * loss, so random loss costs only its retransmission. Queueing delay q is the one-way delay
+ * sample minus its windowed minimum (the clock offset between the hosts cancels out), or the
+ * RTT above its minimum when no one-way sample is given. Policies:
+ *
+ *   fixed  hold the target rate whatever the network does;
+ *   fair   keep ALPHA bytes of its own queued at the bottleneck (FAST TCP's equilibrium, in rate
+ *          form): it increases while q is below ALPHA/rate and decreases in proportion to the
+ *          excess. Every flow through a bottleneck sees the same q, so each settles at
+ *          ALPHA/q: equal shares whatever their RTTs. Loss cuts the rate (x0.85, once per RTT)
+ *          only when the delay rose with it (a congested queue overflowing), never alone;
+ *   high   the fair law with twice ALPHA and twice the gain: about twice a fair flow's share;
+ *   low    LEDBAT-like scavenger: aims at 25 ms of queueing delay, backs off quickly above it
+ *          (towards the minimum rate), so loss-based TCP, which fills queues, always wins.
+ *
+ * Every flow starts with quick start (rate doubling per RTT from an initial rate until the
+ * queueing delay rises), is clamped to [min_rate, target_rate], and, except fixed, slows down
+ * when feedback stops (halving per RTT of silence, down to min_rate).
+ *
+ * Pure code: no I/O, no clock (every call takes the current time in microseconds of one
+ * monotonic clock), no allocation; deterministic for the same inputs. */
+#ifndef FB_RATE_H
+#define FB_RATE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "fb_range.h"
+
+#define FB_RATE_FEEDBACK_INTERVAL_US 10000u /* receivers send FEEDBACK this often (or RTT/4) */
+#define FB_RATE_DEFAULT_INITIAL 262144u     /* bytes/s quick start begins at (2 Mbit/s) */
+#define FB_RATE_LOW_TARGET_US 25000u        /* queueing delay the low policy aims at */
+#define FB_RATE_FAIR_ALPHA_PACKETS 48u      /* fair: packets of its own kept queued */
+
+typedef struct fb_rate_params {
+    unsigned policy;       /* one FB_POLICY_* bit (fb_config.h) */
+    uint64_t target_rate;  /* bytes/s, > 0: the ceiling (and the fixed rate) */
+    uint64_t min_rate;     /* bytes/s: the floor (<= target_rate) */
+    uint64_t initial_rate; /* bytes/s quick start begins at; 0 = FB_RATE_DEFAULT_INITIAL */
+    uint32_t packet_size;  /* typical datagram size in bytes; 0 = FB_WIRE_DEFAULT_DATAGRAM */
+} fb_rate_params;
+
+/* What the sender learned from one FEEDBACK. */
+typedef struct fb_rate_sample {
+    uint64_t now_us;      /* when it arrived */
+    uint64_t acked_bytes; /* payload bytes newly known received since the previous feedback */
+    uint64_t lost_bytes;  /* payload bytes newly reported missing (each hole counted once) */
+    uint64_t rtt_us;      /* now - echo_ts - hold; 0 = no sample */
+    int has_owd;          /* owd_us is valid */
+    int64_t owd_us;       /* echo_recv_ts - echo_ts: one-way delay plus the clocks' offset */
+    uint64_t recv_rate;   /* bytes/s measured by the receiver; 0 = unknown */
+} fb_rate_sample;
+
+typedef struct fb_rate {
+    fb_rate_params p;
+    double rate;         /* bytes/s, the pacing rate */
+    int quick_start;     /* 1 while ramping exponentially */
+    uint64_t srtt_us;    /* smoothed RTT (0 = no sample yet) */
+    uint64_t min_rtt_us;
+    int have_owd;
+    int64_t base_owd[6];     /* windowed minimum of one-way delay: one bucket per 10 s */
+    uint64_t base_bucket_us; /* start of the current bucket */
+    unsigned base_idx;
+    int64_t qdelay_us;       /* latest queueing delay estimate */
+    int have_q;
+    int64_t qmin_cur_us, qmin_prev_us; /* min q over the current and previous RTT-long period */
+    uint64_t qmin_since_us;
+    uint64_t last_update_us; /* last control step */
+    uint64_t last_cut_us;    /* last loss-triggered decrease (once per RTT) */
+    uint64_t last_feedback_us;
+    uint64_t last_decay_us;  /* last silence-triggered decrease */
+    double recv_max;         /* max receive rate over the recent period (caps over-sending) */
+    double recv_max_prev;
+    uint64_t recv_since_us;
+    double next_send_us;     /* pacer: earliest time of the next packet */
+    int started;             /* any packet sent */
+} fb_rate;
+
+/* Sets up a controller at NOW_US. Invalid parameters are repaired (policy defaults to fair,
+ * min <= target, target >= 1), never refused: the server has validated them already. */
+void fb_rate_init(fb_rate *r, const fb_rate_params *p, uint64_t now_us);
+
+/* Changes the clamps during a transfer (the server's caps, or the user). */
+void fb_rate_set_limits(fb_rate *r, uint64_t min_rate, uint64_t target_rate);
+
+/* Feeds one FEEDBACK. */
+void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s);
+
+/* Tells the pacer a datagram of BYTES left at NOW_US. Also applies the silence back-off. */
+void fb_rate_on_send(fb_rate *r, uint64_t now_us, size_t bytes);
+
+/* Earliest time (us) the next datagram may leave; <= NOW_US means now. A sender may send up
+ * to about 1 ms of its rate as one burst (a GSO batch) after being idle. */
+uint64_t fb_rate_next_send_time(const fb_rate *r, uint64_t now_us);
+
+/* The pacing rate in bytes/s. */
+uint64_t fb_rate_current(const fb_rate *r);
+uint64_t fb_rate_srtt(const fb_rate *r);
+/* Latest queueing-delay estimate in us (0 before any sample). */
+uint64_t fb_rate_queue_delay(const fb_rate *r);
+int fb_rate_in_quick_start(const fb_rate *r);
+
+/* ---- retransmission scheduler ----------------------------------------------------------
+ * Remembers when each missing byte range was last retransmitted, so that a hole reported
+ * again and again by successive FEEDBACKs (it takes an RTT for the repair to arrive) is sent
+ * about once per RTT, not once per feedback: redundant data stays close to the loss rate. */
+#define FB_RETX_MAX 256u
+
+typedef struct fb_retx_entry {
+    uint64_t offset, end; /* [offset, end) */
+    uint64_t sent_us;     /* when last (re)transmitted */
+} fb_retx_entry;
+
+typedef struct fb_retx {
+    fb_retx_entry e[FB_RETX_MAX]; /* sorted by offset, disjoint */
+    unsigned n;
+} fb_retx;
+
+void fb_retx_init(fb_retx *x);
+
+/* Given the receiver's missing ranges MISSING (sorted, disjoint; as in a FEEDBACK), writes into
+ * OUT (capacity CAP) the parts due for retransmission at NOW_US: never retransmitted, or last
+ * sent at least INTERVAL_US ago (use about srtt * 1.25 plus the feedback interval). They are
+ * recorded as sent at NOW_US; ranges no longer missing are forgotten. At most MAX_BYTES are
+ * scheduled (0 = no limit), so repair can be paced inside the rate. Returns the count written.
+ * When the table is full, older entries are forgotten first (a range may then go out again
+ * early: wasteful, never wrong). */
+size_t fb_retx_schedule(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
+                        uint64_t now_us, uint64_t interval_us, uint64_t max_bytes);
+
+/* Forgets everything below OFFSET (the receiver's cum_offset advanced). */
+void fb_retx_forget_below(fb_retx *x, uint64_t offset);
+
+#endif
