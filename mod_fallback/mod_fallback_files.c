@@ -1,0 +1,214 @@
+/* mod_fallback_files.c: GET/HEAD BASE/files/{path}, the download path over HTTP(S).
+ *
+ * A regular file goes out as one file bucket + EOS with ETag, Last-Modified and Accept-Ranges,
+ * so Apache's own byterange filter serves Range (single and multiple) and If-Range, and
+ * ap_meets_conditions handles If-None-Match/If-Modified-Since. A directory answers a JSON
+ * listing. Everything is opened beneath the user's docroot (openat2 RESOLVE_BENEATH), and
+ * partial/checkpoint files are never served or listed. */
+
+#include "mod_fallback_private.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "apr_portable.h"
+#include "apr_strings.h"
+#include "http_core.h"
+#include "http_protocol.h"
+#include "http_request.h"
+#include "util_filter.h"
+
+#include "fb_path.h"
+
+#define MAX_LISTING_ENTRIES 100000
+
+typedef struct listing_entry {
+    const char *name;
+    const char *type; /* "file", "dir", "other" */
+    apr_off_t size;
+    apr_int64_t mtime;
+} listing_entry;
+
+/* True if some component of RAW is a partial or checkpoint name. */
+static int names_partial(apr_pool_t *p, const char *raw)
+{
+    char *copy = apr_pstrdup(p, raw);
+    char *last = NULL;
+    char *comp;
+
+    for (comp = apr_strtok(copy, "/", &last); comp != NULL; comp = apr_strtok(NULL, "/", &last))
+        if (fb_path_is_partial_name(comp))
+            return 1;
+    return 0;
+}
+
+static int send_file(mod_fallback_req *req, int fd)
+{
+    request_rec *r = req->r;
+    core_dir_config *d = ap_get_core_module_config(r->per_dir_config);
+    apr_os_file_t ofd = fd;
+    apr_file_t *f = NULL;
+    apr_bucket_brigade *bb;
+    apr_bucket *e;
+    apr_int32_t flags = APR_FOPEN_READ;
+    int rc;
+
+    if (d != NULL && d->enable_sendfile == ENABLE_SENDFILE_ON)
+        flags |= APR_FOPEN_SENDFILE_ENABLED;
+    /* The descriptor is closed by the r->pool cleanup registered by the caller. r->pool lives
+     * until the EOR bucket after the file bucket is destroyed, so even a file bucket set aside
+     * for async write completion stays valid. apr_os_file_put marks the file NOCLEANUP, so a
+     * set-aside copy never closes it a second time. */
+    if (apr_os_file_put(&f, &ofd, flags, r->pool) != APR_SUCCESS ||
+        apr_file_info_get(&r->finfo, APR_FINFO_NORM, f) != APR_SUCCESS) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00500) "cannot stat the file to send");
+        return mod_fallback_problem(req, FB_ERR_IO, NULL);
+    }
+    ap_update_mtime(r, r->finfo.mtime);
+    ap_set_last_modified(r);
+    ap_set_etag_fd(r, f);
+    ap_set_accept_ranges(r);
+    ap_set_content_length(r, r->finfo.size);
+    /* User-supplied content is never rendered by a browser on the API's origin. */
+    ap_set_content_type(r, "application/octet-stream");
+    apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");
+
+    rc = ap_meets_conditions(r);
+    if (rc != OK) {
+        r->status = rc;
+        return rc;
+    }
+    bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
+    e = apr_brigade_insert_file(bb, f, 0, r->finfo.size, r->pool);
+#if APR_HAS_MMAP
+    if (d != NULL && d->enable_mmap == ENABLE_MMAP_OFF)
+        (void)apr_bucket_file_enable_mmap(e, 0);
+#else
+    (void)e;
+#endif
+    APR_BRIGADE_INSERT_TAIL(bb, apr_bucket_eos_create(r->connection->bucket_alloc));
+    return ap_pass_brigade_fchk(r, bb, FBLOGNO(00501) "sending a file failed");
+}
+
+static int entry_cmp(const void *a, const void *b)
+{
+    return strcmp(((const listing_entry *)a)->name, ((const listing_entry *)b)->name);
+}
+
+static int send_listing(mod_fallback_req *req, int fd, const char *relpath)
+{
+    request_rec *r = req->r;
+    apr_array_header_t *entries = apr_array_make(r->pool, 64, sizeof(listing_entry));
+    struct dirent *de;
+    json_t *doc, *arr;
+    DIR *dir;
+    int dfd, i, truncated = 0;
+
+    dfd = dup(fd);
+    if (dfd < 0 || (dir = fdopendir(dfd)) == NULL) {
+        if (dfd >= 0)
+            close(dfd);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r, FBLOGNO(00502) "cannot list '%s'", relpath);
+        return mod_fallback_problem(req, FB_ERR_IO, NULL);
+    }
+    while ((de = readdir(dir)) != NULL) {
+        const char *name = de->d_name;
+        listing_entry *le;
+        struct stat sb;
+
+        if (strcmp(name, ".") == 0 || strcmp(name, "..") == 0 || fb_path_is_partial_name(name))
+            continue;
+        if (entries->nelts >= MAX_LISTING_ENTRIES) {
+            truncated = 1;
+            break;
+        }
+        if (fstatat(fd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0)
+            continue;
+        if (S_ISLNK(sb.st_mode)) {
+            /* Follow only what stays beneath the docroot; escaping or dangling links are left out. */
+            const char *rel = relpath[0] ? apr_pstrcat(r->pool, relpath, "/", name, NULL) : name;
+            int lfd = -1, ok;
+
+            if (strlen(rel) > FB_PATH_MAX ||
+                fb_path_open_beneath(&lfd, req->docroot_fd, rel, O_PATH | O_CLOEXEC, 0) != FB_OK)
+                continue;
+            ok = fstat(lfd, &sb) == 0;
+            close(lfd);
+            if (!ok)
+                continue;
+        }
+        le = apr_array_push(entries);
+        le->name = apr_pstrdup(r->pool, name);
+        le->type = S_ISREG(sb.st_mode) ? "file" : S_ISDIR(sb.st_mode) ? "dir" : "other";
+        le->size = sb.st_size;
+        le->mtime = sb.st_mtime;
+    }
+    closedir(dir);
+
+    qsort(entries->elts, (size_t)entries->nelts, sizeof(listing_entry), entry_cmp);
+    arr = json_array();
+    for (i = 0; arr != NULL && i < entries->nelts; i++) {
+        const listing_entry *le = &APR_ARRAY_IDX(entries, i, listing_entry);
+        json_t *name = json_string(le->name); /* NULL for names that are not UTF-8: left out */
+        json_t *item;
+
+        if (name == NULL)
+            continue;
+        item = json_pack("{s:o, s:s}", "name", name, "type", le->type);
+        if (item != NULL && strcmp(le->type, "file") == 0) {
+            json_object_set_new(item, "size", json_integer((json_int_t)le->size));
+            json_object_set_new(item, "mtime", json_integer((json_int_t)le->mtime));
+        }
+        if (item != NULL)
+            json_array_append_new(arr, item);
+    }
+    doc = arr ? json_pack("{s:s, s:o}", "path", relpath, "entries", arr) : NULL;
+    if (doc != NULL && truncated)
+        json_object_set_new(doc, "truncated", json_true());
+    return mod_fallback_json_reply(req, HTTP_OK, doc, 0);
+}
+
+int mod_fallback_files_get(mod_fallback_req *req, const char *raw)
+{
+    request_rec *r = req->r;
+    char relpath[FB_PATH_MAX + 1];
+    struct stat sb;
+    int fd = -1, rc;
+    fb_err e;
+
+    e = fb_path_check(relpath, sizeof(relpath), raw);
+    if (e != FB_OK) {
+        /* Partial and checkpoint files do not exist as far as clients can tell. */
+        if (e == FB_ERR_BAD_PATH && names_partial(r->pool, raw))
+            return mod_fallback_problem(req, FB_ERR_NOT_FOUND, NULL);
+        return mod_fallback_problem(req, e, NULL);
+    }
+    rc = mod_fallback_docroot_open(req);
+    if (req->docroot_fd < 0)
+        return rc;
+    /* O_NONBLOCK: opening a FIFO must not hang the worker; it is refused below anyway. */
+    e = fb_path_open_beneath(&fd, req->docroot_fd, relpath[0] ? relpath : ".",
+                             O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0);
+    if (e != FB_OK) {
+        if (e != FB_ERR_PATH_ESCAPE && e != FB_ERR_PERMISSION)
+            e = FB_ERR_NOT_FOUND;
+        return mod_fallback_problem(req, e, NULL);
+    }
+    mod_fallback_fd_close_on_cleanup(r->pool, fd);
+    if (fstat(fd, &sb) != 0)
+        return mod_fallback_problem(req, FB_ERR_IO, NULL);
+    if (S_ISREG(sb.st_mode)) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl >= 0)
+            (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+        return send_file(req, fd);
+    }
+    if (S_ISDIR(sb.st_mode))
+        return send_listing(req, fd, relpath);
+    return mod_fallback_problem(req, FB_ERR_NOT_FOUND, "not a regular file or directory");
+}

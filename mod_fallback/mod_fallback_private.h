@@ -1,0 +1,102 @@
+/* mod_fallback_private.h: what the mod_fallback_*.c files share: the module's log identity,
+ * the log tag macro, the per-server state (config + session table), the per-request context
+ * and the prototypes between the files. Nothing here is visible outside the module. */
+#ifndef MOD_FALLBACK_PRIVATE_H
+#define MOD_FALLBACK_PRIVATE_H
+
+#include <stdint.h>
+
+#include "httpd.h"
+#include "http_config.h"
+#include "http_log.h"
+
+#include <jansson.h>
+
+#include "fb_config.h"
+#include "fb_err.h"
+#include "fb_table.h"
+
+/* mod_fallback.c gets the same declaration from AP_DECLARE_MODULE. */
+#ifndef MOD_FALLBACK_MAIN
+APLOG_USE_MODULE(fallback);
+#endif
+
+/* Every log message starts with a unique tag ("FB00042: ") so tests can expect or forbid it.
+ * Numbers by file: mod_fallback.c 00001-00099, _util 00100-00199, _sessions 00200-00399,
+ * _data 00400-00499, _files 00500-00599. */
+#define FBLOGNO(n) "FB" #n ": "
+
+/* Longest list of missing ranges put into one answer; the rest is summarised by
+ * "missing_bytes" and "missing_truncated". */
+#define MOD_FALLBACK_MAX_MISSING_RANGES 4096
+
+/* One loaded fallback.xml and the session table it names; shared by every server_rec that
+ * uses the same FallbackConfig file. Lives for one configuration generation (pconf). */
+typedef struct mod_fallback_state {
+    const char *config_file;
+    fb_config *cfg;
+    fb_table *table; /* NULL until post_config attached it */
+} mod_fallback_state;
+
+typedef struct mod_fallback_server_conf {
+    const char *config_file; /* FallbackConfig, NULL: not set here */
+    const char *schema_file; /* FallbackSchema, NULL: not set here */
+    mod_fallback_state *state;
+} mod_fallback_server_conf;
+
+/* Everything a route handler needs about its request. */
+typedef struct mod_fallback_req {
+    request_rec *r;
+    mod_fallback_state *state;
+    const fb_config *cfg;
+    fb_table *table;
+    const char *base;    /* URL prefix of the handler's location, no trailing slash */
+    const char *user;    /* r->user or "" */
+    const char *docroot; /* NULL if the user has none */
+    int docroot_fd;      /* -1 until mod_fallback_docroot_open */
+    int body_read;       /* the request body was consumed (or its reading failed) */
+} mod_fallback_req;
+
+/* mod_fallback_util.c. Functions returning int return a handler result: after a problem was
+ * answered they return OK with their out-parameter unset (NULL / -1). */
+/* Answers an application/problem+json document for CODE (status from fb_err_http_status). */
+int mod_fallback_problem(mod_fallback_req *req, fb_err code, const char *detail);
+int mod_fallback_problem_r(request_rec *r, fb_err code, const char *detail);
+/* Answers DOC (consumed) as application/json with STATUS; SENSITIVE wipes the text after. */
+int mod_fallback_json_reply(mod_fallback_req *req, int status, json_t *doc, int sensitive);
+/* Reads a JSON object body of at most max_json_body bytes; *PDOC is freed with r->pool. */
+int mod_fallback_read_json(mod_fallback_req *req, json_t **pdoc);
+/* Sets req->docroot and opens req->docroot_fd (O_PATH, closed with r->pool). */
+int mod_fallback_docroot_open(mod_fallback_req *req);
+void mod_fallback_fd_close_on_cleanup(apr_pool_t *p, int fd);
+/* Closes FD now and forgets its cleanup (FD was registered with the function above). */
+void mod_fallback_fd_close_now(apr_pool_t *p, int fd);
+/* Called before answering a request whose body was not read. */
+void mod_fallback_body_unread(request_rec *r);
+fb_err mod_fallback_split_parent(const char **pparent, const char **pbase, apr_pool_t *p, const char *relpath);
+/* Opens the directory holding RELPATH beneath the docroot (O_RDONLY, closed with r->pool). */
+fb_err mod_fallback_open_parent(int *pfd, mod_fallback_req *req, const char *relpath);
+const char *mod_fallback_basename(const char *relpath);
+fb_err mod_fallback_sha256_hex_parse(unsigned char out[32], json_t *value);
+
+/* mod_fallback_sessions.c */
+int mod_fallback_sessions_create(mod_fallback_req *req);
+int mod_fallback_sessions_get(mod_fallback_req *req, const char *id);
+int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id);
+int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id);
+/* Finds session ID of the request's user and docroot (opening the docroot). When it is not
+ * found (or belongs to someone else: the same answer) it answers 404 and leaves *PSLOT NULL.
+ * *PGEN is the slot generation seen before INFO was read: compare it later to detect reuse.
+ * The caller wipes info->key when done. */
+int mod_fallback_session_lookup(mod_fallback_req *req, const char *id, uint32_t *pindex, fb_slot **pslot,
+                                uint32_t *pgen, fb_slot_info *info);
+/* "active", "finalising", "done", "failed" */
+const char *mod_fallback_state_name(uint32_t state);
+
+/* mod_fallback_data.c */
+int mod_fallback_data_put(mod_fallback_req *req, const char *id);
+
+/* mod_fallback_files.c */
+int mod_fallback_files_get(mod_fallback_req *req, const char *relpath);
+
+#endif

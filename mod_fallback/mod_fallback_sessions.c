@@ -1,0 +1,902 @@
+/* mod_fallback_sessions.c: the session control routes of docs/HTTP-API.md:
+ * POST sessions (create or resume an upload, create a download), GET and DELETE sessions/{id},
+ * POST sessions/{id}/commit (verify, fsync, rename into place exactly once).
+ *
+ * Creating an upload is serialised per target path by flock on the hidden partial file, so two
+ * requests for one path cannot both claim a slot; resuming picks up a live session of the same
+ * user, path and size, or the checkpoint sidecar beside the partial file. */
+
+#include "mod_fallback_private.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "apr_file_io.h"
+#include "apr_portable.h"
+#include "apr_strings.h"
+#include "http_protocol.h"
+
+#include "fb_checkpoint.h"
+#include "fb_path.h"
+#include "fb_range.h"
+#include "fb_util.h"
+
+#define LOCK_ATTEMPTS 16
+
+const char *mod_fallback_state_name(uint32_t state)
+{
+    switch (state) {
+    case FB_SLOT_CLAIMED:
+    case FB_SLOT_ACTIVE:
+        return "active";
+    case FB_SLOT_FINALISING:
+        return "finalising";
+    case FB_SLOT_DONE:
+        return "done";
+    case FB_SLOT_FAILED:
+        return "failed";
+    default:
+        return "unknown";
+    }
+}
+
+static const char *direction_name(uint32_t d)
+{
+    return d == FB_DIR_DOWNLOAD ? "download" : "upload";
+}
+
+static void wipe_info(fb_slot_info *info)
+{
+    OPENSSL_cleanse(info->key, sizeof(info->key));
+}
+
+int mod_fallback_session_lookup(mod_fallback_req *req, const char *id, uint32_t *pindex, fb_slot **pslot,
+                                uint32_t *pgen, fb_slot_info *info)
+{
+    request_rec *r = req->r;
+    char check[FB_SESSION_ID_LEN + 1];
+    uint32_t idx = 0;
+    fb_slot *slot;
+    int rc;
+
+    *pslot = NULL;
+    rc = mod_fallback_docroot_open(req);
+    if (req->docroot_fd < 0)
+        return rc;
+    if (strlen(id) != FB_SESSION_ID_LEN || fb_table_find(req->table, &idx, id) != FB_OK)
+        return mod_fallback_problem(req, FB_ERR_NOT_FOUND, NULL);
+    slot = fb_table_slot(req->table, idx);
+    *pgen = atomic_load(&slot->generation);
+    fb_slot_info_read(info, slot);
+    fb_session_id_format(check, idx, info->id_random);
+    /* Another user's session, or a slot reused since fb_table_find: the same 404 as unknown. */
+    if (strcmp(check, id) != 0 || strcmp(info->user, req->user) != 0 || strcmp(info->docroot, req->docroot) != 0) {
+        wipe_info(info);
+        return mod_fallback_problem(req, FB_ERR_NOT_FOUND, NULL);
+    }
+    apr_table_setn(r->notes, "fallback-session", apr_pstrdup(r->pool, check));
+    *pindex = idx;
+    *pslot = slot;
+    return OK;
+}
+
+/* ETag exactly as BASE/files/{path} would send it (same FileETag settings), and mtime. */
+static void file_validators(mod_fallback_req *req, int fd, const char **petag, apr_time_t *pmtime)
+{
+    request_rec *r = req->r;
+    apr_os_file_t ofd = fd;
+    apr_file_t *f = NULL;
+    apr_finfo_t fi;
+    etag_rec er;
+
+    *petag = NULL;
+    *pmtime = 0;
+    /* apr_os_file_put registers no cleanup: FD stays owned by the caller. */
+    if (apr_os_file_put(&f, &ofd, APR_FOPEN_READ, r->pool) != APR_SUCCESS ||
+        apr_file_info_get(&fi, APR_FINFO_NORM, f) != APR_SUCCESS)
+        return;
+    memset(&er, 0, sizeof(er));
+    er.request_time = r->request_time;
+    er.finfo = &fi;
+    er.fd = f;
+    *petag = ap_make_etag_ex(r, &er);
+    *pmtime = fi.mtime;
+}
+
+static json_t *session_doc(mod_fallback_req *req, uint32_t idx, const fb_slot_info *info, uint32_t state)
+{
+    char id[FB_SESSION_ID_LEN + 1];
+
+    fb_session_id_format(id, idx, info->id_random);
+    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:b, s:{s:i}, s:s}", "id", id, "direction",
+                     direction_name(info->direction), "path", info->relpath, "size", (json_int_t)info->size,
+                     "chunk_size", (json_int_t)info->chunk_size, "state", mod_fallback_state_name(state), "resumed",
+                     (info->flags & FB_SLOT_FLAG_RESUMED) != 0, "udp", "port", req->cfg->udp_port, "location",
+                     apr_pstrcat(req->r->pool, req->base, "/sessions/", id, NULL));
+}
+
+/* received_bytes, missing (at most MOD_FALLBACK_MAX_MISSING_RANGES), missing_bytes. */
+static int add_progress(json_t *doc, fb_slot *slot, const fb_slot_info *info, apr_pool_t *p)
+{
+    uint64_t *words = apr_palloc(p, FB_BITMAP_WORDS * sizeof(uint64_t));
+    fb_range *ranges = apr_palloc(p, MOD_FALLBACK_MAX_MISSING_RANGES * sizeof(fb_range));
+    uint64_t missing_bytes = 0;
+    size_t n, i;
+    json_t *arr = json_array();
+
+    if (arr == NULL)
+        return -1;
+    fb_slot_bitmap_copy(words, slot);
+    n = fb_bitmap_missing(ranges, MOD_FALLBACK_MAX_MISSING_RANGES, &missing_bytes, words, info->size,
+                          info->chunk_size);
+    for (i = 0; i < n && i < MOD_FALLBACK_MAX_MISSING_RANGES; i++)
+        json_array_append_new(arr, json_pack("[I, I]", (json_int_t)ranges[i].offset, (json_int_t)ranges[i].length));
+    json_object_set_new(doc, "missing", arr);
+    json_object_set_new(doc, "missing_bytes", json_integer((json_int_t)missing_bytes));
+    json_object_set_new(doc, "received_bytes", json_integer((json_int_t)(info->size - missing_bytes)));
+    if (n > MOD_FALLBACK_MAX_MISSING_RANGES)
+        json_object_set_new(doc, "missing_truncated", json_true());
+    return 0;
+}
+
+static void add_key(json_t *doc, const fb_slot_info *info)
+{
+    char hex[2 * FB_KEY_LEN + 1];
+
+    fb_hex_encode(hex, info->key, FB_KEY_LEN);
+    json_object_set_new(doc, "key", json_string(hex));
+    OPENSSL_cleanse(hex, sizeof(hex));
+}
+
+/* Answers a session document; the key only to its creator (create/resume answers). */
+static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slot *slot, int with_key, int with_stats,
+                         int resumed)
+{
+    fb_slot_info *info = apr_palloc(req->r->pool, sizeof(*info));
+    uint32_t state = atomic_load(&slot->state);
+    json_t *doc;
+
+    fb_slot_info_read(info, slot);
+    doc = session_doc(req, idx, info, state);
+    if (doc == NULL) {
+        wipe_info(info);
+        return mod_fallback_json_reply(req, status, NULL, 0);
+    }
+    if (resumed)
+        json_object_set_new(doc, "resumed", json_true());
+    if (info->direction == FB_DIR_UPLOAD) {
+        add_progress(doc, slot, info, req->r->pool);
+    }
+    else {
+        int fd = -1;
+        const char *etag = NULL;
+        apr_time_t mtime = 0;
+
+        if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_CLOEXEC, 0) == FB_OK) {
+            file_validators(req, fd, &etag, &mtime);
+            close(fd);
+        }
+        if (etag != NULL) {
+            json_object_set_new(doc, "etag", json_string(etag));
+            json_object_set_new(doc, "mtime", json_integer((json_int_t)apr_time_sec(mtime)));
+        }
+    }
+    if (with_stats) {
+        json_object_set_new(doc, "bytes_http", json_integer((json_int_t)atomic_load(&slot->bytes_http)));
+        json_object_set_new(doc, "bytes_udp", json_integer((json_int_t)atomic_load(&slot->bytes_udp)));
+    }
+    if (with_key)
+        add_key(doc, info);
+    wipe_info(info);
+    if (status == HTTP_CREATED)
+        apr_table_setn(req->r->headers_out, "Location", json_string_value(json_object_get(doc, "location")));
+    return mod_fallback_json_reply(req, status, doc, with_key);
+}
+
+/* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE. */
+static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath, uint64_t size,
+                        uint32_t chunk_size, fb_overwrite overwrite, unsigned mode, uint32_t flags,
+                        const unsigned char *sha256)
+{
+    fb_slot_info *info = &slot->info;
+    fb_err e;
+
+    fb_slot_info_write_begin(slot);
+    e = fb_random_bytes(info->id_random, sizeof(info->id_random));
+    if (e == FB_OK)
+        e = fb_random_bytes(info->key, sizeof(info->key));
+    info->direction = direction;
+    info->chunk_size = chunk_size;
+    info->size = size;
+    info->nchunks = fb_chunk_count(size, chunk_size);
+    info->overwrite = (uint32_t)overwrite;
+    info->file_mode = mode;
+    info->flags = flags;
+    info->cipher = 0;
+    info->created_ns = fb_time_now_ns();
+    if (sha256 != NULL) {
+        memcpy(info->expected_sha256, sha256, sizeof(info->expected_sha256));
+        info->flags |= FB_SLOT_FLAG_EXPECTED_SHA256;
+    }
+    /* Lengths were checked by the caller. */
+    apr_cpystrn(info->user, req->user, sizeof(info->user));
+    apr_cpystrn(info->relpath, relpath, sizeof(info->relpath));
+    apr_cpystrn(info->docroot, req->docroot, sizeof(info->docroot));
+    fb_slot_info_write_end(slot);
+    return e;
+}
+
+static fb_err claim_slot(uint32_t *pidx, fb_slot **pslot, mod_fallback_req *req)
+{
+    const fb_config *cfg = req->cfg;
+    fb_err e = fb_table_claim(req->table, pidx, fb_time_now_ns(), cfg->idle_timeout, cfg->done_linger);
+
+    if (e == FB_OK)
+        *pslot = fb_table_slot(req->table, *pidx);
+    return e;
+}
+
+static int publish_slot(fb_slot *slot)
+{
+    if (!fb_slot_transition(slot, FB_SLOT_CLAIMED, FB_SLOT_ACTIVE))
+        return 0;
+    atomic_store(&slot->last_activity_ns, fb_time_now_ns());
+    return 1;
+}
+
+/* Size and string limits shared by both directions. */
+static int check_limits(mod_fallback_req *req, uint64_t size, uint32_t *pchunk)
+{
+    uint32_t cs = fb_table_chunk_size_for(size, req->cfg->chunk_size ? req->cfg->chunk_size : FB_DEFAULT_CHUNK_SIZE);
+
+    if (size > (uint64_t)INT64_MAX || cs == 0 || fb_chunk_count(size, cs) > FB_BITMAP_BITS)
+        return mod_fallback_problem(req, FB_ERR_TOO_LARGE, "file too large for one session");
+    if (strlen(req->user) >= FB_USER_MAX)
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "user name too long");
+    if (strlen(req->docroot) >= FB_DOCROOT_MAX) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r, FBLOGNO(00200) "docroot %s too long", req->docroot);
+        return mod_fallback_problem(req, FB_ERR_CONFIG, "docroot path too long");
+    }
+    *pchunk = cs;
+    return -1; /* no answer written: go on */
+}
+
+static int create_download(mod_fallback_req *req, const char *relpath)
+{
+    request_rec *r = req->r;
+    struct stat sb;
+    uint32_t cs = 0, idx = 0;
+    fb_slot *slot = NULL;
+    int fd = -1, rc;
+    fb_err e;
+
+    if (relpath[0] == '\0')
+        return mod_fallback_problem(req, FB_ERR_NOT_FOUND, "not a regular file");
+    e = fb_path_open_beneath(&fd, req->docroot_fd, relpath, O_RDONLY | O_CLOEXEC, 0);
+    if (e != FB_OK)
+        return mod_fallback_problem(req, e == FB_ERR_PATH_ESCAPE ? e : FB_ERR_NOT_FOUND, NULL);
+    mod_fallback_fd_close_on_cleanup(r->pool, fd);
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return mod_fallback_problem(req, FB_ERR_NOT_FOUND, "not a regular file");
+    rc = check_limits(req, (uint64_t)sb.st_size, &cs);
+    if (rc != -1)
+        return rc;
+    e = claim_slot(&idx, &slot, req);
+    if (e != FB_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, FBLOGNO(00201) "no free session slot: %s", fb_err_message(e));
+        return mod_fallback_problem(req, e, NULL);
+    }
+    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0, NULL);
+    if (e != FB_OK || !publish_slot(slot)) {
+        fb_slot_release(slot);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00202) "cannot set up download session");
+        return mod_fallback_problem(req, FB_ERR_INTERNAL, NULL);
+    }
+    {
+        char id[FB_SESSION_ID_LEN + 1];
+        fb_session_id_format(id, idx, slot->info.id_random);
+        apr_table_setn(r->notes, "fallback-session", apr_pstrdup(r->pool, id));
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00203) "download session %s for '%s' (%s), %" APR_UINT64_T_FMT
+                      " bytes", id, req->user, relpath, (apr_uint64_t)sb.st_size);
+    }
+    return reply_session(req, HTTP_CREATED, idx, slot, 1, 0, 0);
+}
+
+/* Opens (creating) the partial file and takes its flock. Retries when the name was replaced or
+ * removed while we waited (a cancel, a commit, or a restart of the upload). */
+static fb_err lock_partial(int *pfd, int parent_fd, const char *partbase, int create)
+{
+    int attempt;
+
+    *pfd = -1;
+    for (attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
+        struct stat a, b;
+        int fd = openat(parent_fd, partbase, (create ? O_RDWR | O_CREAT : O_RDWR) | O_NOFOLLOW | O_CLOEXEC, 0600);
+        int tries = 0;
+
+        if (fd < 0)
+            return errno == ELOOP ? FB_ERR_PATH_ESCAPE : fb_err_from_errno(errno);
+        while (flock(fd, LOCK_EX) != 0 && errno == EINTR && tries++ < 1000)
+            ;
+        if (fstat(fd, &a) == 0 && fstatat(parent_fd, partbase, &b, AT_SYMLINK_NOFOLLOW) == 0 && a.st_dev == b.st_dev &&
+            a.st_ino == b.st_ino) {
+            if (!S_ISREG(a.st_mode)) {
+                close(fd);
+                return FB_ERR_EXISTS;
+            }
+            *pfd = fd;
+            return FB_OK;
+        }
+        close(fd);
+    }
+    return FB_ERR_IO;
+}
+
+/* Restarting an upload with another size: the old partial inode may still be written by a
+ * request of the failed session, so a new inode replaces it instead of truncating it. The
+ * caller keeps the old inode's lock until the new one is locked, then closes it. */
+static fb_err replace_partial(int *pfd, int parent_fd, const char *partbase)
+{
+    int fd, tries = 0;
+
+    if (unlinkat(parent_fd, partbase, 0) != 0 && errno != ENOENT)
+        return fb_err_from_errno(errno);
+    fd = openat(parent_fd, partbase, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return errno == EEXIST ? FB_ERR_SESSION_STATE : fb_err_from_errno(errno);
+    while (flock(fd, LOCK_EX) != 0 && errno == EINTR && tries++ < 1000)
+        ;
+    *pfd = fd;
+    return FB_OK;
+}
+
+/* Other live uploads to the same target. The same user's upload of another size is superseded
+ * (marked failed); anyone else's, or one being committed, blocks this request. */
+static fb_err supersede_others(int *psuperseded, mod_fallback_req *req, const char *relpath, uint64_t size)
+{
+    uint32_t n = fb_table_nslots(req->table), i;
+    fb_slot_info *info = apr_palloc(req->r->pool, sizeof(*info));
+
+    *psuperseded = 0;
+    for (i = 0; i < n; i++) {
+        fb_slot *slot = fb_table_slot(req->table, i);
+        uint32_t st = atomic_load(&slot->state);
+
+        if (st != FB_SLOT_ACTIVE && st != FB_SLOT_FINALISING)
+            continue;
+        fb_slot_info_read(info, slot);
+        wipe_info(info);
+        if (info->direction != FB_DIR_UPLOAD || strcmp(info->docroot, req->docroot) != 0 ||
+            strcmp(info->relpath, relpath) != 0)
+            continue;
+        if (st == FB_SLOT_FINALISING || strcmp(info->user, req->user) != 0 || info->size == size)
+            return FB_ERR_SESSION_STATE;
+        if (fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED)) {
+            atomic_store(&slot->error_code, (uint32_t)FB_ERR_CHANGED);
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, req->r,
+                          FBLOGNO(00204) "upload of '%s' restarted with size %" APR_UINT64_T_FMT
+                          " (was %" APR_UINT64_T_FMT "): old session failed",
+                          relpath, (apr_uint64_t)size, (apr_uint64_t)info->size);
+            *psuperseded = 1;
+        }
+        else if (atomic_load(&slot->state) == FB_SLOT_FINALISING) {
+            return FB_ERR_SESSION_STATE;
+        }
+    }
+    return FB_OK;
+}
+
+static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size)
+{
+    json_t *doc = json_pack("{s:s, s:s, s:I, s:s, s:b, s:I, s:I, s:[]}", "direction", "upload", "path", relpath, "size",
+                            (json_int_t)size, "state", "done", "skipped", 1, "received_bytes", (json_int_t)size,
+                            "missing_bytes", (json_int_t)0, "missing");
+    return mod_fallback_json_reply(req, HTTP_OK, doc, 0);
+}
+
+/* Applies the overwrite policy to an existing target. Returns -1 to go on, 1 if the upload
+ * can be skipped (same content), or a handler result after answering. */
+static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size, fb_overwrite ow,
+                        const unsigned char *sha256)
+{
+    struct stat sb;
+    unsigned char digest[FB_SHA256_LEN];
+    int fd, same;
+
+    if (fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+        if (errno == ENOENT)
+            return -1;
+        return mod_fallback_problem(req, fb_err_from_errno(errno), NULL);
+    }
+    if (S_ISDIR(sb.st_mode))
+        return mod_fallback_problem(req, FB_ERR_EXISTS, "the target is a directory");
+    if (ow == FB_OVERWRITE_NEVER)
+        return mod_fallback_problem(req, FB_ERR_EXISTS, NULL);
+    if (ow != FB_OVERWRITE_IF_DIFFERENT || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
+        return -1;
+    fd = openat(parent_fd, base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    same = fb_sha256_fd(digest, fd, size) == FB_OK && fb_mem_equal_ct(digest, sha256, FB_SHA256_LEN);
+    close(fd);
+    return same ? 1 : -1;
+}
+
+static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
+                         const unsigned char *sha256, unsigned mode)
+{
+    request_rec *r = req->r;
+    const fb_config *cfg = req->cfg;
+    char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
+    const char *base, *partbase, *ckptbase;
+    uint32_t cs = 0, idx = 0;
+    uint64_t nchunks;
+    fb_checkpoint *cp = NULL;
+    fb_slot *slot = NULL;
+    int parent_fd = -1, part_fd = -1;
+    int rc, superseded = 0, resumed = 0, status = HTTP_CREATED;
+    struct stat sb;
+    fb_err e;
+
+    if (relpath[0] == '\0')
+        return mod_fallback_problem(req, FB_ERR_BAD_PATH, "the path names the docroot itself");
+    if (cfg->max_file_size != 0 && size > cfg->max_file_size)
+        return mod_fallback_problem(req, FB_ERR_TOO_LARGE,
+                                    apr_psprintf(r->pool, "files may be at most %" APR_UINT64_T_FMT " bytes",
+                                                 (apr_uint64_t)cfg->max_file_size));
+    rc = check_limits(req, size, &cs);
+    if (rc != -1)
+        return rc;
+    nchunks = fb_chunk_count(size, cs);
+    if (fb_path_partial_name(partrel, sizeof(partrel), relpath) != FB_OK ||
+        fb_path_checkpoint_name(ckptrel, sizeof(ckptrel), relpath) != FB_OK)
+        return mod_fallback_problem(req, FB_ERR_BAD_PATH, "path too long");
+    base = mod_fallback_basename(relpath);
+    partbase = mod_fallback_basename(partrel);
+    ckptbase = mod_fallback_basename(ckptrel);
+
+    e = fb_path_mkdirs_beneath(req->docroot_fd, relpath);
+    if (e == FB_OK)
+        e = mod_fallback_open_parent(&parent_fd, req, relpath);
+    if (e != FB_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00205) "cannot create the directories of '%s': %s", relpath,
+                      fb_err_message(e));
+        return mod_fallback_problem(req, e, "cannot create the target's directory");
+    }
+    rc = check_target(req, parent_fd, base, size, ow, sha256);
+    if (rc == 1)
+        return reply_skipped(req, relpath, size);
+    if (rc != -1)
+        return rc;
+
+    e = lock_partial(&part_fd, parent_fd, partbase, 1);
+    if (e != FB_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00206) "cannot open the partial file of '%s': %s", relpath,
+                      fb_err_message(e));
+        return mod_fallback_problem(req, e == FB_ERR_EXISTS ? FB_ERR_EXISTS : FB_ERR_IO, NULL);
+    }
+    mod_fallback_fd_close_on_cleanup(r->pool, part_fd);
+
+    /* 1. A live session of this user for the same file: hand it out again (same id and key). */
+    if (fb_table_find_upload(req->table, &idx, req->user, req->docroot, relpath, size) == FB_OK) {
+        slot = fb_table_slot(req->table, idx);
+        if (atomic_load(&slot->state) == FB_SLOT_ACTIVE) {
+            rc = reply_session(req, HTTP_OK, idx, slot, 1, 0, 1);
+            goto leave;
+        }
+    }
+
+    /* 2. Nobody else may be writing this partial file. */
+    e = supersede_others(&superseded, req, relpath, size);
+    if (e != FB_OK) {
+        rc = mod_fallback_problem(req, e, "another session is uploading this path");
+        goto leave;
+    }
+    if (superseded) {
+        int new_fd = -1;
+        e = replace_partial(&new_fd, parent_fd, partbase);
+        if (e != FB_OK) {
+            rc = mod_fallback_problem(req, e, NULL);
+            goto leave;
+        }
+        mod_fallback_fd_close_now(r->pool, part_fd);
+        part_fd = new_fd;
+        mod_fallback_fd_close_on_cleanup(r->pool, part_fd);
+        (void)fb_checkpoint_remove(parent_fd, ckptbase);
+    }
+
+    /* 3. A checkpoint of the same geometry: resume from it. */
+    cp = apr_palloc(r->pool, sizeof(*cp));
+    e = superseded ? FB_ERR_NOT_FOUND : fb_checkpoint_read(cp, parent_fd, ckptbase);
+    if (e == FB_OK && fstat(part_fd, &sb) == 0 && (uint64_t)sb.st_size == size && cp->size == size &&
+        cp->chunk_size == cs && cp->nchunks == nchunks) {
+        resumed = 1;
+    }
+    else {
+        if (e != FB_ERR_NOT_FOUND)
+            (void)fb_checkpoint_remove(parent_fd, ckptbase);
+        /* Sparse: ENOSPC surfaces on write, where it is reported and resumable. */
+        if (ftruncate(part_fd, 0) != 0 || ftruncate(part_fd, (off_t)size) != 0) {
+            int err = errno;
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
+                          FBLOGNO(00207) "cannot size the partial file of '%s'", relpath);
+            rc = mod_fallback_problem(req, fb_err_from_errno(err) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO, NULL);
+            goto leave;
+        }
+    }
+
+    e = claim_slot(&idx, &slot, req);
+    if (e != FB_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, FBLOGNO(00208) "no free session slot: %s", fb_err_message(e));
+        rc = mod_fallback_problem(req, e, NULL);
+        goto leave;
+    }
+    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0, sha256);
+    if (e == FB_OK && resumed) {
+        uint64_t i;
+        for (i = 0; i < nchunks; i++)
+            if (fb_bitmap_get(cp->bitmap, i))
+                fb_slot_set_chunk(slot, i);
+    }
+    if (e != FB_OK || !publish_slot(slot)) {
+        fb_slot_release(slot);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00209) "cannot set up upload session");
+        rc = mod_fallback_problem(req, FB_ERR_INTERNAL, NULL);
+        goto leave;
+    }
+    {
+        char id[FB_SESSION_ID_LEN + 1];
+        fb_session_id_format(id, idx, slot->info.id_random);
+        apr_table_setn(r->notes, "fallback-session", apr_pstrdup(r->pool, id));
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      FBLOGNO(00210) "upload session %s for '%s' (%s), %" APR_UINT64_T_FMT " bytes%s", id, req->user,
+                      relpath, (apr_uint64_t)size, resumed ? ", resumed from checkpoint" : "");
+    }
+    if (resumed)
+        status = HTTP_OK;
+    rc = reply_session(req, status, idx, slot, 1, 0, 0);
+
+leave:
+    /* Releases the flock: the slot is ACTIVE (or was not created) by now. */
+    mod_fallback_fd_close_now(r->pool, part_fd);
+    return rc;
+}
+
+/* Octal permission string: "644", "0644"; no setuid/setgid/sticky bits. */
+static int parse_mode(unsigned *pmode, const char *s)
+{
+    unsigned v = 0;
+    size_t i, n = strlen(s);
+
+    if (n == 0 || n > 4)
+        return 0;
+    for (i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '7')
+            return 0;
+        v = v * 8 + (unsigned)(s[i] - '0');
+    }
+    if (v & ~0777u)
+        return 0;
+    *pmode = v;
+    return 1;
+}
+
+int mod_fallback_sessions_create(mod_fallback_req *req)
+{
+    char relpath[FB_PATH_MAX + 1];
+    json_t *doc = NULL, *v;
+    const char *dir, *path;
+    fb_overwrite ow = FB_OVERWRITE_ALWAYS;
+    unsigned char sha[FB_SHA256_LEN];
+    const unsigned char *shap = NULL;
+    unsigned mode;
+    json_int_t size;
+    fb_err e;
+    int rc;
+
+    rc = mod_fallback_read_json(req, &doc);
+    if (doc == NULL)
+        return rc;
+
+    v = json_object_get(doc, "direction");
+    dir = json_is_string(v) ? json_string_value(v) : NULL;
+    if (dir == NULL || (strcmp(dir, "upload") != 0 && strcmp(dir, "download") != 0))
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "direction must be \"upload\" or \"download\"");
+
+    v = json_object_get(doc, "path");
+    if (!json_is_string(v))
+        return mod_fallback_problem(req, FB_ERR_BAD_PATH, "path must be a string");
+    path = json_string_value(v);
+    if (strlen(path) != json_string_length(v))
+        return mod_fallback_problem(req, FB_ERR_BAD_PATH, "path contains a NUL character");
+    e = fb_path_check(relpath, sizeof(relpath), path);
+    if (e != FB_OK)
+        return mod_fallback_problem(req, e, NULL);
+
+    rc = mod_fallback_docroot_open(req);
+    if (req->docroot_fd < 0)
+        return rc;
+
+    if (strcmp(dir, "download") == 0)
+        return create_download(req, relpath);
+
+    v = json_object_get(doc, "size");
+    if (!json_is_integer(v) || (size = json_integer_value(v)) < 0)
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "size must be a non-negative integer");
+
+    v = json_object_get(doc, "overwrite");
+    if (v != NULL && !json_is_null(v)) {
+        const char *o = json_is_string(v) ? json_string_value(v) : "";
+        if (strcmp(o, "never") == 0)
+            ow = FB_OVERWRITE_NEVER;
+        else if (strcmp(o, "always") == 0)
+            ow = FB_OVERWRITE_ALWAYS;
+        else if (strcmp(o, "if_different") == 0)
+            ow = FB_OVERWRITE_IF_DIFFERENT;
+        else
+            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                        "overwrite must be \"never\", \"always\" or \"if_different\"");
+    }
+
+    v = json_object_get(doc, "sha256");
+    if (v != NULL && !json_is_null(v)) {
+        if (mod_fallback_sha256_hex_parse(sha, v) != FB_OK)
+            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "sha256 must be 64 hex digits");
+        shap = sha;
+    }
+
+    mode = req->cfg->file_mode & 0777u;
+    v = json_object_get(doc, "mode");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_string(v) || !parse_mode(&mode, json_string_value(v)))
+            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mode must be an octal string such as \"0644\"");
+    }
+
+    return create_upload(req, relpath, (uint64_t)size, ow, shap, mode);
+}
+
+int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)
+{
+    fb_slot_info *info = apr_palloc(req->r->pool, sizeof(*info));
+    fb_slot *slot = NULL;
+    uint32_t idx = 0, gen = 0;
+    int rc;
+
+    rc = mod_fallback_session_lookup(req, id, &idx, &slot, &gen, info);
+    if (slot == NULL)
+        return rc;
+    wipe_info(info);
+    return reply_session(req, HTTP_OK, idx, slot, 0, 1, 0);
+}
+
+/* Removes the partial file and checkpoint of a session this request just failed. */
+static void remove_files(mod_fallback_req *req, const fb_slot_info *info)
+{
+    char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
+    int parent_fd = -1, fd = -1;
+
+    if (fb_path_partial_name(partrel, sizeof(partrel), info->relpath) != FB_OK ||
+        fb_path_checkpoint_name(ckptrel, sizeof(ckptrel), info->relpath) != FB_OK ||
+        mod_fallback_open_parent(&parent_fd, req, info->relpath) != FB_OK)
+        return;
+    /* Under the flock, so a create request waiting on it sees the name gone and starts over. */
+    if (lock_partial(&fd, parent_fd, mod_fallback_basename(partrel), 0) == FB_OK) {
+        if (unlinkat(parent_fd, mod_fallback_basename(partrel), 0) != 0 && errno != ENOENT)
+            ap_log_rerror(APLOG_MARK, APLOG_WARNING, APR_FROM_OS_ERROR(errno), req->r,
+                          FBLOGNO(00211) "cannot remove the partial file of '%s'", info->relpath);
+    }
+    (void)fb_checkpoint_remove(parent_fd, mod_fallback_basename(ckptrel));
+    if (fd >= 0)
+        close(fd);
+}
+
+int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id)
+{
+    request_rec *r = req->r;
+    fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
+    fb_slot *slot = NULL;
+    uint32_t idx = 0, gen = 0, st;
+    int rc, owned = 0;
+
+    rc = mod_fallback_session_lookup(req, id, &idx, &slot, &gen, info);
+    if (slot == NULL)
+        return rc;
+    wipe_info(info);
+    st = atomic_load(&slot->state);
+    if (st == FB_SLOT_ACTIVE) {
+        owned = fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED);
+        st = atomic_load(&slot->state);
+    }
+    if (!owned && st != FB_SLOT_FAILED)
+        return mod_fallback_problem(req, FB_ERR_SESSION_STATE,
+                                    st == FB_SLOT_DONE ? "the session is already committed" : "the session is being committed");
+    /* A session failed by someone else no longer owns its files (they may belong to a newer
+     * session of the same path): only this request's own cancel removes them. */
+    if (owned && info->direction == FB_DIR_UPLOAD)
+        remove_files(req, info);
+    if (atomic_load(&slot->generation) == gen && atomic_load(&slot->state) == FB_SLOT_FAILED)
+        fb_slot_release(slot);
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00212) "session %s of '%s' (%s) cancelled", id, req->user,
+                  info->relpath);
+    r->status = HTTP_NO_CONTENT;
+    if (!req->body_read)
+        mod_fallback_body_unread(r);
+    return OK;
+}
+
+static int reply_committed(mod_fallback_req *req, const char *id, const fb_slot_info *info, const unsigned char *sha)
+{
+    char hex[FB_SHA256_HEX_LEN + 1];
+
+    fb_hex_encode(hex, sha, FB_SHA256_LEN);
+    return mod_fallback_json_reply(req, HTTP_OK,
+                                   json_pack("{s:s, s:s, s:s, s:I, s:s}", "id", id, "state", "done", "path",
+                                             info->relpath, "size", (json_int_t)info->size, "sha256", hex),
+                                   0);
+}
+
+/* The answer for a session already done: idempotent for the same digest. */
+static int reply_done(mod_fallback_req *req, const char *id, fb_slot *slot, const unsigned char *sha)
+{
+    fb_slot_info *info = apr_palloc(req->r->pool, sizeof(*info));
+
+    fb_slot_info_read(info, slot);
+    wipe_info(info);
+    if (!(info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) || !fb_mem_equal_ct(info->expected_sha256, sha, FB_SHA256_LEN))
+        return mod_fallback_problem(req, FB_ERR_DIGEST_MISMATCH, "the file was committed with another digest");
+    return reply_committed(req, id, info, sha);
+}
+
+/* Moves the slot out of FINALISING after a failed commit and answers. */
+static int commit_fail(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code, const char *detail)
+{
+    if (to == FB_SLOT_FAILED)
+        atomic_store(&slot->error_code, (uint32_t)code);
+    if (!fb_slot_transition(slot, FB_SLOT_FINALISING, to))
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r, FBLOGNO(00213) "session left FINALISING unexpectedly");
+    return mod_fallback_problem(req, code, detail);
+}
+
+static int rename_into_place(int parent_fd, const char *partbase, const char *base, fb_overwrite ow)
+{
+    if (ow != FB_OVERWRITE_NEVER)
+        return renameat(parent_fd, partbase, parent_fd, base);
+    if (renameat2(parent_fd, partbase, parent_fd, base, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno != EINVAL && errno != ENOSYS)
+        return -1;
+    /* File systems without RENAME_NOREPLACE: link() refuses an existing name too. */
+    if (linkat(parent_fd, partbase, parent_fd, base, 0) != 0)
+        return -1;
+    return unlinkat(parent_fd, partbase, 0);
+}
+
+int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
+{
+    request_rec *r = req->r;
+    fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
+    char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
+    const char *partbase, *ckptbase, *base;
+    unsigned char sha[FB_SHA256_LEN], digest[FB_SHA256_LEN];
+    json_t *doc = NULL;
+    fb_slot *slot = NULL;
+    uint32_t idx = 0, gen = 0, st;
+    int rc, parent_fd = -1, fd = -1, tries = 0;
+    uint64_t done;
+    struct stat sb;
+    fb_err e;
+
+    rc = mod_fallback_read_json(req, &doc);
+    if (doc == NULL)
+        return rc;
+    if (mod_fallback_sha256_hex_parse(sha, json_object_get(doc, "sha256")) != FB_OK)
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "sha256 must be 64 hex digits");
+
+    rc = mod_fallback_session_lookup(req, id, &idx, &slot, &gen, info);
+    if (slot == NULL)
+        return rc;
+    wipe_info(info);
+    if (info->direction != FB_DIR_UPLOAD)
+        return mod_fallback_problem(req, FB_ERR_SESSION_STATE, "only uploads are committed");
+    st = atomic_load(&slot->state);
+    if (st == FB_SLOT_DONE)
+        return reply_done(req, id, slot, sha);
+    if ((info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) && !fb_mem_equal_ct(info->expected_sha256, sha, FB_SHA256_LEN))
+        return mod_fallback_problem(req, FB_ERR_DIGEST_MISMATCH, "differs from the sha256 given when the session was created");
+    if (!fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FINALISING)) {
+        if (atomic_load(&slot->state) == FB_SLOT_DONE && atomic_load(&slot->generation) == gen)
+            return reply_done(req, id, slot, sha);
+        return mod_fallback_problem(req, FB_ERR_SESSION_STATE, NULL);
+    }
+    /* From here on this request owns the slot: every path leaves FINALISING. */
+    done = atomic_load(&slot->chunks_done);
+    if (done != info->nchunks)
+        return commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_INCOMPLETE,
+                           apr_psprintf(r->pool, "%" APR_UINT64_T_FMT " of %" APR_UINT64_T_FMT " chunks received",
+                                        (apr_uint64_t)done, (apr_uint64_t)info->nchunks));
+    if (fb_path_partial_name(partrel, sizeof(partrel), info->relpath) != FB_OK ||
+        fb_path_checkpoint_name(ckptrel, sizeof(ckptrel), info->relpath) != FB_OK)
+        return commit_fail(req, slot, FB_SLOT_FAILED, FB_ERR_INTERNAL, NULL);
+    partbase = mod_fallback_basename(partrel);
+    ckptbase = mod_fallback_basename(ckptrel);
+    base = mod_fallback_basename(info->relpath);
+    e = mod_fallback_open_parent(&parent_fd, req, info->relpath);
+    if (e != FB_OK)
+        return commit_fail(req, slot, FB_SLOT_FAILED, FB_ERR_SESSION_STATE, "the target directory is gone");
+    fd = openat(parent_fd, partbase, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return commit_fail(req, slot, FB_SLOT_FAILED, FB_ERR_SESSION_STATE, "the partial file is gone");
+    mod_fallback_fd_close_on_cleanup(r->pool, fd);
+    /* Checkpoint writers take this lock too and skip once the session is not ACTIVE. */
+    while (flock(fd, LOCK_EX) != 0 && errno == EINTR && tries++ < 1000)
+        ;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != info->size) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00214) "partial file of '%s' has the wrong size", info->relpath);
+        rc = commit_fail(req, slot, FB_SLOT_FAILED, FB_ERR_IO, "the partial file has the wrong size");
+        goto leave;
+    }
+    if (fsync(fd) != 0) {
+        int err = errno;
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r, FBLOGNO(00215) "fsync of '%s' failed", partrel);
+        rc = commit_fail(req, slot, FB_SLOT_ACTIVE, fb_err_from_errno(err) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO,
+                         NULL);
+        goto leave;
+    }
+    e = fb_sha256_fd(digest, fd, info->size);
+    if (e != FB_OK) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00216) "hashing '%s' failed: %s", partrel, fb_err_message(e));
+        rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
+        goto leave;
+    }
+    if (!fb_mem_equal_ct(digest, sha, FB_SHA256_LEN)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00217) "session %s: digest mismatch for '%s'", id,
+                      info->relpath);
+        rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_DIGEST_MISMATCH, NULL);
+        goto leave;
+    }
+    /* The mode is right before the name becomes visible. */
+    if (fchmod(fd, (mode_t)(info->file_mode & 0777u)) != 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r, FBLOGNO(00218) "fchmod of '%s' failed", partrel);
+        rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
+        goto leave;
+    }
+    if (rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {
+        int err = errno;
+        if (err == EEXIST || err == EISDIR || err == ENOTEMPTY || err == ENOTDIR) {
+            rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_EXISTS, NULL);
+        }
+        else {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), r,
+                          FBLOGNO(00219) "cannot rename '%s' into place", partrel);
+            rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
+        }
+        goto leave;
+    }
+    if (fsync(parent_fd) != 0)
+        ap_log_rerror(APLOG_MARK, APLOG_WARNING, APR_FROM_OS_ERROR(errno), r,
+                      FBLOGNO(00220) "fsync of the directory of '%s' failed", info->relpath);
+    (void)fb_checkpoint_remove(parent_fd, ckptbase);
+
+    /* Remember the digest for idempotent repeats of this commit. Only this request writes
+     * INFO while the slot is FINALISING; readers use the seqlock as always. */
+    fb_slot_info_write_begin(slot);
+    memcpy(slot->info.expected_sha256, digest, FB_SHA256_LEN);
+    slot->info.flags |= FB_SLOT_FLAG_EXPECTED_SHA256;
+    fb_slot_info_write_end(slot);
+    if (!fb_slot_transition(slot, FB_SLOT_FINALISING, FB_SLOT_DONE))
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00221) "session %s left FINALISING unexpectedly", id);
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00222) "session %s committed '%s' (%" APR_UINT64_T_FMT " bytes)",
+                  id, info->relpath, (apr_uint64_t)info->size);
+    rc = reply_committed(req, id, info, digest);
+
+leave:
+    mod_fallback_fd_close_now(r->pool, fd);
+    return rc;
+}
