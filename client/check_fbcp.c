@@ -1,0 +1,391 @@
+/* check_fbcp: unit tests of fbcp's pure parts (fbcp_util.c): URL splitting into base and remote
+ * path, path escaping and joining, range lists, number and Content-Range parsing, and the
+ * download sidecar's atomic write and validated read. */
+#include "fbcp.h"
+
+#include <check.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+static char errbuf[256];
+
+START_TEST(url_default_location_is_first_segment)
+{
+    fbcp_url u;
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://example.org:8443/fallback/dir/file.bin", NULL, errbuf, sizeof(errbuf)),
+                     FB_OK);
+    ck_assert_str_eq(u.base, "https://example.org:8443/fallback");
+    ck_assert_str_eq(u.path, "dir/file.bin");
+    ck_assert_str_eq(u.host, "example.org");
+    ck_assert_int_eq(u.port, 8443);
+    ck_assert_int_eq(u.trailing_slash, 0);
+    fbcp_url_free(&u);
+}
+END_TEST
+
+START_TEST(url_default_port_and_trailing_slash)
+{
+    fbcp_url u;
+    ck_assert_int_eq(fbcp_url_parse(&u, "http://h/fallback/dir/", NULL, errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_str_eq(u.base, "http://h:80/fallback");
+    ck_assert_str_eq(u.path, "dir");
+    ck_assert_int_eq(u.trailing_slash, 1);
+    fbcp_url_free(&u);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback", NULL, errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_str_eq(u.base, "https://h:443/fallback");
+    ck_assert_str_eq(u.path, "");
+    fbcp_url_free(&u);
+}
+END_TEST
+
+START_TEST(url_location_option_spans_segments)
+{
+    fbcp_url u;
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h:1/a/b/c/d.txt", "/a/b", errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_str_eq(u.base, "https://h:1/a/b");
+    ck_assert_str_eq(u.path, "c/d.txt");
+    fbcp_url_free(&u);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h:1/a/b/c", "a/b/", errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_str_eq(u.path, "c");
+    fbcp_url_free(&u);
+    /* a prefix that is not a whole segment does not match */
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h:1/a/bc/d", "/a/b", errbuf, sizeof(errbuf)), FB_ERR_USAGE);
+}
+END_TEST
+
+START_TEST(url_path_is_decoded)
+{
+    fbcp_url u;
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/my%20dir/x%2By", NULL, errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_str_eq(u.path, "my dir/x+y");
+    fbcp_url_free(&u);
+}
+END_TEST
+
+START_TEST(url_bad_inputs_are_refused)
+{
+    fbcp_url u;
+    ck_assert_int_eq(fbcp_url_parse(&u, "ftp://h/fallback/x", NULL, errbuf, sizeof(errbuf)), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/", NULL, errbuf, sizeof(errbuf)), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/x?y=1", NULL, errbuf, sizeof(errbuf)), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/../etc", NULL, errbuf, sizeof(errbuf)),
+                     FB_ERR_PATH_ESCAPE);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a//b", NULL, errbuf, sizeof(errbuf)), FB_ERR_BAD_PATH);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a%2Fb", NULL, errbuf, sizeof(errbuf)), FB_ERR_BAD_PATH);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a%00b", NULL, errbuf, sizeof(errbuf)), FB_ERR_BAD_PATH);
+}
+END_TEST
+
+START_TEST(url_user_info_is_taken)
+{
+    fbcp_url u;
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://al%40x:s%3Acret@h/fallback/f", NULL, errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_str_eq(u.user, "al@x");
+    ck_assert_str_eq(u.password, "s:cret");
+    /* the base used for requests and messages carries no credentials */
+    ck_assert_ptr_null(strstr(u.base, "cret"));
+    fbcp_url_free(&u);
+}
+END_TEST
+
+START_TEST(is_url_by_scheme)
+{
+    ck_assert(fbcp_is_url("https://x"));
+    ck_assert(fbcp_is_url("HTTP://x"));
+    ck_assert(!fbcp_is_url("/tmp/https://x"));
+    ck_assert(!fbcp_is_url("file.bin"));
+}
+END_TEST
+
+START_TEST(path_escape_per_segment)
+{
+    char *e = fbcp_path_escape("a b/c%d/\xc3\xa9");
+    ck_assert_str_eq(e, "a%20b/c%25d/%C3%A9");
+    free(e);
+    e = fbcp_path_escape("");
+    ck_assert_str_eq(e, "");
+    free(e);
+}
+END_TEST
+
+START_TEST(path_join_and_basename)
+{
+    char *p;
+    p = fbcp_path_join("", "a");
+    ck_assert_str_eq(p, "a");
+    free(p);
+    p = fbcp_path_join("d/", "a");
+    ck_assert_str_eq(p, "d/a");
+    free(p);
+    p = fbcp_path_join("d", "");
+    ck_assert_str_eq(p, "d");
+    free(p);
+    p = fbcp_path_join("/", "a");
+    ck_assert_str_eq(p, "/a");
+    free(p);
+    p = fbcp_basename("x/y/z.bin");
+    ck_assert_str_eq(p, "z.bin");
+    free(p);
+    p = fbcp_basename("x/y/");
+    ck_assert_str_eq(p, "y");
+    free(p);
+    p = fbcp_basename("");
+    ck_assert_str_eq(p, "");
+    free(p);
+}
+END_TEST
+
+START_TEST(listing_names_must_be_one_component)
+{
+    ck_assert(fbcp_name_is_safe("a.bin"));
+    ck_assert(!fbcp_name_is_safe(".."));
+    ck_assert(!fbcp_name_is_safe("."));
+    ck_assert(!fbcp_name_is_safe(""));
+    ck_assert(!fbcp_name_is_safe("a/b"));
+    ck_assert(!fbcp_name_is_safe("a\nb"));
+    ck_assert(!fbcp_name_is_safe(NULL));
+}
+END_TEST
+
+START_TEST(ranges_merge_on_add)
+{
+    fbcp_ranges r;
+    fbcp_ranges_init(&r);
+    ck_assert_int_eq(fbcp_ranges_add(&r, 10, 10), FB_OK);
+    ck_assert_int_eq(fbcp_ranges_add(&r, 40, 10), FB_OK);
+    ck_assert_int_eq(fbcp_ranges_add(&r, 0, 5), FB_OK);
+    ck_assert_uint_eq(r.n, 3);
+    ck_assert_uint_eq(r.v[0].offset, 0);
+    ck_assert_uint_eq(r.v[1].offset, 10);
+    /* adjacent to [10,20) and overlapping [40,50): all three merge */
+    ck_assert_int_eq(fbcp_ranges_add(&r, 20, 25), FB_OK);
+    ck_assert_uint_eq(r.n, 2);
+    ck_assert_uint_eq(r.v[1].offset, 10);
+    ck_assert_uint_eq(r.v[1].length, 40);
+    ck_assert_uint_eq(fbcp_ranges_total(&r), 45);
+    ck_assert_int_eq(fbcp_ranges_add(&r, 5, 5), FB_OK);
+    ck_assert_uint_eq(r.n, 1);
+    ck_assert_uint_eq(r.v[0].length, 50);
+    ck_assert_int_eq(fbcp_ranges_add(&r, UINT64_MAX, 2), FB_ERR_BAD_RANGE);
+    fbcp_ranges_free(&r);
+}
+END_TEST
+
+START_TEST(ranges_intersect_and_complement)
+{
+    fbcp_ranges r, out;
+    fbcp_ranges_init(&r);
+    fbcp_ranges_init(&out);
+    fbcp_ranges_add(&r, 0, 10);
+    fbcp_ranges_add(&r, 20, 10);
+    ck_assert_int_eq(fbcp_ranges_intersect(&out, &r, 5, 20), FB_OK);
+    ck_assert_uint_eq(out.n, 2);
+    ck_assert_uint_eq(out.v[0].offset, 5);
+    ck_assert_uint_eq(out.v[0].length, 5);
+    ck_assert_uint_eq(out.v[1].offset, 20);
+    ck_assert_uint_eq(out.v[1].length, 5);
+    ck_assert_int_eq(fbcp_ranges_complement(&out, &r, 35), FB_OK);
+    ck_assert_uint_eq(out.n, 2);
+    ck_assert_uint_eq(out.v[0].offset, 10);
+    ck_assert_uint_eq(out.v[0].length, 10);
+    ck_assert_uint_eq(out.v[1].offset, 30);
+    ck_assert_uint_eq(out.v[1].length, 5);
+    fbcp_ranges_clear(&r);
+    ck_assert_int_eq(fbcp_ranges_complement(&out, &r, 0), FB_OK);
+    ck_assert_uint_eq(out.n, 0);
+    fbcp_ranges_free(&r);
+    fbcp_ranges_free(&out);
+}
+END_TEST
+
+START_TEST(ranges_split_stays_chunk_aligned)
+{
+    fbcp_ranges r, out;
+    fbcp_ranges_init(&r);
+    fbcp_ranges_init(&out);
+    fbcp_ranges_add(&r, 0, 10 * 1024 + 7);
+    /* 2500 rounds down to 2048 with 1 KiB chunks */
+    ck_assert_int_eq(fbcp_ranges_split(&out, &r, 2500, 1024), FB_OK);
+    ck_assert_uint_eq(out.n, 6);
+    for (size_t i = 0; i < out.n; i++)
+        ck_assert_uint_eq(out.v[i].offset % 1024, 0);
+    ck_assert_uint_eq(out.v[4].length, 2048);
+    ck_assert_uint_eq(out.v[5].length, 7);
+    /* a request size below the chunk still moves one chunk per request */
+    ck_assert_int_eq(fbcp_ranges_split(&out, &r, 100, 1024), FB_OK);
+    ck_assert_uint_eq(out.n, 11);
+    fbcp_ranges_free(&r);
+    fbcp_ranges_free(&out);
+}
+END_TEST
+
+START_TEST(ranges_json_checked_against_size)
+{
+    fbcp_ranges r;
+    json_t *ok = json_loads("[[0, 10], [20, 5]]", 0, NULL);
+    json_t *beyond = json_loads("[[0, 10], [20, 11]]", 0, NULL);
+    json_t *neg = json_loads("[[-1, 10]]", 0, NULL);
+    json_t *shape = json_loads("[[0, 10, 3]]", 0, NULL);
+    json_t *back;
+
+    fbcp_ranges_init(&r);
+    ck_assert_int_eq(fbcp_ranges_from_json(&r, ok, 30), FB_OK);
+    ck_assert_uint_eq(fbcp_ranges_total(&r), 15);
+    back = fbcp_ranges_to_json(&r);
+    ck_assert(json_equal(back, ok));
+    ck_assert_int_eq(fbcp_ranges_from_json(&r, beyond, 30), FB_ERR_PROTOCOL);
+    ck_assert_int_eq(fbcp_ranges_from_json(&r, neg, 30), FB_ERR_PROTOCOL);
+    ck_assert_int_eq(fbcp_ranges_from_json(&r, shape, 30), FB_ERR_PROTOCOL);
+    ck_assert_int_eq(fbcp_ranges_from_json(&r, NULL, 30), FB_ERR_PROTOCOL);
+    json_decref(ok);
+    json_decref(beyond);
+    json_decref(neg);
+    json_decref(shape);
+    json_decref(back);
+    fbcp_ranges_free(&r);
+}
+END_TEST
+
+START_TEST(sizes_with_suffixes)
+{
+    uint64_t v;
+    ck_assert_int_eq(fbcp_parse_size(&v, "10k", 1), FB_OK);
+    ck_assert_uint_eq(v, 10240);
+    ck_assert_int_eq(fbcp_parse_size(&v, "10k", 0), FB_OK);
+    ck_assert_uint_eq(v, 10000);
+    ck_assert_int_eq(fbcp_parse_size(&v, "3M", 0), FB_OK);
+    ck_assert_uint_eq(v, 3000000);
+    ck_assert_int_eq(fbcp_parse_size(&v, "16m", 1), FB_OK);
+    ck_assert_uint_eq(v, 16u * 1024 * 1024);
+    ck_assert_int_eq(fbcp_parse_size(&v, "42", 1), FB_OK);
+    ck_assert_uint_eq(v, 42);
+    ck_assert_int_eq(fbcp_parse_size(&v, "1x", 1), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_size(&v, "1kk", 1), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_size(&v, "-1", 1), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_size(&v, "", 1), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_size(&v, "99999999999999999999", 1), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_size(&v, "99999999999t", 1), FB_ERR_USAGE);
+}
+END_TEST
+
+START_TEST(longs_in_bounds)
+{
+    long l;
+    ck_assert_int_eq(fbcp_parse_long(&l, "4", 1, 64), FB_OK);
+    ck_assert_int_eq(l, 4);
+    ck_assert_int_eq(fbcp_parse_long(&l, "65", 1, 64), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_long(&l, "0", 1, 64), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_long(&l, "4x", 1, 64), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_long(&l, " 4", 1, 64), FB_ERR_USAGE);
+}
+END_TEST
+
+START_TEST(content_range_of_answers_is_strict)
+{
+    uint64_t a, b, c;
+    ck_assert_int_eq(fbcp_parse_content_range(&a, &b, &c, "bytes 0-99/100"), FB_OK);
+    ck_assert_uint_eq(a, 0);
+    ck_assert_uint_eq(b, 99);
+    ck_assert_uint_eq(c, 100);
+    ck_assert_int_eq(fbcp_parse_content_range(&a, &b, &c, "bytes 5-4/100"), FB_ERR_BAD_RANGE);
+    ck_assert_int_eq(fbcp_parse_content_range(&a, &b, &c, "bytes 0-100/100"), FB_ERR_BAD_RANGE);
+    ck_assert_int_eq(fbcp_parse_content_range(&a, &b, &c, "bytes */100"), FB_ERR_BAD_RANGE);
+    ck_assert_int_eq(fbcp_parse_content_range(&a, &b, &c, "bytes 0-1/*"), FB_ERR_BAD_RANGE);
+    ck_assert_int_eq(fbcp_parse_content_range(&a, &b, &c, "items 0-1/2"), FB_ERR_BAD_RANGE);
+    ck_assert_int_eq(fbcp_parse_content_range(&a, &b, &c, "bytes 0-1/2x"), FB_ERR_BAD_RANGE);
+}
+END_TEST
+
+START_TEST(sidecar_round_trip_and_damage)
+{
+    char dir[] = "/tmp/check_fbcp.XXXXXX";
+    char path[256];
+    fbcp_sidecar s, r;
+    int fd;
+
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/.f.fbpart.json", dir);
+    ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_NOT_FOUND);
+
+    fbcp_sidecar_init(&s);
+    s.url = strdup("https://h:1/fallback/files/f");
+    s.etag = strdup("\"abc-123\"");
+    s.size = 5u * 1024 * 1024 + 3;
+    s.chunk_size = 1024 * 1024;
+    fbcp_ranges_add(&s.done, 0, 2 * 1024 * 1024);
+    fbcp_ranges_add(&s.done, 4u * 1024 * 1024, 1024 * 1024 + 3);
+    ck_assert_int_eq(fbcp_sidecar_write(path, &s), FB_OK);
+    ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_OK);
+    ck_assert_str_eq(r.url, s.url);
+    ck_assert_str_eq(r.etag, s.etag);
+    ck_assert_uint_eq(r.size, s.size);
+    ck_assert_uint_eq(r.chunk_size, s.chunk_size);
+    ck_assert_uint_eq(r.done.n, 2);
+    ck_assert_uint_eq(fbcp_ranges_total(&r.done), fbcp_ranges_total(&s.done));
+    fbcp_sidecar_free(&r);
+
+    /* a torn or foreign file is refused, not trusted */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(write(fd, "{\"version\":1,\"url\":", 19), 19);
+    close(fd);
+    ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
+    fd = open(path, O_WRONLY | O_TRUNC);
+    ck_assert_int_eq(write(fd, "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[]}", 67),
+                     67);
+    close(fd);
+    ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
+    /* done ranges beyond the size are refused */
+    fd = open(path, O_WRONLY | O_TRUNC);
+    ck_assert_int_eq(write(fd, "{\"version\":1,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[[0,2]]}", 72),
+                     72);
+    close(fd);
+    ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
+
+    fbcp_sidecar_free(&s);
+    unlink(path);
+    rmdir(dir);
+}
+END_TEST
+
+static Suite *fbcp_suite(void)
+{
+    Suite *s = suite_create("fbcp");
+    TCase *tc = tcase_create("util");
+
+    tcase_add_test(tc, url_default_location_is_first_segment);
+    tcase_add_test(tc, url_default_port_and_trailing_slash);
+    tcase_add_test(tc, url_location_option_spans_segments);
+    tcase_add_test(tc, url_path_is_decoded);
+    tcase_add_test(tc, url_bad_inputs_are_refused);
+    tcase_add_test(tc, url_user_info_is_taken);
+    tcase_add_test(tc, is_url_by_scheme);
+    tcase_add_test(tc, path_escape_per_segment);
+    tcase_add_test(tc, path_join_and_basename);
+    tcase_add_test(tc, listing_names_must_be_one_component);
+    tcase_add_test(tc, ranges_merge_on_add);
+    tcase_add_test(tc, ranges_intersect_and_complement);
+    tcase_add_test(tc, ranges_split_stays_chunk_aligned);
+    tcase_add_test(tc, ranges_json_checked_against_size);
+    tcase_add_test(tc, sizes_with_suffixes);
+    tcase_add_test(tc, longs_in_bounds);
+    tcase_add_test(tc, content_range_of_answers_is_strict);
+    tcase_add_test(tc, sidecar_round_trip_and_damage);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(fbcp_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}

@@ -1,0 +1,469 @@
+/* fbcp_download: one file (or, with -r, a tree) down from the server (docs/HTTP-API.md, Files).
+ *
+ * HEAD files/{path} gives size, ETag and Last-Modified. Data goes to a hidden partial file
+ * beside the target, ".<name>.fbpart"; the chunks known to be on disk are recorded in the sidecar
+ * ".<name>.fbpart.json" (written after fdatasync, atomically, at most every 64 MiB and when the
+ * transfer stops), so a re-run fetches only what is missing if the remote file is unchanged
+ * (same URL, size and ETag). The transport GETs ranges with If-Range; a 200 instead of 206 means
+ * the file changed: start over once, then give up with FB_ERR_CHANGED. At the end: fsync, mtime
+ * from Last-Modified, rename into place (RENAME_NOREPLACE under --overwrite never). */
+#include "fbcp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+typedef struct fbcp_download {
+    fbcp_ctx *c;
+    fbcp_xfer x;
+    char *files_url;
+    char *partial;
+    char *sidecar_path;
+    char *dir; /* directory of the target, for the final fsync */
+    fbcp_sidecar sc;
+    uint64_t since_ckpt; /* bytes completed since the last checkpoint */
+    int ckpt_warned;
+    int64_t filetime;
+} fbcp_download;
+
+int fbcp_err_stops_run(fb_err e)
+{
+    return e == FB_ERR_AUTH || e == FB_ERR_TLS || e == FB_ERR_CONNECTION_LOST || e == FB_ERR_NOMEM ||
+           fbcp_interrupted;
+}
+
+static char *fbcp_files_url(const fbcp_url *url, const char *remote, int slash)
+{
+    char *esc = fbcp_path_escape(remote);
+    size_t len;
+    char *r;
+
+    if (esc == NULL)
+        return NULL;
+    len = strlen(url->base) + strlen(esc) + 16;
+    r = malloc(len);
+    if (r != NULL)
+        snprintf(r, len, "%s/files/%s%s", url->base, esc, slash && esc[0] != '\0' ? "/" : "");
+    free(esc);
+    return r;
+}
+
+static int fbcp_answer_is_dir(const fbcp_http_answer *a)
+{
+    return a->status == 200 && a->content_type != NULL &&
+           strncasecmp(a->content_type, "application/json", 16) == 0 && !a->accept_ranges;
+}
+
+fb_err fbcp_remote_stat(fbcp_ctx *c, const fbcp_url *url, const char *remote, int *pisdir, json_t **plisting,
+                        char *detail, size_t detlen)
+{
+    fbcp_http_answer a;
+    char *u = fbcp_files_url(url, remote, 0);
+    fb_err rv;
+
+    *pisdir = 0;
+    if (plisting != NULL)
+        *plisting = NULL;
+    if (u == NULL)
+        return FB_ERR_NOMEM;
+    rv = fbcp_http_request(c->http, &a, "HEAD", u, NULL, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail, detlen);
+    free(u);
+    if (rv != FB_OK)
+        return rv;
+    if (a.status == 200 && !fbcp_answer_is_dir(&a)) {
+        fbcp_http_answer_free(&a);
+        return FB_OK;
+    }
+    if (a.status != 200 && a.status != 301 && a.status != 302 && a.status != 308) {
+        rv = fbcp_http_problem(&a, detail, detlen);
+        fbcp_http_answer_free(&a);
+        return rv;
+    }
+    fbcp_http_answer_free(&a);
+
+    /* a directory: the listing is at files/<path>/ */
+    u = fbcp_files_url(url, remote, 1);
+    if (u == NULL)
+        return FB_ERR_NOMEM;
+    rv = fbcp_http_request(c->http, &a, "GET", u, NULL, FBCP_MAX_LISTING, FBCP_RETRIES_DEFAULT, detail, detlen);
+    free(u);
+    if (rv != FB_OK)
+        return rv;
+    if (a.status != 200) {
+        rv = fbcp_http_problem(&a, detail, detlen);
+    } else if (!fbcp_answer_is_dir(&a) || !json_is_array(json_object_get(a.json, "entries"))) {
+        rv = FB_ERR_PROTOCOL;
+        snprintf(detail, detlen, "the directory listing is not a JSON document with entries");
+    } else {
+        *pisdir = 1;
+        if (plisting != NULL)
+            *plisting = json_incref(a.json);
+    }
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
+/* fdatasync the partial file, then record what it holds. */
+static fb_err fbcp_download_checkpoint(fbcp_download *d)
+{
+    if (d->x.fd < 0)
+        return FB_OK;
+    if (fdatasync(d->x.fd) != 0)
+        return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_LOCAL_IO;
+    d->since_ckpt = 0;
+    if (fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK && !d->ckpt_warned) {
+        d->ckpt_warned = 1;
+        fbcp_warn("%s: cannot write %s: %s (the download cannot be resumed)", d->x.local, d->sidecar_path,
+                  strerror(errno));
+    }
+    return FB_OK;
+}
+
+static fb_err fbcp_download_range_done(fbcp_xfer *x, uint64_t off, uint64_t len)
+{
+    fbcp_download *d = x->ctx;
+    fb_err rv = fbcp_ranges_add(&d->sc.done, off, len);
+
+    if (rv != FB_OK)
+        return rv;
+    d->since_ckpt += len;
+    if (d->since_ckpt >= FBCP_CHECKPOINT_EVERY)
+        return fbcp_download_checkpoint(d);
+    return FB_OK;
+}
+
+/* Opens the partial file, resuming when the sidecar describes this same remote file. */
+static fb_err fbcp_download_open(fbcp_download *d, const char *validator, char *detail, size_t detlen)
+{
+    fbcp_sidecar old;
+    int resumable = 0;
+
+    if (d->x.fd >= 0) {
+        close(d->x.fd);
+        d->x.fd = -1;
+    }
+    if (d->c->opts->resume && fbcp_sidecar_read(&old, d->sidecar_path) == FB_OK) {
+        resumable = strcmp(old.url, d->files_url) == 0 && old.size == d->x.size && old.etag[0] != '\0' &&
+                    strcmp(old.etag, validator) == 0 && old.chunk_size == FBCP_DOWNLOAD_CHUNK;
+        if (resumable) {
+            d->x.fd = open(d->partial, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
+            if (d->x.fd >= 0) {
+                fbcp_ranges_free(&d->sc.done);
+                d->sc.done = old.done;
+                fbcp_ranges_init(&old.done);
+            } else {
+                resumable = 0;
+            }
+        }
+        fbcp_sidecar_free(&old);
+    }
+    if (!resumable) {
+        unlink(d->sidecar_path);
+        fbcp_ranges_clear(&d->sc.done);
+        d->x.fd = open(d->partial, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0666);
+        if (d->x.fd < 0) {
+            snprintf(detail, detlen, "%s: %s", d->partial, strerror(errno));
+            return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_LOCAL_IO;
+        }
+    }
+    free(d->sc.etag);
+    d->sc.etag = strdup(validator);
+    return d->sc.etag == NULL ? FB_ERR_NOMEM : FB_OK;
+}
+
+/* HEAD: size and validators. */
+static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *detail, size_t detlen)
+{
+    fbcp_http_answer a;
+    fb_err rv;
+    size_t vl;
+
+    *pvalidator = NULL;
+    rv = fbcp_http_request(d->c->http, &a, "HEAD", d->files_url, NULL, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
+                           detlen);
+    if (rv != FB_OK)
+        return rv;
+    if (a.status != 200) {
+        rv = fbcp_http_problem(&a, detail, detlen);
+    } else if (fbcp_answer_is_dir(&a)) {
+        rv = FB_ERR_USAGE;
+        snprintf(detail, detlen, "%s is a remote directory (use -r)", d->x.remote[0] ? d->x.remote : "/");
+    } else if (a.length < 0) {
+        rv = FB_ERR_PROTOCOL;
+        snprintf(detail, detlen, "no Content-Length in the answer to HEAD");
+    }
+    if (rv == FB_OK) {
+        d->x.size = (uint64_t)a.length;
+        d->filetime = a.filetime;
+        free(d->x.if_range);
+        d->x.if_range = NULL;
+        /* If-Range wants a strong validator: the ETag, else the date */
+        if (a.etag != NULL && strncmp(a.etag, "W/", 2) != 0)
+            d->x.if_range = strdup(a.etag);
+        else if (a.last_modified != NULL)
+            d->x.if_range = strdup(a.last_modified);
+        vl = (a.etag ? strlen(a.etag) : 0) + (a.last_modified ? strlen(a.last_modified) : 0) + 8;
+        *pvalidator = malloc(vl);
+        if (*pvalidator == NULL)
+            rv = FB_ERR_NOMEM;
+        else if (a.etag != NULL)
+            snprintf(*pvalidator, vl, "%s", a.etag);
+        else if (a.last_modified != NULL)
+            snprintf(*pvalidator, vl, "lm:%s", a.last_modified);
+        else
+            (*pvalidator)[0] = '\0'; /* nothing to recognise the file by: never resume */
+    }
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
+/* Paths of the partial file and sidecar beside LOCAL. */
+static fb_err fbcp_download_names(fbcp_download *d, const char *local)
+{
+    char *name = fbcp_basename(local);
+    const char *slash = strrchr(local, '/');
+    size_t len;
+
+    if (name == NULL)
+        return FB_ERR_NOMEM;
+    d->dir = slash != NULL ? strndup(local, (size_t)(slash - local) + (slash == local ? 1 : 0)) : strdup(".");
+    len = strlen(d->dir) + strlen(name) + 32;
+    d->partial = malloc(len);
+    d->sidecar_path = malloc(len);
+    if (d->dir == NULL || d->partial == NULL || d->sidecar_path == NULL) {
+        free(name);
+        return FB_ERR_NOMEM;
+    }
+    snprintf(d->partial, len, "%s%s.%s.fbpart", d->dir, strcmp(d->dir, "/") == 0 ? "" : "/", name);
+    snprintf(d->sidecar_path, len, "%s.json", d->partial);
+    free(name);
+    return FB_OK;
+}
+
+static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail, size_t detlen)
+{
+    unsigned char digest[FB_SHA256_LEN];
+    int rc;
+    fb_err rv;
+
+    if (fsync(d->x.fd) != 0) {
+        snprintf(detail, detlen, "%s: %s", d->partial, strerror(errno));
+        return FB_ERR_LOCAL_IO;
+    }
+    if (d->filetime >= 0) {
+        struct timespec ts[2] = {{(time_t)d->filetime, 0}, {(time_t)d->filetime, 0}};
+        if (futimens(d->x.fd, ts) != 0)
+            fbcp_warn("%s: cannot set the modification time: %s", d->x.local, strerror(errno));
+    }
+    rv = fb_sha256_fd(digest, d->x.fd, d->x.size);
+    if (rv != FB_OK) {
+        snprintf(detail, detlen, "%s: cannot read back the file", d->partial);
+        return FB_ERR_LOCAL_IO;
+    }
+    fb_hex_encode(sha_hex, digest, FB_SHA256_LEN);
+    if (d->c->opts->overwrite == FBCP_OVERWRITE_NEVER)
+        rc = renameat2(AT_FDCWD, d->partial, AT_FDCWD, d->x.local, RENAME_NOREPLACE);
+    else
+        rc = rename(d->partial, d->x.local);
+    if (rc != 0) {
+        int err = errno;
+        snprintf(detail, detlen, "%s: %s", d->x.local, strerror(err));
+        return err == EEXIST ? FB_ERR_EXISTS : FB_ERR_LOCAL_IO;
+    }
+    unlink(d->sidecar_path);
+    {
+        int dfd = open(d->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    return FB_OK;
+}
+
+fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local)
+{
+    fbcp_download d;
+    char detail[FBCP_DETAIL_LEN] = "";
+    char sha_hex[FB_SHA256_HEX_LEN + 1] = "";
+    char *validator = NULL;
+    fbcp_ranges missing;
+    struct stat st;
+    fb_err rv;
+
+    memset(&d, 0, sizeof(d));
+    fbcp_ranges_init(&missing);
+    fbcp_sidecar_init(&d.sc);
+    d.c = c;
+    d.x.direction = FBCP_DOWNLOAD;
+    d.x.opts = c->opts;
+    d.x.local = local;
+    d.x.remote = remote;
+    d.x.url = url;
+    d.x.fd = -1;
+    d.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
+    d.x.transport_name = c->transport->ops->name;
+    d.x.range_done = fbcp_download_range_done;
+    d.x.ctx = &d;
+    d.files_url = fbcp_files_url(url, remote, 0);
+    d.x.data_url = d.files_url;
+    rv = d.files_url == NULL ? FB_ERR_NOMEM : fbcp_download_names(&d, local);
+    if (rv != FB_OK)
+        goto out;
+    rv = fbcp_download_head(&d, &validator, detail, sizeof(detail));
+    if (rv != FB_OK)
+        goto out;
+
+    /* the local overwrite policy, decided before any data moves */
+    if (stat(local, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) {
+            rv = FB_ERR_EXISTS;
+            snprintf(detail, sizeof(detail), "a directory is in the way");
+            goto out;
+        }
+        if (c->opts->overwrite == FBCP_OVERWRITE_NEVER) {
+            rv = FB_ERR_EXISTS;
+            goto out;
+        }
+        if (c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT && S_ISREG(st.st_mode) &&
+            (uint64_t)st.st_size == d.x.size && d.filetime >= 0 && st.st_mtim.tv_sec == (time_t)d.filetime) {
+            fbcp_event_skip(&d.x, "identical");
+            goto out;
+        }
+    }
+    if (!c->opts->resume) {
+        unlink(d.sidecar_path);
+        unlink(d.partial);
+    }
+    d.sc.url = strdup(d.files_url);
+    d.sc.chunk_size = FBCP_DOWNLOAD_CHUNK;
+    if (d.sc.url == NULL) {
+        rv = FB_ERR_NOMEM;
+        goto out;
+    }
+
+    /* bounded: at most one fresh start after the file changed on the server */
+    for (int round = 0; round < 2; round++) {
+        d.sc.size = d.x.size;
+        rv = fbcp_download_open(&d, validator, detail, sizeof(detail));
+        if (rv != FB_OK)
+            goto out;
+        d.x.bytes_skipped = fbcp_ranges_total(&d.sc.done);
+        d.x.resumed = d.x.bytes_skipped > 0;
+        d.x.bytes_done = 0;
+        if (round == 0)
+            fbcp_event_start(&d.x);
+        rv = fbcp_ranges_complement(&missing, &d.sc.done, d.x.size);
+        if (rv == FB_OK && missing.n > 0)
+            rv = c->transport->ops->download(c->transport, &d.x, &missing, detail, sizeof(detail));
+        if (rv != FB_ERR_CHANGED || round == 1)
+            break;
+        fbcp_warn("%s: the file changed on the server: starting over", local);
+        fbcp_ranges_clear(&d.sc.done);
+        unlink(d.sidecar_path);
+        free(validator);
+        rv = fbcp_download_head(&d, &validator, detail, sizeof(detail));
+        if (rv != FB_OK)
+            goto out;
+        /* a fresh partial file: the old validator no longer matches, so open truncates */
+        if (d.x.fd >= 0) {
+            if (ftruncate(d.x.fd, 0) != 0) {
+                rv = FB_ERR_LOCAL_IO;
+                snprintf(detail, sizeof(detail), "%s: %s", d.partial, strerror(errno));
+                goto out;
+            }
+        }
+    }
+    if (rv != FB_OK) {
+        /* keep what arrived for the next run */
+        if (d.x.fd >= 0 && d.sc.done.n > 0 && rv != FB_ERR_CHANGED)
+            fbcp_download_checkpoint(&d);
+        goto out;
+    }
+    rv = fbcp_download_finish(&d, sha_hex, detail, sizeof(detail));
+    if (rv != FB_OK)
+        goto out;
+    fbcp_event_done(&d.x, sha_hex);
+out:
+    if (rv != FB_OK && !(fbcp_interrupted && rv == FB_ERR_CONNECTION_LOST))
+        fbcp_report_error(&d.x, local, rv, detail);
+    if (d.x.fd >= 0)
+        close(d.x.fd);
+    free(validator);
+    free(d.files_url);
+    free(d.partial);
+    free(d.sidecar_path);
+    free(d.dir);
+    free(d.x.if_range);
+    fbcp_sidecar_free(&d.sc);
+    fbcp_ranges_free(&missing);
+    return rv;
+}
+
+fb_err fbcp_download_tree(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local, int depth)
+{
+    char detail[FBCP_DETAIL_LEN] = "";
+    json_t *listing = NULL, *entries, *ent;
+    struct stat st;
+    int isdir = 0;
+    size_t i;
+    fb_err rv, first = FB_OK;
+
+    if (depth > FBCP_MAX_DEPTH) {
+        fbcp_report_error(NULL, local, FB_ERR_USAGE, "directory tree too deep");
+        return FB_ERR_USAGE;
+    }
+    rv = fbcp_remote_stat(c, url, remote, &isdir, &listing, detail, sizeof(detail));
+    if (rv == FB_OK && !isdir) {
+        rv = FB_ERR_PROTOCOL;
+        snprintf(detail, sizeof(detail), "%s is not a directory", remote);
+    }
+    if (rv != FB_OK) {
+        fbcp_report_error(NULL, local, rv, detail);
+        return rv;
+    }
+    if (mkdir(local, 0777) != 0 && !(errno == EEXIST && stat(local, &st) == 0 && S_ISDIR(st.st_mode))) {
+        snprintf(detail, sizeof(detail), "%s", strerror(errno));
+        fbcp_report_error(NULL, local, FB_ERR_LOCAL_IO, detail);
+        json_decref(listing);
+        return FB_ERR_LOCAL_IO;
+    }
+    entries = json_object_get(listing, "entries");
+    json_array_foreach(entries, i, ent) {
+        const char *name = json_string_value(json_object_get(ent, "name"));
+        const char *type = json_string_value(json_object_get(ent, "type"));
+        char *r, *l;
+
+        if (!fbcp_name_is_safe(name) || type == NULL) {
+            char safe[128];
+            fbcp_sanitize(safe, sizeof(safe), name != NULL ? name : "(none)");
+            fbcp_warn("%s: skipping an entry with an unusable name '%s'", remote[0] ? remote : "/", safe);
+            continue;
+        }
+        r = fbcp_path_join(remote, name);
+        l = fbcp_path_join(local, name);
+        if (r == NULL || l == NULL) {
+            rv = FB_ERR_NOMEM;
+        } else if (strcmp(type, "file") == 0) {
+            rv = fbcp_download_file(c, url, r, l);
+        } else if (strcmp(type, "dir") == 0) {
+            rv = fbcp_download_tree(c, url, r, l, depth + 1);
+        } else {
+            rv = FB_OK;
+        }
+        free(r);
+        free(l);
+        if (rv != FB_OK && first == FB_OK)
+            first = rv;
+        if (rv != FB_OK && fbcp_err_stops_run(rv))
+            break;
+    }
+    json_decref(listing);
+    return first;
+}

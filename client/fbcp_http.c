@@ -1,0 +1,1090 @@
+/* fbcp_http: everything fbcp does with libcurl.
+ *
+ * - fbcp_http: the settings every request shares (TLS, credentials, timeouts, proxy from the
+ *   environment as libcurl reads it by default) and one easy handle for control requests
+ *   (sessions, commit, HEAD, listings), retried with backoff on connection errors.
+ * - The HTTP(S) data transport: a curl multi loop with --connections easy handles, each moving
+ *   one ranged request at a time (PUT with Content-Range for uploads, GET with Range/If-Range
+ *   for downloads), at file offsets through pread/pwrite. A failed request is retried after a
+ *   backoff; for uploads the server is asked again what is missing in that range first (the
+ *   request may have completed some chunks, and re-sending them would be refused with 416).
+ *
+ * HTTP/1.1 is forced so that N connections are N TCP flows (HTTP/2 would multiplex them onto
+ * one). curl's own verbose output is never enabled: it prints Authorization headers. */
+#include "config.h"
+
+#include "fbcp.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+volatile sig_atomic_t fbcp_interrupted;
+
+struct fbcp_http {
+    const fbcp_opts *o;
+    CURLSH *share;
+    CURL *api;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+/* ---------------------------------------------------------------- small helpers */
+
+void fbcp_sleep_ms(long ms)
+{
+    /* in slices so an interrupt is noticed quickly */
+    while (ms > 0 && !fbcp_interrupted) {
+        long slice = ms > 100 ? 100 : ms;
+        struct timespec ts = {0, slice * 1000000L};
+        nanosleep(&ts, NULL);
+        ms -= slice;
+    }
+}
+
+long fbcp_backoff_ms(int attempt)
+{
+    long ms = 500;
+    for (int i = 1; i < attempt && ms < 30000; i++)
+        ms *= 2;
+    return ms > 30000 ? 30000 : ms;
+}
+
+void fbcp_sanitize(char *dst, size_t len, const char *src)
+{
+    size_t i = 0;
+    if (len == 0)
+        return;
+    for (; src != NULL && src[i] != '\0' && i + 1 < len; i++)
+        dst[i] = ((unsigned char)src[i] < 0x20 || src[i] == 0x7f) ? '?' : src[i];
+    dst[i] = '\0';
+}
+
+int fbcp_err_retryable(fb_err e)
+{
+    return e == FB_ERR_CONNECTION_LOST || e == FB_ERR_TABLE_FULL;
+}
+
+static int fbcp_curl_is_tls(CURLcode c)
+{
+    switch (c) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_ENGINE_NOTFOUND:
+    case CURLE_SSL_ENGINE_SETFAILED:
+    case CURLE_SSL_ENGINE_INITFAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CLIENTCERT:
+    case CURLE_USE_SSL_FAILED:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* Maps a failed curl transfer to an error code and a detail line. */
+static fb_err fbcp_curl_error(CURL *easy, CURLcode c, const char *errbuf, char *detail, size_t detlen)
+{
+    char *url = NULL;
+    char host[256] = "";
+    long port = 0, oserr = 0;
+    CURLU *cu;
+
+    if (c == CURLE_ABORTED_BY_CALLBACK && fbcp_interrupted) {
+        snprintf(detail, detlen, "interrupted");
+        return FB_ERR_CONNECTION_LOST;
+    }
+    if (fbcp_curl_is_tls(c)) {
+        snprintf(detail, detlen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(c));
+        return FB_ERR_TLS;
+    }
+    if (c == CURLE_OUT_OF_MEMORY)
+        return FB_ERR_NOMEM;
+    curl_easy_getinfo(easy, CURLINFO_EFFECTIVE_URL, &url);
+    cu = curl_url();
+    if (cu != NULL && url != NULL && curl_url_set(cu, CURLUPART_URL, url, 0) == CURLUE_OK) {
+        char *h = NULL, *p = NULL;
+        if (curl_url_get(cu, CURLUPART_HOST, &h, 0) == CURLUE_OK)
+            snprintf(host, sizeof(host), "%s", h);
+        if (curl_url_get(cu, CURLUPART_PORT, &p, CURLU_DEFAULT_PORT) == CURLUE_OK)
+            port = strtol(p, NULL, 10);
+        curl_free(h);
+        curl_free(p);
+    }
+    curl_url_cleanup(cu);
+    curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &oserr);
+    switch (c) {
+    case CURLE_COULDNT_CONNECT:
+        snprintf(detail, detlen, "could not connect to %s:%ld: %s", host, port,
+                 oserr ? strerror((int)oserr) : "connection failed");
+        break;
+    case CURLE_COULDNT_RESOLVE_HOST:
+        snprintf(detail, detlen, "could not resolve host %s", host);
+        break;
+    case CURLE_COULDNT_RESOLVE_PROXY:
+        snprintf(detail, detlen, "could not resolve the proxy");
+        break;
+    case CURLE_OPERATION_TIMEDOUT:
+        snprintf(detail, detlen, "%s:%ld: no progress before the timeout", host, port);
+        break;
+    default:
+        snprintf(detail, detlen, "%s:%ld: %s", host, port, errbuf[0] ? errbuf : curl_easy_strerror(c));
+        break;
+    }
+    return FB_ERR_CONNECTION_LOST;
+}
+
+/* Transport failures worth another attempt (the server may come back). */
+static int fbcp_curl_retryable(CURLcode c)
+{
+    switch (c) {
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_OPERATION_TIMEDOUT:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_AGAIN:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+static int fbcp_status_retryable(long status)
+{
+    return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
+}
+
+static int fbcp_xferinfo(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
+{
+    return fbcp_interrupted ? 1 : 0;
+}
+
+/* The settings every handle shares. */
+static fb_err fbcp_http_setup(fbcp_http *h, CURL *e, char *errbuf)
+{
+    const fbcp_opts *o = h->o;
+    CURLcode c = CURLE_OK;
+
+#define SET(opt, val)                                                                                          \
+    do {                                                                                                       \
+        if (c == CURLE_OK)                                                                                     \
+            c = curl_easy_setopt(e, opt, val);                                                                 \
+    } while (0)
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_USERAGENT, "fbcp/" PACKAGE_VERSION);
+    SET(CURLOPT_SHARE, h->share);
+    SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    SET(CURLOPT_FOLLOWLOCATION, 0L);
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_CONNECTTIMEOUT, o->timeout_s);
+    SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
+    SET(CURLOPT_LOW_SPEED_TIME, o->timeout_s);
+    SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_ERRORBUFFER, errbuf);
+    SET(CURLOPT_NOPROGRESS, 0L);
+    SET(CURLOPT_XFERINFOFUNCTION, fbcp_xferinfo);
+    SET(CURLOPT_FILETIME, 1L);
+    if (o->cacert != NULL)
+        SET(CURLOPT_CAINFO, o->cacert);
+    if (o->insecure) {
+        SET(CURLOPT_SSL_VERIFYPEER, 0L);
+        SET(CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    if (o->user != NULL) {
+        SET(CURLOPT_USERNAME, o->user);
+        SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BASIC);
+        if (o->password != NULL)
+            SET(CURLOPT_PASSWORD, o->password);
+    }
+    /* .netrc: optional when no -u; with --netrc it may also supply the password for -u */
+    if (o->user == NULL || o->netrc) {
+        SET(CURLOPT_NETRC, (long)CURL_NETRC_OPTIONAL);
+        if (o->netrc_file != NULL)
+            SET(CURLOPT_NETRC_FILE, o->netrc_file);
+    }
+#undef SET
+    return c == CURLE_OK ? FB_OK : FB_ERR_INTERNAL;
+}
+
+fb_err fbcp_http_global_init(void)
+{
+    return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? FB_OK : FB_ERR_INTERNAL;
+}
+
+void fbcp_http_global_cleanup(void)
+{
+    curl_global_cleanup();
+}
+
+fb_err fbcp_http_new(fbcp_http **ph, const fbcp_opts *o)
+{
+    fbcp_http *h = calloc(1, sizeof(*h));
+
+    *ph = NULL;
+    if (h == NULL)
+        return FB_ERR_NOMEM;
+    h->o = o;
+    h->share = curl_share_init();
+    h->api = curl_easy_init();
+    if (h->share == NULL || h->api == NULL) {
+        fbcp_http_free(h);
+        return FB_ERR_NOMEM;
+    }
+    curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt(h->share, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    *ph = h;
+    return FB_OK;
+}
+
+void fbcp_http_free(fbcp_http *h)
+{
+    if (h == NULL)
+        return;
+    if (h->api != NULL)
+        curl_easy_cleanup(h->api);
+    if (h->share != NULL)
+        curl_share_cleanup(h->share);
+    free(h);
+}
+
+/* ---------------------------------------------------------------- control requests */
+
+typedef struct fbcp_buf {
+    char *data;
+    size_t len;
+    size_t max;
+    int overflow;
+} fbcp_buf;
+
+static size_t fbcp_buf_write(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    fbcp_buf *b = ud;
+    size_t n = size * nmemb;
+    char *nd;
+
+    if (n > b->max - b->len) {
+        b->overflow = 1;
+        return 0;
+    }
+    nd = realloc(b->data, b->len + n + 1);
+    if (nd == NULL)
+        return 0;
+    b->data = nd;
+    memcpy(b->data + b->len, ptr, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+    return n;
+}
+
+void fbcp_http_answer_free(fbcp_http_answer *a)
+{
+    json_decref(a->json);
+    free(a->content_type);
+    free(a->etag);
+    free(a->last_modified);
+    memset(a, 0, sizeof(*a));
+}
+
+static char *fbcp_header_dup(CURL *e, const char *name)
+{
+    struct curl_header *hd = NULL;
+    if (curl_easy_header(e, name, 0, CURLH_HEADER, -1, &hd) != CURLHE_OK || hd == NULL)
+        return NULL;
+    return strdup(hd->value);
+}
+
+static int fbcp_is_json_type(const char *ct)
+{
+    return ct != NULL && (strncasecmp(ct, "application/json", 16) == 0 ||
+                          strncasecmp(ct, "application/problem+json", 24) == 0);
+}
+
+fb_err fbcp_http_request(fbcp_http *h, fbcp_http_answer *a, const char *method, const char *url, json_t *body,
+                         size_t max_body, int retries, char *detail, size_t detlen)
+{
+    CURL *e = h->api;
+    struct curl_slist *hdrs = NULL;
+    char *text = NULL;
+    fbcp_buf buf = {0};
+    fb_err rv = FB_ERR_INTERNAL;
+    int attempt;
+
+    memset(a, 0, sizeof(*a));
+    a->filetime = -1;
+    a->length = -1;
+    detail[0] = '\0';
+    if (retries < 0)
+        retries = h->o->retries;
+    if (body != NULL) {
+        text = json_dumps(body, JSON_COMPACT);
+        if (text == NULL)
+            return FB_ERR_NOMEM;
+        hdrs = curl_slist_append(hdrs, "Content-Type: application/json");
+        hdrs = curl_slist_append(hdrs, "Expect:");
+        if (hdrs == NULL) {
+            free(text);
+            return FB_ERR_NOMEM;
+        }
+    }
+    for (attempt = 0;; attempt++) {
+        CURLcode c;
+        uint64_t t0 = fb_time_mono_ns();
+        long status = 0;
+
+        curl_easy_reset(e);
+        h->errbuf[0] = '\0';
+        free(buf.data);
+        memset(&buf, 0, sizeof(buf));
+        buf.max = max_body;
+        if (fbcp_http_setup(h, e, h->errbuf) != FB_OK)
+            break;
+        curl_easy_setopt(e, CURLOPT_URL, url);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, fbcp_buf_write);
+        curl_easy_setopt(e, CURLOPT_WRITEDATA, &buf);
+        if (strcmp(method, "HEAD") == 0) {
+            curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+        } else if (strcmp(method, "POST") == 0) {
+            curl_easy_setopt(e, CURLOPT_POSTFIELDS, text != NULL ? text : "");
+            curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)(text != NULL ? strlen(text) : 0));
+        } else if (strcmp(method, "GET") != 0) {
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+        }
+        if (hdrs != NULL)
+            curl_easy_setopt(e, CURLOPT_HTTPHEADER, hdrs);
+        fbcp_trace(h->o, "> %s %s", method, url);
+        c = curl_easy_perform(e);
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
+        if (c != CURLE_OK) {
+            if (buf.overflow) {
+                snprintf(detail, detlen, "answer larger than %zu bytes", max_body);
+                rv = FB_ERR_PROTOCOL;
+                break;
+            }
+            rv = fbcp_curl_error(e, c, h->errbuf, detail, detlen);
+            fbcp_trace(h->o, "< %s (%s)", fb_err_message(rv), detail);
+            if (!fbcp_interrupted && fbcp_curl_retryable(c) && attempt < retries) {
+                fbcp_sleep_ms(fbcp_backoff_ms(attempt + 1));
+                continue;
+            }
+            break;
+        }
+        fbcp_trace(h->o, "< %ld (%.0f ms)", status, (double)(fb_time_mono_ns() - t0) / 1e6);
+        if (fbcp_status_retryable(status) && attempt < retries && !fbcp_interrupted) {
+            fbcp_sleep_ms(fbcp_backoff_ms(attempt + 1));
+            continue;
+        }
+        {
+            char *ct = NULL;
+            curl_off_t len = -1, ft = -1;
+            struct curl_header *hd = NULL;
+
+            a->status = status;
+            curl_easy_getinfo(e, CURLINFO_CONTENT_TYPE, &ct);
+            a->content_type = ct != NULL ? strdup(ct) : NULL;
+            a->etag = fbcp_header_dup(e, "ETag");
+            a->last_modified = fbcp_header_dup(e, "Last-Modified");
+            if (curl_easy_getinfo(e, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) == CURLE_OK)
+                a->length = len;
+            if (curl_easy_getinfo(e, CURLINFO_FILETIME_T, &ft) == CURLE_OK)
+                a->filetime = ft;
+            if (curl_easy_header(e, "Accept-Ranges", 0, CURLH_HEADER, -1, &hd) == CURLHE_OK && hd != NULL &&
+                strstr(hd->value, "bytes") != NULL)
+                a->accept_ranges = 1;
+            if (buf.len > 0 && fbcp_is_json_type(ct))
+                a->json = json_loadb(buf.data, buf.len, 0, NULL);
+        }
+        rv = FB_OK;
+        break;
+    }
+    curl_slist_free_all(hdrs);
+    free(text);
+    free(buf.data);
+    if (rv != FB_OK)
+        fbcp_http_answer_free(a);
+    return rv;
+}
+
+static fb_err fbcp_problem_from(long status, json_t *doc, char *detail, size_t detlen)
+{
+    const char *code = NULL, *det = NULL, *title = NULL;
+    fb_err e;
+
+    if (json_is_object(doc)) {
+        code = json_string_value(json_object_get(doc, "code"));
+        det = json_string_value(json_object_get(doc, "detail"));
+        title = json_string_value(json_object_get(doc, "title"));
+    }
+    if (status == 401) {
+        e = FB_ERR_AUTH;
+    } else if (code != NULL && fb_err_from_name(code) != FB_ERR_PROTOCOL) {
+        e = fb_err_from_name(code);
+    } else {
+        switch (status) {
+        case 403:
+            e = FB_ERR_PERMISSION;
+            break;
+        case 404:
+            e = FB_ERR_NOT_FOUND;
+            break;
+        case 405:
+            e = FB_ERR_METHOD;
+            break;
+        case 413:
+            e = FB_ERR_TOO_LARGE;
+            break;
+        case 416:
+            e = FB_ERR_RANGE_NOT_SATISFIABLE;
+            break;
+        case 412:
+            e = FB_ERR_CHANGED;
+            break;
+        case 507:
+            e = FB_ERR_DISK_FULL;
+            break;
+        case 502:
+        case 503:
+        case 504:
+            e = FB_ERR_CONNECTION_LOST;
+            break;
+        default:
+            e = status >= 200 && status < 300 ? FB_ERR_PROTOCOL : FB_ERR_SERVER_REFUSED;
+            break;
+        }
+    }
+    if (det != NULL)
+        fbcp_sanitize(detail, detlen, det);
+    else if (title != NULL && e == FB_ERR_SERVER_REFUSED)
+        fbcp_sanitize(detail, detlen, title);
+    else
+        snprintf(detail, detlen, "HTTP %ld", status);
+    return e;
+}
+
+fb_err fbcp_http_problem(const fbcp_http_answer *a, char *detail, size_t detlen)
+{
+    return fbcp_problem_from(a->status, a->json, detail, detlen);
+}
+
+/* ---------------------------------------------------------------- the data transport */
+
+typedef struct fbcp_req {
+    uint64_t off;
+    uint64_t len;
+    int attempts;        /* failures so far of this piece of the file */
+    int resync;          /* upload: ask the server what is missing before sending */
+    uint64_t not_before; /* monotonic ns */
+} fbcp_req;
+
+typedef struct fbcp_engine fbcp_engine;
+
+typedef struct fbcp_slot {
+    fbcp_engine *eng;
+    CURL *easy;
+    int busy;
+    fbcp_req req;
+    uint64_t moved;     /* body bytes of this request read from / written to the file */
+    uint64_t done_upto; /* download: absolute offset up to which range_done was called */
+    struct curl_slist *hdrs;
+    int checked; /* download: status and Content-Range looked at */
+    enum { FBCP_SLOT_OK, FBCP_SLOT_ERRBODY, FBCP_SLOT_CHANGED, FBCP_SLOT_BADRANGE, FBCP_SLOT_LOCAL } state;
+    int local_errno;
+    fbcp_buf body; /* answer body (upload JSON, or an error document) */
+    uint64_t t0;
+    char errbuf[CURL_ERROR_SIZE];
+} fbcp_slot;
+
+struct fbcp_engine {
+    fbcp_http *h;
+    fbcp_xfer *x;
+    CURLM *multi;
+    fbcp_slot slots[FBCP_MAX_CONNECTIONS];
+    int nslots;
+    fbcp_req *q;
+    size_t qn, qcap;
+    fb_err err;
+    char *detail;
+    size_t detlen;
+    curl_off_t speed; /* per-connection rate limit, 0 = none */
+};
+
+typedef struct fbcp_http_transport {
+    fbcp_http *h;
+    CURLM *multi;
+    CURL *easy[FBCP_MAX_CONNECTIONS];
+    int neasy;
+} fbcp_http_transport;
+
+static fb_err fbcp_engine_push(fbcp_engine *g, uint64_t off, uint64_t len, int attempts, int resync,
+                               uint64_t not_before)
+{
+    if (g->qn == g->qcap) {
+        size_t ncap = g->qcap ? g->qcap * 2 : 64;
+        fbcp_req *nq = realloc(g->q, ncap * sizeof(*nq));
+        if (nq == NULL)
+            return FB_ERR_NOMEM;
+        g->q = nq;
+        g->qcap = ncap;
+    }
+    g->q[g->qn].off = off;
+    g->q[g->qn].len = len;
+    g->q[g->qn].attempts = attempts;
+    g->q[g->qn].resync = resync;
+    g->q[g->qn].not_before = not_before;
+    g->qn++;
+    return FB_OK;
+}
+
+/* Queues RANGES split into request-sized pieces. */
+static fb_err fbcp_engine_push_ranges(fbcp_engine *g, const fbcp_ranges *ranges, int attempts)
+{
+    fbcp_ranges split;
+    fb_err rv;
+
+    fbcp_ranges_init(&split);
+    rv = fbcp_ranges_split(&split, ranges, g->x->opts->request_size, g->x->chunk_size);
+    for (size_t i = 0; rv == FB_OK && i < split.n; i++)
+        rv = fbcp_engine_push(g, split.v[i].offset, split.v[i].length, attempts, 0, 0);
+    fbcp_ranges_free(&split);
+    return rv;
+}
+
+static void fbcp_engine_fail(fbcp_engine *g, fb_err e, const char *detail)
+{
+    if (g->err == FB_OK) {
+        g->err = e;
+        snprintf(g->detail, g->detlen, "%s", detail != NULL ? detail : "");
+    }
+}
+
+static size_t fbcp_upload_read(char *ptr, size_t size, size_t nitems, void *ud)
+{
+    fbcp_slot *s = ud;
+    fbcp_xfer *x = s->eng->x;
+    size_t want = size * nitems;
+    ssize_t n;
+
+    if (fbcp_interrupted)
+        return CURL_READFUNC_ABORT;
+    if (want > s->req.len - s->moved)
+        want = (size_t)(s->req.len - s->moved);
+    if (want == 0)
+        return 0;
+    do
+        n = pread(x->fd, ptr, want, (off_t)(s->req.off + s->moved));
+    while (n < 0 && errno == EINTR);
+    if (n <= 0) {
+        /* the file shrank or cannot be read: the server must not get a short body */
+        s->state = FBCP_SLOT_LOCAL;
+        s->local_errno = n < 0 ? errno : 0;
+        return CURL_READFUNC_ABORT;
+    }
+    s->moved += (uint64_t)n;
+    x->bytes += (uint64_t)n;
+    x->bytes_http += (uint64_t)n;
+    return (size_t)n;
+}
+
+static int fbcp_upload_seek(void *ud, curl_off_t offset, int origin)
+{
+    fbcp_slot *s = ud;
+    if (origin != SEEK_SET || offset < 0 || (uint64_t)offset > s->req.len)
+        return CURL_SEEKFUNC_CANTSEEK;
+    s->moved = (uint64_t)offset;
+    return CURL_SEEKFUNC_OK;
+}
+
+/* Reports the chunks a download request has completed, up to absolute offset END. */
+static fb_err fbcp_download_mark(fbcp_slot *s, uint64_t end)
+{
+    fbcp_xfer *x = s->eng->x;
+    uint64_t req_end = s->req.off + s->req.len;
+    uint64_t upto = end == req_end ? end : end - end % x->chunk_size;
+
+    if (upto <= s->done_upto)
+        return FB_OK;
+    {
+        uint64_t from = s->done_upto;
+        s->done_upto = upto;
+        x->bytes_done += upto - from;
+        return x->range_done != NULL ? x->range_done(x, from, upto - from) : FB_OK;
+    }
+}
+
+static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
+{
+    fbcp_slot *s = ud;
+    fbcp_xfer *x = s->eng->x;
+    size_t n = size * nmemb;
+
+    if (x->direction == FBCP_UPLOAD || s->state == FBCP_SLOT_ERRBODY)
+        return fbcp_buf_write(ptr, size, nmemb, &s->body) == n || s->body.overflow ? n : 0;
+    if (!s->checked) {
+        long status = 0;
+        struct curl_header *hd = NULL;
+        uint64_t first, last, complete;
+
+        s->checked = 1;
+        curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+        if (status == 200) {
+            s->state = FBCP_SLOT_CHANGED;
+            return 0;
+        }
+        if (status != 206) {
+            s->state = FBCP_SLOT_ERRBODY;
+            return fbcp_buf_write(ptr, size, nmemb, &s->body) == n || s->body.overflow ? n : 0;
+        }
+        if (curl_easy_header(s->easy, "Content-Range", 0, CURLH_HEADER, -1, &hd) != CURLHE_OK || hd == NULL ||
+            fbcp_parse_content_range(&first, &last, &complete, hd->value) != FB_OK || first != s->req.off ||
+            last != s->req.off + s->req.len - 1 || complete != x->size) {
+            s->state = FBCP_SLOT_BADRANGE;
+            return 0;
+        }
+    }
+    if (n > s->req.len - s->moved) {
+        s->state = FBCP_SLOT_BADRANGE;
+        return 0;
+    }
+    for (size_t done = 0; done < n;) {
+        ssize_t w = pwrite(x->fd, ptr + done, n - done, (off_t)(s->req.off + s->moved));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            s->state = FBCP_SLOT_LOCAL;
+            s->local_errno = w < 0 ? errno : EIO;
+            return 0;
+        }
+        done += (size_t)w;
+        s->moved += (uint64_t)w;
+        x->bytes += (uint64_t)w;
+        x->bytes_http += (uint64_t)w;
+    }
+    if (fbcp_download_mark(s, s->req.off + s->moved) != FB_OK) {
+        s->state = FBCP_SLOT_LOCAL;
+        s->local_errno = EIO;
+        return 0;
+    }
+    return n;
+}
+
+static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
+{
+    fbcp_xfer *x = g->x;
+    char hdr[160];
+    CURL *e = s->easy;
+
+    s->req = *r;
+    s->moved = 0;
+    s->done_upto = r->off;
+    s->checked = 0;
+    s->state = FBCP_SLOT_OK;
+    s->local_errno = 0;
+    free(s->body.data);
+    memset(&s->body, 0, sizeof(s->body));
+    s->body.max = 64 * 1024;
+    curl_slist_free_all(s->hdrs);
+    s->hdrs = NULL;
+    s->errbuf[0] = '\0';
+    s->t0 = fb_time_mono_ns();
+
+    curl_easy_reset(e);
+    if (fbcp_http_setup(g->h, e, s->errbuf) != FB_OK)
+        return FB_ERR_INTERNAL;
+    curl_easy_setopt(e, CURLOPT_URL, x->data_url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, s);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, fbcp_slot_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, s);
+    if (x->direction == FBCP_UPLOAD) {
+        snprintf(hdr, sizeof(hdr), "Content-Range: bytes %llu-%llu/%llu", (unsigned long long)r->off,
+                 (unsigned long long)(r->off + r->len - 1), (unsigned long long)x->size);
+        s->hdrs = curl_slist_append(s->hdrs, hdr);
+        s->hdrs = curl_slist_append(s->hdrs, "Content-Type: application/octet-stream");
+        s->hdrs = curl_slist_append(s->hdrs, "Expect:");
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->len);
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, fbcp_upload_read);
+        curl_easy_setopt(e, CURLOPT_READDATA, s);
+        curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, fbcp_upload_seek);
+        curl_easy_setopt(e, CURLOPT_SEEKDATA, s);
+        if (g->speed > 0)
+            curl_easy_setopt(e, CURLOPT_MAX_SEND_SPEED_LARGE, g->speed);
+        fbcp_trace(x->opts, "> PUT %s bytes %llu-%llu/%llu", x->data_url, (unsigned long long)r->off,
+                   (unsigned long long)(r->off + r->len - 1), (unsigned long long)x->size);
+    } else {
+        snprintf(hdr, sizeof(hdr), "Range: bytes=%llu-%llu", (unsigned long long)r->off,
+                 (unsigned long long)(r->off + r->len - 1));
+        s->hdrs = curl_slist_append(s->hdrs, hdr);
+        if (x->if_range != NULL && strlen(x->if_range) < sizeof(hdr) - 16) {
+            snprintf(hdr, sizeof(hdr), "If-Range: %s", x->if_range);
+            s->hdrs = curl_slist_append(s->hdrs, hdr);
+        }
+        if (g->speed > 0)
+            curl_easy_setopt(e, CURLOPT_MAX_RECV_SPEED_LARGE, g->speed);
+        fbcp_trace(x->opts, "> GET %s bytes=%llu-%llu", x->data_url, (unsigned long long)r->off,
+                   (unsigned long long)(r->off + r->len - 1));
+    }
+    if (s->hdrs == NULL)
+        return FB_ERR_NOMEM;
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, s->hdrs);
+    if (curl_multi_add_handle(g->multi, e) != CURLM_OK)
+        return FB_ERR_INTERNAL;
+    s->busy = 1;
+    return FB_OK;
+}
+
+/* Requeues what is left of a failed request after a backoff, or fails the transfer once the
+ * piece has failed more than --retries times. E/DETAIL say why it failed. */
+static void fbcp_engine_retry(fbcp_engine *g, fbcp_slot *s, fb_err e, const char *detail)
+{
+    fbcp_xfer *x = g->x;
+    fbcp_req r = s->req;
+    uint64_t now = fb_time_mono_ns();
+
+    if (x->direction == FBCP_DOWNLOAD && s->done_upto > r.off) {
+        /* the chunks already written are kept; progress earns a fresh retry budget */
+        r.len -= s->done_upto - r.off;
+        r.off = s->done_upto;
+        r.attempts = 0;
+    }
+    if (r.len == 0)
+        return;
+    r.attempts++;
+    if (r.attempts > x->opts->retries || fbcp_interrupted) {
+        fbcp_engine_fail(g, e, detail);
+        return;
+    }
+    fbcp_trace(x->opts, "retry %d/%d of bytes %llu-%llu in %ld ms (%s%s%s)", r.attempts, x->opts->retries,
+               (unsigned long long)r.off, (unsigned long long)(r.off + r.len - 1), fbcp_backoff_ms(r.attempts),
+               fb_err_message(e), detail[0] ? ": " : "", detail);
+    if (fbcp_engine_push(g, r.off, r.len, r.attempts, x->direction == FBCP_UPLOAD,
+                         now + (uint64_t)fbcp_backoff_ms(r.attempts) * 1000000ull) != FB_OK)
+        fbcp_engine_fail(g, FB_ERR_NOMEM, NULL);
+}
+
+static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
+{
+    fbcp_xfer *x = g->x;
+    long status = 0;
+    char detail[FBCP_DETAIL_LEN];
+    fb_err e;
+
+    curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(g->multi, s->easy);
+    s->busy = 0;
+    detail[0] = '\0';
+    fbcp_trace(x->opts, "< %s bytes %llu-%llu: %ld%s%s (%llu bytes, %.0f ms)",
+               x->direction == FBCP_UPLOAD ? "PUT" : "GET", (unsigned long long)s->req.off,
+               (unsigned long long)(s->req.off + s->req.len - 1), status, c != CURLE_OK ? " " : "",
+               c != CURLE_OK ? curl_easy_strerror(c) : "", (unsigned long long)s->moved,
+               (double)(fb_time_mono_ns() - s->t0) / 1e6);
+
+    if (s->state == FBCP_SLOT_LOCAL) {
+        e = s->local_errno != 0 ? fb_err_from_errno(s->local_errno) : FB_ERR_LOCAL_IO;
+        if (e != FB_ERR_DISK_FULL && e != FB_ERR_NOMEM)
+            e = FB_ERR_LOCAL_IO;
+        snprintf(detail, sizeof(detail), "%s: %s", x->local,
+                 s->local_errno ? strerror(s->local_errno) : "the file changed size during the transfer");
+        fbcp_engine_fail(g, e, detail);
+        return;
+    }
+    if (s->state == FBCP_SLOT_CHANGED) {
+        fbcp_engine_fail(g, FB_ERR_CHANGED, "the server sent the whole file instead of the range");
+        return;
+    }
+    if (s->state == FBCP_SLOT_BADRANGE) {
+        fbcp_engine_fail(g, FB_ERR_PROTOCOL, "the answer's Content-Range does not match the request");
+        return;
+    }
+    if (c != CURLE_OK && s->state != FBCP_SLOT_ERRBODY) {
+        e = fbcp_curl_error(s->easy, c, s->errbuf, detail, sizeof(detail));
+        if (fbcp_curl_retryable(c) && !fbcp_interrupted)
+            fbcp_engine_retry(g, s, e, detail);
+        else
+            fbcp_engine_fail(g, e, detail);
+        return;
+    }
+    if (status >= 200 && status < 300 && s->state == FBCP_SLOT_OK) {
+        if (x->direction == FBCP_UPLOAD) {
+            x->bytes_done += s->req.len;
+            if (x->range_done != NULL && x->range_done(x, s->req.off, s->req.len) != FB_OK)
+                fbcp_engine_fail(g, FB_ERR_LOCAL_IO, NULL);
+            return;
+        }
+        if (s->moved == s->req.len) {
+            if (fbcp_download_mark(s, s->req.off + s->req.len) != FB_OK)
+                fbcp_engine_fail(g, FB_ERR_LOCAL_IO, NULL);
+            return;
+        }
+        fbcp_engine_retry(g, s, FB_ERR_CONNECTION_LOST, "the answer ended early");
+        return;
+    }
+    {
+        json_t *doc = s->body.len > 0 ? json_loadb(s->body.data, s->body.len, 0, NULL) : NULL;
+        e = fbcp_problem_from(status, doc, detail, sizeof(detail));
+        json_decref(doc);
+    }
+    if (x->direction == FBCP_UPLOAD && (status == 416 || status == 404)) {
+        /* chunks of this range completed meanwhile (416), or the server lost the session (404):
+         * ask again what is missing (the refresh re-creates a lost session) */
+        fbcp_engine_retry(g, s, e, detail);
+        return;
+    }
+    if (fbcp_status_retryable(status)) {
+        fbcp_engine_retry(g, s, e, detail);
+        return;
+    }
+    fbcp_engine_fail(g, e, detail);
+}
+
+/* Upload: replaces queue entry I (flagged resync) with what the server says is still missing. */
+static void fbcp_engine_resync(fbcp_engine *g, size_t i)
+{
+    fbcp_xfer *x = g->x;
+    fbcp_req r = g->q[i];
+    fbcp_ranges missing;
+    char detail[FBCP_DETAIL_LEN];
+    fb_err e;
+
+    memmove(&g->q[i], &g->q[i + 1], (g->qn - i - 1) * sizeof(*g->q));
+    g->qn--;
+    fbcp_ranges_init(&missing);
+    detail[0] = '\0';
+    e = x->refresh != NULL ? x->refresh(x, &missing, r.off, r.len, detail, sizeof(detail)) : FB_ERR_INTERNAL;
+    if (e == FB_OK) {
+        uint64_t left = fbcp_ranges_total(&missing);
+        if (left < r.len)
+            x->bytes_done += r.len - left;
+        e = fbcp_engine_push_ranges(g, &missing, left < r.len ? 0 : r.attempts);
+        if (e != FB_OK)
+            fbcp_engine_fail(g, e, NULL);
+    } else if (fbcp_err_retryable(e) && !fbcp_interrupted && r.attempts < x->opts->retries) {
+        r.attempts++;
+        fbcp_trace(x->opts, "retry %d/%d asking for the missing ranges in %ld ms", r.attempts, x->opts->retries,
+                   fbcp_backoff_ms(r.attempts));
+        if (fbcp_engine_push(g, r.off, r.len, r.attempts, 1,
+                             fb_time_mono_ns() + (uint64_t)fbcp_backoff_ms(r.attempts) * 1000000ull) != FB_OK)
+            fbcp_engine_fail(g, FB_ERR_NOMEM, NULL);
+    } else {
+        fbcp_engine_fail(g, e, detail);
+    }
+    fbcp_ranges_free(&missing);
+}
+
+static fb_err fbcp_engine_run(fbcp_engine *g)
+{
+    fbcp_xfer *x = g->x;
+    int busy = 0;
+
+    /* bounded: every request either completes, or fails and is retried at most --retries times
+     * per piece, and a piece's budget is only renewed when the file made progress */
+    for (;;) {
+        uint64_t now = fb_time_mono_ns();
+        uint64_t next_ready = UINT64_MAX;
+        int running = 0;
+        CURLMsg *msg;
+        int left;
+
+        if (fbcp_interrupted)
+            fbcp_engine_fail(g, FB_ERR_CONNECTION_LOST, "interrupted");
+        if (g->err != FB_OK)
+            break;
+        /* fill idle connections with ready requests, in file order */
+        for (int si = 0; si < g->nslots && g->err == FB_OK; si++) {
+            size_t i;
+            if (g->slots[si].busy)
+                continue;
+            for (i = 0; i < g->qn && g->q[i].not_before > now; i++)
+                if (g->q[i].not_before < next_ready)
+                    next_ready = g->q[i].not_before;
+            if (i == g->qn)
+                break;
+            if (g->q[i].resync) {
+                fbcp_engine_resync(g, i);
+                si--; /* the queue changed: look again for this slot */
+                now = fb_time_mono_ns();
+                continue;
+            }
+            {
+                fbcp_req r = g->q[i];
+                fb_err e;
+                memmove(&g->q[i], &g->q[i + 1], (g->qn - i - 1) * sizeof(*g->q));
+                g->qn--;
+                e = fbcp_slot_start(g, &g->slots[si], &r);
+                if (e != FB_OK)
+                    fbcp_engine_fail(g, e, NULL);
+            }
+        }
+        if (g->err != FB_OK)
+            break;
+        busy = 0;
+        for (int si = 0; si < g->nslots; si++)
+            busy += g->slots[si].busy;
+        if (busy == 0 && g->qn == 0)
+            break;
+        if (busy > 0) {
+            if (curl_multi_perform(g->multi, &running) != CURLM_OK) {
+                fbcp_engine_fail(g, FB_ERR_INTERNAL, "curl_multi_perform failed");
+                break;
+            }
+            while ((msg = curl_multi_info_read(g->multi, &left)) != NULL) {
+                fbcp_slot *s = NULL;
+                if (msg->msg != CURLMSG_DONE)
+                    continue;
+                curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&s);
+                if (s != NULL)
+                    fbcp_slot_finish(g, s, msg->data.result);
+            }
+        }
+        fbcp_event_progress(x, 0);
+        if (g->err != FB_OK)
+            break;
+        {
+            long wait_ms = 200;
+            now = fb_time_mono_ns();
+            for (size_t i = 0; i < g->qn; i++)
+                if (g->q[i].not_before < next_ready)
+                    next_ready = g->q[i].not_before;
+            if (next_ready != UINT64_MAX) {
+                long until = next_ready > now ? (long)((next_ready - now) / 1000000ull) + 1 : 0;
+                if (until < wait_ms)
+                    wait_ms = until;
+            }
+            busy = 0;
+            for (int si = 0; si < g->nslots; si++)
+                busy += g->slots[si].busy;
+            if (busy > 0 && running > 0)
+                curl_multi_poll(g->multi, NULL, 0, (int)wait_ms, NULL);
+            else if (busy == 0 && wait_ms > 0)
+                fbcp_sleep_ms(wait_ms);
+        }
+    }
+    /* stop whatever is still running (on error or interrupt) */
+    for (int si = 0; si < g->nslots; si++) {
+        fbcp_slot *s = &g->slots[si];
+        if (s->busy) {
+            curl_multi_remove_handle(g->multi, s->easy);
+            s->busy = 0;
+        }
+    }
+    fbcp_event_progress(x, 1);
+    return g->err;
+}
+
+static fb_err fbcp_http_move(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen)
+{
+    fbcp_http_transport *ht = t->impl;
+    fbcp_engine *g = calloc(1, sizeof(*g));
+    fb_err rv;
+
+    detail[0] = '\0';
+    if (g == NULL)
+        return FB_ERR_NOMEM;
+    g->h = ht->h;
+    g->x = x;
+    g->multi = ht->multi;
+    g->detail = detail;
+    g->detlen = detlen;
+    g->nslots = ht->neasy;
+    if (x->opts->limit_rate > 0) {
+        uint64_t per = x->opts->limit_rate / (uint64_t)g->nslots;
+        g->speed = (curl_off_t)(per > 0 ? per : 1);
+    }
+    for (int i = 0; i < g->nslots; i++) {
+        g->slots[i].eng = g;
+        g->slots[i].easy = ht->easy[i];
+    }
+    x->transport_name = t->ops->name;
+    rv = fbcp_engine_push_ranges(g, todo, 0);
+    if (rv == FB_OK)
+        rv = fbcp_engine_run(g);
+    for (int i = 0; i < g->nslots; i++) {
+        curl_slist_free_all(g->slots[i].hdrs);
+        free(g->slots[i].body.data);
+    }
+    free(g->q);
+    free(g);
+    return rv;
+}
+
+static void fbcp_http_transport_destroy(fbcp_transport *t)
+{
+    fbcp_http_transport *ht;
+
+    if (t == NULL)
+        return;
+    ht = t->impl;
+    if (ht != NULL) {
+        for (int i = 0; i < ht->neasy; i++)
+            if (ht->easy[i] != NULL)
+                curl_easy_cleanup(ht->easy[i]);
+        if (ht->multi != NULL)
+            curl_multi_cleanup(ht->multi);
+        free(ht);
+    }
+    free(t);
+}
+
+static const fbcp_transport_ops fbcp_http_ops = {
+    .name = "http",
+    .upload = fbcp_http_move,
+    .download = fbcp_http_move,
+    .destroy = fbcp_http_transport_destroy,
+};
+
+fb_err fbcp_transport_http_new(fbcp_transport **pt, fbcp_http *h)
+{
+    fbcp_transport *t = calloc(1, sizeof(*t));
+    fbcp_http_transport *ht = calloc(1, sizeof(*ht));
+    int n = h->o->connections;
+
+    *pt = NULL;
+    if (t == NULL || ht == NULL) {
+        free(t);
+        free(ht);
+        return FB_ERR_NOMEM;
+    }
+    t->ops = &fbcp_http_ops;
+    t->impl = ht;
+    ht->h = h;
+    if (n < 1)
+        n = 1;
+    if (n > FBCP_MAX_CONNECTIONS)
+        n = FBCP_MAX_CONNECTIONS;
+    ht->multi = curl_multi_init();
+    if (ht->multi == NULL) {
+        fbcp_http_transport_destroy(t);
+        return FB_ERR_NOMEM;
+    }
+    /* one TCP connection per request: no HTTP/2 multiplexing, no pipelining */
+    curl_multi_setopt(ht->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
+    curl_multi_setopt(ht->multi, CURLMOPT_MAXCONNECTS, (long)n + 1);
+    for (int i = 0; i < n; i++) {
+        ht->easy[i] = curl_easy_init();
+        if (ht->easy[i] == NULL) {
+            fbcp_http_transport_destroy(t);
+            return FB_ERR_NOMEM;
+        }
+        ht->neasy++;
+    }
+    *pt = t;
+    return FB_OK;
+}

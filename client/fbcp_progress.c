@@ -1,0 +1,305 @@
+/* fbcp_progress: everything fbcp tells the user: error and warning lines on stderr, the -v
+ * request trace, the progress bar (stderr, terminals only) and the --json event stream (one
+ * object per line on stdout, built with jansson). Also keeps the run's totals for the summary
+ * and the first error for the exit code. Called from the main thread only. */
+#include "fbcp.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+static const fbcp_opts *g_opts;
+static fb_err g_first_error = FB_OK;
+static int g_bar_active; /* a progress line without newline is on stderr */
+static uint64_t g_start_ns;
+static struct {
+    unsigned files, done, skipped, failed;
+    uint64_t bytes, total, bytes_http;
+} g_sum;
+
+void fbcp_progress_init(const fbcp_opts *o)
+{
+    g_opts = o;
+    g_start_ns = fb_time_mono_ns();
+}
+
+fb_err fbcp_first_error(void)
+{
+    return g_first_error;
+}
+
+static void fbcp_bar_clear(void)
+{
+    if (g_bar_active) {
+        fputs("\r\033[K", stderr);
+        g_bar_active = 0;
+    }
+}
+
+static void fbcp_emit(json_t *ev)
+{
+    if (ev == NULL)
+        return;
+    if (json_dumpf(ev, stdout, JSON_COMPACT) == 0)
+        fputc('\n', stdout);
+    fflush(stdout);
+    json_decref(ev);
+}
+
+static const char *fbcp_dir_name(fbcp_direction d)
+{
+    return d == FBCP_UPLOAD ? "upload" : "download";
+}
+
+/* The fields every event carries. */
+static json_t *fbcp_event_new(const char *event, const fbcp_xfer *x)
+{
+    json_t *ev = json_object();
+    if (ev == NULL)
+        return NULL;
+    json_object_set_new(ev, "event", json_string(event));
+    if (x != NULL) {
+        json_object_set_new(ev, "file", json_string(x->local));
+        json_object_set_new(ev, "remote", json_string(x->remote));
+        json_object_set_new(ev, "direction", json_string(fbcp_dir_name(x->direction)));
+        json_object_set_new(ev, "bytes", json_integer((json_int_t)x->bytes));
+        json_object_set_new(ev, "total", json_integer((json_int_t)x->size));
+        json_object_set_new(ev, "transport", json_string(x->transport_name ? x->transport_name : "http"));
+    }
+    return ev;
+}
+
+void fbcp_report_error(const fbcp_xfer *x, const char *file, fb_err e, const char *detail)
+{
+    int has_detail = detail != NULL && detail[0] != '\0';
+
+    if (g_first_error == FB_OK)
+        g_first_error = e;
+    g_sum.failed++;
+    fbcp_bar_clear();
+    if (file != NULL && file[0] != '\0')
+        fprintf(stderr, "fbcp: %s: %s%s%s%s\n", file, fb_err_message(e), has_detail ? " (" : "",
+                has_detail ? detail : "", has_detail ? ")" : "");
+    else
+        fprintf(stderr, "fbcp: %s%s%s%s\n", fb_err_message(e), has_detail ? " (" : "", has_detail ? detail : "",
+                has_detail ? ")" : "");
+    if (g_opts != NULL && g_opts->json) {
+        json_t *ev = json_object();
+        if (ev != NULL) {
+            char msg[FBCP_DETAIL_LEN + 128];
+            snprintf(msg, sizeof(msg), "%s%s%s%s", fb_err_message(e), has_detail ? " (" : "",
+                     has_detail ? detail : "", has_detail ? ")" : "");
+            json_object_set_new(ev, "event", json_string("error"));
+            json_object_set_new(ev, "file", file != NULL ? json_string(file) : json_null());
+            if (x != NULL) {
+                json_object_set_new(ev, "remote", json_string(x->remote));
+                json_object_set_new(ev, "direction",
+                                    json_string(x->direction == FBCP_UPLOAD ? "upload" : "download"));
+            }
+            json_object_set_new(ev, "bytes", json_integer(x != NULL ? (json_int_t)x->bytes : 0));
+            json_object_set_new(ev, "total", json_integer(x != NULL ? (json_int_t)x->size : 0));
+            json_object_set_new(ev, "transport", json_string("http"));
+            json_object_set_new(ev, "code", json_string(fb_err_name(e)));
+            json_object_set_new(ev, "message", json_string(msg));
+            json_object_set_new(ev, "exit_code", json_integer(fb_err_exit_code(e)));
+            fbcp_emit(ev);
+        }
+    }
+}
+
+void fbcp_warn(const char *fmt, ...)
+{
+    va_list ap;
+
+    if (g_opts != NULL && g_opts->quiet)
+        return;
+    fbcp_bar_clear();
+    fputs("fbcp: warning: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+void fbcp_trace(const fbcp_opts *o, const char *fmt, ...)
+{
+    va_list ap;
+
+    if (o == NULL || !o->verbose)
+        return;
+    fbcp_bar_clear();
+    fputs("fbcp: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+}
+
+static void fbcp_human_bytes(char *out, size_t len, double v)
+{
+    static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    unsigned u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        u++;
+    }
+    if (u == 0)
+        snprintf(out, len, "%.0f %s", v, units[u]);
+    else
+        snprintf(out, len, "%.1f %s", v, units[u]);
+}
+
+/* Bytes known to be at the destination, for the bar: what was there plus what moved, capped. */
+static uint64_t fbcp_position(const fbcp_xfer *x)
+{
+    uint64_t p = x->bytes_skipped + x->bytes;
+    if (x->bytes_skipped + x->bytes_done > p)
+        p = x->bytes_skipped + x->bytes_done;
+    return p > x->size ? x->size : p;
+}
+
+static void fbcp_bar_draw(const fbcp_xfer *x, int final)
+{
+    char have[32], total[32], rate[32], eta[32] = "";
+    uint64_t pos = final ? x->size : fbcp_position(x);
+    unsigned pct = x->size ? (unsigned)(pos * 100 / x->size) : 100;
+    double bytes_per_s = x->rate_bps / 8;
+    const char *name = strrchr(x->local, '/') ? strrchr(x->local, '/') + 1 : x->local;
+
+    fbcp_human_bytes(have, sizeof(have), (double)pos);
+    fbcp_human_bytes(total, sizeof(total), (double)x->size);
+    fbcp_human_bytes(rate, sizeof(rate), bytes_per_s);
+    if (final) {
+        double secs = (double)(fb_time_mono_ns() - x->start_ns) / 1e9;
+        snprintf(eta, sizeof(eta), "%.1fs", secs);
+    } else if (bytes_per_s > 0 && pos < x->size) {
+        unsigned long s = (unsigned long)((double)(x->size - pos) / bytes_per_s);
+        snprintf(eta, sizeof(eta), "ETA %lu:%02lu", s / 60, s % 60);
+    }
+    fprintf(stderr, "\r\033[K%-28.28s %3u%% %10s / %-10s %10s/s %s", name, pct, have, total, rate, eta);
+    if (final) {
+        fputc('\n', stderr);
+        g_bar_active = 0;
+    } else {
+        g_bar_active = 1;
+    }
+    fflush(stderr);
+}
+
+void fbcp_event_start(fbcp_xfer *x)
+{
+    x->start_ns = fb_time_mono_ns();
+    x->last_progress_ns = x->start_ns;
+    x->rate_mark_ns = x->start_ns;
+    x->rate_mark_bytes = 0;
+    g_sum.files++;
+    g_sum.total += x->size;
+    if (x->resumed && !g_opts->json && !g_opts->quiet && (g_opts->progress_bar || g_opts->verbose)) {
+        char skipped[32];
+        fbcp_bar_clear();
+        fbcp_human_bytes(skipped, sizeof(skipped), (double)x->bytes_skipped);
+        fprintf(stderr, "fbcp: %s: resuming, %s (%llu bytes) already transferred\n", x->local, skipped,
+                (unsigned long long)x->bytes_skipped);
+    }
+    if (g_opts->json) {
+        json_t *ev = fbcp_event_new("start", x);
+        json_object_set_new(ev, "resumed", json_boolean(x->resumed));
+        json_object_set_new(ev, "bytes_skipped", json_integer((json_int_t)x->bytes_skipped));
+        fbcp_emit(ev);
+    }
+}
+
+void fbcp_event_progress(fbcp_xfer *x, int force)
+{
+    uint64_t now = fb_time_mono_ns();
+    uint64_t interval = g_opts->json ? 500000000ull : 200000000ull; /* --json: at most 2 per second */
+
+    if (!force && now - x->last_progress_ns < interval)
+        return;
+    if (now - x->rate_mark_ns >= 1000000000ull || x->rate_bps == 0) {
+        double secs = (double)(now - x->rate_mark_ns) / 1e9;
+        if (secs > 0.05) {
+            double inst = (double)(x->bytes - x->rate_mark_bytes) * 8 / secs;
+            x->rate_bps = x->rate_bps == 0 ? inst : 0.5 * x->rate_bps + 0.5 * inst;
+            x->rate_mark_ns = now;
+            x->rate_mark_bytes = x->bytes;
+        }
+    }
+    x->last_progress_ns = now;
+    if (g_opts->json) {
+        json_t *ev = fbcp_event_new("progress", x);
+        json_object_set_new(ev, "rate_bps", json_integer((json_int_t)x->rate_bps));
+        json_object_set_new(ev, "position", json_integer((json_int_t)fbcp_position(x)));
+        fbcp_emit(ev);
+    } else if (g_opts->progress_bar) {
+        fbcp_bar_draw(x, 0);
+    }
+}
+
+void fbcp_event_skip(fbcp_xfer *x, const char *reason)
+{
+    g_sum.files++;
+    g_sum.skipped++;
+    g_sum.total += x->size;
+    if (g_opts->json) {
+        json_t *ev = fbcp_event_new("skip", x);
+        json_object_set_new(ev, "reason", json_string(reason));
+        fbcp_emit(ev);
+    } else if (!g_opts->quiet && (g_opts->progress_bar || g_opts->verbose)) {
+        fbcp_bar_clear();
+        fprintf(stderr, "fbcp: %s: skipped (%s)\n", x->local, reason);
+    }
+}
+
+void fbcp_event_done(fbcp_xfer *x, const char *sha256_hex)
+{
+    double secs = (double)(fb_time_mono_ns() - x->start_ns) / 1e9;
+
+    g_sum.done++;
+    g_sum.bytes += x->bytes;
+    g_sum.bytes_http += x->bytes_http;
+    if (g_opts->json) {
+        json_t *ev = fbcp_event_new("done", x);
+        json_object_set_new(ev, "bytes_http", json_integer((json_int_t)x->bytes_http));
+        json_object_set_new(ev, "bytes_udp", json_integer(0));
+        json_object_set_new(ev, "bytes_skipped", json_integer((json_int_t)x->bytes_skipped));
+        json_object_set_new(ev, "seconds", json_real(secs));
+        json_object_set_new(ev, "sha256", sha256_hex != NULL ? json_string(sha256_hex) : json_null());
+        fbcp_emit(ev);
+    } else if (g_opts->progress_bar) {
+        x->rate_bps = secs > 0 ? (double)x->bytes * 8 / secs : 0;
+        fbcp_bar_draw(x, 1);
+    } else if (g_opts->verbose) {
+        fprintf(stderr, "fbcp: %s: done, %llu bytes in %.2f s\n", x->local, (unsigned long long)x->bytes, secs);
+    }
+}
+
+void fbcp_event_summary(void)
+{
+    double secs = (double)(fb_time_mono_ns() - g_start_ns) / 1e9;
+
+    fbcp_bar_clear();
+    if (g_opts == NULL || !g_opts->json)
+        return;
+    json_t *ev = json_object();
+    if (ev == NULL)
+        return;
+    json_object_set_new(ev, "event", json_string("summary"));
+    json_object_set_new(ev, "file", json_null());
+    json_object_set_new(ev, "bytes", json_integer((json_int_t)g_sum.bytes));
+    json_object_set_new(ev, "total", json_integer((json_int_t)g_sum.total));
+    json_object_set_new(ev, "transport", json_string("http"));
+    json_object_set_new(ev, "bytes_http", json_integer((json_int_t)g_sum.bytes_http));
+    json_object_set_new(ev, "files", json_integer(g_sum.files));
+    json_object_set_new(ev, "done", json_integer(g_sum.done));
+    json_object_set_new(ev, "skipped", json_integer(g_sum.skipped));
+    json_object_set_new(ev, "failed", json_integer(g_sum.failed));
+    json_object_set_new(ev, "seconds", json_real(secs));
+    json_object_set_new(ev, "code", json_string(fb_err_name(g_first_error)));
+    json_object_set_new(ev, "exit_code",
+                        json_integer(fbcp_interrupted ? FBCP_EXIT_INTERRUPTED : fb_err_exit_code(g_first_error)));
+    fbcp_emit(ev);
+}

@@ -1,0 +1,426 @@
+/* fbcp_upload: one file up to the server (docs/HTTP-API.md):
+ *
+ *   POST sessions {direction, path, size, overwrite, sha256?, mode} -> id, chunk size, missing
+ *   the transport sends the missing ranges (HTTP: PUT sessions/{id}/data with Content-Range)
+ *   POST sessions/{id}/commit {sha256}
+ *
+ * The SHA-256 of the file is computed in a thread while the data goes out, except with
+ * --overwrite if_different, where the server needs it in the POST to decide whether the target
+ * is already identical: then the file is read twice (hash first, then send). A session the
+ * server has lost (404) is created again: the server resumes it from its checkpoint. */
+#include "fbcp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <jansson.h>
+#include <openssl/crypto.h>
+
+typedef struct fbcp_hash_job {
+    pthread_t thread;
+    int started;
+    int fd;
+    uint64_t size;
+    unsigned char digest[FB_SHA256_LEN];
+    fb_err rv;
+} fbcp_hash_job;
+
+typedef struct fbcp_upload {
+    fbcp_ctx *c;
+    fbcp_xfer x;
+    mode_t mode;
+    char sha_hex[FB_SHA256_HEX_LEN + 1]; /* "" until known */
+    fbcp_ranges missing;                 /* from the last session document */
+    int done;                            /* the server says the session is done */
+    int skipped;                         /* ... because the target is identical */
+    int resumed;
+    char *state;
+} fbcp_upload;
+
+static void *fbcp_hash_main(void *p)
+{
+    fbcp_hash_job *j = p;
+    j->rv = fb_sha256_fd(j->digest, j->fd, j->size);
+    return NULL;
+}
+
+/* The session key is not needed over HTTP(S): wipe it from the parsed answer before it is freed
+ * so it does not linger in freed memory. */
+static void fbcp_wipe_key(json_t *doc)
+{
+    json_t *k = json_object_get(doc, "key");
+    const char *v = json_string_value(k);
+    if (v != NULL)
+        OPENSSL_cleanse((void *)v, strlen(v));
+}
+
+static int fbcp_id_is_safe(const char *id)
+{
+    size_t n = 0;
+    if (id == NULL)
+        return 0;
+    for (; id[n] != '\0'; n++)
+        if (!((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'z') || (id[n] >= 'A' && id[n] <= 'Z') ||
+              id[n] == '-' || id[n] == '_'))
+            return 0;
+    return n > 0 && n <= 128;
+}
+
+static char *fbcp_url_concat(const char *a, const char *b, const char *c)
+{
+    size_t len = strlen(a) + strlen(b) + strlen(c) + 1;
+    char *r = malloc(len);
+    if (r != NULL)
+        snprintf(r, len, "%s%s%s", a, b, c);
+    return r;
+}
+
+/* Reads a session document (POST answer or GET sessions/{id}) into U. */
+static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id, char *detail, size_t detlen)
+{
+    const char *state = json_string_value(json_object_get(doc, "state"));
+    json_t *missing = json_object_get(doc, "missing");
+    json_t *chunk = json_object_get(doc, "chunk_size");
+    fb_err rv;
+
+    if (!json_is_object(doc) || state == NULL) {
+        snprintf(detail, detlen, "session document without a state");
+        return FB_ERR_PROTOCOL;
+    }
+    free(u->state);
+    u->state = strdup(state);
+    if (u->state == NULL)
+        return FB_ERR_NOMEM;
+    u->done = strcmp(state, "done") == 0;
+    u->skipped = json_is_true(json_object_get(doc, "skipped"));
+    if (json_is_boolean(json_object_get(doc, "resumed")))
+        u->resumed = json_is_true(json_object_get(doc, "resumed"));
+    if (with_id) {
+        const char *id = json_string_value(json_object_get(doc, "id"));
+        if (!fbcp_id_is_safe(id)) {
+            snprintf(detail, detlen, "session document without a valid id");
+            return FB_ERR_PROTOCOL;
+        }
+        free(u->x.session_id);
+        free(u->x.data_url);
+        u->x.session_id = strdup(id);
+        u->x.data_url = fbcp_url_concat(u->x.url->base, "/sessions/", id);
+        if (u->x.session_id == NULL || u->x.data_url == NULL)
+            return FB_ERR_NOMEM;
+        {
+            char *d = fbcp_url_concat(u->x.data_url, "/data", "");
+            if (d == NULL)
+                return FB_ERR_NOMEM;
+            free(u->x.data_url);
+            u->x.data_url = d;
+        }
+    }
+    if (json_is_integer(chunk)) {
+        json_int_t cs = json_integer_value(chunk);
+        if (cs <= 0 || cs > (1 << 30)) {
+            snprintf(detail, detlen, "chunk size %lld out of range", (long long)cs);
+            return FB_ERR_PROTOCOL;
+        }
+        u->x.chunk_size = (uint32_t)cs;
+    }
+    if (u->done) {
+        fbcp_ranges_clear(&u->missing);
+        return FB_OK;
+    }
+    if (missing == NULL) {
+        snprintf(detail, detlen, "session document without missing ranges");
+        return FB_ERR_PROTOCOL;
+    }
+    rv = fbcp_ranges_from_json(&u->missing, missing, u->x.size);
+    if (rv != FB_OK)
+        snprintf(detail, detlen, "invalid missing ranges");
+    return rv;
+}
+
+/* POST sessions: creates (or resumes) the upload session. */
+static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size_t detlen)
+{
+    static const char *const ow[] = {"never", "always", "if_different"};
+    fbcp_http_answer a;
+    json_t *body;
+    char *url = fbcp_url_concat(u->x.url->base, "/sessions", "");
+    char mode[16];
+    fb_err rv;
+
+    if (url == NULL)
+        return FB_ERR_NOMEM;
+    snprintf(mode, sizeof(mode), "%04o", (unsigned)(u->mode & 07777));
+    body = json_pack("{s:s, s:s, s:I, s:s, s:s}", "direction", "upload", "path", u->x.remote, "size",
+                     (json_int_t)u->x.size, "overwrite", ow[u->c->opts->overwrite], "mode", mode);
+    if (body != NULL && u->sha_hex[0] != '\0')
+        json_object_set_new(body, "sha256", json_string(u->sha_hex));
+    if (body == NULL) {
+        free(url);
+        return FB_ERR_NOMEM;
+    }
+    rv = fbcp_http_request(u->c->http, &a, "POST", url, body, FBCP_MAX_JSON, retries, detail, detlen);
+    json_decref(body);
+    free(url);
+    if (rv != FB_OK)
+        return rv;
+    fbcp_wipe_key(a.json);
+    if (a.status == 200 || a.status == 201)
+        rv = fbcp_upload_parse_session(u, a.json, 1, detail, detlen);
+    else
+        rv = fbcp_http_problem(&a, detail, detlen);
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
+/* GET sessions/{id}; on 404 the session is created again. Fills U->missing. */
+static fb_err fbcp_upload_status(fbcp_upload *u, int retries, char *detail, size_t detlen)
+{
+    fbcp_http_answer a;
+    char *url = fbcp_url_concat(u->x.url->base, "/sessions/", u->x.session_id);
+    fb_err rv;
+
+    if (url == NULL)
+        return FB_ERR_NOMEM;
+    rv = fbcp_http_request(u->c->http, &a, "GET", url, NULL, FBCP_MAX_JSON, retries, detail, detlen);
+    free(url);
+    if (rv != FB_OK)
+        return rv;
+    fbcp_wipe_key(a.json);
+    if (a.status == 200) {
+        rv = fbcp_upload_parse_session(u, a.json, 0, detail, detlen);
+    } else if (a.status == 404) {
+        fbcp_trace(u->c->opts, "session %s is gone: creating it again", u->x.session_id);
+        rv = fbcp_upload_create(u, retries, detail, detlen);
+    } else {
+        rv = fbcp_http_problem(&a, detail, detlen);
+    }
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
+/* The transport's refresh hook: what of [off, off+len) does the server still miss? Called from
+ * the transport's retry path, which counts the attempts itself (so no nested retries here). */
+static fb_err fbcp_upload_refresh(fbcp_xfer *x, fbcp_ranges *out, uint64_t off, uint64_t len, char *detail,
+                                  size_t detlen)
+{
+    fbcp_upload *u = x->ctx;
+    fb_err rv = fbcp_upload_status(u, 0, detail, detlen);
+    if (rv != FB_OK)
+        return rv;
+    if (u->done) {
+        fbcp_ranges_clear(out);
+        return FB_OK;
+    }
+    return fbcp_ranges_intersect(out, &u->missing, off, len);
+}
+
+static fb_err fbcp_upload_send_missing(fbcp_upload *u, char *detail, size_t detlen)
+{
+    fbcp_transport *t = u->c->transport;
+    if (u->missing.n == 0)
+        return FB_OK;
+    return t->ops->upload(t, &u->x, &u->missing, detail, detlen);
+}
+
+static fb_err fbcp_upload_commit(fbcp_upload *u, char *detail, size_t detlen)
+{
+    char *url = fbcp_url_concat(u->x.url->base, "/sessions/", u->x.session_id);
+    char *curl = url != NULL ? fbcp_url_concat(url, "/commit", "") : NULL;
+    fb_err rv = FB_ERR_INTERNAL;
+
+    free(url);
+    if (curl == NULL)
+        return FB_ERR_NOMEM;
+    /* bounded: each round either finishes or sends what the server says is missing */
+    for (int round = 0; round < 8 && !fbcp_interrupted; round++) {
+        fbcp_http_answer a;
+        json_t *body = json_pack("{s:s}", "sha256", u->sha_hex);
+        fb_err pe;
+
+        if (body == NULL) {
+            rv = FB_ERR_NOMEM;
+            break;
+        }
+        fbcp_trace(u->c->opts, "commit session %s", u->x.session_id);
+        rv = fbcp_http_request(u->c->http, &a, "POST", curl, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
+                               detlen);
+        json_decref(body);
+        if (rv != FB_OK)
+            break;
+        if (a.status == 200) {
+            const char *state = json_string_value(json_object_get(a.json, "state"));
+            rv = state != NULL && strcmp(state, "done") == 0 ? FB_OK : FB_ERR_PROTOCOL;
+            if (rv != FB_OK)
+                snprintf(detail, detlen, "commit answered without state done");
+            fbcp_http_answer_free(&a);
+            break;
+        }
+        pe = fbcp_http_problem(&a, detail, detlen);
+        fbcp_http_answer_free(&a);
+        if (pe == FB_ERR_DIGEST_MISMATCH) {
+            size_t l = strlen(detail);
+            snprintf(detail + l, detlen - l, "%sdid the local file change during the upload?", l ? "; " : "");
+            rv = pe;
+            break;
+        }
+        if (pe == FB_ERR_INCOMPLETE || pe == FB_ERR_NOT_FOUND || pe == FB_ERR_SESSION_STATE) {
+            /* something is missing, the session was lost, or another commit is running */
+            fbcp_trace(u->c->opts, "commit: %s (%s): asking the session state", fb_err_message(pe), detail);
+            rv = fbcp_upload_status(u, FBCP_RETRIES_DEFAULT, detail, detlen);
+            if (rv != FB_OK)
+                break;
+            if (u->done) {
+                rv = FB_OK;
+                break;
+            }
+            if (pe == FB_ERR_SESSION_STATE && u->state != NULL && strcmp(u->state, "finalising") == 0) {
+                fbcp_sleep_ms(1000);
+                continue;
+            }
+            if (pe == FB_ERR_SESSION_STATE && u->state != NULL && strcmp(u->state, "active") != 0) {
+                rv = pe;
+                snprintf(detail, detlen, "session state is %s", u->state);
+                break;
+            }
+            rv = fbcp_upload_send_missing(u, detail, detlen);
+            if (rv != FB_OK)
+                break;
+            rv = FB_ERR_INCOMPLETE;
+            continue;
+        }
+        rv = pe;
+        break;
+    }
+    free(curl);
+    return rv;
+}
+
+static fb_err fbcp_upload_delete(fbcp_upload *u, char *detail, size_t detlen)
+{
+    fbcp_http_answer a;
+    char *url = fbcp_url_concat(u->x.url->base, "/sessions/", u->x.session_id);
+    fb_err rv;
+
+    if (url == NULL)
+        return FB_ERR_NOMEM;
+    rv = fbcp_http_request(u->c->http, &a, "DELETE", url, NULL, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
+                           detlen);
+    free(url);
+    if (rv != FB_OK)
+        return rv;
+    if (a.status != 204 && a.status != 200 && a.status != 404)
+        rv = fbcp_http_problem(&a, detail, detlen);
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
+fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote)
+{
+    fbcp_upload u;
+    fbcp_hash_job hash;
+    struct stat st;
+    char detail[FBCP_DETAIL_LEN] = "";
+    fb_err rv;
+
+    memset(&u, 0, sizeof(u));
+    memset(&hash, 0, sizeof(hash));
+    fbcp_ranges_init(&u.missing);
+    u.c = c;
+    u.x.direction = FBCP_UPLOAD;
+    u.x.opts = c->opts;
+    u.x.local = local;
+    u.x.remote = remote;
+    u.x.url = url;
+    u.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
+    u.x.transport_name = c->transport->ops->name;
+    u.x.refresh = fbcp_upload_refresh;
+    u.x.ctx = &u;
+    u.x.fd = open(local, O_RDONLY | O_CLOEXEC);
+    if (u.x.fd < 0) {
+        rv = errno == ENOENT ? FB_ERR_NOT_FOUND : FB_ERR_LOCAL_IO;
+        snprintf(detail, sizeof(detail), "%s", strerror(errno));
+        goto out;
+    }
+    if (fstat(u.x.fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        rv = FB_ERR_LOCAL_IO;
+        snprintf(detail, sizeof(detail), "not a regular file");
+        goto out;
+    }
+    u.x.size = (uint64_t)st.st_size;
+    u.mode = st.st_mode;
+    hash.fd = u.x.fd;
+    hash.size = u.x.size;
+
+    if (c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT) {
+        /* the server compares before any data moves, so it needs the digest now */
+        rv = fb_sha256_fd(hash.digest, u.x.fd, u.x.size);
+        if (rv != FB_OK) {
+            snprintf(detail, sizeof(detail), "cannot read the file to hash it");
+            goto out;
+        }
+        fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
+    } else if (pthread_create(&hash.thread, NULL, fbcp_hash_main, &hash) == 0) {
+        hash.started = 1;
+    } else {
+        rv = fb_sha256_fd(hash.digest, u.x.fd, u.x.size);
+        if (rv != FB_OK)
+            goto out;
+        fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
+    }
+
+    rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
+    if (rv == FB_OK && u.resumed && !c->opts->resume && !u.done) {
+        fbcp_trace(c->opts, "--no-resume: cancelling the resumed session %s", u.x.session_id);
+        rv = fbcp_upload_delete(&u, detail, sizeof(detail));
+        if (rv == FB_OK)
+            rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
+    }
+    if (rv != FB_OK)
+        goto out;
+    if (u.done) {
+        fbcp_event_skip(&u.x, u.skipped ? "identical" : "done");
+        goto out;
+    }
+    u.x.bytes_skipped = u.x.size - fbcp_ranges_total(&u.missing);
+    u.x.resumed = u.x.bytes_skipped > 0 || u.resumed;
+    fbcp_event_start(&u.x);
+
+    rv = fbcp_upload_send_missing(&u, detail, sizeof(detail));
+    if (rv != FB_OK)
+        goto out;
+    if (hash.started) {
+        pthread_join(hash.thread, NULL);
+        hash.started = 0;
+        if (hash.rv != FB_OK) {
+            rv = FB_ERR_LOCAL_IO;
+            snprintf(detail, sizeof(detail), "cannot read the file to hash it");
+            goto out;
+        }
+        fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
+    }
+    rv = fbcp_upload_commit(&u, detail, sizeof(detail));
+    if (rv != FB_OK)
+        goto out;
+    fbcp_event_done(&u.x, u.sha_hex);
+out:
+    if (hash.started) {
+        if (fbcp_interrupted)
+            pthread_detach(hash.thread); /* the process is about to exit; do not wait for the hash */
+        else
+            pthread_join(hash.thread, NULL);
+    }
+    if (rv != FB_OK && !(fbcp_interrupted && rv == FB_ERR_CONNECTION_LOST))
+        fbcp_report_error(&u.x, local, rv, detail);
+    if (u.x.fd >= 0 && !(hash.started && fbcp_interrupted))
+        close(u.x.fd);
+    free(u.x.session_id);
+    free(u.x.data_url);
+    free(u.state);
+    fbcp_ranges_free(&u.missing);
+    return rv;
+}
