@@ -15,11 +15,22 @@
  * leaves at worst a CLAIMED or FINALISING slot with a dead owner pid, which fb_table_claim
  * and fb_table_recover_slot repair. The file is created under a temporary name, initialised,
  * and renamed into place, so a reader never sees a half-built table; it is never truncated or
- * zeroed once published. Mode 0660; attach refuses world-accessible files or foreign owners. */
+ * zeroed once published. Mode 0660; attach refuses world-accessible files or foreign owners.
+ *
+ * Ownership of a slot in CLAIMED or FINALISING is OWNER_PID, taken by compare-and-swap (0 or a
+ * dead pid -> our pid) before the state CAS and given back (-> 0) when the slot leaves those
+ * states. So exactly one process holds a CLAIMED/FINALISING slot, and a dead holder is detected
+ * with kill(pid, 0) == ESRCH (pids in the same pid namespace; a recycled pid looks alive, which
+ * only delays recovery). Callers never write OWNER_PID or STATE directly: use fb_table_claim,
+ * fb_slot_transition and fb_slot_release. Threads of one process share a pid: the owner CAS
+ * still makes them exclude each other, but a thread must not transition a slot another thread
+ * of its process holds. A process that caches a slot index across requests compares GENERATION
+ * (bumped at each claim) before trusting it. */
 #ifndef FB_TABLE_H
 #define FB_TABLE_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -37,6 +48,8 @@
 #define FB_KEY_LEN 32
 #define FB_ID_RANDOM_LEN 12
 #define FB_SESSION_ID_LEN 32 /* hex characters: 8 for the slot index, 24 random */
+#define FB_TABLE_MAX_SLOTS 65536u      /* each slot is about 18 KiB */
+#define FB_CHUNK_SIZE_MAX (1u << 30)   /* fb_table_chunk_size_for never goes beyond 1 GiB */
 
 typedef enum fb_slot_state {
     FB_SLOT_FREE = 0,
@@ -59,6 +72,7 @@ typedef struct fb_slot_info {
     uint8_t key[FB_KEY_LEN];
     uint32_t direction;  /* fb_direction */
     uint32_t chunk_size;
+    uint32_t pad0;       /* explicit: keeps SIZE 8-aligned, always 0 */
     uint64_t size;
     uint64_t nchunks;
     uint32_t overwrite;  /* fb_overwrite */
@@ -86,8 +100,19 @@ typedef struct fb_slot {
     _Atomic uint32_t writers;      /* requests currently writing data (informational) */
     uint8_t reserved[64];
     fb_slot_info info;
-    _Atomic uint64_t bitmap[FB_BITMAP_WORDS];
+    _Alignas(64) _Atomic uint64_t bitmap[FB_BITMAP_WORDS]; /* cache-line aligned; slot size a multiple of 64 */
 } fb_slot;
+
+/* The layout crosses process boundaries (and builds): pin it. */
+_Static_assert(offsetof(fb_slot_info, size) == 56, "slot info layout");
+_Static_assert(offsetof(fb_slot_info, expected_sha256) == 96, "slot info layout");
+_Static_assert(offsetof(fb_slot_info, docroot) == 1296, "slot info layout");
+_Static_assert(sizeof(fb_slot_info) == 2320, "slot info layout");
+_Static_assert(offsetof(fb_slot, reserved) == 64, "slot layout: atomics fill the first cache line");
+_Static_assert(offsetof(fb_slot, info) == 128, "slot layout");
+_Static_assert(offsetof(fb_slot, bitmap) == 2496, "slot layout");
+_Static_assert(sizeof(fb_slot) == 18880, "slot layout");
+_Static_assert(sizeof(fb_slot) % 64 == 0, "slots are whole cache lines");
 
 typedef struct fb_table_header {
     char magic[8];
@@ -100,10 +125,12 @@ typedef struct fb_table_header {
     uint8_t boot_id[16];
     _Atomic uint64_t heartbeat_ns; /* bumped by udpd; informational */
     _Atomic int32_t udpd_pid;
-    uint8_t reserved[204];
+    uint8_t reserved[196];
 } fb_table_header;
 
 _Static_assert(sizeof(fb_table_header) == 256, "table header layout");
+_Static_assert(offsetof(fb_table_header, boot_id) == 32 && offsetof(fb_table_header, heartbeat_ns) == 48,
+               "table header layout");
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2, "lock-free atomics needed in shared memory");
 
 typedef struct fb_table fb_table; /* process-local handle */
@@ -114,12 +141,18 @@ typedef struct fb_table_opts {
     int create;         /* create if missing */
     uid_t owner_uid;    /* when creating as root: chown to this uid/gid; (uid_t)-1 keeps */
     gid_t owner_gid;
-    uid_t trusted_uid;  /* attach accepts files owned by root, by geteuid(), or by this uid */
+    uid_t trusted_uid;  /* attach accepts files owned by root, by geteuid(), by this uid, or by
+                         * owner_uid; (uid_t)-1 for none */
 } fb_table_opts;
 
-/* Attaches to the table at PATH, or creates it (tmp + rename) if missing and opts->create.
- * Refuses a file whose magic or major version differ (FB_ERR_SHM_VERSION), or whose mode gives
- * any access to others or whose owner is not trusted (FB_ERR_SHM_PERMS). Errors in ERRBUF. */
+/* Attaches to the table at PATH, or creates it if missing and opts->create (built under
+ * PATH.tmp.<pid>.<random>, published with link() so that of several processes racing to create
+ * it all attach to the first one; the parent directory is created with mode 0770 if missing).
+ * An existing table is never truncated or rewritten: its slot count wins over opts->nslots.
+ * Refuses a file whose magic or major version differ (FB_ERR_SHM_VERSION), a symlink or
+ * non-regular file, a file whose mode gives any access to others or whose owner is not trusted
+ * (FB_ERR_SHM_PERMS). FB_ERR_NOT_FOUND if missing and not creating. OPTS may be NULL (attach
+ * only). Errors in ERRBUF (may be NULL). */
 fb_err fb_table_open(fb_table **ptable, const char *path, const fb_table_opts *opts, char *errbuf, size_t errlen);
 void fb_table_close(fb_table *table);
 
@@ -127,25 +160,37 @@ fb_table_header *fb_table_header_get(fb_table *table);
 uint32_t fb_table_nslots(const fb_table *table);
 fb_slot *fb_table_slot(fb_table *table, uint32_t index);
 
-/* Chunk size for a SIZE-byte file: PREFERRED, doubled until the file fits FB_BITMAP_BITS chunks. */
+/* Chunk size for a SIZE-byte file: PREFERRED (1 MiB if 0, at most FB_CHUNK_SIZE_MAX), doubled
+ * until the file fits FB_BITMAP_BITS chunks, capped at FB_CHUNK_SIZE_MAX. A file larger than
+ * FB_CHUNK_SIZE_MAX * FB_BITMAP_BITS still does not fit: check fb_table_nchunks_for. */
 uint32_t fb_table_chunk_size_for(uint64_t size, uint32_t preferred);
+/* ceil(SIZE / CHUNK_SIZE); 0 for a 0-byte file; UINT64_MAX if CHUNK_SIZE is 0. */
+uint64_t fb_table_nchunks_for(uint64_t size, uint32_t chunk_size);
 
 /* Claims a slot for the caller (state CLAIMED, owner_pid = getpid(), generation bumped, info and
  * bitmap zeroed, counters reset). Reuses FREE slots first, then DONE/FAILED slots older than
  * DONE_LINGER seconds, ACTIVE ones idle for IDLE_TIMEOUT seconds, and CLAIMED/FINALISING ones
- * whose owner process no longer exists. FB_ERR_TABLE_FULL when none. */
+ * whose owner process no longer exists (a dead FINALISING one is first recovered to ACTIVE).
+ * NOW_NS is CLOCK_REALTIME. IDLE_TIMEOUT_S 0 means ACTIVE slots are never taken; DONE_LINGER_S 0
+ * means DONE/FAILED slots are taken at once. FB_ERR_TABLE_FULL when none. */
 fb_err fb_table_claim(fb_table *table, uint32_t *pindex, uint64_t now_ns, uint32_t idle_timeout_s,
                       uint32_t done_linger_s);
 
 /* Seqlock writer side for INFO while CLAIMED. */
 void fb_slot_info_write_begin(fb_slot *slot);
 void fb_slot_info_write_end(fb_slot *slot);
-/* Consistent copy of INFO (retries while a writer is active). */
+/* Consistent copy of INFO (retries while a writer is active). A writer that died inside
+ * write_begin/end leaves the sequence odd forever: after about 1,000,000 tries (with
+ * sched_yield after the first thousand) the reader gives up and returns what it copied last. */
 void fb_slot_info_read(fb_slot_info *out, fb_slot *slot);
+/* Same, but returns 1 if the copy is consistent, 0 if it gave up. */
+int fb_slot_info_read_checked(fb_slot_info *out, fb_slot *slot);
 
-/* CAS FROM -> TO; on success updates state_since_ns and, for CLAIMED/FINALISING, owner_pid. */
+/* CAS FROM -> TO; on success updates state_since_ns and, for CLAIMED/FINALISING, owner_pid.
+ * Returns 1 on success, 0 if the state was not FROM or (entering FINALISING) another live
+ * process holds the slot. Leaving CLAIMED/FINALISING gives the ownership back, also on failure. */
 int fb_slot_transition(fb_slot *slot, fb_slot_state from, fb_slot_state to);
-/* Unconditionally frees the slot (cancel), wiping the key. */
+/* Unconditionally frees the slot (cancel), wiping the key (the whole INFO, under the seqlock). */
 void fb_slot_release(fb_slot *slot);
 
 /* Formats the public session id of slot INDEX ("%08x" index + 24 hex random). */
@@ -159,14 +204,17 @@ fb_err fb_table_find(fb_table *table, uint32_t *pindex, const char *id);
 fb_err fb_table_find_upload(fb_table *table, uint32_t *pindex, const char *user, const char *docroot,
                             const char *relpath, uint64_t size);
 
-/* Marks chunk INDEX complete (atomic OR); returns 1 if it was newly set (chunks_done bumped). */
+/* Marks chunk INDEX complete (atomic OR); returns 1 if it was newly set (chunks_done bumped),
+ * 0 if it was already set or INDEX >= info.nchunks or >= FB_BITMAP_BITS. */
 int fb_slot_set_chunk(fb_slot *slot, uint64_t index);
+/* 1 if chunk INDEX is complete; 0 otherwise or out of range. */
 int fb_slot_chunk_done(fb_slot *slot, uint64_t index);
 /* Copies the bitmap (FB_BITMAP_WORDS words) with atomic loads. */
 void fb_slot_bitmap_copy(uint64_t *out, fb_slot *slot);
 
-/* Repairs one slot whose owner died: CLAIMED -> FREE, FINALISING -> ACTIVE. Returns 1 if
- * repaired. fb_table_claim calls it; readers may too. */
+/* Repairs one slot whose owner died: CLAIMED -> FREE (info wiped), FINALISING -> ACTIVE.
+ * Returns 1 if repaired, 0 if the slot needed nothing (or INDEX is out of range).
+ * fb_table_claim calls it; readers may too. */
 int fb_table_recover_slot(fb_table *table, uint32_t index);
 
 #endif
