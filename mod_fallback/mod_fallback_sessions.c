@@ -196,7 +196,7 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
         add_key(doc, info);
     wipe_info(info);
     if (status == HTTP_CREATED)
-        apr_table_setn(req->r->headers_out, "Location", json_string_value(json_object_get(doc, "location")));
+        apr_table_set(req->r->headers_out, "Location", json_string_value(json_object_get(doc, "location")));
     return mod_fallback_json_reply(req, status, doc, with_key);
 }
 
