@@ -194,6 +194,9 @@ make_lines() {
     mkdir -p "$DOCROOT/dl"
     seq -w 0 99999 >"$DOCROOT/dl/lines.txt"
     mkrand "$DOCROOT/dl/rand.bin" $((3 * CHUNK + 7))
+    # Apache gives a weak ETag (never matching If-Range) to a file modified within the last
+    # second; these files are meant to be settled.
+    touch -d '-1 min' "$DOCROOT/dl/lines.txt" "$DOCROOT/dl/rand.bin"
     docroot_chown "$DOCROOT/dl"
 }
 
@@ -209,7 +212,7 @@ test_files_get_head() {
     assert_eq bytes "$(header Accept-Ranges)" "Accept-Ranges"
     [ -n "$(header ETag)" ] || fail "no ETag"
     [ -n "$(header Last-Modified)" ] || fail "no Last-Modified"
-    assert_eq 0 "$(stat -c %s "$BODY")" "HEAD body length"
+    case "$(header ETag)" in W/*) fail "weak ETag for a settled file: $(header ETag)" ;; esac
 }
 
 test_files_single_ranges() {
@@ -303,7 +306,7 @@ test_download_session() {
     assert_eq 600000 "$(jbody .size)" "size"
     [ -n "$(jbody .etag)" ] || fail "no etag"
     [ -n "$(jbody .mtime)" ] || fail "no mtime"
-    assert_eq "" "$(jbody '.missing | tostring')" "no missing in a download answer"
+    assert_eq false "$(jq 'has("missing")' "$BODY")" "no missing in a download answer"
     st=$(api POST sessions -H 'Content-Type: application/json' \
         --data-binary '{"direction":"download","path":"dl/absent.bin"}')
     assert_problem 404 not_found "$st"
