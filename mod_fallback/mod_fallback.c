@@ -515,6 +515,7 @@ static void fallback_register_hooks(apr_pool_t *p)
     ap_hook_check_config(fallback_check_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_post_config(fallback_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(fallback_handler, NULL, NULL, APR_HOOK_MIDDLE);
+    mod_fallback_status_register();
 }
 
 AP_DECLARE_MODULE(fallback) = {

@@ -23,7 +23,7 @@ APLOG_USE_MODULE(fallback);
 
 /* Every log message starts with a unique tag ("FB00042: ") so tests can expect or forbid it.
  * Numbers by file: mod_fallback.c 00001-00099, _util 00100-00199, _sessions 00200-00399,
- * _data 00400-00499, _files 00500-00599. */
+ * _data 00400-00499, _files 00500-00599, _status 00600-00699. */
 #define FBLOGNO(n) "FB" #n ": "
 
 /* Longest list of missing ranges put into one answer; the rest is summarised by
@@ -95,6 +95,9 @@ const char *mod_fallback_state_name(uint32_t state);
 
 /* mod_fallback_data.c */
 int mod_fallback_data_put(mod_fallback_req *req, const char *id);
+
+/* mod_fallback_status.c: hooks into mod_status when it is loaded. */
+void mod_fallback_status_register(void);
 
 /* mod_fallback_files.c */
 int mod_fallback_files_get(mod_fallback_req *req, const char *relpath);

@@ -74,6 +74,8 @@ int mod_fallback_problem_r(request_rec *r, fb_err code, const char *detail)
         json_object_set_new(doc, "detail", json_string(detail));
     r->status = status;
     ap_set_content_type(r, "application/problem+json");
+    if (code == FB_ERR_TABLE_FULL)
+        apr_table_setn(r->headers_out, "Retry-After", "30");
     if (doc == NULL) {
         ap_rprintf(r, "{\"code\":\"%s\",\"status\":%d}\n", fb_err_name(code), status);
         return OK;
