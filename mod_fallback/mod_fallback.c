@@ -28,6 +28,11 @@ extern module AP_MODULE_DECLARE_DATA fallback_module;
 
 #define MOD_FALLBACK_STATES_KEY "mod_fallback.states"
 
+/* URL paths of the <Location> sections that say "SetHandler fallback", read from the config
+ * tree at startup (pconf; children inherit it). They tell the router exactly where its URL
+ * space begins, even below nested <Location>s. */
+static apr_array_header_t *handler_locations;
+
 /* ---- configuration ------------------------------------------------------------------------ */
 
 static void *fallback_create_server_conf(apr_pool_t *p, server_rec *s)
@@ -283,6 +288,46 @@ static int check_listeners(apr_pool_t *ptemp, const mod_fallback_state *st)
     return ok;
 }
 
+static int is_fallback_handler_section(apr_pool_t *p, const ap_directive_t *d)
+{
+    for (; d != NULL; d = d->next) {
+        if (strcasecmp(d->directive, "SetHandler") == 0) {
+            const char *args = d->args;
+            char *w = ap_getword_conf(p, &args);
+            if (strcasecmp(w, "fallback") == 0)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static void collect_locations(apr_array_header_t *out, apr_pool_t *p, const ap_directive_t *d, int depth)
+{
+    if (depth > 64)
+        return;
+    for (; d != NULL; d = d->next) {
+        if (strcasecmp(d->directive, "<Location") == 0 && is_fallback_handler_section(p, d->first_child)) {
+            char *args = apr_pstrdup(p, d->args);
+            char *gt = strrchr(args, '>');
+            const char *rest = args;
+            char *path;
+            size_t n;
+
+            if (gt != NULL)
+                *gt = '\0';
+            path = ap_getword_conf(p, &rest);
+            n = strlen(path);
+            while (n > 0 && path[n - 1] == '/')
+                path[--n] = '\0';
+            if (path[0] == '/' || path[0] == '\0')
+                APR_ARRAY_PUSH(out, const char *) = path;
+        }
+        else if (d->first_child != NULL) {
+            collect_locations(out, p, d->first_child, depth + 1);
+        }
+    }
+}
+
 static void table_opts(fb_table_opts *opts, const fb_config *cfg, int create)
 {
     memset(opts, 0, sizeof(*opts));
@@ -357,6 +402,8 @@ static int fallback_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t 
     (void)plog;
     if (ap_state_query(AP_SQ_MAIN_STATE) == AP_SQ_MS_CREATE_PRE_CONFIG)
         return OK;
+    handler_locations = apr_array_make(pconf, 4, sizeof(const char *));
+    collect_locations(handler_locations, pconf, ap_conftree, 0);
     rc = load_states(&states, pconf, s);
     if (rc != OK)
         return rc;
@@ -396,16 +443,35 @@ static int is_route(const char *rem)
            (strncmp(rem, "files", 5) == 0 && (rem[5] == '\0' || rem[5] == '/'));
 }
 
-/* Finds where the handler's URL space begins. The innermost <Location> (core's per-dir "d")
- * bounds it; the base is the longest prefix of r->uri within that bound, at a '/' boundary,
- * after which a route starts. So nested <Location>s (e.g. extra auth on BASE/sessions) work. */
+/* Finds where the handler's URL space begins: the longest <Location> with "SetHandler
+ * fallback" that prefixes r->uri. For handlers set some other way (<LocationMatch>, .htaccess)
+ * a guess: the innermost section (core's per-dir "d") bounds the base, which is the longest
+ * prefix of r->uri within that bound, at a '/' boundary, after which a route starts. */
 static const char *find_base(request_rec *r, const char **prem)
 {
     const core_dir_config *dconf = ap_get_core_module_config(r->per_dir_config);
     const char *uri = r->uri;
     size_t ulen = strlen(uri);
     size_t bound = ulen;
-    size_t i;
+    size_t i, best = 0;
+    const char *found = NULL;
+
+    for (i = 0; handler_locations != NULL && i < (size_t)handler_locations->nelts; i++) {
+        const char *loc = APR_ARRAY_IDX(handler_locations, (int)i, const char *);
+        size_t n = strlen(loc);
+
+        if (strncmp(uri, loc, n) == 0 && (uri[n] == '\0' || uri[n] == '/') && (found == NULL || n > best)) {
+            found = loc;
+            best = n;
+        }
+    }
+    if (found != NULL) {
+        const char *rem = uri + best;
+        if (*rem == '/')
+            rem++;
+        *prem = rem;
+        return found;
+    }
 
     if (dconf != NULL && dconf->d != NULL && dconf->d[0] == '/') {
         size_t dlen = strlen(dconf->d);
@@ -471,6 +537,8 @@ static int route(mod_fallback_req *req, const char *rem)
         }
         return mod_fallback_problem(req, FB_ERR_NOT_FOUND, NULL);
     }
+    if (!is_route(rem))
+        return mod_fallback_problem(req, FB_ERR_NOT_FOUND, NULL);
     /* files or files/...: the rest of r->uri, already %-decoded by Apache */
     if (m != M_GET)
         return method_not_allowed(req, "GET, HEAD");
