@@ -20,7 +20,8 @@ roundtrip() {
     rc=$?
     assert_eq 0 "$rc" "fbcp upload exit code ($(tail -n 3 "$T_TMP/$name.up.err"))"
     assert_file_same "$SRC/$name" "$DOCROOT/sizes/$name"
-    jq -e 'select(.event == "done")' "$T_TMP/$name.up.json" >/dev/null || fail "no done event in --json output"
+    jq -s -e 'map(select(.event == "done")) | length == 1' "$T_TMP/$name.up.json" >/dev/null ||
+        fail "not one done event in the --json output: $(cat "$T_TMP/$name.up.json")"
     assert_eq "$(sha "$SRC/$name")" "$(jq -r 'select(.event == "done") | .sha256' "$T_TMP/$name.up.json")" \
         "sha256 in the done event"
     fbcp --json "$URL/sizes/$name" "$BACK/$name" >"$T_TMP/$name.down.json" 2>"$T_TMP/$name.down.err"
@@ -29,7 +30,7 @@ roundtrip() {
     assert_file_same "$SRC/$name" "$BACK/$name"
     # No partial file or sidecar is left behind on either side.
     assert_no_file "$DOCROOT/sizes/.$name.fbpart"
-    [ -z "$(find "$BACK" -name "*.fbpart*")" ] || fail "download left $(find "$BACK" -name "*.fbpart*")"
+    [ -z "$(find "$BACK" -name ".$name.fbpart*")" ] || fail "download left $(find "$BACK" -name ".$name.fbpart*")"
     st=$(api GET "files/sizes/$name")
     assert_eq 200 "$st" "curl GET"
     assert_file_same "$SRC/$name" "$BODY"
