@@ -546,10 +546,12 @@ static int parse_args(options *o, int argc, char **argv)
     o->dev[DIR_UP] = "fbc0";
     o->dev[DIR_DOWN] = "fbs0";
 
-    int c;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    int c, li = -1;
+    while ((c = getopt_long(argc, argv, "", longopts, &li)) != -1) {
         bool ok = true;
         char *end;
+        if (c == '?' || c == ':')
+            li = -1;
         switch (c) {
         case OPT_RATE: case OPT_RATE_UP: case OPT_RATE_DOWN:
             ok = set_dir_opt(o, OPT_RATE, c - OPT_RATE, optarg);
@@ -598,7 +600,8 @@ static int parse_args(options *o, int argc, char **argv)
         default: usage(stderr); return -1;
         }
         if (!ok) {
-            fprintf(stderr, "linkem: LKM001 invalid value for %s: %s\n", argv[optind - 1], optarg);
+            fprintf(stderr, "linkem: LKM001 invalid value for --%s: %s\n", li >= 0 ? longopts[li].name : "?",
+                    optarg);
             return -1;
         }
     }
