@@ -18,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "apr_strings.h"
 #include "http_protocol.h"
 #include "http_request.h"
@@ -258,7 +260,7 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     rc = mod_fallback_session_lookup(req, id, &idx, &slot, &gen, info);
     if (slot == NULL)
         return rc;
-    memset(info->key, 0, sizeof(info->key));
+    OPENSSL_cleanse(info->key, sizeof(info->key));
     if (info->direction != FB_DIR_UPLOAD)
         return mod_fallback_problem(req, FB_ERR_SESSION_STATE, "not an upload session");
     if (info->chunk_size == 0)
@@ -319,7 +321,7 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     c->cp = apr_palloc(r->pool, sizeof(*c->cp));
     e = mod_fallback_open_parent(&c->parent_fd, req, info->relpath);
     if (e == FB_OK) {
-        c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_WRONLY | O_NOFOLLOW | O_CLOEXEC);
+        c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
         if (c->fd < 0)
             e = FB_ERR_NOT_FOUND;
     }

@@ -179,7 +179,7 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
         const char *etag = NULL;
         apr_time_t mtime = 0;
 
-        if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_CLOEXEC, 0) == FB_OK) {
+        if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0) == FB_OK) {
             file_validators(req, fd, &etag, &mtime);
             close(fd);
         }
@@ -279,7 +279,8 @@ static int create_download(mod_fallback_req *req, const char *relpath)
 
     if (relpath[0] == '\0')
         return mod_fallback_problem(req, FB_ERR_NOT_FOUND, "not a regular file");
-    e = fb_path_open_beneath(&fd, req->docroot_fd, relpath, O_RDONLY | O_CLOEXEC, 0);
+    /* O_NONBLOCK: a FIFO must not hang the worker (it is refused below). */
+    e = fb_path_open_beneath(&fd, req->docroot_fd, relpath, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0);
     if (e != FB_OK)
         return mod_fallback_problem(req, e == FB_ERR_PATH_ESCAPE ? e : FB_ERR_NOT_FOUND, NULL);
     mod_fallback_fd_close_on_cleanup(r->pool, fd);
@@ -318,7 +319,8 @@ static fb_err lock_partial(int *pfd, int parent_fd, const char *partbase, int cr
     *pfd = -1;
     for (attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
         struct stat a, b;
-        int fd = openat(parent_fd, partbase, (create ? O_RDWR | O_CREAT : O_RDWR) | O_NOFOLLOW | O_CLOEXEC, 0600);
+        int fd = openat(parent_fd, partbase, (create ? O_RDWR | O_CREAT : O_RDWR) | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC,
+                        0600);
         int tries = 0;
 
         if (fd < 0)
@@ -421,7 +423,7 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
         return mod_fallback_problem(req, FB_ERR_EXISTS, NULL);
     if (ow != FB_OVERWRITE_IF_DIFFERENT || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
         return -1;
-    fd = openat(parent_fd, base, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    fd = openat(parent_fd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return -1;
     same = fb_sha256_fd(digest, fd, size) == FB_OK && fb_mem_equal_ct(digest, sha256, FB_SHA256_LEN);
@@ -830,7 +832,7 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
     e = mod_fallback_open_parent(&parent_fd, req, info->relpath);
     if (e != FB_OK)
         return commit_fail(req, slot, FB_SLOT_FAILED, FB_ERR_SESSION_STATE, "the target directory is gone");
-    fd = openat(parent_fd, partbase, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+    fd = openat(parent_fd, partbase, O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return commit_fail(req, slot, FB_SLOT_FAILED, FB_ERR_SESSION_STATE, "the partial file is gone");
     mod_fallback_fd_close_on_cleanup(r->pool, fd);
