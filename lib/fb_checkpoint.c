@@ -24,7 +24,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#define CKPT_FILE_MODE 0660   /* Apache and udpd may run as different users sharing a group */
+#define CKPT_FILE_MODE 0660 /* Apache and udpd may run as different users sharing a group */
 #define CKPT_TMP_SUFFIX ".tmp"
 #define CKPT_DIGEST_LEN 32
 #define CKPT_WRITE_ATTEMPTS 1000 /* rounds lost to other writers renaming the tmp under us */
@@ -204,7 +204,8 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     for (int attempt = 0; attempt < CKPT_WRITE_ATTEMPTS; attempt++) {
         struct stat held, named;
 
-        fd = openat(pfd, tmpname, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, CKPT_FILE_MODE);
+        /* O_NONBLOCK: a FIFO planted under the tmp name must not hang us (refused below). */
+        fd = openat(pfd, tmpname, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK, CKPT_FILE_MODE);
         if (fd < 0) {
             rc = errno == ELOOP ? FB_ERR_IO : fb_err_from_errno(errno);
             goto out;
@@ -213,6 +214,21 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
             rc = fb_err_from_errno(errno);
             goto out;
         }
+        if (!S_ISREG(held.st_mode)) {
+            rc = FB_ERR_IO;
+            goto out;
+        }
+        /* A tmp name with other links could be a planted hard link to some other file: never
+         * truncate that; drop the name and start again. */
+        if (held.st_nlink > 1) {
+            close(fd);
+            fd = -1;
+            if (unlinkat(pfd, tmpname, 0) != 0 && errno != ENOENT) {
+                rc = fb_err_from_errno(errno);
+                goto out;
+            }
+            continue;
+        }
         /* Another writer may have renamed this inode into place while we waited for the lock:
          * then it is the live checkpoint and must not be truncated. Start again. */
         if (fstatat(pfd, tmpname, &named, AT_SYMLINK_NOFOLLOW) != 0 || named.st_ino != held.st_ino ||
@@ -220,10 +236,6 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
             close(fd);
             fd = -1;
             continue;
-        }
-        if (!S_ISREG(held.st_mode)) {
-            rc = FB_ERR_IO;
-            goto out;
         }
         if (held.st_uid == geteuid())
             (void)fchmod(fd, CKPT_FILE_MODE); /* group access whatever the umask; best effort */
@@ -307,9 +319,9 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
         CRYPTO_memcmp(digest, buf + len - CKPT_DIGEST_LEN, CKPT_DIGEST_LEN) != 0)
         goto out;
     memcpy(&hdr, buf, sizeof(hdr));
-    if (memcmp(hdr.magic, FB_CHECKPOINT_MAGIC, sizeof(hdr.magic)) != 0 || hdr.version != FB_CHECKPOINT_VERSION ||
-        hdr.reserved != 0 || hdr.chunk_size == 0 || hdr.nchunks > FB_BITMAP_BITS ||
-        hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
+    if (memcmp(hdr.magic, FB_CHECKPOINT_MAGIC, sizeof(hdr.magic)) != 0 ||
+        hdr.version != FB_CHECKPOINT_VERSION || hdr.reserved != 0 || hdr.chunk_size == 0 ||
+        hdr.nchunks > FB_BITMAP_BITS || hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
         goto out;
     words = ckpt_words(hdr.nchunks);
     if (hdr.bitmap_words_used != words || len != sizeof(hdr) + words * sizeof(uint64_t) + CKPT_DIGEST_LEN)

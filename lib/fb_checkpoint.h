@@ -24,13 +24,20 @@ typedef struct fb_checkpoint {
     uint64_t bitmap[FB_BITMAP_WORDS];
 } fb_checkpoint;
 
-/* Writes CP to RELNAME beneath DIRFD atomically (RELNAME.tmp, fsync, renameat, fsync dir). */
+/* Writes CP to RELNAME beneath DIRFD atomically (RELNAME.tmp, fdatasync, renameat, fsync dir).
+ * RELNAME may name subdirectories (they must exist); it must stay beneath DIRFD
+ * (FB_ERR_PATH_ESCAPE / FB_ERR_BAD_PATH otherwise). Concurrent writers of one checkpoint, in
+ * any processes, are serialised by an flock on RELNAME.tmp; the last rename wins. A stale
+ * RELNAME.tmp is reused. The file gets mode 0660 (Apache and udpd may share only a group).
+ * Bits past NCHUNKS are stored as 0. FB_ERR_INTERNAL if CP is inconsistent (chunk_size 0,
+ * nchunks not ceil(size / chunk_size), or more than FB_BITMAP_BITS). */
 fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *cp);
 
-/* Reads and validates. FB_ERR_NOT_FOUND if absent; FB_ERR_IO if damaged or of another version. */
+/* Reads and validates (every length, the field consistency and the SHA-256). FB_ERR_NOT_FOUND
+ * if absent; FB_ERR_IO if damaged, of another version, or a symlink. */
 fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname);
 
-/* Removes the checkpoint (missing is not an error). */
+/* Removes the checkpoint and any stale RELNAME.tmp (missing is not an error). */
 fb_err fb_checkpoint_remove(int dirfd, const char *relname);
 
 #endif

@@ -27,7 +27,7 @@
 
 #define TABLE_FILE_MODE 0660
 #define TABLE_DIR_MODE 0770
-#define TABLE_OPEN_ATTEMPTS 5        /* open/create rounds when the path keeps vanishing */
+#define TABLE_OPEN_ATTEMPTS 5 /* open/create rounds when the path keeps vanishing */
 #define SEQLOCK_SPIN_BEFORE_YIELD 1000u
 #define SEQLOCK_MAX_TRIES 1000000u
 #define TRANSITION_LOCK_TRIES 10000
@@ -42,7 +42,8 @@ struct fb_table {
 
 /* ---- small helpers (kept local so this file depends only on libc and OpenSSL) ---- */
 
-static void table_errf(char *errbuf, size_t errlen, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void table_errf(char *errbuf, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 static void table_errf(char *errbuf, size_t errlen, const char *fmt, ...)
 {
@@ -112,12 +113,27 @@ static int slot_lock(fb_slot *slot)
                                                    memory_order_acquire);
 }
 
+/* Takes the ownership for a transition out of FROM. A claimer probing the slot may hold it
+ * for a few instructions: wait for it (bounded) while the state is still FROM. */
+static int slot_lock_in_state(fb_slot *slot, uint32_t from)
+{
+    for (int tries = 0; tries < TRANSITION_LOCK_TRIES; tries++) {
+        if (atomic_load_explicit(&slot->state, memory_order_acquire) != from)
+            return 0;
+        if (slot_lock(slot))
+            return 1;
+        sched_yield();
+    }
+    return 0;
+}
+
 /* Gives ownership back if we hold it. */
 static void slot_unlock(fb_slot *slot)
 {
     int32_t me = (int32_t)getpid();
 
-    atomic_compare_exchange_strong_explicit(&slot->owner_pid, &me, 0, memory_order_acq_rel, memory_order_relaxed);
+    atomic_compare_exchange_strong_explicit(&slot->owner_pid, &me, 0, memory_order_acq_rel,
+                                            memory_order_relaxed);
 }
 
 /* A writer killed inside write_begin/end leaves the sequence odd; the new holder makes it even. */
@@ -177,7 +193,7 @@ static fb_err table_make_parent(const char *path, const fb_table_opts *opts, cha
         return FB_OK;
 
     /* Walk forward creating each missing component; bounded by the path length. */
-    for (char *p = dir + 1; ; p++) {
+    for (char *p = dir + 1;; p++) {
         int last = (*p == '\0');
 
         if (*p != '/' && !last)
@@ -382,7 +398,8 @@ static fb_err table_attach(fb_table **ptable, const char *path, const fb_table_o
         goto out;
     }
     if ((uint64_t)st.st_size < sizeof(hdr)) {
-        table_errf(errbuf, errlen, "%s is not a session table (only %lld bytes)", path, (long long)st.st_size);
+        table_errf(errbuf, errlen, "%s is not a session table (only %lld bytes)", path,
+                   (long long)st.st_size);
         rc = FB_ERR_SHM_VERSION;
         goto out;
     }
@@ -449,7 +466,8 @@ out:
     return rc;
 }
 
-fb_err fb_table_open(fb_table **ptable, const char *path, const fb_table_opts *opts, char *errbuf, size_t errlen)
+fb_err fb_table_open(fb_table **ptable, const char *path, const fb_table_opts *opts, char *errbuf,
+                     size_t errlen)
 {
     fb_err rc = FB_ERR_NOT_FOUND;
 
@@ -695,22 +713,9 @@ int fb_slot_transition(fb_slot *slot, fb_slot_state from, fb_slot_state to)
     int leaving = table_state_held(from) && !table_state_held(to);
     int ok;
 
-    /* Entering CLAIMED/FINALISING hands the slot to us alone: take ownership first. A claimer
-     * probing the slot may hold it for a few instructions: wait for it (bounded) while the
-     * state is still FROM. */
-    if (entering) {
-        int locked = 0;
-
-        for (int tries = 0; tries < TRANSITION_LOCK_TRIES && !locked; tries++) {
-            if (atomic_load_explicit(&slot->state, memory_order_acquire) != (uint32_t)from)
-                return 0;
-            locked = slot_lock(slot);
-            if (!locked)
-                sched_yield();
-        }
-        if (!locked)
-            return 0;
-    }
+    /* Entering CLAIMED/FINALISING hands the slot to us alone: take ownership first. */
+    if (entering && !slot_lock_in_state(slot, (uint32_t)from))
+        return 0;
     ok = atomic_compare_exchange_strong_explicit(&slot->state, &expected, (uint32_t)to, memory_order_acq_rel,
                                                  memory_order_acquire);
     if (ok)
@@ -722,17 +727,42 @@ int fb_slot_transition(fb_slot *slot, fb_slot_state from, fb_slot_state to)
 
 void fb_slot_release(fb_slot *slot)
 {
+    uint32_t old;
+
     slot_wipe_info(slot);
     atomic_store_explicit(&slot->state_since_ns, table_now_ns(), memory_order_relaxed);
-    atomic_store_explicit(&slot->state, FB_SLOT_FREE, memory_order_release);
-    /* If another live process holds it (cancel during its claim), it gives ownership back when
-     * its own transition fails; a dead holder is taken over by the next claimer. */
-    slot_unlock(slot);
+    old = atomic_exchange_explicit(&slot->state, FB_SLOT_FREE, memory_order_acq_rel);
+    /* Give the ownership back only if the slot was held (by us, normally). Any other owner is
+     * a claimer or finaliser that notices the change when its own CAS fails and unlocks then;
+     * a dead holder is taken over by the next claimer. */
+    if (table_state_held(old))
+        slot_unlock(slot);
+}
+
+int fb_slot_cancel(fb_slot *slot, uint32_t generation)
+{
+    uint32_t state = atomic_load_explicit(&slot->state, memory_order_acquire);
+
+    if (state != FB_SLOT_ACTIVE && state != FB_SLOT_DONE && state != FB_SLOT_FAILED)
+        return 0;
+    if (!slot_lock_in_state(slot, state))
+        return 0;
+    /* Holding the ownership, nobody can claim or finalise it: check it is still the session the
+     * caller looked up, and take it to CLAIMED so data writers and lookups let go. */
+    if (atomic_load_explicit(&slot->generation, memory_order_acquire) != generation ||
+        !atomic_compare_exchange_strong_explicit(&slot->state, &state, FB_SLOT_CLAIMED, memory_order_acq_rel,
+                                                 memory_order_acquire)) {
+        slot_unlock(slot);
+        return 0;
+    }
+    fb_slot_release(slot);
+    return 1;
 }
 
 /* ---- session ids and lookups ---- */
 
-void fb_session_id_format(char out[FB_SESSION_ID_LEN + 1], uint32_t index, const uint8_t random[FB_ID_RANDOM_LEN])
+void fb_session_id_format(char out[FB_SESSION_ID_LEN + 1], uint32_t index,
+                          const uint8_t random[FB_ID_RANDOM_LEN])
 {
     snprintf(out, 9, "%08x", (unsigned)index);
     table_hex(out + 8, random, FB_ID_RANDOM_LEN);
@@ -760,7 +790,8 @@ fb_err fb_table_find(fb_table *table, uint32_t *pindex, const char *id)
     if (slot == NULL)
         return FB_ERR_NOT_FOUND;
     state = atomic_load_explicit(&slot->state, memory_order_acquire);
-    if (state != FB_SLOT_ACTIVE && state != FB_SLOT_FINALISING && state != FB_SLOT_DONE && state != FB_SLOT_FAILED)
+    if (state != FB_SLOT_ACTIVE && state != FB_SLOT_FINALISING && state != FB_SLOT_DONE &&
+        state != FB_SLOT_FAILED)
         return FB_ERR_NOT_FOUND;
     if (!fb_slot_info_read_checked(&info, slot)) {
         OPENSSL_cleanse(&info, sizeof(info));

@@ -14,7 +14,7 @@
  * progress lives in atomics and the chunk bitmap (atomic OR). A process killed at any point
  * leaves at worst a CLAIMED or FINALISING slot with a dead owner pid, which fb_table_claim
  * and fb_table_recover_slot repair. The file is created under a temporary name, initialised,
- * and renamed into place, so a reader never sees a half-built table; it is never truncated or
+ * and linked into place, so a reader never sees a half-built table; it is never truncated or
  * zeroed once published. Mode 0660; attach refuses world-accessible files or foreign owners.
  *
  * Ownership of a slot in CLAIMED or FINALISING is OWNER_PID, taken by compare-and-swap (0 or a
@@ -47,9 +47,9 @@
 #define FB_DOCROOT_MAX 1024
 #define FB_KEY_LEN 32
 #define FB_ID_RANDOM_LEN 12
-#define FB_SESSION_ID_LEN 32 /* hex characters: 8 for the slot index, 24 random */
-#define FB_TABLE_MAX_SLOTS 65536u      /* each slot is about 18 KiB */
-#define FB_CHUNK_SIZE_MAX (1u << 30)   /* fb_table_chunk_size_for never goes beyond 1 GiB */
+#define FB_SESSION_ID_LEN 32         /* hex characters: 8 for the slot index, 24 random */
+#define FB_TABLE_MAX_SLOTS 65536u    /* each slot is about 18 KiB */
+#define FB_CHUNK_SIZE_MAX (1u << 30) /* fb_table_chunk_size_for never goes beyond 1 GiB */
 
 typedef enum fb_slot_state {
     FB_SLOT_FREE = 0,
@@ -61,7 +61,11 @@ typedef enum fb_slot_state {
 } fb_slot_state;
 
 typedef enum fb_direction { FB_DIR_UPLOAD = 1, FB_DIR_DOWNLOAD = 2 } fb_direction;
-typedef enum fb_overwrite { FB_OVERWRITE_NEVER = 0, FB_OVERWRITE_ALWAYS = 1, FB_OVERWRITE_IF_DIFFERENT = 2 } fb_overwrite;
+typedef enum fb_overwrite {
+    FB_OVERWRITE_NEVER = 0,
+    FB_OVERWRITE_ALWAYS = 1,
+    FB_OVERWRITE_IF_DIFFERENT = 2
+} fb_overwrite;
 
 #define FB_SLOT_FLAG_EXPECTED_SHA256 1u /* expected_sha256 is set */
 #define FB_SLOT_FLAG_RESUMED 2u         /* progress was loaded from a checkpoint */
@@ -70,15 +74,15 @@ typedef enum fb_overwrite { FB_OVERWRITE_NEVER = 0, FB_OVERWRITE_ALWAYS = 1, FB_
 typedef struct fb_slot_info {
     uint8_t id_random[FB_ID_RANDOM_LEN];
     uint8_t key[FB_KEY_LEN];
-    uint32_t direction;  /* fb_direction */
+    uint32_t direction; /* fb_direction */
     uint32_t chunk_size;
-    uint32_t pad0;       /* explicit: keeps SIZE 8-aligned, always 0 */
+    uint32_t pad0; /* explicit: keeps SIZE 8-aligned, always 0 */
     uint64_t size;
     uint64_t nchunks;
-    uint32_t overwrite;  /* fb_overwrite */
+    uint32_t overwrite; /* fb_overwrite */
     uint32_t file_mode;
-    uint32_t flags;      /* FB_SLOT_FLAG_* */
-    uint32_t cipher;     /* fb_cipher bit chosen (UDP) */
+    uint32_t flags;  /* FB_SLOT_FLAG_* */
+    uint32_t cipher; /* fb_cipher bit chosen (UDP) */
     uint64_t created_ns;
     uint8_t expected_sha256[32];
     char user[FB_USER_MAX];
@@ -92,15 +96,16 @@ typedef struct fb_slot {
     _Atomic uint32_t generation; /* incremented at each claim */
     _Atomic int32_t owner_pid;   /* process holding CLAIMED or FINALISING */
     _Atomic uint64_t state_since_ns;
-    _Atomic uint64_t last_activity_ns;
-    _Atomic uint64_t bytes_http;   /* payload bytes written over HTTP(S) */
-    _Atomic uint64_t bytes_udp;    /* payload bytes written over UDP */
-    _Atomic uint64_t chunks_done;  /* bits set in BITMAP */
-    _Atomic uint32_t error_code;   /* fb_err when FAILED */
-    _Atomic uint32_t writers;      /* requests currently writing data (informational) */
+    _Atomic uint64_t last_activity_ns; /* CLOCK_REALTIME; data writers bump it, idle reuse reads it */
+    _Atomic uint64_t bytes_http;       /* payload bytes written over HTTP(S) */
+    _Atomic uint64_t bytes_udp;        /* payload bytes written over UDP */
+    _Atomic uint64_t chunks_done;      /* bits set in BITMAP */
+    _Atomic uint32_t error_code;       /* fb_err when FAILED */
+    _Atomic uint32_t writers;          /* requests currently writing data (informational) */
     uint8_t reserved[64];
     fb_slot_info info;
-    _Alignas(64) _Atomic uint64_t bitmap[FB_BITMAP_WORDS]; /* cache-line aligned; slot size a multiple of 64 */
+    /* Cache-line aligned, which also makes the slot size a multiple of 64. */
+    _Alignas(64) _Atomic uint64_t bitmap[FB_BITMAP_WORDS];
 } fb_slot;
 
 /* The layout crosses process boundaries (and builds): pin it. */
@@ -131,18 +136,19 @@ typedef struct fb_table_header {
 _Static_assert(sizeof(fb_table_header) == 256, "table header layout");
 _Static_assert(offsetof(fb_table_header, boot_id) == 32 && offsetof(fb_table_header, heartbeat_ns) == 48,
                "table header layout");
-_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2, "lock-free atomics needed in shared memory");
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2 && ATOMIC_INT_LOCK_FREE == 2,
+               "lock-free atomics needed in shared memory");
 
 typedef struct fb_table fb_table; /* process-local handle */
 
 /* Options for fb_table_open. */
 typedef struct fb_table_opts {
-    uint32_t nslots;    /* used only when creating */
-    int create;         /* create if missing */
-    uid_t owner_uid;    /* when creating as root: chown to this uid/gid; (uid_t)-1 keeps */
+    uint32_t nslots; /* used only when creating */
+    int create;      /* create if missing */
+    uid_t owner_uid; /* when creating as root: chown to this uid/gid; (uid_t)-1 keeps */
     gid_t owner_gid;
-    uid_t trusted_uid;  /* attach accepts files owned by root, by geteuid(), by this uid, or by
-                         * owner_uid; (uid_t)-1 for none */
+    uid_t trusted_uid; /* attach accepts files owned by root, by geteuid(), by this uid, or by
+                        * owner_uid; (uid_t)-1 for none */
 } fb_table_opts;
 
 /* Attaches to the table at PATH, or creates it if missing and opts->create (built under
@@ -153,7 +159,8 @@ typedef struct fb_table_opts {
  * non-regular file, a file whose mode gives any access to others or whose owner is not trusted
  * (FB_ERR_SHM_PERMS). FB_ERR_NOT_FOUND if missing and not creating. OPTS may be NULL (attach
  * only). Errors in ERRBUF (may be NULL). */
-fb_err fb_table_open(fb_table **ptable, const char *path, const fb_table_opts *opts, char *errbuf, size_t errlen);
+fb_err fb_table_open(fb_table **ptable, const char *path, const fb_table_opts *opts, char *errbuf,
+                     size_t errlen);
 void fb_table_close(fb_table *table);
 
 fb_table_header *fb_table_header_get(fb_table *table);
@@ -190,11 +197,17 @@ int fb_slot_info_read_checked(fb_slot_info *out, fb_slot *slot);
  * Returns 1 on success, 0 if the state was not FROM or (entering FINALISING) another live
  * process holds the slot. Leaving CLAIMED/FINALISING gives the ownership back, also on failure. */
 int fb_slot_transition(fb_slot *slot, fb_slot_state from, fb_slot_state to);
-/* Unconditionally frees the slot (cancel), wiping the key (the whole INFO, under the seqlock). */
+/* Unconditionally frees the slot, wiping the key (the whole INFO, under the seqlock). For the
+ * holder of a CLAIMED slot giving it up; to cancel a session found by id use fb_slot_cancel,
+ * which cannot free a slot that was reused for another session meanwhile. */
 void fb_slot_release(fb_slot *slot);
+/* Frees the slot only if it still carries GENERATION (read when the session was looked up) and
+ * is ACTIVE, DONE or FAILED: not while a commit holds it FINALISING. 1 if freed, else 0. */
+int fb_slot_cancel(fb_slot *slot, uint32_t generation);
 
 /* Formats the public session id of slot INDEX ("%08x" index + 24 hex random). */
-void fb_session_id_format(char out[FB_SESSION_ID_LEN + 1], uint32_t index, const uint8_t random[FB_ID_RANDOM_LEN]);
+void fb_session_id_format(char out[FB_SESSION_ID_LEN + 1], uint32_t index,
+                          const uint8_t random[FB_ID_RANDOM_LEN]);
 /* Finds the slot of a session id: the syntax must be exact, the index in range, the slot in
  * ACTIVE, FINALISING, DONE or FAILED, and the random part equal (constant time).
  * FB_ERR_NOT_FOUND otherwise. */

@@ -119,7 +119,8 @@ static size_t get_file(int dirfd, const char *name, unsigned char *buf, size_t c
 }
 
 /* Writes a sidecar by hand: HDR, WORDS words, and a correct SHA-256. */
-static void craft(int dirfd, const char *name, const struct disk_header *hdr, const uint64_t *words, size_t nwords)
+static void craft(int dirfd, const char *name, const struct disk_header *hdr, const uint64_t *words,
+                  size_t nwords)
 {
     unsigned char buf[sizeof(*hdr) + 16 * 8 + 32];
     size_t len = sizeof(*hdr) + nwords * 8;
@@ -474,6 +475,33 @@ START_TEST(test_written_file_is_group_accessible)
 }
 END_TEST
 
+START_TEST(test_planted_tmp_link_or_fifo_never_written_through)
+{
+    char dir[TPATH];
+    int dfd = test_dirfd(dir);
+    fb_checkpoint *cp = cp_new(5000, 1000), *back = calloc(1, sizeof(*back));
+    static const char precious[] = "someone else's data";
+    unsigned char buf[64];
+
+    put_file(dfd, "victim", precious, sizeof(precious));
+    ck_assert_int_eq(linkat(dfd, "victim", dfd, "c.tmp", 0), 0);
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    ck_assert_uint_eq(get_file(dfd, "victim", buf, sizeof(buf)), sizeof(precious));
+    ck_assert_mem_eq(buf, precious, sizeof(precious));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+
+    ck_assert_int_eq(mkfifoat(dfd, "d.tmp", 0600), 0);
+    ck_assert_int_ne(fb_checkpoint_write(dfd, "d", cp), FB_OK); /* refused, and does not hang */
+    ck_assert(!exists(dfd, "d"));
+    ck_assert_int_eq(symlinkat("victim", dfd, "e.tmp"), 0);
+    ck_assert_int_ne(fb_checkpoint_write(dfd, "e", cp), FB_OK);
+    ck_assert_uint_eq(get_file(dfd, "victim", buf, sizeof(buf)), sizeof(precious));
+    free(cp);
+    free(back);
+    close(dfd);
+}
+END_TEST
+
 #define WRITERS 4
 #define WRITES 150
 
@@ -540,6 +568,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, test_names_outside_the_directory_refused);
     tcase_add_test(tc, test_stale_tmp_does_not_block_or_damage);
     tcase_add_test(tc, test_written_file_is_group_accessible);
+    tcase_add_test(tc, test_planted_tmp_link_or_fifo_never_written_through);
     tcase_add_test(tc, test_concurrent_writers_never_leave_a_torn_checkpoint);
     suite_add_tcase(s, tc);
     return s;

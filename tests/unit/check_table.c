@@ -88,8 +88,8 @@ static uint64_t now_ns(void)
 }
 
 /* Claims a slot and publishes it ACTIVE with the given descriptive fields. */
-static uint32_t make_active(fb_table *t, fb_direction dir, const char *user, const char *docroot, const char *relpath,
-                            uint64_t size, const uint8_t random[FB_ID_RANDOM_LEN])
+static uint32_t make_active(fb_table *t, fb_direction dir, const char *user, const char *docroot,
+                            const char *relpath, uint64_t size, const uint8_t random[FB_ID_RANDOM_LEN])
 {
     uint32_t idx = UINT32_MAX;
     fb_slot *s;
@@ -206,7 +206,8 @@ START_TEST(test_other_major_version_refused)
     t = NULL;
     ck_assert_int_eq(fb_table_open(&t, path, &o, err, sizeof(err)), FB_ERR_SHM_VERSION);
     ck_assert_ptr_null(t);
-    ck_assert_msg(strstr(err, "version 2.0") != NULL && strstr(err, "major version 1") != NULL, "message: %s", err);
+    ck_assert_msg(strstr(err, "version 2.0") != NULL && strstr(err, "major version 1") != NULL, "message: %s",
+                  err);
     /* Even with create set, the foreign table is left as it is. */
     ck_assert_int_eq(pread(fd, &back, sizeof(back), offsetof(fb_table_header, version_major)), sizeof(back));
     ck_assert_uint_eq(back, 2);
@@ -427,7 +428,18 @@ static int stress_child(const char *path, struct stress_shared *sh)
         fb_slot_info_read(&info, s);
         if (strcmp(info.user, mine) != 0 || atomic_load(&s->owner_pid) != me)
             atomic_fetch_add(&sh->violations[2], 1);
-        if (round % 2 == 1) {
+        if (round % 4 == 3) {
+            /* Published, then cancelled by generation. */
+            uint32_t gen = atomic_load(&s->generation);
+
+            if (!fb_slot_transition(s, FB_SLOT_CLAIMED, FB_SLOT_ACTIVE))
+                atomic_fetch_add(&sh->violations[3], 1);
+            atomic_store(&sh->holder[idx], 0);
+            if (!fb_slot_cancel(s, gen))
+                atomic_fetch_add(&sh->violations[3], 1);
+            continue;
+        }
+        if (round % 4 == 1) {
             /* The full life: ACTIVE, FINALISING (ours alone), DONE, then freed. */
             if (!fb_slot_transition(s, FB_SLOT_CLAIMED, FB_SLOT_ACTIVE) ||
                 !fb_slot_transition(s, FB_SLOT_ACTIVE, FB_SLOT_FINALISING) ||
@@ -542,7 +554,8 @@ static pid_t run_victim(const char *path, enum victim_stage stage, uint32_t *pid
 
         alarm(60); /* never outlive the test */
         close(pfd[0]);
-        if (fb_table_open(&t, path, NULL, NULL, 0) != FB_OK || fb_table_claim(t, &idx, now_ns(), 0, 3600) != FB_OK)
+        if (fb_table_open(&t, path, NULL, NULL, 0) != FB_OK ||
+            fb_table_claim(t, &idx, now_ns(), 0, 3600) != FB_OK)
             _exit(2);
         s = fb_table_slot(t, idx);
         fb_slot_info_write_begin(s);
@@ -873,13 +886,48 @@ START_TEST(test_release_wipes_key_and_frees)
 }
 END_TEST
 
+START_TEST(test_cancel_frees_only_the_session_looked_up)
+{
+    char dir[TPATH], path[TPATH];
+    fb_table *t;
+    uint32_t idx, again, gen;
+    fb_slot *s;
+
+    test_dir(dir, path);
+    t = open_new(path, 1);
+    idx = make_active(t, FB_DIR_UPLOAD, "u", "/d", "f", 100, NULL);
+    s = fb_table_slot(t, idx);
+    gen = atomic_load(&s->generation);
+    ck_assert_int_eq(fb_slot_cancel(s, gen + 1), 0); /* another session's generation */
+    ck_assert_uint_eq(atomic_load(&s->state), FB_SLOT_ACTIVE);
+    ck_assert(fb_slot_transition(s, FB_SLOT_ACTIVE, FB_SLOT_FINALISING));
+    ck_assert_int_eq(fb_slot_cancel(s, gen), 0); /* not while a commit runs */
+    ck_assert_uint_eq(atomic_load(&s->state), FB_SLOT_FINALISING);
+    ck_assert(fb_slot_transition(s, FB_SLOT_FINALISING, FB_SLOT_ACTIVE));
+    ck_assert_int_eq(fb_slot_cancel(s, gen), 1);
+    ck_assert_uint_eq(atomic_load(&s->state), FB_SLOT_FREE);
+    ck_assert_int_eq(atomic_load(&s->owner_pid), 0);
+    ck_assert_str_eq(s->info.user, "");
+    ck_assert_int_eq(fb_slot_cancel(s, gen), 0); /* already free */
+
+    /* The slot is reused: a late cancel of the old session leaves the new one alone. */
+    ck_assert_int_eq(fb_table_claim(t, &again, now_ns(), 0, 0), FB_OK);
+    ck_assert(fb_slot_transition(s, FB_SLOT_CLAIMED, FB_SLOT_ACTIVE));
+    ck_assert_int_eq(fb_slot_cancel(s, gen), 0);
+    ck_assert_uint_eq(atomic_load(&s->state), FB_SLOT_ACTIVE);
+    ck_assert(fb_slot_transition(s, FB_SLOT_ACTIVE, FB_SLOT_FAILED));
+    ck_assert_int_eq(fb_slot_cancel(s, gen + 1), 1);
+    fb_table_close(t);
+}
+END_TEST
+
 /* ---- lookups ---- */
 
 START_TEST(test_find_by_session_id)
 {
     char dir[TPATH], path[TPATH], id[FB_SESSION_ID_LEN + 1], bad[64];
     static const uint8_t rnd[FB_ID_RANDOM_LEN] = {0xab, 0xcd, 0xef, 0x01, 0x23, 0x45,
-                                                   0x67, 0x89, 0xfa, 0xce, 0xb0, 0x0c};
+                                                  0x67, 0x89, 0xfa, 0xce, 0xb0, 0x0c};
     fb_table *t;
     uint32_t a, b, found = UINT32_MAX;
     fb_slot *sa;
@@ -964,15 +1012,18 @@ START_TEST(test_find_upload_matches_all_fields)
     up = make_active(t, FB_DIR_UPLOAD, "alice", "/srv/a", "x/file.bin", 1000, NULL);
     ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1000), FB_OK);
     ck_assert_uint_eq(found, up);
-    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1001), FB_ERR_NOT_FOUND);
+    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1001),
+                     FB_ERR_NOT_FOUND);
     ck_assert_int_eq(fb_table_find_upload(t, &found, "bob", "/srv/a", "x/file.bin", 1000), FB_ERR_NOT_FOUND);
-    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/b", "x/file.bin", 1000), FB_ERR_NOT_FOUND);
+    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/b", "x/file.bin", 1000),
+                     FB_ERR_NOT_FOUND);
     ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bi", 1000), FB_ERR_NOT_FOUND);
     ck_assert_int_eq(fb_table_find_upload(t, &found, "alic", "/srv/a", "x/file.bin", 1000), FB_ERR_NOT_FOUND);
     /* Only ACTIVE sessions are resumed. */
     s = fb_table_slot(t, up);
     ck_assert(fb_slot_transition(s, FB_SLOT_ACTIVE, FB_SLOT_FINALISING));
-    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1000), FB_ERR_NOT_FOUND);
+    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1000),
+                     FB_ERR_NOT_FOUND);
     ck_assert_int_eq(fb_table_claim(t, &claimed, now_ns(), 0, 0), FB_OK);
     s = fb_table_slot(t, claimed);
     fb_slot_info_write_begin(s);
@@ -982,7 +1033,8 @@ START_TEST(test_find_upload_matches_all_fields)
     snprintf(s->info.docroot, sizeof(s->info.docroot), "/srv/a");
     snprintf(s->info.relpath, sizeof(s->info.relpath), "x/file.bin");
     fb_slot_info_write_end(s);
-    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1000), FB_ERR_NOT_FOUND);
+    ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1000),
+                     FB_ERR_NOT_FOUND);
     ck_assert(fb_slot_transition(s, FB_SLOT_CLAIMED, FB_SLOT_ACTIVE));
     ck_assert_int_eq(fb_table_find_upload(t, &found, "alice", "/srv/a", "x/file.bin", 1000), FB_OK);
     ck_assert_uint_eq(found, claimed);
@@ -1091,6 +1143,7 @@ static Suite *table_suite(void)
     tcase_add_test(use, test_idle_active_reused_only_after_idle_timeout);
     tcase_add_test(use, test_transition_owner_and_exclusive_finalising);
     tcase_add_test(use, test_release_wipes_key_and_frees);
+    tcase_add_test(use, test_cancel_frees_only_the_session_looked_up);
     tcase_add_test(use, test_find_by_session_id);
     tcase_add_test(use, test_find_upload_matches_all_fields);
     tcase_add_test(use, test_set_chunk_sets_bits_and_counts);
