@@ -973,8 +973,8 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
                 busy += g->slots[si].busy;
             if (busy > 0 && running > 0)
                 curl_multi_poll(g->multi, NULL, 0, (int)wait_ms, NULL);
-            else if (busy == 0 && wait_ms > 0)
-                fbcp_sleep_ms(wait_ms);
+            else if (busy == 0 && g->qn > 0 && wait_ms > 0)
+                fbcp_sleep_ms(wait_ms); /* only backing-off requests are left */
         }
     }
     /* stop whatever is still running (on error or interrupt) */

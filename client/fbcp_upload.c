@@ -291,6 +291,7 @@ static fb_err fbcp_upload_commit(fbcp_upload *u, char *detail, size_t detlen)
             if (rv != FB_OK)
                 break;
             rv = FB_ERR_INCOMPLETE;
+            snprintf(detail, detlen, "the server still missed data after %d commit attempts", round + 1);
             continue;
         }
         rv = pe;

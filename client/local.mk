@@ -18,3 +18,5 @@ client_check_fbcp_SOURCES = client/check_fbcp.c client/fbcp_util.c client/fbcp.h
 client_check_fbcp_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS) $(CURL_CFLAGS) $(JANSSON_CFLAGS)
 client_check_fbcp_LDADD = lib/libfb.la $(CHECK_LIBS) $(CURL_LIBS) $(JANSSON_LIBS) $(OPENSSL_LIBS)
 endif
+
+dist_man1_MANS = client/fbcp.1
