@@ -169,6 +169,7 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
         wipe_info(info);
         return mod_fallback_json_reply(req, status, NULL, 0);
     }
+    apr_table_set(req->r->notes, "fallback-session", json_string_value(json_object_get(doc, "id")));
     if (resumed)
         json_object_set_new(doc, "resumed", json_true());
     if (info->direction == FB_DIR_UPLOAD) {
