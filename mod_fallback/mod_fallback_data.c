@@ -12,7 +12,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -142,29 +141,6 @@ static int parse_length(uint64_t *pout, const char *s)
     return 1;
 }
 
-/* True for a well-formed "bytes FIRST-LAST/SIZE" whose range reaches beyond SIZE: the strict
- * parser refuses it as malformed, but the API answers it as unsatisfiable (416). */
-static int range_beyond_size(const char *v)
-{
-    unsigned long long n[3];
-    int i;
-
-    if (strncmp(v, "bytes ", 6) != 0)
-        return 0;
-    v += 6;
-    for (i = 0; i < 3; i++) {
-        char *end = NULL;
-        if (*v < '0' || *v > '9')
-            return 0;
-        errno = 0;
-        n[i] = strtoull(v, &end, 10);
-        if (errno != 0 || *end != (i == 0 ? '-' : i == 1 ? '/' : '\0'))
-            return 0;
-        v = end + (i < 2);
-    }
-    return n[0] <= n[1] && n[1] >= n[2];
-}
-
 /* Streams the body; returns FB_OK or what went wrong, with *PDETAIL and *PRV set. */
 static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
 {
@@ -273,11 +249,11 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     cr = apr_table_get(r->headers_in, "Content-Range");
     if (cr == NULL)
         return mod_fallback_problem(req, FB_ERR_BAD_RANGE, "Content-Range is required");
-    if (fb_content_range_parse(&first, &last, &complete, cr) != FB_OK) {
-        if (range_beyond_size(cr))
-            return mod_fallback_problem(req, FB_ERR_RANGE_NOT_SATISFIABLE, "the range ends beyond the file");
+    e = fb_content_range_parse(&first, &last, &complete, cr);
+    if (e == FB_ERR_RANGE_NOT_SATISFIABLE)
+        return mod_fallback_problem(req, e, "the range ends beyond the file");
+    if (e != FB_OK)
         return mod_fallback_problem(req, FB_ERR_BAD_RANGE, "Content-Range must be \"bytes FIRST-LAST/SIZE\"");
-    }
     if (complete != info->size)
         return mod_fallback_problem(req, FB_ERR_RANGE_NOT_SATISFIABLE,
                                     apr_psprintf(r->pool, "the session size is %" APR_UINT64_T_FMT,

@@ -724,8 +724,8 @@ int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id)
      * session of the same path): only this request's own cancel removes them. */
     if (owned && info->direction == FB_DIR_UPLOAD)
         remove_files(req, info);
-    if (atomic_load(&slot->generation) == gen && atomic_load(&slot->state) == FB_SLOT_FAILED)
-        fb_slot_release(slot);
+    /* Generation-checked: never frees a slot reused for another session meanwhile. */
+    (void)fb_slot_cancel(slot, gen);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00212) "session %s of '%s' (%s) cancelled", id, req->user,
                   info->relpath);
     r->status = HTTP_NO_CONTENT;
