@@ -356,8 +356,9 @@ static int fallback_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t
 
     (void)plog;
     rc = load_states(&states, pconf, s);
+    /* `apache2 -M` / `-S` only list the configuration: report, but let them list. */
     if (rc != OK)
-        return rc;
+        return ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_DUMP ? OK : rc;
     for (hi = apr_hash_first(ptemp, states); hi != NULL; hi = apr_hash_next(hi)) {
         mod_fallback_state *st = apr_hash_this_val(hi);
         struct stat sb;
@@ -388,7 +389,7 @@ static int fallback_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t
     if (!ok) {
         ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_ERR, 0, NULL,
                      FBLOGNO(00014) "mod_fallback: configuration check failed");
-        return HTTP_INTERNAL_SERVER_ERROR;
+        return ap_state_query(AP_SQ_RUN_MODE) == AP_SQ_RM_CONFIG_DUMP ? OK : HTTP_INTERNAL_SERVER_ERROR;
     }
     return OK;
 }
