@@ -244,6 +244,7 @@ typedef struct fbcp_http_answer {
     char *content_type;
     char *etag;
     char *last_modified;
+    char *content_range;
     int64_t filetime;   /* Last-Modified as time_t, -1 if absent */
     int64_t length;     /* Content-Length, -1 if absent */
     int accept_ranges;  /* "Accept-Ranges: bytes" was present */
@@ -253,6 +254,10 @@ void fbcp_http_answer_free(fbcp_http_answer *a);
 fb_err fbcp_http_request(fbcp_http *h, fbcp_http_answer *a, const char *method, const char *url,
                          struct json_t *body, size_t max_body, int retries, char *detail, size_t detlen);
 #define FBCP_RETRIES_DEFAULT (-1) /* fbcp_http_request: use --retries */
+/* The same with one extra request header line HEADER ("Range: bytes=0-0"). */
+fb_err fbcp_http_request_hdr(fbcp_http *h, fbcp_http_answer *a, const char *method, const char *url,
+                             const char *header, struct json_t *body, size_t max_body, int retries, char *detail,
+                             size_t detlen);
 /* Errors worth retrying after a backoff (the connection, not the request, failed). */
 int fbcp_err_retryable(fb_err e);
 /* Copies at most LEN-1 bytes of untrusted SRC into DST, control characters replaced by '?'. */

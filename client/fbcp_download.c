@@ -177,6 +177,44 @@ static fb_err fbcp_download_open(fbcp_download *d, const char *validator, char *
     return d->sc.etag == NULL ? FB_ERR_NOMEM : FB_OK;
 }
 
+/* Apache drops "Content-Length: 0" from HEAD answers, so an empty file's HEAD has no length.
+ * Ask with a one-byte range instead: 206 "bytes 0-0/N", 416 "bytes * /N" or a 200 with a length. */
+static fb_err fbcp_download_probe_size(fbcp_download *d, int64_t *plen, char *detail, size_t detlen)
+{
+    fbcp_http_answer a;
+    fb_err rv;
+    uint64_t first, last, complete;
+
+    rv = fbcp_http_request_hdr(d->c->http, &a, "GET", d->files_url, "Range: bytes=0-0", NULL, FBCP_MAX_JSON,
+                               FBCP_RETRIES_DEFAULT, detail, detlen);
+    if (rv != FB_OK)
+        return rv;
+    rv = FB_ERR_PROTOCOL;
+    if (a.status == 206 && a.content_range != NULL &&
+        fbcp_parse_content_range(&first, &last, &complete, a.content_range) == FB_OK && complete <= INT64_MAX) {
+        *plen = (int64_t)complete;
+        rv = FB_OK;
+    } else if (a.status == 416 && a.content_range != NULL && strncmp(a.content_range, "bytes */", 8) == 0) {
+        char *end;
+        unsigned long long v;
+        errno = 0;
+        v = strtoull(a.content_range + 8, &end, 10);
+        if (errno == 0 && end != a.content_range + 8 && (*end == '\0' || *end == '\r') && v <= INT64_MAX) {
+            *plen = (int64_t)v;
+            rv = FB_OK;
+        }
+    } else if (a.status == 200 && a.length >= 0) {
+        *plen = a.length;
+        rv = FB_OK;
+    } else if (a.status != 200 && a.status != 206 && a.status != 416) {
+        rv = fbcp_http_problem(&a, detail, detlen);
+    }
+    if (rv == FB_ERR_PROTOCOL)
+        snprintf(detail, detlen, "the server tells no file size");
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
 /* HEAD: size and validators. */
 static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *detail, size_t detlen)
 {
@@ -195,8 +233,7 @@ static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *deta
         rv = FB_ERR_USAGE;
         snprintf(detail, detlen, "%s is a remote directory (use -r)", d->x.remote[0] ? d->x.remote : "/");
     } else if (a.length < 0) {
-        rv = FB_ERR_PROTOCOL;
-        snprintf(detail, detlen, "no Content-Length in the answer to HEAD");
+        rv = fbcp_download_probe_size(d, &a.length, detail, detlen);
     }
     if (rv == FB_OK) {
         d->x.size = (uint64_t)a.length;

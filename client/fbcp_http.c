@@ -107,7 +107,9 @@ static fb_err fbcp_curl_error(CURL *easy, CURLcode c, const char *errbuf, char *
         snprintf(detail, detlen, "interrupted");
         return FB_ERR_CONNECTION_LOST;
     }
-    if (fbcp_curl_is_tls(c)) {
+    curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &oserr);
+    /* a handshake cut by the network (server restarting) is a lost connection, not a TLS problem */
+    if (fbcp_curl_is_tls(c) && !(c == CURLE_SSL_CONNECT_ERROR && oserr != 0)) {
         snprintf(detail, detlen, "%s", errbuf[0] ? errbuf : curl_easy_strerror(c));
         return FB_ERR_TLS;
     }
@@ -125,7 +127,6 @@ static fb_err fbcp_curl_error(CURL *easy, CURLcode c, const char *errbuf, char *
         curl_free(p);
     }
     curl_url_cleanup(cu);
-    curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &oserr);
     switch (c) {
     case CURLE_COULDNT_CONNECT:
         snprintf(detail, detlen, "could not connect to %s:%ld: %s", host, port,
@@ -163,6 +164,7 @@ static int fbcp_curl_retryable(CURLcode c)
     case CURLE_HTTP2_STREAM:
     case CURLE_WEIRD_SERVER_REPLY:
     case CURLE_AGAIN:
+    case CURLE_SSL_CONNECT_ERROR: /* also a handshake cut short; a real TLS failure just fails again */
         return 1;
     default:
         return 0;
@@ -302,6 +304,7 @@ void fbcp_http_answer_free(fbcp_http_answer *a)
     free(a->content_type);
     free(a->etag);
     free(a->last_modified);
+    free(a->content_range);
     memset(a, 0, sizeof(*a));
 }
 
@@ -321,6 +324,13 @@ static int fbcp_is_json_type(const char *ct)
 
 fb_err fbcp_http_request(fbcp_http *h, fbcp_http_answer *a, const char *method, const char *url, json_t *body,
                          size_t max_body, int retries, char *detail, size_t detlen)
+{
+    return fbcp_http_request_hdr(h, a, method, url, NULL, body, max_body, retries, detail, detlen);
+}
+
+fb_err fbcp_http_request_hdr(fbcp_http *h, fbcp_http_answer *a, const char *method, const char *url,
+                             const char *header, json_t *body, size_t max_body, int retries, char *detail,
+                             size_t detlen)
 {
     CURL *e = h->api;
     struct curl_slist *hdrs = NULL;
@@ -345,6 +355,15 @@ fb_err fbcp_http_request(fbcp_http *h, fbcp_http_answer *a, const char *method, 
             free(text);
             return FB_ERR_NOMEM;
         }
+    }
+    if (header != NULL) {
+        struct curl_slist *n = curl_slist_append(hdrs, header);
+        if (n == NULL) {
+            curl_slist_free_all(hdrs);
+            free(text);
+            return FB_ERR_NOMEM;
+        }
+        hdrs = n;
     }
     for (attempt = 0;; attempt++) {
         CURLcode c;
@@ -382,7 +401,7 @@ fb_err fbcp_http_request(fbcp_http *h, fbcp_http_answer *a, const char *method, 
             }
             rv = fbcp_curl_error(e, c, h->errbuf, detail, detlen);
             fbcp_trace(h->o, "< %s (%s)", fb_err_message(rv), detail);
-            if (!fbcp_interrupted && fbcp_curl_retryable(c) && attempt < retries) {
+            if (!fbcp_interrupted && fbcp_curl_retryable(c) && rv != FB_ERR_TLS && attempt < retries) {
                 fbcp_sleep_ms(fbcp_backoff_ms(attempt + 1));
                 continue;
             }
@@ -403,6 +422,7 @@ fb_err fbcp_http_request(fbcp_http *h, fbcp_http_answer *a, const char *method, 
             a->content_type = ct != NULL ? strdup(ct) : NULL;
             a->etag = fbcp_header_dup(e, "ETag");
             a->last_modified = fbcp_header_dup(e, "Last-Modified");
+            a->content_range = fbcp_header_dup(e, "Content-Range");
             if (curl_easy_getinfo(e, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) == CURLE_OK)
                 a->length = len;
             if (curl_easy_getinfo(e, CURLINFO_FILETIME_T, &ft) == CURLE_OK)
@@ -475,6 +495,8 @@ static fb_err fbcp_problem_from(long status, json_t *doc, char *detail, size_t d
         fbcp_sanitize(detail, detlen, det);
     else if (title != NULL && e == FB_ERR_SERVER_REFUSED)
         fbcp_sanitize(detail, detlen, title);
+    else if (code != NULL && fb_err_from_name(code) != FB_ERR_PROTOCOL)
+        detail[0] = '\0'; /* the code's own message says it all */
     else
         snprintf(detail, detlen, "HTTP %ld", status);
     return e;
@@ -506,7 +528,16 @@ typedef struct fbcp_slot {
     uint64_t done_upto; /* download: absolute offset up to which range_done was called */
     struct curl_slist *hdrs;
     int checked; /* download: status and Content-Range looked at */
-    enum { FBCP_SLOT_OK, FBCP_SLOT_ERRBODY, FBCP_SLOT_CHANGED, FBCP_SLOT_BADRANGE, FBCP_SLOT_LOCAL } state;
+    enum {
+        FBCP_SLOT_OK,
+        FBCP_SLOT_ERRBODY,  /* an error answer: its body is kept for the problem document */
+        FBCP_SLOT_CHANGED,  /* a 200 for another version of the file */
+        FBCP_SLOT_BADRANGE, /* a 206 not matching the request */
+        FBCP_SLOT_LOCAL,    /* local read/write error */
+        FBCP_SLOT_ENOUGH,   /* a whole-file 200 was read up to the end of the request, then cut */
+    } state;
+    uint64_t body_base; /* download: file offset of the answer's first body byte */
+    uint64_t received;  /* download: body bytes received */
     int local_errno;
     fbcp_buf body; /* answer body (upload JSON, or an error document) */
     uint64_t t0;
@@ -630,11 +661,33 @@ static fb_err fbcp_download_mark(fbcp_slot *s, uint64_t end)
     }
 }
 
+/* A 200 answer to a ranged GET carries the whole file. Apache sends it when the range covers the
+ * whole file, and a server may ignore Range altogether. It is usable when it is the same file: the
+ * validator we sent in If-Range matches the answer's, and the length is the expected size. */
+static int fbcp_slot_same_file(fbcp_slot *s)
+{
+    fbcp_xfer *x = s->eng->x;
+    struct curl_header *hd = NULL;
+    curl_off_t len = -1;
+
+    if (curl_easy_getinfo(s->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) == CURLE_OK && len >= 0 &&
+        (uint64_t)len != x->size)
+        return 0;
+    if (x->if_range == NULL)
+        return s->req.off == 0 && s->req.len == x->size;
+    if (curl_easy_header(s->easy, x->if_range[0] == '"' ? "ETag" : "Last-Modified", 0, CURLH_HEADER, -1, &hd) !=
+            CURLHE_OK ||
+        hd == NULL)
+        return 0;
+    return strcmp(hd->value, x->if_range) == 0;
+}
+
 static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
 {
     fbcp_slot *s = ud;
     fbcp_xfer *x = s->eng->x;
     size_t n = size * nmemb;
+    uint64_t pos, want_from, want_to;
 
     if (x->direction == FBCP_UPLOAD || s->state == FBCP_SLOT_ERRBODY)
         return fbcp_buf_write(ptr, size, nmemb, &s->body) == n || s->body.overflow ? n : 0;
@@ -646,41 +699,64 @@ static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
         s->checked = 1;
         curl_easy_getinfo(s->easy, CURLINFO_RESPONSE_CODE, &status);
         if (status == 200) {
-            s->state = FBCP_SLOT_CHANGED;
-            return 0;
-        }
-        if (status != 206) {
+            if (!fbcp_slot_same_file(s)) {
+                s->state = FBCP_SLOT_CHANGED;
+                return 0;
+            }
+            s->body_base = 0;
+        } else if (status != 206) {
             s->state = FBCP_SLOT_ERRBODY;
             return fbcp_buf_write(ptr, size, nmemb, &s->body) == n || s->body.overflow ? n : 0;
-        }
-        if (curl_easy_header(s->easy, "Content-Range", 0, CURLH_HEADER, -1, &hd) != CURLHE_OK || hd == NULL ||
-            fbcp_parse_content_range(&first, &last, &complete, hd->value) != FB_OK || first != s->req.off ||
-            last != s->req.off + s->req.len - 1 || complete != x->size) {
+        } else if (curl_easy_header(s->easy, "Content-Range", 0, CURLH_HEADER, -1, &hd) != CURLHE_OK ||
+                   hd == NULL || fbcp_parse_content_range(&first, &last, &complete, hd->value) != FB_OK ||
+                   first != s->req.off || last != s->req.off + s->req.len - 1 || complete != x->size) {
             s->state = FBCP_SLOT_BADRANGE;
             return 0;
+        } else {
+            s->body_base = s->req.off;
         }
     }
-    if (n > s->req.len - s->moved) {
+    /* this piece of the body is [pos, pos + n) of the file; keep what falls inside the request */
+    pos = s->body_base + s->received;
+    s->received += n;
+    want_from = s->req.off + s->moved;
+    want_to = s->req.off + s->req.len;
+    if (pos > want_from) {
         s->state = FBCP_SLOT_BADRANGE;
         return 0;
     }
-    for (size_t done = 0; done < n;) {
-        ssize_t w = pwrite(x->fd, ptr + done, n - done, (off_t)(s->req.off + s->moved));
-        if (w < 0 && errno == EINTR)
-            continue;
-        if (w <= 0) {
+    if (pos + n > want_from) {
+        size_t skip = (size_t)(want_from - pos);
+        size_t take = n - skip;
+        if (want_from + take > want_to)
+            take = (size_t)(want_to - want_from);
+        for (size_t done = 0; done < take;) {
+            ssize_t w = pwrite(x->fd, ptr + skip + done, take - done, (off_t)(s->req.off + s->moved));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                s->state = FBCP_SLOT_LOCAL;
+                s->local_errno = w < 0 ? errno : EIO;
+                return 0;
+            }
+            done += (size_t)w;
+            s->moved += (uint64_t)w;
+            x->bytes += (uint64_t)w;
+            x->bytes_http += (uint64_t)w;
+        }
+        if (fbcp_download_mark(s, s->req.off + s->moved) != FB_OK) {
             s->state = FBCP_SLOT_LOCAL;
-            s->local_errno = w < 0 ? errno : EIO;
+            s->local_errno = EIO;
             return 0;
         }
-        done += (size_t)w;
-        s->moved += (uint64_t)w;
-        x->bytes += (uint64_t)w;
-        x->bytes_http += (uint64_t)w;
     }
-    if (fbcp_download_mark(s, s->req.off + s->moved) != FB_OK) {
-        s->state = FBCP_SLOT_LOCAL;
-        s->local_errno = EIO;
+    if (s->body_base + s->received > want_to) {
+        /* a whole-file answer past the end of this request: stop reading it */
+        if (s->body_base == s->req.off) {
+            s->state = FBCP_SLOT_BADRANGE; /* a 206 longer than its Content-Range */
+            return 0;
+        }
+        s->state = FBCP_SLOT_ENOUGH;
         return 0;
     }
     return n;
@@ -696,6 +772,8 @@ static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
     s->moved = 0;
     s->done_upto = r->off;
     s->checked = 0;
+    s->body_base = 0;
+    s->received = 0;
     s->state = FBCP_SLOT_OK;
     s->local_errno = 0;
     free(s->body.data);
@@ -806,6 +884,11 @@ static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
         fbcp_engine_fail(g, e, detail);
         return;
     }
+    if (s->state == FBCP_SLOT_ENOUGH && s->moved == s->req.len) {
+        if (fbcp_download_mark(s, s->req.off + s->req.len) != FB_OK)
+            fbcp_engine_fail(g, FB_ERR_LOCAL_IO, NULL);
+        return;
+    }
     if (s->state == FBCP_SLOT_CHANGED) {
         fbcp_engine_fail(g, FB_ERR_CHANGED, "the server sent the whole file instead of the range");
         return;
@@ -816,7 +899,7 @@ static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
     }
     if (c != CURLE_OK && s->state != FBCP_SLOT_ERRBODY) {
         e = fbcp_curl_error(s->easy, c, s->errbuf, detail, sizeof(detail));
-        if (fbcp_curl_retryable(c) && !fbcp_interrupted)
+        if (fbcp_curl_retryable(c) && e != FB_ERR_TLS && !fbcp_interrupted)
             fbcp_engine_retry(g, s, e, detail);
         else
             fbcp_engine_fail(g, e, detail);

@@ -43,7 +43,7 @@ static void fbcp_emit(json_t *ev)
 {
     if (ev == NULL)
         return;
-    if (json_dumpf(ev, stdout, JSON_COMPACT) == 0)
+    if (json_dumpf(ev, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6)) == 0)
         fputc('\n', stdout);
     fflush(stdout);
     json_decref(ev);

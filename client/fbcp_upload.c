@@ -100,7 +100,8 @@ static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id
     u->skipped = json_is_true(json_object_get(doc, "skipped"));
     if (json_is_boolean(json_object_get(doc, "resumed")))
         u->resumed = json_is_true(json_object_get(doc, "resumed"));
-    if (with_id) {
+    /* a skipped upload (identical target) needs no session: the answer may carry no id */
+    if (with_id && !(u->done && json_string_value(json_object_get(doc, "id")) == NULL)) {
         const char *id = json_string_value(json_object_get(doc, "id"));
         if (!fbcp_id_is_safe(id)) {
             snprintf(detail, detlen, "session document without a valid id");
