@@ -186,7 +186,9 @@ struct fbcp_xfer {
     uint32_t chunk_size;
     char *session_id;  /* upload: current session id */
     char *data_url;    /* upload: .../sessions/{id}/data; download: .../files/{path} */
-    char *if_range;    /* download: ETag or Last-Modified for If-Range, may be NULL */
+    char *if_range;    /* download: the strong ETag for If-Range, may be NULL */
+    char *etag;        /* download: the ETag's opaque tag (no "W/"), NULL if none */
+    char *last_modified; /* download: Last-Modified as the server wrote it, NULL if none */
     uint64_t bytes;    /* payload bytes moved this run (all transports, retries included) */
     uint64_t bytes_http;
     uint64_t bytes_skipped; /* already present when this run started */

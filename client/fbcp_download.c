@@ -239,18 +239,23 @@ static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *deta
         d->x.size = (uint64_t)a.length;
         d->filetime = a.filetime;
         free(d->x.if_range);
-        d->x.if_range = NULL;
-        /* If-Range wants a strong validator: the ETag, else the date */
+        free(d->x.etag);
+        free(d->x.last_modified);
+        d->x.if_range = d->x.etag = d->x.last_modified = NULL;
+        /* If-Range only with a strong ETag: Apache calls its ETag weak, and dates unusable, while the
+         * file is less than a second old. Every answer's validators are compared anyway, weakly. */
         if (a.etag != NULL && strncmp(a.etag, "W/", 2) != 0)
             d->x.if_range = strdup(a.etag);
-        else if (a.last_modified != NULL)
-            d->x.if_range = strdup(a.last_modified);
+        if (a.etag != NULL)
+            d->x.etag = strdup(strncmp(a.etag, "W/", 2) == 0 ? a.etag + 2 : a.etag);
+        if (a.last_modified != NULL)
+            d->x.last_modified = strdup(a.last_modified);
         vl = (a.etag ? strlen(a.etag) : 0) + (a.last_modified ? strlen(a.last_modified) : 0) + 8;
         *pvalidator = malloc(vl);
-        if (*pvalidator == NULL)
+        if (*pvalidator == NULL || (a.etag != NULL && d->x.etag == NULL))
             rv = FB_ERR_NOMEM;
-        else if (a.etag != NULL)
-            snprintf(*pvalidator, vl, "%s", a.etag);
+        else if (d->x.etag != NULL)
+            snprintf(*pvalidator, vl, "%s", d->x.etag);
         else if (a.last_modified != NULL)
             snprintf(*pvalidator, vl, "lm:%s", a.last_modified);
         else
@@ -438,6 +443,8 @@ out:
     free(d.sidecar_path);
     free(d.dir);
     free(d.x.if_range);
+    free(d.x.etag);
+    free(d.x.last_modified);
     fbcp_sidecar_free(&d.sc);
     fbcp_ranges_free(&missing);
     return rv;

@@ -538,6 +538,7 @@ typedef struct fbcp_slot {
     } state;
     uint64_t body_base; /* download: file offset of the answer's first body byte */
     uint64_t received;  /* download: body bytes received */
+    int whole;          /* download: the answer is a 200 with the whole file */
     int local_errno;
     fbcp_buf body; /* answer body (upload JSON, or an error document) */
     uint64_t t0;
@@ -661,25 +662,35 @@ static fb_err fbcp_download_mark(fbcp_slot *s, uint64_t end)
     }
 }
 
-/* A 200 answer to a ranged GET carries the whole file. Apache sends it when the range covers the
- * whole file, and a server may ignore Range altogether. It is usable when it is the same file: the
- * validator we sent in If-Range matches the answer's, and the length is the expected size. */
-static int fbcp_slot_same_file(fbcp_slot *s)
+/* Whether an answer is about the file we started with: its ETag equals the one HEAD gave (weak
+ * comparison: "W/" ignored), else its Last-Modified does. */
+static int fbcp_slot_same_version(fbcp_slot *s)
 {
     fbcp_xfer *x = s->eng->x;
     struct curl_header *hd = NULL;
+
+    if (x->etag != NULL && curl_easy_header(s->easy, "ETag", 0, CURLH_HEADER, -1, &hd) == CURLHE_OK && hd != NULL)
+        return strcmp(strncmp(hd->value, "W/", 2) == 0 ? hd->value + 2 : hd->value, x->etag) == 0;
+    if (x->last_modified != NULL &&
+        curl_easy_header(s->easy, "Last-Modified", 0, CURLH_HEADER, -1, &hd) == CURLHE_OK && hd != NULL)
+        return strcmp(hd->value, x->last_modified) == 0;
+    return 1; /* nothing to compare with */
+}
+
+/* A 200 answer to a ranged GET carries the whole file. Apache sends it when the range covers the
+ * whole file, and a server may ignore Range altogether. It is usable when it is the same version
+ * of the file and has the expected length. */
+static int fbcp_slot_same_file(fbcp_slot *s)
+{
+    fbcp_xfer *x = s->eng->x;
     curl_off_t len = -1;
 
     if (curl_easy_getinfo(s->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) == CURLE_OK && len >= 0 &&
         (uint64_t)len != x->size)
         return 0;
-    if (x->if_range == NULL)
+    if (x->etag == NULL && x->last_modified == NULL)
         return s->req.off == 0 && s->req.len == x->size;
-    if (curl_easy_header(s->easy, x->if_range[0] == '"' ? "ETag" : "Last-Modified", 0, CURLH_HEADER, -1, &hd) !=
-            CURLHE_OK ||
-        hd == NULL)
-        return 0;
-    return strcmp(hd->value, x->if_range) == 0;
+    return fbcp_slot_same_version(s);
 }
 
 static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
@@ -704,9 +715,13 @@ static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
                 return 0;
             }
             s->body_base = 0;
+            s->whole = 1;
         } else if (status != 206) {
             s->state = FBCP_SLOT_ERRBODY;
             return fbcp_buf_write(ptr, size, nmemb, &s->body) == n || s->body.overflow ? n : 0;
+        } else if (!fbcp_slot_same_version(s)) {
+            s->state = FBCP_SLOT_CHANGED;
+            return 0;
         } else if (curl_easy_header(s->easy, "Content-Range", 0, CURLH_HEADER, -1, &hd) != CURLHE_OK ||
                    hd == NULL || fbcp_parse_content_range(&first, &last, &complete, hd->value) != FB_OK ||
                    first != s->req.off || last != s->req.off + s->req.len - 1 || complete != x->size) {
@@ -752,7 +767,7 @@ static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
     }
     if (s->body_base + s->received > want_to) {
         /* a whole-file answer past the end of this request: stop reading it */
-        if (s->body_base == s->req.off) {
+        if (!s->whole) {
             s->state = FBCP_SLOT_BADRANGE; /* a 206 longer than its Content-Range */
             return 0;
         }
@@ -774,6 +789,7 @@ static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
     s->checked = 0;
     s->body_base = 0;
     s->received = 0;
+    s->whole = 0;
     s->state = FBCP_SLOT_OK;
     s->local_errno = 0;
     free(s->body.data);
@@ -890,7 +906,7 @@ static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
         return;
     }
     if (s->state == FBCP_SLOT_CHANGED) {
-        fbcp_engine_fail(g, FB_ERR_CHANGED, "the server sent the whole file instead of the range");
+        fbcp_engine_fail(g, FB_ERR_CHANGED, "the server answered with another version of the file");
         return;
     }
     if (s->state == FBCP_SLOT_BADRANGE) {
