@@ -36,6 +36,14 @@ export NO_PROXY='*' no_proxy='*'
 T_NAME=$(basename "$0" .sh)
 T_TMP=$(mktemp -d "/tmp/fbit-$T_NAME.XXXXXX")
 chmod 755 "$T_TMP"
+
+# Snapshot the built programs, so that a rebuild in the tree while a test runs (or a graceful
+# restart, which loads the module again) cannot mix versions or find a half-written file.
+MODULE=${FB_TEST_MODULE:-$SRCDIR/mod_fallback/.libs/mod_fallback.so}
+mkdir -p "$T_TMP/bin"
+if [ -f "$MODULE" ] && cp "$MODULE" "$T_TMP/bin/mod_fallback.so" 2>/dev/null; then MODULE=$T_TMP/bin/mod_fallback.so; fi
+if [ -x "$FBCP" ] && cp "$FBCP" "$T_TMP/bin/fbcp" 2>/dev/null; then FBCP=$T_TMP/bin/fbcp; fi
+if [ -x "$FBCTL" ] && cp "$FBCTL" "$T_TMP/bin/fbctl" 2>/dev/null; then FBCTL=$T_TMP/bin/fbctl; fi
 DS_DIR=$T_TMP/ds
 DOCROOT=$DS_DIR/docroot
 CA=$DS_DIR/cert.pem
@@ -78,7 +86,7 @@ ds_start() {
         return 1
     fi
     if ! out=$("$DEVSERVER" start --dir "$DS_DIR" --https-port "$HTTPS_PORT" --http-port "$HTTP_PORT" \
-        --udp-port "$UDP_PORT" --user "$DS_USER" --password "$DS_PASSWORD" --quiet "$@" 2>&1); then
+        --udp-port "$UDP_PORT" --user "$DS_USER" --password "$DS_PASSWORD" --module "$MODULE" --quiet "$@" 2>&1); then
         echo "$out" | sed 's/^/# /' >&2
         return 1
     fi

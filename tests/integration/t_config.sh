@@ -18,7 +18,7 @@ gen_conf() {
     local d=$1
     shift
     "$DEVSERVER" conf --dir "$d" --https-port "$HTTPS_PORT" --http-port "$HTTP_PORT" --udp-port "$UDP_PORT" \
-        --quiet "$@" >/dev/null 2>"$T_TMP/gen.err" || fail "devserver conf failed: $(cat "$T_TMP/gen.err")"
+        --module "$MODULE" --quiet "$@" >/dev/null 2>"$T_TMP/gen.err" || fail "devserver conf failed: $(cat "$T_TMP/gen.err")"
 }
 
 test_configtest_ok() {

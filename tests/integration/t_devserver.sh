@@ -67,7 +67,7 @@ test_stop_and_restart() {
 }
 
 test_module_loads() {
-    [ -f "$SRCDIR/mod_fallback/.libs/mod_fallback.so" ] || fail "mod_fallback not built"
+    [ -f "$MODULE" ] || fail "mod_fallback not built"
     ds_start || fail "devserver start with the module failed: $(tail -n 5 "$DS_DIR/error.log")"
     grep -q '^LoadModule fallback_module ' "$DS_DIR/httpd.conf" || fail "no LoadModule line"
     assert_eq 401 "$(http_status GET "$URL/sessions")" "module location without credentials"

@@ -32,6 +32,7 @@ test_graceful_mid_download() {
     local pid rc
     require_fbcp
     mkrand "$DOCROOT/gd.bin" $((24 * CHUNK))
+    touch -d '-1 min' "$DOCROOT/gd.bin" # settled: a strong ETag (see t_transfer for fresh files)
     docroot_chown "$DOCROOT/gd.bin"
     fbcp_bg "$T_TMP/gd.json" "$T_TMP/gd.err" --json --limit-rate 8M "$URL/gd.bin" "$T_TMP/back/gd.bin"
     pid=$FBCP_PID

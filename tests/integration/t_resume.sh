@@ -87,6 +87,7 @@ test_kill_and_resume_download() {
     require_fbcp
     mkdir -p "$DOCROOT/dl"
     mkrand "$DOCROOT/dl/d.bin" "$size"
+    touch -d '-1 min' "$DOCROOT/dl/d.bin" # settled: a strong ETag (see t_transfer for fresh files)
     docroot_chown "$DOCROOT/dl"
     mkdir -p "$T_TMP/back"
     fbcp_bg "$T_TMP/d1.json" "$T_TMP/d1.err" --json --connections $CONNS --limit-rate 4M "$URL/dl/d.bin" "$T_TMP/back/d.bin"
