@@ -14,6 +14,7 @@
 #define BASE_BUCKETS 6u
 #define MIN_CONTROL_RTT_US 10000u   /* control time constant never shorter than 10 ms */
 #define DEFAULT_RTT_US 100000u      /* assumed before the first RTT sample */
+#define ALPHA_REF_RATE 12500000.0   /* alpha grows with sqrt(rate) above 100 Mbit/s */
 #define FAST_GAMMA 0.5              /* fair: fraction of the error corrected per RTT */
 #define MAX_UP_PER_RTT 1.0          /* at most doubling per RTT */
 #define MAX_DOWN_PER_RTT 0.5        /* at most halving per RTT by delay alone */
@@ -23,8 +24,12 @@
 #define QS_EXIT_MAX_US 25000
 #define RISE_MIN_US 2000            /* q counts as rising when 2 ms and 50 % above its recent min */
 #define HIGH_Q_MIN_US 5000          /* ... or when above 5 ms and twice the flow's own target */
-#define RECV_CAP_GAIN 1.25          /* never pace above 1.25x the best recent receive rate */
-#define LOW_UP_PER_RTT 0.25         /* low: increase at most +25 % per RTT below its target */
+#define LOW_BACKOFF 0.5             /* low: extra decrease per RTT at twice its delay target */
+#define DRAIN_INTERVAL_US 20000000u /* every 20 s, half rate for one RTT: re-measure the floor */
+#define PROBE_GAIN 0.05             /* push of 5 % of the rate while the queue is nearly empty */
+#define MAX_PUSH 0.1                /* delay law's excess over the receive rate, fraction of x */
+#define DAMPING 1.0                 /* weight of (receive rate - rate) in the delay law */
+#define RECV_TAU_MIN_US 40000.0     /* receive rate smoothed over max(40 ms, RTT/4) */
 #define BURST_US 1000.0             /* pacer credit after idling: 1 ms of the rate */
 #define SILENCE_MIN_US 200000u      /* no feedback for max(this, 2 srtt): start slowing down */
 
@@ -45,12 +50,40 @@ static uint64_t control_rtt(const fb_rate *r)
     return t < MIN_CONTROL_RTT_US ? MIN_CONTROL_RTT_US : t;
 }
 
-/* Bytes of its own a flow keeps queued in equilibrium (fair and high). */
-static double alpha_bytes(const fb_rate *r)
+/* Bytes of its own a flow aims to keep queued at the bottleneck ("alpha").
+ *
+ * FAST TCP's constant (48 packets) up to 100 Mbit/s; above, it grows with the square root of
+ * the rate so the queueing delay a flow settles at (alpha / rate) stays above a millisecond,
+ * measurable above the timing noise. alpha(x) / x still falls strictly as x grows, so flows
+ * seeing the same queueing delay still settle at equal rates (the restoring force is weaker
+ * in the square-root range). High behaves as two fair flows, low as a quarter of one and never
+ * keeps more than 25 ms of queue. */
+static double fair_alpha(double x, uint32_t packet_size)
 {
-    double a = (double)FB_RATE_FAIR_ALPHA_PACKETS * r->p.packet_size;
+    double a = (double)FB_RATE_FAIR_ALPHA_PACKETS * packet_size;
 
-    return r->p.policy == FB_POLICY_HIGH ? 2.0 * a : a;
+    return x > ALPHA_REF_RATE ? a * sqrt(x / ALPHA_REF_RATE) : a;
+}
+
+static double queue_target_bytes(const fb_rate *r)
+{
+    double k = r->p.policy == FB_POLICY_HIGH ? 2.0 : r->p.policy == FB_POLICY_LOW ? 0.25 : 1.0;
+    /* k * alpha(x / k): the flow behaves like k fair flows sharing its rate, so it settles at
+     * k times a fair flow's rate in every range of alpha(x). */
+    double a = k * fair_alpha(r->rate / k, r->p.packet_size);
+
+    if (r->p.policy == FB_POLICY_LOW) {
+        double cap = r->rate * (double)FB_RATE_LOW_TARGET_US / 1e6;
+
+        a = a < cap ? a : cap;
+    }
+    return a;
+}
+
+/* The queueing delay this flow settles at, in us. */
+static double own_target_us(const fb_rate *r)
+{
+    return queue_target_bytes(r) / r->rate * 1e6;
 }
 
 void fb_rate_init(fb_rate *r, const fb_rate_params *p, uint64_t now_us)
@@ -78,6 +111,7 @@ void fb_rate_init(fb_rate *r, const fb_rate_params *p, uint64_t now_us)
     r->last_update_us = now_us;
     r->last_feedback_us = now_us;
     r->last_decay_us = now_us;
+    r->next_drain_us = now_us + DRAIN_INTERVAL_US;
     r->next_send_us = (double)now_us;
 }
 
@@ -138,6 +172,8 @@ static void update_delay(fb_rate *r, const fb_rate_sample *s)
     if (!r->have_q) {
         r->qmin_cur_us = r->qmin_prev_us = q;
         r->qmin_since_us = s->now_us;
+        r->qmax_cur_us = r->qmax_prev_us = q;
+        r->qmax_since_us = s->now_us;
         r->have_q = 1;
     } else if (s->now_us - r->qmin_since_us >= control_rtt(r)) {
         r->qmin_prev_us = r->qmin_cur_us;
@@ -146,21 +182,45 @@ static void update_delay(fb_rate *r, const fb_rate_sample *s)
     } else if (q < r->qmin_cur_us) {
         r->qmin_cur_us = q;
     }
+    /* Maximum q over the last four to eight RTTs: how full the bottleneck gets. */
+    if (s->now_us - r->qmax_since_us >= 4 * control_rtt(r)) {
+        r->qmax_prev_us = r->qmax_cur_us;
+        r->qmax_cur_us = q;
+        r->qmax_since_us = s->now_us;
+    } else if (q > r->qmax_cur_us) {
+        r->qmax_cur_us = q;
+    }
 }
 
-static void update_recv_max(fb_rate *r, const fb_rate_sample *s)
+/* Smoothed rate at which this flow's packets reach the receiver, lost ones included (a random
+ * loss still passed the bottleneck), over about a quarter of an RTT. */
+static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedback_us)
 {
-    double rr = (double)s->recv_rate;
+    double arrived, dt, tau, lossf;
 
-    if (s->recv_rate == 0)
-        return;
-    if (s->now_us - r->recv_since_us >= 2 * control_rtt(r)) {
-        r->recv_max_prev = r->recv_max;
-        r->recv_max = 0;
-        r->recv_since_us = s->now_us;
+    /* Only losses while the queue is well below its recent maximum can be told apart from an
+     * overflowing buffer: learn the random loss rate from those alone. Counting overflow as
+     * random would let the rate settle above the capacity, the excess simply lost. */
+    if (s->acked_bytes + s->lost_bytes > 0 && r->have_q &&
+        r->qdelay_us * 2 < (r->qmax_cur_us > r->qmax_prev_us ? r->qmax_cur_us : r->qmax_prev_us)) {
+        double p = (double)s->lost_bytes / (double)(s->acked_bytes + s->lost_bytes);
+
+        r->loss_avg += (p - r->loss_avg) / 16;
     }
-    if (rr > r->recv_max)
-        r->recv_max = rr;
+    /* A drain's dip reaches the receive rate up to one RTT after the drain ends: ignore it. */
+    if (s->recv_rate == 0 || s->now_us < r->recv_frozen_until_us)
+        return;
+    lossf = r->loss_avg < 0.5 ? r->loss_avg : 0.5;
+    arrived = (double)s->recv_rate / (1.0 - lossf);
+    if (!r->have_recv) {
+        r->recv_avg = arrived;
+        r->have_recv = 1;
+        return;
+    }
+    dt = s->now_us > prev_feedback_us ? (double)(s->now_us - prev_feedback_us) : 0.0;
+    tau = (double)control_rtt(r) / 4;
+    tau = tau < RECV_TAU_MIN_US ? RECV_TAU_MIN_US : tau;
+    r->recv_avg += (arrived - r->recv_avg) * (dt < tau ? dt / tau : 1.0);
 }
 
 /* Congestion, as opposed to random loss: the queue grew with the loss, or it is well above
@@ -169,14 +229,11 @@ static int delay_says_congested(const fb_rate *r)
 {
     int64_t qmin = r->qmin_cur_us < r->qmin_prev_us ? r->qmin_cur_us : r->qmin_prev_us;
     int64_t rise = qmin / 2 > RISE_MIN_US ? qmin / 2 : RISE_MIN_US;
-    double own_target_us = r->p.policy == FB_POLICY_LOW ? (double)FB_RATE_LOW_TARGET_US
-                                                        : alpha_bytes(r) / r->rate * 1e6;
-
     if (!r->have_q)
         return 0;
-    if (r->qdelay_us >= qmin + rise)
+    if (r->quick_start && r->qdelay_us >= qmin + rise)
         return 1;
-    return r->qdelay_us > HIGH_Q_MIN_US && (double)r->qdelay_us > 2.0 * own_target_us;
+    return r->qdelay_us > HIGH_Q_MIN_US && (double)r->qdelay_us > 2.0 * own_target_us(r);
 }
 
 static double quick_start_exit_us(const fb_rate *r)
@@ -185,7 +242,7 @@ static double quick_start_exit_us(const fb_rate *r)
 
     if (r->p.policy == FB_POLICY_LOW)
         return (double)FB_RATE_LOW_TARGET_US / 2;
-    t = alpha_bytes(r) / r->rate * 1e6;
+    t = own_target_us(r);
     t = t > QS_EXIT_MAX_US ? QS_EXIT_MAX_US : t;
     return t < QS_EXIT_MIN_US ? QS_EXIT_MIN_US : t;
 }
@@ -193,23 +250,33 @@ static double quick_start_exit_us(const fb_rate *r)
 /* One step of the delay law over DT microseconds with control time constant T. */
 static void delay_step(fb_rate *r, double dt, double T)
 {
-    double x = r->rate, q = (double)r->qdelay_us / 1e6, frac = dt / T, dx;
+    double x = r->rate, q = (double)r->qdelay_us / 1e6, frac = dt / T, Ts = T / 1e6, dx;
+    double gain = r->p.policy == FB_POLICY_HIGH ? 2.0 * FAST_GAMMA : FAST_GAMMA;
 
-    if (r->p.policy == FB_POLICY_LOW) {
-        double off = clampd(((double)FB_RATE_LOW_TARGET_US / 1e6 - q) / ((double)FB_RATE_LOW_TARGET_US / 1e6), -1.0,
-                            1.0);
-        double floor_rate = 4.0 * r->p.packet_size / (T / 1e6); /* so it can grow from a zero minimum */
+    /* FAST TCP in rate form: the "window" error (target - own queued bytes) corrected at GAMMA
+     * per RTT. A rate, unlike a window, is not self-clocked: the queue integrates the excess
+     * and the loop would oscillate. The second term damps it by pulling the rate towards what
+     * actually arrives at the receiver (counting random losses as arrived). */
+    dx = gain * (queue_target_bytes(r) - x * q) / Ts;
+    /* Probing: while the queue is under half the target (the link has room, e.g. after a drain
+     * or when another flow left), also push by a share of the rate, so a long fat path is
+     * refilled in a few RTTs rather than by FAST's additive steps. Proportional to x, it keeps
+     * the ratio between flows and so does not disturb fairness. */
+    if (q < 0.5 * own_target_us(r) / 1e6) {
+        double probe = PROBE_GAIN * x * (1.0 - q / (0.5 * own_target_us(r) / 1e6));
 
-        dx = off > 0 ? off * LOW_UP_PER_RTT * (x > floor_rate ? x : floor_rate) : off * MAX_DOWN_PER_RTT * x;
-        dx *= frac;
-    } else {
-        double gain = r->p.policy == FB_POLICY_HIGH ? 2.0 * FAST_GAMMA : FAST_GAMMA;
-
-        /* FAST TCP in rate form: the "window" error (alpha - own queued bytes) corrected at
-         * GAMMA per RTT, i.e. dx = gamma * (alpha - x q) / T per RTT. */
-        dx = gain * (alpha_bytes(r) - x * q) / (T / 1e6) * frac;
-        dx = clampd(dx, -MAX_DOWN_PER_RTT * x * frac, MAX_UP_PER_RTT * x * frac);
+        dx = dx > probe ? dx : probe;
     }
+    /* The push above the receive rate is at most a tenth of the rate: where the buffer is
+     * shorter than the queue target (a policer, a shallow switch) this bounds the overflow. */
+    if (dx > MAX_PUSH * x)
+        dx = MAX_PUSH * x;
+    if (r->have_recv)
+        dx += DAMPING * (r->recv_avg - x);
+    /* LEDBAT's fast decrease: above 25 ms of queue, low gives way quickly, towards its floor. */
+    if (r->p.policy == FB_POLICY_LOW && q * 1e6 > FB_RATE_LOW_TARGET_US)
+        dx -= LOW_BACKOFF * x * clampd((q * 1e6 - FB_RATE_LOW_TARGET_US) / FB_RATE_LOW_TARGET_US, 0.0, 1.0) / Ts;
+    dx = clampd(dx * frac, -MAX_DOWN_PER_RTT * x * frac, MAX_UP_PER_RTT * x * frac);
     r->rate = x + dx;
 }
 
@@ -218,7 +285,11 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
     double T, dt;
 
     update_delay(r, s);
-    update_recv_max(r, s);
+    update_recv(r, s, r->last_feedback_us);
+    if (!r->have_feedback) {
+        r->have_feedback = 1;
+        r->low_q_since_us = s->now_us;
+    }
     r->last_feedback_us = s->now_us;
     r->last_decay_us = s->now_us;
     if (r->p.policy == FB_POLICY_FIXED) {
@@ -232,39 +303,48 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
         dt = T; /* a long gap is not a licence for a huge step */
     r->last_update_us = s->now_us;
 
-    if (s->lost_bytes > 0 && delay_says_congested(r) && s->now_us - r->last_cut_us >= control_rtt(r)) {
-        r->rate *= r->p.policy == FB_POLICY_LOW ? LOSS_CUT_LOW : LOSS_CUT_FAIR;
-        r->last_cut_us = s->now_us;
-        if (r->quick_start) {
-            r->quick_start = 0;
-            if (s->recv_rate > 0 && (double)s->recv_rate < r->rate)
-                r->rate = (double)s->recv_rate;
-        }
-        clamp_rate(r);
-        return;
-    }
     if (r->quick_start) {
-        if (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r)) {
-            /* The queue is building: we overshot by up to one RTT of doubling. Fall back to what
-             * the receiver actually got, and let the delay law drain the rest. */
+        int congested = s->lost_bytes > 0 && delay_says_congested(r);
+
+        if (congested || (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r))) {
+            /* The queue is building: we overshot by up to one RTT of doubling. Go back to about
+             * the rate of one RTT ago, or what the receiver gets if more, and let the delay law
+             * drain the rest. */
+            double back = r->rate / 2;
+
             r->quick_start = 0;
-            if (s->recv_rate > 0 && (double)s->recv_rate < r->rate)
-                r->rate = (double)s->recv_rate;
+            if (r->have_recv && r->recv_avg > back)
+                back = r->recv_avg;
+            r->rate = back < r->rate ? back : r->rate;
+            r->next_drain_us = s->now_us + DRAIN_INTERVAL_US;
         } else {
             r->rate *= exp2(dt / T);
-            if (r->rate >= (double)r->p.target_rate)
+            if (r->rate >= (double)r->p.target_rate) {
                 r->quick_start = 0;
+                r->next_drain_us = s->now_us + DRAIN_INTERVAL_US;
+            }
         }
+    } else if (r->drain_until_us != 0) {
+        /* Draining: hold half the rate for one RTT so the queue empties and the delay floor is
+         * measured afresh, then resume where we were. */
+        if (s->now_us >= r->drain_until_us) {
+            r->rate = r->drain_saved_rate;
+            r->drain_until_us = 0;
+            r->next_drain_us = s->now_us + DRAIN_INTERVAL_US;
+        }
+    } else if (r->have_q && s->now_us >= r->next_drain_us) {
+        /* A standing queue would otherwise end up in the windowed minimum of the one-way delay
+         * (it keeps 60 s) and be mistaken for propagation delay, and queues would creep up
+         * (BBR's ProbeRTT and LEDBAT++'s slowdowns address the same problem). */
+        r->drain_saved_rate = r->rate;
+        r->rate *= 0.5;
+        r->drain_until_us = s->now_us + control_rtt(r);
+        r->recv_frozen_until_us = s->now_us + 2 * control_rtt(r) + FB_RATE_FEEDBACK_INTERVAL_US;
+    } else if (s->lost_bytes > 0 && delay_says_congested(r) && s->now_us - r->last_cut_us >= control_rtt(r)) {
+        r->rate *= r->p.policy == FB_POLICY_LOW ? LOSS_CUT_LOW : LOSS_CUT_FAIR;
+        r->last_cut_us = s->now_us;
     } else if (r->have_q) {
         delay_step(r, dt, T);
-        /* Safety cap: never far above what the receiver gets, which bounds the damage when
-         * the queue is too short for the delay signal (losses then stay below ~20 %). */
-        if (r->recv_max > 0 || r->recv_max_prev > 0) {
-            double best = r->recv_max > r->recv_max_prev ? r->recv_max : r->recv_max_prev;
-
-            if (r->rate > RECV_CAP_GAIN * best)
-                r->rate = RECV_CAP_GAIN * best;
-        }
     }
     clamp_rate(r);
 }
@@ -275,7 +355,7 @@ void fb_rate_on_send(fb_rate *r, uint64_t now_us, size_t bytes)
     uint64_t silence_limit = 2 * control_rtt(r) > SILENCE_MIN_US ? 2 * control_rtt(r) : SILENCE_MIN_US;
 
     /* No feedback for a while: the path may be gone or badly congested. Halve per RTT. */
-    if (r->p.policy != FB_POLICY_FIXED && now_us > r->last_feedback_us &&
+    if (r->p.policy != FB_POLICY_FIXED && r->have_feedback && now_us > r->last_feedback_us &&
         now_us - r->last_feedback_us > silence_limit && now_us - r->last_decay_us >= control_rtt(r)) {
         r->rate *= 0.5;
         r->quick_start = 0;

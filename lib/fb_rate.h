@@ -68,13 +68,21 @@ typedef struct fb_rate {
     int have_q;
     int64_t qmin_cur_us, qmin_prev_us; /* min q over the current and previous RTT-long period */
     uint64_t qmin_since_us;
+    int64_t qmax_cur_us, qmax_prev_us; /* max q over the current and previous 4-RTT period */
+    uint64_t qmax_since_us;
     uint64_t last_update_us; /* last control step */
     uint64_t last_cut_us;    /* last loss-triggered decrease (once per RTT) */
     uint64_t last_feedback_us;
+    int have_feedback;
+    uint64_t low_q_since_us;  /* last time q was above a quarter of this flow's target */
     uint64_t last_decay_us;  /* last silence-triggered decrease */
-    double recv_max;         /* max receive rate over the recent period (caps over-sending) */
-    double recv_max_prev;
-    uint64_t recv_since_us;
+    uint64_t next_drain_us;  /* next periodic drain (re-measures the delay floor) */
+    uint64_t drain_until_us; /* end of the drain under way, 0 = none */
+    double drain_saved_rate;
+    uint64_t recv_frozen_until_us; /* receive-rate updates ignored until then (after a drain) */
+    int have_recv;
+    double recv_avg;         /* smoothed arrival rate at the receiver, losses included */
+    double loss_avg;         /* smoothed random-loss fraction (learnt while the queue is low) */
     double next_send_us;     /* pacer: earliest time of the next packet */
     int started;             /* any packet sent */
 } fb_rate;

@@ -1,0 +1,787 @@
+/* Unit tests for fb_rate: the sender's rate controller, pacer and retransmission scheduler.
+ *
+ * The controller is driven through a simulated bottleneck in virtual time: senders paced by
+ * fb_rate, one drop-tail FIFO drained at the link rate, a fixed propagation delay, seeded
+ * random loss, and receivers that send FEEDBACK every 10 ms (receive rate, loss, echoed
+ * timestamps with a clock offset) exactly as the wire protocol carries them. Deterministic. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fb_config.h"
+#include "fb_rate.h"
+#include "fb_wire.h"
+
+/* ---- simulator ------------------------------------------------------------------------ */
+
+#define SIM_FLOWS 2
+#define SIM_RING 131072u /* packets in flight per flow (power of two) */
+#define SIM_FB_RING 1024u
+#define PKT 1452u
+
+#ifndef SIM_ASSERT
+#define SIM_ASSERT(x) ck_assert(x)
+#endif
+
+typedef struct sim_cfg {
+    double link_rate;    /* bytes/s */
+    uint64_t rtt_us;     /* base round trip (propagation), split evenly */
+    double queue_bytes;  /* drop-tail capacity */
+    double loss;         /* random loss probability per data packet */
+    uint64_t duration_us;
+    uint64_t measure_from_us;
+    int nflows;
+    fb_rate_params params[SIM_FLOWS];
+    uint64_t start_us[SIM_FLOWS];
+    uint64_t extra_rtt_us[SIM_FLOWS];
+    int64_t clock_offset_us[SIM_FLOWS];
+    uint64_t seed;
+} sim_cfg;
+
+typedef struct sim_result {
+    double goodput[SIM_FLOWS];  /* bytes/s delivered during the measurement window */
+    double min_rate[SIM_FLOWS]; /* pacing rate range during the measurement window */
+    double max_rate[SIM_FLOWS];
+    double mean_rate[SIM_FLOWS];
+    double max_q_us, mean_q_us; /* bottleneck queueing delay seen by arriving packets, window */
+    uint64_t sent, drops_queue, drops_random;
+    uint64_t first_full_us[SIM_FLOWS]; /* first time the rate reached 90 % of the link (0 = never) */
+} sim_result;
+
+typedef struct sim_pkt {
+    uint64_t arrive_us, send_ts_us, seq;
+} sim_pkt;
+
+typedef struct sim_fb {
+    uint64_t arrive_us;
+    uint64_t recv_bytes, lost_bytes, recv_rate, echo_ts_us, echo_recv_ts_us, hold_us;
+    int has_echo;
+} sim_fb;
+
+typedef struct sim_flow {
+    fb_rate rate;
+    sim_pkt *ring;
+    size_t head, tail;
+    sim_fb fb[SIM_FB_RING];
+    size_t fb_head, fb_tail;
+    uint64_t next_seq, expect_seq;
+    uint64_t recv_bytes, lost_bytes, interval_bytes;
+    uint64_t last_echo_ts, last_echo_recv, last_arrival;
+    int has_echo;
+    uint64_t next_fb_timer;
+    uint64_t prev_recv_bytes, prev_lost_bytes;
+    uint64_t window_bytes;
+    double rate_sum;
+    uint64_t rate_n;
+} sim_flow;
+
+static uint64_t sim_rand(uint64_t *s)
+{
+    /* xorshift64*: deterministic and good enough for Bernoulli loss */
+    *s ^= *s >> 12;
+    *s ^= *s << 25;
+    *s ^= *s >> 27;
+    return *s * 2685821657736338717ull;
+}
+
+static double sim_uniform(uint64_t *s)
+{
+    return (double)(sim_rand(s) >> 11) / 9007199254740992.0;
+}
+
+static uint64_t one_way(const sim_cfg *c, int f)
+{
+    return (c->rtt_us + c->extra_rtt_us[f]) / 2;
+}
+
+static void sim_run(sim_result *res, const sim_cfg *c)
+{
+    static sim_flow flows[SIM_FLOWS];
+    double link_free = 0; /* time the link finishes the queued bytes */
+    uint64_t now = 0, rng = c->seed ? c->seed : 0x9e3779b97f4a7c15ull;
+    double qsum = 0;
+    uint64_t qn = 0;
+
+    memset(res, 0, sizeof(*res));
+    for (int f = 0; f < c->nflows; f++) {
+        sim_flow *fl = &flows[f];
+
+        memset(fl, 0, sizeof(*fl));
+        fl->ring = calloc(SIM_RING, sizeof(sim_pkt));
+        SIM_ASSERT(fl->ring != NULL);
+        fb_rate_init(&fl->rate, &c->params[f], c->start_us[f]);
+        fl->next_fb_timer = c->start_us[f] + FB_RATE_FEEDBACK_INTERVAL_US;
+        res->min_rate[f] = INFINITY;
+    }
+    /* Bounded: virtual time strictly advances to the next event each pass or an event is
+     * consumed; the total is bounded by duration and the packet count. */
+    while (now < c->duration_us) {
+        uint64_t next = c->duration_us;
+
+        for (int f = 0; f < c->nflows; f++) {
+            sim_flow *fl = &flows[f];
+            uint64_t t;
+
+            if (now < c->start_us[f]) {
+                next = c->start_us[f] < next ? c->start_us[f] : next;
+                continue;
+            }
+            t = fb_rate_next_send_time(&fl->rate, now);
+            next = t < next ? t : next;
+            if (fl->head != fl->tail && fl->ring[fl->tail].arrive_us < next)
+                next = fl->ring[fl->tail].arrive_us;
+            if (fl->next_fb_timer < next)
+                next = fl->next_fb_timer;
+            if (fl->fb_head != fl->fb_tail && fl->fb[fl->fb_tail].arrive_us < next)
+                next = fl->fb[fl->fb_tail].arrive_us;
+        }
+        now = next > now ? next : now;
+        if (now >= c->duration_us)
+            break;
+        for (int f = 0; f < c->nflows; f++) {
+            sim_flow *fl = &flows[f];
+            int measuring = now >= c->measure_from_us;
+
+            if (now < c->start_us[f])
+                continue;
+            /* Receiver: packets arriving now. */
+            while (fl->head != fl->tail && fl->ring[fl->tail].arrive_us <= now) {
+                sim_pkt *p = &fl->ring[fl->tail];
+
+                fl->tail = (fl->tail + 1) & (SIM_RING - 1);
+                if (p->seq > fl->expect_seq)
+                    fl->lost_bytes += (p->seq - fl->expect_seq) * PKT;
+                fl->expect_seq = p->seq + 1;
+                fl->recv_bytes += PKT;
+                fl->interval_bytes += PKT;
+                fl->last_echo_ts = p->send_ts_us;
+                fl->last_echo_recv = (uint64_t)((int64_t)p->arrive_us + c->clock_offset_us[f]);
+                fl->last_arrival = p->arrive_us;
+                fl->has_echo = 1;
+                if (measuring)
+                    fl->window_bytes += PKT;
+            }
+            /* Receiver: periodic feedback. */
+            if (fl->next_fb_timer <= now) {
+                sim_fb *fb = &fl->fb[fl->fb_head];
+
+                SIM_ASSERT((fl->fb_head + 1) % SIM_FB_RING != fl->fb_tail);
+                fb->arrive_us = now + one_way(c, f);
+                fb->recv_bytes = fl->recv_bytes;
+                fb->lost_bytes = fl->lost_bytes;
+                fb->recv_rate = fl->interval_bytes * 1000000u / FB_RATE_FEEDBACK_INTERVAL_US;
+                fb->has_echo = fl->has_echo;
+                fb->echo_ts_us = fl->last_echo_ts;
+                fb->echo_recv_ts_us = fl->last_echo_recv;
+                fb->hold_us = now - fl->last_arrival;
+                fl->fb_head = (fl->fb_head + 1) % SIM_FB_RING;
+                fl->interval_bytes = 0;
+                fl->next_fb_timer += FB_RATE_FEEDBACK_INTERVAL_US;
+            }
+            /* Sender: feedback arriving now. */
+            while (fl->fb_head != fl->fb_tail && fl->fb[fl->fb_tail].arrive_us <= now) {
+                sim_fb *fb = &fl->fb[fl->fb_tail];
+                fb_rate_sample s = {0};
+
+                fl->fb_tail = (fl->fb_tail + 1) % SIM_FB_RING;
+                s.now_us = now;
+                s.acked_bytes = fb->recv_bytes - fl->prev_recv_bytes;
+                s.lost_bytes = fb->lost_bytes - fl->prev_lost_bytes;
+                fl->prev_recv_bytes = fb->recv_bytes;
+                fl->prev_lost_bytes = fb->lost_bytes;
+                s.recv_rate = fb->recv_rate;
+                if (fb->has_echo) {
+                    s.rtt_us = now - fb->echo_ts_us - fb->hold_us;
+                    s.has_owd = 1;
+                    s.owd_us = (int64_t)fb->echo_recv_ts_us - (int64_t)fb->echo_ts_us;
+                }
+                fb_rate_on_feedback(&fl->rate, &s);
+                if (measuring) {
+                    double r = (double)fb_rate_current(&fl->rate);
+
+                    res->min_rate[f] = r < res->min_rate[f] ? r : res->min_rate[f];
+                    res->max_rate[f] = r > res->max_rate[f] ? r : res->max_rate[f];
+                    fl->rate_sum += r;
+                    fl->rate_n++;
+                }
+                if (res->first_full_us[f] == 0 && (double)fb_rate_current(&fl->rate) >= 0.9 * c->link_rate)
+                    res->first_full_us[f] = now - c->start_us[f];
+            }
+            /* Sender: packets due now (bulk sender, always has data). */
+            while (fb_rate_next_send_time(&fl->rate, now) <= now) {
+                double qbytes = link_free > (double)now ? (link_free - (double)now) * c->link_rate / 1e6 : 0.0;
+                sim_pkt *p;
+
+                fb_rate_on_send(&fl->rate, now, PKT);
+                res->sent++;
+                fl->next_seq++;
+                if (sim_uniform(&rng) < c->loss) {
+                    res->drops_random++;
+                    continue;
+                }
+                if (qbytes + PKT > c->queue_bytes) {
+                    res->drops_queue++;
+                    continue;
+                }
+                if (measuring) {
+                    double q = qbytes / c->link_rate * 1e6;
+
+                    qsum += q;
+                    qn++;
+                    res->max_q_us = q > res->max_q_us ? q : res->max_q_us;
+                }
+                link_free = (link_free > (double)now ? link_free : (double)now) + PKT * 1e6 / c->link_rate;
+                SIM_ASSERT(((fl->head + 1) & (SIM_RING - 1)) != fl->tail);
+                p = &fl->ring[fl->head];
+                p->seq = fl->next_seq - 1;
+                p->send_ts_us = now;
+                p->arrive_us = (uint64_t)ceil(link_free) + one_way(c, f);
+                fl->head = (fl->head + 1) & (SIM_RING - 1);
+            }
+        }
+    }
+    for (int f = 0; f < c->nflows; f++) {
+        uint64_t from = c->measure_from_us > c->start_us[f] ? c->measure_from_us : c->start_us[f];
+
+        res->goodput[f] = (double)flows[f].window_bytes * 1e6 / (double)(c->duration_us - from);
+        res->mean_rate[f] = flows[f].rate_n ? flows[f].rate_sum / (double)flows[f].rate_n : 0;
+        free(flows[f].ring);
+        flows[f].ring = NULL;
+    }
+    res->mean_q_us = qn ? qsum / (double)qn : 0;
+#ifdef SIM_TRACE
+    for (int f = 0; f < c->nflows; f++)
+        fprintf(stderr, "flow %d: goodput %.2f MB/s rate min %.2f mean %.2f max %.2f full@%.2fs\n", f,
+                res->goodput[f] / 1e6, res->min_rate[f] / 1e6, res->mean_rate[f] / 1e6, res->max_rate[f] / 1e6,
+                res->first_full_us[f] / 1e6);
+    fprintf(stderr, "q mean %.1f ms max %.1f ms; sent %lu drops queue %lu random %lu\n", res->mean_q_us / 1e3,
+            res->max_q_us / 1e3, (unsigned long)res->sent, (unsigned long)res->drops_queue,
+            (unsigned long)res->drops_random);
+#endif
+}
+
+#define MBPS(x) ((x) * 1e6 / 8) /* Mbit/s to bytes/s */
+
+static void sim_defaults(sim_cfg *c, unsigned policy, double link_rate, uint64_t rtt_us)
+{
+    memset(c, 0, sizeof(*c));
+    c->link_rate = link_rate;
+    c->rtt_us = rtt_us;
+    c->queue_bytes = link_rate * (double)rtt_us / 1e6; /* 1 BDP */
+    c->duration_us = 60000000u;
+    c->measure_from_us = 20000000u;
+    c->nflows = 1;
+    for (int f = 0; f < SIM_FLOWS; f++) {
+        c->params[f].policy = policy;
+        c->params[f].target_rate = (uint64_t)(link_rate * 4); /* ceiling well above the link */
+        c->params[f].min_rate = 0;
+        c->params[f].packet_size = PKT;
+        c->clock_offset_us[f] = f == 0 ? 123456789 : -987654; /* hosts' clocks disagree */
+    }
+    c->seed = 42;
+}
+
+/* ---- simulated behaviour --------------------------------------------------------------- */
+
+START_TEST(test_fair_fills_a_lossy_long_link)
+{
+    sim_cfg c;
+    sim_result r;
+
+    /* 100 Mbit/s, 200 ms RTT, 1 % random loss, 1 BDP of buffer. */
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 200000);
+    c.loss = 0.01;
+    sim_run(&r, &c);
+    ck_assert_msg(r.goodput[0] >= 0.9 * c.link_rate * (1 - c.loss), "goodput %.0f of %.0f", r.goodput[0],
+                  c.link_rate);
+    /* It fills the link without flooding the queue: overflow losses stay rare. */
+    ck_assert_msg(r.drops_queue <= r.sent / 1000, "queue drops %lu of %lu", (unsigned long)r.drops_queue,
+                  (unsigned long)r.sent);
+    ck_assert_msg(r.mean_q_us < 50000, "mean queueing delay %.0f us", r.mean_q_us);
+}
+END_TEST
+
+START_TEST(test_fair_ignores_heavy_random_loss)
+{
+    sim_cfg c;
+    sim_result r;
+
+    /* 5 % random loss (the worst case of the benchmark matrix), 50 ms RTT. */
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 50000);
+    c.loss = 0.05;
+    sim_run(&r, &c);
+    ck_assert_msg(r.goodput[0] >= 0.9 * c.link_rate * (1 - c.loss), "goodput %.0f", r.goodput[0]);
+}
+END_TEST
+
+START_TEST(test_quick_start_reaches_the_link_rate_fast)
+{
+    sim_cfg c;
+    sim_result r;
+
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 200000);
+    c.duration_us = 10000000u;
+    c.measure_from_us = 5000000u;
+    sim_run(&r, &c);
+    /* From 2 Mbit/s to 100 Mbit/s is ~6 doublings: well under 20 RTTs (4 s). */
+    ck_assert_uint_gt(r.first_full_us[0], 0);
+    ck_assert_msg(r.first_full_us[0] < 4000000u, "full rate after %lu us", (unsigned long)r.first_full_us[0]);
+    ck_assert_msg(r.goodput[0] >= 0.9 * c.link_rate, "goodput %.0f", r.goodput[0]);
+}
+END_TEST
+
+START_TEST(test_fixed_holds_the_target)
+{
+    sim_cfg c;
+    sim_result r;
+
+    /* Target below the link: exactly the target, whatever the loss. */
+    sim_defaults(&c, FB_POLICY_FIXED, MBPS(100), 200000);
+    c.params[0].target_rate = (uint64_t)MBPS(40);
+    c.params[0].min_rate = (uint64_t)MBPS(10);
+    c.loss = 0.02;
+    sim_run(&r, &c);
+    ck_assert_double_eq_tol(r.min_rate[0], MBPS(40), 1.0);
+    ck_assert_double_eq_tol(r.max_rate[0], MBPS(40), 1.0);
+    ck_assert_double_eq_tol(r.goodput[0], MBPS(40) * 0.98, MBPS(40) * 0.02);
+
+    /* Target above the link: still the target (fixed does not adapt; the queue overflows). */
+    sim_defaults(&c, FB_POLICY_FIXED, MBPS(100), 100000);
+    c.params[0].target_rate = (uint64_t)MBPS(120);
+    sim_run(&r, &c);
+    ck_assert_double_eq_tol(r.min_rate[0], MBPS(120), 1.0);
+    ck_assert_uint_gt(r.drops_queue, 0);
+}
+END_TEST
+
+START_TEST(test_clamps_are_respected)
+{
+    sim_cfg c;
+    sim_result r;
+
+    /* A fair flow with a ceiling below the link never exceeds it and reaches it. */
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 100000);
+    c.params[0].target_rate = (uint64_t)MBPS(20);
+    c.loss = 0.01;
+    sim_run(&r, &c);
+    ck_assert_double_le(r.max_rate[0], MBPS(20));
+    ck_assert_double_ge(r.goodput[0], MBPS(20) * 0.97);
+
+    /* A low flow pushed off the link by a fixed flow above capacity stops at its floor. */
+    sim_defaults(&c, FB_POLICY_LOW, MBPS(100), 100000);
+    c.nflows = 2;
+    c.params[0].min_rate = (uint64_t)MBPS(5);
+    c.params[1].policy = FB_POLICY_FIXED;
+    c.params[1].target_rate = (uint64_t)MBPS(110);
+    c.start_us[1] = 5000000u;
+    sim_run(&r, &c);
+    ck_assert_double_ge(r.min_rate[0], MBPS(5));
+    ck_assert_double_le(r.max_rate[0], MBPS(5) * 1.05);
+}
+END_TEST
+
+START_TEST(test_low_backs_off_above_its_delay_target)
+{
+    sim_cfg c;
+    sim_result r;
+
+    /* Alone, low uses the link (it only aims at 25 ms of queue). */
+    sim_defaults(&c, FB_POLICY_LOW, MBPS(100), 100000);
+    sim_run(&r, &c);
+    ck_assert_msg(r.goodput[0] >= 0.85 * c.link_rate, "low alone: %.0f", r.goodput[0]);
+    ck_assert_msg(r.mean_q_us <= 1.5 * FB_RATE_LOW_TARGET_US, "low alone queue %.0f us", r.mean_q_us);
+
+    /* A fixed 90 Mbit/s flow arrives and the queue would exceed 25 ms: low gives way, leaving
+     * well under its previous rate, and the fixed flow gets what it asks for. */
+    sim_defaults(&c, FB_POLICY_LOW, MBPS(100), 100000);
+    c.nflows = 2;
+    c.params[1].policy = FB_POLICY_FIXED;
+    c.params[1].target_rate = (uint64_t)MBPS(90);
+    c.start_us[1] = 10000000u;
+    sim_run(&r, &c);
+    ck_assert_msg(r.goodput[0] <= MBPS(12), "low kept %.0f", r.goodput[0]);
+    ck_assert_msg(r.goodput[1] >= MBPS(90) * 0.97, "fixed got %.0f", r.goodput[1]);
+    ck_assert_msg(r.mean_q_us <= 1.5 * FB_RATE_LOW_TARGET_US, "queue %.0f us", r.mean_q_us);
+}
+END_TEST
+
+START_TEST(test_two_fair_flows_share_equally)
+{
+    sim_cfg c;
+    sim_result r;
+    double lo, hi;
+
+    /* The second flow arrives 5 s later; both 200 ms RTT, 1 % loss. */
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 200000);
+    c.nflows = 2;
+    c.loss = 0.01;
+    c.start_us[1] = 5000000u;
+    c.duration_us = 90000000u;
+    c.measure_from_us = 60000000u;
+    sim_run(&r, &c);
+    lo = fmin(r.goodput[0], r.goodput[1]);
+    hi = fmax(r.goodput[0], r.goodput[1]);
+    ck_assert_msg(lo >= 0.8 * hi, "shares %.0f and %.0f", r.goodput[0], r.goodput[1]);
+    ck_assert_msg(lo + hi >= 0.9 * c.link_rate * (1 - c.loss), "total %.0f", lo + hi);
+}
+END_TEST
+
+START_TEST(test_two_fair_flows_with_different_rtts_share)
+{
+    sim_cfg c;
+    sim_result r;
+    double lo, hi;
+
+    /* 40 ms and 200 ms round trips: the equilibrium does not depend on RTT. */
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 40000);
+    c.queue_bytes = MBPS(100) * 0.2;
+    c.nflows = 2;
+    c.extra_rtt_us[1] = 160000;
+    c.start_us[1] = 2000000u;
+    c.duration_us = 90000000u;
+    c.measure_from_us = 60000000u;
+    sim_run(&r, &c);
+    lo = fmin(r.goodput[0], r.goodput[1]);
+    hi = fmax(r.goodput[0], r.goodput[1]);
+    ck_assert_msg(lo >= 0.75 * hi, "shares %.0f and %.0f", r.goodput[0], r.goodput[1]);
+    ck_assert_msg(lo + hi >= 0.9 * c.link_rate, "total %.0f", lo + hi);
+}
+END_TEST
+
+START_TEST(test_high_takes_about_twice_fair)
+{
+    sim_cfg c;
+    sim_result r;
+    double ratio;
+
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 100000);
+    c.nflows = 2;
+    c.params[1].policy = FB_POLICY_HIGH;
+    c.start_us[1] = 2000000u;
+    c.duration_us = 90000000u;
+    c.measure_from_us = 60000000u;
+    sim_run(&r, &c);
+    ratio = r.goodput[1] / r.goodput[0];
+    ck_assert_msg(ratio >= 1.5 && ratio <= 2.5, "high/fair = %.2f", ratio);
+}
+END_TEST
+
+START_TEST(test_shallow_buffer_bounds_overflow)
+{
+    sim_cfg c;
+    sim_result r;
+
+    /* A buffer of 5 ms holds less than the flow's own queue target (48 packets): the delay
+     * signal saturates and the queue overflows. A known limit of the delay law (see
+     * PROTOCOL.md 7.6); the damping towards the receive rate keeps the loss bounded. */
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 100000);
+    c.queue_bytes = MBPS(100) * 0.005;
+    sim_run(&r, &c);
+    ck_assert_msg(r.goodput[0] >= 0.8 * c.link_rate, "goodput %.0f", r.goodput[0]);
+    ck_assert_msg(r.drops_queue <= r.sent / 5, "queue drops %lu of %lu", (unsigned long)r.drops_queue,
+                  (unsigned long)r.sent);
+}
+END_TEST
+
+/* ---- direct controller behaviour ------------------------------------------------------- */
+
+static fb_rate_sample sample_at(uint64_t now, int64_t owd_us, uint64_t lost, uint64_t recv_rate)
+{
+    fb_rate_sample s = {0};
+
+    s.now_us = now;
+    s.acked_bytes = 14520;
+    s.lost_bytes = lost;
+    s.rtt_us = 100000 + (uint64_t)(owd_us > 0 ? owd_us : 0);
+    s.has_owd = 1;
+    s.owd_us = 5000000 + owd_us; /* arbitrary clock offset */
+    s.recv_rate = recv_rate;
+    return s;
+}
+
+START_TEST(test_random_loss_alone_never_lowers_the_rate)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_FAIR, 100000000, 0, 1000000, PKT};
+    double prev;
+
+    fb_rate_init(&r, &p, 0);
+    /* Flat, empty queue; every feedback reports loss. */
+    prev = (double)fb_rate_current(&r);
+    for (uint64_t t = 10000; t <= 5000000; t += 10000) {
+        fb_rate_sample s = sample_at(t, 0, 20 * PKT, 0);
+
+        fb_rate_on_feedback(&r, &s);
+        ck_assert_double_ge((double)fb_rate_current(&r), prev);
+        prev = (double)fb_rate_current(&r);
+    }
+    ck_assert_uint_eq(fb_rate_current(&r), 100000000);
+}
+END_TEST
+
+START_TEST(test_loss_with_rising_delay_cuts_once_per_rtt)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_FAIR, 100000000, 0, 10000000, PKT};
+    uint64_t t = 0, before, after;
+    fb_rate_sample s;
+
+    fb_rate_init(&r, &p, 0);
+    for (int i = 0; i < 50; i++) { /* settle with an empty queue */
+        t += 10000;
+        s = sample_at(t, 0, 0, 0);
+        fb_rate_on_feedback(&r, &s);
+    }
+    before = fb_rate_current(&r);
+    t += 10000;
+    s = sample_at(t, 30000, 10 * PKT, 0); /* delay jumped by 30 ms and packets were lost */
+    fb_rate_on_feedback(&r, &s);
+    after = fb_rate_current(&r);
+    ck_assert_double_eq_tol((double)after, (double)before * 0.85, (double)before * 0.001);
+    t += 10000;
+    s = sample_at(t, 30000, 10 * PKT, 0); /* the same RTT: no second cut, only the delay law */
+    fb_rate_on_feedback(&r, &s);
+    ck_assert_double_ge((double)fb_rate_current(&r), (double)after * 0.9);
+}
+END_TEST
+
+START_TEST(test_low_decreases_while_delay_exceeds_target)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_LOW, 100000000, 1000000, 50000000, PKT};
+    uint64_t t = 0, prev;
+    fb_rate_sample s;
+
+    fb_rate_init(&r, &p, 0);
+    t += 10000;
+    s = sample_at(t, 0, 0, 0);
+    fb_rate_on_feedback(&r, &s);
+    prev = fb_rate_current(&r);
+    for (int i = 0; i < 300; i++) {
+        t += 10000;
+        s = sample_at(t, 40000, 0, 0); /* 40 ms of queue: above the 25 ms target */
+        fb_rate_on_feedback(&r, &s);
+        ck_assert_uint_le(fb_rate_current(&r), prev);
+        prev = fb_rate_current(&r);
+    }
+    ck_assert_uint_eq(fb_rate_current(&r), 1000000); /* all the way to its floor */
+}
+END_TEST
+
+START_TEST(test_pacer_spaces_packets_at_the_rate)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_FIXED, 1452000, 0, 0, PKT}; /* 1000 packets/s */
+    uint64_t now = 1000000, sent = 0;
+
+    fb_rate_init(&r, &p, now);
+    /* Over one virtual second (1 us steps would be slow; step to each send time). */
+    for (int i = 0; i < 5000 && now < 2000000; i++) {
+        uint64_t t = fb_rate_next_send_time(&r, now);
+
+        if (t > now) {
+            now = t;
+            continue;
+        }
+        fb_rate_on_send(&r, now, PKT);
+        sent++;
+    }
+    ck_assert_uint_ge(sent, 999);
+    ck_assert_uint_le(sent, 1002);
+    /* After idling, at most ~1 ms of credit is sent at once. */
+    now += 500000;
+    sent = 0;
+    while (fb_rate_next_send_time(&r, now) <= now && sent < 100) {
+        fb_rate_on_send(&r, now, PKT);
+        sent++;
+    }
+    ck_assert_uint_le(sent, 2);
+}
+END_TEST
+
+START_TEST(test_silence_slows_adaptive_flows_but_not_fixed)
+{
+    fb_rate r, f;
+    fb_rate_params p = {FB_POLICY_FAIR, 100000000, 2000000, 50000000, PKT};
+    fb_rate_params pf = {FB_POLICY_FIXED, 50000000, 0, 0, PKT};
+    fb_rate_sample s = sample_at(10000, 0, 0, 0);
+
+    fb_rate_init(&r, &p, 0);
+    fb_rate_init(&f, &pf, 0);
+    fb_rate_on_feedback(&r, &s);
+    fb_rate_on_feedback(&f, &s);
+    /* 5 s without feedback while trying to send. */
+    for (uint64_t t = 20000; t < 5000000; t += 1000) {
+        fb_rate_on_send(&r, t, PKT);
+        fb_rate_on_send(&f, t, PKT);
+    }
+    ck_assert_uint_eq(fb_rate_current(&r), 2000000);
+    ck_assert_uint_eq(fb_rate_current(&f), 50000000);
+}
+END_TEST
+
+START_TEST(test_set_limits_clamps_immediately)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_FAIR, 100000000, 0, 50000000, PKT};
+
+    fb_rate_init(&r, &p, 0);
+    ck_assert_uint_eq(fb_rate_current(&r), 50000000);
+    fb_rate_set_limits(&r, 0, 10000000);
+    ck_assert_uint_eq(fb_rate_current(&r), 10000000);
+    fb_rate_set_limits(&r, 20000000, 30000000);
+    ck_assert_uint_eq(fb_rate_current(&r), 20000000);
+    /* A minimum above the target is repaired to the target. */
+    fb_rate_set_limits(&r, 90000000, 40000000);
+    ck_assert_uint_eq(fb_rate_current(&r), 40000000);
+}
+END_TEST
+
+/* ---- retransmission scheduler ---------------------------------------------------------- */
+
+START_TEST(test_retx_sends_each_hole_once_per_interval)
+{
+    fb_retx x;
+    fb_range out[8];
+    fb_range missing[2] = {{1000, 500}, {5000, 100}};
+    size_t n;
+
+    fb_retx_init(&x);
+    n = fb_retx_schedule(&x, out, 8, missing, 2, 1000000, 250000, 0);
+    ck_assert_uint_eq(n, 2);
+    ck_assert_uint_eq(out[0].offset, 1000);
+    ck_assert_uint_eq(out[0].length, 500);
+    ck_assert_uint_eq(out[1].offset, 5000);
+    ck_assert_uint_eq(out[1].length, 100);
+    /* The next feedbacks within the interval still list the holes: nothing is resent. */
+    for (uint64_t t = 1010000; t < 1250000; t += 10000)
+        ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, missing, 2, t, 250000, 0), 0);
+    /* One interval later, both are due again. */
+    n = fb_retx_schedule(&x, out, 8, missing, 2, 1250000, 250000, 0);
+    ck_assert_uint_eq(n, 2);
+}
+END_TEST
+
+START_TEST(test_retx_new_parts_and_repaired_parts)
+{
+    fb_retx x;
+    fb_range out[8];
+    fb_range first[1] = {{1000, 1000}};
+    fb_range grown[2] = {{1000, 1000}, {3000, 500}};
+    fb_range shrunk[1] = {{1500, 500}};
+    size_t n;
+
+    fb_retx_init(&x);
+    ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, first, 1, 100, 1000, 0), 1);
+    /* A new hole appears: only it is due. */
+    n = fb_retx_schedule(&x, out, 8, grown, 2, 200, 1000, 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(out[0].offset, 3000);
+    ck_assert_uint_eq(out[0].length, 500);
+    /* Part of the first hole was repaired; what remains keeps its time and the repaired part
+     * and the vanished hole are forgotten. */
+    ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, shrunk, 1, 300, 1000, 0), 0);
+    ck_assert_uint_eq(x.n, 1);
+    ck_assert_uint_eq(x.e[0].offset, 1500);
+    ck_assert_uint_eq(x.e[0].end, 2000);
+    ck_assert_uint_eq(x.e[0].sent_us, 100);
+    n = fb_retx_schedule(&x, out, 8, shrunk, 1, 1100, 1000, 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(out[0].offset, 1500);
+}
+END_TEST
+
+START_TEST(test_retx_budget_and_capacity)
+{
+    fb_retx x;
+    fb_range out[1];
+    fb_range missing[3] = {{0, 100}, {200, 100}, {400, 100}};
+    size_t n;
+
+    fb_retx_init(&x);
+    /* 150 bytes of budget: the first hole and half of the second. */
+    n = fb_retx_schedule(&x, out, 1, missing, 3, 10, 1000, 150);
+    ck_assert_uint_eq(n, 1); /* capacity 1: the rest waits */
+    ck_assert_uint_eq(out[0].offset, 0);
+    ck_assert_uint_eq(out[0].length, 100);
+    /* What was not scheduled is still due at once. */
+    n = fb_retx_schedule(&x, out, 1, missing, 3, 20, 1000, 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(out[0].offset, 200);
+    fb_retx_forget_below(&x, 250);
+    for (unsigned i = 0; i < x.n; i++)
+        ck_assert_uint_ge(x.e[i].offset, 250);
+}
+END_TEST
+
+START_TEST(test_retx_overhead_stays_near_the_loss_rate)
+{
+    /* A receiver reports the same 1 % of holes every 10 ms for 2 s (RTT 200 ms): each hole is
+     * resent about once per RTT, i.e. 10 times, not 200 times. */
+    fb_retx x;
+    fb_range missing[50], out[64];
+    uint64_t resent = 0;
+
+    for (int i = 0; i < 50; i++) {
+        missing[i].offset = (uint64_t)i * 145200;
+        missing[i].length = 1452;
+    }
+    fb_retx_init(&x);
+    for (uint64_t t = 0; t < 2000000; t += 10000) {
+        size_t n = fb_retx_schedule(&x, out, 64, missing, 50, t, 200000, 0);
+
+        for (size_t i = 0; i < n; i++)
+            resent += out[i].length;
+    }
+    ck_assert_uint_eq(resent, 10u * 50u * 1452u);
+}
+END_TEST
+
+static Suite *rate_suite(void)
+{
+    Suite *s = suite_create("fb_rate");
+    TCase *sim = tcase_create("simulated bottleneck");
+    TCase *direct = tcase_create("controller");
+    TCase *retx = tcase_create("retransmission");
+
+    tcase_set_timeout(sim, 300);
+    tcase_add_test(sim, test_fair_fills_a_lossy_long_link);
+    tcase_add_test(sim, test_fair_ignores_heavy_random_loss);
+    tcase_add_test(sim, test_quick_start_reaches_the_link_rate_fast);
+    tcase_add_test(sim, test_fixed_holds_the_target);
+    tcase_add_test(sim, test_clamps_are_respected);
+    tcase_add_test(sim, test_low_backs_off_above_its_delay_target);
+    tcase_add_test(sim, test_two_fair_flows_share_equally);
+    tcase_add_test(sim, test_two_fair_flows_with_different_rtts_share);
+    tcase_add_test(sim, test_high_takes_about_twice_fair);
+    tcase_add_test(sim, test_shallow_buffer_bounds_overflow);
+    suite_add_tcase(s, sim);
+
+    tcase_add_test(direct, test_random_loss_alone_never_lowers_the_rate);
+    tcase_add_test(direct, test_loss_with_rising_delay_cuts_once_per_rtt);
+    tcase_add_test(direct, test_low_decreases_while_delay_exceeds_target);
+    tcase_add_test(direct, test_pacer_spaces_packets_at_the_rate);
+    tcase_add_test(direct, test_silence_slows_adaptive_flows_but_not_fixed);
+    tcase_add_test(direct, test_set_limits_clamps_immediately);
+    suite_add_tcase(s, direct);
+
+    tcase_add_test(retx, test_retx_sends_each_hole_once_per_interval);
+    tcase_add_test(retx, test_retx_new_parts_and_repaired_parts);
+    tcase_add_test(retx, test_retx_budget_and_capacity);
+    tcase_add_test(retx, test_retx_overhead_stays_near_the_loss_rate);
+    suite_add_tcase(s, retx);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(rate_suite());
+    int failed;
+
+    srunner_run_all(sr, CK_NORMAL);
+    failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
