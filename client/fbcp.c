@@ -433,6 +433,19 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
     for (int i = 0; i < nsrc; i++)
         if (stat(sources[i], &st) == 0 && S_ISDIR(st.st_mode))
             dest_is_dir = 1;
+    if (!dest_is_dir) {
+        /* like cp: an existing remote directory receives the file under its own name */
+        char detail[FBCP_DETAIL_LEN] = "";
+        int isdir = 0;
+        fb_err rv = fbcp_remote_stat(c, url, url->path, &isdir, NULL, detail, sizeof(detail));
+        if (rv == FB_OK)
+            dest_is_dir = isdir;
+        else if (rv != FB_ERR_NOT_FOUND && rv != FB_ERR_PERMISSION && rv != FB_ERR_PATH_ESCAPE &&
+                 rv != FB_ERR_BAD_PATH) {
+            fbcp_report_error(NULL, url->path, rv, detail);
+            return;
+        }
+    }
     for (int i = 0; i < nsrc && !fbcp_interrupted; i++) {
         const char *src = sources[i];
         fb_err rv = FB_OK;
@@ -542,6 +555,24 @@ static void fbcp_run_download(fbcp_ctx *c, fbcp_url *urls, int nsrc, const char 
 
 /* ---------------------------------------------------------------- main */
 
+/* Overwrites the password of "scheme://user:password@host/..." in TEXT with '*' (for ps(1) and
+ * for messages). */
+static void fbcp_blank_url_password(char *text)
+{
+    char *p = strstr(text, "://"), *at, *slash, *colon;
+
+    if (p == NULL)
+        return;
+    p += 3;
+    slash = strchr(p, '/');
+    at = strchr(p, '@');
+    if (at == NULL || (slash != NULL && at > slash))
+        return;
+    colon = memchr(p, ':', (size_t)(at - p));
+    if (colon != NULL)
+        memset(colon + 1, '*', (size_t)(at - colon - 1));
+}
+
 int main(int argc, char **argv)
 {
     fbcp_opts o;
@@ -604,6 +635,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < (upload ? 1 : nsrc); i++) {
         const char *text = upload ? argv[argc - 1] : argv[first + i];
         rv = fbcp_url_parse(&urls[i], text, o.location, errbuf, sizeof(errbuf));
+        fbcp_blank_url_password(upload ? argv[argc - 1] : argv[first + i]);
         if (rv != FB_OK) {
             char shown[256];
             fbcp_sanitize(shown, sizeof(shown), text);

@@ -316,8 +316,8 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
 /* Downloads the remote directory REMOTE into the local directory LOCAL (created if needed),
  * recursively. Reports its own errors; returns the first. */
 fb_err fbcp_download_tree(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local, int depth);
-/* Asks whether REMOTE is a directory: *PISDIR, and the listing in *PLISTING when it is (caller
- * json_decref). FB_ERR_NOT_FOUND if it does not exist. */
+/* Asks whether REMOTE is a directory: *PISDIR, and, if PLISTING is not NULL, the listing in
+ * *PLISTING when it is (caller json_decref). FB_ERR_NOT_FOUND if it does not exist. */
 fb_err fbcp_remote_stat(fbcp_ctx *c, const fbcp_url *url, const char *remote, int *pisdir,
                         struct json_t **plisting, char *detail, size_t detlen);
 

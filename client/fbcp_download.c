@@ -86,6 +86,10 @@ fb_err fbcp_remote_stat(fbcp_ctx *c, const fbcp_url *url, const char *remote, in
         return rv;
     }
     fbcp_http_answer_free(&a);
+    if (plisting == NULL) {
+        *pisdir = 1; /* the caller only wants to know */
+        return FB_OK;
+    }
 
     /* a directory: the listing is at files/<path>/ */
     u = fbcp_files_url(url, remote, 1);

@@ -197,7 +197,7 @@ void fbcp_event_start(fbcp_xfer *x)
     x->rate_mark_bytes = 0;
     g_sum.files++;
     g_sum.total += x->size;
-    if (x->resumed && !g_opts->json && !g_opts->quiet && (g_opts->progress_bar || g_opts->verbose)) {
+    if (x->resumed && !g_opts->json && !g_opts->quiet) {
         char skipped[32];
         fbcp_bar_clear();
         fbcp_human_bytes(skipped, sizeof(skipped), (double)x->bytes_skipped);
