@@ -55,12 +55,12 @@ enum { DIR_UP = 0, DIR_DOWN = 1, DIR_COUNT = 2 };
 static const char *const dir_name[DIR_COUNT] = {"up", "down"};
 
 /* Counters have a single writer (the direction's thread) and are read by the main thread when it
- * writes the statistics: relaxed atomics are enough, and a plain load+store keeps them cheap. */
+ * writes the statistics: a plain load and store (no locked add) keeps them cheap. */
 typedef struct dir_stats {
     _Atomic uint64_t pkts_in, bytes_in;
     _Atomic uint64_t loss_pkts, loss_bytes;
     _Atomic uint64_t queue_pkts, queue_bytes;
-    _Atomic uint64_t ring_pkts, ring_bytes; /* no room in the ring: must stay 0, else a bug */
+    _Atomic uint64_t ring_pkts; /* no room in the ring: must stay 0, else a bug */
     _Atomic uint64_t pkts_out, bytes_out;
     _Atomic uint64_t write_errors;
     _Atomic uint64_t max_backlog;
@@ -68,8 +68,9 @@ typedef struct dir_stats {
     _Atomic uint64_t late_pkts;   /* released more than LATE_NS after their due time */
 } dir_stats;
 
+/* Aligned so the two threads' hot data never share a cache line. */
 typedef struct direction {
-    int id;
+    _Alignas(64) int id;
     int in_fd, out_fd;
     int cpu;     /* -1: not pinned */
     int rt_prio; /* SCHED_FIFO priority, 0: normal scheduling */
@@ -83,7 +84,7 @@ typedef struct options {
     lk_dir_cfg cfg[DIR_COUNT];
     bool queue_set[DIR_COUNT];
     uint64_t seed;
-    uint64_t ring_bytes; /* 0: computed */
+    uint64_t ring_bytes;        /* 0: computed */
     const char *ns[DIR_COUNT];  /* namespace of the reading side: [UP] = client, [DOWN] = server */
     const char *dev[DIR_COUNT]; /* device name in that namespace */
     const char *stats_path;
@@ -97,7 +98,7 @@ typedef struct options {
 static direction g_dir[DIR_COUNT];
 static options g_opt;
 static int g_stop_fd = -1; /* eventfd: readable once the threads must stop (wakes ppoll) */
-static atomic_bool g_stop;  /* the same, for a thread too busy to sleep */
+static atomic_bool g_stop; /* the same, for a thread too busy to sleep */
 static uint64_t g_start_ns;
 
 static uint64_t now_ns(void)
@@ -107,9 +108,11 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * NS_PER_S + (uint64_t)ts.tv_nsec;
 }
 
+/* The release store orders the counters as the thread updates them (arrival before outcome) for
+ * the reader's acquire fence; on x86 it is a plain store. */
 static inline void stat_add(_Atomic uint64_t *c, uint64_t v)
 {
-    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v, memory_order_relaxed);
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + v, memory_order_release);
 }
 
 static inline void stat_max(_Atomic uint64_t *c, uint64_t v)
@@ -181,7 +184,6 @@ static int read_batch(direction *d)
             stat_add(&d->st.queue_bytes, (uint64_t)n);
         } else if (h == NULL) {
             stat_add(&d->st.ring_pkts, 1);
-            stat_add(&d->st.ring_bytes, (uint64_t)n);
         } else {
             h->release_ns = release;
             h->len = (uint32_t)n;
@@ -223,8 +225,8 @@ static void *dir_thread(void *arg)
         release_due(d, now_ns());
         int r = read_batch(d);
         if (r < 0) {
-            fprintf(stderr, "linkem: LKM011 %s: reading the TUN device failed: %s; stopping\n", dir_name[d->id],
-                    strerror(errno));
+            fprintf(stderr, "linkem: LKM011 %s: reading the TUN device failed: %s; stopping\n",
+                    dir_name[d->id], strerror(errno));
             kill(getpid(), SIGTERM);
             break;
         }
@@ -325,23 +327,28 @@ static json_t *dir_json(direction *d, double elapsed)
     if (cfg && c->ge_enabled)
         json_object_set_new(cfg, "ge_pct",
                             json_pack("{s:f, s:f, s:f, s:f}", "p", c->ge.p * 100.0, "r", c->ge.r * 100.0,
-                                      "loss_bad", c->ge.loss_bad * 100.0, "loss_good", c->ge.loss_good * 100.0));
-    uint64_t in = stat_get(&s->pkts_in), loss = stat_get(&s->loss_pkts), qd = stat_get(&s->queue_pkts);
-    uint64_t bytes_out = stat_get(&s->bytes_out);
-    double util = (c->rate_bps && elapsed > 0) ? (double)bytes_out * 8.0 / ((double)c->rate_bps * elapsed) : 0.0;
-    return json_pack("{s:o?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:f}",
-                     "config", cfg, "pkts_in", (json_int_t)in, "bytes_in", (json_int_t)stat_get(&s->bytes_in),
-                     "loss_pkts", (json_int_t)loss, "loss_bytes", (json_int_t)stat_get(&s->loss_bytes),
-                     "queue_drop_pkts", (json_int_t)qd, "queue_drop_bytes",
-                     (json_int_t)stat_get(&s->queue_bytes), "ring_drop_pkts", (json_int_t)stat_get(&s->ring_pkts),
-                     "pkts_out", (json_int_t)stat_get(&s->pkts_out), "bytes_out", (json_int_t)bytes_out,
-                     "write_errors", (json_int_t)stat_get(&s->write_errors), "held_pkts",
-                     (json_int_t)(in - loss - qd - stat_get(&s->ring_pkts) - stat_get(&s->pkts_out) -
-                                  stat_get(&s->write_errors)),
-                     "max_backlog_bytes", (json_int_t)stat_get(&s->max_backlog), "loss_rate",
-                     in ? (double)loss / (double)in : 0.0, "queue_drop_rate", in ? (double)qd / (double)in : 0.0,
-                     "max_late_ms", (double)stat_get(&s->max_late_ns) / 1e6, "late_1ms_pkts",
-                     (json_int_t)stat_get(&s->late_pkts), "utilisation", util);
+                                      "loss_bad", c->ge.loss_bad * 100.0, "loss_good",
+                                      c->ge.loss_good * 100.0));
+    /* Outcomes first, arrivals last: each outcome is counted after its arrival, so the packets
+     * still held never come out negative while the thread runs on. */
+    uint64_t loss = stat_get(&s->loss_pkts), qd = stat_get(&s->queue_pkts), ring = stat_get(&s->ring_pkts);
+    uint64_t out = stat_get(&s->pkts_out), werr = stat_get(&s->write_errors),
+             bytes_out = stat_get(&s->bytes_out);
+    atomic_thread_fence(memory_order_acquire);
+    uint64_t in = stat_get(&s->pkts_in);
+    double util =
+        (c->rate_bps && elapsed > 0) ? (double)bytes_out * 8.0 / ((double)c->rate_bps * elapsed) : 0.0;
+    return json_pack(
+        "{s:o?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:f}",
+        "config", cfg, "pkts_in", (json_int_t)in, "bytes_in", (json_int_t)stat_get(&s->bytes_in), "loss_pkts",
+        (json_int_t)loss, "loss_bytes", (json_int_t)stat_get(&s->loss_bytes), "queue_drop_pkts",
+        (json_int_t)qd, "queue_drop_bytes", (json_int_t)stat_get(&s->queue_bytes), "ring_drop_pkts",
+        (json_int_t)ring, "pkts_out", (json_int_t)out, "bytes_out", (json_int_t)bytes_out, "write_errors",
+        (json_int_t)werr, "held_pkts", (json_int_t)(in - loss - qd - ring - out - werr), "max_backlog_bytes",
+        (json_int_t)stat_get(&s->max_backlog), "loss_rate", in ? (double)loss / (double)in : 0.0,
+        "queue_drop_rate", in ? (double)qd / (double)in : 0.0, "max_late_ms",
+        (double)stat_get(&s->max_late_ns) / 1e6, "late_1ms_pkts", (json_int_t)stat_get(&s->late_pkts),
+        "utilisation", util);
 }
 
 /* Writes the statistics to the stats file (atomically, through a temporary file and rename) or
@@ -350,8 +357,8 @@ static void write_stats(bool final)
 {
     double elapsed = (double)(now_ns() - g_start_ns) / 1e9;
     json_t *root = json_pack("{s:i, s:b, s:f, s:I, s:o?, s:o?}", "version", STATS_VERSION, "final", final,
-                             "elapsed_s", elapsed, "seed", (json_int_t)g_opt.seed, "up", dir_json(&g_dir[DIR_UP], elapsed),
-                             "down", dir_json(&g_dir[DIR_DOWN], elapsed));
+                             "elapsed_s", elapsed, "seed", (json_int_t)g_opt.seed, "up",
+                             dir_json(&g_dir[DIR_UP], elapsed), "down", dir_json(&g_dir[DIR_DOWN], elapsed));
     if (!root) {
         fprintf(stderr, "linkem: LKM030 cannot build the statistics\n");
         return;
@@ -373,28 +380,27 @@ static void write_stats(bool final)
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: linkem [options]\n"
-            "Relays IP packets between a TUN device in the client namespace and one in the server\n"
-            "namespace, emulating a WAN link. 'up' is client->server, 'down' server->client; each\n"
-            "link option has -up and -down variants, the plain one sets both.\n"
-            "  --rate MBIT          link rate in Mbit/s (default 1000; 0 = unlimited)\n"
-            "  --delay MS           one-way delay in ms (default 0; RTT = delay-up + delay-down)\n"
-            "  --loss PCT           independent random loss in %% (default 0)\n"
-            "  --ge P,R[,1-H[,1-K]] Gilbert-Elliott loss in %%, netem order: P good->bad, R bad->good,\n"
-            "                       1-H loss in bad (default 100), 1-K loss in good (default 0)\n"
-            "  --queue BYTES        drop-tail queue (suffix k, m = KiB, MiB; default rate x 100 ms,\n"
-            "                       at least 64 KiB)\n"
-            "  --seed N             PRNG seed (default 1): same seed, same packets, same losses\n"
-            "  --client-ns NAME     client namespace (default fbc), --client-dev NAME (default fbc0)\n"
-            "  --server-ns NAME     server namespace (default fbs), --server-dev NAME (default fbs0)\n"
-            "  --stats FILE         write JSON statistics here on SIGUSR1 and at exit (default stderr)\n"
-            "  --pidfile FILE       write the relay's pid here once it runs\n"
-            "  --log FILE           where the daemon's messages go (default /dev/null)\n"
-            "  --foreground         do not daemonise\n"
-            "  --cpu-up N, --cpu-down N  pin a direction's thread to a CPU\n"
-            "  --rt PRIO            run the relay threads SCHED_FIFO at PRIO (1-99; 0 = off, default)\n"
-            "  --ring BYTES         per-direction packet buffer (default from rate, delay and queue)\n");
+    fprintf(f, "usage: linkem [options]\n"
+               "Relays IP packets between a TUN device in the client namespace and one in the server\n"
+               "namespace, emulating a WAN link. 'up' is client->server, 'down' server->client; each\n"
+               "link option has -up and -down variants, the plain one sets both.\n"
+               "  --rate MBIT          link rate in Mbit/s (default 1000; 0 = unlimited)\n"
+               "  --delay MS           one-way delay in ms (default 0; RTT = delay-up + delay-down)\n"
+               "  --loss PCT           independent random loss in %% (default 0)\n"
+               "  --ge P,R[,1-H[,1-K]] Gilbert-Elliott loss in %%, netem order: P good->bad, R bad->good,\n"
+               "                       1-H loss in bad (default 100), 1-K loss in good (default 0)\n"
+               "  --queue BYTES        drop-tail queue (suffix k, m = KiB, MiB; default rate x 100 ms,\n"
+               "                       at least 64 KiB)\n"
+               "  --seed N             PRNG seed (default 1): same seed, same packets, same losses\n"
+               "  --client-ns NAME     client namespace (default fbc), --client-dev NAME (default fbc0)\n"
+               "  --server-ns NAME     server namespace (default fbs), --server-dev NAME (default fbs0)\n"
+               "  --stats FILE         write JSON statistics here on SIGUSR1 and at exit (default stderr)\n"
+               "  --pidfile FILE       write the relay's pid here once it runs\n"
+               "  --log FILE           where the daemon's messages go (default /dev/null)\n"
+               "  --foreground         do not daemonise\n"
+               "  --cpu-up N, --cpu-down N  pin a direction's thread to a CPU\n"
+               "  --rt PRIO            run the relay threads SCHED_FIFO at PRIO (1-99; 0 = off, default)\n"
+               "  --ring BYTES         per-direction packet buffer (default from rate, delay and queue)\n");
 }
 
 static bool parse_double(double *out, const char *s, double lo, double hi)
@@ -455,11 +461,35 @@ static bool parse_ge(lk_dir_cfg *cfg, const char *s)
 }
 
 enum {
-    OPT_RATE = 256, OPT_RATE_UP, OPT_RATE_DOWN, OPT_DELAY, OPT_DELAY_UP, OPT_DELAY_DOWN,
-    OPT_LOSS, OPT_LOSS_UP, OPT_LOSS_DOWN, OPT_GE, OPT_GE_UP, OPT_GE_DOWN,
-    OPT_QUEUE, OPT_QUEUE_UP, OPT_QUEUE_DOWN, OPT_SEED, OPT_STATS, OPT_PIDFILE, OPT_LOG,
-    OPT_FOREGROUND, OPT_CLIENT_NS, OPT_SERVER_NS, OPT_CLIENT_DEV, OPT_SERVER_DEV,
-    OPT_CPU_UP, OPT_CPU_DOWN, OPT_RING, OPT_RT, OPT_HELP,
+    OPT_RATE = 256,
+    OPT_RATE_UP,
+    OPT_RATE_DOWN,
+    OPT_DELAY,
+    OPT_DELAY_UP,
+    OPT_DELAY_DOWN,
+    OPT_LOSS,
+    OPT_LOSS_UP,
+    OPT_LOSS_DOWN,
+    OPT_GE,
+    OPT_GE_UP,
+    OPT_GE_DOWN,
+    OPT_QUEUE,
+    OPT_QUEUE_UP,
+    OPT_QUEUE_DOWN,
+    OPT_SEED,
+    OPT_STATS,
+    OPT_PIDFILE,
+    OPT_LOG,
+    OPT_FOREGROUND,
+    OPT_CLIENT_NS,
+    OPT_SERVER_NS,
+    OPT_CLIENT_DEV,
+    OPT_SERVER_DEV,
+    OPT_CPU_UP,
+    OPT_CPU_DOWN,
+    OPT_RING,
+    OPT_RT,
+    OPT_HELP,
 };
 
 /* Applies a per-direction option to the directions its variant names (both, up or down). */
@@ -553,19 +583,29 @@ static int parse_args(options *o, int argc, char **argv)
         if (c == '?' || c == ':')
             li = -1;
         switch (c) {
-        case OPT_RATE: case OPT_RATE_UP: case OPT_RATE_DOWN:
+        case OPT_RATE:
+        case OPT_RATE_UP:
+        case OPT_RATE_DOWN:
             ok = set_dir_opt(o, OPT_RATE, c - OPT_RATE, optarg);
             break;
-        case OPT_DELAY: case OPT_DELAY_UP: case OPT_DELAY_DOWN:
+        case OPT_DELAY:
+        case OPT_DELAY_UP:
+        case OPT_DELAY_DOWN:
             ok = set_dir_opt(o, OPT_DELAY, c - OPT_DELAY, optarg);
             break;
-        case OPT_LOSS: case OPT_LOSS_UP: case OPT_LOSS_DOWN:
+        case OPT_LOSS:
+        case OPT_LOSS_UP:
+        case OPT_LOSS_DOWN:
             ok = set_dir_opt(o, OPT_LOSS, c - OPT_LOSS, optarg);
             break;
-        case OPT_GE: case OPT_GE_UP: case OPT_GE_DOWN:
+        case OPT_GE:
+        case OPT_GE_UP:
+        case OPT_GE_DOWN:
             ok = set_dir_opt(o, OPT_GE, c - OPT_GE, optarg);
             break;
-        case OPT_QUEUE: case OPT_QUEUE_UP: case OPT_QUEUE_DOWN:
+        case OPT_QUEUE:
+        case OPT_QUEUE_UP:
+        case OPT_QUEUE_DOWN:
             ok = set_dir_opt(o, OPT_QUEUE, c - OPT_QUEUE, optarg);
             break;
         case OPT_SEED:
@@ -573,22 +613,41 @@ static int parse_args(options *o, int argc, char **argv)
             o->seed = strtoull(optarg, &end, 0);
             ok = !errno && end != optarg && !*end && *optarg != '-';
             break;
-        case OPT_STATS: o->stats_path = optarg; break;
-        case OPT_PIDFILE: o->pidfile = optarg; break;
-        case OPT_LOG: o->log_path = optarg; break;
-        case OPT_FOREGROUND: o->foreground = true; break;
-        case OPT_CLIENT_NS: o->ns[DIR_UP] = optarg; break;
-        case OPT_SERVER_NS: o->ns[DIR_DOWN] = optarg; break;
-        case OPT_CLIENT_DEV: o->dev[DIR_UP] = optarg; break;
-        case OPT_SERVER_DEV: o->dev[DIR_DOWN] = optarg; break;
-        case OPT_CPU_UP: case OPT_CPU_DOWN: {
+        case OPT_STATS:
+            o->stats_path = optarg;
+            break;
+        case OPT_PIDFILE:
+            o->pidfile = optarg;
+            break;
+        case OPT_LOG:
+            o->log_path = optarg;
+            break;
+        case OPT_FOREGROUND:
+            o->foreground = true;
+            break;
+        case OPT_CLIENT_NS:
+            o->ns[DIR_UP] = optarg;
+            break;
+        case OPT_SERVER_NS:
+            o->ns[DIR_DOWN] = optarg;
+            break;
+        case OPT_CLIENT_DEV:
+            o->dev[DIR_UP] = optarg;
+            break;
+        case OPT_SERVER_DEV:
+            o->dev[DIR_DOWN] = optarg;
+            break;
+        case OPT_CPU_UP:
+        case OPT_CPU_DOWN: {
             errno = 0;
             long v = strtol(optarg, &end, 10);
             ok = !errno && end != optarg && !*end && v >= 0 && v < CPU_SETSIZE;
             o->cpu[c == OPT_CPU_UP ? DIR_UP : DIR_DOWN] = (int)v;
             break;
         }
-        case OPT_RING: ok = parse_bytes(&o->ring_bytes, optarg); break;
+        case OPT_RING:
+            ok = parse_bytes(&o->ring_bytes, optarg);
+            break;
         case OPT_RT: {
             errno = 0;
             long v = strtol(optarg, &end, 10);
@@ -596,8 +655,12 @@ static int parse_args(options *o, int argc, char **argv)
             o->rt_prio = (int)v;
             break;
         }
-        case OPT_HELP: usage(stdout); exit(0);
-        default: usage(stderr); return -1;
+        case OPT_HELP:
+            usage(stdout);
+            exit(0);
+        default:
+            usage(stderr);
+            return -1;
         }
         if (!ok) {
             fprintf(stderr, "linkem: LKM001 invalid value for --%s: %s\n", li >= 0 ? longopts[li].name : "?",
@@ -749,7 +812,8 @@ int main(int argc, char **argv)
     }
     if (!g_opt.foreground) {
         int nul = open("/dev/null", O_RDWR | O_CLOEXEC);
-        int logfd = g_opt.log_path ? open(g_opt.log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
+        int logfd =
+            g_opt.log_path ? open(g_opt.log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644) : -1;
         if (nul >= 0) {
             dup2(nul, STDIN_FILENO);
             dup2(logfd >= 0 ? logfd : nul, STDOUT_FILENO);
@@ -778,7 +842,7 @@ int main(int argc, char **argv)
         break;
     }
     rc = 0;
-out: {
+out : {
     uint64_t one = 1;
     atomic_store(&g_stop, true);
     if (write(g_stop_fd, &one, sizeof(one)) != sizeof(one))

@@ -59,11 +59,11 @@ typedef enum lk_verdict {
 typedef struct lk_dir {
     lk_dir_cfg cfg;
     lk_rng rng;
-    bool ge_bad;          /* Gilbert-Elliott state */
-    uint64_t busy_until;  /* when the serialiser finishes the last admitted packet (ns) */
-    uint64_t tx_frac;     /* remainder of len*8e9 / rate carried to the next packet, so the */
-                          /* long-run rate is exact whatever the rounding */
-    uint64_t last_now;    /* the model's clock never runs backwards */
+    bool ge_bad;         /* Gilbert-Elliott state */
+    uint64_t busy_until; /* when the serialiser finishes the last admitted packet (ns) */
+    uint64_t tx_frac;    /* remainder of len*8e9 / rate carried to the next packet, so the */
+                         /* long-run rate is exact whatever the rounding */
+    uint64_t last_now;   /* the model's clock never runs backwards */
 } lk_dir;
 
 /* Checks a configuration; returns NULL if valid, else a message saying what is wrong. */
