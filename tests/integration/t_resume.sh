@@ -82,35 +82,72 @@ test_sigint_exit_code() {
     assert_file_same "$SRC/int.bin" "$DOCROOT/int.bin"
 }
 
-test_kill_and_resume_download() {
-    local size=$((20 * CHUNK)) pid rc got sent
-    require_fbcp
-    mkdir -p "$DOCROOT/dl"
-    mkrand "$DOCROOT/dl/d.bin" "$size"
-    touch -d '-1 min' "$DOCROOT/dl/d.bin" # settled: a strong ETag (see t_transfer for fresh files)
+# start_download NAME SIZE RATE: a settled file in the docroot and fbcp downloading it, slowed.
+start_download() {
+    mkdir -p "$DOCROOT/dl" "$T_TMP/back"
+    mkrand "$DOCROOT/dl/$1" "$2"
+    touch -d '-1 min' "$DOCROOT/dl/$1" # settled: a strong ETag (see t_transfer for fresh files)
     docroot_chown "$DOCROOT/dl"
-    mkdir -p "$T_TMP/back"
-    fbcp_bg "$T_TMP/d1.json" "$T_TMP/d1.err" --json --connections $CONNS --limit-rate 4M "$URL/dl/d.bin" "$T_TMP/back/d.bin"
+    fbcp_bg "$T_TMP/$1.1.json" "$T_TMP/$1.1.err" --json --connections $CONNS --limit-rate "$3" \
+        "$URL/dl/$1" "$T_TMP/back/$1"
+}
+
+# finish_download NAME: run the download again; it must resume (skip what the first run kept),
+# end identical, and send only the rest.
+finish_download() {
+    local name=$1 size rc sent skipped
+    size=$(stat -c %s "$DOCROOT/dl/$name")
+    assert_no_file "$T_TMP/back/$name"
+    assert_file_exists "$T_TMP/back/.$name.fbpart"
+    assert_file_exists "$T_TMP/back/.$name.fbpart.json"
+    fbcp --json --connections $CONNS "$URL/dl/$name" "$T_TMP/back/$name" >"$T_TMP/$name.2.json" 2>"$T_TMP/$name.2.err"
+    rc=$?
+    assert_eq 0 "$rc" "second download ($(tail -n 3 "$T_TMP/$name.2.err"))"
+    assert_file_same "$DOCROOT/dl/$name" "$T_TMP/back/$name"
+    assert_eq true "$(jq -r 'select(.event == "start") | .resumed' "$T_TMP/$name.2.json")" "resumed"
+    sent=$(jq -r 'select(.event == "done") | .bytes_http' "$T_TMP/$name.2.json" | head -n1)
+    skipped=$(jq -r 'select(.event == "done") | .bytes_skipped' "$T_TMP/$name.2.json" | head -n1)
+    if ! [[ "$sent" =~ ^[0-9]+$ ]] || ! [[ "$skipped" =~ ^[0-9]+$ ]]; then fail "no bytes_http/bytes_skipped in the done event"; fi
+    note "second download: $skipped bytes kept, $sent bytes fetched of $size"
+    [ "$skipped" -gt 0 ] || fail "nothing of the first run was kept"
+    assert_eq "$size" $((sent + skipped)) "fetched + kept"
+    assert_no_file "$T_TMP/back/.$name.fbpart"
+    assert_no_file "$T_TMP/back/.$name.fbpart.json"
+}
+
+test_sigint_and_resume_download() {
+    # SIGINT: fbcp writes its sidecar on the way out, so the rerun fetches only the rest.
+    local pid rc
+    require_fbcp
+    start_download i.bin $((20 * CHUNK)) 4M
     pid=$FBCP_PID
     sleep 2
-    kill -0 "$pid" 2>/dev/null || fail "download ended before the kill: $(cat "$T_TMP/d1.err")"
+    kill -0 "$pid" 2>/dev/null || fail "download ended before the interrupt"
+    kill -INT "$pid"
+    wait "$pid"
+    rc=$?
+    assert_eq 130 "$rc" "exit code after SIGINT"
+    finish_download i.bin
+}
+
+test_kill_and_resume_download() {
+    # SIGKILL: only the last periodic checkpoint (every 64 MiB, docs/fbcp.md) survives, so the
+    # first run must get well past 64 MiB before the kill.
+    local pid
+    require_fbcp
+    start_download k.bin $((128 * CHUNK)) 32M
+    pid=$FBCP_PID
+    sleep 3
+    kill -0 "$pid" 2>/dev/null || fail "download ended before the kill"
     kill -KILL "$pid"
     wait "$pid" 2>/dev/null
-    assert_no_file "$T_TMP/back/d.bin"
-    got=$(find "$T_TMP/back" -name '.d.bin.fbpart*' | head -n1)
-    [ -n "$got" ] || fail "no partial download kept ($(ls -a "$T_TMP/back"))"
-    fbcp --json --connections $CONNS "$URL/dl/d.bin" "$T_TMP/back/d.bin" >"$T_TMP/d2.json" 2>"$T_TMP/d2.err"
-    rc=$?
-    assert_eq 0 "$rc" "second download ($(tail -n 3 "$T_TMP/d2.err"))"
-    assert_file_same "$DOCROOT/dl/d.bin" "$T_TMP/back/d.bin"
-    sent=$(jq -r 'select(.event == "done") | .bytes_http' "$T_TMP/d2.json" | head -n1)
-    [[ "$sent" =~ ^[0-9]+$ ]] || fail "no bytes_http in the done event"
-    [ "$sent" -lt "$size" ] || fail "the second download fetched everything again ($sent bytes)"
+    finish_download k.bin
 }
 
 ds_start_or_bail "all resume tests"
 
 run_test "fbcp killed mid-upload resumes, sending only what is missing" test_kill_and_resume_upload
 run_test "fbcp interrupted with SIGINT exits 130 and resumes" test_sigint_exit_code
-run_test "fbcp killed mid-download resumes" test_kill_and_resume_download
+run_test "fbcp interrupted mid-download resumes from its sidecar" test_sigint_and_resume_download
+run_test "fbcp killed mid-download resumes from the last checkpoint" test_kill_and_resume_download
 finish
