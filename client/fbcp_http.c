@@ -556,7 +556,6 @@ struct fbcp_engine {
     fb_err err;
     char *detail;
     size_t detlen;
-    curl_off_t speed; /* per-connection rate limit, 0 = none */
 };
 
 typedef struct fbcp_http_transport {
@@ -777,6 +776,20 @@ static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
     return n;
 }
 
+/* --limit-rate share of a request about to start: the limit divided among the requests that can
+ * run at once (fewer than the connections near the end of a file). */
+static curl_off_t fbcp_engine_share(const fbcp_engine *g)
+{
+    uint64_t n = 1 + g->qn, per;
+
+    for (int i = 0; i < g->nslots; i++)
+        n += (uint64_t)g->slots[i].busy;
+    if (n > (uint64_t)g->nslots)
+        n = (uint64_t)g->nslots;
+    per = g->x->opts->limit_rate / n;
+    return (curl_off_t)(per > 0 ? per : 1);
+}
+
 static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
 {
     fbcp_xfer *x = g->x;
@@ -819,8 +832,8 @@ static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
         curl_easy_setopt(e, CURLOPT_READDATA, s);
         curl_easy_setopt(e, CURLOPT_SEEKFUNCTION, fbcp_upload_seek);
         curl_easy_setopt(e, CURLOPT_SEEKDATA, s);
-        if (g->speed > 0)
-            curl_easy_setopt(e, CURLOPT_MAX_SEND_SPEED_LARGE, g->speed);
+        if (g->x->opts->limit_rate > 0)
+            curl_easy_setopt(e, CURLOPT_MAX_SEND_SPEED_LARGE, fbcp_engine_share(g));
         fbcp_trace(x->opts, "> PUT %s bytes %llu-%llu/%llu", x->data_url, (unsigned long long)r->off,
                    (unsigned long long)(r->off + r->len - 1), (unsigned long long)x->size);
     } else {
@@ -831,8 +844,8 @@ static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
             snprintf(hdr, sizeof(hdr), "If-Range: %s", x->if_range);
             s->hdrs = curl_slist_append(s->hdrs, hdr);
         }
-        if (g->speed > 0)
-            curl_easy_setopt(e, CURLOPT_MAX_RECV_SPEED_LARGE, g->speed);
+        if (g->x->opts->limit_rate > 0)
+            curl_easy_setopt(e, CURLOPT_MAX_RECV_SPEED_LARGE, fbcp_engine_share(g));
         fbcp_trace(x->opts, "> GET %s bytes=%llu-%llu", x->data_url, (unsigned long long)r->off,
                    (unsigned long long)(r->off + r->len - 1));
     }
@@ -1103,10 +1116,6 @@ static fb_err fbcp_http_move(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges 
     g->detail = detail;
     g->detlen = detlen;
     g->nslots = ht->neasy;
-    if (x->opts->limit_rate > 0) {
-        uint64_t per = x->opts->limit_rate / (uint64_t)g->nslots;
-        g->speed = (curl_off_t)(per > 0 ? per : 1);
-    }
     for (int i = 0; i < g->nslots; i++) {
         g->slots[i].eng = g;
         g->slots[i].easy = ht->easy[i];

@@ -217,7 +217,8 @@ void fbcp_event_progress(fbcp_xfer *x, int force)
     uint64_t now = fb_time_mono_ns();
     uint64_t interval = g_opts->json ? 500000000ull : 200000000ull; /* --json: at most 2 per second */
 
-    if (!force && now - x->last_progress_ns < interval)
+    /* --json promises at most two progress events a second, so FORCE only redraws the bar */
+    if ((!force || g_opts->json) && now - x->last_progress_ns < interval)
         return;
     if (now - x->rate_mark_ns >= 1000000000ull || x->rate_bps == 0) {
         double secs = (double)(now - x->rate_mark_ns) / 1e9;
