@@ -16,8 +16,9 @@ static char errbuf[256];
 START_TEST(url_default_location_is_first_segment)
 {
     fbcp_url u;
-    ck_assert_int_eq(fbcp_url_parse(&u, "https://example.org:8443/fallback/dir/file.bin", NULL, errbuf, sizeof(errbuf)),
-                     FB_OK);
+    ck_assert_int_eq(
+        fbcp_url_parse(&u, "https://example.org:8443/fallback/dir/file.bin", NULL, errbuf, sizeof(errbuf)),
+        FB_OK);
     ck_assert_str_eq(u.base, "https://example.org:8443/fallback");
     ck_assert_str_eq(u.path, "dir/file.bin");
     ck_assert_str_eq(u.host, "example.org");
@@ -60,7 +61,8 @@ END_TEST
 START_TEST(url_path_is_decoded)
 {
     fbcp_url u;
-    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/my%20dir/x%2By", NULL, errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/my%20dir/x%2By", NULL, errbuf, sizeof(errbuf)),
+                     FB_OK);
     ck_assert_str_eq(u.path, "my dir/x+y");
     fbcp_url_free(&u);
 }
@@ -71,19 +73,24 @@ START_TEST(url_bad_inputs_are_refused)
     fbcp_url u;
     ck_assert_int_eq(fbcp_url_parse(&u, "ftp://h/fallback/x", NULL, errbuf, sizeof(errbuf)), FB_ERR_USAGE);
     ck_assert_int_eq(fbcp_url_parse(&u, "https://h/", NULL, errbuf, sizeof(errbuf)), FB_ERR_USAGE);
-    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/x?y=1", NULL, errbuf, sizeof(errbuf)), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/x?y=1", NULL, errbuf, sizeof(errbuf)),
+                     FB_ERR_USAGE);
     ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/../etc", NULL, errbuf, sizeof(errbuf)),
                      FB_ERR_PATH_ESCAPE);
-    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a//b", NULL, errbuf, sizeof(errbuf)), FB_ERR_BAD_PATH);
-    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a%2Fb", NULL, errbuf, sizeof(errbuf)), FB_ERR_BAD_PATH);
-    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a%00b", NULL, errbuf, sizeof(errbuf)), FB_ERR_BAD_PATH);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a//b", NULL, errbuf, sizeof(errbuf)),
+                     FB_ERR_BAD_PATH);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a%2Fb", NULL, errbuf, sizeof(errbuf)),
+                     FB_ERR_BAD_PATH);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://h/fallback/a%00b", NULL, errbuf, sizeof(errbuf)),
+                     FB_ERR_BAD_PATH);
 }
 END_TEST
 
 START_TEST(url_user_info_is_taken)
 {
     fbcp_url u;
-    ck_assert_int_eq(fbcp_url_parse(&u, "https://al%40x:s%3Acret@h/fallback/f", NULL, errbuf, sizeof(errbuf)), FB_OK);
+    ck_assert_int_eq(fbcp_url_parse(&u, "https://al%40x:s%3Acret@h/fallback/f", NULL, errbuf, sizeof(errbuf)),
+                     FB_OK);
     ck_assert_str_eq(u.user, "al@x");
     ck_assert_str_eq(u.password, "s:cret");
     /* the base used for requests and messages carries no credentials */
@@ -335,14 +342,17 @@ START_TEST(sidecar_round_trip_and_damage)
     close(fd);
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
     fd = open(path, O_WRONLY | O_TRUNC);
-    ck_assert_int_eq(write(fd, "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[]}", 67),
-                     67);
+    ck_assert_int_eq(
+        write(fd, "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[]}", 67),
+        67);
     close(fd);
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
     /* done ranges beyond the size are refused */
     fd = open(path, O_WRONLY | O_TRUNC);
-    ck_assert_int_eq(write(fd, "{\"version\":1,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[[0,2]]}", 72),
-                     72);
+    ck_assert_int_eq(
+        write(fd, "{\"version\":1,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[[0,2]]}",
+              72),
+        72);
     close(fd);
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
 

@@ -379,7 +379,8 @@ static int fbcp_dirent_filter(const struct dirent *d)
 }
 
 /* Uploads the tree under LOCAL to REMOTE, in name order. Returns the first error. */
-static fb_err fbcp_upload_tree(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int depth)
+static fb_err fbcp_upload_tree(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote,
+                               int depth)
 {
     struct dirent **list = NULL;
     int n;
@@ -461,8 +462,9 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
                 char *real = realpath(src, NULL);
                 char *name = real != NULL ? fbcp_basename(real) : NULL;
                 /* "/" has no name: its contents go straight into DEST */
-                char *remote = name != NULL ? (name[0] != '\0' ? fbcp_path_join(url->path, name) : strdup(url->path))
-                                            : NULL;
+                char *remote = name != NULL
+                                   ? (name[0] != '\0' ? fbcp_path_join(url->path, name) : strdup(url->path))
+                                   : NULL;
                 if (remote == NULL) {
                     rv = real == NULL ? FB_ERR_LOCAL_IO : FB_ERR_NOMEM;
                     fbcp_report_error(NULL, src, rv, real == NULL ? strerror(errno) : NULL);
@@ -478,7 +480,8 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
             fbcp_report_error(NULL, src, rv, "not a regular file");
         } else {
             char *name = fbcp_basename(src);
-            char *remote = dest_is_dir ? (name != NULL ? fbcp_path_join(url->path, name) : NULL) : strdup(url->path);
+            char *remote =
+                dest_is_dir ? (name != NULL ? fbcp_path_join(url->path, name) : NULL) : strdup(url->path);
             if (remote == NULL) {
                 rv = FB_ERR_NOMEM;
                 fbcp_report_error(NULL, src, rv, NULL);
@@ -525,7 +528,8 @@ static void fbcp_run_download(fbcp_ctx *c, fbcp_url *urls, int nsrc, const char 
         if (rv == FB_OK && isdir) {
             if (!c->opts->recursive) {
                 rv = FB_ERR_USAGE;
-                snprintf(detail, sizeof(detail), "%s is a remote directory (use -r)", u->path[0] ? u->path : "/");
+                snprintf(detail, sizeof(detail), "%s is a remote directory (use -r)",
+                         u->path[0] ? u->path : "/");
                 fbcp_report_error(NULL, u->path[0] ? u->path : "/", rv, detail);
             } else {
                 char *target = dest_is_dir && name[0] != '\0' ? fbcp_path_join(dest, name) : strdup(dest);

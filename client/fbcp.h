@@ -28,7 +28,7 @@
 #define FBCP_MAX_CONNECTIONS 64
 #define FBCP_DEFAULT_RETRIES 5
 #define FBCP_MAX_RETRIES 1000
-#define FBCP_DEFAULT_TIMEOUT 30                        /* seconds without progress */
+#define FBCP_DEFAULT_TIMEOUT 30                       /* seconds without progress */
 #define FBCP_DEFAULT_REQUEST_SIZE (16u * 1024 * 1024) /* bytes per PUT/GET range request */
 #define FBCP_DOWNLOAD_CHUNK (1u * 1024 * 1024)        /* chunk size of the download sidecar */
 #define FBCP_CHECKPOINT_EVERY (64ull * 1024 * 1024)   /* bytes between download checkpoints */
@@ -93,11 +93,11 @@ void fbcp_opts_free(fbcp_opts *o);
 
 /* A remote URL split into the module's base and the path beneath it. */
 typedef struct fbcp_url {
-    char *base;   /* "https://host:8443/fallback": scheme, authority, location; no trailing "/" */
-    char *origin; /* "https://host:8443" (for messages) */
-    char *host;   /* "host" */
-    long port;    /* explicit or the scheme's default */
-    char *path;   /* decoded remote path relative to the location, no leading or trailing "/" */
+    char *base;         /* "https://host:8443/fallback": scheme, authority, location; no trailing "/" */
+    char *origin;       /* "https://host:8443" (for messages) */
+    char *host;         /* "host" */
+    long port;          /* explicit or the scheme's default */
+    char *path;         /* decoded remote path relative to the location, no leading or trailing "/" */
     int trailing_slash; /* the URL ended with "/" (names a directory) */
     char *user;         /* user info in the URL, if any (decoded) */
     char *password;
@@ -184,12 +184,12 @@ struct fbcp_xfer {
     int fd;              /* the local file (upload: source, download: partial file) */
     uint64_t size;
     uint32_t chunk_size;
-    char *session_id;  /* upload: current session id */
-    char *data_url;    /* upload: .../sessions/{id}/data; download: .../files/{path} */
-    char *if_range;    /* download: the strong ETag for If-Range, may be NULL */
-    char *etag;        /* download: the ETag's opaque tag (no "W/"), NULL if none */
+    char *session_id;    /* upload: current session id */
+    char *data_url;      /* upload: .../sessions/{id}/data; download: .../files/{path} */
+    char *if_range;      /* download: the strong ETag for If-Range, may be NULL */
+    char *etag;          /* download: the ETag's opaque tag (no "W/"), NULL if none */
     char *last_modified; /* download: Last-Modified as the server wrote it, NULL if none */
-    uint64_t bytes;    /* payload bytes moved this run (all transports, retries included) */
+    uint64_t bytes;      /* payload bytes moved this run (all transports, retries included) */
     uint64_t bytes_http;
     uint64_t bytes_skipped; /* already present when this run started */
     uint64_t bytes_done;    /* bytes confirmed complete (for the progress estimate) */
@@ -247,9 +247,9 @@ typedef struct fbcp_http_answer {
     char *etag;
     char *last_modified;
     char *content_range;
-    int64_t filetime;   /* Last-Modified as time_t, -1 if absent */
-    int64_t length;     /* Content-Length, -1 if absent */
-    int accept_ranges;  /* "Accept-Ranges: bytes" was present */
+    int64_t filetime;  /* Last-Modified as time_t, -1 if absent */
+    int64_t length;    /* Content-Length, -1 if absent */
+    int accept_ranges; /* "Accept-Ranges: bytes" was present */
 } fbcp_http_answer;
 
 void fbcp_http_answer_free(fbcp_http_answer *a);
@@ -258,8 +258,8 @@ fb_err fbcp_http_request(fbcp_http *h, fbcp_http_answer *a, const char *method, 
 #define FBCP_RETRIES_DEFAULT (-1) /* fbcp_http_request: use --retries */
 /* The same with one extra request header line HEADER ("Range: bytes=0-0"). */
 fb_err fbcp_http_request_hdr(fbcp_http *h, fbcp_http_answer *a, const char *method, const char *url,
-                             const char *header, struct json_t *body, size_t max_body, int retries, char *detail,
-                             size_t detlen);
+                             const char *header, struct json_t *body, size_t max_body, int retries,
+                             char *detail, size_t detlen);
 /* Errors worth retrying after a backoff (the connection, not the request, failed). */
 int fbcp_err_retryable(fb_err e);
 /* Copies at most LEN-1 bytes of untrusted SRC into DST, control characters replaced by '?'. */
@@ -277,8 +277,7 @@ typedef struct fbcp_transport_ops {
      * X->fd and sends to the session, download receives into X->fd. Calls X->range_done and
      * progress as data completes; retries per --retries. Returns the first fatal error. */
     fb_err (*upload)(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen);
-    fb_err (*download)(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail,
-                       size_t detlen);
+    fb_err (*download)(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen);
     void (*destroy)(fbcp_transport *t);
 } fbcp_transport_ops;
 

@@ -95,7 +95,8 @@ fb_err fbcp_remote_stat(fbcp_ctx *c, const fbcp_url *url, const char *remote, in
     u = fbcp_files_url(url, remote, 1);
     if (u == NULL)
         return FB_ERR_NOMEM;
-    rv = fbcp_http_request(c->http, &a, "GET", u, NULL, FBCP_MAX_LISTING, FBCP_RETRIES_DEFAULT, detail, detlen);
+    rv = fbcp_http_request(c->http, &a, "GET", u, NULL, FBCP_MAX_LISTING, FBCP_RETRIES_DEFAULT, detail,
+                           detlen);
     free(u);
     if (rv != FB_OK)
         return rv;
@@ -195,7 +196,8 @@ static fb_err fbcp_download_probe_size(fbcp_download *d, int64_t *plen, char *de
         return rv;
     rv = FB_ERR_PROTOCOL;
     if (a.status == 206 && a.content_range != NULL &&
-        fbcp_parse_content_range(&first, &last, &complete, a.content_range) == FB_OK && complete <= INT64_MAX) {
+        fbcp_parse_content_range(&first, &last, &complete, a.content_range) == FB_OK &&
+        complete <= INT64_MAX) {
         *plen = (int64_t)complete;
         rv = FB_OK;
     } else if (a.status == 416 && a.content_range != NULL && strncmp(a.content_range, "bytes */", 8) == 0) {
@@ -227,8 +229,8 @@ static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *deta
     size_t vl;
 
     *pvalidator = NULL;
-    rv = fbcp_http_request(d->c->http, &a, "HEAD", d->files_url, NULL, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
-                           detlen);
+    rv = fbcp_http_request(d->c->http, &a, "HEAD", d->files_url, NULL, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT,
+                           detail, detlen);
     if (rv != FB_OK)
         return rv;
     if (a.status != 200) {
@@ -483,7 +485,8 @@ fb_err fbcp_download_tree(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         return FB_ERR_LOCAL_IO;
     }
     entries = json_object_get(listing, "entries");
-    json_array_foreach(entries, i, ent) {
+    json_array_foreach(entries, i, ent)
+    {
         const char *name = json_string_value(json_object_get(ent, "name"));
         const char *type = json_string_value(json_object_get(ent, "type"));
         char *r, *l;

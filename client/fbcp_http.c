@@ -187,10 +187,10 @@ static fb_err fbcp_http_setup(fbcp_http *h, CURL *e, char *errbuf)
     const fbcp_opts *o = h->o;
     CURLcode c = CURLE_OK;
 
-#define SET(opt, val)                                                                                          \
-    do {                                                                                                       \
-        if (c == CURLE_OK)                                                                                     \
-            c = curl_easy_setopt(e, opt, val);                                                                 \
+#define SET(opt, val)                                                                                        \
+    do {                                                                                                     \
+        if (c == CURLE_OK)                                                                                   \
+            c = curl_easy_setopt(e, opt, val);                                                               \
     } while (0)
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_USERAGENT, "fbcp/" PACKAGE_VERSION);
@@ -668,7 +668,8 @@ static int fbcp_slot_same_version(fbcp_slot *s)
     fbcp_xfer *x = s->eng->x;
     struct curl_header *hd = NULL;
 
-    if (x->etag != NULL && curl_easy_header(s->easy, "ETag", 0, CURLH_HEADER, -1, &hd) == CURLHE_OK && hd != NULL)
+    if (x->etag != NULL && curl_easy_header(s->easy, "ETag", 0, CURLH_HEADER, -1, &hd) == CURLHE_OK &&
+        hd != NULL)
         return strcmp(strncmp(hd->value, "W/", 2) == 0 ? hd->value + 2 : hd->value, x->etag) == 0;
     if (x->last_modified != NULL &&
         curl_easy_header(s->easy, "Last-Modified", 0, CURLH_HEADER, -1, &hd) == CURLHE_OK && hd != NULL)
@@ -880,8 +881,8 @@ static void fbcp_engine_retry(fbcp_engine *g, fbcp_slot *s, fb_err e, const char
         return;
     }
     fbcp_trace(x->opts, "retry %d/%d of bytes %llu-%llu in %ld ms (%s%s%s)", r.attempts, x->opts->retries,
-               (unsigned long long)r.off, (unsigned long long)(r.off + r.len - 1), fbcp_backoff_ms(r.attempts),
-               fb_err_message(e), detail[0] ? ": " : "", detail);
+               (unsigned long long)r.off, (unsigned long long)(r.off + r.len - 1),
+               fbcp_backoff_ms(r.attempts), fb_err_message(e), detail[0] ? ": " : "", detail);
     if (fbcp_engine_push(g, r.off, r.len, r.attempts, x->direction == FBCP_UPLOAD,
                          now + (uint64_t)fbcp_backoff_ms(r.attempts) * 1000000ull) != FB_OK)
         fbcp_engine_fail(g, FB_ERR_NOMEM, NULL);
@@ -990,8 +991,8 @@ static void fbcp_engine_resync(fbcp_engine *g, size_t i)
             fbcp_engine_fail(g, e, NULL);
     } else if (fbcp_err_retryable(e) && !fbcp_interrupted && r.attempts < x->opts->retries) {
         r.attempts++;
-        fbcp_trace(x->opts, "retry %d/%d asking for the missing ranges in %ld ms", r.attempts, x->opts->retries,
-                   fbcp_backoff_ms(r.attempts));
+        fbcp_trace(x->opts, "retry %d/%d asking for the missing ranges in %ld ms", r.attempts,
+                   x->opts->retries, fbcp_backoff_ms(r.attempts));
         if (fbcp_engine_push(g, r.off, r.len, r.attempts, 1,
                              fb_time_mono_ns() + (uint64_t)fbcp_backoff_ms(r.attempts) * 1000000ull) != FB_OK)
             fbcp_engine_fail(g, FB_ERR_NOMEM, NULL);
@@ -1101,7 +1102,8 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
     return g->err;
 }
 
-static fb_err fbcp_http_move(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen)
+static fb_err fbcp_http_move(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail,
+                             size_t detlen)
 {
     fbcp_http_transport *ht = t->impl;
     fbcp_engine *g = calloc(1, sizeof(*g));

@@ -84,8 +84,8 @@ void fbcp_report_error(const fbcp_xfer *x, const char *file, fb_err e, const cha
         fprintf(stderr, "fbcp: %s: %s%s%s%s\n", file, fb_err_message(e), has_detail ? " (" : "",
                 has_detail ? detail : "", has_detail ? ")" : "");
     else
-        fprintf(stderr, "fbcp: %s%s%s%s\n", fb_err_message(e), has_detail ? " (" : "", has_detail ? detail : "",
-                has_detail ? ")" : "");
+        fprintf(stderr, "fbcp: %s%s%s%s\n", fb_err_message(e), has_detail ? " (" : "",
+                has_detail ? detail : "", has_detail ? ")" : "");
     if (g_opts != NULL && g_opts->json) {
         json_t *ev = json_object();
         if (ev != NULL) {
@@ -274,7 +274,8 @@ void fbcp_event_done(fbcp_xfer *x, const char *sha256_hex)
         x->rate_bps = secs > 0 ? (double)x->bytes * 8 / secs : 0;
         fbcp_bar_draw(x, 1);
     } else if (g_opts->verbose) {
-        fprintf(stderr, "fbcp: %s: done, %llu bytes in %.2f s\n", x->local, (unsigned long long)x->bytes, secs);
+        fprintf(stderr, "fbcp: %s: done, %llu bytes in %.2f s\n", x->local, (unsigned long long)x->bytes,
+                secs);
     }
 }
 
@@ -300,7 +301,8 @@ void fbcp_event_summary(void)
     json_object_set_new(ev, "failed", json_integer(g_sum.failed));
     json_object_set_new(ev, "seconds", json_real(secs));
     json_object_set_new(ev, "code", json_string(fb_err_name(g_first_error)));
-    json_object_set_new(ev, "exit_code",
-                        json_integer(fbcp_interrupted ? FBCP_EXIT_INTERRUPTED : fb_err_exit_code(g_first_error)));
+    json_object_set_new(
+        ev, "exit_code",
+        json_integer(fbcp_interrupted ? FBCP_EXIT_INTERRUPTED : fb_err_exit_code(g_first_error)));
     fbcp_emit(ev);
 }

@@ -65,8 +65,8 @@ static int fbcp_id_is_safe(const char *id)
     if (id == NULL)
         return 0;
     for (; id[n] != '\0'; n++)
-        if (!((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'z') || (id[n] >= 'A' && id[n] <= 'Z') ||
-              id[n] == '-' || id[n] == '_'))
+        if (!((id[n] >= '0' && id[n] <= '9') || (id[n] >= 'a' && id[n] <= 'z') ||
+              (id[n] >= 'A' && id[n] <= 'Z') || id[n] == '-' || id[n] == '_'))
             return 0;
     return n > 0 && n <= 128;
 }
@@ -248,8 +248,8 @@ static fb_err fbcp_upload_commit(fbcp_upload *u, char *detail, size_t detlen)
             break;
         }
         fbcp_trace(u->c->opts, "commit session %s", u->x.session_id);
-        rv = fbcp_http_request(u->c->http, &a, "POST", curl, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
-                               detlen);
+        rv = fbcp_http_request(u->c->http, &a, "POST", curl, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT,
+                               detail, detlen);
         json_decref(body);
         if (rv != FB_OK)
             break;

@@ -494,7 +494,8 @@ fb_err fbcp_ranges_from_json(fbcp_ranges *out, json_t *arr, uint64_t size)
     fbcp_ranges_clear(out);
     if (!json_is_array(arr))
         return FB_ERR_PROTOCOL;
-    json_array_foreach(arr, i, pair) {
+    json_array_foreach(arr, i, pair)
+    {
         json_t *o = json_array_get(pair, 0), *l = json_array_get(pair, 1);
         json_int_t off, len;
         fb_err rv;
@@ -724,9 +725,8 @@ fb_err fbcp_sidecar_read(fbcp_sidecar *s, const char *path)
         off += (size_t)n;
     }
     doc = json_loadb(buf, off, 0, NULL);
-    if (doc == NULL ||
-        json_unpack(doc, "{s:I, s:s, s:I, s:s, s:I, s:o}", "version", &version, "url", &url, "size", &size, "etag",
-                    &etag, "chunk_size", &chunk, "done", &done) != 0)
+    if (doc == NULL || json_unpack(doc, "{s:I, s:s, s:I, s:s, s:I, s:o}", "version", &version, "url", &url,
+                                   "size", &size, "etag", &etag, "chunk_size", &chunk, "done", &done) != 0)
         goto out;
     if (version != FBCP_SIDECAR_VERSION || size < 0 || chunk <= 0 || chunk > (json_int_t)UINT32_MAX)
         goto out;
