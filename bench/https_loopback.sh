@@ -53,7 +53,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$DEVSERVER" start --dir "$DIR" --https-port "$PORT" --user "$USER_NAME" --password "$PASSWORD" --quiet
+# Snapshot the programs: a rebuild in the tree during the run must not change what is measured.
+MODULE=$SRCDIR/mod_fallback/.libs/mod_fallback.so
+[ -f "$MODULE" ] || { echo "https_loopback: build first (make): no $MODULE" >&2; exit 1; }
+mkdir -p "$SCRATCH/bin"
+cp "$FBCP" "$SCRATCH/bin/fbcp"
+cp "$MODULE" "$SCRATCH/bin/mod_fallback.so"
+FBCP=$SCRATCH/bin/fbcp
+"$DEVSERVER" start --dir "$DIR" --https-port "$PORT" --user "$USER_NAME" --password "$PASSWORD" \
+    --module "$SCRATCH/bin/mod_fallback.so" --quiet
 DOCROOT=$DIR/docroot
 CA=$DIR/cert.pem
 ORIGIN=https://127.0.0.1:$PORT
@@ -105,7 +113,7 @@ measure() {
     local key=$1 label=$2 i v list=""
     shift 2
     for ((i = 1; i <= RUNS; i++)); do
-        v=$("$@" "$i")
+        v=$("$@" "$i") || exit 1
         list="$list $v"
         printf '  %-34s run %d: %8s MB/s\n' "$label" "$i" "$v" >&2
     done
