@@ -119,8 +119,9 @@ static fb_err fbcp_download_checkpoint(fbcp_download *d)
 {
     if (d->x.fd < 0)
         return FB_OK;
+    /* a full local disk is a local_io_error: "disk_full" names the server's disk */
     if (fdatasync(d->x.fd) != 0)
-        return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_LOCAL_IO;
+        return FB_ERR_LOCAL_IO;
     d->since_ckpt = 0;
     if (fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK && !d->ckpt_warned) {
         d->ckpt_warned = 1;
@@ -174,7 +175,7 @@ static fb_err fbcp_download_open(fbcp_download *d, const char *validator, char *
         d->x.fd = open(d->partial, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0666);
         if (d->x.fd < 0) {
             snprintf(detail, detlen, "%s: %s", d->partial, strerror(errno));
-            return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_LOCAL_IO;
+            return FB_ERR_LOCAL_IO;
         }
     }
     free(d->sc.etag);

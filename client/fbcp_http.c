@@ -906,9 +906,8 @@ static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
                (double)(fb_time_mono_ns() - s->t0) / 1e6);
 
     if (s->state == FBCP_SLOT_LOCAL) {
-        e = s->local_errno != 0 ? fb_err_from_errno(s->local_errno) : FB_ERR_LOCAL_IO;
-        if (e != FB_ERR_DISK_FULL && e != FB_ERR_NOMEM)
-            e = FB_ERR_LOCAL_IO;
+        /* a full local disk too: "disk_full" names the server's disk */
+        e = s->local_errno == ENOMEM ? FB_ERR_NOMEM : FB_ERR_LOCAL_IO;
         snprintf(detail, sizeof(detail), "%s: %s", x->local,
                  s->local_errno ? strerror(s->local_errno) : "the file changed size during the transfer");
         fbcp_engine_fail(g, e, detail);
