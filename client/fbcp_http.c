@@ -908,8 +908,11 @@ static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
     if (s->state == FBCP_SLOT_LOCAL) {
         /* a full local disk too: "disk_full" names the server's disk */
         e = s->local_errno == ENOMEM ? FB_ERR_NOMEM : FB_ERR_LOCAL_IO;
-        snprintf(detail, sizeof(detail), "%s: %s", x->local,
-                 s->local_errno ? strerror(s->local_errno) : "the file changed size during the transfer");
+        if (s->local_errno == 0)
+            snprintf(detail, sizeof(detail), "the file changed size during the transfer");
+        else
+            snprintf(detail, sizeof(detail), "cannot %s: %s", x->direction == FBCP_UPLOAD ? "read" : "write",
+                     strerror(s->local_errno));
         fbcp_engine_fail(g, e, detail);
         return;
     }
