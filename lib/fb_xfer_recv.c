@@ -1,0 +1,508 @@
+/* fb_xfer_recv: the receiving transfer engine of the UDP fast path, and the bounded range set
+ * both engines use (fb_xfer.h). Pure code: callbacks do the writing, the caller passes time. */
+#include "fb_xfer.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- range set ------------------------------------------------------------------------------ */
+
+void fb_xfer_rset_init(fb_xfer_rset *s, size_t max)
+{
+    memset(s, 0, sizeof(*s));
+    s->max = max ? max : FB_XFER_DEFAULT_MAX_RANGES;
+}
+
+void fb_xfer_rset_free(fb_xfer_rset *s)
+{
+    free(s->v);
+    s->v = NULL;
+    s->n = s->cap = 0;
+    s->total = 0;
+}
+
+void fb_xfer_rset_clear(fb_xfer_rset *s)
+{
+    s->n = 0;
+    s->total = 0;
+}
+
+size_t fb_xfer_rset_find(const fb_xfer_rset *s, uint64_t offset)
+{
+    size_t lo = 0, hi = s->n;
+
+    /* Fast path: appending at the end is the common case. */
+    if (s->n == 0 || s->v[s->n - 1].end <= offset)
+        return s->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (s->v[mid].end > offset)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo;
+}
+
+/* Grows the array so it can hold WANT entries (WANT <= max already checked). */
+static fb_err rset_reserve(fb_xfer_rset *s, size_t want)
+{
+    size_t ncap;
+    fb_xfer_span *nv;
+
+    if (want <= s->cap)
+        return FB_OK;
+    ncap = s->cap ? s->cap : 16;
+    while (ncap < want)
+        ncap *= 2;
+    if (ncap > s->max)
+        ncap = s->max;
+    nv = realloc(s->v, ncap * sizeof(*nv));
+    if (nv == NULL)
+        return FB_ERR_NOMEM;
+    s->v = nv;
+    s->cap = ncap;
+    return FB_OK;
+}
+
+/* [i, j): the intervals that overlap or touch [start, end). */
+static void rset_touching(const fb_xfer_rset *s, uint64_t start, uint64_t end, size_t *pi, size_t *pj)
+{
+    size_t i = 0, j;
+
+    /* First interval with end >= start (touching counts). */
+    if (start > 0)
+        i = fb_xfer_rset_find(s, start - 1);
+    j = i;
+    while (j < s->n && s->v[j].start <= end)
+        j++;
+    *pi = i;
+    *pj = j;
+}
+
+fb_err fb_xfer_rset_add(fb_xfer_rset *s, uint64_t start, uint64_t end)
+{
+    size_t i, j, k;
+    uint64_t removed = 0, ns, ne;
+    fb_err e;
+
+    if (start >= end)
+        return FB_OK;
+    /* Fast paths: extend the last interval, or append after it. */
+    if (s->n > 0 && start <= s->v[s->n - 1].end && start >= s->v[s->n - 1].start) {
+        if (end > s->v[s->n - 1].end) {
+            s->total += end - s->v[s->n - 1].end;
+            s->v[s->n - 1].end = end;
+        }
+        return FB_OK;
+    }
+    if (s->n == 0 || start > s->v[s->n - 1].end) {
+        if (s->n + 1 > s->max)
+            return FB_ERR_TOO_LARGE;
+        e = rset_reserve(s, s->n + 1);
+        if (e != FB_OK)
+            return e;
+        s->v[s->n].start = start;
+        s->v[s->n].end = end;
+        s->n++;
+        s->total += end - start;
+        return FB_OK;
+    }
+    rset_touching(s, start, end, &i, &j);
+    if (i == j) {
+        if (s->n + 1 > s->max)
+            return FB_ERR_TOO_LARGE;
+        e = rset_reserve(s, s->n + 1);
+        if (e != FB_OK)
+            return e;
+        memmove(&s->v[i + 1], &s->v[i], (s->n - i) * sizeof(s->v[0]));
+        s->v[i].start = start;
+        s->v[i].end = end;
+        s->n++;
+        s->total += end - start;
+        return FB_OK;
+    }
+    ns = start < s->v[i].start ? start : s->v[i].start;
+    ne = end > s->v[j - 1].end ? end : s->v[j - 1].end;
+    for (k = i; k < j; k++)
+        removed += s->v[k].end - s->v[k].start;
+    s->v[i].start = ns;
+    s->v[i].end = ne;
+    if (j > i + 1)
+        memmove(&s->v[i + 1], &s->v[j], (s->n - j) * sizeof(s->v[0]));
+    s->n -= j - i - 1;
+    s->total = s->total - removed + (ne - ns);
+    return FB_OK;
+}
+
+fb_err fb_xfer_rset_remove(fb_xfer_rset *s, uint64_t start, uint64_t end)
+{
+    size_t i, k, first_gone, last_gone;
+    fb_err e;
+
+    if (start >= end)
+        return FB_OK;
+    i = fb_xfer_rset_find(s, start);
+    if (i == s->n || s->v[i].start >= end)
+        return FB_OK;
+    /* Strictly inside one interval: split it in two. */
+    if (s->v[i].start < start && s->v[i].end > end) {
+        if (s->n + 1 > s->max)
+            return FB_ERR_TOO_LARGE;
+        e = rset_reserve(s, s->n + 1);
+        if (e != FB_OK)
+            return e;
+        memmove(&s->v[i + 1], &s->v[i], (s->n - i) * sizeof(s->v[0]));
+        s->v[i].end = start;
+        s->v[i + 1].start = end;
+        s->n++;
+        s->total -= end - start;
+        return FB_OK;
+    }
+    if (s->v[i].start < start) {
+        s->total -= s->v[i].end - start;
+        s->v[i].end = start;
+        i++;
+    }
+    first_gone = i;
+    for (k = i; k < s->n && s->v[k].end <= end; k++)
+        s->total -= s->v[k].end - s->v[k].start;
+    last_gone = k;
+    if (k < s->n && s->v[k].start < end) {
+        s->total -= end - s->v[k].start;
+        s->v[k].start = end;
+    }
+    if (last_gone > first_gone) {
+        memmove(&s->v[first_gone], &s->v[last_gone], (s->n - last_gone) * sizeof(s->v[0]));
+        s->n -= last_gone - first_gone;
+    }
+    return FB_OK;
+}
+
+int fb_xfer_rset_contains(const fb_xfer_rset *s, uint64_t start, uint64_t end)
+{
+    size_t i;
+
+    if (start >= end)
+        return 1;
+    i = fb_xfer_rset_find(s, start);
+    return i < s->n && s->v[i].start <= start && s->v[i].end >= end;
+}
+
+size_t fb_xfer_rset_gaps(const fb_xfer_rset *s, uint64_t start, uint64_t end, fb_xfer_span *out, size_t cap)
+{
+    size_t i, count = 0;
+    uint64_t pos = start;
+
+    if (start >= end)
+        return 0;
+    for (i = fb_xfer_rset_find(s, start); i < s->n && pos < end; i++) {
+        if (s->v[i].start > pos) {
+            uint64_t ge = s->v[i].start < end ? s->v[i].start : end;
+
+            if (count < cap) {
+                out[count].start = pos;
+                out[count].end = ge;
+            }
+            count++;
+        }
+        if (s->v[i].end > pos)
+            pos = s->v[i].end;
+    }
+    if (pos < end) {
+        if (count < cap) {
+            out[count].start = pos;
+            out[count].end = end;
+        }
+        count++;
+    }
+    return count;
+}
+
+/* 1 if adding [START, END) keeps the set within its capacity. */
+static int rset_add_fits(const fb_xfer_rset *s, uint64_t start, uint64_t end)
+{
+    size_t i, j;
+
+    if (s->n < s->max)
+        return 1;
+    rset_touching(s, start, end, &i, &j);
+    return j > i; /* merges with at least one: no new entry */
+}
+
+/* ---- receiver ------------------------------------------------------------------------------- */
+
+struct fb_xfer_receiver {
+    fb_xfer_receiver_params p;
+    uint64_t nchunks;
+    uint32_t *chunk_bytes; /* bytes held per chunk */
+    fb_xfer_rset held;
+    fb_xfer_receiver_stats st;
+    /* feedback state */
+    int sent_any;
+    uint64_t last_fb_us;
+    uint32_t pkts_since_fb;
+    uint64_t bytes_since_fb;
+    uint64_t idle_us; /* current idle feedback interval */
+    int have_echo;
+    uint64_t echo_ts_us, echo_recv_us;
+};
+
+static uint64_t chunk_len(const fb_xfer_receiver *r, uint64_t index)
+{
+    uint64_t start = index * r->p.chunk_size;
+    uint64_t left = r->p.size - start;
+
+    return left < r->p.chunk_size ? left : r->p.chunk_size;
+}
+
+static uint64_t idle_base(const fb_xfer_receiver *r)
+{
+    return 4ull * r->p.feedback_interval_us;
+}
+
+fb_err fb_xfer_receiver_new(fb_xfer_receiver **pr, const fb_xfer_receiver_params *p, uint64_t now_us)
+{
+    fb_xfer_receiver *r;
+
+    *pr = NULL;
+    if (p == NULL || p->chunk_size == 0 || p->write == NULL || p->aead == NULL)
+        return FB_ERR_INTERNAL;
+    r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return FB_ERR_NOMEM;
+    r->p = *p;
+    if (r->p.feedback_interval_us == 0)
+        r->p.feedback_interval_us = FB_RATE_FEEDBACK_INTERVAL_US;
+    if (r->p.feedback_packets == 0)
+        r->p.feedback_packets = FB_XFER_DEFAULT_FEEDBACK_PACKETS;
+    r->nchunks = fb_chunk_count(p->size, p->chunk_size);
+    if (r->nchunks > 0) {
+        if (r->nchunks > SIZE_MAX / sizeof(uint32_t)) {
+            free(r);
+            return FB_ERR_NOMEM;
+        }
+        r->chunk_bytes = calloc((size_t)r->nchunks, sizeof(uint32_t));
+        if (r->chunk_bytes == NULL) {
+            free(r);
+            return FB_ERR_NOMEM;
+        }
+    }
+    fb_xfer_rset_init(&r->held, p->max_ranges);
+    r->last_fb_us = now_us;
+    r->idle_us = idle_base(r);
+    *pr = r;
+    return FB_OK;
+}
+
+void fb_xfer_receiver_free(fb_xfer_receiver *r)
+{
+    if (r == NULL)
+        return;
+    fb_xfer_rset_free(&r->held);
+    free(r->chunk_bytes);
+    free(r);
+}
+
+/* Counts [START, END) (bytes newly held) into the chunk counters; NOTIFY: report chunks that
+ * become complete. */
+static void count_chunks(fb_xfer_receiver *r, uint64_t start, uint64_t end, int notify)
+{
+    uint64_t pos = start;
+
+    while (pos < end) {
+        uint64_t idx = pos / r->p.chunk_size;
+        uint64_t cend = (idx + 1) * r->p.chunk_size;
+        uint64_t take = (cend < end ? cend : end) - pos;
+
+        r->chunk_bytes[idx] += (uint32_t)take;
+        if (r->chunk_bytes[idx] == chunk_len(r, idx) && notify) {
+            r->st.chunks_completed++;
+            if (r->p.on_chunk_complete != NULL)
+                r->p.on_chunk_complete(r->p.ctx, idx);
+        }
+        pos += take;
+    }
+}
+
+fb_err fb_xfer_receiver_mark_received(fb_xfer_receiver *r, uint64_t offset, uint64_t len)
+{
+    fb_xfer_span gaps[64];
+    uint64_t end, pos;
+    fb_err e;
+
+    if (offset >= r->p.size || len == 0)
+        return FB_OK;
+    end = len > r->p.size - offset ? r->p.size : offset + len;
+    if (!rset_add_fits(&r->held, offset, end))
+        return FB_ERR_TOO_LARGE;
+    /* Count the gaps in bounded batches (each batch is added before the next is looked up). */
+    pos = offset;
+    while (pos < end) {
+        size_t n = fb_xfer_rset_gaps(&r->held, pos, end, gaps, 64), k, m = n < 64 ? n : 64;
+        uint64_t upto = n > 64 ? gaps[63].end : end;
+
+        for (k = 0; k < m; k++)
+            count_chunks(r, gaps[k].start, gaps[k].end, 0);
+        e = fb_xfer_rset_add(&r->held, pos, upto);
+        if (e != FB_OK)
+            return e;
+        pos = upto;
+    }
+    return FB_OK;
+}
+
+fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, const fb_wire_data *d,
+                                uint64_t now_us, size_t *pnew)
+{
+    uint64_t start = d->offset, end, pos;
+    size_t fresh = 0;
+    fb_err e;
+
+    if (pnew != NULL)
+        *pnew = 0;
+    if (d->len == 0 || d->offset > r->p.size || d->len > r->p.size - d->offset) {
+        r->st.refused++;
+        return FB_ERR_BAD_RANGE;
+    }
+    end = start + d->len;
+    if (!rset_add_fits(&r->held, start, end)) {
+        r->st.refused++;
+        return FB_ERR_TOO_LARGE;
+    }
+    /* Write and record the new parts. A datagram touches few intervals; loop in batches so a
+     * pathological set (many tiny holes under one large payload) is still handled exactly. */
+    pos = start;
+    while (pos < end) {
+        fb_xfer_span gaps[16];
+        size_t n = fb_xfer_rset_gaps(&r->held, pos, end, gaps, 16), k, m = n < 16 ? n : 16;
+        uint64_t upto = n > 16 ? gaps[15].end : end;
+
+        for (k = 0; k < m; k++) {
+            e = r->p.write(r->p.ctx, gaps[k].start, d->payload + (gaps[k].start - start),
+                           (size_t)(gaps[k].end - gaps[k].start));
+            if (e != FB_OK)
+                return e;
+        }
+        e = fb_xfer_rset_add(&r->held, pos, upto);
+        if (e != FB_OK)
+            return e;
+        for (k = 0; k < m; k++) {
+            fresh += (size_t)(gaps[k].end - gaps[k].start);
+            count_chunks(r, gaps[k].start, gaps[k].end, 1);
+        }
+        pos = upto;
+    }
+    r->st.packets++;
+    r->st.bytes_new += fresh;
+    r->st.bytes_dup += d->len - fresh;
+    if (fresh == 0)
+        r->st.packets_dup++;
+    r->pkts_since_fb++;
+    r->bytes_since_fb += d->len;
+    r->idle_us = idle_base(r);
+    /* The newest first transmission is the delay sample (a retransmission's send time says
+     * nothing about the path it would have taken). */
+    if (!(hdr->flags & FB_WIRE_F_DATA_RETRANSMIT) && (!r->have_echo || d->send_ts_us >= r->echo_ts_us)) {
+        r->have_echo = 1;
+        r->echo_ts_us = d->send_ts_us;
+        r->echo_recv_us = now_us;
+    }
+    if (pnew != NULL)
+        *pnew = fresh;
+    return FB_OK;
+}
+
+int fb_xfer_receiver_complete(const fb_xfer_receiver *r)
+{
+    return r->held.total == r->p.size;
+}
+
+uint64_t fb_xfer_receiver_next_feedback(const fb_xfer_receiver *r, uint64_t now_us)
+{
+    if (!r->sent_any || r->pkts_since_fb >= r->p.feedback_packets)
+        return now_us;
+    if (r->pkts_since_fb > 0)
+        return r->last_fb_us + r->p.feedback_interval_us;
+    if (fb_xfer_receiver_complete(r))
+        return UINT64_MAX;
+    return r->last_fb_us + r->idle_us;
+}
+
+fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn,
+                                 uint64_t now_us, int force)
+{
+    fb_wire_feedback fb;
+    fb_wire_hdr hdr;
+    const fb_xfer_rset *h = &r->held;
+    size_t i;
+    fb_err e;
+
+    *plen = 0;
+    if (!force && fb_xfer_receiver_next_feedback(r, now_us) > now_us)
+        return FB_OK;
+    memset(&fb, 0, sizeof(fb));
+    memset(&hdr, 0, sizeof(hdr));
+    memcpy(hdr.sid, r->p.sid, FB_WIRE_SID_LEN);
+    hdr.pn = pn;
+    if (h->n > 0) {
+        fb.cum_offset = h->v[0].start == 0 ? h->v[0].end : 0;
+        fb.high_offset = h->v[h->n - 1].end;
+        if (fb.cum_offset < fb.high_offset) {
+            /* Holes in [cum, high): before the first interval (when it does not start at 0),
+             * then between consecutive intervals. */
+            uint64_t pos = fb.cum_offset;
+
+            i = h->v[0].start == 0 ? 1 : 0;
+            for (; i < h->n; i++) {
+                if (fb.nranges == FB_WIRE_MAX_RANGES) {
+                    hdr.flags |= FB_WIRE_F_FEEDBACK_MORE;
+                    break;
+                }
+                fb.ranges[fb.nranges].offset = pos;
+                fb.ranges[fb.nranges].length = h->v[i].start - pos;
+                fb.nranges++;
+                pos = h->v[i].end;
+            }
+        }
+    }
+    if (fb_xfer_receiver_complete(r))
+        hdr.flags |= FB_WIRE_F_FEEDBACK_COMPLETE;
+    fb.recv_bytes = r->st.bytes_new;
+    if (r->sent_any && now_us > r->last_fb_us && r->bytes_since_fb > 0)
+        fb.recv_rate = (uint64_t)((double)r->bytes_since_fb * 1e6 / (double)(now_us - r->last_fb_us));
+    if (r->have_echo) {
+        uint64_t hold = now_us > r->echo_recv_us ? now_us - r->echo_recv_us : 0;
+
+        fb.echo_ts_us = r->echo_ts_us;
+        fb.echo_recv_ts_us = r->echo_recv_us;
+        fb.hold_us = hold > UINT32_MAX ? UINT32_MAX : (uint32_t)hold;
+    }
+    e = fb_wire_encode_feedback(buf, cap, plen, &hdr, &fb, r->p.aead);
+    if (e != FB_OK)
+        return e;
+    /* Nothing arrived since the previous one: the sender may be gone; back off. */
+    if (r->sent_any && r->pkts_since_fb == 0) {
+        r->idle_us *= 2;
+        if (r->idle_us > FB_XFER_IDLE_FEEDBACK_MAX_US)
+            r->idle_us = FB_XFER_IDLE_FEEDBACK_MAX_US;
+    }
+    r->sent_any = 1;
+    r->last_fb_us = now_us;
+    r->pkts_since_fb = 0;
+    r->bytes_since_fb = 0;
+    r->st.feedbacks++;
+    return FB_OK;
+}
+
+void fb_xfer_receiver_stats_get(fb_xfer_receiver_stats *out, const fb_xfer_receiver *r)
+{
+    *out = r->st;
+    out->held_bytes = r->held.total;
+}
+
+const fb_xfer_rset *fb_xfer_receiver_held(const fb_xfer_receiver *r)
+{
+    return &r->held;
+}
