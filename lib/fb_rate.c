@@ -22,10 +22,13 @@
 #define LOSS_CUT_LOW 0.5            /* congestive loss: low */
 #define QS_EXIT_MIN_US 4000         /* quick start ends once q exceeds max(this, min(alpha/x, max)) */
 #define QS_EXIT_MAX_US 25000
+#define QS_LOSS_EXIT 0.25           /* ... or once more than 25 % of 64 datagrams are lost */
 #define RISE_MIN_US 2000            /* q counts as rising when 2 ms and 50 % above its recent min */
 #define HIGH_Q_MIN_US 5000          /* ... or when above 5 ms and twice the flow's own target */
 #define LOW_BACKOFF 0.5             /* low: extra decrease per RTT at twice its delay target */
-#define DRAIN_INTERVAL_US 20000000u /* every 20 s, half rate for one RTT: re-measure the floor */
+#define DRAIN_INTERVAL_US 20000000u /* every 20 s, a quarter of the rate for one RTT: re-measure */
+#define DRAIN_FACTOR 0.25           /* the delay floor (empties a queue of up to 0.75 RTT) */
+#define LOSS_COMP_MAX 0.15          /* random loss compensated in the receive rate up to 15 % */
 #define PROBE_GAIN 0.05             /* push of 5 % of the rate while the queue is nearly empty */
 #define MAX_PUSH 0.1                /* delay law's excess over the receive rate, fraction of x */
 #define DAMPING 1.0                 /* weight of (receive rate - rate) in the delay law */
@@ -201,8 +204,9 @@ static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedb
     /* Only losses while the queue is well below its recent maximum can be told apart from an
      * overflowing buffer: learn the random loss rate from those alone. Counting overflow as
      * random would let the rate settle above the capacity, the excess simply lost. */
-    if (s->acked_bytes + s->lost_bytes > 0 && r->have_q &&
-        r->qdelay_us * 2 < (r->qmax_cur_us > r->qmax_prev_us ? r->qmax_cur_us : r->qmax_prev_us)) {
+    int64_t qmax = r->qmax_cur_us > r->qmax_prev_us ? r->qmax_cur_us : r->qmax_prev_us;
+
+    if (s->acked_bytes + s->lost_bytes > 0 && r->have_q && r->qdelay_us * 2 < qmax) {
         double p = (double)s->lost_bytes / (double)(s->acked_bytes + s->lost_bytes);
 
         r->loss_avg += (p - r->loss_avg) / 16;
@@ -210,7 +214,7 @@ static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedb
     /* A drain's dip reaches the receive rate up to one RTT after the drain ends: ignore it. */
     if (s->recv_rate == 0 || s->now_us < r->recv_frozen_until_us)
         return;
-    lossf = r->loss_avg < 0.5 ? r->loss_avg : 0.5;
+    lossf = r->loss_avg < LOSS_COMP_MAX ? r->loss_avg : LOSS_COMP_MAX;
     arrived = (double)s->recv_rate / (1.0 - lossf);
     if (!r->have_recv) {
         r->recv_avg = arrived;
@@ -275,7 +279,7 @@ static void delay_step(fb_rate *r, double dt, double T)
         dx += DAMPING * (r->recv_avg - x);
     /* LEDBAT's fast decrease: above 25 ms of queue, low gives way quickly, towards its floor. */
     if (r->p.policy == FB_POLICY_LOW && q * 1e6 > FB_RATE_LOW_TARGET_US)
-        dx -= LOW_BACKOFF * x * clampd((q * 1e6 - FB_RATE_LOW_TARGET_US) / FB_RATE_LOW_TARGET_US, 0.0, 1.0) / Ts;
+        dx -= LOW_BACKOFF * x * clampd((q * 1e6 - FB_RATE_LOW_TARGET_US) / FB_RATE_LOW_TARGET_US, 0.0, 1.0);
     dx = clampd(dx * frac, -MAX_DOWN_PER_RTT * x * frac, MAX_UP_PER_RTT * x * frac);
     r->rate = x + dx;
 }
@@ -305,15 +309,26 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
 
     if (r->quick_start) {
         int congested = s->lost_bytes > 0 && delay_says_congested(r);
+        /* Heavy loss ends quick start even when the delay cannot rise (a full, shallow queue
+         * held by other flows, or a policer): doubling on would flood it. */
+        int flooding = 0;
 
-        if (congested || (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r))) {
+        /* Judged over at least 64 datagrams, so random loss at a low rate does not. */
+        r->qs_acked += s->acked_bytes;
+        r->qs_lost += s->lost_bytes;
+        if (r->qs_acked + r->qs_lost >= 64u * r->p.packet_size) {
+            flooding = (double)r->qs_lost > QS_LOSS_EXIT * (double)(r->qs_acked + r->qs_lost);
+            r->qs_acked = r->qs_lost = 0;
+        }
+
+        if (congested || flooding || (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r))) {
             /* The queue is building: we overshot by up to one RTT of doubling. Go back to about
              * the rate of one RTT ago, or what the receiver gets if more, and let the delay law
              * drain the rest. */
             double back = r->rate / 2;
 
             r->quick_start = 0;
-            if (r->have_recv && r->recv_avg > back)
+            if (r->have_recv && (r->recv_avg > back || flooding))
                 back = r->recv_avg;
             r->rate = back < r->rate ? back : r->rate;
             r->next_drain_us = s->now_us + DRAIN_INTERVAL_US;
@@ -325,7 +340,7 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
             }
         }
     } else if (r->drain_until_us != 0) {
-        /* Draining: hold half the rate for one RTT so the queue empties and the delay floor is
+        /* Draining: hold a quarter of the rate for one RTT so the queue empties and the delay floor is
          * measured afresh, then resume where we were. */
         if (s->now_us >= r->drain_until_us) {
             r->rate = r->drain_saved_rate;
@@ -337,7 +352,7 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
          * (it keeps 60 s) and be mistaken for propagation delay, and queues would creep up
          * (BBR's ProbeRTT and LEDBAT++'s slowdowns address the same problem). */
         r->drain_saved_rate = r->rate;
-        r->rate *= 0.5;
+        r->rate *= DRAIN_FACTOR;
         r->drain_until_us = s->now_us + control_rtt(r);
         r->recv_frozen_until_us = s->now_us + 2 * control_rtt(r) + FB_RATE_FEEDBACK_INTERVAL_US;
     } else if (s->lost_bytes > 0 && delay_says_congested(r) && s->now_us - r->last_cut_us >= control_rtt(r)) {

@@ -58,6 +58,7 @@ typedef struct fb_rate {
     fb_rate_params p;
     double rate;         /* bytes/s, the pacing rate */
     int quick_start;     /* 1 while ramping exponentially */
+    uint64_t qs_acked, qs_lost; /* bytes acknowledged / lost in the current quick-start window */
     uint64_t srtt_us;    /* smoothed RTT (0 = no sample yet) */
     uint64_t min_rtt_us;
     int have_owd;

@@ -492,7 +492,7 @@ static fb_rate_sample sample_at(uint64_t now, int64_t owd_us, uint64_t lost, uin
     fb_rate_sample s = {0};
 
     s.now_us = now;
-    s.acked_bytes = 14520;
+    s.acked_bytes = 100 * PKT;
     s.lost_bytes = lost;
     s.rtt_us = 100000 + (uint64_t)(owd_us > 0 ? owd_us : 0);
     s.has_owd = 1;
@@ -508,10 +508,10 @@ START_TEST(test_random_loss_alone_never_lowers_the_rate)
     double prev;
 
     fb_rate_init(&r, &p, 0);
-    /* Flat, empty queue; every feedback reports loss. */
+    /* Flat, empty queue; every feedback reports loss (8 of 108 datagrams: 7 %). */
     prev = (double)fb_rate_current(&r);
     for (uint64_t t = 10000; t <= 5000000; t += 10000) {
-        fb_rate_sample s = sample_at(t, 0, 20 * PKT, 0);
+        fb_rate_sample s = sample_at(t, 0, 8 * PKT, 0);
 
         fb_rate_on_feedback(&r, &s);
         ck_assert_double_ge((double)fb_rate_current(&r), prev);
