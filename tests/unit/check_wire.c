@@ -4,6 +4,7 @@
  * truncation, every flipped bit, wrong keys, reflection, replays and oversized datagrams, field
  * validation of authenticated but malformed bodies, and 100 000 random inputs. */
 #include <check.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -842,6 +843,77 @@ START_TEST(test_reason_and_type_names)
 }
 END_TEST
 
+
+/* ---- the vectors published in docs/PROTOCOL.md section 4.3 -------------------------------- */
+
+static void unhex(uint8_t *out, size_t len, const char *hex)
+{
+    ck_assert_uint_eq(strlen(hex), 2 * len);
+    for (size_t i = 0; i < len; i++) {
+        unsigned v;
+
+        ck_assert_int_eq(sscanf(hex + 2 * i, "%2x", &v), 1);
+        out[i] = (uint8_t)v;
+    }
+}
+
+START_TEST(test_protocol_document_vectors)
+{
+    uint8_t key[32], cn[16], sn[16], want[80], got_key[32];
+    fb_aead_ctx *c, *s;
+    fb_wire_hdr h;
+    fb_wire_close cl = {FB_OK};
+    fb_wire_data d = {1048576, 1000000, (const uint8_t *)"fallback", 8};
+    fb_wire_pkt pkt;
+    size_t len, klen;
+
+    for (int i = 0; i < 32; i++)
+        key[i] = (uint8_t)i;
+    memset(cn, 0xc1, sizeof(cn));
+    memset(sn, 0x5e, sizeof(sn));
+    ck_assert_int_eq(fb_aead_new(&c, key, FB_AEAD_CLIENT), FB_OK);
+    ck_assert_int_eq(fb_aead_new(&s, key, FB_AEAD_SERVER), FB_OK);
+    ck_assert_int_eq(fb_aead_set_data_keys(c, FB_CIPHER_AES128_GCM, cn, sn), FB_OK);
+    ck_assert_int_eq(fb_aead_set_data_keys(s, FB_CIPHER_AES128_GCM, cn, sn), FB_OK);
+
+    ck_assert_int_eq(fb_aead_export_key(got_key, &klen, c, FB_AEAD_HANDSHAKE, FB_AEAD_C2S), FB_OK);
+    unhex(want, 32, "5931112b26e493e1584a5a436c0acfc71b624f5d4b563040c7f6c29d04c866da");
+    ck_assert_mem_eq(got_key, want, 32);
+    ck_assert_int_eq(fb_aead_export_key(got_key, &klen, c, FB_AEAD_HANDSHAKE, FB_AEAD_S2C), FB_OK);
+    unhex(want, 32, "cf4a26d159c9abba1c743be4a87fd95c1f0e48c5a339f2cbf07be4aa09c67de1");
+    ck_assert_mem_eq(got_key, want, 32);
+    ck_assert_int_eq(fb_aead_export_key(got_key, &klen, c, FB_AEAD_DATA, FB_AEAD_C2S), FB_OK);
+    ck_assert_uint_eq(klen, 16);
+    unhex(want, 16, "6e70da2ca37a31c8dca9c60396207af9");
+    ck_assert_mem_eq(got_key, want, 16);
+    ck_assert_int_eq(fb_aead_export_key(got_key, &klen, c, FB_AEAD_DATA, FB_AEAD_S2C), FB_OK);
+    unhex(want, 16, "6248d33e9d7b91b5585b2b82e7a4cb89");
+    ck_assert_mem_eq(got_key, want, 16);
+
+    memset(&h, 0, sizeof(h));
+    ck_assert_int_eq(fb_wire_sid_from_string(h.sid, "0000002a00112233445566778899aabb"), FB_OK);
+    ck_assert_int_eq(fb_wire_encode_close(buf, BUFSZ, &len, &h, &cl, c), FB_OK);
+    ck_assert_uint_eq(len, 52);
+    unhex(want, 52,
+          "f10500000000002a00112233445566778899aabb0000000000000000"
+          "6fea35bff1dcea309637459067e213c9eb1772defb3f1eaf");
+    ck_assert_mem_eq(buf, want, 52);
+    ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
+
+    h.pn = 1;
+    ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, c), FB_OK);
+    ck_assert_uint_eq(len, 68);
+    unhex(want, 68,
+          "f10300000000002a00112233445566778899aabb0000000000000001"
+          "86a2c1abf85ffaa4102406297b178528a060a12a1dbffcb16365ab3cd8b73719a189478cdee8b2a1");
+    ck_assert_mem_eq(buf, want, 68);
+    ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
+    ck_assert_mem_eq(pkt.u.data.payload, "fallback", 8);
+    fb_aead_free(c);
+    fb_aead_free(s);
+}
+END_TEST
+
 static Suite *wire_suite(void)
 {
     Suite *s = suite_create("fb_wire");
@@ -875,6 +947,8 @@ static Suite *wire_suite(void)
 
     tcase_add_test(misc, test_session_id_matches_the_http_id);
     tcase_add_test(misc, test_reason_and_type_names);
+    tcase_add_checked_fixture(misc, setup, teardown);
+    tcase_add_test(misc, test_protocol_document_vectors);
     suite_add_tcase(s, misc);
     return s;
 }
