@@ -20,9 +20,9 @@ typedef struct aead_keyset {
     int set;
     unsigned cipher; /* fb_cipher bit */
     size_t keylen;
-    uint8_t key[2][AEAD_MAX_KEY];     /* [0] client->server, [1] server->client */
+    uint8_t key[2][AEAD_MAX_KEY]; /* [0] client->server, [1] server->client */
     uint8_t iv[2][FB_AEAD_NONCE_LEN];
-    EVP_CIPHER_CTX *evp[2];           /* pre-keyed: encrypt for our direction, decrypt for the peer's */
+    EVP_CIPHER_CTX *evp[2]; /* pre-keyed: encrypt for our direction, decrypt for the peer's */
 } aead_keyset;
 
 struct fb_aead_ctx {
@@ -94,8 +94,9 @@ static const char *cipher_label(unsigned cipher)
 }
 
 /* The labels are part of the protocol (PROTOCOL.md 4.2): "fb1 <phase> <dir> <cipher> key|iv". */
-static fb_err derive_one(uint8_t *out, size_t outlen, const uint8_t *session_key, const uint8_t *salt, size_t saltlen,
-                         const char *phase, fb_aead_dir dir, unsigned cipher, const char *what)
+static fb_err derive_one(uint8_t *out, size_t outlen, const uint8_t *session_key, const uint8_t *salt,
+                         size_t saltlen, const char *phase, fb_aead_dir dir, unsigned cipher,
+                         const char *what)
 {
     char info[64];
     int n = snprintf(info, sizeof(info), "fb1 %s %s %s %s", phase, dir == FB_AEAD_C2S ? "c2s" : "s2c",
@@ -103,8 +104,8 @@ static fb_err derive_one(uint8_t *out, size_t outlen, const uint8_t *session_key
 
     if (n <= 0 || (size_t)n >= sizeof(info))
         return FB_ERR_INTERNAL;
-    return fb_aead_hkdf(out, outlen, session_key, FB_AEAD_SESSION_KEY_LEN, salt, saltlen, (const uint8_t *)info,
-                        (size_t)n);
+    return fb_aead_hkdf(out, outlen, session_key, FB_AEAD_SESSION_KEY_LEN, salt, saltlen,
+                        (const uint8_t *)info, (size_t)n);
 }
 
 static void keyset_clear(aead_keyset *ks)
@@ -151,7 +152,8 @@ static fb_err keyset_build(aead_keyset *ks, const fb_aead_ctx *ctx, const char *
 
         rc = derive_one(ks->key[i], ks->keylen, ctx->session_key, salt, saltlen, phase, dir, cipher, "key");
         if (rc == FB_OK)
-            rc = derive_one(ks->iv[i], FB_AEAD_NONCE_LEN, ctx->session_key, salt, saltlen, phase, dir, cipher, "iv");
+            rc = derive_one(ks->iv[i], FB_AEAD_NONCE_LEN, ctx->session_key, salt, saltlen, phase, dir, cipher,
+                            "iv");
     }
     if (rc == FB_OK)
         rc = keyset_arm(ks, ctx);
@@ -182,7 +184,8 @@ fb_err fb_aead_new(fb_aead_ctx **pctx, const uint8_t session_key[FB_AEAD_SESSION
     return FB_OK;
 }
 
-fb_err fb_aead_set_data_keys(fb_aead_ctx *ctx, unsigned cipher, const uint8_t client_nonce[FB_AEAD_HELLO_NONCE_LEN],
+fb_err fb_aead_set_data_keys(fb_aead_ctx *ctx, unsigned cipher,
+                             const uint8_t client_nonce[FB_AEAD_HELLO_NONCE_LEN],
                              const uint8_t server_nonce[FB_AEAD_HELLO_NONCE_LEN])
 {
     uint8_t salt[2 * FB_AEAD_HELLO_NONCE_LEN];
@@ -250,8 +253,8 @@ static const aead_keyset *keyset_for(const fb_aead_ctx *ctx, fb_aead_phase phase
     return &ctx->ks[phase];
 }
 
-fb_err fb_aead_seal(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad, size_t aadlen,
-                    uint8_t *out, const uint8_t *pt, size_t ptlen)
+fb_err fb_aead_seal(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad,
+                    size_t aadlen, uint8_t *out, const uint8_t *pt, size_t ptlen)
 {
     const aead_keyset *ks = keyset_for(ctx, phase);
     uint8_t nonce[FB_AEAD_NONCE_LEN];
@@ -284,8 +287,8 @@ fb_err fb_aead_seal(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, co
     return FB_OK;
 }
 
-fb_err fb_aead_open(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad, size_t aadlen,
-                    uint8_t *out, const uint8_t *in, size_t ctlen)
+fb_err fb_aead_open(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad,
+                    size_t aadlen, uint8_t *out, const uint8_t *in, size_t ctlen)
 {
     const aead_keyset *ks = keyset_for(ctx, phase);
     uint8_t nonce[FB_AEAD_NONCE_LEN], tag[FB_AEAD_TAG_LEN];

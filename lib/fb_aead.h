@@ -49,7 +49,8 @@ fb_err fb_aead_new(fb_aead_ctx **pctx, const uint8_t session_key[FB_AEAD_SESSION
  * FB_CIPHER_AES256_GCM from fb_config.h) from the session key and the two handshake nonces.
  * May be called again (a new association replaces the keys). FB_ERR_CONFIG for an unknown
  * cipher. */
-fb_err fb_aead_set_data_keys(fb_aead_ctx *ctx, unsigned cipher, const uint8_t client_nonce[FB_AEAD_HELLO_NONCE_LEN],
+fb_err fb_aead_set_data_keys(fb_aead_ctx *ctx, unsigned cipher,
+                             const uint8_t client_nonce[FB_AEAD_HELLO_NONCE_LEN],
                              const uint8_t server_nonce[FB_AEAD_HELLO_NONCE_LEN]);
 
 /* Wipes every key and frees the context. NULL is allowed. */
@@ -65,15 +66,15 @@ unsigned fb_aead_cipher(const fb_aead_ctx *ctx);
  * is encrypted into OUT (or, for FB_CIPHER_NONE, copied in clear and authenticated), followed
  * by the 16-byte tag: OUT needs PTLEN + FB_AEAD_TAG_LEN bytes. OUT may equal PT (in place); no
  * other overlap. FB_ERR_SESSION_STATE when the phase's keys are not set. */
-fb_err fb_aead_seal(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad, size_t aadlen,
-                    uint8_t *out, const uint8_t *pt, size_t ptlen);
+fb_err fb_aead_seal(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad,
+                    size_t aadlen, uint8_t *out, const uint8_t *pt, size_t ptlen);
 
 /* Opens a packet the peer sent: IN is CTLEN bytes of ciphertext followed by the tag (so
  * CTLEN >= FB_AEAD_TAG_LEN); the CTLEN - 16 plaintext bytes go to OUT, which may equal IN.
  * FB_ERR_AUTH if the tag does not verify (OUT then holds garbage and must not be used),
  * FB_ERR_SESSION_STATE when the phase's keys are not set. */
-fb_err fb_aead_open(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad, size_t aadlen,
-                    uint8_t *out, const uint8_t *in, size_t ctlen);
+fb_err fb_aead_open(const fb_aead_ctx *ctx, fb_aead_phase phase, uint64_t pn, const uint8_t *aad,
+                    size_t aadlen, uint8_t *out, const uint8_t *in, size_t ctlen);
 
 /* HKDF-SHA-256 (RFC 5869, extract then expand) through EVP_KDF "HKDF". SALT may be NULL/0. */
 fb_err fb_aead_hkdf(uint8_t *out, size_t outlen, const uint8_t *ikm, size_t ikmlen, const uint8_t *salt,

@@ -12,15 +12,15 @@
 /* Constants of the control laws. Times in microseconds, rates in bytes/s. */
 #define BASE_BUCKET_US 10000000u /* one-way-delay minimum kept per 10 s, 6 buckets: 60 s window */
 #define BASE_BUCKETS 6u
-#define MIN_CONTROL_RTT_US 10000u   /* control time constant never shorter than 10 ms */
-#define DEFAULT_RTT_US 100000u      /* assumed before the first RTT sample */
-#define ALPHA_REF_RATE 12500000.0   /* alpha grows with sqrt(rate) above 100 Mbit/s */
-#define FAST_GAMMA 0.5              /* fair: fraction of the error corrected per RTT */
-#define MAX_UP_PER_RTT 1.0          /* at most doubling per RTT */
-#define MAX_DOWN_PER_RTT 0.5        /* at most halving per RTT by delay alone */
-#define LOSS_CUT_FAIR 0.85          /* congestive loss: fair and high */
-#define LOSS_CUT_LOW 0.5            /* congestive loss: low */
-#define QS_EXIT_MIN_US 4000         /* quick start ends once q exceeds max(this, min(alpha/x, max)) */
+#define MIN_CONTROL_RTT_US 10000u /* control time constant never shorter than 10 ms */
+#define DEFAULT_RTT_US 100000u    /* assumed before the first RTT sample */
+#define ALPHA_REF_RATE 12500000.0 /* alpha grows with sqrt(rate) above 100 Mbit/s */
+#define FAST_GAMMA 0.5            /* fair: fraction of the error corrected per RTT */
+#define MAX_UP_PER_RTT 1.0        /* at most doubling per RTT */
+#define MAX_DOWN_PER_RTT 0.5      /* at most halving per RTT by delay alone */
+#define LOSS_CUT_FAIR 0.85        /* congestive loss: fair and high */
+#define LOSS_CUT_LOW 0.5          /* congestive loss: low */
+#define QS_EXIT_MIN_US 4000       /* quick start ends once q exceeds max(this, min(alpha/x, max)) */
 #define QS_EXIT_MAX_US 25000
 #define QS_LOSS_EXIT 0.25           /* ... or once more than 25 % of 64 datagrams are lost */
 #define RISE_MIN_US 2000            /* q counts as rising when 2 ms and 50 % above its recent min */

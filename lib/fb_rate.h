@@ -56,16 +56,16 @@ typedef struct fb_rate_sample {
 
 typedef struct fb_rate {
     fb_rate_params p;
-    double rate;         /* bytes/s, the pacing rate */
-    int quick_start;     /* 1 while ramping exponentially */
+    double rate;                /* bytes/s, the pacing rate */
+    int quick_start;            /* 1 while ramping exponentially */
     uint64_t qs_acked, qs_lost; /* bytes acknowledged / lost in the current quick-start window */
-    uint64_t srtt_us;    /* smoothed RTT (0 = no sample yet) */
+    uint64_t srtt_us;           /* smoothed RTT (0 = no sample yet) */
     uint64_t min_rtt_us;
     int have_owd;
     int64_t base_owd[6];     /* windowed minimum of one-way delay: one bucket per 10 s */
     uint64_t base_bucket_us; /* start of the current bucket */
     unsigned base_idx;
-    int64_t qdelay_us;       /* latest queueing delay estimate */
+    int64_t qdelay_us; /* latest queueing delay estimate */
     int have_q;
     int64_t qmin_cur_us, qmin_prev_us; /* min q over the current and previous RTT-long period */
     uint64_t qmin_since_us;
@@ -75,17 +75,17 @@ typedef struct fb_rate {
     uint64_t last_cut_us;    /* last loss-triggered decrease (once per RTT) */
     uint64_t last_feedback_us;
     int have_feedback;
-    uint64_t low_q_since_us;  /* last time q was above a quarter of this flow's target */
+    uint64_t low_q_since_us; /* last time q was above a quarter of this flow's target */
     uint64_t last_decay_us;  /* last silence-triggered decrease */
     uint64_t next_drain_us;  /* next periodic drain (re-measures the delay floor) */
     uint64_t drain_until_us; /* end of the drain under way, 0 = none */
     double drain_saved_rate;
     uint64_t recv_frozen_until_us; /* receive-rate updates ignored until then (after a drain) */
     int have_recv;
-    double recv_avg;         /* smoothed arrival rate at the receiver, losses included */
-    double loss_avg;         /* smoothed random-loss fraction (learnt while the queue is low) */
-    double next_send_us;     /* pacer: earliest time of the next packet */
-    int started;             /* any packet sent */
+    double recv_avg;     /* smoothed arrival rate at the receiver, losses included */
+    double loss_avg;     /* smoothed random-loss fraction (learnt while the queue is low) */
+    double next_send_us; /* pacer: earliest time of the next packet */
+    int started;         /* any packet sent */
 } fb_rate;
 
 /* Sets up a controller at NOW_US. Invalid parameters are repaired (policy defaults to fair,

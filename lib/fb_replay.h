@@ -13,8 +13,8 @@
 #define FB_REPLAY_WORDS (FB_REPLAY_WINDOW / 64u)
 
 typedef struct fb_replay {
-    uint64_t top;                  /* highest packet number accepted; valid when any */
-    int any;                       /* 0 until the first update */
+    uint64_t top;                   /* highest packet number accepted; valid when any */
+    int any;                        /* 0 until the first update */
     uint64_t bits[FB_REPLAY_WORDS]; /* bit (pn % WINDOW) set: pn seen, for pn in (top - WINDOW, top] */
 } fb_replay;
 

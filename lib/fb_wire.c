@@ -221,22 +221,24 @@ fb_aead_phase fb_wire_type_phase(fb_wire_type type)
 typedef struct type_rule {
     size_t min_len; /* whole datagram */
     size_t max_len;
-    uint8_t flags;  /* allowed header flags */
+    uint8_t flags; /* allowed header flags */
 } type_rule;
 
 static const type_rule *rule_for(unsigned type)
 {
     static const type_rule rules[] = {
         [FB_WIRE_HELLO] = {FB_WIRE_MIN_DATAGRAM, FB_WIRE_MAX_DATAGRAM, 0},
-        [FB_WIRE_HELLO_ACK] = {FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED, FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED,
-                               0},
+        [FB_WIRE_HELLO_ACK] = {FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED,
+                               FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED, 0},
         [FB_WIRE_DATA] = {FB_WIRE_DATA_OVERHEAD + 1, FB_WIRE_MAX_DATAGRAM,
                           FB_WIRE_F_DATA_RETRANSMIT | FB_WIRE_F_DATA_LAST},
         [FB_WIRE_FEEDBACK] = {FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED,
-                              FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + FB_WIRE_MAX_RANGES * FB_WIRE_RANGE_LEN,
+                              FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED +
+                                  FB_WIRE_MAX_RANGES * FB_WIRE_RANGE_LEN,
                               FB_WIRE_F_FEEDBACK_MORE | FB_WIRE_F_FEEDBACK_COMPLETE},
         [FB_WIRE_CLOSE] = {FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, 0},
-        [FB_WIRE_PROBE] = {FB_WIRE_OVERHEAD + FB_WIRE_PROBE_FIXED, FB_WIRE_MAX_DATAGRAM, FB_WIRE_F_PROBE_REPLY},
+        [FB_WIRE_PROBE] = {FB_WIRE_OVERHEAD + FB_WIRE_PROBE_FIXED, FB_WIRE_MAX_DATAGRAM,
+                           FB_WIRE_F_PROBE_REPLY},
     };
 
     if (type < FB_WIRE_HELLO || type > FB_WIRE_PROBE)
@@ -378,8 +380,8 @@ static fb_err encode_seal(uint8_t *buf, size_t total, size_t *plen, const fb_wir
     return FB_OK;
 }
 
-fb_err fb_wire_encode_hello(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_hello *m,
-                            const fb_aead_ctx *ctx)
+fb_err fb_wire_encode_hello(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                            const fb_wire_hello *m, const fb_aead_ctx *ctx)
 {
     size_t total = m->pad_to < FB_WIRE_MIN_DATAGRAM ? FB_WIRE_MIN_DATAGRAM : m->pad_to;
     wire_hello *w = (wire_hello *)(buf + FB_WIRE_HEADER_LEN);
@@ -430,8 +432,8 @@ fb_err fb_wire_encode_hello_ack(uint8_t *buf, size_t cap, size_t *plen, const fb
     return encode_seal(buf, total, plen, hdr, FB_WIRE_HELLO_ACK, ctx);
 }
 
-fb_err fb_wire_encode_data(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_data *m,
-                           const fb_aead_ctx *ctx)
+fb_err fb_wire_encode_data(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                           const fb_wire_data *m, const fb_aead_ctx *ctx)
 {
     wire_data *w = (wire_data *)(buf + FB_WIRE_HEADER_LEN);
     uint8_t *payload = buf + FB_WIRE_DATA_PAYLOAD_OFF;
@@ -478,7 +480,8 @@ fb_err fb_wire_encode_feedback(uint8_t *buf, size_t cap, size_t *plen, const fb_
     put32(w->hold, m->hold_us);
     put16(w->nranges, m->nranges);
     for (unsigned i = 0; i < m->nranges; i++) {
-        wire_range *r = (wire_range *)(buf + FB_WIRE_HEADER_LEN + FB_WIRE_FEEDBACK_FIXED + i * FB_WIRE_RANGE_LEN);
+        wire_range *r =
+            (wire_range *)(buf + FB_WIRE_HEADER_LEN + FB_WIRE_FEEDBACK_FIXED + i * FB_WIRE_RANGE_LEN);
 
         put64(r->offset, m->ranges[i].offset);
         put64(r->length, m->ranges[i].length);
@@ -486,8 +489,8 @@ fb_err fb_wire_encode_feedback(uint8_t *buf, size_t cap, size_t *plen, const fb_
     return encode_seal(buf, total, plen, hdr, FB_WIRE_FEEDBACK, ctx);
 }
 
-fb_err fb_wire_encode_close(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_close *m,
-                            const fb_aead_ctx *ctx)
+fb_err fb_wire_encode_close(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                            const fb_wire_close *m, const fb_aead_ctx *ctx)
 {
     size_t total = FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED;
     wire_close *w = (wire_close *)(buf + FB_WIRE_HEADER_LEN);
@@ -504,8 +507,8 @@ fb_err fb_wire_encode_close(uint8_t *buf, size_t cap, size_t *plen, const fb_wir
     return encode_seal(buf, total, plen, hdr, FB_WIRE_CLOSE, ctx);
 }
 
-fb_err fb_wire_encode_probe(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_probe *m,
-                            const fb_aead_ctx *ctx)
+fb_err fb_wire_encode_probe(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                            const fb_wire_probe *m, const fb_aead_ctx *ctx)
 {
     size_t minimal = FB_WIRE_OVERHEAD + FB_WIRE_PROBE_FIXED;
     size_t total = m->pad_to < minimal ? minimal : m->pad_to;
@@ -606,7 +609,8 @@ static int parse_body(fb_wire_pkt *pkt, const uint8_t *body, size_t bodylen)
         m->echo_recv_ts_us = get64(w->echo_recv_ts);
         m->hold_us = get32(w->hold);
         m->nranges = get16(w->nranges);
-        if (m->nranges != listed || listed > FB_WIRE_MAX_RANGES || !all_zero(w->reserved, sizeof(w->reserved)))
+        if (m->nranges != listed || listed > FB_WIRE_MAX_RANGES ||
+            !all_zero(w->reserved, sizeof(w->reserved)))
             return 0;
         for (size_t i = 0; i < listed; i++) {
             const wire_range *r = (const wire_range *)(body + sizeof(*w) + i * FB_WIRE_RANGE_LEN);
@@ -630,15 +634,16 @@ static int parse_body(fb_wire_pkt *pkt, const uint8_t *body, size_t bodylen)
         m->ts_us = get64(w->ts);
         m->hold_us = get32(w->hold);
         m->pad_to = pkt->datagram_len;
-        return all_zero(w->reserved, sizeof(w->reserved)) && all_zero(body + sizeof(*w), bodylen - sizeof(*w));
+        return all_zero(w->reserved, sizeof(w->reserved)) &&
+               all_zero(body + sizeof(*w), bodylen - sizeof(*w));
     }
     default:
         return 0;
     }
 }
 
-fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size_t len, const fb_aead_ctx *ctx,
-                    fb_replay *replay)
+fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size_t len,
+                    const fb_aead_ctx *ctx, fb_replay *replay)
 {
     fb_aead_phase phase;
     uint8_t *body;
@@ -661,7 +666,7 @@ fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size
     bodylen = len - FB_WIRE_OVERHEAD;
     rc = fb_aead_open(ctx, phase, pkt->hdr.pn, buf, FB_WIRE_HEADER_LEN, body, body, len - FB_WIRE_HEADER_LEN);
     if (rc != FB_OK) {
-        rc = drop(reason, rc == FB_ERR_AUTH           ? FB_WIRE_R_AUTH_FAILED
+        rc = drop(reason, rc == FB_ERR_AUTH            ? FB_WIRE_R_AUTH_FAILED
                           : rc == FB_ERR_SESSION_STATE ? FB_WIRE_R_NO_KEYS
                                                        : FB_WIRE_R_INTERNAL);
         goto fail;
@@ -675,13 +680,12 @@ fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size
         fb_replay_update(replay, pkt->hdr.pn);
     *reason = FB_WIRE_R_NONE;
     return FB_OK;
-fail:
-    {
-        fb_wire_reason why = *reason;
+fail : {
+    fb_wire_reason why = *reason;
 
-        memset(pkt, 0, sizeof(*pkt));
-        *reason = why;
-    }
+    memset(pkt, 0, sizeof(*pkt));
+    *reason = why;
+}
     return rc;
 }
 

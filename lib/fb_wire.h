@@ -24,25 +24,25 @@
 #include "fb_replay.h"
 
 #define FB_WIRE_VERSION 1
-#define FB_WIRE_MAGIC 0xF0u                            /* high nibble of byte 0 */
+#define FB_WIRE_MAGIC 0xF0u                                    /* high nibble of byte 0 */
 #define FB_WIRE_VERSION_BYTE (FB_WIRE_MAGIC | FB_WIRE_VERSION) /* 0xF1 */
 
-#define FB_WIRE_SID_LEN 16       /* u32 slot index (big-endian) + 12 random bytes */
-#define FB_WIRE_SID_HEX_LEN 32   /* the HTTP session id: "%08x" index + 24 hex */
+#define FB_WIRE_SID_LEN 16     /* u32 slot index (big-endian) + 12 random bytes */
+#define FB_WIRE_SID_HEX_LEN 32 /* the HTTP session id: "%08x" index + 24 hex */
 #define FB_WIRE_HEADER_LEN 28
 #define FB_WIRE_TAG_LEN FB_AEAD_TAG_LEN
 #define FB_WIRE_OVERHEAD (FB_WIRE_HEADER_LEN + FB_WIRE_TAG_LEN) /* 44 */
 
-#define FB_WIRE_MAX_DATAGRAM 65507u     /* largest UDP payload over IPv4 */
-#define FB_WIRE_MIN_DATAGRAM 1200u      /* every path must carry this; HELLO is padded to it */
-#define FB_WIRE_DEFAULT_DATAGRAM 1452u  /* fits MTU 1500 under IPv6 (40) + UDP (8) headers */
+#define FB_WIRE_MAX_DATAGRAM 65507u    /* largest UDP payload over IPv4 */
+#define FB_WIRE_MIN_DATAGRAM 1200u     /* every path must carry this; HELLO is padded to it */
+#define FB_WIRE_DEFAULT_DATAGRAM 1452u /* fits MTU 1500 under IPv6 (40) + UDP (8) headers */
 
 /* DATA: header, offset (u64), send timestamp (u64), payload, tag. */
 #define FB_WIRE_DATA_FIXED 16u
-#define FB_WIRE_DATA_PAYLOAD_OFF (FB_WIRE_HEADER_LEN + FB_WIRE_DATA_FIXED)            /* 44 */
-#define FB_WIRE_DATA_OVERHEAD (FB_WIRE_OVERHEAD + FB_WIRE_DATA_FIXED)                 /* 60 */
-#define FB_WIRE_DEFAULT_PAYLOAD (FB_WIRE_DEFAULT_DATAGRAM - FB_WIRE_DATA_OVERHEAD)    /* 1392 */
-#define FB_WIRE_MAX_PAYLOAD (FB_WIRE_MAX_DATAGRAM - FB_WIRE_DATA_OVERHEAD)            /* 65447 */
+#define FB_WIRE_DATA_PAYLOAD_OFF (FB_WIRE_HEADER_LEN + FB_WIRE_DATA_FIXED)         /* 44 */
+#define FB_WIRE_DATA_OVERHEAD (FB_WIRE_OVERHEAD + FB_WIRE_DATA_FIXED)              /* 60 */
+#define FB_WIRE_DEFAULT_PAYLOAD (FB_WIRE_DEFAULT_DATAGRAM - FB_WIRE_DATA_OVERHEAD) /* 1392 */
+#define FB_WIRE_MAX_PAYLOAD (FB_WIRE_MAX_DATAGRAM - FB_WIRE_DATA_OVERHEAD)         /* 65447 */
 
 /* Fixed body sizes (before padding / ranges / payload). */
 #define FB_WIRE_HELLO_FIXED 52u
@@ -63,11 +63,11 @@ typedef enum fb_wire_type {
 } fb_wire_type;
 
 /* Header flags, per type; any other bit set is malformed. */
-#define FB_WIRE_F_DATA_RETRANSMIT 0x01u    /* payload was sent before (not a delay sample) */
-#define FB_WIRE_F_DATA_LAST 0x02u          /* payload ends at the end of the file */
-#define FB_WIRE_F_FEEDBACK_MORE 0x01u      /* more missing ranges exist than are listed */
-#define FB_WIRE_F_FEEDBACK_COMPLETE 0x02u  /* the receiver has the whole file */
-#define FB_WIRE_F_PROBE_REPLY 0x01u        /* an answer to a PROBE (never larger than it) */
+#define FB_WIRE_F_DATA_RETRANSMIT 0x01u   /* payload was sent before (not a delay sample) */
+#define FB_WIRE_F_DATA_LAST 0x02u         /* payload ends at the end of the file */
+#define FB_WIRE_F_FEEDBACK_MORE 0x01u     /* more missing ranges exist than are listed */
+#define FB_WIRE_F_FEEDBACK_COMPLETE 0x02u /* the receiver has the whole file */
+#define FB_WIRE_F_PROBE_REPLY 0x01u       /* an answer to a PROBE (never larger than it) */
 
 /* Why a datagram was dropped: one counter each (udpd's statistics, fbcp --json). */
 typedef enum fb_wire_reason {
@@ -89,16 +89,16 @@ typedef struct fb_wire_hdr {
     uint8_t type;  /* fb_wire_type */
     uint8_t flags; /* FB_WIRE_F_* of that type */
     uint8_t sid[FB_WIRE_SID_LEN];
-    uint64_t pn;   /* packet number: data phase 0,1,2... per direction; handshake: random */
+    uint64_t pn; /* packet number: data phase 0,1,2... per direction; handshake: random */
 } fb_wire_hdr;
 
 typedef struct fb_wire_hello {
     uint8_t client_nonce[FB_AEAD_HELLO_NONCE_LEN]; /* random, fresh per association */
-    uint32_t cipher;       /* one fb_cipher bit requested */
-    uint32_t policy;       /* one fb_policy bit requested */
-    uint64_t target_rate;  /* bytes/s; 0 = server's default */
-    uint64_t min_rate;     /* bytes/s */
-    uint64_t client_ts_us; /* client clock, echoed in HELLO_ACK */
+    uint32_t cipher;                               /* one fb_cipher bit requested */
+    uint32_t policy;                               /* one fb_policy bit requested */
+    uint64_t target_rate;                          /* bytes/s; 0 = server's default */
+    uint64_t min_rate;                             /* bytes/s */
+    uint64_t client_ts_us;                         /* client clock, echoed in HELLO_ACK */
     uint16_t max_datagram; /* largest datagram the client accepts, >= FB_WIRE_MIN_DATAGRAM */
     size_t pad_to;         /* encode: total datagram size (raised to FB_WIRE_MIN_DATAGRAM) */
 } fb_wire_hello;
@@ -106,10 +106,10 @@ typedef struct fb_wire_hello {
 typedef struct fb_wire_hello_ack {
     uint8_t client_nonce[FB_AEAD_HELLO_NONCE_LEN]; /* echo: binds the answer to the HELLO */
     uint8_t server_nonce[FB_AEAD_HELLO_NONCE_LEN];
-    uint32_t status;       /* fb_err: FB_OK = accepted, else why refused (fall back to HTTP) */
-    uint32_t cipher;       /* accepted (one fb_cipher bit; 0 when refused) */
-    uint32_t policy;       /* accepted (one fb_policy bit; 0 when refused) */
-    uint64_t target_rate;  /* bytes/s after the server's caps */
+    uint32_t status;      /* fb_err: FB_OK = accepted, else why refused (fall back to HTTP) */
+    uint32_t cipher;      /* accepted (one fb_cipher bit; 0 when refused) */
+    uint32_t policy;      /* accepted (one fb_policy bit; 0 when refused) */
+    uint64_t target_rate; /* bytes/s after the server's caps */
     uint64_t min_rate;
     uint64_t echo_ts_us;   /* the HELLO's client_ts_us */
     uint32_t hold_us;      /* time between the HELLO's arrival and this answer */
@@ -118,21 +118,21 @@ typedef struct fb_wire_hello_ack {
 } fb_wire_hello_ack;
 
 typedef struct fb_wire_data {
-    uint64_t offset;         /* file offset of payload[0] */
-    uint64_t send_ts_us;     /* sender clock when sealed */
-    const uint8_t *payload;  /* decode: points into the datagram buffer (decrypted in place) */
-    size_t len;              /* 1 .. FB_WIRE_MAX_PAYLOAD */
+    uint64_t offset;        /* file offset of payload[0] */
+    uint64_t send_ts_us;    /* sender clock when sealed */
+    const uint8_t *payload; /* decode: points into the datagram buffer (decrypted in place) */
+    size_t len;             /* 1 .. FB_WIRE_MAX_PAYLOAD */
 } fb_wire_data;
 
 typedef struct fb_wire_feedback {
-    uint64_t cum_offset;      /* every byte below this has been received */
-    uint64_t high_offset;     /* end of the highest byte received (>= cum_offset) */
-    uint64_t recv_bytes;      /* distinct payload bytes received so far */
-    uint64_t recv_rate;       /* bytes/s the receiver measured over its last interval */
-    uint64_t echo_ts_us;      /* send_ts_us of the newest DATA received (0 = none yet) */
-    uint64_t echo_recv_ts_us; /* receiver clock when that DATA arrived (one-way delay sample) */
-    uint32_t hold_us;         /* from that arrival to sending this feedback */
-    uint16_t nranges;         /* missing ranges listed, <= FB_WIRE_MAX_RANGES */
+    uint64_t cum_offset;                 /* every byte below this has been received */
+    uint64_t high_offset;                /* end of the highest byte received (>= cum_offset) */
+    uint64_t recv_bytes;                 /* distinct payload bytes received so far */
+    uint64_t recv_rate;                  /* bytes/s the receiver measured over its last interval */
+    uint64_t echo_ts_us;                 /* send_ts_us of the newest DATA received (0 = none yet) */
+    uint64_t echo_recv_ts_us;            /* receiver clock when that DATA arrived (one-way delay sample) */
+    uint32_t hold_us;                    /* from that arrival to sending this feedback */
+    uint16_t nranges;                    /* missing ranges listed, <= FB_WIRE_MAX_RANGES */
     fb_range ranges[FB_WIRE_MAX_RANGES]; /* sorted, disjoint, inside [cum, high), first at cum */
 } fb_wire_feedback;
 
@@ -177,27 +177,27 @@ fb_err fb_wire_peek_header(fb_wire_hdr *hdr, fb_wire_reason *reason, const uint8
  * IN PLACE (BUF's body is overwritten with plaintext), then field validation, then the window
  * update. On success *PKT is filled (a DATA payload points into BUF). On failure *PKT is zeroed,
  * *REASON says why, and the result is FB_ERR_PROTOCOL (FB_ERR_INTERNAL for OpenSSL faults). */
-fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size_t len, const fb_aead_ctx *ctx,
-                    fb_replay *replay);
+fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size_t len,
+                    const fb_aead_ctx *ctx, fb_replay *replay);
 
 /* Encoders: write the sealed datagram into BUF (CAP bytes) and its size into *PLEN. The type in
  * HDR is ignored (set by the function); HDR's flags must be valid for the type. Fields are
  * validated as the decoder would (FB_ERR_INTERNAL for a caller bug); FB_ERR_TOO_LARGE when CAP
  * is too small or the datagram would exceed FB_WIRE_MAX_DATAGRAM. */
-fb_err fb_wire_encode_hello(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_hello *m,
-                            const fb_aead_ctx *ctx);
+fb_err fb_wire_encode_hello(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                            const fb_wire_hello *m, const fb_aead_ctx *ctx);
 fb_err fb_wire_encode_hello_ack(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
                                 const fb_wire_hello_ack *m, const fb_aead_ctx *ctx);
 /* The payload may already sit at BUF + FB_WIRE_DATA_PAYLOAD_OFF (read the file straight there:
  * no copy is made); otherwise it is copied. */
-fb_err fb_wire_encode_data(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_data *m,
-                           const fb_aead_ctx *ctx);
+fb_err fb_wire_encode_data(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                           const fb_wire_data *m, const fb_aead_ctx *ctx);
 fb_err fb_wire_encode_feedback(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
                                const fb_wire_feedback *m, const fb_aead_ctx *ctx);
-fb_err fb_wire_encode_close(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_close *m,
-                            const fb_aead_ctx *ctx);
-fb_err fb_wire_encode_probe(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr, const fb_wire_probe *m,
-                            const fb_aead_ctx *ctx);
+fb_err fb_wire_encode_close(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                            const fb_wire_close *m, const fb_aead_ctx *ctx);
+fb_err fb_wire_encode_probe(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
+                            const fb_wire_probe *m, const fb_aead_ctx *ctx);
 /* Dispatches on PKT->hdr.type. */
 fb_err fb_wire_encode(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_pkt *pkt, const fb_aead_ctx *ctx);
 

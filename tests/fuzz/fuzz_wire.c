@@ -19,7 +19,8 @@
 
 static fb_aead_ctx *client, *server;
 static fb_replay window;
-static uint8_t dgram[FB_WIRE_MAX_DATAGRAM + 16], work[FB_WIRE_MAX_DATAGRAM + 16], again[FB_WIRE_MAX_DATAGRAM + 16];
+static uint8_t dgram[FB_WIRE_MAX_DATAGRAM + 16], work[FB_WIRE_MAX_DATAGRAM + 16],
+    again[FB_WIRE_MAX_DATAGRAM + 16];
 
 static void init_once(void)
 {
@@ -28,7 +29,8 @@ static void init_once(void)
 
     if (client != NULL)
         return;
-    if (fb_aead_new(&client, key, FB_AEAD_CLIENT) != FB_OK || fb_aead_new(&server, key, FB_AEAD_SERVER) != FB_OK ||
+    if (fb_aead_new(&client, key, FB_AEAD_CLIENT) != FB_OK ||
+        fb_aead_new(&server, key, FB_AEAD_SERVER) != FB_OK ||
         fb_aead_set_data_keys(client, FB_CIPHER_AES128_GCM, cn, sn) != FB_OK ||
         fb_aead_set_data_keys(server, FB_CIPHER_AES128_GCM, cn, sn) != FB_OK)
         abort();

@@ -23,7 +23,8 @@ static const char *KAT_IV = "cafebabefacedbaddecaf888";
 /* Runs one known-answer vector through a client context (seal) and a server context (open)
  * whose raw keys are the vector's key, with the IV pre-adjusted so that packet number 0 in
  * the client-to-server direction yields exactly the vector's nonce. */
-static void run_kat(unsigned cipher, const char *key_hex, size_t keylen, const char *ct_hex, const char *tag_hex)
+static void run_kat(unsigned cipher, const char *key_hex, size_t keylen, const char *ct_hex,
+                    const char *tag_hex)
 {
     uint8_t key[32], iv[12], pt[60], aad[20], ct[60], tag[16], out[60 + 16], back[60];
     uint8_t session[32] = {0};
@@ -76,14 +77,15 @@ START_TEST(test_hkdf_rfc5869_case_1)
     unhex(salt, 13, "000102030405060708090a0b0c");
     unhex(info, 10, "f0f1f2f3f4f5f6f7f8f9");
     unhex(want, 42, "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865");
-    ck_assert_int_eq(fb_aead_hkdf(okm, sizeof(okm), ikm, sizeof(ikm), salt, sizeof(salt), info, sizeof(info)), FB_OK);
+    ck_assert_int_eq(fb_aead_hkdf(okm, sizeof(okm), ikm, sizeof(ikm), salt, sizeof(salt), info, sizeof(info)),
+                     FB_OK);
     ck_assert_mem_eq(okm, want, sizeof(want));
 }
 END_TEST
 
 /* ---- the key schedule ------------------------------------------------------------------ */
 
-static const uint8_t SESSION_KEY[32] = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+static const uint8_t SESSION_KEY[32] = {1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16,
                                         17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32};
 static const uint8_t CNONCE[16] = {0xc1, 0xc2, 0xc3, 0xc4, 0xc5, 0xc6, 0xc7, 0xc8,
                                    0xc9, 0xca, 0xcb, 0xcc, 0xcd, 0xce, 0xcf, 0xd0};
@@ -174,7 +176,8 @@ START_TEST(test_round_trip_each_way_and_reflection_fails)
         for (int phase = FB_AEAD_HANDSHAKE; phase <= FB_AEAD_DATA; phase++) {
             /* client -> server */
             ck_assert_int_eq(fb_aead_seal(c, phase, 7, hdr, sizeof(hdr), sealed, msg, sizeof(msg)), FB_OK);
-            ck_assert_int_eq(fb_aead_open(s, phase, 7, hdr, sizeof(hdr), back, sealed, sizeof(sealed)), FB_OK);
+            ck_assert_int_eq(fb_aead_open(s, phase, 7, hdr, sizeof(hdr), back, sealed, sizeof(sealed)),
+                             FB_OK);
             ck_assert_mem_eq(back, msg, sizeof(msg));
             /* A packet reflected back at its sender never authenticates. */
             ck_assert_int_eq(fb_aead_open(c, phase, 7, hdr, sizeof(hdr), back, sealed, sizeof(sealed)),
@@ -184,7 +187,8 @@ START_TEST(test_round_trip_each_way_and_reflection_fails)
                              FB_ERR_AUTH);
             /* server -> client */
             ck_assert_int_eq(fb_aead_seal(s, phase, 7, hdr, sizeof(hdr), sealed, msg, sizeof(msg)), FB_OK);
-            ck_assert_int_eq(fb_aead_open(c, phase, 7, hdr, sizeof(hdr), back, sealed, sizeof(sealed)), FB_OK);
+            ck_assert_int_eq(fb_aead_open(c, phase, 7, hdr, sizeof(hdr), back, sealed, sizeof(sealed)),
+                             FB_OK);
             ck_assert_mem_eq(back, msg, sizeof(msg));
             ck_assert_int_eq(fb_aead_open(s, phase, 7, hdr, sizeof(hdr), back, sealed, sizeof(sealed)),
                              FB_ERR_AUTH);
@@ -208,7 +212,7 @@ START_TEST(test_aes_gcm_hides_the_body_and_none_does_not)
     ck_assert_int_eq(fb_aead_set_data_keys(s, FB_CIPHER_NONE, CNONCE, SNONCE), FB_OK);
     ck_assert_int_eq(fb_aead_seal(c, FB_AEAD_DATA, 1, NULL, 0, sealed, msg, sizeof(msg)), FB_OK);
     ck_assert_mem_eq(sealed, msg, sizeof(msg)); /* integrity only: the body is in clear */
-    sealed[10] ^= 0x20;                          /* ... but it is authenticated */
+    sealed[10] ^= 0x20;                         /* ... but it is authenticated */
     ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 1, NULL, 0, msg, sealed, sizeof(sealed)), FB_ERR_AUTH);
     fb_aead_free(c);
     fb_aead_free(s);
@@ -227,16 +231,19 @@ START_TEST(test_every_flipped_bit_fails)
     for (size_t bit = 0; bit < 8 * sizeof(sealed); bit++) {
         memcpy(work, sealed, sizeof(work));
         work[bit / 8] ^= (uint8_t)(1u << (bit % 8));
-        ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 99, hdr, sizeof(hdr), back, work, sizeof(work)), FB_ERR_AUTH);
+        ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 99, hdr, sizeof(hdr), back, work, sizeof(work)),
+                         FB_ERR_AUTH);
     }
     for (size_t bit = 0; bit < 8 * sizeof(hdr); bit++) {
         memcpy(hwork, hdr, sizeof(hwork));
         hwork[bit / 8] ^= (uint8_t)(1u << (bit % 8));
-        ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 99, hwork, sizeof(hwork), back, sealed, sizeof(sealed)),
-                         FB_ERR_AUTH);
+        ck_assert_int_eq(
+            fb_aead_open(s, FB_AEAD_DATA, 99, hwork, sizeof(hwork), back, sealed, sizeof(sealed)),
+            FB_ERR_AUTH);
     }
     /* And the untouched packet still opens (the context recovers from failures). */
-    ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 99, hdr, sizeof(hdr), back, sealed, sizeof(sealed)), FB_OK);
+    ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 99, hdr, sizeof(hdr), back, sealed, sizeof(sealed)),
+                     FB_OK);
     fb_aead_free(c);
     fb_aead_free(s);
 }
@@ -252,7 +259,8 @@ START_TEST(test_wrong_session_key_fails)
     ck_assert_int_eq(fb_aead_new(&c, SESSION_KEY, FB_AEAD_CLIENT), FB_OK);
     ck_assert_int_eq(fb_aead_new(&other, wrong, FB_AEAD_SERVER), FB_OK);
     ck_assert_int_eq(fb_aead_seal(c, FB_AEAD_HANDSHAKE, 1, NULL, 0, sealed, msg, sizeof(msg)), FB_OK);
-    ck_assert_int_eq(fb_aead_open(other, FB_AEAD_HANDSHAKE, 1, NULL, 0, back, sealed, sizeof(sealed)), FB_ERR_AUTH);
+    ck_assert_int_eq(fb_aead_open(other, FB_AEAD_HANDSHAKE, 1, NULL, 0, back, sealed, sizeof(sealed)),
+                     FB_ERR_AUTH);
     fb_aead_free(c);
     fb_aead_free(other);
 }
@@ -266,8 +274,10 @@ START_TEST(test_data_phase_needs_data_keys)
     pair(&c, &s, 0);
     ck_assert_int_eq(fb_aead_has_data_keys(c), 0);
     ck_assert_uint_eq(fb_aead_cipher(c), 0);
-    ck_assert_int_eq(fb_aead_seal(c, FB_AEAD_DATA, 1, NULL, 0, sealed, msg, sizeof(msg)), FB_ERR_SESSION_STATE);
-    ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 1, NULL, 0, back, sealed, sizeof(sealed)), FB_ERR_SESSION_STATE);
+    ck_assert_int_eq(fb_aead_seal(c, FB_AEAD_DATA, 1, NULL, 0, sealed, msg, sizeof(msg)),
+                     FB_ERR_SESSION_STATE);
+    ck_assert_int_eq(fb_aead_open(s, FB_AEAD_DATA, 1, NULL, 0, back, sealed, sizeof(sealed)),
+                     FB_ERR_SESSION_STATE);
     /* Too short to hold a tag. */
     ck_assert_int_eq(fb_aead_open(s, FB_AEAD_HANDSHAKE, 1, NULL, 0, back, sealed, 15), FB_ERR_AUTH);
     fb_aead_free(c);

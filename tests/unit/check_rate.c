@@ -26,10 +26,10 @@
 #endif
 
 typedef struct sim_cfg {
-    double link_rate;    /* bytes/s */
-    uint64_t rtt_us;     /* base round trip (propagation), split evenly */
-    double queue_bytes;  /* drop-tail capacity */
-    double loss;         /* random loss probability per data packet */
+    double link_rate;   /* bytes/s */
+    uint64_t rtt_us;    /* base round trip (propagation), split evenly */
+    double queue_bytes; /* drop-tail capacity */
+    double loss;        /* random loss probability per data packet */
     uint64_t duration_us;
     uint64_t measure_from_us;
     int nflows;
@@ -211,7 +211,8 @@ static void sim_run(sim_result *res, const sim_cfg *c)
             }
             /* Sender: packets due now (bulk sender, always has data). */
             while (fb_rate_next_send_time(&fl->rate, now) <= now) {
-                double qbytes = link_free > (double)now ? (link_free - (double)now) * c->link_rate / 1e6 : 0.0;
+                double qbytes =
+                    link_free > (double)now ? (link_free - (double)now) * c->link_rate / 1e6 : 0.0;
                 sim_pkt *p;
 
                 fb_rate_on_send(&fl->rate, now, PKT);
@@ -254,15 +255,15 @@ static void sim_run(sim_result *res, const sim_cfg *c)
 #ifdef SIM_TRACE
     for (int f = 0; f < c->nflows; f++)
         fprintf(stderr, "flow %d: goodput %.2f MB/s rate min %.2f mean %.2f max %.2f full@%.2fs\n", f,
-                res->goodput[f] / 1e6, res->min_rate[f] / 1e6, res->mean_rate[f] / 1e6, res->max_rate[f] / 1e6,
-                res->first_full_us[f] / 1e6);
+                res->goodput[f] / 1e6, res->min_rate[f] / 1e6, res->mean_rate[f] / 1e6,
+                res->max_rate[f] / 1e6, res->first_full_us[f] / 1e6);
     fprintf(stderr, "q mean %.1f ms max %.1f ms; sent %lu drops queue %lu random %lu\n", res->mean_q_us / 1e3,
             res->max_q_us / 1e3, (unsigned long)res->sent, (unsigned long)res->drops_queue,
             (unsigned long)res->drops_random);
 #endif
 }
 
-#define MBPS(x) ((x) * 1e6 / 8) /* Mbit/s to bytes/s */
+#define MBPS(x) ((x)*1e6 / 8) /* Mbit/s to bytes/s */
 
 static void sim_defaults(sim_cfg *c, unsigned policy, double link_rate, uint64_t rtt_us)
 {

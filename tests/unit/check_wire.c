@@ -15,8 +15,9 @@
 
 #define BUFSZ (FB_WIRE_MAX_DATAGRAM + 64)
 
-static const uint8_t KEY[32] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe, 1, 2, 3, 4, 5, 6, 7, 8,
-                                9,    10,   11,   12,   13,   14,   15,   16,   17, 18, 19, 20, 21, 22, 23, 24};
+static const uint8_t KEY[32] = {0x10, 0x32, 0x54, 0x76, 0x98, 0xba, 0xdc, 0xfe, 1,  2,  3,
+                                4,    5,    6,    7,    8,    9,    10,   11,   12, 13, 14,
+                                15,   16,   17,   18,   19,   20,   21,   22,   23, 24};
 static const uint8_t CN[16] = {0xaa, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 static const uint8_t SN[16] = {0xbb, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
 
@@ -387,8 +388,8 @@ START_TEST(test_every_truncation_is_rejected)
             fb_wire_reason why = open_copy(&got, buf, cut, receiver_of((fb_wire_type)t), NULL);
 
             ck_assert_msg(why != FB_WIRE_R_NONE, "type %d accepted at %zu of %zu bytes", t, cut, len);
-            ck_assert_msg(why == FB_WIRE_R_TRUNCATED || why == FB_WIRE_R_AUTH_FAILED, "type %d cut %zu: %s", t, cut,
-                          fb_wire_reason_name(why));
+            ck_assert_msg(why == FB_WIRE_R_TRUNCATED || why == FB_WIRE_R_AUTH_FAILED, "type %d cut %zu: %s",
+                          t, cut, fb_wire_reason_name(why));
             ck_assert_uint_eq(got.hdr.type, 0); /* nothing leaks out of a failed decode */
         }
     }
@@ -410,7 +411,8 @@ START_TEST(test_every_flipped_bit_is_rejected)
             /* Bytes 0-3 (version, type, flags, reserved) are checked before the key is used and
              * may be refused for that; every other bit is caught by the tag. */
             if (bit / 8 >= 4)
-                ck_assert_msg(why == FB_WIRE_R_AUTH_FAILED, "type %d bit %zu: %s", t, bit, fb_wire_reason_name(why));
+                ck_assert_msg(why == FB_WIRE_R_AUTH_FAILED, "type %d bit %zu: %s", t, bit,
+                              fb_wire_reason_name(why));
             else
                 ck_assert_msg(why != FB_WIRE_R_NONE, "type %d bit %zu accepted", t, bit);
         }
@@ -519,10 +521,11 @@ START_TEST(test_oversized_datagrams_are_rejected)
     len = encode_sample(FB_WIRE_CLOSE);
     ck_assert_int_eq(open_copy(&got, buf, len + 1, server, NULL), FB_WIRE_R_OVERSIZED);
     len = encode_sample(FB_WIRE_FEEDBACK);
-    ck_assert_int_eq(open_copy(&got, buf,
-                               FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + (FB_WIRE_MAX_RANGES + 1) * FB_WIRE_RANGE_LEN,
-                               server, NULL),
-                     FB_WIRE_R_OVERSIZED);
+    ck_assert_int_eq(
+        open_copy(&got, buf,
+                  FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + (FB_WIRE_MAX_RANGES + 1) * FB_WIRE_RANGE_LEN,
+                  server, NULL),
+        FB_WIRE_R_OVERSIZED);
     /* The encoders refuse to build them. */
     {
         static uint8_t big[FB_WIRE_MAX_PAYLOAD + 1];
@@ -535,7 +538,8 @@ START_TEST(test_oversized_datagrams_are_rejected)
         ck_assert_uint_eq(len, 0);
         ck_assert_int_eq(fb_wire_encode_probe(buf, BUFSZ, &len, &hh, &pr, client), FB_ERR_TOO_LARGE);
         /* Nor write past the buffer they are given. */
-        ck_assert_int_eq(fb_wire_encode(buf, FB_WIRE_MIN_DATAGRAM - 1, &len, &hello, client), FB_ERR_TOO_LARGE);
+        ck_assert_int_eq(fb_wire_encode(buf, FB_WIRE_MIN_DATAGRAM - 1, &len, &hello, client),
+                         FB_ERR_TOO_LARGE);
         d.len = 100;
         ck_assert_int_eq(fb_wire_encode_data(buf, FB_WIRE_DATA_OVERHEAD + 99, &len, &hh, &d, client),
                          FB_ERR_TOO_LARGE);
@@ -666,16 +670,16 @@ START_TEST(test_authenticated_but_malformed_bodies_are_rejected)
             uint16_t n;
             uint64_t r[4];
         } bad[] = {
-            {100, 50, 0, {0}},                         /* cum above high */
-            {100, 200, 0, {0}},                        /* a gap with no range listed */
-            {100, 200, 1, {150, 10}},                  /* first hole not at cum */
-            {100, 200, 1, {100, 100}},                 /* hole reaching high (high-1 not received) */
-            {100, 200, 1, {100, 0}},                   /* empty range */
-            {100, 200, 2, {100, 10, 105, 10}},         /* overlapping */
-            {100, 200, 2, {100, 10, 110, 10}},         /* adjacent, not merged */
-            {100, 200, 2, {100, 10, 50, 10}},          /* unsorted */
-            {100, 200, 1, {100, UINT64_MAX}},          /* overflowing */
-            {100, 100, 1, {100, 10}},                  /* range while nothing is missing */
+            {100, 50, 0, {0}},                 /* cum above high */
+            {100, 200, 0, {0}},                /* a gap with no range listed */
+            {100, 200, 1, {150, 10}},          /* first hole not at cum */
+            {100, 200, 1, {100, 100}},         /* hole reaching high (high-1 not received) */
+            {100, 200, 1, {100, 0}},           /* empty range */
+            {100, 200, 2, {100, 10, 105, 10}}, /* overlapping */
+            {100, 200, 2, {100, 10, 110, 10}}, /* adjacent, not merged */
+            {100, 200, 2, {100, 10, 50, 10}},  /* unsorted */
+            {100, 200, 1, {100, UINT64_MAX}},  /* overflowing */
+            {100, 100, 1, {100, 10}},          /* range while nothing is missing */
         };
 
         for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
@@ -688,7 +692,8 @@ START_TEST(test_authenticated_but_malformed_bodies_are_rejected)
                 put64(body + 56 + 16 * k + 8, bad[i].r[2 * k + 1]);
             }
             len = seal_raw(FB_WIRE_FEEDBACK, 0, body, 56 + 16u * bad[i].n);
-            ck_assert_msg(open_copy(&got, buf, len, server, NULL) == FB_WIRE_R_MALFORMED, "feedback case %zu", i);
+            ck_assert_msg(open_copy(&got, buf, len, server, NULL) == FB_WIRE_R_MALFORMED, "feedback case %zu",
+                          i);
         }
         /* nranges disagreeing with the datagram length */
         memset(body, 0, sizeof(body));
@@ -842,7 +847,6 @@ START_TEST(test_reason_and_type_names)
     ck_assert_str_eq(fb_wire_type_name(0), "unknown");
 }
 END_TEST
-
 
 /* ---- the vectors published in docs/PROTOCOL.md section 4.3 -------------------------------- */
 
