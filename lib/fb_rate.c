@@ -33,6 +33,7 @@
 #define MAX_PUSH 0.1                /* delay law's excess over the receive rate, fraction of x */
 #define DAMPING 1.0                 /* weight of (receive rate - rate) in the delay law */
 #define RECV_TAU_MIN_US 40000.0     /* receive rate smoothed over max(40 ms, RTT/4) */
+#define RATE_FLOOR_PACKETS 10u      /* never slower than 10 datagrams/s (below a tiny target) */
 #define BURST_US 1000.0             /* pacer credit after idling: 1 ms of the rate */
 #define SILENCE_MIN_US 200000u      /* no feedback for max(this, 2 srtt): start slowing down */
 
@@ -41,9 +42,17 @@ static double clampd(double v, double lo, double hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
+/* Clamps to [min_rate, target_rate], and never below RATE_FLOOR_PACKETS datagrams a second
+ * (unless the target itself is lower): a sender must keep some packets going to learn that
+ * the path is back, and the pacer divides by the rate. */
 static void clamp_rate(fb_rate *r)
 {
-    r->rate = clampd(r->rate, (double)r->p.min_rate, (double)r->p.target_rate);
+    double lo = (double)r->p.min_rate, floor_rate = (double)RATE_FLOOR_PACKETS * r->p.packet_size;
+
+    if (floor_rate > (double)r->p.target_rate)
+        floor_rate = (double)r->p.target_rate;
+    lo = lo > floor_rate ? lo : floor_rate;
+    r->rate = clampd(r->rate, lo, (double)r->p.target_rate);
 }
 
 static uint64_t control_rtt(const fb_rate *r)

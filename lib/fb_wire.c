@@ -351,8 +351,8 @@ static void write_header(uint8_t *buf, const fb_wire_hdr *hdr, fb_wire_type type
     put64(w->pn, hdr->pn);
 }
 
-/* Checks the size and flags, writes the header; the body goes to BUF + FB_WIRE_HEADER_LEN. */
-static fb_err encode_begin(uint8_t *buf, size_t cap, size_t total, const fb_wire_hdr *hdr, fb_wire_type type,
+/* Checks the size and flags before anything is written; the body goes to BUF + 28. */
+static fb_err encode_check(uint8_t *buf, size_t cap, size_t total, const fb_wire_hdr *hdr, fb_wire_type type,
                            const fb_aead_ctx *ctx)
 {
     const type_rule *rule = rule_for(type);
@@ -363,7 +363,6 @@ static fb_err encode_begin(uint8_t *buf, size_t cap, size_t total, const fb_wire
         return FB_ERR_TOO_LARGE;
     if (total < rule->min_len)
         return FB_ERR_INTERNAL;
-    write_header(buf, hdr, type);
     return FB_OK;
 }
 
@@ -390,9 +389,10 @@ fb_err fb_wire_encode_hello(uint8_t *buf, size_t cap, size_t *plen, const fb_wir
     *plen = 0;
     if (!hello_valid(m))
         return FB_ERR_INTERNAL;
-    rc = encode_begin(buf, cap, total, hdr, FB_WIRE_HELLO, ctx);
+    rc = encode_check(buf, cap, total, hdr, FB_WIRE_HELLO, ctx);
     if (rc != FB_OK)
         return rc;
+    write_header(buf, hdr, FB_WIRE_HELLO);
     memset(w, 0, total - FB_WIRE_OVERHEAD);
     memcpy(w->client_nonce, m->client_nonce, sizeof(w->client_nonce));
     put32(w->cipher, m->cipher);
@@ -414,9 +414,10 @@ fb_err fb_wire_encode_hello_ack(uint8_t *buf, size_t cap, size_t *plen, const fb
     *plen = 0;
     if (!hello_ack_valid(m))
         return FB_ERR_INTERNAL;
-    rc = encode_begin(buf, cap, total, hdr, FB_WIRE_HELLO_ACK, ctx);
+    rc = encode_check(buf, cap, total, hdr, FB_WIRE_HELLO_ACK, ctx);
     if (rc != FB_OK)
         return rc;
+    write_header(buf, hdr, FB_WIRE_HELLO_ACK);
     memset(w, 0, sizeof(*w));
     memcpy(w->client_nonce, m->client_nonce, sizeof(w->client_nonce));
     memcpy(w->server_nonce, m->server_nonce, sizeof(w->server_nonce));
@@ -446,13 +447,16 @@ fb_err fb_wire_encode_data(uint8_t *buf, size_t cap, size_t *plen, const fb_wire
     if (m->len > FB_WIRE_MAX_PAYLOAD)
         return FB_ERR_TOO_LARGE;
     total = FB_WIRE_DATA_OVERHEAD + m->len;
-    rc = encode_begin(buf, cap, total, hdr, FB_WIRE_DATA, ctx);
+    rc = encode_check(buf, cap, total, hdr, FB_WIRE_DATA, ctx);
     if (rc != FB_OK)
         return rc;
-    put64(w->offset, m->offset);
-    put64(w->send_ts, m->send_ts_us);
+    /* The payload first: it may overlap the header area of BUF (memmove copes), and may
+     * already be in place (the sender read the file straight into the datagram). */
     if (m->payload != payload)
         memmove(payload, m->payload, m->len);
+    write_header(buf, hdr, FB_WIRE_DATA);
+    put64(w->offset, m->offset);
+    put64(w->send_ts, m->send_ts_us);
     return encode_seal(buf, total, plen, hdr, FB_WIRE_DATA, ctx);
 }
 
@@ -467,9 +471,10 @@ fb_err fb_wire_encode_feedback(uint8_t *buf, size_t cap, size_t *plen, const fb_
     if (hdr == NULL || !feedback_valid(m, hdr->flags))
         return FB_ERR_INTERNAL;
     total = FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + (size_t)m->nranges * FB_WIRE_RANGE_LEN;
-    rc = encode_begin(buf, cap, total, hdr, FB_WIRE_FEEDBACK, ctx);
+    rc = encode_check(buf, cap, total, hdr, FB_WIRE_FEEDBACK, ctx);
     if (rc != FB_OK)
         return rc;
+    write_header(buf, hdr, FB_WIRE_FEEDBACK);
     memset(w, 0, sizeof(*w));
     put64(w->cum_offset, m->cum_offset);
     put64(w->high_offset, m->high_offset);
@@ -499,9 +504,10 @@ fb_err fb_wire_encode_close(uint8_t *buf, size_t cap, size_t *plen, const fb_wir
     *plen = 0;
     if (m->reason >= (uint32_t)FB_ERR__COUNT)
         return FB_ERR_INTERNAL;
-    rc = encode_begin(buf, cap, total, hdr, FB_WIRE_CLOSE, ctx);
+    rc = encode_check(buf, cap, total, hdr, FB_WIRE_CLOSE, ctx);
     if (rc != FB_OK)
         return rc;
+    write_header(buf, hdr, FB_WIRE_CLOSE);
     memset(w, 0, sizeof(*w));
     put32(w->reason, m->reason);
     return encode_seal(buf, total, plen, hdr, FB_WIRE_CLOSE, ctx);
@@ -516,9 +522,10 @@ fb_err fb_wire_encode_probe(uint8_t *buf, size_t cap, size_t *plen, const fb_wir
     fb_err rc;
 
     *plen = 0;
-    rc = encode_begin(buf, cap, total, hdr, FB_WIRE_PROBE, ctx);
+    rc = encode_check(buf, cap, total, hdr, FB_WIRE_PROBE, ctx);
     if (rc != FB_OK)
         return rc;
+    write_header(buf, hdr, FB_WIRE_PROBE);
     memset(w, 0, total - FB_WIRE_OVERHEAD);
     put64(w->probe_id, m->probe_id);
     put64(w->ts, m->ts_us);

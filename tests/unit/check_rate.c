@@ -623,6 +623,24 @@ START_TEST(test_silence_slows_adaptive_flows_but_not_fixed)
 }
 END_TEST
 
+START_TEST(test_rate_never_reaches_zero)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_LOW, 100000000, 0, 50000000, PKT};
+    fb_rate_sample s = sample_at(10000, 0, 0, 0);
+    uint64_t t;
+
+    fb_rate_init(&r, &p, 0);
+    fb_rate_on_feedback(&r, &s);
+    /* Minimum 0 and a path gone silent for 60 s: the rate bottoms out at 10 datagrams/s, so the
+     * sender keeps probing, and the pacer always names a time within a second. */
+    for (t = 20000; t < 60000000; t += 100000)
+        fb_rate_on_send(&r, t, PKT);
+    ck_assert_uint_eq(fb_rate_current(&r), 10 * PKT);
+    ck_assert_uint_le(fb_rate_next_send_time(&r, t), t + 1000000);
+}
+END_TEST
+
 START_TEST(test_set_limits_clamps_immediately)
 {
     fb_rate r;
@@ -766,6 +784,7 @@ static Suite *rate_suite(void)
     tcase_add_test(direct, test_pacer_spaces_packets_at_the_rate);
     tcase_add_test(direct, test_silence_slows_adaptive_flows_but_not_fixed);
     tcase_add_test(direct, test_set_limits_clamps_immediately);
+    tcase_add_test(direct, test_rate_never_reaches_zero);
     suite_add_tcase(s, direct);
 
     tcase_add_test(retx, test_retx_sends_each_hole_once_per_interval);

@@ -308,6 +308,26 @@ START_TEST(test_data_payload_read_in_place_is_not_copied)
 }
 END_TEST
 
+START_TEST(test_data_payload_overlapping_the_header_area)
+{
+    fb_wire_hdr h = make_hdr(6, 0);
+    fb_wire_data d;
+    fb_wire_pkt got;
+    uint8_t want[100];
+    size_t len;
+
+    for (int i = 0; i < 100; i++)
+        want[i] = buf[10 + i] = (uint8_t)(i + 1);
+    d.offset = 0;
+    d.send_ts_us = 1;
+    d.payload = buf + 10; /* overlaps where the header and offset go */
+    d.len = 100;
+    ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, client), FB_OK);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_NONE);
+    ck_assert_mem_eq(got.u.data.payload, want, 100);
+}
+END_TEST
+
 START_TEST(test_feedback_extremes)
 {
     fb_wire_hdr h = make_hdr(9, 0);
@@ -930,6 +950,7 @@ static Suite *wire_suite(void)
     tcase_add_test(rt, test_round_trip_with_each_cipher);
     tcase_add_test(rt, test_data_sizes_from_one_byte_to_the_maximum);
     tcase_add_test(rt, test_data_payload_read_in_place_is_not_copied);
+    tcase_add_test(rt, test_data_payload_overlapping_the_header_area);
     tcase_add_test(rt, test_feedback_extremes);
     tcase_add_test(rt, test_hello_ack_never_larger_than_hello);
     tcase_add_test(rt, test_refusing_hello_ack);
