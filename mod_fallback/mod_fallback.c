@@ -1,8 +1,9 @@
-/* mod_fallback.c: the module's glue. Directives (FallbackConfig, FallbackSchema), per-server
- * config, startup (load fallback.xml, check Apache's listeners against it so `apachectl
- * configtest` fails on a mismatch, attach the shared session table in the parent so children
- * inherit the mapping) and the router that hands each request of the "fallback" handler to the
- * route it names. The routes themselves live in mod_fallback_{sessions,data,files}.c. */
+/* mod_fallback.c: the module's glue. Directives (FallbackConfig, FallbackSchema, FallbackDaemon*),
+ * per-server config, startup (load fallback.xml, check Apache's listeners against it so
+ * `apachectl configtest` fails on a mismatch, attach the shared session table in the parent so
+ * children inherit the mapping, start udpd when asked) and the router that hands each request of
+ * the "fallback" handler to the route it names. The routes themselves live in
+ * mod_fallback_{sessions,data,files}.c, the udpd supervision in mod_fallback_daemon.c. */
 
 #define MOD_FALLBACK_MAIN 1
 #include "mod_fallback_private.h"
@@ -39,6 +40,7 @@ static void *fallback_create_server_conf(apr_pool_t *p, server_rec *s)
 {
     mod_fallback_server_conf *conf = apr_pcalloc(p, sizeof(*conf));
     (void)s;
+    conf->daemon_on = -1;
     return conf;
 }
 
@@ -50,6 +52,9 @@ static void *fallback_merge_server_conf(apr_pool_t *p, void *basev, void *addv)
 
     conf->config_file = add->config_file ? add->config_file : base->config_file;
     conf->schema_file = add->schema_file ? add->schema_file : base->schema_file;
+    conf->daemon_on = add->daemon_on != -1 ? add->daemon_on : base->daemon_on;
+    conf->daemon_path = add->daemon_path ? add->daemon_path : base->daemon_path;
+    conf->daemon_user = add->daemon_user ? add->daemon_user : base->daemon_user;
     return conf;
 }
 
@@ -77,6 +82,49 @@ static const char *set_schema_file(cmd_parms *cmd, void *dconf, const char *arg)
     return NULL;
 }
 
+static const char *set_daemon(cmd_parms *cmd, void *dconf, int on)
+{
+    mod_fallback_server_conf *conf = ap_get_module_config(cmd->server->module_config, &fallback_module);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+
+    (void)dconf;
+    if (err != NULL)
+        return err;
+    conf->daemon_on = on ? 1 : 0;
+    return NULL;
+}
+
+static const char *set_daemon_path(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    mod_fallback_server_conf *conf = ap_get_module_config(cmd->server->module_config, &fallback_module);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+    const char *path;
+
+    (void)dconf;
+    if (err != NULL)
+        return err;
+    path = ap_server_root_relative(cmd->pool, arg);
+    if (path == NULL)
+        return apr_pstrcat(cmd->pool, "FallbackDaemonPath: invalid path '", arg, "'", NULL);
+    conf->daemon_path = path;
+    return NULL;
+}
+
+static const char *set_daemon_user(cmd_parms *cmd, void *dconf, const char *arg)
+{
+    mod_fallback_server_conf *conf = ap_get_module_config(cmd->server->module_config, &fallback_module);
+    const char *err = ap_check_cmd_context(cmd, GLOBAL_ONLY);
+
+    (void)dconf;
+    if (err != NULL)
+        return err;
+    /* udpd resolves the name itself; refuse only what cannot be a user name. */
+    if (arg[0] == '\0' || arg[0] == '-' || strlen(arg) > 64)
+        return apr_pstrcat(cmd->pool, "FallbackDaemonUser: invalid user name '", arg, "'", NULL);
+    conf->daemon_user = arg;
+    return NULL;
+}
+
 static const command_rec fallback_cmds[] = {
     AP_INIT_TAKE1("FallbackConfig", set_config_file, NULL, RSRC_CONF,
                   "Path of fallback.xml, the configuration shared with udpd and fbctl (default "
@@ -84,6 +132,13 @@ static const command_rec fallback_cmds[] = {
     AP_INIT_TAKE1("FallbackSchema", set_schema_file, NULL, RSRC_CONF,
                   "Path of the XML schema fallback.xml is validated against (default: the installed "
                   "fallback.xsd)"),
+    AP_INIT_FLAG("FallbackDaemon", set_daemon, NULL, RSRC_CONF,
+                 "On: the Apache parent starts udpd, restarts it when it dies, keeps it across graceful "
+                 "restarts and stops it with Apache (default Off)"),
+    AP_INIT_TAKE1("FallbackDaemonPath", set_daemon_path, NULL, RSRC_CONF,
+                  "Path of the udpd program started by FallbackDaemon on (default " FB_SBINDIR "/udpd)"),
+    AP_INIT_TAKE1("FallbackDaemonUser", set_daemon_user, NULL, RSRC_CONF,
+                  "User udpd switches to after binding its port (default: Apache's User)"),
     {NULL},
 };
 
@@ -386,6 +441,8 @@ static int fallback_check_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t
             }
         }
     }
+    if (mod_fallback_daemon_check(s) != OK)
+        ok = 0;
     if (!ok) {
         ap_log_error(APLOG_MARK, APLOG_STARTUP | APLOG_ERR, 0, NULL,
                      FBLOGNO(00014) "mod_fallback: configuration check failed");
@@ -432,7 +489,8 @@ static int fallback_post_config(apr_pool_t *pconf, apr_pool_t *plog, apr_pool_t 
                      FBLOGNO(00016) "mod_fallback: session table %s attached (%u slots), config %s",
                      st->cfg->shm_path, fb_table_nslots(st->table), st->config_file);
     }
-    return OK;
+    /* Last: the session table exists (udpd attaches to it) and nothing after this can fail. */
+    return mod_fallback_daemon_post_config(pconf, ptemp, s);
 }
 
 /* ---- routing ------------------------------------------------------------------------------ */
@@ -585,6 +643,7 @@ static void fallback_register_hooks(apr_pool_t *p)
     ap_hook_post_config(fallback_post_config, NULL, NULL, APR_HOOK_MIDDLE);
     ap_hook_handler(fallback_handler, NULL, NULL, APR_HOOK_MIDDLE);
     mod_fallback_status_register();
+    mod_fallback_daemon_register_hooks();
 }
 
 AP_DECLARE_MODULE(fallback) = {

@@ -23,7 +23,7 @@ APLOG_USE_MODULE(fallback);
 
 /* Every log message starts with a unique tag ("FB00042: ") so tests can expect or forbid it.
  * Numbers by file: mod_fallback.c 00001-00099, _util 00100-00199, _sessions 00200-00399,
- * _data 00400-00499, _files 00500-00599, _status 00600-00699. */
+ * _data 00400-00499, _files 00500-00599, _status 00600-00699, _daemon 00700-00799. */
 #define FBLOGNO(n) "FB" #n ": "
 
 /* Longest list of missing ranges put into one answer; the rest is summarised by
@@ -41,6 +41,10 @@ typedef struct mod_fallback_state {
 typedef struct mod_fallback_server_conf {
     const char *config_file; /* FallbackConfig, NULL: not set here */
     const char *schema_file; /* FallbackSchema, NULL: not set here */
+    /* FallbackDaemon*: global only, so they are read from the main server's config. */
+    int daemon_on;           /* FallbackDaemon: 1 on, 0 off, -1 not set (off) */
+    const char *daemon_path; /* FallbackDaemonPath, NULL: FB_SBINDIR "/udpd" */
+    const char *daemon_user; /* FallbackDaemonUser, NULL: Apache's User */
     mod_fallback_state *state;
 } mod_fallback_server_conf;
 
@@ -98,6 +102,14 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id);
 
 /* mod_fallback_status.c: hooks into mod_status when it is loaded. */
 void mod_fallback_status_register(void);
+
+/* mod_fallback_daemon.c: udpd started and supervised by the Apache parent (FallbackDaemon on).
+ * check_config: refuses a FallbackDaemonPath that is not an executable file. post_config (the
+ * real pass only): starts udpd, or keeps the one that survived a graceful restart. */
+int mod_fallback_daemon_check(server_rec *s);
+int mod_fallback_daemon_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server_rec *s);
+/* The parent's monitor hook: retries a start that failed. */
+void mod_fallback_daemon_register_hooks(void);
 
 /* mod_fallback_files.c */
 int mod_fallback_files_get(mod_fallback_req *req, const char *relpath);
