@@ -167,6 +167,14 @@ test_url_path_escape() {
         if grep -aq "$MARKER" "$BODY" || grep -aq '^root:' "$BODY"; then fail "$u leaked a file outside the docroot"; fi
         if [ "$st" = 403 ]; then assert_problem 403 path_escape "$st"; fi
     done
+    # What reached the module (it answers problem+json; Apache's own refusals are HTML): the
+    # path after Apache's normalisation, which must hold no dot segment.
+    local reached
+    wait_for 5 grep -q 'files/..;/..;/outside' "$DS_DIR/access.log" || fail "access log not written"
+    reached=$(grep 'GET /fallback/files/' "$DS_DIR/access.log" | grep 'ct=application/problem+json' |
+        sed -n 's/.* uri=\([^ ]*\) .*/\1/p')
+    note "paths that reached the module: $(echo "$reached" | tr '\n' ' ')"
+    if grep -qE '(^|/)\.\.?(/|$)' <<<"$reached"; then fail "a dot segment reached the module: $reached"; fi
     # Encoded dots that Apache decodes and merges must reach the module as a normalised path:
     # files/sub/%2e%2e/x is files/x.
     printf 'inside\n' >"$DOCROOT/in.txt"

@@ -66,6 +66,33 @@ test_stop_and_restart() {
     ds_stop
 }
 
+test_extra_conf_and_users() {
+    local d3=$T_TMP/ds3 port=$((HTTPS_PORT + 6)) st
+    mkdir -p "$T_TMP/extra"
+    echo extra >"$T_TMP/extra/x.txt"
+    cat >"$T_TMP/extra.conf" <<EOF
+Alias /extra "$T_TMP/extra"
+<Directory "$T_TMP/extra">
+    Require all granted
+</Directory>
+EOF
+    "$DEVSERVER" start --no-module --dir "$d3" --https-port "$port" --extra-conf "$T_TMP/extra.conf" \
+        --user alice --password alice-pw --quiet || fail "start with --extra-conf failed"
+    T_CLEANUP_EXTRA="'$DEVSERVER' stop --dir '$d3' --clean --quiet >/dev/null 2>&1"
+    st=$(curl -s --cacert "$d3/cert.pem" -o "$BODY" -w '%{http_code}' "https://127.0.0.1:$port/extra/x.txt")
+    assert_eq 200 "$st" "GET /extra from --extra-conf"
+    assert_eq extra "$(cat "$BODY")" "content"
+    # --user/--password and adduser: both users authenticate on /fallback (404 without the module).
+    "$DEVSERVER" adduser bob bob-pw --dir "$d3" --quiet || fail "adduser failed"
+    for cred in alice:alice-pw bob:bob-pw; do
+        st=$(curl -s --cacert "$d3/cert.pem" -o /dev/null -w '%{http_code}' -u "$cred" "https://127.0.0.1:$port/fallback/x")
+        assert_eq 404 "$st" "authenticated as ${cred%%:*}"
+    done
+    st=$(curl -s --cacert "$d3/cert.pem" -o /dev/null -w '%{http_code}' -u alice:wrong "https://127.0.0.1:$port/fallback/x")
+    assert_eq 401 "$st" "wrong password"
+    "$DEVSERVER" stop --dir "$d3" --clean --quiet || fail "stop failed"
+}
+
 test_module_loads() {
     [ -f "$MODULE" ] || fail "mod_fallback not built"
     ds_start || fail "devserver start with the module failed: $(tail -n 5 "$DS_DIR/error.log")"
@@ -84,5 +111,6 @@ run_test "devserver /fallback requires Basic auth" test_fallback_location_needs_
 run_test "devserver graceful keeps the parent and serves" test_graceful_keeps_serving
 run_test "devserver second instance runs beside the first" test_second_instance_beside
 run_test "devserver stop and start with saved settings" test_stop_and_restart
+run_test "devserver --extra-conf, --user/--password and adduser" test_extra_conf_and_users
 run_test "devserver starts Apache with mod_fallback loaded" test_module_loads
 finish
