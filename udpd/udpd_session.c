@@ -1,0 +1,1201 @@
+/* udpd_session: the UDP protocol side of udpd, one context per session found in the shared table.
+ *
+ * A datagram's session id names a slot (index) and carries the slot's random part; a context is
+ * created on the first HELLO for an ACTIVE slot whose random part matches, with the slot's key,
+ * and dropped as soon as the slot is no longer the same ACTIVE session (commit, cancel, reuse:
+ * the generation changed). An association (client address, nonces, data keys, replay window)
+ * starts with each new valid HELLO; until the client has sent one authenticated data-phase
+ * packet from that address (proof that it got our HELLO_ACK there) udpd sends nothing but the
+ * HELLO_ACK, which is smaller than the padded HELLO: no amplification.
+ *
+ * Uploads: fb_xfer_receiver; new bytes are gathered in a write buffer (contiguous runs) and
+ * written with pwrite after each receive batch, and only then are the chunks they completed set
+ * in the shared bitmap. Checkpoints (64 MiB, 2 s, idle, close, exit) go to udpd_ckpt. Chunks
+ * written over HTTP meanwhile are merged into the receiver so FEEDBACK reports them.
+ * Downloads: fb_xfer_sender reading the file through a read-ahead buffer, started by the
+ * client's first FEEDBACK (which says what it already has). */
+#include "udpd.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "fb_aead.h"
+#include "fb_path.h"
+#include "fb_range.h"
+#include "fb_util.h"
+#include "fb_xfer.h"
+
+#define ASSOC_IDLE_US (30ull * 1000000)     /* no datagram from the client: association ends */
+#define SESSION_IDLE_US (300ull * 1000000)  /* context without association: freed */
+#define CKPT_BYTES (64ull << 20)
+#define CKPT_INTERVAL_US (2ull * 1000000)
+#define CKPT_IDLE_US (1000000ull)
+#define HOUSEKEEP_US 100000ull
+#define WBUF_SIZE (1u << 20)
+#define RBUF_SIZE (1u << 20)
+#define NONCE_MEMORY 16
+#define SEND_QUANTUM 64 /* DATA per session per round, so sessions share the batch */
+
+typedef struct sess sess;
+
+struct sess {
+    udpd_sessions *ss;
+    uint32_t index, generation;
+    uint8_t sid[FB_WIRE_SID_LEN];
+    char id[FB_WIRE_SID_HEX_LEN + 1];
+    fb_slot *slot;
+    uint32_t direction;
+    uint64_t size;
+    uint32_t chunk_size;
+    uint64_t nchunks;
+    char relpath[FB_RELPATH_MAX];
+    char docroot[FB_DOCROOT_MAX];
+    fb_aead_ctx *aead;
+    uint64_t last_seen_us; /* any datagram for this session that authenticated */
+
+    /* association */
+    int associated, validated;
+    udpd_addr peer;
+    char peer_str[64];
+    uint8_t cnonce[FB_AEAD_HELLO_NONCE_LEN], snonce[FB_AEAD_HELLO_NONCE_LEN];
+    uint8_t seen[NONCE_MEMORY][FB_AEAD_HELLO_NONCE_LEN];
+    unsigned nseen, seen_next;
+    fb_replay replay;
+    uint64_t pn_out;
+    unsigned cipher, policy;
+    uint64_t target_rate, min_rate;
+    uint16_t max_dgram;
+    uint64_t last_rx_us;
+    int force_feedback;
+
+    /* files (opened at the first association) */
+    int files_open;
+    int part_fd, parent_fd, file_fd;
+    char ckpt_base[FB_RELPATH_MAX + 32];
+
+    /* upload */
+    fb_xfer_receiver *rcv;
+    uint8_t *wbuf;
+    uint64_t woff;
+    size_t wlen;
+    uint64_t *pend; /* chunks complete in the write buffer, published after the flush */
+    size_t npend, pend_cap;
+    uint64_t *known; /* chunks known complete (ours or seen in the shared bitmap) */
+    uint64_t known_count;
+    uint64_t since_ckpt_bytes, last_ckpt_us, last_data_us;
+    int ckpt_dirty;
+    fb_err write_error;
+    int touched;
+    sess *next_touched;
+
+    /* download */
+    fb_xfer_sender *snd;
+    uint8_t *rbuf;
+    uint64_t roff;
+    size_t rlen;
+    int snd_done_logged;
+
+    sess *next_assoc, *prev_assoc;
+};
+
+struct udpd_sessions {
+    udpd *d;
+    uint32_t nslots;
+    sess **by_index;
+    sess *assoc; /* associated sessions (doubly linked) */
+    unsigned nassoc;
+    sess *touched;
+    uint64_t last_housekeep_us;
+    uint64_t *scratch; /* bitmap copy */
+};
+
+static void count_wire(fb_wire_reason why)
+{
+    if ((unsigned)why < FB_WIRE_R__COUNT)
+        udpd_ctr.wire[why]++;
+}
+
+static void count_drop(udpd_drop why)
+{
+    udpd_ctr.drop[why]++;
+}
+
+/* ---- lists ------------------------------------------------------------------------------------ */
+
+static void assoc_link(sess *s)
+{
+    udpd_sessions *ss = s->ss;
+
+    s->prev_assoc = NULL;
+    s->next_assoc = ss->assoc;
+    if (ss->assoc)
+        ss->assoc->prev_assoc = s;
+    ss->assoc = s;
+    ss->nassoc++;
+}
+
+static void assoc_unlink(sess *s)
+{
+    udpd_sessions *ss = s->ss;
+
+    if (s->prev_assoc)
+        s->prev_assoc->next_assoc = s->next_assoc;
+    else
+        ss->assoc = s->next_assoc;
+    if (s->next_assoc)
+        s->next_assoc->prev_assoc = s->prev_assoc;
+    s->next_assoc = s->prev_assoc = NULL;
+    ss->nassoc--;
+}
+
+static void touch(sess *s)
+{
+    if (!s->touched) {
+        s->touched = 1;
+        s->next_touched = s->ss->touched;
+        s->ss->touched = s;
+    }
+}
+
+/* ---- sending ---------------------------------------------------------------------------------- */
+
+static void send_close(sess *s, fb_err reason, uint64_t now)
+{
+    fb_wire_hdr hdr;
+    fb_wire_close c;
+    uint8_t *p;
+    size_t len = 0;
+
+    (void)now;
+    if (!s->associated || !s->validated)
+        return;
+    p = udpd_send_reserve(s->ss->d, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED);
+    if (p == NULL)
+        return;
+    memset(&hdr, 0, sizeof(hdr));
+    memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
+    hdr.pn = s->pn_out;
+    c.reason = (uint32_t)reason;
+    if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->aead) == FB_OK) {
+        s->pn_out++;
+        udpd_send_commit(s->ss->d, len, &s->peer);
+    }
+}
+
+static void send_feedback(sess *s, uint64_t now, int force)
+{
+    uint8_t *p;
+    size_t len = 0;
+
+    if (!s->associated || !s->validated || s->rcv == NULL)
+        return;
+    if (s->force_feedback)
+        force = 1;
+    if (!force && fb_xfer_receiver_next_feedback(s->rcv, now) > now)
+        return;
+    p = udpd_send_reserve(s->ss->d, FB_WIRE_MIN_DATAGRAM);
+    if (p == NULL)
+        return;
+    if (fb_xfer_receiver_feedback(s->rcv, p, FB_WIRE_MIN_DATAGRAM, &len, s->pn_out, now, force) == FB_OK &&
+        len > 0) {
+        s->pn_out++;
+        s->force_feedback = 0;
+        udpd_send_commit(s->ss->d, len, &s->peer);
+        udpd_ctr.feedbacks_sent++;
+    }
+}
+
+/* ---- files ------------------------------------------------------------------------------------ */
+
+static int slot_still_ours(const sess *s)
+{
+    return atomic_load(&s->slot->generation) == s->generation && atomic_load(&s->slot->state) == FB_SLOT_ACTIVE;
+}
+
+static int docroot_allowed(const fb_config *cfg, const char *docroot)
+{
+    for (unsigned i = 0; i < cfg->ndocroots; i++)
+        if (cfg->docroots[i].docroot != NULL && strcmp(cfg->docroots[i].docroot, docroot) == 0)
+            return 1;
+    return 0;
+}
+
+static fb_err open_files(sess *s)
+{
+    char parent[FB_RELPATH_MAX], part[FB_RELPATH_MAX + 32], ckpt[FB_RELPATH_MAX + 32];
+    const char *base, *slash;
+    int droot = -1;
+    struct stat sb;
+    fb_err e;
+
+    droot = open(s->docroot, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (droot < 0)
+        return fb_err_from_errno(errno);
+    if (s->direction == FB_DIR_DOWNLOAD) {
+        e = fb_path_open_beneath(&s->file_fd, droot, s->relpath, O_RDONLY | O_NONBLOCK, 0);
+        if (e == FB_OK && (fstat(s->file_fd, &sb) != 0 || !S_ISREG(sb.st_mode)))
+            e = FB_ERR_NOT_FOUND;
+        else if (e == FB_OK && (uint64_t)sb.st_size != s->size)
+            e = FB_ERR_CHANGED;
+        goto done;
+    }
+    if (fb_path_partial_name(part, sizeof(part), s->relpath) != FB_OK ||
+        fb_path_checkpoint_name(ckpt, sizeof(ckpt), s->relpath) != FB_OK) {
+        e = FB_ERR_BAD_PATH;
+        goto done;
+    }
+    slash = strrchr(s->relpath, '/');
+    if (slash != NULL) {
+        size_t n = (size_t)(slash - s->relpath);
+
+        memcpy(parent, s->relpath, n);
+        parent[n] = '\0';
+    } else {
+        parent[0] = '\0';
+    }
+    /* A real descriptor (not O_PATH): the checkpoint fsyncs the directory through it. */
+    e = fb_path_open_beneath(&s->parent_fd, droot, parent, O_RDONLY | O_DIRECTORY, 0);
+    if (e != FB_OK)
+        goto done;
+    base = strrchr(part, '/');
+    base = base ? base + 1 : part;
+    e = fb_path_open_beneath(&s->part_fd, s->parent_fd, base, O_WRONLY | O_NOFOLLOW | O_NONBLOCK, 0);
+    if (e == FB_ERR_NOT_FOUND)
+        e = FB_ERR_SESSION_STATE;
+    if (e == FB_OK && (fstat(s->part_fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != s->size))
+        e = FB_ERR_SESSION_STATE;
+    base = strrchr(ckpt, '/');
+    snprintf(s->ckpt_base, sizeof(s->ckpt_base), "%s", base ? base + 1 : ckpt);
+    /* Checked after the open, like the module: a new session of the same path fails this one
+     * before replacing the file, so a file opened here belongs to this session if it is still
+     * active now. */
+    if (e == FB_OK && !slot_still_ours(s))
+        e = FB_ERR_SESSION_STATE;
+done:
+    close(droot);
+    if (e != FB_OK) {
+        if (s->part_fd >= 0)
+            close(s->part_fd);
+        if (s->parent_fd >= 0)
+            close(s->parent_fd);
+        if (s->file_fd >= 0)
+            close(s->file_fd);
+        s->part_fd = s->parent_fd = s->file_fd = -1;
+        return e;
+    }
+    s->files_open = 1;
+    return FB_OK;
+}
+
+/* Writes the write buffer out (only while the session is still ours). */
+static fb_err wflush(sess *s)
+{
+    const uint8_t *p = s->wbuf;
+    size_t left = s->wlen;
+    uint64_t off = s->woff;
+    int eintr = 0;
+
+    if (left == 0)
+        return FB_OK;
+    if (!slot_still_ours(s))
+        return FB_ERR_SESSION_STATE;
+    while (left > 0) {
+        ssize_t n = pwrite(s->part_fd, p, left, (off_t)off);
+
+        if (n < 0) {
+            if (errno == EINTR && eintr++ < 1000)
+                continue;
+            return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;
+        }
+        if (n == 0)
+            return FB_ERR_IO;
+        p += n;
+        left -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    s->wlen = 0;
+    return FB_OK;
+}
+
+static fb_err write_cb(void *ctx, uint64_t offset, const uint8_t *buf, size_t len)
+{
+    sess *s = ctx;
+    fb_err e;
+
+    if (s->wlen > 0 && (offset != s->woff + s->wlen || s->wlen + len > WBUF_SIZE)) {
+        e = wflush(s);
+        if (e != FB_OK)
+            return e;
+    }
+    if (len > WBUF_SIZE)
+        return FB_ERR_INTERNAL; /* datagrams are far smaller */
+    if (s->wlen == 0)
+        s->woff = offset;
+    memcpy(s->wbuf + s->wlen, buf, len);
+    s->wlen += len;
+    return FB_OK;
+}
+
+static void chunk_cb(void *ctx, uint64_t index)
+{
+    sess *s = ctx;
+
+    if (s->npend == s->pend_cap) {
+        size_t ncap = s->pend_cap ? s->pend_cap * 2 : 64;
+        uint64_t *np = realloc(s->pend, ncap * sizeof(*np));
+
+        if (np == NULL)
+            return; /* the chunk stays unpublished; the checkpoint and HTTP see it as missing */
+        s->pend = np;
+        s->pend_cap = ncap;
+    }
+    s->pend[s->npend++] = index;
+}
+
+static void known_set(sess *s, uint64_t index)
+{
+    uint64_t bit = 1ull << (index % 64);
+
+    if (!(s->known[index / 64] & bit)) {
+        s->known[index / 64] |= bit;
+        s->known_count++;
+    }
+}
+
+/* Merges chunks completed by others (HTTP) into the receiver, so FEEDBACK reports them. */
+static void sync_bitmap(sess *s)
+{
+    uint64_t done = atomic_load(&s->slot->chunks_done), words, w;
+
+    if (s->rcv == NULL || done == s->known_count)
+        return;
+    fb_slot_bitmap_copy(s->ss->scratch, s->slot);
+    words = (s->nchunks + 63) / 64;
+    for (w = 0; w < words && w < FB_BITMAP_WORDS; w++) {
+        uint64_t fresh = s->ss->scratch[w] & ~s->known[w];
+
+        while (fresh) {
+            uint64_t b = (uint64_t)__builtin_ctzll(fresh), idx = w * 64 + b;
+            fb_range r = fb_chunk_range(s->size, s->chunk_size, idx);
+
+            fresh &= fresh - 1;
+            if (idx >= s->nchunks)
+                break;
+            if (fb_xfer_receiver_mark_received(s->rcv, r.offset, r.length) == FB_OK)
+                known_set(s, idx);
+        }
+    }
+}
+
+static void checkpoint(sess *s, uint64_t now, int sync)
+{
+    udpd_ckpt_job job;
+
+    if (!s->files_open || s->direction != FB_DIR_UPLOAD || !s->ckpt_dirty)
+        return;
+    memset(&job, 0, sizeof(job));
+    job.part_fd = fcntl(s->part_fd, F_DUPFD_CLOEXEC, 0);
+    job.parent_fd = fcntl(s->parent_fd, F_DUPFD_CLOEXEC, 0);
+    if (job.part_fd < 0 || job.parent_fd < 0) {
+        if (job.part_fd >= 0)
+            close(job.part_fd);
+        if (job.parent_fd >= 0)
+            close(job.parent_fd);
+        udpd_log(UDPD_WARN, "UD00061", "session %s: no descriptor for a checkpoint: %s", s->id, strerror(errno));
+        return;
+    }
+    snprintf(job.base, sizeof(job.base), "%s", s->ckpt_base);
+    job.slot = s->slot;
+    job.generation = s->generation;
+    job.size = s->size;
+    job.chunk_size = s->chunk_size;
+    udpd_ckpt_submit(&job, sync);
+    s->ckpt_dirty = 0;
+    s->since_ckpt_bytes = 0;
+    s->last_ckpt_us = now;
+}
+
+/* Writes buffered data, then publishes the chunks it completed. */
+static fb_err publish(sess *s)
+{
+    fb_err e = wflush(s);
+    size_t i;
+
+    if (e != FB_OK) {
+        s->npend = 0;
+        return e;
+    }
+    for (i = 0; i < s->npend; i++) {
+        if (fb_slot_set_chunk(s->slot, s->pend[i]))
+            udpd_ctr.chunks_completed++;
+        known_set(s, s->pend[i]);
+        s->ckpt_dirty = 1;
+    }
+    s->npend = 0;
+    return FB_OK;
+}
+
+static fb_err read_cb(void *ctx, uint64_t offset, uint8_t *buf, size_t len)
+{
+    sess *s = ctx;
+    size_t want, got = 0;
+    int eintr = 0;
+
+    if (offset >= s->roff && offset + len <= s->roff + s->rlen) {
+        memcpy(buf, s->rbuf + (offset - s->roff), len);
+        return FB_OK;
+    }
+    if (len > RBUF_SIZE || offset > s->size || len > s->size - offset)
+        return FB_ERR_INTERNAL;
+    /* Read ahead from OFFSET: first sends and repairs both go forward. */
+    want = s->size - offset < RBUF_SIZE ? (size_t)(s->size - offset) : RBUF_SIZE;
+    s->rlen = 0;
+    while (got < want) {
+        ssize_t n = pread(s->file_fd, s->rbuf + got, want - got, (off_t)(offset + got));
+
+        if (n < 0) {
+            if (errno == EINTR && eintr++ < 1000)
+                continue;
+            return FB_ERR_IO;
+        }
+        if (n == 0)
+            return FB_ERR_CHANGED; /* the file shrank under the download */
+        got += (size_t)n;
+    }
+    s->roff = offset;
+    s->rlen = got;
+    memcpy(buf, s->rbuf, len);
+    return FB_OK;
+}
+
+/* ---- life cycle ------------------------------------------------------------------------------- */
+
+/* Ends the association (the context stays for a new HELLO). */
+static void assoc_end(sess *s, uint64_t now, const char *why)
+{
+    if (!s->associated)
+        return;
+    if (s->direction == FB_DIR_UPLOAD && s->rcv != NULL) {
+        if (publish(s) == FB_OK)
+            checkpoint(s, now, 0);
+    }
+    if (s->snd != NULL) {
+        fb_xfer_sender_free(s->snd);
+        s->snd = NULL;
+    }
+    assoc_unlink(s);
+    s->associated = 0;
+    s->validated = 0;
+    udpd_log(UDPD_INFO, "UD00020", "session %s: association with %s ended: %s", s->id, s->peer_str, why);
+}
+
+static void sess_destroy(sess *s, uint64_t now, const char *why)
+{
+    udpd_sessions *ss = s->ss;
+
+    if (s->associated) {
+        /* The session is gone (or ending): nothing may be written or recorded for it any more. */
+        s->wlen = 0;
+        s->npend = 0;
+        s->ckpt_dirty = 0;
+        assoc_end(s, now, why);
+    }
+    ss->by_index[s->index] = NULL;
+    fb_xfer_receiver_free(s->rcv);
+    fb_xfer_sender_free(s->snd);
+    fb_aead_free(s->aead); /* wipes the keys */
+    if (s->part_fd >= 0)
+        close(s->part_fd);
+    if (s->parent_fd >= 0)
+        close(s->parent_fd);
+    if (s->file_fd >= 0)
+        close(s->file_fd);
+    free(s->wbuf);
+    free(s->rbuf);
+    free(s->pend);
+    free(s->known);
+    udpd_log(UDPD_DEBUG, "UD00021", "session %s: context dropped: %s", s->id, why);
+    OPENSSL_cleanse(s, sizeof(*s));
+    free(s);
+}
+
+/* The slot's session, if the random part matches; with its key. NULL if not a live session. */
+static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_WIRE_SID_LEN], uint64_t now)
+{
+    fb_slot *slot = fb_table_slot(udpd_table(ss->d), idx);
+    fb_slot_info *info = NULL;
+    uint32_t gen;
+    sess *s = NULL;
+    int ok;
+
+    gen = atomic_load(&slot->generation);
+    if (atomic_load(&slot->state) != FB_SLOT_ACTIVE)
+        return NULL;
+    info = malloc(sizeof(*info));
+    if (info == NULL)
+        return NULL;
+    ok = fb_slot_info_read_checked(info, slot) && atomic_load(&slot->generation) == gen &&
+         atomic_load(&slot->state) == FB_SLOT_ACTIVE &&
+         fb_mem_equal_ct(info->id_random, sid + 4, FB_ID_RANDOM_LEN) &&
+         (info->direction == FB_DIR_UPLOAD || info->direction == FB_DIR_DOWNLOAD) && info->chunk_size > 0 &&
+         info->nchunks == fb_chunk_count(info->size, info->chunk_size) && info->nchunks <= FB_BITMAP_BITS;
+    if (ok)
+        s = calloc(1, sizeof(*s));
+    if (s != NULL && fb_aead_new(&s->aead, info->key, FB_AEAD_SERVER) != FB_OK) {
+        free(s);
+        s = NULL;
+    }
+    if (s != NULL) {
+        s->ss = ss;
+        s->index = idx;
+        s->generation = gen;
+        memcpy(s->sid, sid, FB_WIRE_SID_LEN);
+        fb_wire_sid_to_string(s->id, sid);
+        s->slot = slot;
+        s->direction = info->direction;
+        s->size = info->size;
+        s->chunk_size = info->chunk_size;
+        s->nchunks = info->nchunks;
+        memcpy(s->relpath, info->relpath, sizeof(s->relpath));
+        s->relpath[sizeof(s->relpath) - 1] = '\0';
+        memcpy(s->docroot, info->docroot, sizeof(s->docroot));
+        s->docroot[sizeof(s->docroot) - 1] = '\0';
+        s->part_fd = s->parent_fd = s->file_fd = -1;
+        s->last_seen_us = now;
+        ss->by_index[idx] = s;
+    }
+    OPENSSL_cleanse(info, sizeof(*info));
+    free(info);
+    return s;
+}
+
+/* Makes sure the engine of the session's direction exists (upload: the receiver, seeded from
+ * the shared bitmap; download: buffers; the sender waits for the first FEEDBACK). */
+static fb_err engines_prepare(sess *s, uint64_t now)
+{
+    if (s->direction == FB_DIR_UPLOAD) {
+        fb_xfer_receiver_params rp;
+        fb_err e;
+
+        if (s->rcv != NULL)
+            return FB_OK;
+        if (s->wbuf == NULL)
+            s->wbuf = malloc(WBUF_SIZE);
+        if (s->known == NULL)
+            s->known = calloc(FB_BITMAP_WORDS, sizeof(uint64_t));
+        if (s->wbuf == NULL || s->known == NULL)
+            return FB_ERR_NOMEM;
+        memset(s->known, 0, FB_BITMAP_WORDS * sizeof(uint64_t));
+        s->known_count = 0;
+        s->wlen = 0;
+        s->npend = 0;
+        memset(&rp, 0, sizeof(rp));
+        rp.size = s->size;
+        rp.chunk_size = s->chunk_size;
+        rp.aead = s->aead;
+        memcpy(rp.sid, s->sid, FB_WIRE_SID_LEN);
+        rp.write = write_cb;
+        rp.on_chunk_complete = chunk_cb;
+        rp.ctx = s;
+        e = fb_xfer_receiver_new(&s->rcv, &rp, now);
+        if (e != FB_OK)
+            return e;
+        sync_bitmap(s);
+        return FB_OK;
+    }
+    if (s->rbuf == NULL)
+        s->rbuf = malloc(RBUF_SIZE);
+    return s->rbuf ? FB_OK : FB_ERR_NOMEM;
+}
+
+/* A write failed or the session went away under the upload: tell the client, start over on
+ * its next HELLO (from the shared bitmap, which holds only written chunks). */
+static void upload_fail(sess *s, fb_err e, uint64_t now)
+{
+    udpd_ctr.write_errors++;
+    udpd_log(e == FB_ERR_SESSION_STATE ? UDPD_INFO : UDPD_ERROR, "UD00022",
+             "session %s: writing '%s' failed: %s; UDP transfer stopped (the client continues over HTTPS)", s->id,
+             s->relpath, fb_err_message(e));
+    s->wlen = 0;
+    s->npend = 0;
+    send_close(s, e, now);
+    fb_xfer_receiver_free(s->rcv);
+    s->rcv = NULL;
+    assoc_end(s, now, fb_err_name(e));
+}
+
+/* ---- HELLO ------------------------------------------------------------------------------------ */
+
+static void rates_for(const fb_config *cfg, const fb_wire_hello *h, uint64_t *ptarget, uint64_t *pmin)
+{
+    uint64_t cap = cfg->target_rate_cap_kbps * 125, mincap = cfg->min_rate_cap_kbps * 125; /* kbit/s -> B/s */
+    uint64_t target = h->target_rate ? h->target_rate : (cap ? cap : UDPD_DEFAULT_RATE), min = h->min_rate;
+
+    if (cap && target > cap)
+        target = cap;
+    if (mincap && min > mincap)
+        min = mincap;
+    if (min > target)
+        min = target;
+    *ptarget = target;
+    *pmin = min;
+}
+
+static void send_hello_ack(sess *s, const fb_wire_hello *h, fb_err status, size_t hello_len, uint64_t now,
+                           uint64_t arrived, const udpd_addr *to)
+{
+    fb_wire_hdr hdr;
+    fb_wire_hello_ack a;
+    uint8_t *p;
+    size_t len = 0;
+    const size_t ack_len = FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED;
+
+    /* Never more than the HELLO brought (the codec pads every HELLO to 1200 bytes). */
+    if (ack_len > hello_len)
+        return;
+    p = udpd_send_reserve(s->ss->d, ack_len);
+    if (p == NULL)
+        return;
+    memset(&hdr, 0, sizeof(hdr));
+    memset(&a, 0, sizeof(a));
+    memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
+    /* Handshake packets carry random numbers (their keys are per session, not per association). */
+    if (fb_random_bytes((unsigned char *)&hdr.pn, sizeof(hdr.pn)) != FB_OK)
+        return;
+    memcpy(a.client_nonce, h->client_nonce, sizeof(a.client_nonce));
+    a.status = (uint32_t)status;
+    a.echo_ts_us = h->client_ts_us;
+    a.hold_us = now > arrived ? (uint32_t)(now - arrived > UINT32_MAX ? UINT32_MAX : now - arrived) : 0;
+    a.server_ts_us = now;
+    if (status == FB_OK) {
+        memcpy(a.server_nonce, s->snonce, sizeof(a.server_nonce));
+        a.cipher = s->cipher;
+        a.policy = s->policy;
+        a.target_rate = s->target_rate;
+        a.min_rate = s->min_rate;
+        a.max_datagram = s->max_dgram;
+    } else if (fb_random_bytes(a.server_nonce, sizeof(a.server_nonce)) != FB_OK) {
+        return;
+    }
+    if (fb_wire_encode_hello_ack(p, ack_len, &len, &hdr, &a, s->aead) == FB_OK)
+        udpd_send_commit(s->ss->d, len, to);
+}
+
+static int nonce_seen(const sess *s, const uint8_t *nonce)
+{
+    for (unsigned i = 0; i < s->nseen; i++)
+        if (memcmp(s->seen[i], nonce, FB_AEAD_HELLO_NONCE_LEN) == 0)
+            return 1;
+    return 0;
+}
+
+static void nonce_remember(sess *s, const uint8_t *nonce)
+{
+    memcpy(s->seen[s->seen_next], nonce, FB_AEAD_HELLO_NONCE_LEN);
+    s->seen_next = (s->seen_next + 1) % NONCE_MEMORY;
+    if (s->nseen < NONCE_MEMORY)
+        s->nseen++;
+}
+
+static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uint64_t now)
+{
+    const fb_config *cfg = udpd_cfg(s->ss->d);
+    const fb_wire_hello *h = &pkt->u.hello;
+    const char *detail = NULL;
+    fb_err st = FB_OK;
+    char where[64];
+
+    udpd_ctr.hellos++;
+    if (s->associated && memcmp(h->client_nonce, s->cnonce, sizeof(s->cnonce)) == 0) {
+        /* The same HELLO again: our answer was lost. From anywhere else it is a replay. */
+        if (!udpd_addr_equal(from, &s->peer)) {
+            count_drop(UDPD_DROP_HELLO_REPLAYED);
+            return;
+        }
+        send_hello_ack(s, h, FB_OK, pkt->datagram_len, now, now, from);
+        return;
+    }
+    if (nonce_seen(s, h->client_nonce)) {
+        count_drop(UDPD_DROP_HELLO_REPLAYED);
+        return;
+    }
+    nonce_remember(s, h->client_nonce);
+    udpd_addr_format(where, sizeof(where), from);
+
+    if (!(h->cipher & cfg->allowed_ciphers)) {
+        st = FB_ERR_SERVER_REFUSED;
+        detail = "cipher not allowed";
+    } else if (!(h->policy & cfg->allowed_policies)) {
+        st = FB_ERR_SERVER_REFUSED;
+        detail = "policy not allowed";
+    } else if (!docroot_allowed(cfg, s->docroot)) {
+        st = FB_ERR_PERMISSION;
+        detail = "the session's docroot is not in this udpd's configuration";
+    } else if (!s->files_open && (st = open_files(s)) != FB_OK) {
+        detail = "cannot open the file";
+    }
+    if (st == FB_OK && (st = engines_prepare(s, now)) != FB_OK)
+        detail = "out of memory";
+    if (st != FB_OK) {
+        udpd_ctr.hello_refused++;
+        udpd_log(UDPD_INFO, "UD00023", "session %s: HELLO from %s refused: %s (%s)", s->id, where, fb_err_message(st),
+                 detail);
+        send_hello_ack(s, h, st, pkt->datagram_len, now, now, from);
+        return;
+    }
+    if (s->associated)
+        assoc_end(s, now, "new HELLO");
+    if (fb_random_bytes(s->snonce, sizeof(s->snonce)) != FB_OK ||
+        fb_aead_set_data_keys(s->aead, h->cipher, h->client_nonce, s->snonce) != FB_OK) {
+        udpd_log(UDPD_ERROR, "UD00024", "session %s: cannot derive data keys", s->id);
+        return;
+    }
+    memcpy(s->cnonce, h->client_nonce, sizeof(s->cnonce));
+    s->cipher = h->cipher;
+    s->policy = h->policy;
+    rates_for(cfg, h, &s->target_rate, &s->min_rate);
+    s->max_dgram = h->max_datagram < UDPD_MAX_DATAGRAM ? h->max_datagram : (uint16_t)UDPD_MAX_DATAGRAM;
+    s->peer = *from;
+    snprintf(s->peer_str, sizeof(s->peer_str), "%s", where);
+    fb_replay_init(&s->replay);
+    s->pn_out = 0;
+    s->associated = 1;
+    s->validated = 0;
+    s->last_rx_us = now;
+    s->force_feedback = s->rcv != NULL;
+    s->snd_done_logged = 0;
+    s->roff = s->rlen = 0;
+    assoc_link(s);
+    udpd_ctr.associations++;
+    udpd_log(UDPD_INFO, "UD00025",
+             "session %s: %s of '%s' (%llu bytes) from %s: cipher %u, policy %u, rate %llu..%llu B/s, datagram %u",
+             s->id, s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath, (unsigned long long)s->size,
+             where, s->cipher, s->policy, (unsigned long long)s->min_rate, (unsigned long long)s->target_rate,
+             s->max_dgram);
+    send_hello_ack(s, h, FB_OK, pkt->datagram_len, now, now, from);
+}
+
+/* ---- data phase ------------------------------------------------------------------------------- */
+
+static void on_data(sess *s, const fb_wire_pkt *pkt, uint64_t now)
+{
+    size_t fresh = 0;
+    fb_err e;
+
+    if (s->direction != FB_DIR_UPLOAD) {
+        count_drop(UDPD_DROP_WRONG_DIRECTION);
+        return;
+    }
+    if (s->rcv == NULL) {
+        count_drop(UDPD_DROP_SESSION_INACTIVE);
+        return;
+    }
+    e = fb_xfer_receiver_on_data(s->rcv, &pkt->hdr, &pkt->u.data, now, &fresh);
+    if (e == FB_ERR_BAD_RANGE) {
+        count_drop(UDPD_DROP_OUT_OF_RANGE);
+        return;
+    }
+    if (e == FB_ERR_TOO_LARGE) {
+        count_drop(UDPD_DROP_RANGE_SET_FULL);
+        return;
+    }
+    if (e != FB_OK) {
+        upload_fail(s, e, now);
+        return;
+    }
+    udpd_ctr.data_bytes_new += fresh;
+    udpd_ctr.data_bytes_dup += pkt->u.data.len - fresh;
+    if (fresh > 0) {
+        atomic_fetch_add(&s->slot->bytes_udp, (uint64_t)fresh);
+        s->since_ckpt_bytes += fresh;
+        s->last_data_us = now;
+    }
+    touch(s);
+}
+
+static void on_feedback(sess *s, const fb_wire_pkt *pkt, uint64_t now)
+{
+    fb_err e;
+
+    if (s->direction != FB_DIR_DOWNLOAD) {
+        count_drop(UDPD_DROP_WRONG_DIRECTION);
+        return;
+    }
+    udpd_ctr.feedbacks_rx++;
+    if (s->snd == NULL) {
+        fb_xfer_sender_params sp;
+
+        memset(&sp, 0, sizeof(sp));
+        sp.size = s->size;
+        sp.max_payload = s->max_dgram - FB_WIRE_DATA_OVERHEAD;
+        sp.rate.policy = s->policy;
+        sp.rate.target_rate = s->target_rate;
+        sp.rate.min_rate = s->min_rate;
+        sp.rate.packet_size = s->max_dgram;
+        sp.aead = s->aead;
+        memcpy(sp.sid, s->sid, FB_WIRE_SID_LEN);
+        sp.read = read_cb;
+        sp.read_ctx = s;
+        e = fb_xfer_sender_new(&s->snd, &sp, now);
+        if (e != FB_OK) {
+            udpd_log(UDPD_ERROR, "UD00026", "session %s: cannot start sending: %s", s->id, fb_err_message(e));
+            send_close(s, e, now);
+            assoc_end(s, now, fb_err_name(e));
+            return;
+        }
+    }
+    e = fb_xfer_sender_on_feedback(s->snd, &pkt->hdr, &pkt->u.feedback, now);
+    if (e != FB_OK) {
+        count_wire(FB_WIRE_R_MALFORMED);
+        return;
+    }
+    if (fb_xfer_sender_done(s->snd) && !s->snd_done_logged) {
+        fb_xfer_sender_stats st;
+
+        fb_xfer_sender_stats_get(&st, s->snd);
+        s->snd_done_logged = 1;
+        udpd_log(UDPD_INFO, "UD00027", "session %s: download of '%s' complete: %llu bytes sent, %llu resent", s->id,
+                 s->relpath, (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_retx);
+    }
+}
+
+static void on_probe(sess *s, const fb_wire_pkt *pkt, uint64_t now, uint64_t arrived)
+{
+    fb_wire_hdr hdr;
+    fb_wire_probe r;
+    uint8_t *p;
+    size_t len = 0, size = pkt->datagram_len;
+
+    if (pkt->hdr.flags & FB_WIRE_F_PROBE_REPLY) {
+        count_drop(UDPD_DROP_UNEXPECTED);
+        return;
+    }
+    udpd_ctr.probes++;
+    p = udpd_send_reserve(s->ss->d, size);
+    if (p == NULL)
+        return;
+    memset(&hdr, 0, sizeof(hdr));
+    memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
+    hdr.flags = FB_WIRE_F_PROBE_REPLY;
+    hdr.pn = s->pn_out;
+    r.probe_id = pkt->u.probe.probe_id;
+    r.ts_us = pkt->u.probe.ts_us;
+    r.hold_us = now > arrived ? (uint32_t)(now - arrived) : 0;
+    r.pad_to = size; /* the same size: path MTU probing, and never larger than the probe */
+    if (fb_wire_encode_probe(p, size, &len, &hdr, &r, s->aead) == FB_OK) {
+        s->pn_out++;
+        udpd_send_commit(s->ss->d, len, &s->peer);
+    }
+}
+
+static void on_close(sess *s, const fb_wire_pkt *pkt, uint64_t now)
+{
+    udpd_ctr.closes++;
+    if (s->direction == FB_DIR_UPLOAD && s->rcv != NULL) {
+        fb_err e = publish(s);
+
+        if (e != FB_OK) {
+            upload_fail(s, e, now);
+            return;
+        }
+        checkpoint(s, now, 0);
+    }
+    assoc_end(s, now, pkt->u.close.reason == FB_OK ? "closed by the client" : fb_err_name(pkt->u.close.reason));
+}
+
+void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd_addr *from, uint64_t now)
+{
+    fb_wire_hdr hdr;
+    fb_wire_reason why;
+    fb_wire_pkt pkt;
+    uint32_t idx;
+    sess *s;
+
+    udpd_ctr.rx_dgrams++;
+    udpd_ctr.rx_bytes += len;
+    if (fb_wire_peek_header(&hdr, &why, buf, len) != FB_OK) {
+        count_wire(why);
+        return;
+    }
+    /* Server-to-client types are never accepted (and reflected ones would not authenticate). */
+    if (hdr.type == FB_WIRE_HELLO_ACK) {
+        count_drop(UDPD_DROP_UNEXPECTED);
+        return;
+    }
+    idx = fb_wire_sid_slot(hdr.sid);
+    if (idx >= ss->nslots) {
+        count_wire(FB_WIRE_R_UNKNOWN_SESSION);
+        return;
+    }
+    s = ss->by_index[idx];
+    if (s != NULL && !slot_still_ours(s)) {
+        sess_destroy(s, now, "the session is no longer active");
+        s = NULL;
+    }
+    if (s == NULL) {
+        if (hdr.type != FB_WIRE_HELLO) {
+            /* No context: the session is unknown, or no HELLO came yet. */
+            if (atomic_load(&fb_table_slot(udpd_table(ss->d), idx)->state) == FB_SLOT_ACTIVE)
+                count_drop(UDPD_DROP_NO_ASSOCIATION);
+            else
+                count_wire(FB_WIRE_R_UNKNOWN_SESSION);
+            return;
+        }
+        s = sess_create(ss, idx, hdr.sid, now);
+        if (s == NULL) {
+            count_wire(FB_WIRE_R_UNKNOWN_SESSION);
+            return;
+        }
+    } else if (!fb_mem_equal_ct(s->sid + 4, hdr.sid + 4, FB_ID_RANDOM_LEN)) {
+        count_wire(FB_WIRE_R_UNKNOWN_SESSION);
+        return;
+    }
+
+    if (hdr.type == FB_WIRE_HELLO) {
+        if (fb_wire_open(&pkt, &why, buf, len, s->aead, NULL) != FB_OK) {
+            count_wire(why);
+            return;
+        }
+        s->last_seen_us = now;
+        on_hello(s, &pkt, from, now);
+        return;
+    }
+    if (!s->associated) {
+        count_drop(UDPD_DROP_NO_ASSOCIATION);
+        return;
+    }
+    if (!udpd_addr_equal(from, &s->peer)) {
+        /* A new address needs a new HELLO. */
+        count_drop(UDPD_DROP_WRONG_ADDRESS);
+        return;
+    }
+    if (fb_wire_open(&pkt, &why, buf, len, s->aead, &s->replay) != FB_OK) {
+        count_wire(why);
+        return;
+    }
+    s->validated = 1;
+    s->last_rx_us = now;
+    s->last_seen_us = now;
+    switch (pkt.hdr.type) {
+    case FB_WIRE_DATA:
+        on_data(s, &pkt, now);
+        break;
+    case FB_WIRE_FEEDBACK:
+        on_feedback(s, &pkt, now);
+        break;
+    case FB_WIRE_CLOSE:
+        on_close(s, &pkt, now);
+        break;
+    case FB_WIRE_PROBE:
+        on_probe(s, &pkt, now, now);
+        break;
+    default:
+        count_drop(UDPD_DROP_UNEXPECTED);
+        break;
+    }
+}
+
+void udpd_sessions_after_batch(udpd_sessions *ss, uint64_t now)
+{
+    uint64_t wall = 0;
+
+    while (ss->touched != NULL) {
+        sess *s = ss->touched;
+        fb_err e;
+
+        ss->touched = s->next_touched;
+        s->touched = 0;
+        s->next_touched = NULL;
+        if (s->rcv == NULL)
+            continue;
+        e = publish(s);
+        if (e != FB_OK) {
+            upload_fail(s, e, now);
+            continue;
+        }
+        if (wall == 0)
+            wall = fb_time_now_ns();
+        atomic_store(&s->slot->last_activity_ns, wall);
+        if (s->since_ckpt_bytes >= CKPT_BYTES)
+            checkpoint(s, now, 0);
+        send_feedback(s, now, 0);
+    }
+}
+
+/* ---- timers ----------------------------------------------------------------------------------- */
+
+static void housekeeping(udpd_sessions *ss, uint64_t now)
+{
+    for (uint32_t i = 0; i < ss->nslots; i++) {
+        sess *s = ss->by_index[i];
+
+        if (s == NULL)
+            continue;
+        if (!slot_still_ours(s)) {
+            sess_destroy(s, now, "the session is no longer active");
+            continue;
+        }
+        if (s->associated && now - s->last_rx_us > ASSOC_IDLE_US) {
+            assoc_end(s, now, "idle");
+            continue;
+        }
+        if (!s->associated && now - s->last_seen_us > SESSION_IDLE_US) {
+            checkpoint(s, now, 0);
+            sess_destroy(s, now, "idle");
+            continue;
+        }
+        if (s->rcv != NULL)
+            sync_bitmap(s);
+        if (s->ckpt_dirty && (now - s->last_ckpt_us >= CKPT_INTERVAL_US || now - s->last_data_us >= CKPT_IDLE_US))
+            checkpoint(s, now, 0);
+    }
+}
+
+uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
+{
+    uint64_t next;
+    int progress, rounds = 0;
+
+    if (now - ss->last_housekeep_us >= HOUSEKEEP_US) {
+        ss->last_housekeep_us = now;
+        housekeeping(ss, now);
+    }
+    next = ss->last_housekeep_us + HOUSEKEEP_US;
+    /* Downloads share the send batch in rounds of SEND_QUANTUM datagrams each. */
+    do {
+        progress = 0;
+        for (sess *s = ss->assoc, *n; s != NULL; s = n) {
+            n = s->next_assoc;
+            if (s->snd == NULL || !s->validated)
+                continue;
+            for (int k = 0; k < SEND_QUANTUM && fb_xfer_sender_next_time(s->snd, now) <= now; k++) {
+                uint8_t *p = udpd_send_reserve(ss->d, s->max_dgram);
+                size_t len = 0;
+                fb_err e;
+
+                if (p == NULL)
+                    return now; /* batch full: flush and come back at once */
+                e = fb_xfer_sender_next(s->snd, p, s->max_dgram, &len, s->pn_out, now);
+                if (e != FB_OK) {
+                    udpd_log(UDPD_ERROR, "UD00028", "session %s: reading '%s' failed: %s", s->id, s->relpath,
+                             fb_err_message(e));
+                    send_close(s, e, now);
+                    assoc_end(s, now, fb_err_name(e));
+                    break;
+                }
+                if (len == 0)
+                    break;
+                s->pn_out++;
+                udpd_send_commit(ss->d, len, &s->peer);
+                udpd_ctr.data_bytes_sent += len - FB_WIRE_DATA_OVERHEAD;
+                progress = 1;
+            }
+        }
+    } while (progress && ++rounds < 64);
+    for (sess *s = ss->assoc; s != NULL; s = s->next_assoc) {
+        uint64_t t = UINT64_MAX;
+
+        if (s->rcv != NULL && s->validated) {
+            send_feedback(s, now, 0);
+            t = s->force_feedback ? now : fb_xfer_receiver_next_feedback(s->rcv, now);
+        } else if (s->snd != NULL && s->validated) {
+            t = fb_xfer_sender_next_time(s->snd, now);
+        }
+        if (t < next)
+            next = t;
+    }
+    return next;
+}
+
+/* ---- setup and reporting ---------------------------------------------------------------------- */
+
+fb_err udpd_sessions_new(udpd_sessions **pss, udpd *d, uint32_t nslots)
+{
+    udpd_sessions *ss = calloc(1, sizeof(*ss));
+
+    *pss = NULL;
+    if (ss == NULL)
+        return FB_ERR_NOMEM;
+    ss->d = d;
+    ss->nslots = nslots;
+    ss->by_index = calloc(nslots ? nslots : 1, sizeof(sess *));
+    ss->scratch = calloc(FB_BITMAP_WORDS, sizeof(uint64_t));
+    if (ss->by_index == NULL || ss->scratch == NULL) {
+        free(ss->by_index);
+        free(ss->scratch);
+        free(ss);
+        return FB_ERR_NOMEM;
+    }
+    *pss = ss;
+    return FB_OK;
+}
+
+void udpd_sessions_free(udpd_sessions *ss)
+{
+    uint64_t now = udpd_now_us();
+
+    if (ss == NULL)
+        return;
+    for (uint32_t i = 0; i < ss->nslots; i++) {
+        sess *s = ss->by_index[i];
+
+        if (s == NULL)
+            continue;
+        if (s->rcv != NULL && slot_still_ours(s) && publish(s) == FB_OK)
+            checkpoint(s, now, 1);
+        if (s->associated)
+            assoc_end(s, now, "udpd stopping");
+        s->ckpt_dirty = 0;
+        sess_destroy(s, now, "udpd stopping");
+    }
+    free(ss->by_index);
+    free(ss->scratch);
+    free(ss);
+}
+
+unsigned udpd_sessions_active(const udpd_sessions *ss)
+{
+    return ss->nassoc;
+}
+
+void udpd_sessions_log(udpd_sessions *ss)
+{
+    for (uint32_t i = 0; i < ss->nslots; i++) {
+        sess *s = ss->by_index[i];
+
+        if (s == NULL)
+            continue;
+        if (s->rcv != NULL) {
+            fb_xfer_receiver_stats st;
+
+            fb_xfer_receiver_stats_get(&st, s->rcv);
+            udpd_log(UDPD_INFO, "UD00052",
+                     "session %s: upload '%s' %s%s: %llu of %llu bytes held, %llu new over UDP, %llu duplicate, "
+                     "%llu FEEDBACK",
+                     s->id, s->relpath, s->associated ? "with " : "idle", s->associated ? s->peer_str : "",
+                     (unsigned long long)st.held_bytes, (unsigned long long)s->size,
+                     (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_dup,
+                     (unsigned long long)st.feedbacks);
+        } else if (s->snd != NULL) {
+            fb_xfer_sender_stats st;
+
+            fb_xfer_sender_stats_get(&st, s->snd);
+            udpd_log(UDPD_INFO, "UD00053",
+                     "session %s: download '%s' with %s: %llu bytes sent, %llu resent, %llu still needed, rate %llu "
+                     "B/s, srtt %llu us",
+                     s->id, s->relpath, s->peer_str, (unsigned long long)st.bytes_new,
+                     (unsigned long long)st.bytes_retx, (unsigned long long)st.need_bytes, (unsigned long long)st.rate,
+                     (unsigned long long)st.srtt_us);
+        } else {
+            udpd_log(UDPD_INFO, "UD00054", "session %s: %s '%s', %s", s->id,
+                     s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath,
+                     s->associated ? "associated" : "no association");
+        }
+    }
+}
