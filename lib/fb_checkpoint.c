@@ -1,8 +1,10 @@
 /* fb_checkpoint: the progress sidecar beside a partial file (DESIGN.md section 5).
  *
  * File layout (host byte order: the sidecar never leaves the machine that wrote it):
- *   ckpt_header (40 bytes), then bitmap_words_used 64-bit words (ceil(nchunks / 64)),
- *   then SHA-256 over every preceding byte.
+ *   ckpt_header (40 bytes); in version 2 with FB_CHECKPOINT_FLAG_SHA256 in header.flags, the
+ *   session's expected SHA-256 (32 bytes); then bitmap_words_used 64-bit words
+ *   (ceil(nchunks / 64)); then SHA-256 over every preceding byte.
+ * Version 1 is the same without the optional digest, its flags word being a reserved 0.
  * Writers serialise on an flock of RELNAME.tmp (several Apache children and udpd may checkpoint
  * the same session at once), write and fdatasync it, and rename it over RELNAME, then fsync the
  * directory. A stale RELNAME.tmp left by a crash is simply reused. Readers validate every length
@@ -36,7 +38,7 @@ typedef struct ckpt_header {
     uint64_t size;
     uint64_t nchunks;
     uint32_t bitmap_words_used;
-    uint32_t reserved; /* 0 */
+    uint32_t flags; /* FB_CHECKPOINT_FLAG_*; version 1: reserved, 0 */
 } ckpt_header;
 
 _Static_assert(sizeof(FB_CHECKPOINT_MAGIC) - 1 == 8, "checkpoint magic is 8 bytes");
@@ -45,7 +47,13 @@ _Static_assert(offsetof(ckpt_header, version) == 8 && offsetof(ckpt_header, chun
                    offsetof(ckpt_header, bitmap_words_used) == 32 && sizeof(ckpt_header) == 40,
                "checkpoint header layout");
 
-#define CKPT_MAX_LEN (sizeof(ckpt_header) + FB_BITMAP_WORDS * sizeof(uint64_t) + CKPT_DIGEST_LEN)
+#define CKPT_VERSION_1 1
+#define CKPT_KNOWN_FLAGS FB_CHECKPOINT_FLAG_SHA256
+#define CKPT_SHA_LEN 32
+_Static_assert(sizeof(((fb_checkpoint *)0)->expected_sha256) == CKPT_SHA_LEN, "expected digest is 32 bytes");
+
+#define CKPT_MAX_LEN                                                                                         \
+    (sizeof(ckpt_header) + CKPT_SHA_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) + CKPT_DIGEST_LEN)
 
 /* Splits RELNAME into its directory part (or ".") and its last component, refusing absolute
  * names, empty, "." and ".." components: the name must stay beneath DIRFD. */
@@ -156,12 +164,12 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     const char *base;
     unsigned char *buf = NULL;
     ckpt_header hdr;
-    size_t words, len;
+    size_t words, len, shalen, bitmap_off;
     int pfd = -1, fd = -1, n;
     fb_err rc;
 
     if (cp == NULL || cp->chunk_size == 0 || cp->nchunks > FB_BITMAP_BITS ||
-        cp->nchunks != fb_table_nchunks_for(cp->size, cp->chunk_size))
+        cp->nchunks != fb_table_nchunks_for(cp->size, cp->chunk_size) || (cp->flags & ~CKPT_KNOWN_FLAGS) != 0)
         return FB_ERR_INTERNAL;
     rc = ckpt_split(dir, sizeof(dir), &base, relname);
     if (rc != FB_OK)
@@ -171,7 +179,9 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
         return FB_ERR_BAD_PATH;
 
     words = ckpt_words(cp->nchunks);
-    len = sizeof(hdr) + words * sizeof(uint64_t) + CKPT_DIGEST_LEN;
+    shalen = (cp->flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
+    bitmap_off = sizeof(hdr) + shalen;
+    len = bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN;
     buf = calloc(1, len);
     if (buf == NULL)
         return FB_ERR_NOMEM;
@@ -182,14 +192,17 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     hdr.size = cp->size;
     hdr.nchunks = cp->nchunks;
     hdr.bitmap_words_used = (uint32_t)words;
+    hdr.flags = cp->flags;
     memcpy(buf, &hdr, sizeof(hdr));
-    memcpy(buf + sizeof(hdr), cp->bitmap, words * sizeof(uint64_t));
+    if (shalen > 0)
+        memcpy(buf + sizeof(hdr), cp->expected_sha256, CKPT_SHA_LEN);
+    memcpy(buf + bitmap_off, cp->bitmap, words * sizeof(uint64_t));
     if (words > 0) { /* bits past the last chunk mean nothing: store them as 0 */
         uint64_t last;
 
-        memcpy(&last, buf + sizeof(hdr) + (words - 1) * sizeof(uint64_t), sizeof(last));
+        memcpy(&last, buf + bitmap_off + (words - 1) * sizeof(uint64_t), sizeof(last));
         last &= ckpt_last_word_mask(cp->nchunks);
-        memcpy(buf + sizeof(hdr) + (words - 1) * sizeof(uint64_t), &last, sizeof(last));
+        memcpy(buf + bitmap_off + (words - 1) * sizeof(uint64_t), &last, sizeof(last));
     }
     if (!ckpt_sha256(buf + len - CKPT_DIGEST_LEN, buf, len - CKPT_DIGEST_LEN)) {
         rc = FB_ERR_INTERNAL;
@@ -279,7 +292,7 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     unsigned char digest[CKPT_DIGEST_LEN];
     ckpt_header hdr;
     struct stat st;
-    size_t len, words, done = 0;
+    size_t len, words, shalen, bitmap_off, done = 0;
     int pfd = -1, fd = -1;
     fb_err rc;
 
@@ -320,18 +333,25 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
         goto out;
     memcpy(&hdr, buf, sizeof(hdr));
     if (memcmp(hdr.magic, FB_CHECKPOINT_MAGIC, sizeof(hdr.magic)) != 0 ||
-        hdr.version != FB_CHECKPOINT_VERSION || hdr.reserved != 0 || hdr.chunk_size == 0 ||
-        hdr.nchunks > FB_BITMAP_BITS || hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
+        (hdr.version != FB_CHECKPOINT_VERSION && hdr.version != CKPT_VERSION_1) ||
+        (hdr.version == CKPT_VERSION_1 && hdr.flags != 0) || (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 ||
+        hdr.chunk_size == 0 || hdr.nchunks > FB_BITMAP_BITS ||
+        hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
         goto out;
     words = ckpt_words(hdr.nchunks);
-    if (hdr.bitmap_words_used != words || len != sizeof(hdr) + words * sizeof(uint64_t) + CKPT_DIGEST_LEN)
+    shalen = (hdr.flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
+    bitmap_off = sizeof(hdr) + shalen;
+    if (hdr.bitmap_words_used != words || len != bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN)
         goto out;
 
     memset(cp, 0, sizeof(*cp));
     cp->size = hdr.size;
     cp->chunk_size = hdr.chunk_size;
     cp->nchunks = hdr.nchunks;
-    memcpy(cp->bitmap, buf + sizeof(hdr), words * sizeof(uint64_t));
+    cp->flags = hdr.flags;
+    if (shalen > 0)
+        memcpy(cp->expected_sha256, buf + sizeof(hdr), CKPT_SHA_LEN);
+    memcpy(cp->bitmap, buf + bitmap_off, words * sizeof(uint64_t));
     if (words > 0 && (cp->bitmap[words - 1] & ~ckpt_last_word_mask(hdr.nchunks)) != 0) {
         memset(cp, 0, sizeof(*cp));
         goto out;

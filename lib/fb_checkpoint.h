@@ -15,12 +15,21 @@
 #include "fb_table.h"
 
 #define FB_CHECKPOINT_MAGIC "FBCKPT\0\0"
-#define FB_CHECKPOINT_VERSION 1
+#define FB_CHECKPOINT_VERSION 2 /* written; version-1 files (no flags, no digest) are still read */
+
+#define FB_CHECKPOINT_FLAG_SHA256 1u /* expected_sha256 is set */
 
 typedef struct fb_checkpoint {
     uint64_t size;
     uint32_t chunk_size;
+    /* FB_CHECKPOINT_FLAG_*: writers set it from the session (the slot's
+     * FB_SLOT_FLAG_EXPECTED_SHA256), 0 when the session has no expected digest; never leave it
+     * uninitialised. Read back as 0 from version-1 files. */
+    uint32_t flags;
     uint64_t nchunks;
+    /* The digest the upload was created with (POST sessions "sha256"), if FLAG_SHA256: a resume
+     * joins this checkpoint only with the same expectation. All zero otherwise. */
+    uint8_t expected_sha256[32];
     uint64_t bitmap[FB_BITMAP_WORDS];
 } fb_checkpoint;
 
@@ -30,11 +39,13 @@ typedef struct fb_checkpoint {
  * any processes, are serialised by an flock on RELNAME.tmp; the last rename wins. A stale
  * RELNAME.tmp is reused. The file gets mode 0660 (Apache and udpd may share only a group).
  * Bits past NCHUNKS are stored as 0. FB_ERR_INTERNAL if CP is inconsistent (chunk_size 0,
- * nchunks not ceil(size / chunk_size), or more than FB_BITMAP_BITS). */
+ * nchunks not ceil(size / chunk_size), more than FB_BITMAP_BITS, or unknown FLAGS bits).
+ * Always writes version 2; expected_sha256 is stored only with FB_CHECKPOINT_FLAG_SHA256. */
 fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *cp);
 
-/* Reads and validates (every length, the field consistency and the SHA-256). FB_ERR_NOT_FOUND
- * if absent; FB_ERR_IO if damaged, of another version, or a symlink. */
+/* Reads and validates (every length, the field consistency and the SHA-256). Version-1 and
+ * version-2 files; a version-1 file reads as FLAGS 0. FB_ERR_NOT_FOUND if absent; FB_ERR_IO if
+ * damaged, of an unknown version or with unknown flags, or a symlink. */
 fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname);
 
 /* Removes the checkpoint and any stale RELNAME.tmp (missing is not an error). */

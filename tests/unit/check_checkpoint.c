@@ -1,6 +1,7 @@
-/* Unit tests for fb_checkpoint: the progress sidecar. Round trips, every kind of damage read
- * back as FB_ERR_IO, names beneath the directory only, atomic replacement with a stale or
- * concurrent temporary file. Each test works in a mkdtemp directory that the unchecked fixture
+/* Unit tests for fb_checkpoint: the progress sidecar. Round trips (with and without the
+ * session's expected digest), version-1 files still read, every kind of damage read back as
+ * FB_ERR_IO, names beneath the directory only, atomic replacement with a stale or concurrent
+ * temporary file. Each test works in a mkdtemp directory that the unchecked fixture
  * removes afterwards. */
 #include <check.h>
 #include <errno.h>
@@ -29,7 +30,7 @@ struct disk_header {
     uint64_t size;
     uint64_t nchunks;
     uint32_t bitmap_words_used;
-    uint32_t reserved;
+    uint32_t flags; /* version 1: reserved, 0 */
 };
 _Static_assert(sizeof(struct disk_header) == 40, "checkpoint header is 40 bytes");
 
@@ -118,19 +119,28 @@ static size_t get_file(int dirfd, const char *name, unsigned char *buf, size_t c
     return (size_t)n;
 }
 
-/* Writes a sidecar by hand: HDR, WORDS words, and a correct SHA-256. */
-static void craft(int dirfd, const char *name, const struct disk_header *hdr, const uint64_t *words,
-                  size_t nwords)
+/* Writes a sidecar by hand: HDR, the expected digest EXPECT if not NULL, WORDS words, and a
+ * correct SHA-256. */
+static void craft_sha(int dirfd, const char *name, const struct disk_header *hdr, const unsigned char *expect,
+                      const uint64_t *words, size_t nwords)
 {
-    unsigned char buf[sizeof(*hdr) + 16 * 8 + 32];
-    size_t len = sizeof(*hdr) + nwords * 8;
+    unsigned char buf[sizeof(*hdr) + 32 + 16 * 8 + 32];
+    size_t off = sizeof(*hdr) + (expect != NULL ? 32 : 0), len = off + nwords * 8;
     unsigned int mdlen = 0;
 
     ck_assert_uint_le(nwords, 16);
     memcpy(buf, hdr, sizeof(*hdr));
-    memcpy(buf + sizeof(*hdr), words, nwords * 8);
+    if (expect != NULL)
+        memcpy(buf + sizeof(*hdr), expect, 32);
+    memcpy(buf + off, words, nwords * 8);
     ck_assert_int_eq(EVP_Digest(buf, len, buf + len, &mdlen, EVP_sha256(), NULL), 1);
     put_file(dirfd, name, buf, len + 32);
+}
+
+static void craft(int dirfd, const char *name, const struct disk_header *hdr, const uint64_t *words,
+                  size_t nwords)
+{
+    craft_sha(dirfd, name, hdr, NULL, words, nwords);
 }
 
 static struct disk_header good_header(void)
@@ -329,7 +339,7 @@ START_TEST(test_consistent_digest_but_invalid_fields_is_io_error)
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
 
     h = good_header();
-    h.reserved = 1;
+    h.flags = 2; /* no such flag */
     craft(dfd, "c", &h, words, 2);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
 
@@ -344,6 +354,104 @@ START_TEST(test_consistent_digest_but_invalid_fields_is_io_error)
     h.bitmap_words_used = 2;
     words[1] = 0;
     craft(dfd, "c", &h, words, 2);
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
+    free(back);
+    close(dfd);
+}
+END_TEST
+
+START_TEST(test_expected_digest_round_trips_and_is_covered)
+{
+    char dir[TPATH];
+    int dfd = test_dirfd(dir);
+    fb_checkpoint *cp = cp_new(100500, 1000), *back = calloc(1, sizeof(*back));
+    unsigned char orig[256], buf[256];
+    size_t len;
+
+    for (int i = 0; i < 32; i++)
+        cp->expected_sha256[i] = (uint8_t)(0xa0 + i);
+    cp->flags = FB_CHECKPOINT_FLAG_SHA256;
+    cp_set(cp, 2);
+    cp_set(cp, 100);
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    len = get_file(dfd, "c", orig, sizeof(orig));
+    ck_assert_uint_eq(len, 40 + 32 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SHA256);
+    ck_assert_mem_eq(back->expected_sha256, cp->expected_sha256, 32);
+    ck_assert_uint_eq(back->size, 100500);
+    ck_assert_uint_eq(back->chunk_size, 1000);
+    ck_assert_mem_eq(back->bitmap, cp->bitmap, sizeof(cp->bitmap));
+    /* The digest bytes are covered like every other byte. */
+    for (size_t i = 0; i < len; i++) {
+        memcpy(buf, orig, len);
+        buf[i] ^= 0x80;
+        put_file(dfd, "c", buf, len);
+        ck_assert_msg(fb_checkpoint_read(back, dfd, "c") == FB_ERR_IO, "flipped byte %zu accepted", i);
+    }
+
+    /* Without the flag nothing of expected_sha256 is stored, and it reads back as zeros. */
+    cp->flags = 0;
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->flags, 0);
+    for (int i = 0; i < 32; i++)
+        ck_assert_uint_eq(back->expected_sha256[i], 0);
+
+    /* Unknown flags are a caller's bug: nothing written. */
+    cp->flags = 4;
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "d", cp), FB_ERR_INTERNAL);
+    ck_assert(!exists(dfd, "d"));
+    free(cp);
+    free(back);
+    close(dfd);
+}
+END_TEST
+
+START_TEST(test_version_1_files_still_read)
+{
+    char dir[TPATH];
+    int dfd = test_dirfd(dir);
+    fb_checkpoint *back = calloc(1, sizeof(*back));
+    uint64_t words[16] = {9, 1};
+    unsigned char expect[32];
+    struct disk_header h;
+
+    memset(expect, 0x11, sizeof(expect));
+    h = good_header();
+    h.version = 1;
+    craft(dfd, "c", &h, words, 2);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->flags, 0);
+    ck_assert_uint_eq(back->expected_sha256[0], 0);
+    ck_assert_uint_eq(back->size, 100500);
+    ck_assert_uint_eq(back->bitmap[0], 9);
+    ck_assert_uint_eq(back->bitmap[1], 1);
+
+    /* Version 1 had no flags: its reserved word must stay 0, with or without a digest block. */
+    h.flags = FB_CHECKPOINT_FLAG_SHA256;
+    craft_sha(dfd, "c", &h, expect, words, 2);
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
+    craft(dfd, "c", &h, words, 2);
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
+
+    /* Version 2 crafted by hand, with the digest: the layout is what the header says. */
+    h = good_header();
+    ck_assert_uint_eq(h.version, 2);
+    h.flags = FB_CHECKPOINT_FLAG_SHA256;
+    craft_sha(dfd, "c", &h, expect, words, 2);
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_mem_eq(back->expected_sha256, expect, 32);
+    ck_assert_uint_eq(back->bitmap[0], 9);
+    /* The flag without the digest block, or the block without the flag: wrong length. */
+    craft(dfd, "c", &h, words, 2);
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
+    h.flags = 0;
+    craft_sha(dfd, "c", &h, expect, words, 2);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
     free(back);
     close(dfd);
@@ -563,6 +671,8 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, test_any_damaged_byte_is_io_error);
     tcase_add_test(tc, test_truncated_or_extended_file_is_io_error);
     tcase_add_test(tc, test_consistent_digest_but_invalid_fields_is_io_error);
+    tcase_add_test(tc, test_expected_digest_round_trips_and_is_covered);
+    tcase_add_test(tc, test_version_1_files_still_read);
     tcase_add_test(tc, test_missing_checkpoint_is_not_found);
     tcase_add_test(tc, test_relname_with_subdirectory);
     tcase_add_test(tc, test_names_outside_the_directory_refused);
