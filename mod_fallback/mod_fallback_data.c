@@ -294,7 +294,12 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     c->next_mark = 0;
     c->fd = -1;
     c->ckpt_base = apr_pstrdup(r->pool, mod_fallback_basename(ckptrel));
-    c->cp = apr_palloc(r->pool, sizeof(*c->cp));
+    c->cp = apr_pcalloc(r->pool, sizeof(*c->cp));
+    /* The session's expected digest goes into every checkpoint: a resume must expect the same. */
+    if (info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) {
+        c->cp->flags = FB_CHECKPOINT_FLAG_SHA256;
+        memcpy(c->cp->expected_sha256, info->expected_sha256, sizeof(c->cp->expected_sha256));
+    }
     e = mod_fallback_open_parent(&c->parent_fd, req, info->relpath);
     if (e == FB_OK) {
         c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);

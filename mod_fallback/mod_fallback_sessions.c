@@ -4,7 +4,8 @@
  *
  * Creating an upload is serialised per target path by flock on the hidden partial file, so two
  * requests for one path cannot both claim a slot; resuming picks up a live session of the same
- * user, path and size, or the checkpoint sidecar beside the partial file. */
+ * user, path, size and expected sha256, or the checkpoint sidecar beside the partial file when it
+ * was written for the same size and expected sha256. */
 
 #include "mod_fallback_private.h"
 
@@ -396,6 +397,15 @@ static fb_err supersede_others(int *psuperseded, mod_fallback_req *req, const ch
     return FB_OK;
 }
 
+/* 1 if an upload expecting EXPECTED (NULL: no digest given) may continue the progress of one
+ * that expected HAS ? SHA : nothing: both gave none, or both the same digest. */
+static int same_expectation(const unsigned char *expected, uint32_t has, const unsigned char *sha)
+{
+    if (expected == NULL)
+        return !has;
+    return has && fb_mem_equal_ct(sha, expected, FB_SHA256_LEN);
+}
+
 static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size)
 {
     json_t *doc = json_pack("{s:s, s:s, s:I, s:s, s:b, s:I, s:I, s:[]}", "direction", "upload", "path", relpath, "size",
@@ -487,13 +497,41 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
     }
     mod_fallback_fd_close_on_cleanup(r->pool, part_fd);
 
-    /* 1. A live session of this user for the same file: hand it out again (same id and key). */
+    /* 1. A live session of this user for the same file: hand it out again (same id and key),
+     * but only to a request expecting the same content; never supersede a live upload of
+     * other content. */
     if (fb_table_find_upload(req->table, &idx, req->user, req->docroot, relpath, size) == FB_OK) {
+        fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
+
         slot = fb_table_slot(req->table, idx);
-        if (atomic_load(&slot->state) == FB_SLOT_ACTIVE) {
-            rc = reply_session(req, HTTP_OK, idx, slot, 1, 0, 1);
+        fb_slot_info_read(info, slot);
+        wipe_info(info);
+        /* Re-check what fb_table_find_upload matched: the slot may have been reused since. */
+        if (atomic_load(&slot->state) == FB_SLOT_ACTIVE && info->direction == FB_DIR_UPLOAD && info->size == size &&
+            strcmp(info->user, req->user) == 0 && strcmp(info->docroot, req->docroot) == 0 &&
+            strcmp(info->relpath, relpath) == 0) {
+            char id[FB_SESSION_ID_LEN + 1];
+
+            if (same_expectation(sha256, info->flags & FB_SLOT_FLAG_EXPECTED_SHA256, info->expected_sha256)) {
+                rc = reply_session(req, HTTP_OK, idx, slot, 1, 0, 1);
+                goto leave;
+            }
+            fb_session_id_format(id, idx, info->id_random);
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                          FBLOGNO(00223) "upload of '%s' refused: session %s of the same path and size expects "
+                          "other content",
+                          relpath, id);
+            rc = mod_fallback_problem(
+                req, FB_ERR_SESSION_STATE,
+                apr_psprintf(r->pool,
+                             "another upload of this path (session %s) with %s is in progress; wait for it to "
+                             "finish or expire, or cancel it",
+                             id,
+                             (info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) ? "another expected sha256"
+                                                                          : "no expected sha256"));
             goto leave;
         }
+        slot = NULL;
     }
 
     /* 2. Nobody else may be writing this partial file. */
@@ -519,10 +557,16 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
     cp = apr_palloc(r->pool, sizeof(*cp));
     e = superseded ? FB_ERR_NOT_FOUND : fb_checkpoint_read(cp, parent_fd, ckptbase);
     if (e == FB_OK && fstat(part_fd, &sb) == 0 && (uint64_t)sb.st_size == size && cp->size == size &&
-        cp->chunk_size == cs && cp->nchunks == nchunks) {
+        cp->chunk_size == cs && cp->nchunks == nchunks &&
+        same_expectation(sha256, cp->flags & FB_CHECKPOINT_FLAG_SHA256, cp->expected_sha256)) {
         resumed = 1;
     }
     else {
+        if (e == FB_OK)
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                          FBLOGNO(00224) "checkpoint of '%s' does not fit this upload (size, chunk size or "
+                          "expected sha256): starting over",
+                          relpath);
         if (e != FB_ERR_NOT_FOUND)
             (void)fb_checkpoint_remove(parent_fd, ckptbase);
         /* Sparse: ENOSPC surfaces on write, where it is reported and resumable. */
