@@ -109,6 +109,27 @@ test_checkpoint_survives_lost_table() {
     assert_file_same "$SRC/c.bin" "$DOCROOT/c.bin"
 }
 
+test_table_deleted_mid_upload() {
+    # DESIGN fault test: the segment is deleted during a transfer and Apache restarted
+    # (stop + start: the new server makes a new, empty table). fbcp's session is gone (404); it
+    # creates a new one, the server resumes from the checkpoint, and the file ends identical.
+    local pid rc shm
+    require_fbcp
+    mkrand "$SRC/t.bin" $((24 * CHUNK))
+    shm=$(sed -n 's:.*<shm_path>\(.*\)</shm_path>.*:\1:p' "$DS_DIR/fallback.xml")
+    fbcp_bg "$T_TMP/t.json" "$T_TMP/t.err" --json --retries 20 --limit-rate 8M "$SRC/t.bin" "$URL/t.bin"
+    pid=$FBCP_PID
+    sleep 1.5
+    kill -0 "$pid" 2>/dev/null || fail "upload ended before the table was deleted"
+    ds_stop || fail "stop failed"
+    rm -f "$shm"
+    ds_start || fail "start failed"
+    wait "$pid"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp exit code after the table was lost ($(tail -n 3 "$T_TMP/t.err"))"
+    assert_file_same "$SRC/t.bin" "$DOCROOT/t.bin"
+}
+
 ds_start_or_bail "all restart tests"
 
 run_test "graceful restart mid-upload: upload completes identical" test_graceful_mid_upload
@@ -116,4 +137,5 @@ run_test "graceful restart mid-download: download completes identical" test_grac
 run_test "session and session table survive graceful" test_session_survives_graceful
 run_test "hard restart mid-upload: fbcp retries and completes" test_hard_restart_mid_upload
 run_test "checkpoint resumes after the session table is lost" test_checkpoint_survives_lost_table
+run_test "session table deleted mid-upload: fbcp re-creates the session and completes" test_table_deleted_mid_upload
 finish
