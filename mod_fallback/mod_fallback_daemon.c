@@ -47,7 +47,8 @@
 
 extern module AP_MODULE_DECLARE_DATA fallback_module;
 
-#define DAEMON_RETAINED_KEY "mod_fallback.daemon"
+/* Retained data outlives the module's code: a new layout needs a new key. */
+#define DAEMON_RETAINED_KEY "mod_fallback.daemon.v1"
 #define DAEMON_DEFAULT_PATH FB_SBINDIR "/udpd"
 #define FAST_DEATH apr_time_from_sec(10) /* dying sooner than this after exec counts as a crash loop */
 #define MAX_DELAY_S 60                   /* longest wait before restarting a crashing udpd */
@@ -61,7 +62,6 @@ typedef struct daemon_retained {
     pid_t pid;             /* running udpd (or its delayed start), 0 if none */
     apr_time_t exec_at;    /* when it was (or will be) exec'ed */
     unsigned fast_deaths;  /* consecutive deaths within FAST_DEATH of exec */
-    unsigned starts;       /* udpd started since Apache started */
     unsigned char sig[32]; /* SHA-256 of the command line it was started with */
 } daemon_retained;
 
@@ -217,7 +217,6 @@ static apr_status_t daemon_spawn(server_rec *s, apr_interval_time_t delay)
         child_exec(gen.argv, delay, parent);
     r->pid = pid;
     r->exec_at = apr_time_now() + delay;
-    r->starts++;
     daemon_register();
     if (delay > 0)
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
