@@ -3,7 +3,9 @@
 # Every test file starts its own private Apache with the built mod_fallback (scripts/devserver)
 # in its own temporary directory on its own ports, so files are independent and may run in
 # parallel. A file sets T_INDEX (unique small number) before sourcing this file; its ports are
-# 20000 + 10 * T_INDEX + {0: https, 1: http, 2: udp}.
+# BASE + {0: https, 1: http, 2: udp, 3-9: the file's own use} with BASE = 20000 + 10 * T_INDEX,
+# or 1000, 2000, ... above that when another run on this machine holds that block (a reservation
+# directory in /tmp/fbit-ports, released on exit).
 #
 # A test is a shell function run with `run_test NAME FUNCTION` in a subshell: an assertion that
 # fails prints a diagnostic ("# ...") and exits the subshell, so the test stops at its first
@@ -23,7 +25,48 @@ APACHE_BIN=${APACHE_BIN:-/usr/sbin/apache2}
 CHUNK=1048576
 
 : "${T_INDEX:?set T_INDEX before sourcing lib.sh}"
-BASE_PORT=$((20000 + 10 * T_INDEX))
+
+# True if no TCP listener and no UDP socket uses any of the ten ports from $1.
+port_block_free() {
+    local p
+    for ((p = $1; p < $1 + 10; p++)); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then return 1; fi
+        if [ -n "$(ss -Hlun "sport = :$p" 2>/dev/null)" ]; then return 1; fi
+    done
+    return 0
+}
+
+# Picks and reserves this file's port block (see the top of this file).
+reserve_ports() {
+    local k base d pid
+    if [ -n "${FB_TEST_PORT_BASE:-}" ]; then
+        BASE_PORT=$((FB_TEST_PORT_BASE + 10 * T_INDEX))
+        return 0
+    fi
+    mkdir -p /tmp/fbit-ports
+    for ((k = 0; k < 12; k++)); do
+        base=$((20000 + 1000 * k + 10 * T_INDEX))
+        d=/tmp/fbit-ports/$base
+        if ! mkdir "$d" 2>/dev/null; then
+            pid=$(cat "$d/pid" 2>/dev/null || true)
+            # A reservation whose owner is gone is stale.
+            if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then continue; fi
+            rm -rf "$d"
+            mkdir "$d" 2>/dev/null || continue
+        fi
+        echo $$ >"$d/pid"
+        if port_block_free "$base"; then
+            BASE_PORT=$base
+            T_PORT_RESERVATION=$d
+            return 0
+        fi
+        rm -rf "$d"
+    done
+    echo "# no free block of 10 ports for T_INDEX $T_INDEX" >&2
+    BASE_PORT=$((20000 + 10 * T_INDEX))
+}
+T_PORT_RESERVATION=""
+reserve_ports
 HTTPS_PORT=$BASE_PORT
 HTTP_PORT=$((BASE_PORT + 1))
 UDP_PORT=$((BASE_PORT + 2))
@@ -69,6 +112,7 @@ cleanup() {
         "$DEVSERVER" stop --dir "$DS_DIR" --clean --quiet >/dev/null 2>&1 || true
     fi
     if [ -n "${T_CLEANUP_EXTRA:-}" ]; then eval "$T_CLEANUP_EXTRA" || true; fi
+    if [ -n "$T_PORT_RESERVATION" ]; then rm -rf "$T_PORT_RESERVATION"; fi
     if [ "${FB_KEEP_TMP:-0}" = 1 ] || { [ "$T_FAILED" -gt 0 ] && [ "${FB_KEEP_FAILED:-0}" = 1 ]; }; then
         echo "# kept $T_TMP"
     else
@@ -82,7 +126,7 @@ trap 'exit 130' INT TERM
 ds_start() {
     local out
     if ! port_free "$HTTPS_PORT"; then
-        echo "# port $HTTPS_PORT is in use; is another run of $T_NAME going on?" >&2
+        echo "# port $HTTPS_PORT is in use (by another program?)" >&2
         return 1
     fi
     if ! out=$("$DEVSERVER" start --dir "$DS_DIR" --https-port "$HTTPS_PORT" --http-port "$HTTP_PORT" \

@@ -42,9 +42,10 @@ test_fbcp_disk_full() {
 test_put_gives_507() {
     local id st size=$((12 * CHUNK)) first last i
     need_mount
-    # Make room first: cancel the previous test's kept upload through the API.
+    # Make room first: cancel the previous test's kept upload through the API (the resuming
+    # POST names the same content as fbcp did, so it gets fbcp's session back).
     if [ -e "$SMALL/.big.bin.fbpart" ]; then
-        id=$(new_session big.bin $((16 * CHUNK))) || exit 1
+        id=$(new_session big.bin $((16 * CHUNK)) ",\"sha256\":\"$(sha "$SRC/big.bin")\"") || exit 1
         st=$(api DELETE "sessions/$id")
         assert_eq 204 "$st" "DELETE the kept upload"
     fi

@@ -43,7 +43,7 @@ test_kill_and_resume_upload() {
         assert_eq 200 "$st" "GET sessions/$id after the kill"
     else
         note "no session id from fbcp --json or fbctl sessions; asking with a resuming POST"
-        id=$(new_session k.bin "$size") || exit 1
+        id=$(new_session k.bin "$size" ",\"sha256\":\"$(sha "$SRC/k.bin")\"") || exit 1
         assert_eq true "$(jq -r .resumed "$BODY")" "resumed"
     fi
     missing=$(missing_bytes)
