@@ -32,7 +32,7 @@ static struct {
 
 fb_err udpd_ckpt_run(udpd_ckpt_job *job)
 {
-    fb_checkpoint *cp = malloc(sizeof(*cp));
+    fb_checkpoint *cp = calloc(1, sizeof(*cp));
     fb_err e = FB_OK;
     int tries = 0;
 
@@ -51,6 +51,10 @@ fb_err udpd_ckpt_run(udpd_ckpt_job *job)
         cp->size = job->size;
         cp->chunk_size = job->chunk_size;
         cp->nchunks = fb_chunk_count(job->size, job->chunk_size);
+        /* The session's expected digest goes into every checkpoint, as the module writes it: a
+         * resume must expect the same. */
+        cp->flags = job->flags;
+        memcpy(cp->expected_sha256, job->expected_sha256, sizeof(cp->expected_sha256));
         fb_slot_bitmap_copy(cp->bitmap, job->slot);
         if (fdatasync(job->part_fd) != 0)
             e = fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;

@@ -492,6 +492,7 @@ int main(int argc, char **argv)
         goto out;
     }
     heartbeat(&d, udpd_now_us());
+    d.last_stats_us = udpd_now_us();
     udpd_log(UDPD_INFO, "UD00016",
              "listening on %s port %d (uid %ld, table %s with %u slots, socket buffers %d/%d bytes, GRO %s, GSO %s)",
              d.cfg->bind_address, d.cfg->udp_port, (long)geteuid(), d.cfg->shm_path, fb_table_nslots(d.table),

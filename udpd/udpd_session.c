@@ -26,6 +26,7 @@
 #include <openssl/crypto.h>
 
 #include "fb_aead.h"
+#include "fb_checkpoint.h"
 #include "fb_path.h"
 #include "fb_range.h"
 #include "fb_util.h"
@@ -54,6 +55,8 @@ struct sess {
     uint64_t size;
     uint32_t chunk_size;
     uint64_t nchunks;
+    uint32_t ckpt_flags; /* FB_CHECKPOINT_FLAG_SHA256 when the session has an expected digest */
+    uint8_t expected_sha256[32];
     char relpath[FB_RELPATH_MAX];
     char docroot[FB_DOCROOT_MAX];
     fb_aead_ctx *aead;
@@ -415,6 +418,8 @@ static void checkpoint(sess *s, uint64_t now, int sync)
     job.generation = s->generation;
     job.size = s->size;
     job.chunk_size = s->chunk_size;
+    job.flags = s->ckpt_flags;
+    memcpy(job.expected_sha256, s->expected_sha256, sizeof(job.expected_sha256));
     udpd_ckpt_submit(&job, sync);
     s->ckpt_dirty = 0;
     s->since_ckpt_bytes = 0;
@@ -562,6 +567,10 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
         s->size = info->size;
         s->chunk_size = info->chunk_size;
         s->nchunks = info->nchunks;
+        if (info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) {
+            s->ckpt_flags = FB_CHECKPOINT_FLAG_SHA256;
+            memcpy(s->expected_sha256, info->expected_sha256, sizeof(s->expected_sha256));
+        }
         memcpy(s->relpath, info->relpath, sizeof(s->relpath));
         s->relpath[sizeof(s->relpath) - 1] = '\0';
         memcpy(s->docroot, info->docroot, sizeof(s->docroot));

@@ -1,0 +1,255 @@
+#!/bin/bash
+# t_udp_transfer: uploads and downloads over the UDP fast path through a real udpd on loopback,
+# for sessions created through the real Apache and mod_fallback, committed over HTTPS: SHA-256
+# identical at both ends, byte counters right, chunks written over HTTP never resent over UDP,
+# checkpoints written when udpd stops mid-upload and the upload resumed after a restart.
+# The client is tests/udp/udp_client (the fb_xfer engines fbcp uses).
+# shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
+T_INDEX=40
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+UDPD=${UDPD:-$SRCDIR/udpd/udpd}
+UDP_CLIENT=${UDP_CLIENT:-$SRCDIR/tests/udp/udp_client}
+[ -x "$UDPD" ] && cp "$UDPD" "$T_TMP/bin/udpd" && UDPD=$T_TMP/bin/udpd
+[ -x "$UDP_CLIENT" ] && cp "$UDP_CLIENT" "$T_TMP/bin/udp_client" && UDP_CLIENT=$T_TMP/bin/udp_client
+UDPD_LOG=$T_TMP/udpd.log
+SRC=$T_TMP/src
+mkdir -p "$SRC"
+T_CLEANUP_EXTRA='udpd_stop'
+
+# ---- helpers of this file ---------------------------------------------------------------------------
+
+# udpd_start [udpd options]: udpd on this file's devserver configuration, as Apache's user when
+# run as root; waits for its "listening" line. Its pid goes to a file, so the cleanup and later
+# tests find it whichever subshell started it.
+UDPD_PIDFILE=$T_TMP/udpd.pid
+udpd_start() {
+    local user_opt=() n pid
+    if [ "$(id -u)" = 0 ] && getent passwd www-data >/dev/null; then user_opt=(--user www-data); fi
+    n=$(grep -c "UD00016: listening" "$UDPD_LOG" 2>/dev/null)
+    FB_SCHEMA=$DS_DIR/fallback.xsd "$UDPD" -c "$DS_DIR/fallback.xml" "${user_opt[@]}" --log-level debug "$@" \
+        >>"$UDPD_LOG" 2>&1 &
+    pid=$!
+    echo "$pid" >"$UDPD_PIDFILE"
+    T_BG_PIDS+=("$pid")
+    wait_for 10 udpd_listening_more "${n:-0}" || fail "udpd did not start: $(tail -n 5 "$UDPD_LOG")"
+}
+
+# True once the log has more than N "listening" lines.
+udpd_listening_more() {
+    [ "$(grep -c "UD00016: listening" "$UDPD_LOG")" -gt "$1" ]
+}
+
+udpd_pid() {
+    cat "$UDPD_PIDFILE" 2>/dev/null
+}
+
+# udpd_stop: SIGTERM and wait until it is gone; UDPD_RC is its exit status when it is a child of
+# this shell (else empty).
+udpd_stop() {
+    local pid i
+    pid=$(udpd_pid)
+    UDPD_RC=
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid"
+    wait "$pid" 2>/dev/null
+    UDPD_RC=$?
+    if [ "$UDPD_RC" = 127 ]; then
+        UDPD_RC=
+        for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    fi
+}
+
+# client ARGS...: the UDP driver against this udpd; stdout to $T_TMP/client.json.
+client() {
+    "$UDP_CLIENT" --host 127.0.0.1 --port "$UDP_PORT" "$@" >"$T_TMP/client.json" 2>"$T_TMP/client.err"
+}
+
+# The value of counter NAME in udpd's latest counter lines (SIGUSR1).
+udpd_counter() {
+    kill -USR1 "$(udpd_pid)"
+    sleep 0.3
+    grep -E 'UD0005[01]' "$UDPD_LOG" | tail -n 2 | grep -o " $1=[0-9]*" | tail -n 1 | cut -d= -f2
+}
+
+# new_download PATH: POST sessions for a download; the answer stays in $BODY.
+new_download() {
+    local st
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"download\",\"path\":\"$1\"}")
+    assert_eq 201 "$st" "POST sessions (download $1): $(head -c 300 "$BODY")"
+}
+
+# udp_upload NAME SIZE: a new session, the whole file over UDP, commit over HTTPS, compare.
+udp_upload() {
+    local name=$1 size=$2 id st
+    mkrand "$SRC/$name" "$size"
+    id=$(new_session "udp/$name" "$size")
+    cp "$BODY" "$T_TMP/$name.session.json"
+    client --session "$T_TMP/$name.session.json" --upload "$SRC/$name" --rate 200000000 ||
+        fail "udp_client upload of $name failed: $(cat "$T_TMP/client.err")"
+    st=$(api GET "sessions/$id")
+    assert_eq 200 "$st" "GET session"
+    assert_eq 0 "$(jbody .missing_bytes)" "missing bytes after the UDP upload"
+    assert_eq "$size" "$(jq -r .bytes_udp "$BODY")" "bytes_udp"
+    assert_eq 0 "$(jq -r .bytes_http "$BODY")" "bytes_http"
+    st=$(commit "$id" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+}
+
+# ---- tests ----------------------------------------------------------------------------------------
+
+test_upload_5m() {
+    udp_upload five.bin 5000000
+    [ "$(jq -r .sent_retx "$T_TMP/client.json")" -le 1000000 ] || fail "resent too much: $(cat "$T_TMP/client.json")"
+}
+
+test_upload_edge_sizes() {
+    udp_upload zero.bin 0
+    udp_upload one.bin 1
+    udp_upload chunk_minus.bin $((CHUNK - 1))
+    udp_upload chunk.bin $CHUNK
+    udp_upload chunk_plus.bin $((CHUNK + 1))
+}
+
+test_download() {
+    local name=down.bin
+    mkrand "$DOCROOT/$name" 7000001
+    docroot_chown "$DOCROOT/$name"
+    new_download "$name"
+    cp "$BODY" "$T_TMP/down.session.json"
+    client --session "$T_TMP/down.session.json" --download "$T_TMP/down.out" --rate 200000000 ||
+        fail "udp_client download failed: $(cat "$T_TMP/client.err")"
+    assert_file_same "$DOCROOT/$name" "$T_TMP/down.out"
+    assert_eq 7 "$(jq -r .chunks "$T_TMP/client.json")" "chunks completed at the client"
+}
+
+test_download_zero_bytes() {
+    : >"$DOCROOT/empty.bin"
+    docroot_chown "$DOCROOT/empty.bin"
+    new_download empty.bin
+    cp "$BODY" "$T_TMP/empty.session.json"
+    client --session "$T_TMP/empty.session.json" --download "$T_TMP/empty.out" ||
+        fail "udp_client download failed: $(cat "$T_TMP/client.err")"
+    assert_eq 0 "$(stat -c %s "$T_TMP/empty.out")" "size"
+}
+
+# Chunks written over HTTP are reported by udpd's FEEDBACK: a client that ignores the session's
+# missing list and offers the whole file sends (almost) none of them.
+test_http_chunks_not_resent_over_udp() {
+    local name=mixed.bin size=$((8 * CHUNK)) id st sent
+    mkrand "$SRC/$name" "$size"
+    id=$(new_session "udp/$name" "$size")
+    for c in 0 2 4 6; do
+        st=$(put_range "$id" "$SRC/$name" $((c * CHUNK)) $(((c + 1) * CHUNK - 1)))
+        assert_eq 200 "$st" "PUT chunk $c"
+    done
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"udp/$name\",\"size\":$size}")
+    assert_eq 200 "$st" "resume the session"
+    jq 'del(.missing)' "$BODY" >"$T_TMP/mixed.session.json"
+    client --session "$T_TMP/mixed.session.json" --upload "$SRC/$name" --rate 50000000 ||
+        fail "udp_client failed: $(cat "$T_TMP/client.err")"
+    sent=$(jq -r .sent_new "$T_TMP/client.json")
+    # Before the first FEEDBACK (one round trip on loopback) a little goes out blind.
+    [ "$sent" -le $((4 * CHUNK + CHUNK / 2)) ] || fail "sent $sent bytes for 4 missing chunks"
+    st=$(api GET "sessions/$id")
+    assert_eq $((4 * CHUNK)) "$(jq -r .bytes_udp "$BODY")" "bytes_udp"
+    assert_eq $((4 * CHUNK)) "$(jq -r .bytes_http "$BODY")" "bytes_http"
+    st=$(commit "$id" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+}
+
+# udpd stopped mid-upload checkpoints and exits 0; the upload resumes from the checkpoint, over
+# UDP again, after a restart of udpd; nothing is lost.
+test_stop_mid_upload_checkpoints_and_resumes() {
+    local name=resume.bin size=$((40 * CHUNK)) id st held cpid
+    trap 'udpd_stop' EXIT
+    # A udpd of this subshell, so that its exit status can be read.
+    udpd_stop
+    udpd_start
+    mkrand "$SRC/$name" "$size"
+    id=$(new_session "udp/$name" "$size")
+    cp "$BODY" "$T_TMP/resume.session.json"
+    # 10 MB/s: four seconds for 40 MiB; stop udpd after about one.
+    "$UDP_CLIENT" --host 127.0.0.1 --port "$UDP_PORT" --session "$T_TMP/resume.session.json" --upload "$SRC/$name" \
+        --rate 10000000 --policy fixed --timeout 3 >"$T_TMP/client1.json" 2>"$T_TMP/client1.err" &
+    cpid=$!
+    sleep 1.2
+    udpd_stop
+    assert_eq 0 "$UDPD_RC" "udpd exit status after SIGTERM"
+    wait "$cpid"
+    assert_eq 4 "$?" "the client's exit status when udpd is gone (connection lost)"
+    grep -q "UD00034: signal 15: stopping" "$UDPD_LOG" || fail "no stop message"
+    assert_file_exists "$DOCROOT/udp/.$name.fbpart.ckpt"
+    st=$(api GET "sessions/$id")
+    held=$(jq -r .received_bytes "$BODY")
+    [ "$held" -ge $((5 * CHUNK)) ] && [ "$held" -lt "$size" ] || fail "received_bytes $held after one second"
+    udpd_start
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"udp/$name\",\"size\":$size}")
+    assert_eq 200 "$st" "resume"
+    cp "$BODY" "$T_TMP/resume2.session.json"
+    client --session "$T_TMP/resume2.session.json" --upload "$SRC/$name" --rate 200000000 ||
+        fail "resumed upload failed: $(cat "$T_TMP/client.err")"
+    [ "$(jq -r .sent_new "$T_TMP/client.json")" -le $((size - held)) ] || fail "resent what was held"
+    st=$(commit "$id" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+    assert_no_file "$DOCROOT/udp/.$name.fbpart.ckpt"
+}
+
+# The slot's state wins: after a cancel over HTTPS udpd drops the session's datagrams.
+test_cancelled_session_is_dropped() {
+    local name=cancel.bin id st before after
+    mkrand "$SRC/$name" 3000000
+    id=$(new_session "udp/$name" 3000000)
+    cp "$BODY" "$T_TMP/cancel.session.json"
+    st=$(api DELETE "sessions/$id")
+    assert_eq 204 "$st" "DELETE"
+    before=$(udpd_counter unknown_session)
+    client --session "$T_TMP/cancel.session.json" --upload "$SRC/$name" --timeout 2
+    assert_eq 4 "$?" "client exit status (no answer)"
+    after=$(udpd_counter unknown_session)
+    [ "$after" -gt "$before" ] || fail "unknown_session did not grow ($before -> $after)"
+}
+
+test_heartbeat_and_reload() {
+    local n
+    kill -HUP "$(udpd_pid)"
+    wait_for 5 grep -q "UD00033: configuration .* reloaded" "$UDPD_LOG" || fail "no reload message"
+    kill -0 "$(udpd_pid)" || fail "udpd died on SIGHUP"
+    n=$(grep -c "UD00016" "$UDPD_LOG")
+    [ "$n" -ge 1 ] || fail "no listening line"
+    if grep -q "key" <(grep -v "UD0005" "$UDPD_LOG" | grep -i '"key"\|key=[0-9a-f]'); then fail "a key in the log"; fi
+}
+
+# Nothing went wrong on udpd's side in all of the above (checkpoints, writes), and no key leaked.
+test_udpd_log_clean() {
+    local bad
+    kill -USR1 "$(udpd_pid)" 2>/dev/null
+    sleep 0.3
+    bad=$(grep -E "UD00060|UD00061|UD00022|UD00026|UD00028|UD00035" "$UDPD_LOG" | head -n 3)
+    [ -z "$bad" ] || fail "udpd reported problems: $bad"
+    grep -q "checkpoints=[1-9]" "$UDPD_LOG" || fail "no checkpoint was written"
+    if grep -q "checkpoint_errors=[1-9]" "$UDPD_LOG"; then fail "checkpoint errors counted"; fi
+}
+
+ds_start_or_bail udp_transfer
+T_CURRENT=setup
+[ -x "$UDPD" ] && [ -x "$UDP_CLIENT" ] || fail "udpd or tests/udp/udp_client not built"
+udpd_start
+run_test upload_5m test_upload_5m
+run_test upload_edge_sizes test_upload_edge_sizes
+run_test download test_download
+run_test download_zero_bytes test_download_zero_bytes
+run_test http_chunks_not_resent_over_udp test_http_chunks_not_resent_over_udp
+run_test cancelled_session_is_dropped test_cancelled_session_is_dropped
+run_test heartbeat_and_reload test_heartbeat_and_reload
+run_test stop_mid_upload_checkpoints_and_resumes test_stop_mid_upload_checkpoints_and_resumes
+run_test udpd_log_clean test_udpd_log_clean
+udpd_stop
+finish
