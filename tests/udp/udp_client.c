@@ -8,8 +8,9 @@
  *
  * Transfers print one JSON line of statistics on stdout. Attacks send datagrams udpd must drop
  * and exit 0 only if nothing at all came back within --wait-ms; KIND is random, truncated,
- * forged, wrong-key, unknown-session, or replay (a valid association, then its HELLO and DATA
- * replayed from another socket, which must get nothing, and again from the first one).
+ * forged, wrong-key, unknown-session, no-hello (data-phase packets without a HELLO), or replay
+ * (a valid association, then its HELLO and DATA replayed from another socket, which must get
+ * nothing, and again from the first one).
  * Exit codes: 0 ok, 1 failure, 2 usage, 4 no answer (connection lost), 5 refused. */
 #include <errno.h>
 #include <fcntl.h>
@@ -56,6 +57,7 @@ typedef struct client {
     fb_replay replay;
     uint64_t pn;
     fb_wire_hello_ack ack;
+    size_t ack_len;
     uint8_t cnonce[16];
     /* file */
     int fd;
@@ -204,6 +206,7 @@ static int on_hello_ack(client *c, uint8_t *buf, size_t len)
         memcmp(pkt.u.hello_ack.client_nonce, c->cnonce, sizeof(c->cnonce)) != 0)
         return 0;
     c->ack = pkt.u.hello_ack;
+    c->ack_len = len;
     return 1;
 }
 
@@ -586,6 +589,33 @@ static int attack(client *c)
             sent++;
         }
         fb_aead_free(ctx);
+    } else if (strcmp(c->attack, "no-hello") == 0) {
+        /* Data-phase packets for a live session without any HELLO (keys made up). */
+        fb_aead_ctx *ctx;
+        uint8_t n1[16], n2[16];
+
+        rand_fill(n1, sizeof(n1));
+        rand_fill(n2, sizeof(n2));
+        fb_aead_new(&ctx, c->key, FB_AEAD_CLIENT);
+        fb_aead_set_data_keys(ctx, FB_CIPHER_AES128_GCM, n1, n2);
+        for (int i = 0; i < c->count; i++) {
+            fb_wire_hdr hdr;
+            fb_wire_data d;
+            uint8_t payload[64] = {0};
+
+            memset(&hdr, 0, sizeof(hdr));
+            memcpy(hdr.sid, c->sid, sizeof(hdr.sid));
+            hdr.pn = (uint64_t)i;
+            d.offset = 0;
+            d.send_ts_us = now_us();
+            d.payload = payload;
+            d.len = sizeof(payload);
+            if (fb_wire_encode_data(buf, sizeof(buf), &len, &hdr, &d, ctx) != FB_OK)
+                die("cannot encode DATA");
+            send_now(c, buf, len, &c->sock);
+            sent++;
+        }
+        fb_aead_free(ctx);
     } else if (strcmp(c->attack, "replay") == 0) {
         /* A real association on the first socket... */
         uint8_t hello[2048], data[8][256];
@@ -622,7 +652,8 @@ static int attack(client *c)
         }
         back = wait_dgrams(c, &other, (uint64_t)c->wait_ms * 1000, count_any, 0);
         udpd_sock_close(&other);
-        printf("{\"attack\":\"replay\",\"sent\":%d,\"answers\":%d}\n", sent, back);
+        printf("{\"attack\":\"replay\",\"sent\":%d,\"answers\":%d,\"hello_len\":%zu,\"hello_ack_len\":%zu}\n", sent,
+               back, hello_len, c->ack_len);
         if (back != 0)
             return 1;
         /* The DATA replayed on the association itself is dropped by the replay window (the
