@@ -59,6 +59,7 @@
 
 #define FB_XFER_DEFAULT_MAX_RANGES 65536u  /* range set capacity (16 bytes each) */
 #define FB_XFER_DEFAULT_FEEDBACK_PACKETS 64u /* FEEDBACK after this many DATA at most */
+#define FB_XFER_FEEDBACK_MIN_US 2000u      /* ...but never more often than this */
 #define FB_XFER_IDLE_FEEDBACK_MAX_US 1000000u /* idle FEEDBACK backs off to once a second */
 #define FB_XFER_RETX_QUEUE 256u           /* retransmission ranges waiting to be sent */
 
@@ -105,6 +106,7 @@ typedef struct fb_xfer_sender_params {
     const fb_range *ranges;      /* what to send (sorted or not, may overlap); NULL = all */
     size_t nranges;
     size_t max_payload;          /* file bytes per DATA, 1..FB_WIRE_MAX_PAYLOAD; 0 = default */
+    uint32_t chunk_size;         /* the session's: no DATA crosses a chunk boundary; 0 = no limit */
     fb_rate_params rate;         /* the controller's parameters (after the server's caps) */
     const fb_aead_ctx *aead;     /* with data keys; only borrowed */
     uint8_t sid[FB_WIRE_SID_LEN];
@@ -156,6 +158,8 @@ int fb_xfer_sender_done(const fb_xfer_sender *s);
 void fb_xfer_sender_stats_get(fb_xfer_sender_stats *out, const fb_xfer_sender *s);
 /* The controller, e.g. for fb_rate_set_limits when the caps change. */
 fb_rate *fb_xfer_sender_rate(fb_xfer_sender *s);
+/* A new association (new data keys) continues the same transfer: seal with AEAD from now on. */
+void fb_xfer_sender_set_aead(fb_xfer_sender *s, const fb_aead_ctx *aead);
 
 /* ---- receiver ------------------------------------------------------------------------------ */
 
@@ -176,6 +180,7 @@ typedef struct fb_xfer_receiver_params {
     void *ctx;                    /* for both callbacks */
     uint32_t feedback_interval_us; /* 0 = FB_RATE_FEEDBACK_INTERVAL_US */
     uint32_t feedback_packets;     /* 0 = FB_XFER_DEFAULT_FEEDBACK_PACKETS */
+    uint32_t feedback_min_us;      /* 0 = FB_XFER_FEEDBACK_MIN_US */
     size_t max_ranges;             /* 0 = FB_XFER_DEFAULT_MAX_RANGES */
 } fb_xfer_receiver_params;
 
@@ -212,10 +217,13 @@ fb_err fb_xfer_receiver_mark_received(fb_xfer_receiver *r, uint64_t offset, uint
 fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, const fb_wire_data *d,
                                 uint64_t now_us, size_t *pnew);
 
-/* When the next FEEDBACK is due: at once after FEEDBACK_PACKETS DATA or before the first
- * FEEDBACK; one interval after the previous one when DATA arrived since; while incomplete and
- * nothing arrives, after an idle interval that doubles up to FB_XFER_IDLE_FEEDBACK_MAX_US;
- * UINT64_MAX once complete and nothing new arrived. */
+/* When the next FEEDBACK is due (docs/PROTOCOL.md 8.3): before the first FEEDBACK, at once;
+ * after FEEDBACK_PACKETS DATA, or when a DATA opened a new hole, at once but not sooner than
+ * feedback_min_us after the previous one; one interval after the previous one when DATA arrived
+ * since; while incomplete and nothing arrives, after an idle interval that doubles up to
+ * FB_XFER_IDLE_FEEDBACK_MAX_US; UINT64_MAX once complete and nothing new arrived. (The
+ * receiver cannot see the RTT, so "RTT/4 if longer" is the sender's to ask for through
+ * feedback_interval_us.) */
 uint64_t fb_xfer_receiver_next_feedback(const fb_xfer_receiver *r, uint64_t now_us);
 
 /* Encodes a FEEDBACK with packet number PN into BUF (CAP >= FB_WIRE_MIN_DATAGRAM is always
@@ -225,6 +233,9 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
 
 /* 1 when every byte of the file is held. */
 int fb_xfer_receiver_complete(const fb_xfer_receiver *r);
+/* A new association (new data keys) continues the same transfer: seal FEEDBACK with AEAD from
+ * now on; the next FEEDBACK is due at once (the new peer learns what is held). */
+void fb_xfer_receiver_set_aead(fb_xfer_receiver *r, const fb_aead_ctx *aead);
 void fb_xfer_receiver_stats_get(fb_xfer_receiver_stats *out, const fb_xfer_receiver *r);
 /* The received ranges (read-only view; valid until the next call that changes the receiver). */
 const fb_xfer_rset *fb_xfer_receiver_held(const fb_xfer_receiver *r);

@@ -245,6 +245,7 @@ struct fb_xfer_receiver {
     uint32_t pkts_since_fb;
     uint64_t bytes_since_fb;
     uint64_t idle_us; /* current idle feedback interval */
+    int new_hole;     /* a DATA opened a hole since the last FEEDBACK */
     int have_echo;
     uint64_t echo_ts_us, echo_recv_us;
 };
@@ -277,6 +278,8 @@ fb_err fb_xfer_receiver_new(fb_xfer_receiver **pr, const fb_xfer_receiver_params
         r->p.feedback_interval_us = FB_RATE_FEEDBACK_INTERVAL_US;
     if (r->p.feedback_packets == 0)
         r->p.feedback_packets = FB_XFER_DEFAULT_FEEDBACK_PACKETS;
+    if (r->p.feedback_min_us == 0)
+        r->p.feedback_min_us = FB_XFER_FEEDBACK_MIN_US;
     r->nchunks = fb_chunk_count(p->size, p->chunk_size);
     if (r->nchunks > 0) {
         if (r->nchunks > SIZE_MAX / sizeof(uint32_t)) {
@@ -367,6 +370,9 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
         return FB_ERR_BAD_RANGE;
     }
     end = start + d->len;
+    /* Beyond everything held, leaving a gap: a new hole (loss, or reordering). */
+    if (start > (r->held.n ? r->held.v[r->held.n - 1].end : 0))
+        r->new_hole = 1;
     if (!rset_add_fits(&r->held, start, end)) {
         r->st.refused++;
         return FB_ERR_TOO_LARGE;
@@ -414,6 +420,13 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
     return FB_OK;
 }
 
+void fb_xfer_receiver_set_aead(fb_xfer_receiver *r, const fb_aead_ctx *aead)
+{
+    r->p.aead = aead;
+    r->sent_any = 0;
+    r->idle_us = idle_base(r);
+}
+
 int fb_xfer_receiver_complete(const fb_xfer_receiver *r)
 {
     return r->held.total == r->p.size;
@@ -421,8 +434,13 @@ int fb_xfer_receiver_complete(const fb_xfer_receiver *r)
 
 uint64_t fb_xfer_receiver_next_feedback(const fb_xfer_receiver *r, uint64_t now_us)
 {
-    if (!r->sent_any || r->pkts_since_fb >= r->p.feedback_packets)
+    if (!r->sent_any)
         return now_us;
+    if (r->pkts_since_fb > 0 && (r->pkts_since_fb >= r->p.feedback_packets || r->new_hole)) {
+        uint64_t t = r->last_fb_us + r->p.feedback_min_us;
+
+        return t > now_us ? t : now_us;
+    }
     if (r->pkts_since_fb > 0)
         return r->last_fb_us + r->p.feedback_interval_us;
     if (fb_xfer_receiver_complete(r))
@@ -492,6 +510,7 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
     r->last_fb_us = now_us;
     r->pkts_since_fb = 0;
     r->bytes_since_fb = 0;
+    r->new_hole = 0;
     r->st.feedbacks++;
     return FB_OK;
 }

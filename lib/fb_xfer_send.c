@@ -105,6 +105,27 @@ fb_rate *fb_xfer_sender_rate(fb_xfer_sender *s)
     return &s->rate;
 }
 
+void fb_xfer_sender_set_aead(fb_xfer_sender *s, const fb_aead_ctx *aead)
+{
+    s->p.aead = aead;
+    /* Packet numbers restart with the new keys: FEEDBACK numbers too. */
+    s->have_pn = 0;
+}
+
+/* End of the piece starting at ST: at most max_payload, never across a chunk boundary. */
+static uint64_t piece_end(const fb_xfer_sender *s, uint64_t st, uint64_t limit)
+{
+    uint64_t en = limit - st > s->p.max_payload ? st + s->p.max_payload : limit;
+
+    if (s->p.chunk_size > 0) {
+        uint64_t boundary = (st / s->p.chunk_size + 1) * s->p.chunk_size;
+
+        if (boundary < en)
+            en = boundary;
+    }
+    return en;
+}
+
 static uint64_t srtt_or_default(const fb_xfer_sender *s)
 {
     uint64_t r = fb_rate_srtt(&s->rate);
@@ -226,12 +247,9 @@ static int pick(fb_xfer_sender *s, uint64_t *pstart, uint64_t *pend, int *pretx)
 
         if (j < s->need.n && s->need.v[j].start < b) {
             uint64_t st = a > s->need.v[j].start ? a : s->need.v[j].start;
-            uint64_t en = b < s->need.v[j].end ? b : s->need.v[j].end;
 
-            if (en - st > s->p.max_payload)
-                en = st + s->p.max_payload;
             *pstart = st;
-            *pend = en;
+            *pend = piece_end(s, st, b < s->need.v[j].end ? b : s->need.v[j].end);
             *pretx = 1;
             return 1;
         }
@@ -245,9 +263,7 @@ static int pick(fb_xfer_sender *s, uint64_t *pstart, uint64_t *pend, int *pretx)
         if (j == s->need.n)
             return 0;
         st = s->need.v[j].start > s->cursor ? s->need.v[j].start : s->cursor;
-        en = s->need.v[j].end;
-        if (en - st > s->p.max_payload)
-            en = st + s->p.max_payload;
+        en = piece_end(s, st, s->need.v[j].end);
         *pstart = st;
         *pend = en;
         *pretx = 0;
@@ -284,7 +300,7 @@ fb_err fb_xfer_sender_next(fb_xfer_sender *s, uint8_t *buf, size_t cap, size_t *
     if (!pick(s, &st, &en, &retx)) {
         /* The silence probe (fb_xfer_sender_next_time said it is due). */
         st = s->need.v[0].start;
-        en = s->need.v[0].end - st > s->p.max_payload ? st + s->p.max_payload : s->need.v[0].end;
+        en = piece_end(s, st, s->need.v[0].end);
         retx = 2;
     }
     len = (size_t)(en - st);

@@ -130,6 +130,7 @@ typedef struct sim_cfg {
     int premark_even_chunks; /* receiver already holds every even chunk */
     int premark_outside;     /* receiver already holds everything outside RANGES */
     uint64_t max_time_us;
+    uint64_t rekey_at_us;    /* > 0: a new association (new keys) at this time, in flight lost */
 } sim_cfg;
 
 typedef struct sim_pkt {
@@ -305,6 +306,7 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
     fb_replay win_fwd, win_rev;
     uint8_t buf[SIM_MAX_DGRAM + 64];
     uint64_t now = SIM_T0, pn_fwd = 0, pn_rev = 0, iter, premarked = 0;
+    int rekeyed = 0;
     size_t len;
 
     memset(&m, 0, sizeof(m));
@@ -327,6 +329,7 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
     sp.ranges = cfg->ranges;
     sp.nranges = cfg->nranges;
     sp.max_payload = cfg->max_payload;
+    sp.chunk_size = cfg->chunk_size;
     sp.rate.policy = cfg->policy;
     sp.rate.target_rate = cfg->rate;
     sp.rate.min_rate = cfg->rate / 100;
@@ -378,6 +381,26 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
 
         if (fb_xfer_sender_done(snd) && fb_xfer_receiver_complete(rcv))
             break;
+        if (cfg->rekey_at_us && !rekeyed && now - SIM_T0 >= cfg->rekey_at_us) {
+            /* The client comes back with a new HELLO: fresh keys, packet numbers from 0, and
+             * whatever was in flight under the old keys is gone. */
+            fb_aead_ctx *nc, *ns;
+            aead_pair(&nc, &ns, FB_CIPHER_AES256_GCM);
+            fb_xfer_sender_set_aead(snd, nc);
+            fb_xfer_receiver_set_aead(rcv, ns);
+            fb_aead_free(cctx);
+            fb_aead_free(sctx);
+            cctx = nc;
+            sctx = ns;
+            pn_fwd = pn_rev = 0;
+            fb_replay_init(&win_fwd);
+            fb_replay_init(&win_rev);
+            while (q_front(&m.fwd))
+                q_pop(&m.fwd);
+            while (q_front(&m.rev))
+                q_pop(&m.rev);
+            rekeyed = 1;
+        }
         /* Deliver everything due. */
         while ((p = q_front(&m.fwd)) != NULL && p->arrive_us <= now) {
             fb_wire_pkt pkt;
@@ -386,6 +409,9 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
             if (fb_wire_open(&pkt, &why, p->buf, p->len, sctx, &win_fwd) == FB_OK) {
                 fb_err e;
                 ck_assert_int_eq(pkt.hdr.type, FB_WIRE_DATA);
+                /* Never across a chunk boundary (PROTOCOL.md 8.1). */
+                ck_assert_uint_eq(pkt.u.data.offset / cfg->chunk_size,
+                                  (pkt.u.data.offset + pkt.u.data.len - 1) / cfg->chunk_size);
                 e = fb_xfer_receiver_on_data(rcv, &pkt.hdr, &pkt.u.data, now, NULL);
                 ck_assert(e == FB_OK || e == FB_ERR_TOO_LARGE);
             } else {
@@ -743,6 +769,21 @@ START_TEST(test_sender_sends_only_its_ranges)
 }
 END_TEST
 
+/* A new association in the middle (fbcp back from HTTPS, or a NAT rebinding) continues the
+ * same transfer with new keys. */
+START_TEST(test_new_association_continues_the_transfer)
+{
+    sim_cfg c = base_cfg(4u << 20, 1u << 20);
+    sim_result r;
+
+    c.loss_fwd = 0.01;
+    c.rekey_at_us = 100000;
+    sim_run(&c, &r);
+    /* What was in flight at the switch (one-way delay at the rate: 200 KB) is resent. */
+    ck_assert_uint_le(r.ss.bytes_retx, 200000 + c.size / 50);
+}
+END_TEST
+
 /* A receiver with a tiny range set refuses out-of-order data it cannot record; the sender
  * repairs it and the transfer still completes exactly. */
 START_TEST(test_receiver_range_set_bound)
@@ -873,13 +914,16 @@ START_TEST(test_feedback_cadence)
     ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 1), now + 10000);
     ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn, now + 5000, 0), FB_OK);
     ck_assert_uint_eq(len, 0);
-    /* Eight: at once. */
+    /* Eight: at once, but not within 2 ms of the previous one. */
     for (int i = 1; i < 8; i++) {
         d.offset = (uint64_t)i * 10;
         ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, now + 2, NULL), FB_OK);
     }
-    ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 2), now + 2);
-    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn++, now + 2, 0), FB_OK);
+    ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 2), now + 2000);
+    ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 2500), now + 2500);
+    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn, now + 1000, 0), FB_OK);
+    ck_assert_uint_eq(len, 0);
+    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn++, now + 2, 1), FB_OK); /* forced */
     ck_assert_uint_gt(len, 0);
     {
         fb_wire_pkt pkt;
@@ -893,10 +937,32 @@ START_TEST(test_feedback_cadence)
         ck_assert_uint_eq(pkt.u.feedback.echo_recv_ts_us, now + 2);
         ck_assert_uint_eq(pkt.u.feedback.hold_us, 0);
     }
+    /* A new hole: due 2 ms after the previous FEEDBACK, not one interval. */
+    d.offset = 500;
+    ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, now + 3, NULL), FB_OK);
+    ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 3), now + 2002);
+    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn++, now + 2002, 0), FB_OK);
+    ck_assert_uint_gt(len, 0);
+    {
+        fb_wire_pkt pkt;
+        fb_wire_reason why;
+        ck_assert_int_eq(fb_wire_open(&pkt, &why, buf, len, cctx, NULL), FB_OK);
+        ck_assert_uint_eq(pkt.u.feedback.cum_offset, 80);
+        ck_assert_uint_eq(pkt.u.feedback.high_offset, 510);
+        ck_assert_uint_eq(pkt.u.feedback.nranges, 1);
+        ck_assert_uint_eq(pkt.u.feedback.ranges[0].offset, 80);
+        ck_assert_uint_eq(pkt.u.feedback.ranges[0].length, 420);
+    }
+    /* In order again: one interval. */
+    d.offset = 80;
+    ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, now + 2003, NULL), FB_OK);
+    ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 2003), now + 12002);
     /* Complete: nothing more unless something arrives. */
     ck_assert_int_eq(fb_xfer_receiver_mark_received(rc, 0, c.size), FB_OK);
     ck_assert(fb_xfer_receiver_complete(rc));
-    ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 3), UINT64_MAX);
+    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn++, now + 12002, 0), FB_OK);
+    ck_assert_uint_gt(len, 0);
+    ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 12003), UINT64_MAX);
     fb_xfer_receiver_free(rc);
     fb_aead_free(cctx);
     fb_aead_free(sctx);
@@ -932,6 +998,7 @@ static Suite *xfer_suite(void)
     tcase_add_test(tc, test_premarked_chunks_are_not_resent);
     tcase_add_test(tc, test_sender_sends_only_its_ranges);
     tcase_add_test(tc, test_receiver_range_set_bound);
+    tcase_add_test(tc, test_new_association_continues_the_transfer);
     suite_add_tcase(s, tc);
     return s;
 }
