@@ -23,12 +23,14 @@ set offsets 0.3, 0.3, 0, 0
 set style data linespoints
 set pointsize 1.0
 
+# gnuplot has 8 default colours: later lines are dashed so none is confused with another.
+dtype(i) = i > 9 ? 2 : 1
 set multiplot layout 1, n title sprintf("Goodput against loss, %s Mbit/s link (bench/wan)", rate)
 do for [p = 1:n] {
     f = word(datafiles, p)
     set title sprintf("RTT %s ms", word(rtts, p))
     # Only the last panel carries the key, so the panels keep the same width for the data.
     if (p < n) { unset key } else { set key }
-    plot for [i = 2:ncols] f using 0:i:xtic(1) title columnheader(i) lw 2 dt (i > 9 ? 2 : 1)
+    plot for [i = 2:ncols] f using 0:i:xtic(1) title columnheader(i) lw 2 dt dtype(i)
 }
 unset multiplot

@@ -1,0 +1,102 @@
+#!/bin/bash
+# t_bench_smoke: keeps the WAN benchmark harness working. Runs `bench/wan --quick` (one small
+# case through the link emulator: 20 Mbit/s, 20 ms RTT, no loss, a 4 MiB file; fbcp over HTTPS,
+# fbcp over UDP when this build has it, curl with CUBIC) into a temporary directory and checks
+# only that it produced a well-formed JSON result with a positive goodput for every tool that is
+# available. Never a timing threshold: the machine may be busy.
+# Skips (with a "skip" line) when not root, when network namespaces or the TUN device cannot be
+# used, or when the emulated link is already in use by another run.
+# shellcheck disable=SC2034,SC2317
+T_INDEX=11
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+WAN=$SRCDIR/bench/wan
+RESULTS=$T_TMP/results
+
+# Why the harness cannot run here, or nothing.
+cannot_run() {
+    if [ "$(id -u)" != 0 ]; then echo "not root"; return; fi
+    command -v python3 >/dev/null || { echo "no python3"; return; }
+    command -v ip >/dev/null || { echo "no ip(8)"; return; }
+    [ -e /dev/net/tun ] || { echo "no /dev/net/tun"; return; }
+    local probe=fbsmoke$$
+    if ! ip netns add "$probe" 2>/dev/null; then echo "cannot create network namespaces"; return; fi
+    ip netns del "$probe" 2>/dev/null || true
+    [ -x "$SRCDIR/bench/linkem" ] || make -C "$SRCDIR" bench/linkem >/dev/null 2>&1 ||
+        { echo "bench/linkem does not build"; return; }
+}
+
+test_quick_case_gives_a_result() {
+    local why rc f
+    why=$(cannot_run)
+    if [ -n "$why" ]; then
+        echo "skip: $why"
+        skip "$why"
+    fi
+    require_fbcp
+    [ -f "$MODULE" ] || fail "mod_fallback not built"
+    "$WAN" --quick --out "$RESULTS" --port "$HTTPS_PORT" --udp-port "$UDP_PORT" >"$T_TMP/wan.out" 2>&1
+    rc=$?
+    if [ "$rc" = 77 ]; then
+        why=$(sed -n 's/^skip: //p' "$T_TMP/wan.out" | head -n1)
+        echo "skip: ${why:-bench/wan cannot run here}"
+        skip "${why:-bench/wan cannot run here}"
+    fi
+    if [ "$rc" != 0 ]; then
+        sed 's/^/#   /' "$T_TMP/wan.out" | tail -n 30 >&2
+        fail "bench/wan --quick exited $rc"
+    fi
+    f=$RESULTS/wan-20M-20ms-0pct.json
+    assert_file_exists "$f"
+    jq -e . "$f" >/dev/null || fail "$f is not JSON"
+    assert_eq wan "$(jq -r .benchmark "$f")" "benchmark"
+    assert_eq 20 "$(jq -r .case.rate_mbit "$f")" "case rate"
+    assert_eq 20 "$(jq -r .case.rtt_ms "$f")" "case RTT"
+    assert_eq 4194304 "$(jq -r .case.file_bytes "$f")" "case file size"
+    # Every tool of the quick set has both directions recorded.
+    local tool dir n st
+    for tool in fbcp-https curl-cubic fbcp-udp; do
+        for dir in up down; do
+            n=$(jq --arg t "$tool" --arg d "$dir" '[.runs[] | select(.tool == $t and .direction == $d)] | length' "$f")
+            assert_eq 1 "$n" "runs of $tool $dir"
+        done
+    done
+    # Available tools: complete, verified, positive goodput and consistent figures.
+    n=$(jq '[.runs[] | select(.status != "not_available")] | length' "$f")
+    assert_ge "$n" 4 "available runs (fbcp-https and curl-cubic, both directions)"
+    while read -r tool dir st; do
+        note "$tool $dir: $st"
+        [ "$st" = ok ] || fail "$tool $dir: status $st ($(jq -r --arg t "$tool" --arg d "$dir" \
+            '.runs[] | select(.tool == $t and .direction == $d) | .reason' "$f"))"
+    done < <(jq -r '.runs[] | select(.status != "not_available") | "\(.tool) \(.direction) \(.status)"' "$f")
+    jq -e '[.runs[] | select(.status != "not_available")]
+           | all(.goodput_mbit > 0 and .bytes == .file_bytes and .complete == true and .verified == true
+                 and .wall_s > 0 and .utilisation > 0 and .cpu_client_s >= 0 and .cpu_server_s >= 0
+                 and (.link.bytes_in >= .bytes))' "$f" >/dev/null ||
+        fail "a run lacks a positive goodput or consistent figures: $(jq -c '.runs[] | {tool, direction, status,
+              goodput_mbit, bytes, wall_s, verified}' "$f" | tr '\n' ' ')"
+    # Rows that are not available say why.
+    jq -e '[.runs[] | select(.status == "not_available")] | all(.reason | length > 0)' "$f" >/dev/null ||
+        fail "a not-available run has no reason"
+    # Nothing left behind: the link is down and the namespaces are gone.
+    if ip netns list 2>/dev/null | grep -qE '^(fbc|fbs)( |$)'; then fail "namespaces left behind"; fi
+    [ ! -e /run/linkem/linkem.pid ] || fail "relay pidfile left behind"
+}
+
+test_bad_options_are_refused() {
+    local out rc
+    out=$("$WAN" --case 100,50 2>&1)
+    rc=$?
+    assert_eq 2 "$rc" "exit code of a malformed --case"
+    case "$out" in *RATE_MBIT,RTT_MS,LOSS_PCT*) ;; *) fail "no helpful message: $out" ;; esac
+    out=$("$WAN" --quick --tools nosuchtool 2>&1)
+    rc=$?
+    assert_eq 2 "$rc" "exit code of an unknown tool"
+    "$WAN" >/dev/null 2>&1
+    assert_eq 2 "$?" "exit code with nothing to do"
+}
+
+run_test "bench/wan --quick produces a well-formed result" test_quick_case_gives_a_result
+run_test "bench/wan refuses bad options" test_bad_options_are_refused
+finish
