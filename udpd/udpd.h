@@ -30,12 +30,12 @@ int udpd_level_parse(const char *name);
 
 /* ---- counters --------------------------------------------------------------------------------- */
 
-/* Why udpd dropped a datagram beyond the codec's own reasons (fb_wire_reason). */
+/* Why udpd dropped a datagram beyond the codec's own reasons (fb_wire_reason, which udpd also
+ * uses for its lookups as PROTOCOL.md section 11 says: unknown_session, no_keys for a
+ * data-phase packet without an association, malformed for DATA beyond the session size). */
 typedef enum udpd_drop {
-    UDPD_DROP_NO_ASSOCIATION = 0, /* data-phase packet before a valid HELLO */
-    UDPD_DROP_WRONG_ADDRESS,      /* from another address than the association's */
+    UDPD_DROP_WRONG_ADDRESS = 0,  /* from another address than the association's (new HELLO needed) */
     UDPD_DROP_WRONG_DIRECTION,    /* DATA to a download, FEEDBACK to an upload */
-    UDPD_DROP_OUT_OF_RANGE,       /* DATA beyond the session size */
     UDPD_DROP_RANGE_SET_FULL,     /* receiver could not record more holes */
     UDPD_DROP_HELLO_REPLAYED,     /* HELLO nonce seen before, or from another address */
     UDPD_DROP_SESSION_INACTIVE,   /* slot no longer active, or a write failed */

@@ -57,10 +57,8 @@ void udpd_log(udpd_level level, const char *tag, const char *fmt, ...)
 const char *udpd_drop_name(udpd_drop d)
 {
     static const char *const names[UDPD_DROP__COUNT] = {
-        [UDPD_DROP_NO_ASSOCIATION] = "no_association",
         [UDPD_DROP_WRONG_ADDRESS] = "wrong_address",
         [UDPD_DROP_WRONG_DIRECTION] = "wrong_direction",
-        [UDPD_DROP_OUT_OF_RANGE] = "out_of_range",
         [UDPD_DROP_RANGE_SET_FULL] = "range_set_full",
         [UDPD_DROP_HELLO_REPLAYED] = "hello_replayed",
         [UDPD_DROP_SESSION_INACTIVE] = "session_inactive",

@@ -32,7 +32,7 @@
 #include "fb_util.h"
 #include "fb_xfer.h"
 
-#define ASSOC_IDLE_US (30ull * 1000000)     /* no datagram from the client: association ends */
+#define ASSOC_IDLE_US (5ull * 1000000)      /* nothing authenticated for this long: forgotten */
 #define SESSION_IDLE_US (300ull * 1000000)  /* context without association: freed */
 #define CKPT_BYTES (64ull << 20)
 #define CKPT_INTERVAL_US (2ull * 1000000)
@@ -45,6 +45,20 @@
 
 typedef struct sess sess;
 
+typedef struct assoc {
+    int live;
+    fb_aead_ctx *aead; /* this association's data keys (and the handshake keys) */
+    udpd_addr peer;
+    char peer_str[64];
+    uint8_t cnonce[FB_AEAD_HELLO_NONCE_LEN], snonce[FB_AEAD_HELLO_NONCE_LEN];
+    fb_replay replay;
+    uint64_t pn_out;
+    unsigned cipher, policy;
+    uint64_t target_rate, min_rate;
+    uint16_t max_dgram;
+    uint64_t last_rx_us; /* last authenticated datagram (the HELLO, for a pending one) */
+} assoc;
+
 struct sess {
     udpd_sessions *ss;
     uint32_t index, generation;
@@ -56,25 +70,19 @@ struct sess {
     uint32_t chunk_size;
     uint64_t nchunks;
     uint32_t ckpt_flags; /* FB_CHECKPOINT_FLAG_SHA256 when the session has an expected digest */
+    uint32_t slot_cipher; /* the cipher the session fixed (info.cipher), 0 = the client's choice */
     uint8_t expected_sha256[32];
     char relpath[FB_RELPATH_MAX];
     char docroot[FB_DOCROOT_MAX];
-    fb_aead_ctx *aead;
-    uint64_t last_seen_us; /* any datagram for this session that authenticated */
+    uint8_t key[FB_KEY_LEN]; /* the session key: each association derives its own keys from it */
+    fb_aead_ctx *hs;         /* handshake keys only: opens HELLOs, seals refusals */
+    uint64_t last_seen_us;   /* any datagram for this session that authenticated */
 
-    /* association */
-    int associated, validated;
-    udpd_addr peer;
-    char peer_str[64];
-    uint8_t cnonce[FB_AEAD_HELLO_NONCE_LEN], snonce[FB_AEAD_HELLO_NONCE_LEN];
-    uint8_t seen[NONCE_MEMORY][FB_AEAD_HELLO_NONCE_LEN];
+    /* The running association, and a new one waiting for its first authenticated data-phase
+     * packet (PROTOCOL.md 7.4, 7.5): the old one keeps going until the new one is validated. */
+    assoc cur, pend;
+    uint8_t seen[NONCE_MEMORY][FB_AEAD_HELLO_NONCE_LEN]; /* client nonces answered before */
     unsigned nseen, seen_next;
-    fb_replay replay;
-    uint64_t pn_out;
-    unsigned cipher, policy;
-    uint64_t target_rate, min_rate;
-    uint16_t max_dgram;
-    uint64_t last_rx_us;
     int force_feedback;
 
     /* files (opened at the first association) */
@@ -87,7 +95,7 @@ struct sess {
     uint8_t *wbuf;
     uint64_t woff;
     size_t wlen;
-    uint64_t *pend; /* chunks complete in the write buffer, published after the flush */
+    uint64_t *pend_chunks; /* chunks complete in the write buffer, published after the flush */
     size_t npend, pend_cap;
     uint64_t *known; /* chunks known complete (ours or seen in the shared bitmap) */
     uint64_t known_count;
@@ -115,7 +123,8 @@ struct udpd_sessions {
     unsigned nassoc;
     sess *touched;
     uint64_t last_housekeep_us;
-    uint64_t *scratch; /* bitmap copy */
+    uint64_t *scratch;   /* bitmap copy */
+    uint8_t *dgram_copy; /* a datagram kept for a second key (UDPD_MAX_DATAGRAM bytes) */
 };
 
 static void count_wire(fb_wire_reason why)
@@ -176,18 +185,18 @@ static void send_close(sess *s, fb_err reason, uint64_t now)
     size_t len = 0;
 
     (void)now;
-    if (!s->associated || !s->validated)
+    if (!s->cur.live)
         return;
     p = udpd_send_reserve(s->ss->d, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED);
     if (p == NULL)
         return;
     memset(&hdr, 0, sizeof(hdr));
     memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
-    hdr.pn = s->pn_out;
+    hdr.pn = s->cur.pn_out;
     c.reason = (uint32_t)reason;
-    if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->aead) == FB_OK) {
-        s->pn_out++;
-        udpd_send_commit(s->ss->d, len, &s->peer);
+    if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->cur.aead) == FB_OK) {
+        s->cur.pn_out++;
+        udpd_send_commit(s->ss->d, len, &s->cur.peer);
     }
 }
 
@@ -196,7 +205,7 @@ static void send_feedback(sess *s, uint64_t now, int force)
     uint8_t *p;
     size_t len = 0;
 
-    if (!s->associated || !s->validated || s->rcv == NULL)
+    if (!s->cur.live || s->rcv == NULL)
         return;
     if (s->force_feedback)
         force = 1;
@@ -205,11 +214,11 @@ static void send_feedback(sess *s, uint64_t now, int force)
     p = udpd_send_reserve(s->ss->d, FB_WIRE_MIN_DATAGRAM);
     if (p == NULL)
         return;
-    if (fb_xfer_receiver_feedback(s->rcv, p, FB_WIRE_MIN_DATAGRAM, &len, s->pn_out, now, force) == FB_OK &&
+    if (fb_xfer_receiver_feedback(s->rcv, p, FB_WIRE_MIN_DATAGRAM, &len, s->cur.pn_out, now, force) == FB_OK &&
         len > 0) {
-        s->pn_out++;
+        s->cur.pn_out++;
         s->force_feedback = 0;
-        udpd_send_commit(s->ss->d, len, &s->peer);
+        udpd_send_commit(s->ss->d, len, &s->cur.peer);
         udpd_ctr.feedbacks_sent++;
     }
 }
@@ -351,14 +360,14 @@ static void chunk_cb(void *ctx, uint64_t index)
 
     if (s->npend == s->pend_cap) {
         size_t ncap = s->pend_cap ? s->pend_cap * 2 : 64;
-        uint64_t *np = realloc(s->pend, ncap * sizeof(*np));
+        uint64_t *np = realloc(s->pend_chunks, ncap * sizeof(*np));
 
         if (np == NULL)
             return; /* the chunk stays unpublished; the checkpoint and HTTP see it as missing */
-        s->pend = np;
+        s->pend_chunks = np;
         s->pend_cap = ncap;
     }
-    s->pend[s->npend++] = index;
+    s->pend_chunks[s->npend++] = index;
 }
 
 static void known_set(sess *s, uint64_t index)
@@ -437,9 +446,9 @@ static fb_err publish(sess *s)
         return e;
     }
     for (i = 0; i < s->npend; i++) {
-        if (fb_slot_set_chunk(s->slot, s->pend[i]))
+        if (fb_slot_set_chunk(s->slot, s->pend_chunks[i]))
             udpd_ctr.chunks_completed++;
-        known_set(s, s->pend[i]);
+        known_set(s, s->pend_chunks[i]);
         s->ckpt_dirty = 1;
     }
     s->npend = 0;
@@ -481,10 +490,16 @@ static fb_err read_cb(void *ctx, uint64_t offset, uint8_t *buf, size_t len)
 
 /* ---- life cycle ------------------------------------------------------------------------------- */
 
-/* Ends the association (the context stays for a new HELLO). */
+static void assoc_clear(assoc *a)
+{
+    fb_aead_free(a->aead); /* wipes the keys */
+    OPENSSL_cleanse(a, sizeof(*a));
+}
+
+/* Ends the running association (the context stays for a new HELLO). */
 static void assoc_end(sess *s, uint64_t now, const char *why)
 {
-    if (!s->associated)
+    if (!s->cur.live)
         return;
     if (s->direction == FB_DIR_UPLOAD && s->rcv != NULL) {
         if (publish(s) == FB_OK)
@@ -495,26 +510,26 @@ static void assoc_end(sess *s, uint64_t now, const char *why)
         s->snd = NULL;
     }
     assoc_unlink(s);
-    s->associated = 0;
-    s->validated = 0;
-    udpd_log(UDPD_INFO, "UD00020", "session %s: association with %s ended: %s", s->id, s->peer_str, why);
+    udpd_log(UDPD_INFO, "UD00020", "session %s: association with %s ended: %s", s->id, s->cur.peer_str, why);
+    assoc_clear(&s->cur);
 }
 
 static void sess_destroy(sess *s, uint64_t now, const char *why)
 {
     udpd_sessions *ss = s->ss;
 
-    if (s->associated) {
+    if (s->cur.live) {
         /* The session is gone (or ending): nothing may be written or recorded for it any more. */
         s->wlen = 0;
         s->npend = 0;
         s->ckpt_dirty = 0;
         assoc_end(s, now, why);
     }
+    assoc_clear(&s->pend);
     ss->by_index[s->index] = NULL;
     fb_xfer_receiver_free(s->rcv);
     fb_xfer_sender_free(s->snd);
-    fb_aead_free(s->aead); /* wipes the keys */
+    fb_aead_free(s->hs);
     if (s->part_fd >= 0)
         close(s->part_fd);
     if (s->parent_fd >= 0)
@@ -523,10 +538,10 @@ static void sess_destroy(sess *s, uint64_t now, const char *why)
         close(s->file_fd);
     free(s->wbuf);
     free(s->rbuf);
-    free(s->pend);
+    free(s->pend_chunks);
     free(s->known);
     udpd_log(UDPD_DEBUG, "UD00021", "session %s: context dropped: %s", s->id, why);
-    OPENSSL_cleanse(s, sizeof(*s));
+    OPENSSL_cleanse(s, sizeof(*s)); /* the session key with it */
     free(s);
 }
 
@@ -552,12 +567,13 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
          info->nchunks == fb_chunk_count(info->size, info->chunk_size) && info->nchunks <= FB_BITMAP_BITS;
     if (ok)
         s = calloc(1, sizeof(*s));
-    if (s != NULL && fb_aead_new(&s->aead, info->key, FB_AEAD_SERVER) != FB_OK) {
+    if (s != NULL && fb_aead_new(&s->hs, info->key, FB_AEAD_SERVER) != FB_OK) {
         free(s);
         s = NULL;
     }
     if (s != NULL) {
         s->ss = ss;
+        memcpy(s->key, info->key, sizeof(s->key));
         s->index = idx;
         s->generation = gen;
         memcpy(s->sid, sid, FB_WIRE_SID_LEN);
@@ -567,6 +583,7 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
         s->size = info->size;
         s->chunk_size = info->chunk_size;
         s->nchunks = info->nchunks;
+        s->slot_cipher = info->cipher;
         if (info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) {
             s->ckpt_flags = FB_CHECKPOINT_FLAG_SHA256;
             memcpy(s->expected_sha256, info->expected_sha256, sizeof(s->expected_sha256));
@@ -607,7 +624,7 @@ static fb_err engines_prepare(sess *s, uint64_t now)
         memset(&rp, 0, sizeof(rp));
         rp.size = s->size;
         rp.chunk_size = s->chunk_size;
-        rp.aead = s->aead;
+        rp.aead = s->hs; /* replaced by the association's keys when it is validated */
         memcpy(rp.sid, s->sid, FB_WIRE_SID_LEN);
         rp.write = write_cb;
         rp.on_chunk_complete = chunk_cb;
@@ -656,43 +673,45 @@ static void rates_for(const fb_config *cfg, const fb_wire_hello *h, uint64_t *pt
     *pmin = min;
 }
 
-static void send_hello_ack(sess *s, const fb_wire_hello *h, fb_err status, size_t hello_len, uint64_t now,
-                           uint64_t arrived, const udpd_addr *to)
+/* Answers a HELLO: for the association A it created or repeats, or a refusal (A NULL, sealed
+ * with the handshake keys). Never larger than the HELLO. */
+static void send_hello_ack(sess *s, const assoc *a, const fb_wire_hello *h, fb_err status, size_t hello_len,
+                           uint64_t now, const udpd_addr *to)
 {
     fb_wire_hdr hdr;
-    fb_wire_hello_ack a;
+    fb_wire_hello_ack ack;
     uint8_t *p;
     size_t len = 0;
     const size_t ack_len = FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED;
 
-    /* Never more than the HELLO brought (the codec pads every HELLO to 1200 bytes). */
+    /* The codec pads every HELLO to 1200 bytes; the answer is 132. */
     if (ack_len > hello_len)
         return;
     p = udpd_send_reserve(s->ss->d, ack_len);
     if (p == NULL)
         return;
     memset(&hdr, 0, sizeof(hdr));
-    memset(&a, 0, sizeof(a));
+    memset(&ack, 0, sizeof(ack));
     memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
     /* Handshake packets carry random numbers (their keys are per session, not per association). */
     if (fb_random_bytes((unsigned char *)&hdr.pn, sizeof(hdr.pn)) != FB_OK)
         return;
-    memcpy(a.client_nonce, h->client_nonce, sizeof(a.client_nonce));
-    a.status = (uint32_t)status;
-    a.echo_ts_us = h->client_ts_us;
-    a.hold_us = now > arrived ? (uint32_t)(now - arrived > UINT32_MAX ? UINT32_MAX : now - arrived) : 0;
-    a.server_ts_us = now;
-    if (status == FB_OK) {
-        memcpy(a.server_nonce, s->snonce, sizeof(a.server_nonce));
-        a.cipher = s->cipher;
-        a.policy = s->policy;
-        a.target_rate = s->target_rate;
-        a.min_rate = s->min_rate;
-        a.max_datagram = s->max_dgram;
-    } else if (fb_random_bytes(a.server_nonce, sizeof(a.server_nonce)) != FB_OK) {
+    memcpy(ack.client_nonce, h->client_nonce, sizeof(ack.client_nonce));
+    ack.status = (uint32_t)status;
+    ack.echo_ts_us = h->client_ts_us;
+    ack.hold_us = 0; /* answered within the batch it arrived in */
+    ack.server_ts_us = now;
+    if (a != NULL) {
+        memcpy(ack.server_nonce, a->snonce, sizeof(ack.server_nonce));
+        ack.cipher = a->cipher;
+        ack.policy = a->policy;
+        ack.target_rate = a->target_rate;
+        ack.min_rate = a->min_rate;
+        ack.max_datagram = a->max_dgram;
+    } else if (fb_random_bytes(ack.server_nonce, sizeof(ack.server_nonce)) != FB_OK) {
         return;
     }
-    if (fb_wire_encode_hello_ack(p, ack_len, &len, &hdr, &a, s->aead) == FB_OK)
+    if (fb_wire_encode_hello_ack(p, ack_len, &len, &hdr, &ack, a ? a->aead : s->hs) == FB_OK)
         udpd_send_commit(s->ss->d, len, to);
 }
 
@@ -712,23 +731,52 @@ static void nonce_remember(sess *s, const uint8_t *nonce)
         s->nseen++;
 }
 
+/* PROTOCOL.md 7.2: the slot's cipher if the session fixed one; else the requested one if
+ * allowed; else an allowed AES-GCM cipher; 0 = refuse. */
+static unsigned choose_cipher(const fb_config *cfg, uint32_t slot_cipher, uint32_t requested)
+{
+    if (slot_cipher != 0)
+        return slot_cipher;
+    if (requested & cfg->allowed_ciphers)
+        return requested;
+    if (cfg->allowed_ciphers & FB_CIPHER_AES128_GCM)
+        return FB_CIPHER_AES128_GCM;
+    if (cfg->allowed_ciphers & FB_CIPHER_AES256_GCM)
+        return FB_CIPHER_AES256_GCM;
+    return 0;
+}
+
+/* The requested policy if allowed, else fair if allowed; 0 = refuse. */
+static unsigned choose_policy(const fb_config *cfg, uint32_t requested)
+{
+    if (requested & cfg->allowed_policies)
+        return requested;
+    return (cfg->allowed_policies & FB_POLICY_FAIR) ? FB_POLICY_FAIR : 0;
+}
+
 static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uint64_t now)
 {
     const fb_config *cfg = udpd_cfg(s->ss->d);
     const fb_wire_hello *h = &pkt->u.hello;
     const char *detail = NULL;
     fb_err st = FB_OK;
+    unsigned cipher = 0, policy = 0;
     char where[64];
+    assoc *a;
 
     udpd_ctr.hellos++;
-    if (s->associated && memcmp(h->client_nonce, s->cnonce, sizeof(s->cnonce)) == 0) {
-        /* The same HELLO again: our answer was lost. From anywhere else it is a replay. */
-        if (!udpd_addr_equal(from, &s->peer)) {
-            count_drop(UDPD_DROP_HELLO_REPLAYED);
+    /* The same HELLO again: our answer was lost; the same answer (same server nonce). From
+     * anywhere else it is a replay. */
+    for (int k = 0; k < 2; k++) {
+        a = k == 0 ? &s->pend : &s->cur;
+        if (a->live && memcmp(h->client_nonce, a->cnonce, sizeof(a->cnonce)) == 0) {
+            if (!udpd_addr_equal(from, &a->peer)) {
+                count_drop(UDPD_DROP_HELLO_REPLAYED);
+                return;
+            }
+            send_hello_ack(s, a, h, FB_OK, pkt->datagram_len, now, from);
             return;
         }
-        send_hello_ack(s, h, FB_OK, pkt->datagram_len, now, now, from);
-        return;
     }
     if (nonce_seen(s, h->client_nonce)) {
         count_drop(UDPD_DROP_HELLO_REPLAYED);
@@ -737,11 +785,11 @@ static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uin
     nonce_remember(s, h->client_nonce);
     udpd_addr_format(where, sizeof(where), from);
 
-    if (!(h->cipher & cfg->allowed_ciphers)) {
-        st = FB_ERR_SERVER_REFUSED;
-        detail = "cipher not allowed";
-    } else if (!(h->policy & cfg->allowed_policies)) {
-        st = FB_ERR_SERVER_REFUSED;
+    if ((cipher = choose_cipher(cfg, s->slot_cipher, h->cipher)) == 0) {
+        st = FB_ERR_PERMISSION;
+        detail = "no allowed cipher";
+    } else if ((policy = choose_policy(cfg, h->policy)) == 0) {
+        st = FB_ERR_PERMISSION;
         detail = "policy not allowed";
     } else if (!docroot_allowed(cfg, s->docroot)) {
         st = FB_ERR_PERMISSION;
@@ -755,39 +803,53 @@ static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uin
         udpd_ctr.hello_refused++;
         udpd_log(UDPD_INFO, "UD00023", "session %s: HELLO from %s refused: %s (%s)", s->id, where, fb_err_message(st),
                  detail);
-        send_hello_ack(s, h, st, pkt->datagram_len, now, now, from);
+        send_hello_ack(s, NULL, h, st, pkt->datagram_len, now, from);
         return;
     }
-    if (s->associated)
-        assoc_end(s, now, "new HELLO");
-    if (fb_random_bytes(s->snonce, sizeof(s->snonce)) != FB_OK ||
-        fb_aead_set_data_keys(s->aead, h->cipher, h->client_nonce, s->snonce) != FB_OK) {
+    /* A new pending association replaces an older pending one; the running one goes on until
+     * this one is validated. */
+    assoc_clear(&s->pend);
+    a = &s->pend;
+    if (fb_aead_new(&a->aead, s->key, FB_AEAD_SERVER) != FB_OK || fb_random_bytes(a->snonce, sizeof(a->snonce)) != FB_OK ||
+        fb_aead_set_data_keys(a->aead, cipher, h->client_nonce, a->snonce) != FB_OK) {
         udpd_log(UDPD_ERROR, "UD00024", "session %s: cannot derive data keys", s->id);
+        assoc_clear(a);
         return;
     }
-    memcpy(s->cnonce, h->client_nonce, sizeof(s->cnonce));
-    s->cipher = h->cipher;
-    s->policy = h->policy;
-    rates_for(cfg, h, &s->target_rate, &s->min_rate);
-    s->max_dgram = h->max_datagram < UDPD_MAX_DATAGRAM ? h->max_datagram : (uint16_t)UDPD_MAX_DATAGRAM;
-    s->peer = *from;
-    snprintf(s->peer_str, sizeof(s->peer_str), "%s", where);
-    fb_replay_init(&s->replay);
-    s->pn_out = 0;
-    s->associated = 1;
-    s->validated = 0;
-    s->last_rx_us = now;
-    s->force_feedback = s->rcv != NULL;
-    s->snd_done_logged = 0;
-    s->roff = s->rlen = 0;
+    a->live = 1;
+    memcpy(a->cnonce, h->client_nonce, sizeof(a->cnonce));
+    a->cipher = cipher;
+    a->policy = policy;
+    rates_for(cfg, h, &a->target_rate, &a->min_rate);
+    a->max_dgram = h->max_datagram < UDPD_MAX_DATAGRAM ? h->max_datagram : (uint16_t)UDPD_MAX_DATAGRAM;
+    a->peer = *from;
+    snprintf(a->peer_str, sizeof(a->peer_str), "%s", where);
+    fb_replay_init(&a->replay);
+    a->last_rx_us = now;
+    udpd_log(UDPD_DEBUG, "UD00029", "session %s: HELLO from %s accepted, waiting for its first packet", s->id, where);
+    send_hello_ack(s, a, h, FB_OK, pkt->datagram_len, now, from);
+}
+
+/* The pending association proved its address: it becomes the running one. */
+static void promote(sess *s, uint64_t now)
+{
+    if (s->cur.live)
+        assoc_end(s, now, "replaced by a new association");
+    s->cur = s->pend;
+    memset(&s->pend, 0, sizeof(s->pend)); /* its keys moved, not copied */
     assoc_link(s);
     udpd_ctr.associations++;
+    s->snd_done_logged = 0;
+    s->roff = s->rlen = 0;
+    if (s->rcv != NULL) {
+        fb_xfer_receiver_set_aead(s->rcv, s->cur.aead);
+        s->force_feedback = 1; /* the client learns at once what is held */
+    }
     udpd_log(UDPD_INFO, "UD00025",
              "session %s: %s of '%s' (%llu bytes) from %s: cipher %u, policy %u, rate %llu..%llu B/s, datagram %u",
              s->id, s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath, (unsigned long long)s->size,
-             where, s->cipher, s->policy, (unsigned long long)s->min_rate, (unsigned long long)s->target_rate,
-             s->max_dgram);
-    send_hello_ack(s, h, FB_OK, pkt->datagram_len, now, now, from);
+             s->cur.peer_str, s->cur.cipher, s->cur.policy, (unsigned long long)s->cur.min_rate,
+             (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
 }
 
 /* ---- data phase ------------------------------------------------------------------------------- */
@@ -807,7 +869,7 @@ static void on_data(sess *s, const fb_wire_pkt *pkt, uint64_t now)
     }
     e = fb_xfer_receiver_on_data(s->rcv, &pkt->hdr, &pkt->u.data, now, &fresh);
     if (e == FB_ERR_BAD_RANGE) {
-        count_drop(UDPD_DROP_OUT_OF_RANGE);
+        count_wire(FB_WIRE_R_MALFORMED); /* beyond the session size (PROTOCOL.md 6.3) */
         return;
     }
     if (e == FB_ERR_TOO_LARGE) {
@@ -842,12 +904,13 @@ static void on_feedback(sess *s, const fb_wire_pkt *pkt, uint64_t now)
 
         memset(&sp, 0, sizeof(sp));
         sp.size = s->size;
-        sp.max_payload = s->max_dgram - FB_WIRE_DATA_OVERHEAD;
-        sp.rate.policy = s->policy;
-        sp.rate.target_rate = s->target_rate;
-        sp.rate.min_rate = s->min_rate;
-        sp.rate.packet_size = s->max_dgram;
-        sp.aead = s->aead;
+        sp.max_payload = s->cur.max_dgram - FB_WIRE_DATA_OVERHEAD;
+        sp.chunk_size = s->chunk_size;
+        sp.rate.policy = s->cur.policy;
+        sp.rate.target_rate = s->cur.target_rate;
+        sp.rate.min_rate = s->cur.min_rate;
+        sp.rate.packet_size = s->cur.max_dgram;
+        sp.aead = s->cur.aead;
         memcpy(sp.sid, s->sid, FB_WIRE_SID_LEN);
         sp.read = read_cb;
         sp.read_ctx = s;
@@ -892,14 +955,14 @@ static void on_probe(sess *s, const fb_wire_pkt *pkt, uint64_t now, uint64_t arr
     memset(&hdr, 0, sizeof(hdr));
     memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
     hdr.flags = FB_WIRE_F_PROBE_REPLY;
-    hdr.pn = s->pn_out;
+    hdr.pn = s->cur.pn_out;
     r.probe_id = pkt->u.probe.probe_id;
     r.ts_us = pkt->u.probe.ts_us;
     r.hold_us = now > arrived ? (uint32_t)(now - arrived) : 0;
     r.pad_to = size; /* the same size: path MTU probing, and never larger than the probe */
-    if (fb_wire_encode_probe(p, size, &len, &hdr, &r, s->aead) == FB_OK) {
-        s->pn_out++;
-        udpd_send_commit(s->ss->d, len, &s->peer);
+    if (fb_wire_encode_probe(p, size, &len, &hdr, &r, s->cur.aead) == FB_OK) {
+        s->cur.pn_out++;
+        udpd_send_commit(s->ss->d, len, &s->cur.peer);
     }
 }
 
@@ -924,6 +987,7 @@ void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd
     fb_wire_reason why;
     fb_wire_pkt pkt;
     uint32_t idx;
+    int pend_match, cur_match;
     sess *s;
 
     udpd_ctr.rx_dgrams++;
@@ -951,7 +1015,7 @@ void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd
         if (hdr.type != FB_WIRE_HELLO) {
             /* No context: the session is unknown, or no HELLO came yet. */
             if (atomic_load(&fb_table_slot(udpd_table(ss->d), idx)->state) == FB_SLOT_ACTIVE)
-                count_drop(UDPD_DROP_NO_ASSOCIATION);
+                count_wire(FB_WIRE_R_NO_KEYS);
             else
                 count_wire(FB_WIRE_R_UNKNOWN_SESSION);
             return;
@@ -967,7 +1031,7 @@ void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd
     }
 
     if (hdr.type == FB_WIRE_HELLO) {
-        if (fb_wire_open(&pkt, &why, buf, len, s->aead, NULL) != FB_OK) {
+        if (fb_wire_open(&pkt, &why, buf, len, s->hs, NULL) != FB_OK) {
             count_wire(why);
             return;
         }
@@ -975,21 +1039,42 @@ void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd
         on_hello(s, &pkt, from, now);
         return;
     }
-    if (!s->associated) {
-        count_drop(UDPD_DROP_NO_ASSOCIATION);
+    /* Data phase: the pending association first (its first packet validates it), then the
+     * running one; a new address needs a new HELLO. */
+    pend_match = s->pend.live && udpd_addr_equal(from, &s->pend.peer);
+    cur_match = s->cur.live && udpd_addr_equal(from, &s->cur.peer);
+    if (!pend_match && !cur_match) {
+        if (s->cur.live || s->pend.live)
+            count_drop(UDPD_DROP_WRONG_ADDRESS);
+        else
+            count_wire(FB_WIRE_R_NO_KEYS); /* no association: e.g. udpd restarted; the client re-handshakes */
         return;
     }
-    if (!udpd_addr_equal(from, &s->peer)) {
-        /* A new address needs a new HELLO. */
-        count_drop(UDPD_DROP_WRONG_ADDRESS);
-        return;
+    if (pend_match) {
+        /* A failed open leaves the buffer decrypted in place: keep a copy for the running
+         * association when both could own it (the client re-handshakes from the same port). */
+        uint8_t *copy = NULL;
+
+        if (cur_match && len <= UDPD_MAX_DATAGRAM) {
+            memcpy(ss->dgram_copy, buf, len);
+            copy = ss->dgram_copy;
+        }
+        if (fb_wire_open(&pkt, &why, buf, len, s->pend.aead, &s->pend.replay) == FB_OK) {
+            promote(s, now);
+            goto dispatch;
+        }
+        if (copy == NULL) {
+            count_wire(why);
+            return;
+        }
+        buf = copy;
     }
-    if (fb_wire_open(&pkt, &why, buf, len, s->aead, &s->replay) != FB_OK) {
+    if (fb_wire_open(&pkt, &why, buf, len, s->cur.aead, &s->cur.replay) != FB_OK) {
         count_wire(why);
         return;
     }
-    s->validated = 1;
-    s->last_rx_us = now;
+dispatch:
+    s->cur.last_rx_us = now;
     s->last_seen_us = now;
     switch (pkt.hdr.type) {
     case FB_WIRE_DATA:
@@ -1050,11 +1135,13 @@ static void housekeeping(udpd_sessions *ss, uint64_t now)
             sess_destroy(s, now, "the session is no longer active");
             continue;
         }
-        if (s->associated && now - s->last_rx_us > ASSOC_IDLE_US) {
+        if (s->pend.live && now - s->pend.last_rx_us > ASSOC_IDLE_US)
+            assoc_clear(&s->pend);
+        if (s->cur.live && now - s->cur.last_rx_us > ASSOC_IDLE_US) {
             assoc_end(s, now, "idle");
             continue;
         }
-        if (!s->associated && now - s->last_seen_us > SESSION_IDLE_US) {
+        if (!s->cur.live && !s->pend.live && now - s->last_seen_us > SESSION_IDLE_US) {
             checkpoint(s, now, 0);
             sess_destroy(s, now, "idle");
             continue;
@@ -1081,16 +1168,16 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
         progress = 0;
         for (sess *s = ss->assoc, *n; s != NULL; s = n) {
             n = s->next_assoc;
-            if (s->snd == NULL || !s->validated)
+            if (s->snd == NULL)
                 continue;
             for (int k = 0; k < SEND_QUANTUM && fb_xfer_sender_next_time(s->snd, now) <= now; k++) {
-                uint8_t *p = udpd_send_reserve(ss->d, s->max_dgram);
+                uint8_t *p = udpd_send_reserve(ss->d, s->cur.max_dgram);
                 size_t len = 0;
                 fb_err e;
 
                 if (p == NULL)
                     return now; /* batch full: flush and come back at once */
-                e = fb_xfer_sender_next(s->snd, p, s->max_dgram, &len, s->pn_out, now);
+                e = fb_xfer_sender_next(s->snd, p, s->cur.max_dgram, &len, s->cur.pn_out, now);
                 if (e != FB_OK) {
                     udpd_log(UDPD_ERROR, "UD00028", "session %s: reading '%s' failed: %s", s->id, s->relpath,
                              fb_err_message(e));
@@ -1100,8 +1187,8 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
                 }
                 if (len == 0)
                     break;
-                s->pn_out++;
-                udpd_send_commit(ss->d, len, &s->peer);
+                s->cur.pn_out++;
+                udpd_send_commit(ss->d, len, &s->cur.peer);
                 udpd_ctr.data_bytes_sent += len - FB_WIRE_DATA_OVERHEAD;
                 progress = 1;
             }
@@ -1110,10 +1197,10 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
     for (sess *s = ss->assoc; s != NULL; s = s->next_assoc) {
         uint64_t t = UINT64_MAX;
 
-        if (s->rcv != NULL && s->validated) {
+        if (s->rcv != NULL) {
             send_feedback(s, now, 0);
             t = s->force_feedback ? now : fb_xfer_receiver_next_feedback(s->rcv, now);
-        } else if (s->snd != NULL && s->validated) {
+        } else if (s->snd != NULL) {
             t = fb_xfer_sender_next_time(s->snd, now);
         }
         if (t < next)
@@ -1135,9 +1222,11 @@ fb_err udpd_sessions_new(udpd_sessions **pss, udpd *d, uint32_t nslots)
     ss->nslots = nslots;
     ss->by_index = calloc(nslots ? nslots : 1, sizeof(sess *));
     ss->scratch = calloc(FB_BITMAP_WORDS, sizeof(uint64_t));
-    if (ss->by_index == NULL || ss->scratch == NULL) {
+    ss->dgram_copy = malloc(UDPD_MAX_DATAGRAM);
+    if (ss->by_index == NULL || ss->scratch == NULL || ss->dgram_copy == NULL) {
         free(ss->by_index);
         free(ss->scratch);
+        free(ss->dgram_copy);
         free(ss);
         return FB_ERR_NOMEM;
     }
@@ -1158,13 +1247,14 @@ void udpd_sessions_free(udpd_sessions *ss)
             continue;
         if (s->rcv != NULL && slot_still_ours(s) && publish(s) == FB_OK)
             checkpoint(s, now, 1);
-        if (s->associated)
+        if (s->cur.live)
             assoc_end(s, now, "udpd stopping");
         s->ckpt_dirty = 0;
         sess_destroy(s, now, "udpd stopping");
     }
     free(ss->by_index);
     free(ss->scratch);
+    free(ss->dgram_copy);
     free(ss);
 }
 
@@ -1187,7 +1277,7 @@ void udpd_sessions_log(udpd_sessions *ss)
             udpd_log(UDPD_INFO, "UD00052",
                      "session %s: upload '%s' %s%s: %llu of %llu bytes held, %llu new over UDP, %llu duplicate, "
                      "%llu FEEDBACK",
-                     s->id, s->relpath, s->associated ? "with " : "idle", s->associated ? s->peer_str : "",
+                     s->id, s->relpath, s->cur.live ? "with " : "idle", s->cur.live ? s->cur.peer_str : "",
                      (unsigned long long)st.held_bytes, (unsigned long long)s->size,
                      (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_dup,
                      (unsigned long long)st.feedbacks);
@@ -1198,13 +1288,13 @@ void udpd_sessions_log(udpd_sessions *ss)
             udpd_log(UDPD_INFO, "UD00053",
                      "session %s: download '%s' with %s: %llu bytes sent, %llu resent, %llu still needed, rate %llu "
                      "B/s, srtt %llu us",
-                     s->id, s->relpath, s->peer_str, (unsigned long long)st.bytes_new,
+                     s->id, s->relpath, s->cur.peer_str, (unsigned long long)st.bytes_new,
                      (unsigned long long)st.bytes_retx, (unsigned long long)st.need_bytes, (unsigned long long)st.rate,
                      (unsigned long long)st.srtt_us);
         } else {
             udpd_log(UDPD_INFO, "UD00054", "session %s: %s '%s', %s", s->id,
                      s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath,
-                     s->associated ? "associated" : "no association");
+                     s->cur.live ? "associated" : "no association");
         }
     }
 }

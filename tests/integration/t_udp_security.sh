@@ -110,9 +110,9 @@ test_unknown_session() {
 
 test_data_without_hello() {
     local before
-    before=$(counter no_association)
+    before=$(counter no_keys)
     attack no-hello 20
-    expect_growth no_association "$before" 20
+    expect_growth no_keys "$before" 20
 }
 
 test_replay() {

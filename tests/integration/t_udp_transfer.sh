@@ -202,6 +202,46 @@ test_stop_mid_upload_checkpoints_and_resumes() {
     assert_no_file "$DOCROOT/udp/.$name.fbpart.ckpt"
 }
 
+# A client that dies mid-upload is replaced by a new one (another port, a new HELLO): the new
+# association takes over once its first packet authenticates, and the upload completes.
+test_new_client_takes_over() {
+    local name=takeover.bin size=$((12 * CHUNK)) id st cpid
+    mkrand "$SRC/$name" "$size"
+    id=$(new_session "udp/$name" "$size")
+    cp "$BODY" "$T_TMP/takeover.session.json"
+    "$UDP_CLIENT" --host 127.0.0.1 --port "$UDP_PORT" --session "$T_TMP/takeover.session.json" --upload "$SRC/$name" \
+        --rate 5000000 --policy fixed >/dev/null 2>&1 &
+    cpid=$!
+    sleep 0.8
+    kill -KILL "$cpid"
+    wait "$cpid" 2>/dev/null
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"udp/$name\",\"size\":$size}")
+    assert_eq 200 "$st" "resume"
+    cp "$BODY" "$T_TMP/takeover2.session.json"
+    client --session "$T_TMP/takeover2.session.json" --upload "$SRC/$name" --rate 100000000 ||
+        fail "second client failed: $(cat "$T_TMP/client.err")"
+    grep -q "session $id: association with .* ended: replaced by a new association" "$UDPD_LOG" ||
+        fail "the old association was not replaced"
+    st=$(commit "$id" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+}
+
+# A cipher the configuration does not allow (none, by default) is replaced by an allowed one.
+test_cipher_negotiated() {
+    local name=cipher.bin
+    mkrand "$SRC/$name" 100000
+    new_session "udp/$name" 100000 >/dev/null
+    cp "$BODY" "$T_TMP/cipher.session.json"
+    client --session "$T_TMP/cipher.session.json" --upload "$SRC/$name" --cipher none ||
+        fail "upload failed: $(cat "$T_TMP/client.err")"
+    assert_eq 2 "$(jq -r .cipher "$T_TMP/client.json")" "cipher granted (AES-128-GCM)"
+    client --session "$T_TMP/cipher.session.json" --upload "$SRC/$name" --cipher aes256 ||
+        fail "upload failed: $(cat "$T_TMP/client.err")"
+    assert_eq 4 "$(jq -r .cipher "$T_TMP/client.json")" "cipher granted (AES-256-GCM, allowed)"
+}
+
 # The slot's state wins: after a cancel over HTTPS udpd drops the session's datagrams.
 test_cancelled_session_is_dropped() {
     local name=cancel.bin id st before after
@@ -247,6 +287,8 @@ run_test upload_edge_sizes test_upload_edge_sizes
 run_test download test_download
 run_test download_zero_bytes test_download_zero_bytes
 run_test http_chunks_not_resent_over_udp test_http_chunks_not_resent_over_udp
+run_test new_client_takes_over test_new_client_takes_over
+run_test cipher_negotiated test_cipher_negotiated
 run_test cancelled_session_is_dropped test_cancelled_session_is_dropped
 run_test heartbeat_and_reload test_heartbeat_and_reload
 run_test stop_mid_upload_checkpoints_and_resumes test_stop_mid_upload_checkpoints_and_resumes

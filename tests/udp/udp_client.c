@@ -227,13 +227,15 @@ static size_t make_hello(client *c, uint8_t *buf, size_t cap, const fb_aead_ctx 
     h.min_rate = c->min_rate;
     h.client_ts_us = now_us();
     h.max_datagram = (uint16_t)c->datagram;
-    h.pad_to = FB_WIRE_MIN_DATAGRAM;
+    /* Padded to the datagram size it wants to use: the path is checked at that size. */
+    h.pad_to = c->datagram;
     if (fb_wire_encode_hello(buf, cap, &len, &hdr, &h, ctx) != FB_OK)
         die("cannot encode HELLO");
     return len;
 }
 
-/* HELLO until HELLO_ACK (retransmitted with the same nonce). Returns the HELLO's length. */
+/* HELLO until HELLO_ACK (retransmitted with the same nonce after 250 ms, doubling). Returns the
+ * HELLO's length. */
 static size_t handshake(client *c, uint8_t *hello, size_t cap)
 {
     size_t len = 0;
@@ -241,12 +243,12 @@ static size_t handshake(client *c, uint8_t *hello, size_t cap)
     if (fb_aead_new(&c->aead, c->key, FB_AEAD_CLIENT) != FB_OK)
         die("fb_aead_new");
     fb_random_bytes(c->cnonce, sizeof(c->cnonce));
-    for (int attempt = 0; attempt < 12; attempt++) {
+    for (uint64_t attempt = 0, wait = 250000, total = 0; attempt < 8 && total < 3000000; attempt++, wait *= 2) {
         len = make_hello(c, hello, cap, c->aead);
         send_now(c, hello, len, &c->sock);
-        if (wait_dgrams(c, &c->sock, 250000, on_hello_ack, 1) > 0 && c->ack.client_nonce[0] == c->cnonce[0] &&
-            memcmp(c->ack.client_nonce, c->cnonce, 16) == 0)
+        if (wait_dgrams(c, &c->sock, wait, on_hello_ack, 1) > 0 && memcmp(c->ack.client_nonce, c->cnonce, 16) == 0)
             break;
+        total += wait;
     }
     if (memcmp(c->ack.client_nonce, c->cnonce, 16) != 0) {
         fprintf(stderr, "udp_client: no HELLO_ACK from udpd\n");
@@ -318,7 +320,7 @@ static int transfer(client *c)
 {
     fb_xfer_sender *snd = NULL;
     fb_xfer_receiver *rcv = NULL;
-    uint8_t hello[2048];
+    static uint8_t hello[FB_WIRE_MAX_DATAGRAM];
     size_t dgram;
     uint64_t t0, last_rx, end;
     int upload = c->upload != NULL, rc = 1;
@@ -482,11 +484,12 @@ static int transfer(client *c)
             fb_xfer_sender_stats st;
 
             fb_xfer_sender_stats_get(&st, snd);
-            printf("{\"direction\":\"upload\",\"bytes\":%llu,\"seconds\":%.3f,\"gbit_s\":%.3f,\"sent_new\":%llu,"
+            printf("{\"direction\":\"upload\",\"cipher\":%u,\"policy\":%u,\"bytes\":%llu,\"seconds\":%.3f,\"gbit_s\":%.3f,\"sent_new\":%llu,"
                    "\"sent_retx\":%llu,\"lost\":%llu,\"feedbacks\":%llu,\"rate\":%llu,\"srtt_us\":%llu,"
                    "\"cpu_s\":%.3f,\"gso_msgs\":%llu,\"eagain\":%llu}\n",
-                   (unsigned long long)c->size, secs, secs > 0 ? (double)c->size * 8 / secs / 1e9 : 0,
-                   (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_retx,
+                   c->ack.cipher, c->ack.policy, (unsigned long long)c->size, secs,
+                   secs > 0 ? (double)c->size * 8 / secs / 1e9 : 0, (unsigned long long)st.bytes_new,
+                   (unsigned long long)st.bytes_retx,
                    (unsigned long long)st.lost_bytes, (unsigned long long)st.feedbacks, (unsigned long long)st.rate,
                    (unsigned long long)st.srtt_us, cpu, (unsigned long long)c->sock.st.tx_gso_msgs,
                    (unsigned long long)c->sock.st.tx_eagain);
@@ -527,7 +530,7 @@ static void rand_fill(uint8_t *p, size_t n)
 
 static int attack(client *c)
 {
-    uint8_t buf[2048];
+    static uint8_t buf[FB_WIRE_MAX_DATAGRAM];
     size_t len;
     int sent = 0, back;
 
@@ -618,7 +621,7 @@ static int attack(client *c)
         fb_aead_free(ctx);
     } else if (strcmp(c->attack, "replay") == 0) {
         /* A real association on the first socket... */
-        uint8_t hello[2048], data[8][256];
+        static uint8_t hello[FB_WIRE_MAX_DATAGRAM], data[8][256];
         size_t hello_len, data_len[8];
         udpd_sock other;
         char err[256];
