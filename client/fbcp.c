@@ -20,6 +20,9 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 
+#include "fb_config.h"
+#include "fb_wire.h"
+
 void fbcp_opts_init(fbcp_opts *o)
 {
     memset(o, 0, sizeof(*o));
@@ -31,6 +34,10 @@ void fbcp_opts_init(fbcp_opts *o)
     o->fallback = FBCP_FALLBACK_AUTO;
     o->policy = FBCP_POLICY_FAIR;
     o->request_size = FBCP_DEFAULT_REQUEST_SIZE;
+    o->cipher = FB_CIPHER_AES128_GCM;
+    o->udp_timeout_ms = FBCP_DEFAULT_UDP_TIMEOUT_MS;
+    o->udp_idle_ms = FBCP_DEFAULT_UDP_IDLE_MS;
+    o->udp_datagram = FB_WIRE_DEFAULT_DATAGRAM;
 }
 
 void fbcp_opts_free(fbcp_opts *o)
@@ -75,11 +82,17 @@ static void fbcp_usage(FILE *f)
           "      --retries N           retries per failed request (default 5, with backoff)\n"
           "      --limit-rate BYTES    at most BYTES per second in total (suffixes k, m, g)\n"
           "      --request-size BYTES  bytes per ranged request (default 16m)\n"
-          "      --fallback MODE       auto, force or never (UDP is not available yet:\n"
-          "                            auto and force use HTTP(S), never fails)\n"
+          "      --fallback MODE       auto (UDP first, HTTP(S) when UDP is blocked or lost,\n"
+          "                            back to UDP when it answers; default), force (HTTP(S)\n"
+          "                            only) or never (UDP only)\n"
+          "      --udp-timeout SECONDS no UDP answer this long at start: HTTP(S) (default 2)\n"
+          "      --udp-idle SECONDS    UDP silent this long mid-transfer: HTTP(S) (default 3)\n"
           "      --target-rate RATE    target rate in bits/s for UDP (suffixes k, M, G)\n"
           "      --min-rate RATE       minimum rate in bits/s for UDP\n"
-          "      --policy POLICY       fixed, high, fair or low (for UDP)\n"
+          "      --policy POLICY       fixed, high, fair (default) or low (UDP rate control)\n"
+          "      --cipher CIPHER       aes-128-gcm (default), aes-256-gcm or none (UDP packet\n"
+          "                            protection; the server decides what is allowed)\n"
+          "      --udp-datagram BYTES  largest UDP datagram (1200..65507, default 1452)\n"
           "  -h, --help                this help\n"
           "  -V, --version             print the version\n"
           "\n"
@@ -105,6 +118,10 @@ enum {
     OPT_TARGET_RATE,
     OPT_MIN_RATE,
     OPT_POLICY,
+    OPT_CIPHER,
+    OPT_UDP_TIMEOUT,
+    OPT_UDP_IDLE,
+    OPT_UDP_DATAGRAM,
 };
 
 static const struct option fbcp_long_opts[] = {
@@ -131,6 +148,10 @@ static const struct option fbcp_long_opts[] = {
     {"target-rate", required_argument, NULL, OPT_TARGET_RATE},
     {"min-rate", required_argument, NULL, OPT_MIN_RATE},
     {"policy", required_argument, NULL, OPT_POLICY},
+    {"cipher", required_argument, NULL, OPT_CIPHER},
+    {"udp-timeout", required_argument, NULL, OPT_UDP_TIMEOUT},
+    {"udp-idle", required_argument, NULL, OPT_UDP_IDLE},
+    {"udp-datagram", required_argument, NULL, OPT_UDP_DATAGRAM},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -152,6 +173,8 @@ static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, c
     static const char *const overwrites[] = {"never", "always", "if_different"};
     static const char *const fallbacks[] = {"auto", "force", "never"};
     static const char *const policies[] = {"fair", "fixed", "high", "low"};
+    static const char *const ciphers[] = {"aes-128-gcm", "aes-256-gcm", "none"};
+    static const unsigned cipher_bits[] = {FB_CIPHER_AES128_GCM, FB_CIPHER_AES256_GCM, FB_CIPHER_NONE};
     int ch, idx;
     long l;
 
@@ -280,13 +303,42 @@ static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, c
             }
             o->policy = (fbcp_policy)idx;
             break;
+        case OPT_CIPHER:
+            if ((idx = fbcp_pick(optarg, ciphers, 3)) < 0) {
+                snprintf(errbuf, errlen, "--cipher wants aes-128-gcm, aes-256-gcm or none");
+                return FB_ERR_USAGE;
+            }
+            o->cipher = cipher_bits[idx];
+            break;
+        case OPT_UDP_TIMEOUT:
+        case OPT_UDP_IDLE: {
+            uint32_t ms;
+            if (fbcp_parse_seconds_ms(&ms, optarg, 100, 3600000) != FB_OK) {
+                snprintf(errbuf, errlen, "%s wants seconds from 0.1 to 3600 (e.g. 2 or 0.5)",
+                         ch == OPT_UDP_TIMEOUT ? "--udp-timeout" : "--udp-idle");
+                return FB_ERR_USAGE;
+            }
+            if (ch == OPT_UDP_TIMEOUT)
+                o->udp_timeout_ms = ms;
+            else
+                o->udp_idle_ms = ms;
+            break;
+        }
+        case OPT_UDP_DATAGRAM:
+            if (fbcp_parse_long(&l, optarg, FB_WIRE_MIN_DATAGRAM, FB_WIRE_MAX_DATAGRAM) != FB_OK) {
+                snprintf(errbuf, errlen, "--udp-datagram wants a size from %u to %u bytes", FB_WIRE_MIN_DATAGRAM,
+                         FB_WIRE_MAX_DATAGRAM);
+                return FB_ERR_USAGE;
+            }
+            o->udp_datagram = (uint32_t)l;
+            break;
         case 'h':
             *pexit = 0;
             fbcp_usage(stdout);
             return FB_OK;
         case 'V':
             *pexit = 0;
-            printf("fbcp %s (transports: http)\n", PACKAGE_VERSION);
+            printf("fbcp %s (transports: http, udp)\n", PACKAGE_VERSION);
             return FB_OK;
         default:
             if (optopt != 0 && optopt < 256)
@@ -609,14 +661,6 @@ int main(int argc, char **argv)
         fprintf(stderr, "Try 'fbcp --help'.\n");
         goto out;
     }
-    if (o.fallback == FBCP_FALLBACK_NEVER) {
-        rv = FB_ERR_CONNECTION_LOST;
-        fbcp_report_error(NULL, NULL, rv,
-                          "--fallback=never: the UDP transport is not available in this version "
-                          "and HTTP(S) is forbidden");
-        goto out;
-    }
-
     nops = argc - first;
     nsrc = nops - 1;
     upload = fbcp_is_url(argv[argc - 1]);
@@ -666,6 +710,8 @@ int main(int argc, char **argv)
         rv = fbcp_http_new(&c.http, &o);
     if (rv == FB_OK)
         rv = fbcp_transport_http_new(&c.transport, c.http);
+    if (rv == FB_OK && o.fallback != FBCP_FALLBACK_FORCE)
+        rv = fbcp_transport_udp_new(&c.udp, &o);
     if (rv != FB_OK) {
         fbcp_report_error(NULL, NULL, rv, "cannot set up libcurl");
         goto out;
@@ -686,6 +732,8 @@ out:
     fbcp_event_summary();
     if (c.transport != NULL)
         c.transport->ops->destroy(c.transport);
+    if (c.udp != NULL)
+        c.udp->ops->destroy(c.udp);
     fbcp_http_free(c.http);
     if (urls != NULL) {
         for (int i = 0; i < (upload ? 1 : nsrc); i++)

@@ -7,10 +7,15 @@
  *   fbcp_upload.c    one upload: session, missing ranges, hash, commit
  *   fbcp_download.c  one download: HEAD, partial file + sidecar, ranged GETs, rename into place
  *   fbcp_progress.c  messages on stderr, the progress bar and the --json event stream
+ *   fbcp_udp.c       the UDP transport (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,
+ *                    HELLO/HELLO_ACK, the fb_xfer sender (upload) or receiver (download),
+ *                    pacing, and the probe that finds UDP again while HTTP(S) carries the data
+ *   fbcp_switch.c    the transport choice in virtual time (pure: no I/O, no clock)
+ *   fbcp_move.c      moves a file's missing ranges, on UDP or HTTP(S) as fbcp_switch decides
  *
- * The control API is always HTTP(S). The data path goes through fbcp_transport so that the UDP
- * transport (a later issue) can slot in beside the HTTP one: upload/download hand a transport
- * the ranges still to move and the transport reports progress through the fbcp_xfer hooks. */
+ * The control API is always HTTP(S). The data path goes through fbcp_transport: upload/download
+ * hand fbcp_move the ranges still to move; it runs the UDP or the HTTP transport on them, and
+ * the transports report progress through the fbcp_xfer hooks. */
 #ifndef FBCP_H
 #define FBCP_H
 
@@ -44,10 +49,15 @@ typedef enum fbcp_overwrite {
 } fbcp_overwrite;
 
 typedef enum fbcp_fallback {
-    FBCP_FALLBACK_AUTO,  /* UDP first, HTTP(S) when UDP is unavailable (today: HTTP(S) only) */
+    FBCP_FALLBACK_AUTO,  /* UDP first, HTTP(S) when UDP is unavailable or lost, back to UDP later */
     FBCP_FALLBACK_FORCE, /* HTTP(S) only */
-    FBCP_FALLBACK_NEVER, /* UDP only: fails until the UDP transport exists */
+    FBCP_FALLBACK_NEVER, /* UDP only: "Connection lost" when UDP cannot be used */
 } fbcp_fallback;
+
+#define FBCP_DEFAULT_UDP_TIMEOUT_MS 2000 /* --udp-timeout: no HELLO_ACK this long at start */
+#define FBCP_DEFAULT_UDP_IDLE_MS 3000    /* --udp-idle: nothing authenticated this long */
+#define FBCP_UDP_PROBE_INTERVAL_MS 1000  /* HELLO while HTTP(S) carries the data */
+#define FBCP_MAX_RETURNS_TO_UDP 8        /* moves back to UDP per file (bounded flapping) */
 
 typedef enum fbcp_policy {
     FBCP_POLICY_FAIR,
@@ -82,6 +92,10 @@ typedef struct fbcp_opts {
     uint64_t target_rate; /* bits/s, 0 = unset; for the UDP transport */
     uint64_t min_rate;    /* bits/s, 0 = unset */
     fbcp_policy policy;
+    unsigned cipher;          /* --cipher: one FB_CIPHER_* bit (fb_config.h) */
+    uint32_t udp_timeout_ms;  /* --udp-timeout */
+    uint32_t udp_idle_ms;     /* --udp-idle */
+    uint32_t udp_datagram;    /* --udp-datagram: largest datagram fbcp asks for */
     uint64_t limit_rate;   /* bytes/s over all connections, 0 = unlimited */
     uint64_t request_size; /* bytes per ranged request */
     char *location;        /* --location, NULL: first path segment */
@@ -150,6 +164,8 @@ struct json_t *fbcp_ranges_to_json(const fbcp_ranges *r);
 fb_err fbcp_parse_size(uint64_t *out, const char *text, int binary);
 /* Parses an integer in [min, max]. */
 fb_err fbcp_parse_long(long *out, const char *text, long min, long max);
+/* Parses decimal seconds ("2", "0.5", at most 3 decimals) into milliseconds in [min, max]. */
+fb_err fbcp_parse_seconds_ms(uint32_t *out, const char *text, uint32_t min_ms, uint32_t max_ms);
 /* Parses "Content-Range: bytes FIRST-LAST/SIZE" values as answered in a 206 (strict). */
 fb_err fbcp_parse_content_range(uint64_t *first, uint64_t *last, uint64_t *complete, const char *value);
 
@@ -191,6 +207,8 @@ struct fbcp_xfer {
     char *last_modified; /* download: Last-Modified as the server wrote it, NULL if none */
     uint64_t bytes;      /* payload bytes moved this run (all transports, retries included) */
     uint64_t bytes_http;
+    uint64_t bytes_udp;      /* payload bytes over UDP, each counted once per UDP leg */
+    uint64_t bytes_udp_retx; /* payload bytes sent (upload) or received (download) again over UDP */
     uint64_t bytes_skipped; /* already present when this run started */
     uint64_t bytes_done;    /* bytes confirmed complete (for the progress estimate) */
     uint64_t start_ns;
@@ -206,7 +224,26 @@ struct fbcp_xfer {
                       size_t detlen);
     /* Called when [off, off+len) is complete at the receiver (download: written locally). */
     fb_err (*range_done)(fbcp_xfer *x, uint64_t off, uint64_t len);
+    /* What is still to move (upload: GET sessions/{id}; download: the sidecar's complement);
+     * used by fbcp_move after a change of transport. */
+    fb_err (*missing)(fbcp_xfer *x, fbcp_ranges *out, char *detail, size_t detlen);
     void *ctx; /* owner's state for the hooks */
+
+    /* The session as the UDP transport needs it (upload: created by POST sessions; download:
+     * POST sessions with direction download). SESSION_GEN changes whenever the id and key do
+     * (a session the server lost is created again). */
+    uint8_t key[32]; /* wiped when the file is done */
+    int have_key;
+    unsigned session_gen;
+    long udp_port;            /* from the session answer; 0 = no UDP endpoint */
+    struct fbcp_udp *udp;     /* the file's UDP state (fbcp_udp.c), NULL without UDP */
+    struct fbcp_switch *sw;   /* the file's transport choice (fbcp_switch.c) */
+    /* Called by the HTTP transport's loop at least every 200 ms while it runs: non-zero means
+     * "stop starting requests, let the running ones finish, and return FB_OK with YIELDED set"
+     * (UDP answers again). POLL_FD (-1: none) wakes the loop when readable. */
+    int (*yield_check)(fbcp_xfer *x);
+    int poll_fd;
+    int yielded;
 };
 
 /* Detail text of the first error of a file: fbcp: <file>: <message> (<detail>). */
@@ -224,6 +261,9 @@ void fbcp_event_start(fbcp_xfer *x);
 void fbcp_event_progress(fbcp_xfer *x, int force);
 void fbcp_event_skip(fbcp_xfer *x, const char *reason);
 void fbcp_event_done(fbcp_xfer *x, const char *sha256_hex);
+/* A change of transport: {"event":"transport","from":FROM,"to":TO,"reason":REASON}; also sets
+ * X->transport_name and tells the progress bar. */
+void fbcp_event_transport(fbcp_xfer *x, const char *from, const char *to, const char *reason);
 void fbcp_event_summary(void);
 /* The first error reported (FB_OK if none). */
 fb_err fbcp_first_error(void);
@@ -272,10 +312,15 @@ fb_err fbcp_http_problem(const fbcp_http_answer *a, char *detail, size_t detlen)
 typedef struct fbcp_transport fbcp_transport;
 
 typedef struct fbcp_transport_ops {
-    const char *name; /* "http" (the --json "transport" field) */
+    const char *name; /* "http" or "udp" (the --json "transport" field) */
     /* Moves every range of TODO (chunk-aligned, as the server listed them) for X: upload reads
      * X->fd and sends to the session, download receives into X->fd. Calls X->range_done and
-     * progress as data completes; retries per --retries. Returns the first fatal error. */
+     * progress as data completes; retries per --retries. Returns the first fatal error.
+     * HTTP: returns FB_OK early with X->yielded set when X->yield_check asks it to.
+     * UDP: runs one UDP leg (X->udp, X->sw): FB_OK when everything arrived; when UDP cannot go
+     * on (no answer, lost, refused, closed by udpd) an error with X->sw->reason set, after
+     * which the caller may continue over HTTP(S); other errors (local file, memory) are fatal
+     * with X->sw->reason unset. */
     fb_err (*upload)(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen);
     fb_err (*download)(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen);
     void (*destroy)(fbcp_transport *t);
@@ -288,6 +333,86 @@ struct fbcp_transport {
 
 /* The HTTP(S) data transport, sharing H's connections and settings. */
 fb_err fbcp_transport_http_new(fbcp_transport **pt, fbcp_http *h);
+/* The UDP data transport (per-file state in X->udp). */
+fb_err fbcp_transport_udp_new(fbcp_transport **pt, const fbcp_opts *o);
+
+/* ---- the UDP side of one file (fbcp_udp.c) ---- */
+
+typedef struct fbcp_udp fbcp_udp;
+
+/* Resolves HOST (the URL's host) and PORT, opens a connected, non-blocking UDP socket with
+ * large buffers (GSO/GRO where the kernel has them). FB_ERR_CONNECTION_LOST with DETAIL when
+ * the name does not resolve or no socket can be made. */
+fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long port, char *detail, size_t detlen);
+/* Sends CLOSE if an association is open, wipes keys, closes the socket. NULL is allowed. */
+void fbcp_udp_free(fbcp_udp *u);
+int fbcp_udp_fd(const fbcp_udp *u);
+/* X->yield_check while HTTP(S) carries the data: reads the socket, sends a HELLO (fresh nonce)
+ * when X->sw says a probe is due, keeps an answered association alive with PROBEs. Returns 1
+ * once a HELLO was accepted and X->sw says to move back to UDP. */
+int fbcp_udp_probe(fbcp_xfer *x);
+
+/* ---- the transport choice (fbcp_switch.c): pure, in virtual time (microseconds) ---- */
+
+typedef enum fbcp_tr { FBCP_TR_HTTP = 0, FBCP_TR_UDP = 1 } fbcp_tr;
+
+typedef enum fbcp_sw_reason {
+    FBCP_SW_NONE = 0,
+    FBCP_SW_NO_ANSWER, /* no authenticated HELLO_ACK within --udp-timeout at the start of a leg */
+    FBCP_SW_LOST,      /* nothing authenticated for --udp-idle during a leg */
+    FBCP_SW_REFUSED,   /* udpd refused the HELLO (cipher, policy, permissions): no probing */
+    FBCP_SW_CLOSED,    /* udpd closed the association with an error (e.g. its write failed) */
+    FBCP_SW_UNAVAILABLE, /* no UDP endpoint at all (no port in the session, no socket) */
+    FBCP_SW_ANSWERED,  /* a probe was answered: back to UDP */
+} fbcp_sw_reason;
+
+typedef enum fbcp_sw_verdict {
+    FBCP_SW_STAY = 0, /* go on as now */
+    FBCP_SW_FALLBACK, /* leave UDP for HTTP(S) */
+    FBCP_SW_FAIL,     /* UDP cannot be used and --fallback=never: "Connection lost" */
+    FBCP_SW_RETURN,   /* (on HTTP(S)) UDP answers again: move back */
+} fbcp_sw_verdict;
+
+typedef struct fbcp_switch {
+    fbcp_fallback mode;
+    uint64_t start_timeout_us, idle_timeout_us, probe_interval_us;
+    unsigned max_returns;
+    fbcp_tr current;
+    uint64_t leg_start_us; /* the current leg began */
+    uint64_t last_heard_us; /* UDP: last authenticated datagram of this leg (0: none) */
+    int answered;          /* UDP: this leg's HELLO was answered */
+    uint64_t next_probe_us; /* HTTP: next HELLO (UINT64_MAX: no more probing) */
+    unsigned returns;      /* moves back to UDP so far */
+    unsigned switches;     /* changes of transport so far */
+    int udp_disabled;      /* refused or unavailable: HTTP(S) for good */
+    fbcp_sw_reason reason; /* why the last change happened (or why UDP failed) */
+} fbcp_switch;
+
+/* Starts on UDP (auto, never) or HTTP(S) (force) at NOW. Timeouts in milliseconds. */
+void fbcp_switch_init(fbcp_switch *s, fbcp_fallback mode, uint32_t start_timeout_ms, uint32_t idle_timeout_ms,
+                      uint32_t probe_interval_ms, unsigned max_returns, uint64_t now_us);
+/* UDP: an authenticated datagram arrived (HANDSHAKE: it was the HELLO_ACK of this leg). */
+void fbcp_switch_udp_heard(fbcp_switch *s, uint64_t now_us, int handshake);
+/* UDP: whether to go on, at NOW; sets the reason when not. */
+fbcp_sw_verdict fbcp_switch_udp_check(fbcp_switch *s, uint64_t now_us);
+/* UDP: when fbcp_switch_udp_check would next say something else than STAY. */
+uint64_t fbcp_switch_udp_deadline(const fbcp_switch *s);
+/* UDP failed for REASON (refused, closed, unavailable): FALLBACK, or FAIL under never. */
+fbcp_sw_verdict fbcp_switch_udp_failed(fbcp_switch *s, fbcp_sw_reason reason);
+/* The change to HTTP(S) happened at NOW: probing starts one interval later (unless disabled or
+ * the returns are used up). */
+void fbcp_switch_to_http(fbcp_switch *s, uint64_t now_us);
+/* HTTP: 1 if a probe (new HELLO) is due at NOW; the next one is then scheduled. */
+int fbcp_switch_probe_due(fbcp_switch *s, uint64_t now_us);
+/* HTTP: a probe was answered (accepted HELLO_ACK): RETURN, or STAY when no more returns. */
+fbcp_sw_verdict fbcp_switch_probe_answered(fbcp_switch *s);
+/* HTTP: udpd refused the probe's HELLO: no more probing. */
+void fbcp_switch_probe_refused(fbcp_switch *s);
+/* The change back to UDP happened at NOW; the leg's HELLO was already answered. */
+void fbcp_switch_to_udp(fbcp_switch *s, uint64_t now_us);
+/* "no_answer", "lost", ... (the --json "reason"). */
+const char *fbcp_switch_reason_name(fbcp_sw_reason r);
+const char *fbcp_tr_name(fbcp_tr t);
 
 /* Set by SIGINT/SIGTERM; every loop checks it. */
 extern volatile sig_atomic_t fbcp_interrupted;
@@ -305,8 +430,19 @@ int fbcp_err_stops_run(fb_err e);
 typedef struct fbcp_ctx {
     const fbcp_opts *opts;
     fbcp_http *http;
-    fbcp_transport *transport;
+    fbcp_transport *transport; /* HTTP(S) */
+    fbcp_transport *udp;       /* UDP (NULL under --fallback=force) */
 } fbcp_ctx;
+
+/* fbcp_move.c: sets up X's transport choice (X->sw, X->udp) once its session is known: the
+ * UDP endpoint is X->url's host and X->udp_port. Under --fallback=never a missing endpoint is
+ * FB_ERR_CONNECTION_LOST. Sets X->transport_name for the start event. */
+fb_err fbcp_move_setup(fbcp_ctx *c, fbcp_xfer *x, fbcp_switch *sw, char *detail, size_t detlen);
+/* Moves TODO for X on the transport X->sw chooses, changing transport as it decides (the
+ * "transport" events) and asking X->missing what is left after each change. */
+fb_err fbcp_move(fbcp_ctx *c, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen);
+/* Frees X->udp and wipes X->key. */
+void fbcp_move_cleanup(fbcp_xfer *x);
 
 /* Uploads LOCAL to REMOTE (relative to URL's location). Reports its own errors. */
 fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote);

@@ -6,7 +6,13 @@
  * transfer stops), so a re-run fetches only what is missing if the remote file is unchanged
  * (same URL, size and ETag). The transport GETs ranges with If-Range; a 200 instead of 206 means
  * the file changed: start over once, then give up with FB_ERR_CHANGED. At the end: fsync, mtime
- * from Last-Modified, rename into place (RENAME_NOREPLACE under --overwrite never). */
+ * from Last-Modified, rename into place (RENAME_NOREPLACE under --overwrite never).
+ *
+ * Unless --fallback=force, a download session (POST sessions, direction download) gives the key
+ * and UDP port: the data comes over UDP first (fbcp_move), into the same partial file and
+ * sidecar, and over HTTP(S) when UDP is blocked or lost. UDP has no per-answer validator, so a
+ * file that got data over UDP is checked with one more HEAD at the end (a different ETag or
+ * Last-Modified is "changed", as over HTTP). The session is deleted when the file is done. */
 #include "fbcp.h"
 
 #include <errno.h>
@@ -18,6 +24,9 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/crypto.h>
+
+#include "fb_wire.h"
 
 typedef struct fbcp_download {
     fbcp_ctx *c;
@@ -30,6 +39,7 @@ typedef struct fbcp_download {
     uint64_t since_ckpt; /* bytes completed since the last checkpoint */
     int ckpt_warned;
     int64_t filetime;
+    fbcp_switch sw; /* the transport choice for this file */
 } fbcp_download;
 
 int fbcp_err_stops_run(fb_err e)
@@ -272,6 +282,129 @@ static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *deta
     return rv;
 }
 
+/* fbcp_move's hook after a change of transport: what the sidecar does not hold. */
+static fb_err fbcp_download_missing(fbcp_xfer *x, fbcp_ranges *out, char *detail, size_t detlen)
+{
+    fbcp_download *d = x->ctx;
+
+    (void)detail;
+    (void)detlen;
+    return fbcp_ranges_complement(out, &d->sc.done, x->size);
+}
+
+static char *fbcp_download_session_url(const fbcp_download *d, const char *id)
+{
+    size_t len = strlen(d->x.url->base) + (id != NULL ? strlen(id) : 0) + 16;
+    char *r = malloc(len);
+
+    if (r != NULL)
+        snprintf(r, len, "%s/sessions%s%s", d->x.url->base, id != NULL ? "/" : "", id != NULL ? id : "");
+    return r;
+}
+
+/* DELETE the download session (its slot is all it holds on the server). Failures do not matter:
+ * the server expires it. */
+static void fbcp_download_session_end(fbcp_download *d)
+{
+    char detail[FBCP_DETAIL_LEN];
+    fbcp_http_answer a;
+    char *url;
+
+    if (d->x.session_id == NULL)
+        return;
+    url = fbcp_download_session_url(d, d->x.session_id);
+    if (url != NULL && fbcp_http_request(d->c->http, &a, "DELETE", url, NULL, FBCP_MAX_JSON, 0, detail,
+                                         sizeof(detail)) == FB_OK)
+        fbcp_http_answer_free(&a);
+    free(url);
+    free(d->x.session_id);
+    d->x.session_id = NULL;
+}
+
+static int fbcp_same_etag(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return 1; /* nothing to compare */
+    if (strncmp(a, "W/", 2) == 0)
+        a += 2;
+    if (strncmp(b, "W/", 2) == 0)
+        b += 2;
+    return strcmp(a, b) == 0;
+}
+
+/* POST sessions {direction: download}: the key and UDP port for this file. FB_ERR_CHANGED when
+ * the session describes another version of the file than HEAD did. */
+static fb_err fbcp_download_session(fbcp_download *d, char *detail, size_t detlen)
+{
+    fbcp_http_answer a;
+    json_t *body;
+    char *url = fbcp_download_session_url(d, NULL);
+    fb_err rv;
+
+    fbcp_download_session_end(d);
+    if (url == NULL)
+        return FB_ERR_NOMEM;
+    body = json_pack("{s:s, s:s}", "direction", "download", "path", d->x.remote);
+    if (body == NULL) {
+        free(url);
+        return FB_ERR_NOMEM;
+    }
+    rv = fbcp_http_request(d->c->http, &a, "POST", url, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail, detlen);
+    json_decref(body);
+    free(url);
+    if (rv != FB_OK)
+        return rv;
+    if (a.status == 200 || a.status == 201) {
+        const char *id = json_string_value(json_object_get(a.json, "id"));
+        const char *key = json_string_value(json_object_get(a.json, "key"));
+        const char *etag = json_string_value(json_object_get(a.json, "etag"));
+        json_t *size = json_object_get(a.json, "size");
+        json_t *port = json_object_get(json_object_get(a.json, "udp"), "port");
+        uint8_t sid[FB_WIRE_SID_LEN];
+
+        if (id == NULL || fb_wire_sid_from_string(sid, id) != FB_OK || key == NULL ||
+            strlen(key) != 2 * sizeof(d->x.key) || fb_hex_decode(d->x.key, sizeof(d->x.key), key) != FB_OK ||
+            !json_is_integer(size)) {
+            rv = FB_ERR_PROTOCOL;
+            snprintf(detail, detlen, "the download session answer has no usable id, key or size");
+        } else if ((uint64_t)json_integer_value(size) != d->x.size || !fbcp_same_etag(etag, d->x.etag)) {
+            rv = FB_ERR_CHANGED;
+            snprintf(detail, detlen, "the file changed on the server between HEAD and the session");
+        } else {
+            d->x.session_id = strdup(id);
+            d->x.have_key = d->x.session_id != NULL;
+            d->x.session_gen++;
+            d->x.udp_port = json_is_integer(port) && json_integer_value(port) > 0 &&
+                                    json_integer_value(port) <= 65535
+                                ? (long)json_integer_value(port)
+                                : 0;
+            rv = d->x.session_id != NULL ? FB_OK : FB_ERR_NOMEM;
+        }
+        if (key != NULL)
+            OPENSSL_cleanse((void *)key, strlen(key));
+    } else {
+        rv = fbcp_http_problem(&a, detail, detlen);
+    }
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
+/* After UDP carried data: the file must still be the version HEAD described (UDP answers carry
+ * no validator). FB_ERR_CHANGED otherwise. */
+static fb_err fbcp_download_recheck(fbcp_download *d, const char *validator, char *detail, size_t detlen)
+{
+    char *now = NULL;
+    uint64_t size = d->x.size;
+    fb_err rv = fbcp_download_head(d, &now, detail, detlen);
+
+    if (rv == FB_OK && (d->x.size != size || strcmp(now, validator) != 0 || validator[0] == '\0')) {
+        rv = FB_ERR_CHANGED;
+        snprintf(detail, detlen, "the file changed on the server during the transfer");
+    }
+    free(now);
+    return rv;
+}
+
 /* Paths of the partial file and sidecar beside LOCAL. */
 static fb_err fbcp_download_names(fbcp_download *d, const char *local)
 {
@@ -358,7 +491,9 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
     d.x.fd = -1;
     d.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
     d.x.transport_name = c->transport->ops->name;
+    d.x.poll_fd = -1;
     d.x.range_done = fbcp_download_range_done;
+    d.x.missing = fbcp_download_missing;
     d.x.ctx = &d;
     d.files_url = fbcp_files_url(url, remote, 0);
     d.x.data_url = d.files_url;
@@ -396,6 +531,18 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         rv = FB_ERR_NOMEM;
         goto out;
     }
+    if (c->opts->fallback != FBCP_FALLBACK_FORCE && d.x.size > 0) {
+        rv = fbcp_download_session(&d, detail, sizeof(detail));
+        if (rv != FB_OK && c->opts->fallback == FBCP_FALLBACK_AUTO && !fbcp_err_stops_run(rv)) {
+            fbcp_trace(c->opts, "no download session (%s: %s): HTTP(S) only", fb_err_message(rv), detail);
+            detail[0] = '\0';
+            rv = FB_OK;
+        }
+        if (rv == FB_OK)
+            rv = fbcp_move_setup(c, &d.x, &d.sw, detail, sizeof(detail));
+        if (rv != FB_OK)
+            goto out;
+    }
 
     /* bounded: at most one fresh start after the file changed on the server */
     for (int round = 0; round < 2; round++) {
@@ -409,8 +556,16 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         if (round == 0)
             fbcp_event_start(&d.x);
         rv = fbcp_ranges_complement(&missing, &d.sc.done, d.x.size);
-        if (rv == FB_OK && missing.n > 0)
-            rv = c->transport->ops->download(c->transport, &d.x, &missing, detail, sizeof(detail));
+        {
+            uint64_t udp_before = d.x.bytes_udp;
+
+            if (rv == FB_OK && missing.n > 0)
+                rv = d.x.sw != NULL ? fbcp_move(c, &d.x, &missing, detail, sizeof(detail))
+                                    : c->transport->ops->download(c->transport, &d.x, &missing, detail,
+                                                                  sizeof(detail));
+            if (rv == FB_OK && d.x.bytes_udp > udp_before)
+                rv = fbcp_download_recheck(&d, validator, detail, sizeof(detail));
+        }
         if (rv != FB_ERR_CHANGED || round == 1)
             break;
         fbcp_warn("%s: the file changed on the server: starting over", local);
@@ -418,6 +573,8 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         unlink(d.sidecar_path);
         free(validator);
         rv = fbcp_download_head(&d, &validator, detail, sizeof(detail));
+        if (rv == FB_OK && d.x.session_id != NULL)
+            rv = fbcp_download_session(&d, detail, sizeof(detail)); /* for the new version */
         if (rv != FB_OK)
             goto out;
         /* a fresh partial file: the old validator no longer matches, so open truncates */
@@ -442,6 +599,8 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
 out:
     if (rv != FB_OK && !(fbcp_interrupted && rv == FB_ERR_CONNECTION_LOST))
         fbcp_report_error(&d.x, local, rv, detail);
+    fbcp_download_session_end(&d);
+    fbcp_move_cleanup(&d.x);
     if (d.x.fd >= 0)
         close(d.x.fd);
     free(validator);

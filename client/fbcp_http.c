@@ -556,6 +556,8 @@ struct fbcp_engine {
     fb_err err;
     char *detail;
     size_t detlen;
+    uint64_t last_yield_check_ns; /* x->yield_check: at most every 20 ms unless UDP is readable */
+    int udp_readable;
 };
 
 typedef struct fbcp_http_transport {
@@ -1007,10 +1009,11 @@ static void fbcp_engine_resync(fbcp_engine *g, size_t i)
 static fb_err fbcp_engine_run(fbcp_engine *g)
 {
     fbcp_xfer *x = g->x;
-    int busy = 0;
+    int busy = 0, yielding = 0;
 
     /* bounded: every request either completes, or fails and is retried at most --retries times
-     * per piece, and a piece's budget is only renewed when the file made progress */
+     * per piece, and a piece's budget is only renewed when the file made progress; a yield
+     * starts nothing new */
     for (;;) {
         uint64_t now = fb_time_mono_ns();
         uint64_t next_ready = UINT64_MAX;
@@ -1022,8 +1025,20 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
             fbcp_engine_fail(g, FB_ERR_CONNECTION_LOST, "interrupted");
         if (g->err != FB_OK)
             break;
+        /* another transport wants the data back (UDP answers again): finish what runs */
+        if (x->yield_check != NULL && (g->udp_readable || now - g->last_yield_check_ns >= 20000000ull)) {
+            g->last_yield_check_ns = now;
+            g->udp_readable = 0;
+            if (x->yield_check(x) && !yielding)
+                yielding = 1;
+        }
+        if (yielding == 1) {
+            yielding = 2;
+            yielding = 1;
+            fbcp_trace(x->opts, "HTTP(S): starting no new request, letting the running ones finish");
+        }
         /* fill idle connections with ready requests, in file order */
-        for (int si = 0; si < g->nslots && g->err == FB_OK; si++) {
+        for (int si = 0; si < g->nslots && g->err == FB_OK && !yielding; si++) {
             size_t i;
             if (g->slots[si].busy)
                 continue;
@@ -1053,8 +1068,10 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
         busy = 0;
         for (int si = 0; si < g->nslots; si++)
             busy += g->slots[si].busy;
-        if (busy == 0 && g->qn == 0)
+        if (busy == 0 && (g->qn == 0 || yielding)) {
+            x->yielded = yielding && g->qn > 0;
             break;
+        }
         if (busy > 0) {
             if (curl_multi_perform(g->multi, &running) != CURLM_OK) {
                 fbcp_engine_fail(g, FB_ERR_INTERNAL, "curl_multi_perform failed");
@@ -1083,13 +1100,20 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
                 if (until < wait_ms)
                     wait_ms = until;
             }
+            struct curl_waitfd extra = {.fd = x->poll_fd, .events = CURL_WAIT_POLLIN, .revents = 0};
+            unsigned nextra = x->yield_check != NULL && x->poll_fd >= 0 ? 1 : 0;
+
             busy = 0;
             for (int si = 0; si < g->nslots; si++)
                 busy += g->slots[si].busy;
             if (busy > 0 && running > 0)
-                curl_multi_poll(g->multi, NULL, 0, (int)wait_ms, NULL);
+                curl_multi_poll(g->multi, nextra ? &extra : NULL, nextra, (int)wait_ms, NULL);
+            else if (busy == 0 && g->qn > 0 && wait_ms > 0 && nextra)
+                curl_multi_poll(g->multi, &extra, 1, (int)wait_ms, NULL); /* backing off, probing */
             else if (busy == 0 && g->qn > 0 && wait_ms > 0)
                 fbcp_sleep_ms(wait_ms); /* only backing-off requests are left */
+            if (nextra && extra.revents != 0)
+                g->udp_readable = 1;
         }
     }
     /* stop whatever is still running (on error or interrupt) */

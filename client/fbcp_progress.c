@@ -17,7 +17,7 @@ static int g_bar_active; /* a progress line without newline is on stderr */
 static uint64_t g_start_ns;
 static struct {
     unsigned files, done, skipped, failed;
-    uint64_t bytes, total, bytes_http;
+    uint64_t bytes, total, bytes_http, bytes_udp, bytes_retx;
 } g_sum;
 
 void fbcp_progress_init(const fbcp_opts *o)
@@ -39,10 +39,17 @@ static void fbcp_bar_clear(void)
     }
 }
 
+/* Seconds since the run started (every event's "t"). */
+static double fbcp_elapsed(void)
+{
+    return (double)(fb_time_mono_ns() - g_start_ns) / 1e9;
+}
+
 static void fbcp_emit(json_t *ev)
 {
     if (ev == NULL)
         return;
+    json_object_set_new(ev, "t", json_real((double)(int64_t)(fbcp_elapsed() * 1000) / 1000));
     if (json_dumpf(ev, stdout, JSON_COMPACT | JSON_REAL_PRECISION(6)) == 0)
         fputc('\n', stdout);
     fflush(stdout);
@@ -68,6 +75,8 @@ static json_t *fbcp_event_new(const char *event, const fbcp_xfer *x)
         json_object_set_new(ev, "bytes", json_integer((json_int_t)x->bytes));
         json_object_set_new(ev, "total", json_integer((json_int_t)x->size));
         json_object_set_new(ev, "transport", json_string(x->transport_name ? x->transport_name : "http"));
+        json_object_set_new(ev, "bytes_udp", json_integer((json_int_t)x->bytes_udp));
+        json_object_set_new(ev, "bytes_http", json_integer((json_int_t)x->bytes_http));
     }
     return ev;
 }
@@ -101,7 +110,10 @@ void fbcp_report_error(const fbcp_xfer *x, const char *file, fb_err e, const cha
             }
             json_object_set_new(ev, "bytes", json_integer(x != NULL ? (json_int_t)x->bytes : 0));
             json_object_set_new(ev, "total", json_integer(x != NULL ? (json_int_t)x->size : 0));
-            json_object_set_new(ev, "transport", json_string("http"));
+            json_object_set_new(ev, "transport",
+                                json_string(x != NULL && x->transport_name != NULL ? x->transport_name : "http"));
+            json_object_set_new(ev, "bytes_udp", json_integer(x != NULL ? (json_int_t)x->bytes_udp : 0));
+            json_object_set_new(ev, "bytes_http", json_integer(x != NULL ? (json_int_t)x->bytes_http : 0));
             json_object_set_new(ev, "code", json_string(fb_err_name(e)));
             json_object_set_new(ev, "message", json_string(msg));
             json_object_set_new(ev, "exit_code", json_integer(fb_err_exit_code(e)));
@@ -179,7 +191,8 @@ static void fbcp_bar_draw(const fbcp_xfer *x, int final)
         unsigned long s = (unsigned long)((double)(x->size - pos) / bytes_per_s);
         snprintf(eta, sizeof(eta), "ETA %lu:%02lu", s / 60, s % 60);
     }
-    fprintf(stderr, "\r\033[K%-28.28s %3u%% %10s / %-10s %10s/s %s", name, pct, have, total, rate, eta);
+    fprintf(stderr, "\r\033[K%-24.24s %3u%% %10s / %-10s %10s/s %-4s %s", name, pct, have, total, rate,
+            x->transport_name != NULL ? x->transport_name : "http", eta);
     if (final) {
         fputc('\n', stderr);
         g_bar_active = 0;
@@ -262,10 +275,11 @@ void fbcp_event_done(fbcp_xfer *x, const char *sha256_hex)
     g_sum.done++;
     g_sum.bytes += x->bytes;
     g_sum.bytes_http += x->bytes_http;
+    g_sum.bytes_udp += x->bytes_udp;
+    g_sum.bytes_retx += x->bytes_udp_retx;
     if (g_opts->json) {
         json_t *ev = fbcp_event_new("done", x);
-        json_object_set_new(ev, "bytes_http", json_integer((json_int_t)x->bytes_http));
-        json_object_set_new(ev, "bytes_udp", json_integer(0));
+        json_object_set_new(ev, "bytes_retransmitted", json_integer((json_int_t)x->bytes_udp_retx));
         json_object_set_new(ev, "bytes_skipped", json_integer((json_int_t)x->bytes_skipped));
         json_object_set_new(ev, "seconds", json_real(secs));
         json_object_set_new(ev, "sha256", sha256_hex != NULL ? json_string(sha256_hex) : json_null());
@@ -274,14 +288,32 @@ void fbcp_event_done(fbcp_xfer *x, const char *sha256_hex)
         x->rate_bps = secs > 0 ? (double)x->bytes * 8 / secs : 0;
         fbcp_bar_draw(x, 1);
     } else if (g_opts->verbose) {
-        fprintf(stderr, "fbcp: %s: done, %llu bytes in %.2f s\n", x->local, (unsigned long long)x->bytes,
-                secs);
+        fprintf(stderr, "fbcp: %s: done, %llu bytes in %.2f s (%llu over UDP, %llu over HTTP(S))\n", x->local,
+                (unsigned long long)x->bytes, secs, (unsigned long long)x->bytes_udp,
+                (unsigned long long)x->bytes_http);
+    }
+}
+
+void fbcp_event_transport(fbcp_xfer *x, const char *from, const char *to, const char *reason)
+{
+    x->transport_name = to;
+    if (g_opts->json) {
+        json_t *ev = fbcp_event_new("transport", x);
+        json_object_set_new(ev, "from", json_string(from));
+        json_object_set_new(ev, "to", json_string(to));
+        json_object_set_new(ev, "reason", json_string(reason));
+        fbcp_emit(ev);
+    } else if (g_opts->progress_bar) {
+        fbcp_bar_draw(x, 0); /* the bar names the transport */
+    } else if (g_opts->verbose) {
+        fprintf(stderr, "fbcp: %s: now over %s (%s)\n", x->local, strcmp(to, "udp") == 0 ? "UDP" : "HTTP(S)",
+                reason);
     }
 }
 
 void fbcp_event_summary(void)
 {
-    double secs = (double)(fb_time_mono_ns() - g_start_ns) / 1e9;
+    double secs = fbcp_elapsed();
 
     fbcp_bar_clear();
     if (g_opts == NULL || !g_opts->json)
@@ -293,8 +325,10 @@ void fbcp_event_summary(void)
     json_object_set_new(ev, "file", json_null());
     json_object_set_new(ev, "bytes", json_integer((json_int_t)g_sum.bytes));
     json_object_set_new(ev, "total", json_integer((json_int_t)g_sum.total));
-    json_object_set_new(ev, "transport", json_string("http"));
+    json_object_set_new(ev, "transport", json_null());
     json_object_set_new(ev, "bytes_http", json_integer((json_int_t)g_sum.bytes_http));
+    json_object_set_new(ev, "bytes_udp", json_integer((json_int_t)g_sum.bytes_udp));
+    json_object_set_new(ev, "bytes_retransmitted", json_integer((json_int_t)g_sum.bytes_retx));
     json_object_set_new(ev, "files", json_integer(g_sum.files));
     json_object_set_new(ev, "done", json_integer(g_sum.done));
     json_object_set_new(ev, "skipped", json_integer(g_sum.skipped));

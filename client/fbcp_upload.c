@@ -4,6 +4,9 @@
  *   the transport sends the missing ranges (HTTP: PUT sessions/{id}/data with Content-Range)
  *   POST sessions/{id}/commit {sha256}
  *
+ * The missing ranges go over UDP first (fbcp_move: the session's key and UDP port come with the
+ * POST answer) and over HTTP(S) when UDP is blocked or lost; the commit is always HTTPS.
+ *
  * The SHA-256 of the file is computed in a thread while the data goes out, except with
  * --overwrite if_different, where the server needs it in the POST to decide whether the target
  * is already identical: then the file is read twice (hash first, then send). A session the
@@ -40,6 +43,7 @@ typedef struct fbcp_upload {
     int skipped;                         /* ... because the target is identical */
     int resumed;
     char *state;
+    fbcp_switch sw; /* the transport choice for this file */
 } fbcp_upload;
 
 static void *fbcp_hash_main(void *p)
@@ -49,8 +53,8 @@ static void *fbcp_hash_main(void *p)
     return NULL;
 }
 
-/* The session key is not needed over HTTP(S): wipe it from the parsed answer before it is freed
- * so it does not linger in freed memory. */
+/* The session key is only needed by the UDP transport, which keeps its own copy: wipe it from the
+ * parsed answer before it is freed so it does not linger in freed memory. */
 static void fbcp_wipe_key(json_t *doc)
 {
     json_t *k = json_object_get(doc, "key");
@@ -107,6 +111,21 @@ static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id
             snprintf(detail, detlen, "session document without a valid id");
             return FB_ERR_PROTOCOL;
         }
+        const char *key = json_string_value(json_object_get(doc, "key"));
+        json_t *port = json_object_get(json_object_get(doc, "udp"), "port");
+
+        /* a new session (or the same one again): the UDP side re-keys when the gen changes */
+        if (key != NULL && strlen(key) == 2 * sizeof(u->x.key) &&
+            fb_hex_decode(u->x.key, sizeof(u->x.key), key) == FB_OK) {
+            u->x.have_key = 1;
+        } else {
+            OPENSSL_cleanse(u->x.key, sizeof(u->x.key));
+            u->x.have_key = 0;
+        }
+        u->x.session_gen++;
+        u->x.udp_port = json_is_integer(port) && json_integer_value(port) > 0 && json_integer_value(port) <= 65535
+                            ? (long)json_integer_value(port)
+                            : 0;
         free(u->x.session_id);
         free(u->x.data_url);
         u->x.session_id = strdup(id);
@@ -169,11 +188,11 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
     free(url);
     if (rv != FB_OK)
         return rv;
-    fbcp_wipe_key(a.json);
     if (a.status == 200 || a.status == 201)
         rv = fbcp_upload_parse_session(u, a.json, 1, detail, detlen);
     else
         rv = fbcp_http_problem(&a, detail, detlen);
+    fbcp_wipe_key(a.json);
     fbcp_http_answer_free(&a);
     return rv;
 }
@@ -220,12 +239,31 @@ static fb_err fbcp_upload_refresh(fbcp_xfer *x, fbcp_ranges *out, uint64_t off, 
     return fbcp_ranges_intersect(out, &u->missing, off, len);
 }
 
+/* fbcp_move's hook after a change of transport: everything the server still misses. */
+static fb_err fbcp_upload_missing(fbcp_xfer *x, fbcp_ranges *out, char *detail, size_t detlen)
+{
+    fbcp_upload *u = x->ctx;
+    fb_err rv = fbcp_upload_status(u, FBCP_RETRIES_DEFAULT, detail, detlen);
+
+    if (rv != FB_OK)
+        return rv;
+    if (u->done) {
+        fbcp_ranges_clear(out);
+        return FB_OK;
+    }
+    return fbcp_ranges_copy(out, &u->missing);
+}
+
 static fb_err fbcp_upload_send_missing(fbcp_upload *u, char *detail, size_t detlen)
 {
-    fbcp_transport *t = u->c->transport;
     if (u->missing.n == 0)
         return FB_OK;
-    return t->ops->upload(t, &u->x, &u->missing, detail, detlen);
+    if (u->x.sw == NULL) {
+        fb_err rv = fbcp_move_setup(u->c, &u->x, &u->sw, detail, detlen);
+        if (rv != FB_OK)
+            return rv;
+    }
+    return fbcp_move(u->c, &u->x, &u->missing, detail, detlen);
 }
 
 static fb_err fbcp_upload_commit(fbcp_upload *u, char *detail, size_t detlen)
@@ -340,7 +378,9 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     u.x.url = url;
     u.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
     u.x.transport_name = c->transport->ops->name;
+    u.x.poll_fd = -1;
     u.x.refresh = fbcp_upload_refresh;
+    u.x.missing = fbcp_upload_missing;
     u.x.ctx = &u;
     u.x.fd = open(local, O_RDONLY | O_CLOEXEC);
     if (u.x.fd < 0) {
@@ -390,6 +430,11 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     }
     u.x.bytes_skipped = u.x.size - fbcp_ranges_total(&u.missing);
     u.x.resumed = u.x.bytes_skipped > 0 || u.resumed;
+    if (u.missing.n > 0) {
+        rv = fbcp_move_setup(c, &u.x, &u.sw, detail, sizeof(detail));
+        if (rv != FB_OK)
+            goto out;
+    }
     fbcp_event_start(&u.x);
 
     rv = fbcp_upload_send_missing(&u, detail, sizeof(detail));
@@ -420,6 +465,7 @@ out:
         fbcp_report_error(&u.x, local, rv, detail);
     if (u.x.fd >= 0 && !(hash.started && fbcp_interrupted))
         close(u.x.fd);
+    fbcp_move_cleanup(&u.x);
     free(u.x.session_id);
     free(u.x.data_url);
     free(u.state);

@@ -590,6 +590,39 @@ fb_err fbcp_parse_long(long *out, const char *text, long min, long max)
     return FB_OK;
 }
 
+fb_err fbcp_parse_seconds_ms(uint32_t *out, const char *text, uint32_t min_ms, uint32_t max_ms)
+{
+    uint64_t ms = 0;
+    const char *p = text;
+    int decimals = 0;
+
+    /* digits only, no strtod: no locale, no exponents, no rounding surprises */
+    if (!isdigit((unsigned char)*p))
+        return FB_ERR_USAGE;
+    for (; isdigit((unsigned char)*p); p++) {
+        ms = ms * 10 + (uint64_t)(*p - '0');
+        if (ms > UINT32_MAX)
+            return FB_ERR_USAGE;
+    }
+    ms *= 1000;
+    if (*p == '.') {
+        uint64_t scale = 100;
+        p++;
+        if (!isdigit((unsigned char)*p))
+            return FB_ERR_USAGE;
+        for (; isdigit((unsigned char)*p); p++, decimals++) {
+            if (decimals >= 3)
+                return FB_ERR_USAGE;
+            ms += (uint64_t)(*p - '0') * scale;
+            scale /= 10;
+        }
+    }
+    if (*p != '\0' || ms < min_ms || ms > max_ms)
+        return FB_ERR_USAGE;
+    *out = (uint32_t)ms;
+    return FB_OK;
+}
+
 static int fbcp_parse_u64_digits(uint64_t *out, const char **pp)
 {
     const char *p = *pp;

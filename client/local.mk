@@ -6,15 +6,19 @@ client_fbcp_SOURCES = \
 	client/fbcp_http.c \
 	client/fbcp_upload.c \
 	client/fbcp_download.c \
-	client/fbcp_progress.c
+	client/fbcp_progress.c \
+	client/fbcp_udp.c \
+	client/fbcp_switch.c \
+	client/fbcp_move.c
 client_fbcp_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS) $(JANSSON_CFLAGS) $(OPENSSL_CFLAGS)
 client_fbcp_LDADD = lib/libfb.la $(CURL_LIBS) $(JANSSON_LIBS) $(OPENSSL_LIBS) -lpthread
 
-# Unit test of fbcp's pure parts (URLs, range lists, number parsing, the download sidecar).
+# Unit test of fbcp's pure parts (URLs, range lists, number parsing, the download sidecar, the
+# transport choice in virtual time).
 if HAVE_CHECK
 check_PROGRAMS += client/check_fbcp
 TESTS += client/check_fbcp
-client_check_fbcp_SOURCES = client/check_fbcp.c client/fbcp_util.c client/fbcp.h
+client_check_fbcp_SOURCES = client/check_fbcp.c client/fbcp_util.c client/fbcp_switch.c client/fbcp.h
 client_check_fbcp_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS) $(CURL_CFLAGS) $(JANSSON_CFLAGS)
 client_check_fbcp_LDADD = lib/libfb.la $(CHECK_LIBS) $(CURL_LIBS) $(JANSSON_LIBS) $(OPENSSL_LIBS)
 endif

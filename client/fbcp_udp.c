@@ -1,0 +1,1172 @@
+/* fbcp_udp: the UDP transport of fbcp (docs/PROTOCOL.md), one association at a time per file.
+ *
+ * - Socket: connected to the URL's host and the session's UDP port, non-blocking, large buffers
+ *   (SO_*BUFFORCE as root, else capped by net.core.[rw]mem_max). Sends go out in sendmmsg
+ *   batches, runs of full-size datagrams as one UDP_SEGMENT (GSO) message where the kernel can;
+ *   a kernel or device that refuses GSO (EIO, EINVAL, EOPNOTSUPP) turns it off for good and the
+ *   batch is sent again as plain datagrams. Receives use recvmmsg, with UDP_GRO where offered
+ *   (a coalesced buffer is split at its segment size again).
+ * - Handshake: HELLO (handshake keys, fresh client nonce, padded to the datagram size asked for)
+ *   retransmitted after 250 ms, doubling; an authenticated HELLO_ACK echoing the nonce either
+ *   refuses (its status) or gives the data keys, cipher, rates and datagram size.
+ * - Upload leg: the fb_xfer sender reads the missing ranges (read-ahead buffer, pread) and
+ *   seals DATA straight into the send batch, paced by the rate controller: the loop sleeps in
+ *   ppoll until the next send time (timer slack 1 us), so sub-millisecond gaps are kept without
+ *   spinning; FEEDBACK drives it. Done when every byte is acknowledged: then CLOSE, and the
+ *   caller commits over HTTPS.
+ * - Download leg: the fb_xfer receiver, told which ranges the file already holds, writes DATA
+ *   through a write-behind buffer (pwrite after each receive batch) and reports each chunk
+ *   (x->range_done, the sidecar) only after its bytes were written; FEEDBACK when due.
+ * - Whether the leg goes on is fbcp_switch's decision (no answer, silence); the probe used while
+ *   HTTP(S) carries the data lives here too (fbcp_udp_probe). */
+#include "config.h"
+
+#include "fbcp.h"
+
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+
+#include "fb_aead.h"
+#include "fb_config.h"
+#include "fb_replay.h"
+#include "fb_wire.h"
+#include "fb_xfer.h"
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+#define FBCP_UDP_SOCKBUF (16u << 20)
+#define FBCP_UDP_RX_BATCH 32
+#define FBCP_UDP_RX_BUF 65536 /* one GRO super-datagram */
+#define FBCP_UDP_TX_SLOTS 128
+#define FBCP_UDP_GSO_MAX_SEGS 64
+#define FBCP_UDP_GSO_MAX_BYTES 65000
+#define FBCP_UDP_READ_AHEAD (1u << 20)
+#define FBCP_UDP_WRITE_BEHIND (1u << 20)
+#define FBCP_UDP_HELLO_RTO_US 250000ull
+#define FBCP_UDP_KEEPALIVE_US 1000000ull
+#define FBCP_UDP_TICK_US 100000ull /* the loop wakes at least this often (progress, timers) */
+#define FBCP_UDP_SPIN_US 30        /* a shorter wait is spun, not slept */
+
+typedef union fbcp_cmsg_u16 {
+    char buf[CMSG_SPACE(sizeof(uint16_t))];
+    struct cmsghdr align;
+} fbcp_cmsg_u16;
+
+typedef union fbcp_cmsg_gro {
+    char buf[CMSG_SPACE(sizeof(int))];
+    struct cmsghdr align;
+} fbcp_cmsg_gro;
+
+struct fbcp_udp {
+    const fbcp_opts *o;
+    int fd;
+    int gso, gro;
+    char peer[128]; /* "host:port" for messages */
+    size_t dgram;   /* the datagram size asked for (HELLO max_datagram and padding) */
+
+    /* session */
+    int have_session;
+    unsigned gen;
+    uint8_t sid[FB_WIRE_SID_LEN];
+    fb_aead_ctx *aead;
+
+    /* association */
+    int hello_pending; /* a HELLO with CNONCE is out, unanswered */
+    uint8_t cnonce[FB_AEAD_HELLO_NONCE_LEN];
+    uint64_t hello_pn;
+    uint64_t hello_sent_us, hello_rto_us;
+    int associated;
+    fb_wire_hello_ack ack;
+    size_t max_dgram; /* negotiated */
+    fb_replay replay;
+    uint64_t pn;
+    uint64_t last_keepalive_us;
+    fb_err refused; /* status of a refusing HELLO_ACK (FB_OK: none) */
+    int peer_closed;
+    fb_err close_reason;
+
+    /* the leg's engine (one of the two) and its file */
+    fbcp_xfer *x;
+    fb_xfer_sender *snd;
+    fb_xfer_receiver *rcv;
+    uint8_t *ra; /* upload read-ahead */
+    uint64_t ra_off;
+    size_t ra_len;
+    uint8_t *wb; /* download write-behind */
+    uint64_t wb_off;
+    size_t wb_len;
+    uint64_t *pend; /* download: chunks complete in the write-behind buffer */
+    size_t npend, pend_cap;
+    int io_errno;
+    const char *io_what;
+
+    /* receive batch */
+    uint8_t *rxbuf;
+    struct mmsghdr rmsg[FBCP_UDP_RX_BATCH];
+    struct iovec riov[FBCP_UDP_RX_BATCH];
+    fbcp_cmsg_gro rctl[FBCP_UDP_RX_BATCH];
+
+    /* send batch: slots of STRIDE bytes, so runs of full-size datagrams are contiguous (GSO) */
+    uint8_t *txbuf;
+    size_t stride;
+    size_t tlen[FBCP_UDP_TX_SLOTS];
+    unsigned tn;
+
+    uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
+};
+
+static uint64_t fbcp_now_us(void)
+{
+    return fb_time_mono_ns() / 1000;
+}
+
+int fbcp_udp_fd(const fbcp_udp *u)
+{
+    return u != NULL ? u->fd : -1;
+}
+
+/* ---------------------------------------------------------------- socket */
+
+static void fbcp_udp_bufsize(int fd, int force_opt, int opt)
+{
+    int size = (int)FBCP_UDP_SOCKBUF;
+
+    /* the FORCE variants ignore rmem_max/wmem_max but need CAP_NET_ADMIN */
+    if (setsockopt(fd, SOL_SOCKET, force_opt, &size, sizeof(size)) != 0)
+        (void)setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size));
+}
+
+fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long port, char *detail, size_t detlen)
+{
+    struct addrinfo hints, *res = NULL, *ai;
+    char service[16];
+    fbcp_udp *u;
+    int rc, one = 1;
+
+    *pu = NULL;
+    if (port <= 0 || port > 65535) {
+        snprintf(detail, detlen, "no UDP port for %s", host);
+        return FB_ERR_CONNECTION_LOST;
+    }
+    u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        return FB_ERR_NOMEM;
+    u->o = o;
+    u->fd = -1;
+    u->dgram = o->udp_datagram;
+    if (u->dgram < FB_WIRE_MIN_DATAGRAM)
+        u->dgram = FB_WIRE_MIN_DATAGRAM;
+    if (u->dgram > FB_WIRE_MAX_DATAGRAM)
+        u->dgram = FB_WIRE_MAX_DATAGRAM;
+    u->stride = u->dgram;
+    if (strchr(host, ':') != NULL && host[0] != '[')
+        snprintf(u->peer, sizeof(u->peer), "[%s]:%ld", host, port);
+    else
+        snprintf(u->peer, sizeof(u->peer), "%s:%ld", host, port);
+    u->rxbuf = malloc((size_t)FBCP_UDP_RX_BATCH * FBCP_UDP_RX_BUF);
+    u->txbuf = malloc((size_t)FBCP_UDP_TX_SLOTS * u->dgram);
+    if (u->rxbuf == NULL || u->txbuf == NULL) {
+        fbcp_udp_free(u);
+        return FB_ERR_NOMEM;
+    }
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_DGRAM;
+    hints.ai_protocol = IPPROTO_UDP;
+    snprintf(service, sizeof(service), "%ld", port);
+    {
+        /* the URL's host keeps IPv6 literals in brackets; getaddrinfo wants them bare */
+        char bare[256];
+        size_t hl = strlen(host);
+
+        if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']' && hl - 2 < sizeof(bare)) {
+            memcpy(bare, host + 1, hl - 2);
+            bare[hl - 2] = '\0';
+        } else {
+            snprintf(bare, sizeof(bare), "%s", host);
+        }
+        rc = getaddrinfo(bare, service, &hints, &res);
+    }
+    if (rc != 0) {
+        snprintf(detail, detlen, "cannot resolve %s for UDP: %s", host, gai_strerror(rc));
+        fbcp_udp_free(u);
+        return FB_ERR_CONNECTION_LOST;
+    }
+    for (ai = res; ai != NULL; ai = ai->ai_next) {
+        u->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
+        if (u->fd < 0)
+            continue;
+        if (connect(u->fd, ai->ai_addr, ai->ai_addrlen) == 0)
+            break;
+        close(u->fd);
+        u->fd = -1;
+    }
+    freeaddrinfo(res);
+    if (u->fd < 0) {
+        snprintf(detail, detlen, "no UDP socket to %s: %s", u->peer, strerror(errno));
+        fbcp_udp_free(u);
+        return FB_ERR_CONNECTION_LOST;
+    }
+    fbcp_udp_bufsize(u->fd, SO_RCVBUFFORCE, SO_RCVBUF);
+    fbcp_udp_bufsize(u->fd, SO_SNDBUFFORCE, SO_SNDBUF);
+    /* GRO: the kernel may hand several datagrams of this flow as one buffer (Linux 5.0+) */
+    u->gro = setsockopt(u->fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
+    /* GSO (Linux 4.18+): probe with the socket option; a send that fails still turns it off */
+    {
+        int seg = (int)u->dgram;
+        u->gso = setsockopt(u->fd, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg)) == 0;
+        seg = 0;
+        if (u->gso)
+            (void)setsockopt(u->fd, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg));
+    }
+    for (int i = 0; i < FBCP_UDP_RX_BATCH; i++) {
+        u->riov[i].iov_base = u->rxbuf + (size_t)i * FBCP_UDP_RX_BUF;
+        u->riov[i].iov_len = FBCP_UDP_RX_BUF;
+    }
+    fbcp_trace(o, "UDP socket to %s (GSO %s, GRO %s)", u->peer, u->gso ? "on" : "off", u->gro ? "on" : "off");
+    *pu = u;
+    return FB_OK;
+}
+
+/* ---------------------------------------------------------------- sending */
+
+/* Room for one datagram of at most STRIDE bytes, NULL when the batch is full. */
+static uint8_t *fbcp_udp_reserve(fbcp_udp *u)
+{
+    return u->tn < FBCP_UDP_TX_SLOTS ? u->txbuf + (size_t)u->tn * u->stride : NULL;
+}
+
+static void fbcp_udp_commit(fbcp_udp *u, size_t len)
+{
+    u->tlen[u->tn++] = len;
+}
+
+/* Drops the first N queued datagrams (sent or given up), keeping the rest in order. */
+static void fbcp_udp_consume(fbcp_udp *u, unsigned n)
+{
+    if (n >= u->tn) {
+        u->tn = 0;
+        return;
+    }
+    memmove(u->txbuf, u->txbuf + (size_t)n * u->stride, (size_t)(u->tn - n) * u->stride);
+    memmove(u->tlen, u->tlen + n, (u->tn - n) * sizeof(u->tlen[0]));
+    u->tn -= n;
+}
+
+/* Sends the batch. 0: all went (datagrams refused for good are dropped: the engines repair
+ * them); 1: the socket buffer is full (EAGAIN), the rest stays queued. */
+static int fbcp_udp_flush(fbcp_udp *u)
+{
+    struct mmsghdr msgs[FBCP_UDP_TX_SLOTS];
+    struct iovec iov[FBCP_UDP_TX_SLOTS];
+    fbcp_cmsg_u16 ctl[FBCP_UDP_TX_SLOTS];
+    unsigned count[FBCP_UDP_TX_SLOTS];
+    unsigned i = 0, nm = 0, done = 0;
+
+    if (u->tn == 0)
+        return 0;
+    memset(msgs, 0, sizeof(struct mmsghdr) * u->tn);
+    while (i < u->tn) {
+        size_t seg = u->tlen[i], bytes = seg;
+        unsigned n = 1;
+
+        /* a run of full slots is contiguous; it may end with one shorter datagram */
+        if (u->gso && seg == u->stride) {
+            while (i + n < u->tn && n < FBCP_UDP_GSO_MAX_SEGS && u->tlen[i + n - 1] == u->stride &&
+                   bytes + u->tlen[i + n] <= FBCP_UDP_GSO_MAX_BYTES)
+                bytes += u->tlen[i + n++];
+        }
+        iov[nm].iov_base = u->txbuf + (size_t)i * u->stride;
+        iov[nm].iov_len = bytes;
+        msgs[nm].msg_hdr.msg_iov = &iov[nm];
+        msgs[nm].msg_hdr.msg_iovlen = 1;
+        if (n > 1) {
+            struct cmsghdr *cm;
+
+            memset(&ctl[nm], 0, sizeof(ctl[nm]));
+            msgs[nm].msg_hdr.msg_control = ctl[nm].buf;
+            msgs[nm].msg_hdr.msg_controllen = sizeof(ctl[nm].buf);
+            cm = CMSG_FIRSTHDR(&msgs[nm].msg_hdr);
+            cm->cmsg_level = SOL_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            {
+                uint16_t s16 = (uint16_t)seg;
+                memcpy(CMSG_DATA(cm), &s16, sizeof(s16));
+            }
+        }
+        count[nm] = n;
+        nm++;
+        i += n;
+    }
+    /* bounded: every pass sends or gives up at least one message, or returns */
+    for (unsigned m = 0; m < nm;) {
+        int r = sendmmsg(u->fd, msgs + m, nm - m, 0);
+
+        if (r > 0) {
+            for (int k = 0; k < r; k++) {
+                done += count[m + (unsigned)k];
+                u->tx_dgrams += count[m + (unsigned)k];
+                if (count[m + (unsigned)k] > 1)
+                    u->tx_gso_msgs++;
+            }
+            m += (unsigned)r;
+            continue;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            fbcp_udp_consume(u, done);
+            return 1;
+        }
+        if (u->gso && count[m] > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP)) {
+            /* the device or kernel cannot segment: plain datagrams from now on */
+            fbcp_trace(u->o, "UDP GSO refused (%s): sending plain datagrams", strerror(errno));
+            u->gso = 0;
+            fbcp_udp_consume(u, done);
+            return fbcp_udp_flush(u);
+        }
+        /* ECONNREFUSED (an ICMP error from an earlier datagram), EMSGSIZE, ENETUNREACH: this
+         * message is lost; the engines resend what matters */
+        u->tx_dropped += count[m];
+        done += count[m];
+        m++;
+    }
+    u->tn = 0;
+    return 0;
+}
+
+/* Queues one datagram built in BUF (at most STRIDE bytes) and sends the batch at once. */
+static void fbcp_udp_send_now(fbcp_udp *u, const uint8_t *buf, size_t len)
+{
+    uint8_t *p = fbcp_udp_reserve(u);
+
+    if (p == NULL) {
+        fbcp_udp_flush(u);
+        p = fbcp_udp_reserve(u);
+    }
+    if (p == NULL || len > u->stride)
+        return;
+    memcpy(p, buf, len);
+    fbcp_udp_commit(u, len);
+    fbcp_udp_flush(u);
+}
+
+/* ---------------------------------------------------------------- session and handshake */
+
+/* Takes X's session id and key (again when the session was created anew). */
+static fb_err fbcp_udp_sync_session(fbcp_udp *u, const fbcp_xfer *x)
+{
+    if (u->have_session && u->gen == x->session_gen)
+        return FB_OK;
+    if (!x->have_key || x->session_id == NULL || fb_wire_sid_from_string(u->sid, x->session_id) != FB_OK)
+        return FB_ERR_PROTOCOL;
+    fb_aead_free(u->aead);
+    u->aead = NULL;
+    if (fb_aead_new(&u->aead, x->key, FB_AEAD_CLIENT) != FB_OK)
+        return FB_ERR_NOMEM;
+    u->have_session = 1;
+    u->gen = x->session_gen;
+    u->associated = 0;
+    u->hello_pending = 0;
+    u->refused = FB_OK;
+    u->peer_closed = 0;
+    return FB_OK;
+}
+
+static unsigned fbcp_policy_bit(fbcp_policy p)
+{
+    switch (p) {
+    case FBCP_POLICY_FIXED:
+        return FB_POLICY_FIXED;
+    case FBCP_POLICY_HIGH:
+        return FB_POLICY_HIGH;
+    case FBCP_POLICY_LOW:
+        return FB_POLICY_LOW;
+    case FBCP_POLICY_FAIR:
+        break;
+    }
+    return FB_POLICY_FAIR;
+}
+
+/* HELLO with the current nonce (a fresh attempt when FRESH). */
+static void fbcp_udp_hello(fbcp_udp *u, uint64_t now, int fresh)
+{
+    const fbcp_opts *o = u->o;
+    uint8_t buf[FB_WIRE_MAX_DATAGRAM];
+    fb_wire_hdr hdr;
+    fb_wire_hello h;
+    size_t len = 0;
+    uint64_t target = o->target_rate / 8, min = o->min_rate / 8;
+
+    if (fresh) {
+        if (fb_random_bytes(u->cnonce, sizeof(u->cnonce)) != FB_OK ||
+            fb_random_bytes((unsigned char *)&u->hello_pn, sizeof(u->hello_pn)) != FB_OK)
+            return;
+        u->hello_pending = 1;
+        u->hello_rto_us = FBCP_UDP_HELLO_RTO_US;
+        u->refused = FB_OK;
+        u->peer_closed = 0;
+    } else {
+        u->hello_rto_us *= 2;
+        u->hello_pn++; /* another random-looking number: a retransmission is a new packet */
+    }
+    if (o->limit_rate > 0 && (target == 0 || target > o->limit_rate))
+        target = o->limit_rate; /* --limit-rate bounds UDP too */
+    if (target != 0 && min > target)
+        min = target;
+    memset(&hdr, 0, sizeof(hdr));
+    memset(&h, 0, sizeof(h));
+    memcpy(hdr.sid, u->sid, sizeof(hdr.sid));
+    hdr.pn = u->hello_pn;
+    memcpy(h.client_nonce, u->cnonce, sizeof(h.client_nonce));
+    h.cipher = o->cipher;
+    h.policy = fbcp_policy_bit(o->policy);
+    h.target_rate = target;
+    h.min_rate = min;
+    h.client_ts_us = now;
+    h.max_datagram = (uint16_t)u->dgram;
+    h.pad_to = u->dgram; /* the path is checked at the size we want to use */
+    u->hello_sent_us = now;
+    if (fb_wire_encode_hello(buf, sizeof(buf), &len, &hdr, &h, u->aead) == FB_OK)
+        fbcp_udp_send_now(u, buf, len);
+}
+
+static void fbcp_udp_close(fbcp_udp *u, fb_err reason)
+{
+    uint8_t buf[FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED];
+    fb_wire_hdr hdr;
+    fb_wire_close c;
+    size_t len = 0;
+
+    if (!u->associated)
+        return;
+    memset(&hdr, 0, sizeof(hdr));
+    memcpy(hdr.sid, u->sid, sizeof(hdr.sid));
+    c.reason = (uint32_t)reason;
+    /* twice: a lost CLOSE only costs udpd its idle timeout, but costs it */
+    for (int i = 0; i < 2; i++) {
+        hdr.pn = u->pn;
+        if (fb_wire_encode_close(buf, sizeof(buf), &len, &hdr, &c, u->aead) == FB_OK) {
+            u->pn++;
+            fbcp_udp_send_now(u, buf, len);
+        }
+    }
+    u->associated = 0;
+}
+
+/* A PROBE on the association (keep-alive while HTTP(S) drains; validates our address). */
+static void fbcp_udp_keepalive(fbcp_udp *u, uint64_t now)
+{
+    uint8_t buf[FB_WIRE_OVERHEAD + FB_WIRE_PROBE_FIXED];
+    fb_wire_hdr hdr;
+    fb_wire_probe p;
+    size_t len = 0;
+
+    memset(&hdr, 0, sizeof(hdr));
+    memset(&p, 0, sizeof(p));
+    memcpy(hdr.sid, u->sid, sizeof(hdr.sid));
+    hdr.pn = u->pn;
+    p.probe_id = u->pn;
+    p.ts_us = now;
+    if (fb_wire_encode_probe(buf, sizeof(buf), &len, &hdr, &p, u->aead) == FB_OK) {
+        u->pn++;
+        fbcp_udp_send_now(u, buf, len);
+    }
+    u->last_keepalive_us = now;
+}
+
+/* ---------------------------------------------------------------- file callbacks */
+
+static fb_err fbcp_udp_read(void *ctx, uint64_t off, uint8_t *buf, size_t len)
+{
+    fbcp_udp *u = ctx;
+    fbcp_xfer *x = u->x;
+    uint8_t *dst;
+    size_t want, got = 0;
+
+    if (off >= u->ra_off && off + len <= u->ra_off + u->ra_len) {
+        memcpy(buf, u->ra + (off - u->ra_off), len);
+        return FB_OK;
+    }
+    if (off > x->size || len > x->size - off)
+        return FB_ERR_INTERNAL;
+    if (off < u->ra_off || len > FBCP_UDP_READ_AHEAD) {
+        /* a retransmission behind the read-ahead: read just it */
+        dst = buf;
+        want = len;
+    } else {
+        dst = u->ra;
+        want = x->size - off < FBCP_UDP_READ_AHEAD ? (size_t)(x->size - off) : FBCP_UDP_READ_AHEAD;
+        u->ra_len = 0;
+    }
+    while (got < want) {
+        ssize_t n = pread(x->fd, dst + got, want - got, (off_t)(off + got));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            /* unreadable, or the file shrank while being sent */
+            u->io_errno = n < 0 ? errno : 0;
+            u->io_what = "read";
+            return FB_ERR_LOCAL_IO;
+        }
+        got += (size_t)n;
+    }
+    if (dst == u->ra) {
+        u->ra_off = off;
+        u->ra_len = got;
+        memcpy(buf, u->ra, len);
+    }
+    return FB_OK;
+}
+
+/* Writes the write-behind buffer. */
+static fb_err fbcp_udp_wflush(fbcp_udp *u)
+{
+    size_t done = 0;
+
+    while (done < u->wb_len) {
+        ssize_t n = pwrite(u->x->fd, u->wb + done, u->wb_len - done, (off_t)(u->wb_off + done));
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            u->io_errno = n < 0 ? errno : EIO;
+            u->io_what = "write";
+            return FB_ERR_LOCAL_IO;
+        }
+        done += (size_t)n;
+    }
+    u->wb_len = 0;
+    return FB_OK;
+}
+
+static fb_err fbcp_udp_write(void *ctx, uint64_t off, const uint8_t *buf, size_t len)
+{
+    fbcp_udp *u = ctx;
+    fb_err e;
+
+    if (u->wb_len > 0 && (off != u->wb_off + u->wb_len || u->wb_len + len > FBCP_UDP_WRITE_BEHIND)) {
+        e = fbcp_udp_wflush(u);
+        if (e != FB_OK)
+            return e;
+    }
+    if (len > FBCP_UDP_WRITE_BEHIND)
+        return FB_ERR_INTERNAL; /* datagrams are far smaller */
+    if (u->wb_len == 0)
+        u->wb_off = off;
+    memcpy(u->wb + u->wb_len, buf, len);
+    u->wb_len += len;
+    return FB_OK;
+}
+
+static void fbcp_udp_chunk(void *ctx, uint64_t index)
+{
+    fbcp_udp *u = ctx;
+
+    if (u->npend == u->pend_cap) {
+        size_t ncap = u->pend_cap ? u->pend_cap * 2 : 64;
+        uint64_t *np = realloc(u->pend, ncap * sizeof(*np));
+
+        if (np == NULL)
+            return; /* the chunk stays unrecorded: fetched again if the transfer stops */
+        u->pend = np;
+        u->pend_cap = ncap;
+    }
+    u->pend[u->npend++] = index;
+}
+
+/* Download: writes what is buffered, then records the chunks it completed. */
+static fb_err fbcp_udp_publish(fbcp_udp *u)
+{
+    fbcp_xfer *x = u->x;
+    fb_err e = fbcp_udp_wflush(u);
+
+    if (e != FB_OK)
+        return e;
+    for (size_t i = 0; i < u->npend; i++) {
+        uint64_t off = u->pend[i] * FBCP_DOWNLOAD_CHUNK;
+        uint64_t len = x->size - off < FBCP_DOWNLOAD_CHUNK ? x->size - off : FBCP_DOWNLOAD_CHUNK;
+
+        x->bytes_done += len;
+        if (x->range_done != NULL && (e = x->range_done(x, off, len)) != FB_OK) {
+            u->io_errno = errno;
+            u->io_what = "record";
+            break;
+        }
+    }
+    u->npend = 0;
+    return e;
+}
+
+/* ---------------------------------------------------------------- receiving */
+
+enum { FBCP_IN_DROP = 0, FBCP_IN_DATA_PHASE = 1, FBCP_IN_ANSWERED = 2, FBCP_IN_REFUSED = 3 };
+
+/* One received datagram (decrypted in place). Returns what it was. */
+static int fbcp_udp_input(fbcp_udp *u, uint8_t *buf, size_t len, uint64_t now)
+{
+    fb_wire_hdr hdr;
+    fb_wire_pkt pkt;
+    fb_wire_reason why;
+
+    u->rx_dgrams++;
+    if (!u->have_session || fb_wire_peek_header(&hdr, &why, buf, len) != FB_OK ||
+        memcmp(hdr.sid, u->sid, sizeof(u->sid)) != 0)
+        goto drop;
+    if (hdr.type == FB_WIRE_HELLO_ACK) {
+        fb_wire_hello_ack *a = &pkt.u.hello_ack;
+
+        if (!u->hello_pending || fb_wire_open(&pkt, &why, buf, len, u->aead, NULL) != FB_OK ||
+            memcmp(a->client_nonce, u->cnonce, sizeof(u->cnonce)) != 0)
+            goto drop;
+        u->hello_pending = 0;
+        if (a->status == FB_OK && a->cipher == FB_CIPHER_NONE && u->o->cipher != FB_CIPHER_NONE)
+            a->status = FB_ERR_SERVER_REFUSED; /* never less protection than asked for */
+        if (a->status == FB_OK &&
+            (a->max_datagram < FB_WIRE_MIN_DATAGRAM ||
+             fb_aead_set_data_keys(u->aead, a->cipher, u->cnonce, a->server_nonce) != FB_OK))
+            a->status = FB_ERR_PROTOCOL;
+        if (a->status != FB_OK) {
+            u->refused = (fb_err)a->status;
+            return FBCP_IN_REFUSED;
+        }
+        if (u->tn > 0)
+            fbcp_udp_flush(u);
+        u->ack = *a;
+        u->max_dgram = a->max_datagram < u->dgram ? a->max_datagram : u->dgram;
+        u->stride = u->max_dgram;
+        fb_replay_init(&u->replay);
+        u->pn = 0;
+        u->associated = 1;
+        u->last_keepalive_us = now;
+        return FBCP_IN_ANSWERED;
+    }
+    if (!u->associated || fb_wire_open(&pkt, &why, buf, len, u->aead, &u->replay) != FB_OK)
+        goto drop;
+    switch (pkt.hdr.type) {
+    case FB_WIRE_FEEDBACK:
+        if (u->snd != NULL)
+            (void)fb_xfer_sender_on_feedback(u->snd, &pkt.hdr, &pkt.u.feedback, now);
+        break;
+    case FB_WIRE_DATA:
+        if (u->rcv != NULL) {
+            fb_err e = fb_xfer_receiver_on_data(u->rcv, &pkt.hdr, &pkt.u.data, now, NULL);
+            if (e == FB_ERR_LOCAL_IO && u->io_what == NULL)
+                u->io_what = "write";
+        }
+        break;
+    case FB_WIRE_CLOSE:
+        u->peer_closed = 1;
+        u->close_reason = (fb_err)pkt.u.close.reason;
+        u->associated = 0;
+        break;
+    default:
+        break; /* PROBE replies: proof of life only */
+    }
+    return FBCP_IN_DATA_PHASE;
+drop:
+    u->rx_dropped++;
+    return FBCP_IN_DROP;
+}
+
+/* Reads everything waiting (bounded), feeding fbcp_udp_input; tells SW (may be NULL) what was
+ * heard. Returns the number of authenticated datagrams. */
+static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, int *prefused, int *panswered)
+{
+    unsigned heard = 0;
+
+    for (int round = 0; round < 64; round++) {
+        int n;
+
+        for (int i = 0; i < FBCP_UDP_RX_BATCH; i++) {
+            memset(&u->rmsg[i].msg_hdr, 0, sizeof(u->rmsg[i].msg_hdr));
+            u->rmsg[i].msg_hdr.msg_iov = &u->riov[i];
+            u->rmsg[i].msg_hdr.msg_iovlen = 1;
+            u->rmsg[i].msg_hdr.msg_control = u->rctl[i].buf;
+            u->rmsg[i].msg_hdr.msg_controllen = sizeof(u->rctl[i].buf);
+        }
+        n = recvmmsg(u->fd, u->rmsg, FBCP_UDP_RX_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            /* EAGAIN: drained; ECONNREFUSED: an ICMP "port unreachable" (udpd not there): the
+             * switch's timeouts decide, not one ICMP message */
+            break;
+        }
+        *pnow = fbcp_now_us();
+        for (int i = 0; i < n; i++) {
+            struct msghdr *mh = &u->rmsg[i].msg_hdr;
+            size_t len = u->rmsg[i].msg_len, seg = len;
+            uint8_t *base = u->riov[i].iov_base;
+
+            if (mh->msg_flags & MSG_TRUNC)
+                continue;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm != NULL; cm = CMSG_NXTHDR(mh, cm)) {
+                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+                    int gs = 0;
+                    memcpy(&gs, CMSG_DATA(cm), sizeof(gs));
+                    if (gs > 0)
+                        seg = (size_t)gs;
+                }
+            }
+            for (size_t off = 0; off < len; off += seg) {
+                size_t l = len - off < seg ? len - off : seg;
+                int r = fbcp_udp_input(u, base + off, l, *pnow);
+
+                if (r == FBCP_IN_DROP)
+                    continue;
+                heard++;
+                if (r == FBCP_IN_REFUSED && prefused != NULL)
+                    *prefused = 1;
+                if (r == FBCP_IN_ANSWERED && panswered != NULL)
+                    *panswered = 1;
+                if (sw != NULL && r != FBCP_IN_REFUSED)
+                    fbcp_switch_udp_heard(sw, *pnow, r == FBCP_IN_ANSWERED);
+            }
+        }
+        if (n < FBCP_UDP_RX_BATCH)
+            break;
+    }
+    return heard;
+}
+
+/* Sleeps until UNTIL (us) or a datagram arrives (or, with WANT_OUT, the socket can send). */
+static void fbcp_udp_wait(fbcp_udp *u, uint64_t now, uint64_t until, int want_out)
+{
+    struct pollfd pfd = {.fd = u->fd, .events = POLLIN | (want_out ? POLLOUT : 0)};
+    struct timespec ts;
+
+    if (until <= now + FBCP_UDP_SPIN_US)
+        return; /* short gaps are spun: the caller's loop comes back at once */
+    if (until - now > FBCP_UDP_TICK_US)
+        until = now + FBCP_UDP_TICK_US;
+    ts.tv_sec = (time_t)((until - now) / 1000000);
+    ts.tv_nsec = (long)((until - now) % 1000000) * 1000;
+    (void)ppoll(&pfd, 1, &ts, NULL);
+}
+
+/* ---------------------------------------------------------------- a UDP leg */
+
+static void fbcp_udp_end_engines(fbcp_udp *u)
+{
+    fb_xfer_sender_free(u->snd);
+    fb_xfer_receiver_free(u->rcv);
+    u->snd = NULL;
+    u->rcv = NULL;
+    u->wb_len = 0;
+    u->npend = 0;
+    u->ra_len = 0;
+    u->x = NULL;
+}
+
+static fb_err fbcp_udp_start_engine(fbcp_udp *u, fbcp_xfer *x, const fbcp_ranges *todo, uint64_t now)
+{
+    fb_err e;
+
+    u->x = x;
+    u->io_errno = 0;
+    u->io_what = NULL;
+    if (x->direction == FBCP_UPLOAD) {
+        fb_xfer_sender_params sp;
+
+        if (u->ra == NULL && (u->ra = malloc(FBCP_UDP_READ_AHEAD)) == NULL)
+            return FB_ERR_NOMEM;
+        u->ra_len = 0;
+        u->ra_off = 0;
+        memset(&sp, 0, sizeof(sp));
+        sp.size = x->size;
+        sp.ranges = todo->v;
+        sp.nranges = todo->n;
+        sp.max_payload = u->max_dgram - FB_WIRE_DATA_OVERHEAD;
+        sp.chunk_size = x->chunk_size; /* the session's: every chunk completes with whole datagrams */
+        sp.rate.policy = u->ack.policy;
+        sp.rate.target_rate = u->ack.target_rate;
+        sp.rate.min_rate = u->ack.min_rate;
+        sp.rate.packet_size = (uint32_t)u->max_dgram;
+        sp.aead = u->aead;
+        memcpy(sp.sid, u->sid, sizeof(sp.sid));
+        sp.read = fbcp_udp_read;
+        sp.read_ctx = u;
+        e = fb_xfer_sender_new(&u->snd, &sp, now);
+    } else {
+        fb_xfer_receiver_params rp;
+        fbcp_ranges held;
+
+        if (u->wb == NULL && (u->wb = malloc(FBCP_UDP_WRITE_BEHIND)) == NULL)
+            return FB_ERR_NOMEM;
+        u->wb_len = 0;
+        u->npend = 0;
+        memset(&rp, 0, sizeof(rp));
+        rp.size = x->size;
+        rp.chunk_size = FBCP_DOWNLOAD_CHUNK; /* the sidecar's chunks */
+        rp.aead = u->aead;
+        memcpy(rp.sid, u->sid, sizeof(rp.sid));
+        rp.write = fbcp_udp_write;
+        rp.on_chunk_complete = fbcp_udp_chunk;
+        rp.ctx = u;
+        e = fb_xfer_receiver_new(&u->rcv, &rp, now);
+        /* what is not to be fetched is held already: FEEDBACK says so, udpd never sends it */
+        fbcp_ranges_init(&held);
+        if (e == FB_OK)
+            e = fbcp_ranges_complement(&held, todo, x->size);
+        for (size_t i = 0; e == FB_OK && i < held.n; i++)
+            e = fb_xfer_receiver_mark_received(u->rcv, held.v[i].offset, held.v[i].length);
+        fbcp_ranges_free(&held);
+    }
+    return e;
+}
+
+/* Adds the engine's progress since the last call to X's counters. */
+static void fbcp_udp_account(fbcp_udp *u, fbcp_xfer *x, uint64_t todo_total, uint64_t *pnew, uint64_t *pretx,
+                             uint64_t *packed)
+{
+    uint64_t nnew, nretx;
+
+    if (u->snd != NULL) {
+        fb_xfer_sender_stats st;
+        uint64_t acked;
+
+        fb_xfer_sender_stats_get(&st, u->snd);
+        nnew = st.bytes_new;
+        nretx = st.bytes_retx;
+        acked = todo_total > st.need_bytes ? todo_total - st.need_bytes : 0;
+        if (acked > *packed) {
+            x->bytes_done += acked - *packed;
+            *packed = acked;
+        }
+    } else if (u->rcv != NULL) {
+        fb_xfer_receiver_stats st;
+
+        fb_xfer_receiver_stats_get(&st, u->rcv);
+        nnew = st.bytes_new;
+        nretx = st.bytes_dup;
+    } else {
+        return;
+    }
+    x->bytes_udp += nnew - *pnew;
+    x->bytes_udp_retx += nretx - *pretx;
+    x->bytes += (nnew - *pnew) + (nretx - *pretx);
+    *pnew = nnew;
+    *pretx = nretx;
+}
+
+static fb_err fbcp_udp_io_error(fbcp_udp *u, char *detail, size_t detlen)
+{
+    if (u->io_errno == ENOMEM)
+        return FB_ERR_NOMEM;
+    if (u->io_errno == 0)
+        snprintf(detail, detlen, "the file changed size during the transfer");
+    else
+        snprintf(detail, detlen, "cannot %s: %s", u->io_what ? u->io_what : "write", strerror(u->io_errno));
+    return FB_ERR_LOCAL_IO;
+}
+
+/* Upload (sender) or download (receiver) of TODO over UDP until every byte arrived, UDP stops
+ * answering (X->sw decides), or a fatal error. */
+static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen)
+{
+    fbcp_udp *u = x->udp;
+    fbcp_switch *sw = x->sw;
+    const fbcp_opts *o = x->opts;
+    uint64_t now = fbcp_now_us(), todo_total = fbcp_ranges_total(todo);
+    uint64_t s_new = 0, s_retx = 0, s_acked = 0;
+    int upload = x->direction == FBCP_UPLOAD, blocked = 0, done = 0;
+    fb_err rv = FB_OK;
+
+    (void)t;
+    detail[0] = '\0';
+    if (u == NULL || sw == NULL)
+        return FB_ERR_INTERNAL;
+    x->transport_name = "udp";
+    sw->reason = FBCP_SW_NONE; /* set below only when UDP itself fails */
+    rv = fbcp_udp_sync_session(u, x);
+    if (rv != FB_OK) {
+        fbcp_switch_udp_failed(sw, FBCP_SW_UNAVAILABLE);
+        snprintf(detail, detlen, "the session id is not usable over UDP");
+        return FB_ERR_CONNECTION_LOST;
+    }
+    if (!u->associated && !u->hello_pending)
+        fbcp_udp_hello(u, now, 1);
+    fbcp_trace(o, "UDP leg: %s %llu bytes with %s", upload ? "sending" : "receiving", (unsigned long long)todo_total,
+               u->peer);
+
+    /* bounded in time: a leg that hears nothing ends at the switch's deadline; one that hears
+     * something makes progress (or udpd's FEEDBACK says the bytes are there) */
+    for (;;) {
+        fbcp_sw_verdict v;
+        uint64_t wake;
+        int refused = 0, answered = 0;
+
+        now = fbcp_now_us();
+        if (fbcp_interrupted) {
+            rv = FB_ERR_CONNECTION_LOST;
+            snprintf(detail, detlen, "interrupted");
+            break;
+        }
+        fbcp_udp_receive(u, sw, &now, &refused, &answered);
+        if (answered)
+            fbcp_trace(o, "UDP: %s accepted: cipher %u, policy %u, rate %llu..%llu B/s, datagram %zu", u->peer,
+                       u->ack.cipher, u->ack.policy, (unsigned long long)u->ack.min_rate,
+                       (unsigned long long)u->ack.target_rate, u->max_dgram);
+        if (u->rcv != NULL && (rv = fbcp_udp_publish(u)) != FB_OK) {
+            rv = fbcp_udp_io_error(u, detail, detlen);
+            break;
+        }
+        if (u->io_what != NULL) {
+            rv = fbcp_udp_io_error(u, detail, detlen);
+            break;
+        }
+        fbcp_udp_account(u, x, todo_total, &s_new, &s_retx, &s_acked);
+        if (refused) {
+            rv = u->refused != FB_OK ? u->refused : FB_ERR_SERVER_REFUSED;
+            fbcp_switch_udp_failed(sw, FBCP_SW_REFUSED);
+            snprintf(detail, detlen, "udpd at %s refused the UDP transfer: %s", u->peer, fb_err_message(rv));
+            break;
+        }
+        if (u->peer_closed) {
+            rv = u->close_reason != FB_OK ? u->close_reason : FB_ERR_CONNECTION_LOST;
+            fbcp_switch_udp_failed(sw, FBCP_SW_CLOSED);
+            snprintf(detail, detlen, "udpd at %s closed the association: %s", u->peer, fb_err_message(rv));
+            break;
+        }
+        if ((upload && u->snd != NULL && fb_xfer_sender_done(u->snd)) ||
+            (!upload && u->rcv != NULL && fb_xfer_receiver_complete(u->rcv))) {
+            done = 1;
+            break;
+        }
+        v = fbcp_switch_udp_check(sw, now);
+        if (v != FBCP_SW_STAY) {
+            rv = FB_ERR_CONNECTION_LOST;
+            if (sw->reason == FBCP_SW_NO_ANSWER)
+                snprintf(detail, detlen, "no answer over UDP from %s within %.1f s", u->peer,
+                         (double)sw->start_timeout_us / 1e6);
+            else
+                snprintf(detail, detlen, "nothing heard over UDP from %s for %.1f s", u->peer,
+                         (double)sw->idle_timeout_us / 1e6);
+            break;
+        }
+        wake = fbcp_switch_udp_deadline(sw);
+        if (!u->associated) {
+            if (u->hello_pending && now >= u->hello_sent_us + u->hello_rto_us)
+                fbcp_udp_hello(u, now, 0);
+            if (u->hello_pending && u->hello_sent_us + u->hello_rto_us < wake)
+                wake = u->hello_sent_us + u->hello_rto_us;
+            if (!u->hello_pending) /* a refusal seen by an earlier probe, say: try afresh */
+                fbcp_udp_hello(u, now, 1);
+        } else {
+            if (u->snd == NULL && u->rcv == NULL) {
+                rv = fbcp_udp_start_engine(u, x, todo, now);
+                if (rv != FB_OK) {
+                    snprintf(detail, detlen, "cannot start the UDP transfer engine");
+                    break;
+                }
+            }
+            if (upload) {
+                /* what the pacer allows now, in batches; a full socket buffer waits for POLLOUT */
+                for (int k = 0; k < 4 * FBCP_UDP_TX_SLOTS && !blocked; k++) {
+                    uint8_t *p;
+                    size_t len = 0;
+
+                    if (fb_xfer_sender_next_time(u->snd, now) > now)
+                        break;
+                    p = fbcp_udp_reserve(u);
+                    if (p == NULL) {
+                        blocked = fbcp_udp_flush(u);
+                        now = fbcp_now_us();
+                        continue;
+                    }
+                    rv = fb_xfer_sender_next(u->snd, p, u->stride, &len, u->pn, now);
+                    if (rv != FB_OK || len == 0)
+                        break;
+                    u->pn++;
+                    fbcp_udp_commit(u, len);
+                }
+                if (rv != FB_OK) {
+                    if (rv == FB_ERR_LOCAL_IO)
+                        rv = fbcp_udp_io_error(u, detail, detlen);
+                    else
+                        snprintf(detail, detlen, "cannot seal a datagram");
+                    break;
+                }
+                if (!blocked || u->tn > 0)
+                    blocked = fbcp_udp_flush(u);
+                if (!blocked) {
+                    uint64_t nt = fb_xfer_sender_next_time(u->snd, now);
+                    if (nt < wake)
+                        wake = nt;
+                }
+            } else {
+                uint8_t *p = fbcp_udp_reserve(u);
+                size_t len = 0;
+
+                if (p != NULL && fb_xfer_receiver_feedback(u->rcv, p, u->stride, &len, u->pn, now, 0) == FB_OK &&
+                    len > 0) {
+                    u->pn++;
+                    fbcp_udp_commit(u, len);
+                }
+                blocked = fbcp_udp_flush(u);
+                {
+                    uint64_t nf = fb_xfer_receiver_next_feedback(u->rcv, now);
+                    if (nf < wake)
+                        wake = nf;
+                }
+            }
+        }
+        fbcp_event_progress(x, 0);
+        fbcp_udp_wait(u, fbcp_now_us(), wake, blocked);
+    }
+
+    if (done) {
+        if (!upload) {
+            uint8_t p[FB_WIRE_MIN_DATAGRAM];
+            size_t len = 0;
+
+            /* tell udpd the file is complete, so its sender stops at once */
+            if (fb_xfer_receiver_feedback(u->rcv, p, sizeof(p), &len, u->pn, fbcp_now_us(), 1) == FB_OK &&
+                len > 0) {
+                u->pn++;
+                fbcp_udp_send_now(u, p, len);
+            }
+        }
+        fbcp_udp_close(u, FB_OK);
+        rv = FB_OK;
+    } else if (u->associated) {
+        /* lost, refused midway, or a local error: stop udpd's side too */
+        fbcp_udp_close(u, rv == FB_ERR_LOCAL_IO ? FB_ERR_LOCAL_IO : FB_ERR_CONNECTION_LOST);
+    }
+    u->associated = 0;
+    u->hello_pending = 0;
+    if (u->rcv != NULL && u->io_what == NULL)
+        (void)fbcp_udp_publish(u); /* keep what arrived */
+    fbcp_udp_account(u, x, todo_total, &s_new, &s_retx, &s_acked);
+    {
+        fb_xfer_sender_stats ss;
+        fb_xfer_receiver_stats rs;
+
+        if (u->snd != NULL) {
+            fb_xfer_sender_stats_get(&ss, u->snd);
+            fbcp_trace(o,
+                       "UDP leg ends: %s; %llu bytes sent, %llu resent, %llu lost, srtt %llu us, rate %llu B/s, "
+                       "%llu datagrams (%llu GSO messages)",
+                       rv == FB_OK ? "all acknowledged" : fb_err_message(rv), (unsigned long long)ss.bytes_new,
+                       (unsigned long long)ss.bytes_retx, (unsigned long long)ss.lost_bytes,
+                       (unsigned long long)ss.srtt_us, (unsigned long long)ss.rate,
+                       (unsigned long long)u->tx_dgrams, (unsigned long long)u->tx_gso_msgs);
+        } else if (u->rcv != NULL) {
+            fb_xfer_receiver_stats_get(&rs, u->rcv);
+            fbcp_trace(o, "UDP leg ends: %s; %llu bytes received, %llu duplicate, %llu FEEDBACK",
+                       rv == FB_OK ? "complete" : fb_err_message(rv), (unsigned long long)rs.bytes_new,
+                       (unsigned long long)rs.bytes_dup, (unsigned long long)rs.feedbacks);
+        }
+    }
+    fbcp_udp_end_engines(u);
+    fbcp_event_progress(x, 1);
+    return rv;
+}
+
+/* ---------------------------------------------------------------- probing from HTTP(S) */
+
+int fbcp_udp_probe(fbcp_xfer *x)
+{
+    fbcp_udp *u = x->udp;
+    fbcp_switch *sw = x->sw;
+    uint64_t now = fbcp_now_us();
+    int refused = 0, answered = 0;
+
+    if (u == NULL || sw == NULL || sw->udp_disabled)
+        return 0;
+    if (fbcp_udp_sync_session(u, x) != FB_OK) {
+        fbcp_switch_probe_refused(sw);
+        return 0;
+    }
+    fbcp_udp_receive(u, NULL, &now, &refused, &answered);
+    if (refused) {
+        fbcp_trace(x->opts, "UDP probe: udpd at %s refuses: %s; staying on HTTP(S)", u->peer,
+                   fb_err_message(u->refused));
+        fbcp_switch_probe_refused(sw);
+        return 0;
+    }
+    if (answered)
+        fbcp_trace(x->opts, "UDP probe: %s answers again", u->peer);
+    if (u->associated) {
+        /* keep udpd's association (and our address) alive while the HTTP requests finish */
+        if (now - u->last_keepalive_us >= FBCP_UDP_KEEPALIVE_US || answered)
+            fbcp_udp_keepalive(u, now);
+        return fbcp_switch_probe_answered(sw) == FBCP_SW_RETURN;
+    }
+    if (fbcp_switch_probe_due(sw, now))
+        fbcp_udp_hello(u, now, 1);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- life cycle */
+
+void fbcp_udp_free(fbcp_udp *u)
+{
+    if (u == NULL)
+        return;
+    if (u->fd >= 0) {
+        if (u->associated)
+            fbcp_udp_close(u, FB_ERR_CONNECTION_LOST);
+        close(u->fd);
+    }
+    fb_xfer_sender_free(u->snd);
+    fb_xfer_receiver_free(u->rcv);
+    fb_aead_free(u->aead); /* wipes the keys */
+    free(u->rxbuf);
+    free(u->txbuf);
+    free(u->ra);
+    free(u->wb);
+    free(u->pend);
+    OPENSSL_cleanse(u, sizeof(*u));
+    free(u);
+}
+
+static void fbcp_udp_transport_destroy(fbcp_transport *t)
+{
+    free(t);
+}
+
+static const fbcp_transport_ops fbcp_udp_ops = {
+    .name = "udp",
+    .upload = fbcp_udp_leg,
+    .download = fbcp_udp_leg,
+    .destroy = fbcp_udp_transport_destroy,
+};
+
+fb_err fbcp_transport_udp_new(fbcp_transport **pt, const fbcp_opts *o)
+{
+    fbcp_transport *t = calloc(1, sizeof(*t));
+
+    (void)o;
+    *pt = NULL;
+    if (t == NULL)
+        return FB_ERR_NOMEM;
+    t->ops = &fbcp_udp_ops;
+    /* the pacer sleeps in ppoll for gaps well below a millisecond: ask for 1 us precision
+     * instead of the default 50 us timer slack */
+    (void)prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+    *pt = t;
+    return FB_OK;
+}
