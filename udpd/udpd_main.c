@@ -27,7 +27,9 @@
 
 #include "fb_util.h"
 
-#define SOCKET_BUFFER (32u << 20) /* about the bandwidth-delay product of 1 Gbit/s at 250 ms */
+#define BDP_RTT_US 250000u          /* socket buffers hold this long at the highest rate */
+#define SOCKET_BUFFER_MIN (4u << 20)
+#define SOCKET_BUFFER_MAX (256u << 20)
 #define HEARTBEAT_US 1000000ull
 #define STATS_US (60ull * 1000000)
 #define RX_BATCHES_PER_WAKE 64 /* then the timers get a turn */
@@ -389,6 +391,20 @@ static int setup_fds(udpd *d)
     return 0;
 }
 
+/* Socket buffers of about the bandwidth-delay product: the highest rate one transfer may have
+ * (the configured cap, else the default target) for a 250 ms round trip. */
+static size_t socket_buffer_for(const fb_config *cfg)
+{
+    uint64_t rate = cfg->target_rate_cap_kbps ? cfg->target_rate_cap_kbps * 125 : UDPD_DEFAULT_RATE;
+    uint64_t b = rate / 1000000 * BDP_RTT_US;
+
+    if (b < SOCKET_BUFFER_MIN)
+        b = SOCKET_BUFFER_MIN;
+    if (b > SOCKET_BUFFER_MAX)
+        b = SOCKET_BUFFER_MAX;
+    return (size_t)b;
+}
+
 static int write_pidfile(const char *path)
 {
     char buf[32];
@@ -414,6 +430,7 @@ int main(int argc, char **argv)
     uid_t uid = (uid_t)-1;
     gid_t gid = (gid_t)-1;
     int rc, status = 1, pidfile_written = 0;
+    size_t bufsize;
     fb_err e;
 
     rc = parse_options(&o, argc, argv);
@@ -448,7 +465,8 @@ int main(int argc, char **argv)
                  "stay usable by Apache");
     }
 
-    e = udpd_sock_open(&d.sock, d.cfg->bind_address, d.cfg->udp_port, SOCKET_BUFFER, !o.no_offload, err, sizeof(err));
+    bufsize = socket_buffer_for(d.cfg);
+    e = udpd_sock_open(&d.sock, d.cfg->bind_address, d.cfg->udp_port, bufsize, !o.no_offload, err, sizeof(err));
     if (e != FB_OK) {
         udpd_log(UDPD_ERROR, "UD00006", "cannot open the UDP socket: %s", err);
         goto out;
@@ -497,11 +515,11 @@ int main(int argc, char **argv)
              "listening on %s port %d (uid %ld, table %s with %u slots, socket buffers %d/%d bytes, GRO %s, GSO %s)",
              d.cfg->bind_address, d.cfg->udp_port, (long)geteuid(), d.cfg->shm_path, fb_table_nslots(d.table),
              d.sock.rcvbuf, d.sock.sndbuf, d.sock.gro ? "on" : "off", d.sock.gso ? "on" : "off");
-    if (d.sock.rcvbuf < (int)(SOCKET_BUFFER / 4))
+    if ((size_t)d.sock.rcvbuf < bufsize / 4)
         udpd_log(UDPD_WARN, "UD00017",
                  "the kernel granted only %d bytes of receive buffer: raise net.core.rmem_max (and wmem_max) to "
-                 "%u for high rates, or start udpd as root (SO_RCVBUFFORCE)",
-                 d.sock.rcvbuf, SOCKET_BUFFER);
+                 "%zu for high rates, or start udpd as root (SO_RCVBUFFORCE)",
+                 d.sock.rcvbuf, bufsize);
     status = event_loop(&d);
 
 out:

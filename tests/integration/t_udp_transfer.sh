@@ -267,6 +267,28 @@ test_heartbeat_and_reload() {
     if grep -q "key" <(grep -v "UD0005" "$UDPD_LOG" | grep -i '"key"\|key=[0-9a-f]'); then fail "a key in the log"; fi
 }
 
+# Without GSO/GRO (as on kernels or devices without them) the same transfers work.
+test_without_offload() {
+    local name=plain.bin
+    udpd_stop
+    udpd_start --no-offload
+    grep -q "GRO off, GSO off" "$UDPD_LOG" || fail "offload still on"
+    mkrand "$SRC/$name" 3000000
+    new_session "udp/$name" 3000000 >/dev/null
+    cp "$BODY" "$T_TMP/plain.session.json"
+    client --session "$T_TMP/plain.session.json" --upload "$SRC/$name" --no-offload --rate 100000000 ||
+        fail "upload failed: $(cat "$T_TMP/client.err")"
+    st=$(commit "$(jq -r .id "$T_TMP/plain.session.json")" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+    new_download "udp/$name"
+    cp "$BODY" "$T_TMP/plain.down.json"
+    client --session "$T_TMP/plain.down.json" --download "$T_TMP/plain.out" --no-offload --rate 100000000 ||
+        fail "download failed: $(cat "$T_TMP/client.err")"
+    assert_file_same "$SRC/$name" "$T_TMP/plain.out"
+    udpd_stop
+}
+
 # Nothing went wrong on udpd's side in all of the above (checkpoints, writes), and no key leaked.
 test_udpd_log_clean() {
     local bad
@@ -292,6 +314,7 @@ run_test cipher_negotiated test_cipher_negotiated
 run_test cancelled_session_is_dropped test_cancelled_session_is_dropped
 run_test heartbeat_and_reload test_heartbeat_and_reload
 run_test stop_mid_upload_checkpoints_and_resumes test_stop_mid_upload_checkpoints_and_resumes
+run_test without_offload test_without_offload
 run_test udpd_log_clean test_udpd_log_clean
 udpd_stop
 finish
