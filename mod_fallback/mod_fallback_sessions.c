@@ -111,16 +111,37 @@ static void file_validators(mod_fallback_req *req, int fd, const char **petag, a
     *pmtime = fi.mtime;
 }
 
+/* udpd stores its pid in the table header and bumps the heartbeat every second while it runs
+ * (and clears the pid when it exits cleanly): a heartbeat older than this means nobody serves the
+ * UDP port. */
+#define UDPD_HEARTBEAT_STALE_NS (5ull * 1000000000ull)
+
+static int udpd_alive(fb_table *table)
+{
+    fb_table_header *h = fb_table_header_get(table);
+    uint64_t hb = atomic_load(&h->heartbeat_ns), now = fb_time_now_ns();
+
+    if (atomic_load(&h->udpd_pid) == 0 || hb == 0)
+        return 0;
+    /* CLOCK_REALTIME on both sides: allow a clock stepped back a little too. */
+    return now >= hb ? now - hb <= UDPD_HEARTBEAT_STALE_NS : hb - now <= UDPD_HEARTBEAT_STALE_NS;
+}
+
 static json_t *session_doc(mod_fallback_req *req, uint32_t idx, const fb_slot_info *info, uint32_t state)
 {
     char id[FB_SESSION_ID_LEN + 1];
+    json_t *doc;
 
     fb_session_id_format(id, idx, info->id_random);
-    return json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:b, s:{s:i}, s:s}", "id", id, "direction",
-                     direction_name(info->direction), "path", info->relpath, "size", (json_int_t)info->size,
-                     "chunk_size", (json_int_t)info->chunk_size, "state", mod_fallback_state_name(state), "resumed",
-                     (info->flags & FB_SLOT_FLAG_RESUMED) != 0, "udp", "port", req->cfg->udp_port, "location",
-                     apr_pstrcat(req->r->pool, req->base, "/sessions/", id, NULL));
+    doc = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:b, s:s}", "id", id, "direction", direction_name(info->direction),
+                    "path", info->relpath, "size", (json_int_t)info->size, "chunk_size", (json_int_t)info->chunk_size,
+                    "state", mod_fallback_state_name(state), "resumed", (info->flags & FB_SLOT_FLAG_RESUMED) != 0,
+                    "location", apr_pstrcat(req->r->pool, req->base, "/sessions/", id, NULL));
+    /* The UDP endpoint only while udpd runs: a client told of none goes straight to HTTP(S)
+     * instead of waiting for a UDP handshake nobody answers. */
+    if (doc != NULL && udpd_alive(req->table))
+        json_object_set_new(doc, "udp", json_pack("{s:i}", "port", req->cfg->udp_port));
+    return doc;
 }
 
 /* received_bytes, missing (at most MOD_FALLBACK_MAX_MISSING_RANGES), missing_bytes. */
