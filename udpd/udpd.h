@@ -73,6 +73,8 @@ fb_table *udpd_table(const udpd *d);
 /* Queue room for one datagram to send (NULL: the batch is full; flush later). */
 uint8_t *udpd_send_reserve(udpd *d, size_t maxlen);
 void udpd_send_commit(udpd *d, size_t len, const udpd_addr *to);
+/* 1 while the socket buffer is full (waiting for EPOLLOUT): producing more is pointless. */
+int udpd_send_blocked(const udpd *d);
 /* Monotonic microseconds (the engines' clock). */
 uint64_t udpd_now_us(void);
 

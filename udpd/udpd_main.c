@@ -91,6 +91,11 @@ uint8_t *udpd_send_reserve(udpd *d, size_t maxlen)
     return p;
 }
 
+int udpd_send_blocked(const udpd *d)
+{
+    return d->want_out;
+}
+
 void udpd_send_commit(udpd *d, size_t len, const udpd_addr *to)
 {
     udpd_tx_commit(d->tx, len, to);

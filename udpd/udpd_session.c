@@ -1175,8 +1175,8 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
                 size_t len = 0;
                 fb_err e;
 
-                if (p == NULL)
-                    return now; /* batch full: flush and come back at once */
+                if (p == NULL) /* batch full: flush and come back at once, or on EPOLLOUT */
+                    return udpd_send_blocked(ss->d) ? next : now;
                 e = fb_xfer_sender_next(s->snd, p, s->cur.max_dgram, &len, s->cur.pn_out, now);
                 if (e != FB_OK) {
                     udpd_log(UDPD_ERROR, "UD00028", "session %s: reading '%s' failed: %s", s->id, s->relpath,

@@ -136,6 +136,28 @@ test_download_zero_bytes() {
     assert_eq 0 "$(stat -c %s "$T_TMP/empty.out")" "size"
 }
 
+# 5 % of the datagrams lost in each direction: the files still arrive exactly, and the data
+# resent stays near the loss (each hole about once per round trip).
+test_lossy_path() {
+    local name=lossy.bin size=$((16 * CHUNK)) id st retx
+    mkrand "$SRC/$name" "$size"
+    id=$(new_session "udp/$name" "$size")
+    cp "$BODY" "$T_TMP/lossy.session.json"
+    client --session "$T_TMP/lossy.session.json" --upload "$SRC/$name" --rate 30000000 --drop 0.05 --seed 7 ||
+        fail "lossy upload failed: $(cat "$T_TMP/client.err")"
+    retx=$(jq -r .sent_retx "$T_TMP/client.json")
+    [ "$retx" -le $((size / 10)) ] || fail "resent $retx bytes of $size at 5 % loss: $(cat "$T_TMP/client.json")"
+    st=$(commit "$id" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+    new_download "udp/$name"
+    cp "$BODY" "$T_TMP/lossy.down.json"
+    client --session "$T_TMP/lossy.down.json" --download "$T_TMP/lossy.out" --rate 30000000 --drop 0.05 --seed 8 ||
+        fail "lossy download failed: $(cat "$T_TMP/client.err")"
+    assert_file_same "$SRC/$name" "$T_TMP/lossy.out"
+    [ "$(jq -r .dup "$T_TMP/client.json")" -le $((size / 10)) ] || fail "too many duplicates: $(cat "$T_TMP/client.json")"
+}
+
 # Chunks written over HTTP are reported by udpd's FEEDBACK: a client that ignores the session's
 # missing list and offers the whole file sends (almost) none of them.
 test_http_chunks_not_resent_over_udp() {
@@ -308,6 +330,7 @@ run_test upload_5m test_upload_5m
 run_test upload_edge_sizes test_upload_edge_sizes
 run_test download test_download
 run_test download_zero_bytes test_download_zero_bytes
+run_test lossy_path test_lossy_path
 run_test http_chunks_not_resent_over_udp test_http_chunks_not_resent_over_udp
 run_test new_client_takes_over test_new_client_takes_over
 run_test cipher_negotiated test_cipher_negotiated

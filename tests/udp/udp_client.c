@@ -6,7 +6,8 @@
  *   udp_client --session S.json --port P [--host H] --download FILE [options]
  *   udp_client --session S.json --port P [--host H] --attack KIND [--count N] [--wait-ms MS]
  *
- * Transfers print one JSON line of statistics on stdout. Attacks send datagrams udpd must drop
+ * Transfers print one JSON line of statistics on stdout; --drop P loses a fraction P of the
+ * datagrams in both directions after the engines (reproducibly, --seed N). Attacks send datagrams udpd must drop
  * and exit 0 only if nothing at all came back within --wait-ms; KIND is random, truncated,
  * forged, wrong-key, unknown-session, no-hello (data-phase packets without a HELLO), or replay
  * (a valid association, then its HELLO and DATA replayed from another socket, which must get
@@ -38,6 +39,8 @@ typedef struct client {
     const char *session_file, *host, *upload, *download, *attack;
     int port, count, wait_ms, timeout_s, no_offload, verbose;
     uint64_t rate, min_rate;
+    double drop;   /* simulated loss, both directions */
+    uint64_t rng;
     unsigned policy, cipher;
     size_t datagram;
     /* session */
@@ -71,6 +74,17 @@ typedef struct client {
 static uint64_t now_us(void)
 {
     return fb_time_mono_ns() / 1000;
+}
+
+/* xorshift64*: the simulated loss is reproducible for a seed. */
+static int lose(client *c)
+{
+    if (c->drop <= 0)
+        return 0;
+    c->rng ^= c->rng >> 12;
+    c->rng ^= c->rng << 25;
+    c->rng ^= c->rng >> 27;
+    return (double)((c->rng * 2685821657736338717ull) >> 11) / 9007199254740992.0 < c->drop;
 }
 
 static void die(const char *msg)
@@ -411,7 +425,8 @@ static int transfer(client *c)
                 if (len == 0)
                     break;
                 c->pn++;
-                udpd_tx_commit(c->tx, len, &c->server);
+                if (!lose(c))
+                    udpd_tx_commit(c->tx, len, &c->server);
                 if (k % 64 == 63)
                     now = now_us();
             }
@@ -423,7 +438,8 @@ static int transfer(client *c)
             if (p != NULL && fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) == FB_OK &&
                 len > 0) {
                 c->pn++;
-                udpd_tx_commit(c->tx, len, &c->server);
+                if (!lose(c))
+                    udpd_tx_commit(c->tx, len, &c->server);
             }
             next = fb_xfer_receiver_next_feedback(rcv, now);
         }
@@ -445,7 +461,7 @@ static int transfer(client *c)
                 fb_wire_pkt pkt;
                 fb_wire_reason why;
 
-                if (!udpd_addr_equal(dg[i].from, &c->server) ||
+                if (!udpd_addr_equal(dg[i].from, &c->server) || lose(c) ||
                     fb_wire_open(&pkt, &why, dg[i].buf, dg[i].len, c->aead, &c->replay) != FB_OK)
                     continue;
                 c->rx_dgrams++;
@@ -685,7 +701,8 @@ int main(int argc, char **argv)
         {"rate", required_argument, NULL, 'r'},    {"min-rate", required_argument, NULL, 'm'},
         {"policy", required_argument, NULL, 'P'},  {"cipher", required_argument, NULL, 'C'},
         {"datagram", required_argument, NULL, 'd'}, {"timeout", required_argument, NULL, 't'},
-        {"no-offload", no_argument, NULL, 'O'},    {NULL, 0, NULL, 0},
+        {"no-offload", no_argument, NULL, 'O'},    {"drop", required_argument, NULL, 'L'},
+        {"seed", required_argument, NULL, 'S'},    {NULL, 0, NULL, 0},
     };
     client c;
     int opt;
@@ -716,6 +733,8 @@ int main(int argc, char **argv)
         case 'd': c.datagram = (size_t)strtoul(optarg, NULL, 10); break;
         case 't': c.timeout_s = atoi(optarg); break;
         case 'O': c.no_offload = 1; break;
+        case 'L': c.drop = strtod(optarg, NULL); break;
+        case 'S': c.rng = strtoull(optarg, NULL, 10); break;
         default: return 2;
         }
     }
@@ -727,6 +746,7 @@ int main(int argc, char **argv)
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
+    c.rng = c.rng * 0x9E3779B97F4A7C15ull + 1;
     load_session(&c);
     return c.attack ? attack(&c) : transfer(&c);
 }
