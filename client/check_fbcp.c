@@ -1,6 +1,7 @@
-/* check_fbcp: unit tests of fbcp's pure parts (fbcp_util.c): URL splitting into base and remote
- * path, path escaping and joining, range lists, number and Content-Range parsing, and the
- * download sidecar's atomic write and validated read. */
+/* check_fbcp: unit tests of fbcp's pure parts: URL splitting into base and remote path, path
+ * escaping and joining, range lists, number and Content-Range parsing, and the download
+ * sidecar's atomic write and validated read (fbcp_util.c); the transport choice between UDP and
+ * HTTP(S) in virtual time (fbcp_switch.c). */
 #include "fbcp.h"
 
 #include <check.h>
@@ -362,6 +363,252 @@ START_TEST(sidecar_round_trip_and_damage)
 }
 END_TEST
 
+START_TEST(seconds_with_decimals)
+{
+    uint32_t ms = 0;
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "2", 100, 3600000), FB_OK);
+    ck_assert_uint_eq(ms, 2000);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "0.5", 100, 3600000), FB_OK);
+    ck_assert_uint_eq(ms, 500);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "1.25", 100, 3600000), FB_OK);
+    ck_assert_uint_eq(ms, 1250);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "3600", 100, 3600000), FB_OK);
+    ck_assert_uint_eq(ms, 3600000);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "0.05", 100, 3600000), FB_ERR_USAGE); /* below min */
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "3600.001", 100, 3600000), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "1.2345", 100, 3600000), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "1.", 100, 3600000), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, ".5", 100, 3600000), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "-1", 100, 3600000), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "1e3", 100, 3600000), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "99999999999", 100, 3600000), FB_ERR_USAGE);
+    ck_assert_int_eq(fbcp_parse_seconds_ms(&ms, "", 100, 3600000), FB_ERR_USAGE);
+}
+END_TEST
+
+/* ---- the transport choice, in virtual time (microseconds) ---- */
+
+#define S_ 1000000ull
+
+static void sw_auto(fbcp_switch *sw, uint64_t now)
+{
+    fbcp_switch_init(sw, FBCP_FALLBACK_AUTO, 2000, 3000, 1000, 3, now);
+}
+
+START_TEST(switch_start_timeout_is_exact)
+{
+    fbcp_switch sw;
+    uint64_t t0 = 5 * S_;
+
+    sw_auto(&sw, t0);
+    ck_assert_int_eq(sw.current, FBCP_TR_UDP);
+    ck_assert_uint_eq(fbcp_switch_udp_deadline(&sw), t0 + 2 * S_);
+    /* datagrams that are not the HELLO_ACK do not count before the handshake */
+    fbcp_switch_udp_heard(&sw, t0 + S_, 0);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, t0 + 2 * S_ - 1), FBCP_SW_STAY);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, t0 + 2 * S_), FBCP_SW_FALLBACK);
+    ck_assert_int_eq(sw.reason, FBCP_SW_NO_ANSWER);
+    ck_assert_str_eq(fbcp_switch_reason_name(sw.reason), "no_answer");
+}
+END_TEST
+
+START_TEST(switch_idle_runs_from_last_datagram)
+{
+    fbcp_switch sw;
+
+    sw_auto(&sw, 0);
+    fbcp_switch_udp_heard(&sw, 1900000, 1); /* HELLO_ACK just in time */
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 2 * S_ + 1), FBCP_SW_STAY);
+    ck_assert_uint_eq(fbcp_switch_udp_deadline(&sw), 1900000 + 3 * S_);
+    for (uint64_t t = 2 * S_; t <= 20 * S_; t += 10000)
+        fbcp_switch_udp_heard(&sw, t, 0); /* FEEDBACK every 10 ms */
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 22 * S_), FBCP_SW_STAY);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 23 * S_ - 1), FBCP_SW_STAY);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 23 * S_), FBCP_SW_FALLBACK);
+    ck_assert_int_eq(sw.reason, FBCP_SW_LOST);
+    /* a late datagram heard out of order never moves the clock back */
+    sw_auto(&sw, 0);
+    fbcp_switch_udp_heard(&sw, 5 * S_, 1);
+    fbcp_switch_udp_heard(&sw, 4 * S_, 0);
+    ck_assert_uint_eq(fbcp_switch_udp_deadline(&sw), 8 * S_);
+}
+END_TEST
+
+START_TEST(switch_never_fails_instead_of_falling_back)
+{
+    fbcp_switch sw;
+
+    fbcp_switch_init(&sw, FBCP_FALLBACK_NEVER, 2000, 3000, 1000, 3, 0);
+    ck_assert_int_eq(sw.current, FBCP_TR_UDP);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 2 * S_), FBCP_SW_FAIL);
+    fbcp_switch_init(&sw, FBCP_FALLBACK_NEVER, 2000, 3000, 1000, 3, 0);
+    fbcp_switch_udp_heard(&sw, 10, 1);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 3 * S_ + 10), FBCP_SW_FAIL);
+    ck_assert_int_eq(sw.reason, FBCP_SW_LOST);
+    ck_assert_int_eq(fbcp_switch_udp_failed(&sw, FBCP_SW_REFUSED), FBCP_SW_FAIL);
+    /* never probes: there is no HTTP(S) leg to probe from */
+    fbcp_switch_to_http(&sw, 4 * S_);
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 100 * S_), 0);
+}
+END_TEST
+
+START_TEST(switch_force_is_http_for_good)
+{
+    fbcp_switch sw;
+
+    fbcp_switch_init(&sw, FBCP_FALLBACK_FORCE, 2000, 3000, 1000, 3, 0);
+    ck_assert_int_eq(sw.current, FBCP_TR_HTTP);
+    ck_assert_str_eq(fbcp_tr_name(sw.current), "http");
+    ck_assert_int_eq(sw.udp_disabled, 1);
+    for (uint64_t t = 0; t < 60 * S_; t += 100000)
+        ck_assert_int_eq(fbcp_switch_probe_due(&sw, t), 0);
+    ck_assert_int_eq(fbcp_switch_probe_answered(&sw), FBCP_SW_STAY);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 60 * S_), FBCP_SW_STAY);
+}
+END_TEST
+
+START_TEST(switch_probes_every_interval_and_returns)
+{
+    fbcp_switch sw;
+    int probes = 0;
+
+    sw_auto(&sw, 0);
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, 2 * S_), FBCP_SW_FALLBACK);
+    fbcp_switch_to_http(&sw, 2 * S_);
+    ck_assert_int_eq(sw.current, FBCP_TR_HTTP);
+    ck_assert_uint_eq(sw.switches, 1);
+    /* one HELLO per second from one second after the change, however often the loop asks */
+    for (uint64_t t = 2 * S_; t < 7 * S_; t += 20000)
+        probes += fbcp_switch_probe_due(&sw, t);
+    ck_assert_int_eq(probes, 4); /* at 3, 4, 5 and 6 s */
+    /* a stalled loop gets one probe, not a burst */
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 20 * S_), 1);
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 20 * S_ + 1), 0);
+    ck_assert_int_eq(fbcp_switch_probe_answered(&sw), FBCP_SW_RETURN);
+    fbcp_switch_to_udp(&sw, 21 * S_);
+    ck_assert_int_eq(sw.current, FBCP_TR_UDP);
+    ck_assert_uint_eq(sw.returns, 1);
+    ck_assert_uint_eq(sw.switches, 2);
+    ck_assert_str_eq(fbcp_switch_reason_name(sw.reason), "answered");
+    /* the new leg's handshake is done: it is judged by the idle timeout at once */
+    ck_assert_uint_eq(fbcp_switch_udp_deadline(&sw), 24 * S_);
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 30 * S_), 0); /* no probing on UDP */
+}
+END_TEST
+
+START_TEST(switch_returns_are_bounded)
+{
+    fbcp_switch sw;
+    uint64_t t = 0;
+
+    sw_auto(&sw, 0); /* at most 3 returns */
+    fbcp_switch_udp_heard(&sw, t, 1);
+    for (int i = 0; i < 3; i++) {
+        t += 10 * S_;
+        ck_assert_int_eq(fbcp_switch_udp_check(&sw, t), FBCP_SW_FALLBACK);
+        fbcp_switch_to_http(&sw, t);
+        t += S_;
+        ck_assert_int_eq(fbcp_switch_probe_due(&sw, t), 1);
+        ck_assert_int_eq(fbcp_switch_probe_answered(&sw), FBCP_SW_RETURN);
+        fbcp_switch_to_udp(&sw, t);
+    }
+    ck_assert_uint_eq(sw.returns, 3);
+    t += 10 * S_;
+    ck_assert_int_eq(fbcp_switch_udp_check(&sw, t), FBCP_SW_FALLBACK);
+    fbcp_switch_to_http(&sw, t);
+    /* the fourth time on HTTP(S) stays there: no probe, and an answer changes nothing */
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, t + 100 * S_), 0);
+    ck_assert_int_eq(fbcp_switch_probe_answered(&sw), FBCP_SW_STAY);
+    ck_assert_uint_eq(sw.switches, 7);
+}
+END_TEST
+
+START_TEST(switch_refusal_and_unavailable_stop_probing)
+{
+    fbcp_switch sw;
+
+    sw_auto(&sw, 0);
+    ck_assert_int_eq(fbcp_switch_udp_failed(&sw, FBCP_SW_REFUSED), FBCP_SW_FALLBACK);
+    fbcp_switch_to_http(&sw, S_);
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 10 * S_), 0);
+    ck_assert_int_eq(fbcp_switch_probe_answered(&sw), FBCP_SW_STAY);
+
+    sw_auto(&sw, 0);
+    ck_assert_int_eq(fbcp_switch_udp_failed(&sw, FBCP_SW_UNAVAILABLE), FBCP_SW_FALLBACK);
+    fbcp_switch_to_http(&sw, 0);
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 10 * S_), 0);
+
+    /* closed by udpd (a failed write): worth probing again later */
+    sw_auto(&sw, 0);
+    fbcp_switch_udp_heard(&sw, 1, 1);
+    ck_assert_int_eq(fbcp_switch_udp_failed(&sw, FBCP_SW_CLOSED), FBCP_SW_FALLBACK);
+    fbcp_switch_to_http(&sw, S_);
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 2 * S_), 1);
+
+    /* a probe refused while on HTTP(S) ends the probing */
+    fbcp_switch_probe_refused(&sw);
+    ck_assert_int_eq(fbcp_switch_probe_due(&sw, 20 * S_), 0);
+    ck_assert_int_eq(fbcp_switch_probe_answered(&sw), FBCP_SW_STAY);
+}
+END_TEST
+
+/* A whole transfer in virtual time: the decisions a driver following the switch would take on a
+ * path where UDP works for [0, 5 s), is gone for [5 s, 12 s) and works again after, with the
+ * receiver answering every 10 ms and a probe's HELLO_ACK at once. The transfer needs 12 s of
+ * data; HTTP(S) moves data at the same speed and a yield waits 300 ms for running requests. */
+START_TEST(switch_scenario_lost_and_back)
+{
+    fbcp_switch sw;
+    uint64_t t = 0, moved = 0, need = 12 * S_, first_http = 0, back = 0, lost_at = 0;
+    uint64_t drain_until = 0;
+    int fallbacks = 0, returns = 0, guard = 0;
+
+    sw_auto(&sw, 0);
+    while (moved < need && guard++ < 100000) {
+        int up = t < 5 * S_ || t >= 12 * S_;
+
+        if (sw.current == FBCP_TR_UDP) {
+            if (up) {
+                fbcp_switch_udp_heard(&sw, t, !sw.answered);
+                moved += 10000;
+            }
+            if (fbcp_switch_udp_check(&sw, t) == FBCP_SW_FALLBACK) {
+                fallbacks++;
+                lost_at = t;
+                fbcp_switch_to_http(&sw, t);
+            }
+        } else {
+            if (first_http == 0)
+                first_http = t;
+            moved += 10000;
+            if (drain_until != 0 && t >= drain_until) {
+                drain_until = 0;
+                fbcp_switch_to_udp(&sw, t);
+                returns++;
+                back = t;
+            } else if (drain_until == 0 && fbcp_switch_probe_due(&sw, t) && up &&
+                       fbcp_switch_probe_answered(&sw) == FBCP_SW_RETURN) {
+                drain_until = t + 300000;
+            }
+        }
+        t += 10000;
+    }
+    ck_assert_uint_ge(moved, need);
+    ck_assert_int_eq(fallbacks, 1);
+    ck_assert_int_eq(returns, 1);
+    /* lost 3 s after the last datagram (4.99 s) */
+    ck_assert_uint_ge(lost_at, 7990000);
+    ck_assert_uint_le(lost_at, 8000000);
+    ck_assert_uint_le(first_http - lost_at, 10000); /* HTTP(S) carries the very next step */
+    /* back within a probe interval plus the drain of the path's return at 12 s */
+    ck_assert_uint_ge(back, 12 * S_);
+    ck_assert_uint_le(back, 13 * S_ + 300000);
+    ck_assert_int_eq(sw.current, FBCP_TR_UDP);
+    /* nothing was lost to the changes: the whole time moved data except the silent UDP stretch */
+    ck_assert_uint_le(t, need + (lost_at - 5 * S_) + 20000);
+}
+END_TEST
+
 static Suite *fbcp_suite(void)
 {
     Suite *s = suite_create("fbcp");
@@ -385,6 +632,18 @@ static Suite *fbcp_suite(void)
     tcase_add_test(tc, longs_in_bounds);
     tcase_add_test(tc, content_range_of_answers_is_strict);
     tcase_add_test(tc, sidecar_round_trip_and_damage);
+    tcase_add_test(tc, seconds_with_decimals);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("switch");
+    tcase_add_test(tc, switch_start_timeout_is_exact);
+    tcase_add_test(tc, switch_idle_runs_from_last_datagram);
+    tcase_add_test(tc, switch_never_fails_instead_of_falling_back);
+    tcase_add_test(tc, switch_force_is_http_for_good);
+    tcase_add_test(tc, switch_probes_every_interval_and_returns);
+    tcase_add_test(tc, switch_returns_are_bounded);
+    tcase_add_test(tc, switch_refusal_and_unavailable_stop_probing);
+    tcase_add_test(tc, switch_scenario_lost_and_back);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -63,7 +63,9 @@
 #define FBCP_UDP_HELLO_RTO_US 250000ull
 #define FBCP_UDP_KEEPALIVE_US 1000000ull
 #define FBCP_UDP_TICK_US 100000ull /* the loop wakes at least this often (progress, timers) */
-#define FBCP_UDP_SPIN_US 30        /* a shorter wait is spun, not slept */
+#define FBCP_UDP_MIN_SLEEP_US 150 /* shorter gaps are slept this long: the pacer's credit (about
+                                   * 1 ms) lets the datagrams due meanwhile go out as one batch */
+#define FBCP_UDP_RX_POLL_US 1000  /* without a readable socket, look anyway this often */
 
 typedef union fbcp_cmsg_u16 {
     char buf[CMSG_SPACE(sizeof(uint16_t))];
@@ -130,6 +132,8 @@ struct fbcp_udp {
     size_t tlen[FBCP_UDP_TX_SLOTS];
     unsigned tn;
 
+    int readable;          /* the last wait saw a datagram waiting */
+    uint64_t last_rx_us;   /* last receive call */
     uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
 };
 
@@ -756,14 +760,20 @@ static void fbcp_udp_wait(fbcp_udp *u, uint64_t now, uint64_t until, int want_ou
 {
     struct pollfd pfd = {.fd = u->fd, .events = POLLIN | (want_out ? POLLOUT : 0)};
     struct timespec ts;
+    uint64_t wait;
 
-    if (until <= now + FBCP_UDP_SPIN_US)
-        return; /* short gaps are spun: the caller's loop comes back at once */
-    if (until - now > FBCP_UDP_TICK_US)
-        until = now + FBCP_UDP_TICK_US;
-    ts.tv_sec = (time_t)((until - now) / 1000000);
-    ts.tv_nsec = (long)((until - now) % 1000000) * 1000;
-    (void)ppoll(&pfd, 1, &ts, NULL);
+    if (until <= now) {
+        u->readable = 0;
+        return; /* work is due: the caller's loop comes back at once */
+    }
+    wait = until - now;
+    if (wait < FBCP_UDP_MIN_SLEEP_US)
+        wait = FBCP_UDP_MIN_SLEEP_US;
+    if (wait > FBCP_UDP_TICK_US)
+        wait = FBCP_UDP_TICK_US;
+    ts.tv_sec = (time_t)(wait / 1000000);
+    ts.tv_nsec = (long)(wait % 1000000) * 1000;
+    u->readable = ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN);
 }
 
 /* ---------------------------------------------------------------- a UDP leg */
@@ -924,7 +934,12 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
             snprintf(detail, detlen, "interrupted");
             break;
         }
-        fbcp_udp_receive(u, sw, &now, &refused, &answered);
+        /* a receive call only when something waits (or now and then: an error may be pending) */
+        if (u->readable || now - u->last_rx_us >= FBCP_UDP_RX_POLL_US) {
+            u->last_rx_us = now;
+            u->readable = 0;
+            fbcp_udp_receive(u, sw, &now, &refused, &answered);
+        }
         if (answered)
             fbcp_trace(o, "UDP: %s accepted: cipher %u, policy %u, rate %llu..%llu B/s, datagram %zu", u->peer,
                        u->ack.cipher, u->ack.policy, (unsigned long long)u->ack.min_rate,
