@@ -57,11 +57,11 @@
 #include "fb_rate.h"
 #include "fb_wire.h"
 
-#define FB_XFER_DEFAULT_MAX_RANGES 65536u  /* range set capacity (16 bytes each) */
-#define FB_XFER_DEFAULT_FEEDBACK_PACKETS 64u /* FEEDBACK after this many DATA at most */
-#define FB_XFER_FEEDBACK_MIN_US 2000u      /* ...but never more often than this */
+#define FB_XFER_DEFAULT_MAX_RANGES 65536u     /* range set capacity (16 bytes each) */
+#define FB_XFER_DEFAULT_FEEDBACK_PACKETS 64u  /* FEEDBACK after this many DATA at most */
+#define FB_XFER_FEEDBACK_MIN_US 2000u         /* ...but never more often than this */
 #define FB_XFER_IDLE_FEEDBACK_MAX_US 1000000u /* idle FEEDBACK backs off to once a second */
-#define FB_XFER_RETX_QUEUE 256u           /* retransmission ranges waiting to be sent */
+#define FB_XFER_RETX_QUEUE 256u               /* retransmission ranges waiting to be sent */
 
 /* ---- range set ------------------------------------------------------------------------------
  * A set of byte offsets as sorted, disjoint, non-adjacent half-open intervals in one array of at
@@ -102,13 +102,13 @@ size_t fb_xfer_rset_gaps(const fb_xfer_rset *s, uint64_t start, uint64_t end, fb
 typedef fb_err (*fb_xfer_read_fn)(void *ctx, uint64_t offset, uint8_t *buf, size_t len);
 
 typedef struct fb_xfer_sender_params {
-    uint64_t size;               /* file size */
-    const fb_range *ranges;      /* what to send (sorted or not, may overlap); NULL = all */
+    uint64_t size;          /* file size */
+    const fb_range *ranges; /* what to send (sorted or not, may overlap); NULL = all */
     size_t nranges;
-    size_t max_payload;          /* file bytes per DATA, 1..FB_WIRE_MAX_PAYLOAD; 0 = default */
-    uint32_t chunk_size;         /* the session's: no DATA crosses a chunk boundary; 0 = no limit */
-    fb_rate_params rate;         /* the controller's parameters (after the server's caps) */
-    const fb_aead_ctx *aead;     /* with data keys; only borrowed */
+    size_t max_payload;      /* file bytes per DATA, 1..FB_WIRE_MAX_PAYLOAD; 0 = default */
+    uint32_t chunk_size;     /* the session's: no DATA crosses a chunk boundary; 0 = no limit */
+    fb_rate_params rate;     /* the controller's parameters (after the server's caps) */
+    const fb_aead_ctx *aead; /* with data keys; only borrowed */
     uint8_t sid[FB_WIRE_SID_LEN];
     fb_xfer_read_fn read;
     void *read_ctx;
@@ -146,7 +146,8 @@ uint64_t fb_xfer_sender_next_time(const fb_xfer_sender *s, uint64_t now_us);
  * max_payload + FB_WIRE_DATA_OVERHEAD), seals it with packet number PN and sets *PLEN; else
  * *PLEN = 0 and FB_OK. Retransmissions go before new data. Errors: the read callback's code,
  * FB_ERR_TOO_LARGE if CAP is too small, FB_ERR_INTERNAL from the codec. */
-fb_err fb_xfer_sender_next(fb_xfer_sender *s, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn, uint64_t now_us);
+fb_err fb_xfer_sender_next(fb_xfer_sender *s, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn,
+                           uint64_t now_us);
 
 /* Processes an opened FEEDBACK (HDR and FB from fb_wire_open). FB_ERR_PROTOCOL (state
  * unchanged) if it claims bytes beyond the file. */
@@ -172,27 +173,27 @@ typedef void (*fb_xfer_chunk_fn)(void *ctx, uint64_t index);
 
 typedef struct fb_xfer_receiver_params {
     uint64_t size;
-    uint32_t chunk_size;          /* > 0 */
-    const fb_aead_ctx *aead;      /* with data keys; only borrowed */
+    uint32_t chunk_size;     /* > 0 */
+    const fb_aead_ctx *aead; /* with data keys; only borrowed */
     uint8_t sid[FB_WIRE_SID_LEN];
     fb_xfer_write_fn write;
     fb_xfer_chunk_fn on_chunk_complete; /* may be NULL */
-    void *ctx;                    /* for both callbacks */
-    uint32_t feedback_interval_us; /* 0 = FB_RATE_FEEDBACK_INTERVAL_US */
-    uint32_t feedback_packets;     /* 0 = FB_XFER_DEFAULT_FEEDBACK_PACKETS */
-    uint32_t feedback_min_us;      /* 0 = FB_XFER_FEEDBACK_MIN_US */
-    size_t max_ranges;             /* 0 = FB_XFER_DEFAULT_MAX_RANGES */
+    void *ctx;                          /* for both callbacks */
+    uint32_t feedback_interval_us;      /* 0 = FB_RATE_FEEDBACK_INTERVAL_US */
+    uint32_t feedback_packets;          /* 0 = FB_XFER_DEFAULT_FEEDBACK_PACKETS */
+    uint32_t feedback_min_us;           /* 0 = FB_XFER_FEEDBACK_MIN_US */
+    size_t max_ranges;                  /* 0 = FB_XFER_DEFAULT_MAX_RANGES */
 } fb_xfer_receiver_params;
 
 typedef struct fb_xfer_receiver_stats {
-    uint64_t packets;        /* DATA accepted (new or duplicate) */
-    uint64_t bytes_new;      /* distinct payload bytes written */
-    uint64_t bytes_dup;      /* payload bytes already held */
-    uint64_t packets_dup;    /* DATA with nothing new */
-    uint64_t refused;        /* DATA refused: beyond the file or range set full */
-    uint64_t feedbacks;      /* FEEDBACK produced */
+    uint64_t packets;          /* DATA accepted (new or duplicate) */
+    uint64_t bytes_new;        /* distinct payload bytes written */
+    uint64_t bytes_dup;        /* payload bytes already held */
+    uint64_t packets_dup;      /* DATA with nothing new */
+    uint64_t refused;          /* DATA refused: beyond the file or range set full */
+    uint64_t feedbacks;        /* FEEDBACK produced */
     uint64_t chunks_completed; /* on_chunk_complete calls */
-    uint64_t held_bytes;     /* bytes held, marked ones included */
+    uint64_t held_bytes;       /* bytes held, marked ones included */
 } fb_xfer_receiver_stats;
 
 typedef struct fb_xfer_receiver fb_xfer_receiver;

@@ -10,11 +10,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define LOG_N 4096u              /* send-log entries (time buckets of CURSOR) */
-#define LOG_BUCKET_MIN_US 100u   /* at least this wide; wider for long RTTs (srtt / 512) */
-#define DEFAULT_RTT_US 100000u   /* before the first RTT sample */
-#define PROBE_BACKOFF_MAX 5u     /* silence probes back off to 32 times the timeout... */
-#define PROBE_MAX_US 1000000u    /* ...but not beyond a second (unless the timeout itself is longer) */
+#define LOG_N 4096u            /* send-log entries (time buckets of CURSOR) */
+#define LOG_BUCKET_MIN_US 100u /* at least this wide; wider for long RTTs (srtt / 512) */
+#define DEFAULT_RTT_US 100000u /* before the first RTT sample */
+#define PROBE_BACKOFF_MAX 5u   /* silence probes back off to 32 times the timeout... */
+#define PROBE_MAX_US 1000000u  /* ...but not beyond a second (unless the timeout itself is longer) */
 
 typedef struct send_log_entry {
     uint64_t t_first, t_last; /* first and last send time in this bucket */
@@ -32,8 +32,8 @@ struct fb_xfer_sender {
     size_t rq_n;
     /* send log (ring) */
     send_log_entry log[LOG_N];
-    size_t log_head, log_n;  /* oldest entry, count */
-    uint64_t log_evicted;    /* cursor of the newest entry dropped from the ring */
+    size_t log_head, log_n; /* oldest entry, count */
+    uint64_t log_evicted;   /* cursor of the newest entry dropped from the ring */
     /* feedback state */
     int have_pn;
     uint64_t last_pn;
@@ -285,7 +285,8 @@ static void rq_consume(fb_xfer_sender *s, uint64_t end)
     }
 }
 
-fb_err fb_xfer_sender_next(fb_xfer_sender *s, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn, uint64_t now_us)
+fb_err fb_xfer_sender_next(fb_xfer_sender *s, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn,
+                           uint64_t now_us)
 {
     uint64_t st = 0, en = 0;
     int retx = 0;
@@ -312,7 +313,8 @@ fb_err fb_xfer_sender_next(fb_xfer_sender *s, uint8_t *buf, size_t cap, size_t *
     memset(&hdr, 0, sizeof(hdr));
     memcpy(hdr.sid, s->p.sid, FB_WIRE_SID_LEN);
     hdr.pn = pn;
-    hdr.flags = (uint8_t)((retx ? FB_WIRE_F_DATA_RETRANSMIT : 0) | (en == s->p.size ? FB_WIRE_F_DATA_LAST : 0));
+    hdr.flags =
+        (uint8_t)((retx ? FB_WIRE_F_DATA_RETRANSMIT : 0) | (en == s->p.size ? FB_WIRE_F_DATA_LAST : 0));
     d.offset = st;
     d.send_ts_us = now_us;
     d.payload = buf + FB_WIRE_DATA_PAYLOAD_OFF;
@@ -458,7 +460,8 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
     if (budget < s->p.max_payload)
         budget = s->p.max_payload;
     if (s->rq_n < FB_XFER_RETX_QUEUE) {
-        ndue = fb_retx_schedule(&s->retx, due, FB_XFER_RETX_QUEUE - s->rq_n, cand, ncand, now_us, interval, budget);
+        ndue = fb_retx_schedule(&s->retx, due, FB_XFER_RETX_QUEUE - s->rq_n, cand, ncand, now_us, interval,
+                                budget);
         memcpy(&s->rq[s->rq_n], due, ndue * sizeof(due[0]));
         s->rq_n += ndue;
     }

@@ -34,12 +34,12 @@ int udpd_level_parse(const char *name);
  * uses for its lookups as PROTOCOL.md section 11 says: unknown_session, no_keys for a
  * data-phase packet without an association, malformed for DATA beyond the session size). */
 typedef enum udpd_drop {
-    UDPD_DROP_WRONG_ADDRESS = 0,  /* from another address than the association's (new HELLO needed) */
-    UDPD_DROP_WRONG_DIRECTION,    /* DATA to a download, FEEDBACK to an upload */
-    UDPD_DROP_RANGE_SET_FULL,     /* receiver could not record more holes */
-    UDPD_DROP_HELLO_REPLAYED,     /* HELLO nonce seen before, or from another address */
-    UDPD_DROP_SESSION_INACTIVE,   /* slot no longer active, or a write failed */
-    UDPD_DROP_UNEXPECTED,         /* server-to-client types (HELLO_ACK, PROBE reply) */
+    UDPD_DROP_WRONG_ADDRESS = 0, /* from another address than the association's (new HELLO needed) */
+    UDPD_DROP_WRONG_DIRECTION,   /* DATA to a download, FEEDBACK to an upload */
+    UDPD_DROP_RANGE_SET_FULL,    /* receiver could not record more holes */
+    UDPD_DROP_HELLO_REPLAYED,    /* HELLO nonce seen before, or from another address */
+    UDPD_DROP_SESSION_INACTIVE,  /* slot no longer active, or a write failed */
+    UDPD_DROP_UNEXPECTED,        /* server-to-client types (HELLO_ACK, PROBE reply) */
     UDPD_DROP__COUNT
 } udpd_drop;
 
@@ -101,15 +101,15 @@ unsigned udpd_sessions_active(const udpd_sessions *ss);
 /* ---- checkpoints (udpd_ckpt.c) ---------------------------------------------------------------- */
 
 typedef struct udpd_ckpt_job {
-    int part_fd;    /* dup of the partial file (flock, fdatasync) */
-    int parent_fd;  /* dup of its directory */
+    int part_fd;                    /* dup of the partial file (flock, fdatasync) */
+    int parent_fd;                  /* dup of its directory */
     char base[FB_RELPATH_MAX + 32]; /* checkpoint name inside the directory */
     fb_slot *slot;
     uint32_t generation;
     uint64_t size;
     uint32_t chunk_size;
-    uint32_t flags;                 /* FB_CHECKPOINT_FLAG_* from the session */
-    uint8_t expected_sha256[32];    /* the session's, with FB_CHECKPOINT_FLAG_SHA256 */
+    uint32_t flags;              /* FB_CHECKPOINT_FLAG_* from the session */
+    uint8_t expected_sha256[32]; /* the session's, with FB_CHECKPOINT_FLAG_SHA256 */
 } udpd_ckpt_job;
 
 fb_err udpd_ckpt_start(void);

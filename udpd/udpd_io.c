@@ -29,12 +29,14 @@ int udpd_addr_equal(const udpd_addr *a, const udpd_addr *b)
     if (a->ss.ss_family != b->ss.ss_family)
         return 0;
     if (a->ss.ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const struct sockaddr_in *)&a->ss, *y = (const struct sockaddr_in *)&b->ss;
+        const struct sockaddr_in *x = (const struct sockaddr_in *)&a->ss,
+                                 *y = (const struct sockaddr_in *)&b->ss;
 
         return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
     }
     if (a->ss.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a->ss, *y = (const struct sockaddr_in6 *)&b->ss;
+        const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)&a->ss,
+                                  *y = (const struct sockaddr_in6 *)&b->ss;
 
         return x->sin6_port == y->sin6_port && x->sin6_scope_id == y->sin6_scope_id &&
                memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;

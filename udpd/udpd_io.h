@@ -17,8 +17,8 @@
 #include "fb_err.h"
 
 #define UDPD_IO_RX_BATCH 32
-#define UDPD_IO_RX_BUF 65536        /* one message buffer: a whole GRO super-datagram */
-#define UDPD_IO_RX_MAX_DGRAMS 2048  /* datagrams one receive call may yield (GRO split) */
+#define UDPD_IO_RX_BUF 65536       /* one message buffer: a whole GRO super-datagram */
+#define UDPD_IO_RX_MAX_DGRAMS 2048 /* datagrams one receive call may yield (GRO split) */
 #define UDPD_IO_TX_MAX_DGRAMS 1024
 #define UDPD_IO_TX_BUF (4u << 20)
 #define UDPD_IO_GSO_MAX_SEGS 64
@@ -44,8 +44,8 @@ typedef struct udpd_io_stats {
 typedef struct udpd_sock {
     int fd;
     int family;
-    int gso; /* UDP_SEGMENT usable */
-    int gro; /* UDP_GRO enabled */
+    int gso;            /* UDP_SEGMENT usable */
+    int gro;            /* UDP_GRO enabled */
     int rcvbuf, sndbuf; /* what the kernel granted (bytes) */
     udpd_io_stats st;
 } udpd_sock;

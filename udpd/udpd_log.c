@@ -57,12 +57,9 @@ void udpd_log(udpd_level level, const char *tag, const char *fmt, ...)
 const char *udpd_drop_name(udpd_drop d)
 {
     static const char *const names[UDPD_DROP__COUNT] = {
-        [UDPD_DROP_WRONG_ADDRESS] = "wrong_address",
-        [UDPD_DROP_WRONG_DIRECTION] = "wrong_direction",
-        [UDPD_DROP_RANGE_SET_FULL] = "range_set_full",
-        [UDPD_DROP_HELLO_REPLAYED] = "hello_replayed",
-        [UDPD_DROP_SESSION_INACTIVE] = "session_inactive",
-        [UDPD_DROP_UNEXPECTED] = "unexpected_type",
+        [UDPD_DROP_WRONG_ADDRESS] = "wrong_address",       [UDPD_DROP_WRONG_DIRECTION] = "wrong_direction",
+        [UDPD_DROP_RANGE_SET_FULL] = "range_set_full",     [UDPD_DROP_HELLO_REPLAYED] = "hello_replayed",
+        [UDPD_DROP_SESSION_INACTIVE] = "session_inactive", [UDPD_DROP_UNEXPECTED] = "unexpected_type",
     };
 
     return (unsigned)d < UDPD_DROP__COUNT ? names[d] : "unknown";
@@ -85,21 +82,24 @@ void udpd_counters_log(udpd_level level, const char *why)
     size_t off = 0;
     const udpd_counters *c = &udpd_ctr;
 
-    udpd_log(level, "UD00050",
-             "counters (%s): rx_dgrams=%llu rx_bytes=%llu tx_dgrams=%llu tx_bytes=%llu dropped=%llu hellos=%llu "
-             "hello_refused=%llu associations=%llu closes=%llu probes=%llu data_bytes_new=%llu data_bytes_dup=%llu "
-             "data_bytes_sent=%llu feedbacks_sent=%llu feedbacks_rx=%llu chunks_completed=%llu checkpoints=%llu "
-             "checkpoint_errors=%llu write_errors=%llu",
-             why, (unsigned long long)c->rx_dgrams, (unsigned long long)c->rx_bytes, (unsigned long long)c->tx_dgrams,
-             (unsigned long long)c->tx_bytes, (unsigned long long)udpd_counters_dropped(),
-             (unsigned long long)c->hellos, (unsigned long long)c->hello_refused,
-             (unsigned long long)c->associations, (unsigned long long)c->closes, (unsigned long long)c->probes,
-             (unsigned long long)c->data_bytes_new, (unsigned long long)c->data_bytes_dup,
-             (unsigned long long)c->data_bytes_sent, (unsigned long long)c->feedbacks_sent,
-             (unsigned long long)c->feedbacks_rx, (unsigned long long)c->chunks_completed,
-             (unsigned long long)__atomic_load_n(&c->checkpoints, __ATOMIC_RELAXED),
-             (unsigned long long)__atomic_load_n(&c->checkpoint_errors, __ATOMIC_RELAXED),
-             (unsigned long long)c->write_errors);
+    udpd_log(
+        level, "UD00050",
+        "counters (%s): rx_dgrams=%llu rx_bytes=%llu tx_dgrams=%llu tx_bytes=%llu dropped=%llu hellos=%llu "
+        "hello_refused=%llu associations=%llu closes=%llu probes=%llu data_bytes_new=%llu "
+        "data_bytes_dup=%llu "
+        "data_bytes_sent=%llu feedbacks_sent=%llu feedbacks_rx=%llu chunks_completed=%llu checkpoints=%llu "
+        "checkpoint_errors=%llu write_errors=%llu",
+        why, (unsigned long long)c->rx_dgrams, (unsigned long long)c->rx_bytes,
+        (unsigned long long)c->tx_dgrams, (unsigned long long)c->tx_bytes,
+        (unsigned long long)udpd_counters_dropped(), (unsigned long long)c->hellos,
+        (unsigned long long)c->hello_refused, (unsigned long long)c->associations,
+        (unsigned long long)c->closes, (unsigned long long)c->probes, (unsigned long long)c->data_bytes_new,
+        (unsigned long long)c->data_bytes_dup, (unsigned long long)c->data_bytes_sent,
+        (unsigned long long)c->feedbacks_sent, (unsigned long long)c->feedbacks_rx,
+        (unsigned long long)c->chunks_completed,
+        (unsigned long long)__atomic_load_n(&c->checkpoints, __ATOMIC_RELAXED),
+        (unsigned long long)__atomic_load_n(&c->checkpoint_errors, __ATOMIC_RELAXED),
+        (unsigned long long)c->write_errors);
     line[0] = '\0';
     for (int i = 1; i < FB_WIRE_R__COUNT; i++)
         off += (size_t)snprintf(line + off, sizeof(line) - off, "%s%s=%llu", off ? " " : "",

@@ -27,7 +27,7 @@
 
 #include "fb_util.h"
 
-#define BDP_RTT_US 250000u          /* socket buffers hold this long at the highest rate */
+#define BDP_RTT_US 250000u /* socket buffers hold this long at the highest rate */
 #define SOCKET_BUFFER_MIN (4u << 20)
 #define SOCKET_BUFFER_MAX (256u << 20)
 #define HEARTBEAT_US 1000000ull
@@ -114,31 +114,36 @@ typedef struct options {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: udpd -c FILE [-f] [--user NAME] [--pidfile FILE] [--log-level LEVEL] [--no-offload] [-t]\n"
-            "\n"
-            "  -c, --config FILE     fallback.xml to read (default %s)\n"
-            "  -f, --foreground      stay in the foreground (always the case; for systemd and supervisors)\n"
-            "  -u, --user NAME       when started as root: create the session table for NAME and run as NAME\n"
-            "                        (and its groups) after binding the socket\n"
-            "  -p, --pidfile FILE    write the process id to FILE (removed at exit when still permitted)\n"
-            "  -l, --log-level LEVEL error, warn, info (default) or debug\n"
-            "      --no-offload      do not use UDP GSO/GRO even where the kernel offers them\n"
-            "  -t, --check           load the configuration, report, and exit\n"
-            "  -h, --help            this text\n"
-            "\n"
-            "Signals: TERM/INT checkpoint every upload and exit 0; HUP reloads the configuration (the port,\n"
-            "address and session table need a restart); USR1 logs the counters and live sessions.\n",
-            FB_DEFAULT_CONFIG_FILE);
+    fprintf(
+        out,
+        "usage: udpd -c FILE [-f] [--user NAME] [--pidfile FILE] [--log-level LEVEL] [--no-offload] [-t]\n"
+        "\n"
+        "  -c, --config FILE     fallback.xml to read (default %s)\n"
+        "  -f, --foreground      stay in the foreground (always the case; for systemd and supervisors)\n"
+        "  -u, --user NAME       when started as root: create the session table for NAME and run as NAME\n"
+        "                        (and its groups) after binding the socket\n"
+        "  -p, --pidfile FILE    write the process id to FILE (removed at exit when still permitted)\n"
+        "  -l, --log-level LEVEL error, warn, info (default) or debug\n"
+        "      --no-offload      do not use UDP GSO/GRO even where the kernel offers them\n"
+        "  -t, --check           load the configuration, report, and exit\n"
+        "  -h, --help            this text\n"
+        "\n"
+        "Signals: TERM/INT checkpoint every upload and exit 0; HUP reloads the configuration (the port,\n"
+        "address and session table need a restart); USR1 logs the counters and live sessions.\n",
+        FB_DEFAULT_CONFIG_FILE);
 }
 
 static int parse_options(options *o, int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"config", required_argument, NULL, 'c'}, {"foreground", no_argument, NULL, 'f'},
-        {"user", required_argument, NULL, 'u'},   {"pidfile", required_argument, NULL, 'p'},
-        {"log-level", required_argument, NULL, 'l'}, {"no-offload", no_argument, NULL, 'O'},
-        {"check", no_argument, NULL, 't'},        {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"foreground", no_argument, NULL, 'f'},
+        {"user", required_argument, NULL, 'u'},
+        {"pidfile", required_argument, NULL, 'p'},
+        {"log-level", required_argument, NULL, 'l'},
+        {"no-offload", no_argument, NULL, 'O'},
+        {"check", no_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int c, lvl;
@@ -253,19 +258,23 @@ static void reload(udpd *d)
     char err[2048] = "";
 
     if (fb_config_load(&ncfg, d->config_file, NULL, err, sizeof(err)) != FB_OK) {
-        udpd_log(UDPD_ERROR, "UD00030", "reload of %s failed, keeping the old configuration: %s", d->config_file, err);
+        udpd_log(UDPD_ERROR, "UD00030", "reload of %s failed, keeping the old configuration: %s",
+                 d->config_file, err);
         return;
     }
     if (ncfg->udp_port != d->cfg->udp_port || strcmp(ncfg->bind_address, d->cfg->bind_address) != 0)
-        udpd_log(UDPD_WARN, "UD00031", "the UDP port or address changed (%s port %d): restart udpd to apply it",
-                 ncfg->bind_address, ncfg->udp_port);
+        udpd_log(UDPD_WARN, "UD00031",
+                 "the UDP port or address changed (%s port %d): restart udpd to apply it", ncfg->bind_address,
+                 ncfg->udp_port);
     if (strcmp(ncfg->shm_path, d->cfg->shm_path) != 0)
         udpd_log(UDPD_WARN, "UD00032", "the session table path changed (%s): restart udpd to apply it",
                  ncfg->shm_path);
     fb_config_free(d->cfg);
     d->cfg = ncfg;
-    udpd_log(UDPD_INFO, "UD00033", "configuration %s reloaded (rate caps, policies, ciphers, docroots apply to new "
-             "associations)", d->config_file);
+    udpd_log(UDPD_INFO, "UD00033",
+             "configuration %s reloaded (rate caps, policies, ciphers, docroots apply to new "
+             "associations)",
+             d->config_file);
 }
 
 static void handle_signals(udpd *d)
@@ -458,7 +467,8 @@ int main(int argc, char **argv)
     }
     if (o.user != NULL) {
         if (geteuid() != 0) {
-            udpd_log(UDPD_ERROR, "UD00003", "--user needs root (udpd runs as uid %ld already)", (long)geteuid());
+            udpd_log(UDPD_ERROR, "UD00003", "--user needs root (udpd runs as uid %ld already)",
+                     (long)geteuid());
             goto out;
         }
         if (lookup_user(o.user, &uid, &gid) != 0) {
@@ -466,12 +476,14 @@ int main(int argc, char **argv)
             goto out;
         }
     } else if (geteuid() == 0) {
-        udpd_log(UDPD_WARN, "UD00005", "running as root: use --user (Apache's user) so that the files udpd writes "
+        udpd_log(UDPD_WARN, "UD00005",
+                 "running as root: use --user (Apache's user) so that the files udpd writes "
                  "stay usable by Apache");
     }
 
     bufsize = socket_buffer_for(d.cfg);
-    e = udpd_sock_open(&d.sock, d.cfg->bind_address, d.cfg->udp_port, bufsize, !o.no_offload, err, sizeof(err));
+    e = udpd_sock_open(&d.sock, d.cfg->bind_address, d.cfg->udp_port, bufsize, !o.no_offload, err,
+                       sizeof(err));
     if (e != FB_OK) {
         udpd_log(UDPD_ERROR, "UD00006", "cannot open the UDP socket: %s", err);
         goto out;
@@ -517,14 +529,16 @@ int main(int argc, char **argv)
     heartbeat(&d, udpd_now_us());
     d.last_stats_us = udpd_now_us();
     udpd_log(UDPD_INFO, "UD00016",
-             "listening on %s port %d (uid %ld, table %s with %u slots, socket buffers %d/%d bytes, GRO %s, GSO %s)",
+             "listening on %s port %d (uid %ld, table %s with %u slots, socket buffers %d/%d bytes, GRO %s, "
+             "GSO %s)",
              d.cfg->bind_address, d.cfg->udp_port, (long)geteuid(), d.cfg->shm_path, fb_table_nslots(d.table),
              d.sock.rcvbuf, d.sock.sndbuf, d.sock.gro ? "on" : "off", d.sock.gso ? "on" : "off");
     if ((size_t)d.sock.rcvbuf < bufsize / 4)
-        udpd_log(UDPD_WARN, "UD00017",
-                 "the kernel granted only %d bytes of receive buffer: raise net.core.rmem_max (and wmem_max) to "
-                 "%zu for high rates, or start udpd as root (SO_RCVBUFFORCE)",
-                 d.sock.rcvbuf, bufsize);
+        udpd_log(
+            UDPD_WARN, "UD00017",
+            "the kernel granted only %d bytes of receive buffer: raise net.core.rmem_max (and wmem_max) to "
+            "%zu for high rates, or start udpd as root (SO_RCVBUFFORCE)",
+            d.sock.rcvbuf, bufsize);
     status = event_loop(&d);
 
 out:

@@ -32,8 +32,8 @@
 #include "fb_util.h"
 #include "fb_xfer.h"
 
-#define ASSOC_IDLE_US (5ull * 1000000)      /* nothing authenticated for this long: forgotten */
-#define SESSION_IDLE_US (300ull * 1000000)  /* context without association: freed */
+#define ASSOC_IDLE_US (5ull * 1000000)     /* nothing authenticated for this long: forgotten */
+#define SESSION_IDLE_US (300ull * 1000000) /* context without association: freed */
 #define CKPT_BYTES (64ull << 20)
 #define CKPT_INTERVAL_US (2ull * 1000000)
 #define CKPT_IDLE_US (1000000ull)
@@ -69,7 +69,7 @@ struct sess {
     uint64_t size;
     uint32_t chunk_size;
     uint64_t nchunks;
-    uint32_t ckpt_flags; /* FB_CHECKPOINT_FLAG_SHA256 when the session has an expected digest */
+    uint32_t ckpt_flags;  /* FB_CHECKPOINT_FLAG_SHA256 when the session has an expected digest */
     uint32_t slot_cipher; /* the cipher the session fixed (info.cipher), 0 = the client's choice */
     uint8_t expected_sha256[32];
     char relpath[FB_RELPATH_MAX];
@@ -194,7 +194,8 @@ static void send_close(sess *s, fb_err reason, uint64_t now)
     memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
     hdr.pn = s->cur.pn_out;
     c.reason = (uint32_t)reason;
-    if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->cur.aead) == FB_OK) {
+    if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->cur.aead) ==
+        FB_OK) {
         s->cur.pn_out++;
         udpd_send_commit(s->ss->d, len, &s->cur.peer);
     }
@@ -214,7 +215,8 @@ static void send_feedback(sess *s, uint64_t now, int force)
     p = udpd_send_reserve(s->ss->d, FB_WIRE_MIN_DATAGRAM);
     if (p == NULL)
         return;
-    if (fb_xfer_receiver_feedback(s->rcv, p, FB_WIRE_MIN_DATAGRAM, &len, s->cur.pn_out, now, force) == FB_OK &&
+    if (fb_xfer_receiver_feedback(s->rcv, p, FB_WIRE_MIN_DATAGRAM, &len, s->cur.pn_out, now, force) ==
+            FB_OK &&
         len > 0) {
         s->cur.pn_out++;
         s->force_feedback = 0;
@@ -227,7 +229,8 @@ static void send_feedback(sess *s, uint64_t now, int force)
 
 static int slot_still_ours(const sess *s)
 {
-    return atomic_load(&s->slot->generation) == s->generation && atomic_load(&s->slot->state) == FB_SLOT_ACTIVE;
+    return atomic_load(&s->slot->generation) == s->generation &&
+           atomic_load(&s->slot->state) == FB_SLOT_ACTIVE;
 }
 
 static int docroot_allowed(const fb_config *cfg, const char *docroot)
@@ -280,7 +283,8 @@ static fb_err open_files(sess *s)
     e = fb_path_open_beneath(&s->part_fd, s->parent_fd, base, O_WRONLY | O_NOFOLLOW | O_NONBLOCK, 0);
     if (e == FB_ERR_NOT_FOUND)
         e = FB_ERR_SESSION_STATE;
-    if (e == FB_OK && (fstat(s->part_fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != s->size))
+    if (e == FB_OK &&
+        (fstat(s->part_fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != s->size))
         e = FB_ERR_SESSION_STATE;
     base = strrchr(ckpt, '/');
     snprintf(s->ckpt_base, sizeof(s->ckpt_base), "%s", base ? base + 1 : ckpt);
@@ -419,7 +423,8 @@ static void checkpoint(sess *s, uint64_t now, int sync)
             close(job.part_fd);
         if (job.parent_fd >= 0)
             close(job.parent_fd);
-        udpd_log(UDPD_WARN, "UD00061", "session %s: no descriptor for a checkpoint: %s", s->id, strerror(errno));
+        udpd_log(UDPD_WARN, "UD00061", "session %s: no descriptor for a checkpoint: %s", s->id,
+                 strerror(errno));
         return;
     }
     snprintf(job.base, sizeof(job.base), "%s", s->ckpt_base);
@@ -646,8 +651,8 @@ static void upload_fail(sess *s, fb_err e, uint64_t now)
 {
     udpd_ctr.write_errors++;
     udpd_log(e == FB_ERR_SESSION_STATE ? UDPD_INFO : UDPD_ERROR, "UD00022",
-             "session %s: writing '%s' failed: %s; UDP transfer stopped (the client continues over HTTPS)", s->id,
-             s->relpath, fb_err_message(e));
+             "session %s: writing '%s' failed: %s; UDP transfer stopped (the client continues over HTTPS)",
+             s->id, s->relpath, fb_err_message(e));
     s->wlen = 0;
     s->npend = 0;
     send_close(s, e, now);
@@ -801,8 +806,8 @@ static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uin
         detail = "out of memory";
     if (st != FB_OK) {
         udpd_ctr.hello_refused++;
-        udpd_log(UDPD_INFO, "UD00023", "session %s: HELLO from %s refused: %s (%s)", s->id, where, fb_err_message(st),
-                 detail);
+        udpd_log(UDPD_INFO, "UD00023", "session %s: HELLO from %s refused: %s (%s)", s->id, where,
+                 fb_err_message(st), detail);
         send_hello_ack(s, NULL, h, st, pkt->datagram_len, now, from);
         return;
     }
@@ -810,7 +815,8 @@ static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uin
      * this one is validated. */
     assoc_clear(&s->pend);
     a = &s->pend;
-    if (fb_aead_new(&a->aead, s->key, FB_AEAD_SERVER) != FB_OK || fb_random_bytes(a->snonce, sizeof(a->snonce)) != FB_OK ||
+    if (fb_aead_new(&a->aead, s->key, FB_AEAD_SERVER) != FB_OK ||
+        fb_random_bytes(a->snonce, sizeof(a->snonce)) != FB_OK ||
         fb_aead_set_data_keys(a->aead, cipher, h->client_nonce, a->snonce) != FB_OK) {
         udpd_log(UDPD_ERROR, "UD00024", "session %s: cannot derive data keys", s->id);
         assoc_clear(a);
@@ -826,7 +832,8 @@ static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uin
     snprintf(a->peer_str, sizeof(a->peer_str), "%s", where);
     fb_replay_init(&a->replay);
     a->last_rx_us = now;
-    udpd_log(UDPD_DEBUG, "UD00029", "session %s: HELLO from %s accepted, waiting for its first packet", s->id, where);
+    udpd_log(UDPD_DEBUG, "UD00029", "session %s: HELLO from %s accepted, waiting for its first packet", s->id,
+             where);
     send_hello_ack(s, a, h, FB_OK, pkt->datagram_len, now, from);
 }
 
@@ -845,11 +852,12 @@ static void promote(sess *s, uint64_t now)
         fb_xfer_receiver_set_aead(s->rcv, s->cur.aead);
         s->force_feedback = 1; /* the client learns at once what is held */
     }
-    udpd_log(UDPD_INFO, "UD00025",
-             "session %s: %s of '%s' (%llu bytes) from %s: cipher %u, policy %u, rate %llu..%llu B/s, datagram %u",
-             s->id, s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath, (unsigned long long)s->size,
-             s->cur.peer_str, s->cur.cipher, s->cur.policy, (unsigned long long)s->cur.min_rate,
-             (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
+    udpd_log(
+        UDPD_INFO, "UD00025",
+        "session %s: %s of '%s' (%llu bytes) from %s: cipher %u, policy %u, rate %llu..%llu B/s, datagram %u",
+        s->id, s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath, (unsigned long long)s->size,
+        s->cur.peer_str, s->cur.cipher, s->cur.policy, (unsigned long long)s->cur.min_rate,
+        (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
 }
 
 /* ---- data phase ------------------------------------------------------------------------------- */
@@ -932,8 +940,8 @@ static void on_feedback(sess *s, const fb_wire_pkt *pkt, uint64_t now)
 
         fb_xfer_sender_stats_get(&st, s->snd);
         s->snd_done_logged = 1;
-        udpd_log(UDPD_INFO, "UD00027", "session %s: download of '%s' complete: %llu bytes sent, %llu resent", s->id,
-                 s->relpath, (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_retx);
+        udpd_log(UDPD_INFO, "UD00027", "session %s: download of '%s' complete: %llu bytes sent, %llu resent",
+                 s->id, s->relpath, (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_retx);
     }
 }
 
@@ -978,7 +986,8 @@ static void on_close(sess *s, const fb_wire_pkt *pkt, uint64_t now)
         }
         checkpoint(s, now, 0);
     }
-    assoc_end(s, now, pkt->u.close.reason == FB_OK ? "closed by the client" : fb_err_name(pkt->u.close.reason));
+    assoc_end(s, now,
+              pkt->u.close.reason == FB_OK ? "closed by the client" : fb_err_name(pkt->u.close.reason));
 }
 
 void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd_addr *from, uint64_t now)
@@ -1148,7 +1157,8 @@ static void housekeeping(udpd_sessions *ss, uint64_t now)
         }
         if (s->rcv != NULL)
             sync_bitmap(s);
-        if (s->ckpt_dirty && (now - s->last_ckpt_us >= CKPT_INTERVAL_US || now - s->last_data_us >= CKPT_IDLE_US))
+        if (s->ckpt_dirty &&
+            (now - s->last_ckpt_us >= CKPT_INTERVAL_US || now - s->last_data_us >= CKPT_IDLE_US))
             checkpoint(s, now, 0);
     }
 }
@@ -1274,23 +1284,25 @@ void udpd_sessions_log(udpd_sessions *ss)
             fb_xfer_receiver_stats st;
 
             fb_xfer_receiver_stats_get(&st, s->rcv);
-            udpd_log(UDPD_INFO, "UD00052",
-                     "session %s: upload '%s' %s%s: %llu of %llu bytes held, %llu new over UDP, %llu duplicate, "
-                     "%llu FEEDBACK",
-                     s->id, s->relpath, s->cur.live ? "with " : "idle", s->cur.live ? s->cur.peer_str : "",
-                     (unsigned long long)st.held_bytes, (unsigned long long)s->size,
-                     (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_dup,
-                     (unsigned long long)st.feedbacks);
+            udpd_log(
+                UDPD_INFO, "UD00052",
+                "session %s: upload '%s' %s%s: %llu of %llu bytes held, %llu new over UDP, %llu duplicate, "
+                "%llu FEEDBACK",
+                s->id, s->relpath, s->cur.live ? "with " : "idle", s->cur.live ? s->cur.peer_str : "",
+                (unsigned long long)st.held_bytes, (unsigned long long)s->size,
+                (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_dup,
+                (unsigned long long)st.feedbacks);
         } else if (s->snd != NULL) {
             fb_xfer_sender_stats st;
 
             fb_xfer_sender_stats_get(&st, s->snd);
             udpd_log(UDPD_INFO, "UD00053",
-                     "session %s: download '%s' with %s: %llu bytes sent, %llu resent, %llu still needed, rate %llu "
+                     "session %s: download '%s' with %s: %llu bytes sent, %llu resent, %llu still needed, "
+                     "rate %llu "
                      "B/s, srtt %llu us",
                      s->id, s->relpath, s->cur.peer_str, (unsigned long long)st.bytes_new,
-                     (unsigned long long)st.bytes_retx, (unsigned long long)st.need_bytes, (unsigned long long)st.rate,
-                     (unsigned long long)st.srtt_us);
+                     (unsigned long long)st.bytes_retx, (unsigned long long)st.need_bytes,
+                     (unsigned long long)st.rate, (unsigned long long)st.srtt_us);
         } else {
             udpd_log(UDPD_INFO, "UD00054", "session %s: %s '%s', %s", s->id,
                      s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath,

@@ -7,12 +7,11 @@
  *   udp_client --session S.json --port P [--host H] --attack KIND [--count N] [--wait-ms MS]
  *
  * Transfers print one JSON line of statistics on stdout; --drop P loses a fraction P of the
- * datagrams in both directions after the engines (reproducibly, --seed N). Attacks send datagrams udpd must drop
- * and exit 0 only if nothing at all came back within --wait-ms; KIND is random, truncated,
- * forged, wrong-key, unknown-session, no-hello (data-phase packets without a HELLO), or replay
- * (a valid association, then its HELLO and DATA replayed from another socket, which must get
- * nothing, and again from the first one).
- * Exit codes: 0 ok, 1 failure, 2 usage, 4 no answer (connection lost), 5 refused. */
+ * datagrams in both directions after the engines (reproducibly, --seed N). Attacks send datagrams udpd must
+ * drop and exit 0 only if nothing at all came back within --wait-ms; KIND is random, truncated, forged,
+ * wrong-key, unknown-session, no-hello (data-phase packets without a HELLO), or replay (a valid association,
+ * then its HELLO and DATA replayed from another socket, which must get nothing, and again from the first
+ * one). Exit codes: 0 ok, 1 failure, 2 usage, 4 no answer (connection lost), 5 refused. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -39,7 +38,7 @@ typedef struct client {
     const char *session_file, *host, *upload, *download, *attack;
     int port, count, wait_ms, timeout_s, no_offload, verbose;
     uint64_t rate, min_rate;
-    double drop;   /* simulated loss, both directions */
+    double drop; /* simulated loss, both directions */
     uint64_t rng;
     unsigned policy, cipher;
     size_t datagram;
@@ -159,8 +158,8 @@ static void open_socket(client *c)
 
     if (udpd_addr_parse(&c->server, c->host, c->port) != FB_OK)
         die("bad --host");
-    if (udpd_sock_open(&c->sock, c->server.ss.ss_family == AF_INET ? "0.0.0.0" : "::", 0, 16u << 20, !c->no_offload,
-                       err, sizeof(err)) != FB_OK)
+    if (udpd_sock_open(&c->sock, c->server.ss.ss_family == AF_INET ? "0.0.0.0" : "::", 0, 16u << 20,
+                       !c->no_offload, err, sizeof(err)) != FB_OK)
         die(err);
     if (udpd_rx_new(&c->rx) != FB_OK || udpd_tx_new(&c->tx) != FB_OK)
         die("out of memory");
@@ -257,10 +256,12 @@ static size_t handshake(client *c, uint8_t *hello, size_t cap)
     if (fb_aead_new(&c->aead, c->key, FB_AEAD_CLIENT) != FB_OK)
         die("fb_aead_new");
     fb_random_bytes(c->cnonce, sizeof(c->cnonce));
-    for (uint64_t attempt = 0, wait = 250000, total = 0; attempt < 8 && total < 3000000; attempt++, wait *= 2) {
+    for (uint64_t attempt = 0, wait = 250000, total = 0; attempt < 8 && total < 3000000;
+         attempt++, wait *= 2) {
         len = make_hello(c, hello, cap, c->aead);
         send_now(c, hello, len, &c->sock);
-        if (wait_dgrams(c, &c->sock, wait, on_hello_ack, 1) > 0 && memcmp(c->ack.client_nonce, c->cnonce, 16) == 0)
+        if (wait_dgrams(c, &c->sock, wait, on_hello_ack, 1) > 0 &&
+            memcmp(c->ack.client_nonce, c->cnonce, 16) == 0)
             break;
         total += wait;
     }
@@ -435,7 +436,8 @@ static int transfer(client *c)
             uint8_t *p = udpd_tx_reserve(c->tx, FB_WIRE_MIN_DATAGRAM);
             size_t len = 0;
 
-            if (p != NULL && fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) == FB_OK &&
+            if (p != NULL &&
+                fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) == FB_OK &&
                 len > 0) {
                 c->pn++;
                 if (!lose(c))
@@ -500,13 +502,14 @@ static int transfer(client *c)
             fb_xfer_sender_stats st;
 
             fb_xfer_sender_stats_get(&st, snd);
-            printf("{\"direction\":\"upload\",\"cipher\":%u,\"policy\":%u,\"bytes\":%llu,\"seconds\":%.3f,\"gbit_s\":%.3f,\"sent_new\":%llu,"
+            printf("{\"direction\":\"upload\",\"cipher\":%u,\"policy\":%u,\"bytes\":%llu,\"seconds\":%.3f,"
+                   "\"gbit_s\":%.3f,\"sent_new\":%llu,"
                    "\"sent_retx\":%llu,\"lost\":%llu,\"feedbacks\":%llu,\"rate\":%llu,\"srtt_us\":%llu,"
                    "\"cpu_s\":%.3f,\"gso_msgs\":%llu,\"eagain\":%llu}\n",
                    c->ack.cipher, c->ack.policy, (unsigned long long)c->size, secs,
                    secs > 0 ? (double)c->size * 8 / secs / 1e9 : 0, (unsigned long long)st.bytes_new,
-                   (unsigned long long)st.bytes_retx,
-                   (unsigned long long)st.lost_bytes, (unsigned long long)st.feedbacks, (unsigned long long)st.rate,
+                   (unsigned long long)st.bytes_retx, (unsigned long long)st.lost_bytes,
+                   (unsigned long long)st.feedbacks, (unsigned long long)st.rate,
                    (unsigned long long)st.srtt_us, cpu, (unsigned long long)c->sock.st.tx_gso_msgs,
                    (unsigned long long)c->sock.st.tx_eagain);
         } else {
@@ -656,7 +659,8 @@ static int attack(client *c)
             d.send_ts_us = now_us();
             d.payload = payload;
             d.len = c->size < sizeof(payload) ? (size_t)c->size : sizeof(payload);
-            if (d.len == 0 || fb_wire_encode_data(data[i], sizeof(data[i]), &data_len[i], &hdr, &d, c->aead) != FB_OK)
+            if (d.len == 0 ||
+                fb_wire_encode_data(data[i], sizeof(data[i]), &data_len[i], &hdr, &d, c->aead) != FB_OK)
                 die("cannot encode DATA (the session needs a size > 0)");
         }
         /* ...whose packets, replayed from another address, get nothing at all. */
@@ -671,8 +675,8 @@ static int attack(client *c)
         }
         back = wait_dgrams(c, &other, (uint64_t)c->wait_ms * 1000, count_any, 0);
         udpd_sock_close(&other);
-        printf("{\"attack\":\"replay\",\"sent\":%d,\"answers\":%d,\"hello_len\":%zu,\"hello_ack_len\":%zu}\n", sent,
-               back, hello_len, c->ack_len);
+        printf("{\"attack\":\"replay\",\"sent\":%d,\"answers\":%d,\"hello_len\":%zu,\"hello_ack_len\":%zu}\n",
+               sent, back, hello_len, c->ack_len);
         if (back != 0)
             return 1;
         /* The DATA replayed on the association itself is dropped by the replay window (the
@@ -694,15 +698,15 @@ static int attack(client *c)
 int main(int argc, char **argv)
 {
     static const struct option longopts[] = {
-        {"session", required_argument, NULL, 's'}, {"host", required_argument, NULL, 'H'},
-        {"port", required_argument, NULL, 'p'},    {"upload", required_argument, NULL, 'U'},
+        {"session", required_argument, NULL, 's'},  {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'p'},     {"upload", required_argument, NULL, 'U'},
         {"download", required_argument, NULL, 'D'}, {"attack", required_argument, NULL, 'A'},
-        {"count", required_argument, NULL, 'n'},   {"wait-ms", required_argument, NULL, 'w'},
-        {"rate", required_argument, NULL, 'r'},    {"min-rate", required_argument, NULL, 'm'},
-        {"policy", required_argument, NULL, 'P'},  {"cipher", required_argument, NULL, 'C'},
+        {"count", required_argument, NULL, 'n'},    {"wait-ms", required_argument, NULL, 'w'},
+        {"rate", required_argument, NULL, 'r'},     {"min-rate", required_argument, NULL, 'm'},
+        {"policy", required_argument, NULL, 'P'},   {"cipher", required_argument, NULL, 'C'},
         {"datagram", required_argument, NULL, 'd'}, {"timeout", required_argument, NULL, 't'},
-        {"no-offload", no_argument, NULL, 'O'},    {"drop", required_argument, NULL, 'L'},
-        {"seed", required_argument, NULL, 'S'},    {NULL, 0, NULL, 0},
+        {"no-offload", no_argument, NULL, 'O'},     {"drop", required_argument, NULL, 'L'},
+        {"seed", required_argument, NULL, 'S'},     {NULL, 0, NULL, 0},
     };
     client c;
     int opt;
@@ -718,24 +722,59 @@ int main(int argc, char **argv)
     c.fd = -1;
     while ((opt = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
         switch (opt) {
-        case 's': c.session_file = optarg; break;
-        case 'H': c.host = optarg; break;
-        case 'p': c.port = atoi(optarg); break;
-        case 'U': c.upload = optarg; break;
-        case 'D': c.download = optarg; break;
-        case 'A': c.attack = optarg; break;
-        case 'n': c.count = atoi(optarg); break;
-        case 'w': c.wait_ms = atoi(optarg); break;
-        case 'r': c.rate = strtoull(optarg, NULL, 10); break;
-        case 'm': c.min_rate = strtoull(optarg, NULL, 10); break;
-        case 'P': c.policy = parse_policy(optarg); break;
-        case 'C': c.cipher = parse_cipher(optarg); break;
-        case 'd': c.datagram = (size_t)strtoul(optarg, NULL, 10); break;
-        case 't': c.timeout_s = atoi(optarg); break;
-        case 'O': c.no_offload = 1; break;
-        case 'L': c.drop = strtod(optarg, NULL); break;
-        case 'S': c.rng = strtoull(optarg, NULL, 10); break;
-        default: return 2;
+        case 's':
+            c.session_file = optarg;
+            break;
+        case 'H':
+            c.host = optarg;
+            break;
+        case 'p':
+            c.port = atoi(optarg);
+            break;
+        case 'U':
+            c.upload = optarg;
+            break;
+        case 'D':
+            c.download = optarg;
+            break;
+        case 'A':
+            c.attack = optarg;
+            break;
+        case 'n':
+            c.count = atoi(optarg);
+            break;
+        case 'w':
+            c.wait_ms = atoi(optarg);
+            break;
+        case 'r':
+            c.rate = strtoull(optarg, NULL, 10);
+            break;
+        case 'm':
+            c.min_rate = strtoull(optarg, NULL, 10);
+            break;
+        case 'P':
+            c.policy = parse_policy(optarg);
+            break;
+        case 'C':
+            c.cipher = parse_cipher(optarg);
+            break;
+        case 'd':
+            c.datagram = (size_t)strtoul(optarg, NULL, 10);
+            break;
+        case 't':
+            c.timeout_s = atoi(optarg);
+            break;
+        case 'O':
+            c.no_offload = 1;
+            break;
+        case 'L':
+            c.drop = strtod(optarg, NULL);
+            break;
+        case 'S':
+            c.rng = strtoull(optarg, NULL, 10);
+            break;
+        default:
+            return 2;
         }
     }
     if (c.session_file == NULL || c.port <= 0 || c.policy == 0 || c.cipher == 0 ||

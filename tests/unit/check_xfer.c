@@ -116,12 +116,12 @@ END_TEST
 typedef struct sim_cfg {
     uint64_t size;
     uint32_t chunk_size;
-    size_t max_payload;    /* 0 = default */
-    unsigned policy;       /* FB_POLICY_* */
-    uint64_t rate;         /* target rate, bytes/s */
-    uint64_t delay_us;     /* one way */
-    double link_rate;      /* bottleneck bytes/s; 0 = none */
-    double queue_bytes;    /* bottleneck buffer */
+    size_t max_payload; /* 0 = default */
+    unsigned policy;    /* FB_POLICY_* */
+    uint64_t rate;      /* target rate, bytes/s */
+    uint64_t delay_us;  /* one way */
+    double link_rate;   /* bottleneck bytes/s; 0 = none */
+    double queue_bytes; /* bottleneck buffer */
     double loss_fwd, loss_rev;
     uint64_t seed;
     const fb_range *ranges; /* sender's ranges; NULL = whole file */
@@ -130,7 +130,7 @@ typedef struct sim_cfg {
     int premark_even_chunks; /* receiver already holds every even chunk */
     int premark_outside;     /* receiver already holds everything outside RANGES */
     uint64_t max_time_us;
-    uint64_t rekey_at_us;    /* > 0: a new association (new keys) at this time, in flight lost */
+    uint64_t rekey_at_us; /* > 0: a new association (new keys) at this time, in flight lost */
 } sim_cfg;
 
 typedef struct sim_pkt {
@@ -149,9 +149,9 @@ typedef struct sim {
     uint8_t *src, *dst;
     uint32_t *chunk_calls;
     uint64_t nchunks;
-    uint64_t written;        /* bytes passed to the write callback */
+    uint64_t written; /* bytes passed to the write callback */
     uint64_t rng;
-    double link_free_us;     /* bottleneck: when the link is free again */
+    double link_free_us; /* bottleneck: when the link is free again */
     sim_queue fwd, rev;
     uint64_t dropped_fwd, dropped_rev, dropped_queue, sent_fwd;
     uint64_t bad_open;
@@ -255,7 +255,8 @@ static void sim_send_fwd(sim *m, uint64_t now, const uint8_t *buf, size_t len)
             m->dropped_queue++;
             return;
         }
-        depart = ((double)now > m->link_free_us ? (double)now : m->link_free_us) + (double)len * 1e6 / m->cfg->link_rate;
+        depart = ((double)now > m->link_free_us ? (double)now : m->link_free_us) +
+                 (double)len * 1e6 / m->cfg->link_rate;
         m->link_free_us = depart;
     }
     if (sim_rand(m) < m->cfg->loss_fwd) {
@@ -369,7 +370,8 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
         ck_assert_uint_le(ng, 64);
         for (size_t i = 0; i < ng; i++) {
             memcpy(m.dst + gaps[i].start, m.src + gaps[i].start, gaps[i].end - gaps[i].start);
-            ck_assert_int_eq(fb_xfer_receiver_mark_received(rcv, gaps[i].start, gaps[i].end - gaps[i].start), FB_OK);
+            ck_assert_int_eq(fb_xfer_receiver_mark_received(rcv, gaps[i].start, gaps[i].end - gaps[i].start),
+                             FB_OK);
             premarked += gaps[i].end - gaps[i].start;
         }
         fb_xfer_rset_free(&want);
@@ -461,12 +463,13 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
             fb_xfer_receiver_stats rs;
             fb_xfer_sender_stats_get(&ss, snd);
             fb_xfer_receiver_stats_get(&rs, rcv);
-            ck_abort_msg("simulation stalled at %llu us: sender need %llu, sent %llu, feedbacks %llu; receiver held "
-                         "%llu of %llu, feedbacks %llu",
-                         (unsigned long long)(now - SIM_T0), (unsigned long long)ss.need_bytes,
-                         (unsigned long long)ss.bytes, (unsigned long long)ss.feedbacks,
-                         (unsigned long long)rs.held_bytes, (unsigned long long)cfg->size,
-                         (unsigned long long)rs.feedbacks);
+            ck_abort_msg(
+                "simulation stalled at %llu us: sender need %llu, sent %llu, feedbacks %llu; receiver held "
+                "%llu of %llu, feedbacks %llu",
+                (unsigned long long)(now - SIM_T0), (unsigned long long)ss.need_bytes,
+                (unsigned long long)ss.bytes, (unsigned long long)ss.feedbacks,
+                (unsigned long long)rs.held_bytes, (unsigned long long)cfg->size,
+                (unsigned long long)rs.feedbacks);
         }
         now = next > now ? next : now + 1;
         ck_assert_msg(now - SIM_T0 < cfg->max_time_us, "transfer did not finish in %llu us (need %llu bytes)",
@@ -492,13 +495,14 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
     res->end_us = now - SIM_T0;
     if (getenv("XFER_VERBOSE") != NULL)
         fprintf(stderr,
-                "size %llu loss %.3f/%.3f: %.3f s, retx %.4f, dup %.4f, lost %llu, queue drops %llu, feedbacks %llu, "
+                "size %llu loss %.3f/%.3f: %.3f s, retx %.4f, dup %.4f, lost %llu, queue drops %llu, "
+                "feedbacks %llu, "
                 "rate %.1f Mbit/s\n",
                 (unsigned long long)cfg->size, cfg->loss_fwd, cfg->loss_rev, (double)res->end_us / 1e6,
                 (double)res->ss.bytes_retx / (double)(cfg->size ? cfg->size : 1),
-                (double)res->rs.bytes_dup / (double)(cfg->size ? cfg->size : 1), (unsigned long long)res->ss.lost_bytes,
-                (unsigned long long)m.dropped_queue, (unsigned long long)res->rs.feedbacks,
-                (double)res->ss.rate * 8 / 1e6);
+                (double)res->rs.bytes_dup / (double)(cfg->size ? cfg->size : 1),
+                (unsigned long long)res->ss.lost_bytes, (unsigned long long)m.dropped_queue,
+                (unsigned long long)res->rs.feedbacks, (double)res->ss.rate * 8 / 1e6);
     ck_assert_uint_eq(res->rs.bytes_new, m.written);
     ck_assert_uint_eq(res->rs.held_bytes, cfg->size);
 
@@ -586,7 +590,7 @@ START_TEST(test_fair_policy_through_a_bottleneck)
     sim_result r;
 
     c.policy = FB_POLICY_FAIR;
-    c.rate = 1000000000; /* asks far more than the link carries */
+    c.rate = 1000000000;    /* asks far more than the link carries */
     c.link_rate = 12500000; /* 100 Mbit/s */
     c.queue_bytes = 250000;
     c.loss_fwd = 0.005;
@@ -697,7 +701,8 @@ START_TEST(test_premarked_chunks_are_not_resent)
     c.premark_even_chunks = 1;
     sim_run(&c, &r);
     /* Only the first round trip's worth (20 ms at 20 MB/s = 400 KB) goes out blind. */
-    ck_assert_msg(r.ss.bytes_new <= 4u * (1u << 20) + 500000, "%llu bytes sent", (unsigned long long)r.ss.bytes_new);
+    ck_assert_msg(r.ss.bytes_new <= 4u * (1u << 20) + 500000, "%llu bytes sent",
+                  (unsigned long long)r.ss.bytes_new);
 }
 END_TEST
 
@@ -923,7 +928,8 @@ START_TEST(test_feedback_cadence)
     ck_assert_uint_eq(fb_xfer_receiver_next_feedback(rc, now + 2500), now + 2500);
     ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn, now + 1000, 0), FB_OK);
     ck_assert_uint_eq(len, 0);
-    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn++, now + 2, 1), FB_OK); /* forced */
+    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn++, now + 2, 1),
+                     FB_OK); /* forced */
     ck_assert_uint_gt(len, 0);
     {
         fb_wire_pkt pkt;
