@@ -30,7 +30,19 @@
  * Loss detection (sender): data is first sent in increasing offset order, and the sender keeps
  * a short log of which offset it had reached at which time. A missing byte is taken as lost once
  * something sent after it has arrived (the FEEDBACK's echoed send time) or once it was sent more
- * than two smoothed RTTs plus two feedback intervals ago (the tail of a transfer).
+ * than two smoothed RTTs plus two feedback intervals ago (the tail of a transfer). When
+ * everything has been sent and no FEEDBACK comes, the sender resends the first missing piece
+ * after that timeout (doubling up to a second) so a receiver whose FEEDBACK was lost answers.
+ *
+ * Timestamps: DATA carries now_us as its send time and 0 means "no echo", so the clock must
+ * never read 0 (CLOCK_MONOTONIC in microseconds is fine). A session that changes association
+ * (new HELLO: new keys, packet numbers from 0) keeps its engines: fb_xfer_*_set_aead.
+ *
+ * Download start (PROTOCOL.md 8): the client's receiver sends its first FEEDBACK at once (it is
+ * due immediately), describing what it already holds; the server creates its sender then and
+ * feeds it that FEEDBACK. Upload start: the client's sender starts from the session's "missing"
+ * list (HTTP answer); the server's receiver, seeded with the shared bitmap, corrects it with its
+ * first FEEDBACK.
  *
  * Typical sender loop (caller):
  *
