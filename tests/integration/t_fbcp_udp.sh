@@ -1,0 +1,402 @@
+#!/bin/bash
+# t_fbcp_udp: fbcp over the UDP fast path and its continuation over HTTPS, against a real Apache
+# with mod_fallback and a real udpd on loopback.
+#
+#   - uploads and downloads of 0 B, 1 B, chunk size - 1, chunk size + 1 and 200 MiB of random data
+#     go over UDP (--json: bytes_udp == size, bytes_http == 0) and arrive SHA-256 identical;
+#   - UDP blocked from the start (udpd not running): HTTPS carries the data, its first byte within
+#     3 s of the start (the --json "t" stamps);
+#   - udpd killed mid-transfer: the rest goes over HTTPS, the file is identical;
+#   - udpd restarted during the HTTPS leg: fbcp moves back to UDP ("transport" event http -> udp);
+#   - 10 transfers at once, UDP, HTTPS (--fallback=force) and switching ones;
+#   - --fallback=never with udpd down: exit code 4, "Connection lost".
+# shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
+T_INDEX=45
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+UDPD=${UDPD:-$SRCDIR/udpd/udpd}
+[ -x "$UDPD" ] && cp "$UDPD" "$T_TMP/bin/udpd" && UDPD=$T_TMP/bin/udpd
+UDPD_LOG=$T_TMP/udpd.log
+UDPD_PIDFILE=$T_TMP/udpd.pid
+SRC=$T_TMP/src
+OUT=$T_TMP/out
+mkdir -p "$SRC" "$OUT"
+T_CLEANUP_EXTRA='udpd_kill'
+
+# ---- helpers of this file -------------------------------------------------------------------------
+
+# udpd_start: udpd on the devserver's fallback.xml (as Apache's user when run as root, so that it
+# may open the session table and write the partial files); waits for its "listening" line.
+udpd_start() {
+    local user_opt=() n pid
+    if [ "$(id -u)" = 0 ] && getent passwd www-data >/dev/null; then user_opt=(--user www-data); fi
+    n=$(grep -c "UD00016: listening" "$UDPD_LOG" 2>/dev/null)
+    FB_SCHEMA=$DS_DIR/fallback.xsd "$UDPD" -c "$DS_DIR/fallback.xml" -f "${user_opt[@]}" >>"$UDPD_LOG" 2>&1 &
+    pid=$!
+    disown "$pid" # no "Killed" job message when a test kills it
+    echo "$pid" >"$UDPD_PIDFILE"
+    T_BG_PIDS+=("$pid")
+    wait_for 10 udpd_listening_more "${n:-0}" || fail "udpd did not start: $(tail -n 5 "$UDPD_LOG")"
+}
+
+udpd_listening_more() {
+    [ "$(grep -c "UD00016: listening" "$UDPD_LOG")" -gt "$1" ]
+}
+
+# udpd_kill: SIGKILL (a crash: no goodbye to anyone) and wait until it is gone.
+udpd_kill() {
+    local pid i
+    pid=$(cat "$UDPD_PIDFILE" 2>/dev/null)
+    [ -n "$pid" ] || return 0
+    kill -KILL "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$UDPD_PIDFILE"
+}
+
+udpd_running() {
+    local pid
+    pid=$(cat "$UDPD_PIDFILE" 2>/dev/null)
+    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# Field KEY of the "done" event in the --json output FILE.
+done_of() {
+    jq -r "select(.event == \"done\") | .$2" "$1" | tail -n1
+}
+
+# "from>to:reason" of every transport event of FILE, space separated.
+switches_of() {
+    jq -r 'select(.event == "transport") | "\(.from)>\(.to):\(.reason)"' "$1" | tr '\n' ' ' | sed 's/ $//'
+}
+
+# has_event FILE FROM TO: a transport event FROM -> TO was written.
+has_switch() {
+    [ "$(jq -r "select(.event == \"transport\" and .from == \"$2\" and .to == \"$3\") | .to" "$1" 2>/dev/null |
+        head -n1)" = "$3" ]
+}
+
+# Uploads SRC/NAME to REMOTE over what fbcp chooses; --json into OUT/NAME.up.json. Extra args follow.
+up() {
+    local name=$1 remote=$2 rc
+    shift 2
+    fbcp --json -q --overwrite always "$@" "$SRC/$name" "$URL/$remote" >"$OUT/$name.up.json" 2>"$OUT/$name.up.err"
+    rc=$?
+    [ "$rc" = 0 ] || fail "upload of $name: exit $rc: $(cat "$OUT/$name.up.err")"
+}
+
+# Downloads REMOTE to OUT/NAME; --json into OUT/NAME.down.json. Extra args follow.
+down() {
+    local remote=$1 name=$2 rc
+    shift 2
+    rm -f "$OUT/$name"
+    fbcp --json -q "$@" "$URL/$remote" "$OUT/$name" >"$OUT/$name.down.json" 2>"$OUT/$name.down.err"
+    rc=$?
+    [ "$rc" = 0 ] || fail "download of $remote: exit $rc: $(cat "$OUT/$name.down.err")"
+}
+
+# assert_over_udp JSON SIZE: the whole file went over UDP (bytes_udp == SIZE, bytes_http == 0),
+# without any change of transport.
+assert_over_udp() {
+    local json=$1 size=$2
+    assert_eq "$size" "$(done_of "$json" bytes_udp)" "bytes_udp in $(basename "$json")"
+    assert_eq 0 "$(done_of "$json" bytes_http)" "bytes_http in $(basename "$json")"
+    assert_eq "" "$(switches_of "$json")" "transport events in $(basename "$json")"
+    if [ "$size" -gt 0 ]; then
+        assert_eq udp "$(done_of "$json" transport)" "transport of the done event"
+    fi
+}
+
+mkdata() {
+    [ -f "$SRC/$1" ] || mkrand "$SRC/$1" "$2"
+}
+
+# ---- tests ----------------------------------------------------------------------------------------
+
+test_udp_small_sizes() {
+    local size name
+    for size in 0 1 $((CHUNK - 1)) $((CHUNK + 1)); do
+        name=s$size
+        mkdata "$name" "$size"
+        up "$name" "udp/$name"
+        assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+        assert_over_udp "$OUT/$name.up.json" "$size"
+        assert_eq "$(sha "$SRC/$name")" "$(done_of "$OUT/$name.up.json" sha256)" "sha256 of the done event"
+        down "udp/$name" "$name"
+        assert_file_same "$SRC/$name" "$OUT/$name"
+        assert_over_udp "$OUT/$name.down.json" "$size"
+    done
+}
+
+test_udp_200m() {
+    mkdata big 209715200
+    up big udp/big
+    assert_file_same "$SRC/big" "$DOCROOT/udp/big"
+    assert_over_udp "$OUT/big.up.json" 209715200
+    down udp/big big
+    assert_file_same "$SRC/big" "$OUT/big"
+    assert_over_udp "$OUT/big.down.json" 209715200
+    # no partial file or sidecar is left behind
+    assert_no_file "$OUT/.big.fbpart"
+    assert_no_file "$OUT/.big.fbpart.json"
+}
+
+# Every event carries "t" (seconds since the start), "transport", "bytes_udp" and "bytes_http".
+test_events_carry_t_and_counts() {
+    local bad
+    mkdata e20 20971520
+    up e20 udp/e20
+    bad=$(jq -c 'select((.t | type) != "number" or (has("bytes_udp") | not) or (has("bytes_http") | not)
+        or (has("transport") | not))' "$OUT/e20.up.json")
+    [ -z "$bad" ] || fail "events without t/transport/bytes_udp/bytes_http: $bad"
+    assert_eq udp "$(jq -r 'select(.event == "start") | .transport' "$OUT/e20.up.json")" "transport at start"
+    # t never goes back
+    jq -r '.t' "$OUT/e20.up.json" | sort -c -g || fail "t is not monotonic"
+}
+
+# UDP blocked from the start: the first HTTPS byte within 3 s of the start.
+test_blocked_from_start_goes_https() {
+    local t_switch t_first size=52428800
+    udpd_kill
+    mkdata b50 $size
+    up b50 udp/b50
+    assert_file_same "$SRC/b50" "$DOCROOT/udp/b50"
+    assert_eq "udp>http:no_answer" "$(switches_of "$OUT/b50.up.json")" "transport events"
+    assert_eq $size "$(done_of "$OUT/b50.up.json" bytes_http)" "bytes_http"
+    assert_eq 0 "$(done_of "$OUT/b50.up.json" bytes_udp)" "bytes_udp"
+    t_switch=$(jq -r 'select(.event == "transport") | .t' "$OUT/b50.up.json")
+    # the first event that shows HTTPS bytes (progress is written at most twice a second, so it
+    # may trail the first byte by up to 0.5 s: the bound holds all the more for the byte itself)
+    t_first=$(jq -r 'select(.bytes_http > 0) | .t' "$OUT/b50.up.json" | head -n1)
+    note "upload: switch at $t_switch s, first HTTPS bytes seen at $t_first s"
+    awk -v t="$t_first" 'BEGIN { exit !(t <= 3.0) }' || fail "first HTTPS bytes at $t_first s (> 3 s)"
+
+    down udp/b50 b50
+    assert_file_same "$SRC/b50" "$OUT/b50"
+    assert_eq "udp>http:no_answer" "$(switches_of "$OUT/b50.down.json")" "transport events (download)"
+    assert_eq $size "$(done_of "$OUT/b50.down.json" bytes_http)" "bytes_http (download)"
+    t_first=$(jq -r 'select(.bytes_http > 0) | .t' "$OUT/b50.down.json" | head -n1)
+    note "download: first HTTPS bytes seen at $t_first s"
+    awk -v t="$t_first" 'BEGIN { exit !(t <= 3.0) }' || fail "first HTTPS bytes at $t_first s (> 3 s)"
+}
+
+# wait_udp_bytes JSON N: waits (bounded) until a progress event shows more than N bytes over UDP.
+udp_bytes_over() {
+    [ "$(jq -r 'select(.bytes_udp != null) | .bytes_udp' "$1" 2>/dev/null | tail -n1)" -gt "$2" ] 2>/dev/null
+}
+
+# fbcp_wait PID: its exit status.
+fbcp_wait() {
+    local rc
+    wait "$1"
+    rc=$?
+    return $rc
+}
+
+# Kills udpd mid-transfer (after some MiB went over UDP); the transfer finishes over HTTPS.
+test_killed_midway_continues_https() {
+    local size=104857600 pid rc
+    udpd_running || udpd_start
+    mkdata k100 $size
+    fbcp_bg "$OUT/k100.up.json" "$OUT/k100.up.err" --json -q --overwrite always --limit-rate 20m \
+        "$SRC/k100" "$URL/udp/k100"
+    pid=$FBCP_PID
+    wait_for 20 udp_bytes_over "$OUT/k100.up.json" 10000000 || fail "no UDP progress: $(tail -n 2 "$OUT/k100.up.json")"
+    udpd_kill
+    fbcp_wait "$pid"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp exit status ($(cat "$OUT/k100.up.err"))"
+    assert_file_same "$SRC/k100" "$DOCROOT/udp/k100"
+    assert_eq "udp>http:lost" "$(switches_of "$OUT/k100.up.json")" "transport events"
+    assert_ge "$(done_of "$OUT/k100.up.json" bytes_udp)" 10000000 "bytes_udp"
+    assert_ge "$(done_of "$OUT/k100.up.json" bytes_http)" 1 "bytes_http"
+
+    udpd_start
+    fbcp_bg "$OUT/k100.down.json" "$OUT/k100.down.err" --json -q --limit-rate 20m "$URL/udp/k100" "$OUT/k100"
+    pid=$FBCP_PID
+    wait_for 20 udp_bytes_over "$OUT/k100.down.json" 10000000 || fail "no UDP progress (download)"
+    udpd_kill
+    fbcp_wait "$pid"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp exit status, download ($(cat "$OUT/k100.down.err"))"
+    assert_file_same "$SRC/k100" "$OUT/k100"
+    assert_eq "udp>http:lost" "$(switches_of "$OUT/k100.down.json")" "transport events (download)"
+    assert_ge "$(done_of "$OUT/k100.down.json" bytes_http)" 1 "bytes_http (download)"
+}
+
+# udpd killed, then started again while HTTPS carries the data: fbcp returns to UDP.
+test_restarted_udpd_brings_udp_back() {
+    local size=104857600 pid rc json dir
+    mkdata r100 $size
+    for dir in up down; do
+        json=$OUT/r100.$dir.json
+        udpd_running || udpd_start
+        if [ $dir = up ]; then
+            fbcp_bg "$json" "$OUT/r100.$dir.err" --json -q --overwrite always --limit-rate 16m --request-size 2m \
+                "$SRC/r100" "$URL/udp/r100"
+        else
+            rm -f "$OUT/r100"
+            fbcp_bg "$json" "$OUT/r100.$dir.err" --json -q --limit-rate 16m --request-size 2m \
+                "$URL/udp/r100" "$OUT/r100"
+        fi
+        pid=$FBCP_PID
+        wait_for 20 udp_bytes_over "$json" 8000000 || fail "$dir: no UDP progress"
+        udpd_kill
+        wait_for 10 has_switch "$json" udp http || fail "$dir: no change to HTTPS: $(switches_of "$json")"
+        udpd_start
+        fbcp_wait "$pid"
+        rc=$?
+        assert_eq 0 "$rc" "$dir: fbcp exit status ($(cat "$OUT/r100.$dir.err"))"
+        if [ $dir = up ]; then
+            assert_file_same "$SRC/r100" "$DOCROOT/udp/r100"
+        else
+            assert_file_same "$SRC/r100" "$OUT/r100"
+        fi
+        assert_eq "udp>http:lost http>udp:answered" "$(switches_of "$json")" "$dir: transport events"
+        assert_eq udp "$(done_of "$json" transport)" "$dir: transport at the end"
+        assert_ge "$(done_of "$json" bytes_http)" 1 "$dir: bytes_http"
+        # the bytes after the return went over UDP again
+        assert_ge "$(done_of "$json" bytes_udp)" \
+            "$(($(jq -r 'select(.event == "transport" and .to == "udp") | .bytes_udp' "$json") + 1))" \
+            "$dir: bytes_udp after the return"
+    done
+}
+
+# all_done FILE...: every file has a done or error event.
+all_finished() {
+    local f
+    for f in "$@"; do
+        grep -q '"event":"\(done\|error\)"' "$f" 2>/dev/null || return 1
+    done
+}
+
+# 10 transfers at once: 4 over UDP, 3 over HTTPS (--fallback=force), 3 slow ones that switch to
+# HTTPS when udpd is killed while they run.
+test_ten_at_once() {
+    local i pids=() fast=() slow=() forced=() f rc
+    udpd_running || udpd_start
+    for i in 1 2 3 4 5 6 7 8 9 10; do mkdata c$i $((10485760 + i * 1000003)); done
+    # over UDP: uploads 1-2, downloads 3-4 (of files uploaded here first, over HTTPS)
+    for i in 3 4 7; do
+        fbcp --json -q --fallback=force --overwrite always "$SRC/c$i" "$URL/many/c$i" >/dev/null 2>&1 ||
+            fail "seed upload c$i"
+    done
+    fbcp_bg "$OUT/c1.json" "$OUT/c1.err" --json -q --overwrite always "$SRC/c1" "$URL/many/c1"
+    pids+=("$FBCP_PID")
+    fbcp_bg "$OUT/c2.json" "$OUT/c2.err" --json -q --overwrite always "$SRC/c2" "$URL/many/c2"
+    pids+=("$FBCP_PID")
+    fbcp_bg "$OUT/c3.json" "$OUT/c3.err" --json -q "$URL/many/c3" "$OUT/c3"
+    pids+=("$FBCP_PID")
+    fbcp_bg "$OUT/c4.json" "$OUT/c4.err" --json -q "$URL/many/c4" "$OUT/c4"
+    pids+=("$FBCP_PID")
+    fast=(1 2 3 4)
+    # HTTPS only: uploads 5-6, download 7
+    fbcp_bg "$OUT/c5.json" "$OUT/c5.err" --json -q --fallback=force --overwrite always "$SRC/c5" "$URL/many/c5"
+    pids+=("$FBCP_PID")
+    fbcp_bg "$OUT/c6.json" "$OUT/c6.err" --json -q --fallback=force --overwrite always "$SRC/c6" "$URL/many/c6"
+    pids+=("$FBCP_PID")
+    fbcp_bg "$OUT/c7.json" "$OUT/c7.err" --json -q --fallback=force "$URL/many/c7" "$OUT/c7"
+    pids+=("$FBCP_PID")
+    forced=(5 6 7)
+    # slow ones (about 4 s at 3 MiB/s each) that will switch: uploads 8-10
+    for i in 8 9 10; do
+        fbcp_bg "$OUT/c$i.json" "$OUT/c$i.err" --json -q --overwrite always --limit-rate 3m "$SRC/c$i" \
+            "$URL/many/c$i"
+        pids+=("$FBCP_PID")
+    done
+    slow=(8 9 10)
+    # the fast ones finish over UDP, then udpd dies under the slow ones
+    wait_for 60 all_finished "$OUT/c1.json" "$OUT/c2.json" "$OUT/c3.json" "$OUT/c4.json" ||
+        fail "the UDP transfers did not finish"
+    for i in "${slow[@]}"; do
+        wait_for 20 udp_bytes_over "$OUT/c$i.json" 1000000 || fail "c$i: no UDP progress"
+    done
+    udpd_kill
+    for f in "${pids[@]}"; do
+        wait "$f"
+        rc=$?
+        [ "$rc" = 0 ] || fail "a transfer failed with $rc: $(cat "$OUT"/c*.err)"
+    done
+    for i in 1 2 5 6 8 9 10; do assert_file_same "$SRC/c$i" "$DOCROOT/many/c$i"; done
+    for i in 3 4 7; do assert_file_same "$SRC/c$i" "$OUT/c$i"; done
+    for i in "${fast[@]}"; do assert_over_udp "$OUT/c$i.json" "$(stat -c %s "$SRC/c$i")"; done
+    for i in "${forced[@]}"; do
+        assert_eq "$(stat -c %s "$SRC/c$i")" "$(done_of "$OUT/c$i.json" bytes_http)" "c$i: bytes_http"
+        assert_eq 0 "$(done_of "$OUT/c$i.json" bytes_udp)" "c$i: bytes_udp"
+        assert_eq "" "$(switches_of "$OUT/c$i.json")" "c$i: transport events"
+        assert_eq http "$(jq -r 'select(.event == "start") | .transport' "$OUT/c$i.json")" "c$i: start transport"
+    done
+    for i in "${slow[@]}"; do
+        assert_eq "udp>http:lost" "$(switches_of "$OUT/c$i.json")" "c$i: transport events"
+        assert_ge "$(done_of "$OUT/c$i.json" bytes_udp)" 1000000 "c$i: bytes_udp"
+        assert_ge "$(done_of "$OUT/c$i.json" bytes_http)" 1 "c$i: bytes_http"
+    done
+}
+
+test_never_with_udpd_down_fails() {
+    local rc msg
+    udpd_kill
+    mkdata n1 1048576
+    fbcp --fallback=never --overwrite always "$SRC/n1" "$URL/udp/n1" >"$OUT/n1.out" 2>"$OUT/n1.err"
+    rc=$?
+    assert_eq "$(exit_code_of connection_lost)" "$rc" "exit code (upload)"
+    msg=$(message_of connection_lost)
+    grep -q "fbcp: .*n1: $msg (" "$OUT/n1.err" || fail "no '$msg' on stderr: $(cat "$OUT/n1.err")"
+    assert_no_file "$DOCROOT/udp/n1"
+    # a download the same way, and its JSON error event
+    fbcp --json -q --fallback=never "$URL/udp/s1" "$OUT/n1.dl" >"$OUT/n1.dl.json" 2>"$OUT/n1.dl.err"
+    rc=$?
+    assert_eq 4 "$rc" "exit code (download)"
+    assert_eq connection_lost "$(jq -r 'select(.event == "error") | .code' "$OUT/n1.dl.json")" "error code"
+    assert_no_file "$OUT/n1.dl"
+}
+
+test_ciphers() {
+    local c
+    udpd_running || udpd_start
+    mkdata ci 3000000
+    for c in aes-128-gcm aes-256-gcm; do
+        fbcp -v --json --overwrite always --cipher "$c" "$SRC/ci" "$URL/udp/ci-$c" >"$OUT/ci-$c.json" \
+            2>"$OUT/ci-$c.err" || fail "--cipher $c: $(cat "$OUT/ci-$c.err")"
+        assert_file_same "$SRC/ci" "$DOCROOT/udp/ci-$c"
+        assert_over_udp "$OUT/ci-$c.json" 3000000
+    done
+    grep -q 'accepted: cipher 2,' "$OUT/ci-aes-128-gcm.err" || fail "AES-128-GCM not negotiated"
+    grep -q 'accepted: cipher 4,' "$OUT/ci-aes-256-gcm.err" || fail "AES-256-GCM not negotiated"
+    # a cipher the server does not allow (none, by default): the server picks an AES-GCM one
+    fbcp -v --json --overwrite always --cipher none "$SRC/ci" "$URL/udp/ci-none" >"$OUT/ci-none.json" \
+        2>"$OUT/ci-none.err" || fail "--cipher none: $(cat "$OUT/ci-none.err")"
+    assert_file_same "$SRC/ci" "$DOCROOT/udp/ci-none"
+    grep -q 'accepted: cipher [24],' "$OUT/ci-none.err" || fail "no AES-GCM cipher chosen for 'none'"
+    fbcp --cipher rot13 "$SRC/ci" "$URL/udp/x" 2>/dev/null
+    assert_eq 2 "$?" "exit code of an unknown cipher"
+}
+
+# ---- run ------------------------------------------------------------------------------------------
+
+need() {
+    skip "$1"
+}
+
+if [ ! -x "$UDPD" ] || ! command -v jq >/dev/null; then
+    for t in "UDP 0 B, 1 B, chunk +-1" "UDP 200 MiB" "events carry t and counts" "UDP blocked: HTTPS within 3 s" \
+        "udpd killed: HTTPS finishes" "udpd restarted: back to UDP" "10 at once" "never: Connection lost" \
+        "ciphers"; do
+        run_test "$t" need "udpd/udpd not built or jq missing"
+    done
+    finish
+fi
+ds_start_or_bail "devserver"
+require_fbcp
+udpd_start
+
+run_test "UDP upload and download of 0 B, 1 B, chunk size -1 and +1" test_udp_small_sizes
+run_test "UDP upload and download of 200 MiB" test_udp_200m
+run_test "every event carries t, transport, bytes_udp, bytes_http" test_events_carry_t_and_counts
+run_test "--cipher aes-128-gcm, aes-256-gcm; none is the server's choice" test_ciphers
+run_test "UDP blocked from the start: HTTPS carries the data within 3 s" test_blocked_from_start_goes_https
+run_test "udpd killed mid-transfer: HTTPS finishes, identical" test_killed_midway_continues_https
+run_test "udpd restarted during the HTTPS leg: back to UDP" test_restarted_udpd_brings_udp_back
+run_test "10 transfers at once: UDP, HTTPS and switching" test_ten_at_once
+run_test "--fallback=never with udpd down: exit 4, Connection lost" test_never_with_udpd_down_fails
+finish
