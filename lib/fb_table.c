@@ -164,6 +164,8 @@ static void slot_init_claimed(fb_slot *slot, uint64_t now_ns)
     atomic_store_explicit(&slot->chunks_done, 0, memory_order_relaxed);
     atomic_store_explicit(&slot->error_code, 0, memory_order_relaxed);
     atomic_store_explicit(&slot->writers, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->hash_pos, 0, memory_order_relaxed);
+    atomic_store_explicit(&slot->hash_owner, 0, memory_order_relaxed);
     atomic_store_explicit(&slot->state_since_ns, now_ns, memory_order_relaxed);
     atomic_store_explicit(&slot->last_activity_ns, now_ns, memory_order_relaxed);
     atomic_fetch_add_explicit(&slot->generation, 1, memory_order_release);

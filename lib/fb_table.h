@@ -37,7 +37,7 @@
 #include "fb_err.h"
 
 #define FB_TABLE_MAGIC "FBSESS\0\0" /* 8 bytes */
-#define FB_TABLE_VERSION_MAJOR 1
+#define FB_TABLE_VERSION_MAJOR 2 /* 2: running digest in the slot */
 #define FB_TABLE_VERSION_MINOR 0
 
 #define FB_BITMAP_BITS 131072u /* chunks per session; chunk size grows for huge files */
@@ -104,6 +104,14 @@ typedef struct fb_slot {
     _Atomic uint32_t writers;          /* requests currently writing data (informational) */
     uint8_t reserved[64];
     fb_slot_info info;
+    /* Running SHA-256 of the file's completed prefix (see fb_digest.h), so that a commit does
+     * not have to read the whole file: HASH_POS is (bytes folded in) << 1 | index of the
+     * consistent copy in HASH_STATE; the other copy is the one being written. HASH_OWNER is
+     * the pid currently advancing it (0 when none). */
+    _Atomic uint64_t hash_pos;
+    _Atomic int32_t hash_owner;
+    uint32_t pad1;
+    uint8_t hash_state[2][128];
     /* Cache-line aligned, which also makes the slot size a multiple of 64. */
     _Alignas(64) _Atomic uint64_t bitmap[FB_BITMAP_WORDS];
 } fb_slot;
@@ -115,8 +123,9 @@ _Static_assert(offsetof(fb_slot_info, docroot) == 1296, "slot info layout");
 _Static_assert(sizeof(fb_slot_info) == 2320, "slot info layout");
 _Static_assert(offsetof(fb_slot, reserved) == 64, "slot layout: atomics fill the first cache line");
 _Static_assert(offsetof(fb_slot, info) == 128, "slot layout");
-_Static_assert(offsetof(fb_slot, bitmap) == 2496, "slot layout");
-_Static_assert(sizeof(fb_slot) == 18880, "slot layout");
+_Static_assert(offsetof(fb_slot, hash_pos) == 2448, "slot layout");
+_Static_assert(offsetof(fb_slot, bitmap) == 2752, "slot layout");
+_Static_assert(sizeof(fb_slot) == 19136, "slot layout");
 _Static_assert(sizeof(fb_slot) % 64 == 0, "slots are whole cache lines");
 
 typedef struct fb_table_header {

@@ -25,12 +25,14 @@
 #include "util_filter.h"
 
 #include "fb_checkpoint.h"
+#include "fb_digest.h"
 #include "fb_path.h"
 #include "fb_range.h"
 #include "fb_util.h"
 
 #define READ_BLOCK (256 * 1024)
 #define CHECKPOINT_EVERY (64ull * 1024 * 1024)
+#define DIGEST_STEP (64ull * 1024 * 1024) /* most bytes folded into the digest per read pass */
 
 /* One PUT request's writing state. */
 typedef struct put_ctx {
@@ -191,11 +193,21 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
                 }
                 break;
             }
+            /* A chunk that another request completed meanwhile (overlapping ranges sent at
+             * once) is not written again: it may already be folded into the running digest. */
+            if (c->pos / c->chunk_size >= c->next_mark && fb_slot_chunk_done(c->slot, c->pos / c->chunk_size)) {
+                *pdetail = "another request completed this part of the file meanwhile";
+                e = FB_ERR_RANGE_NOT_SATISFIABLE;
+                break;
+            }
             e = write_all(c, data, n);
             since_ckpt += n;
         }
         apr_brigade_cleanup(bb);
         mark_chunks(c);
+        /* Fold what is complete at the front of the file into the running digest now, while
+         * it is in the page cache, so the commit does not have to read the file again. */
+        fb_slot_digest_advance(c->slot, c->gen, c->fd, DIGEST_STEP);
         atomic_store(&c->slot->last_activity_ns, fb_time_now_ns());
         if (e == FB_OK && !slot_still_ours(c)) {
             *pdetail = "the session was cancelled or committed";
@@ -302,7 +314,7 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     }
     e = mod_fallback_open_parent(&c->parent_fd, req, info->relpath);
     if (e == FB_OK) {
-        c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+        c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC); /* read: digest */
         if (c->fd < 0)
             e = FB_ERR_NOT_FOUND;
     }
@@ -317,6 +329,9 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     atomic_fetch_add(&slot->writers, 1);
     e = stream_body(c, &detail, &rv);
     req->body_read = 1;
+    /* Ranges finished by other connections may have made a long completed prefix: fold it all
+     * now, so that the commit finds the digest (nearly) complete. */
+    fb_slot_digest_advance(slot, gen, c->fd, 0);
     (void)checkpoint_save(c);
     atomic_fetch_sub(&slot->writers, 1);
 

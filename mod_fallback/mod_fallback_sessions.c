@@ -25,6 +25,7 @@
 #include "http_protocol.h"
 
 #include "fb_checkpoint.h"
+#include "fb_digest.h"
 #include "fb_path.h"
 #include "fb_range.h"
 #include "fb_util.h"
@@ -917,7 +918,12 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
                          NULL);
         goto leave;
     }
-    e = fb_sha256_fd(digest, fd, info->size);
+    /* The running digest already covers most of the file (fb_digest.h); only the rest is read.
+     * If it disagrees with the client, the file is hashed again from the start before the
+     * mismatch is reported, so a damaged running state can never refuse a good upload. */
+    e = fb_slot_digest_final(digest, slot, gen, fd, info->size);
+    if (e != FB_OK || !fb_mem_equal_ct(digest, sha, FB_SHA256_LEN))
+        e = fb_sha256_fd(digest, fd, info->size);
     if (e != FB_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00216) "hashing '%s' failed: %s", partrel, fb_err_message(e));
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);

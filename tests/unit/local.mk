@@ -7,7 +7,8 @@ UNIT_TESTS = \
 	tests/unit/check_util \
 	tests/unit/check_config \
 	tests/unit/check_table \
-	tests/unit/check_checkpoint
+	tests/unit/check_checkpoint \
+	tests/unit/check_digest
 check_PROGRAMS += $(UNIT_TESTS)
 TESTS += $(UNIT_TESTS)
 UNIT_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS) -DFB_TOP_SRCDIR='"$(abs_top_srcdir)"'
@@ -33,5 +34,8 @@ tests_unit_check_table_LDADD = $(UNIT_LDADD)
 tests_unit_check_checkpoint_SOURCES = tests/unit/check_checkpoint.c
 tests_unit_check_checkpoint_CFLAGS = $(UNIT_CFLAGS)
 tests_unit_check_checkpoint_LDADD = $(UNIT_LDADD)
+tests_unit_check_digest_SOURCES = tests/unit/check_digest.c
+tests_unit_check_digest_CFLAGS = $(UNIT_CFLAGS)
+tests_unit_check_digest_LDADD = $(UNIT_LDADD)
 AM_TESTS_ENVIRONMENT = CK_DEFAULT_TIMEOUT=60; export CK_DEFAULT_TIMEOUT; FB_SCHEMA=$(abs_top_srcdir)/conf/fallback.xsd; export FB_SCHEMA;
 endif
