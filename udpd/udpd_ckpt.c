@@ -1,7 +1,8 @@
 /* udpd_ckpt: upload checkpoints on a worker thread.
  *
  * A checkpoint is exactly the module's (mod_fallback_data.c): flock(LOCK_EX) on the partial
- * file, bitmap snapshot, fdatasync, fb_checkpoint_write, unlock; skipped once the slot is no
+ * file, bitmap snapshot, fdatasync, fb_checkpoint_write, unlock; before it, the completed
+ * front of the file is folded into the running digest (fb_digest.h). Skipped once the slot is no
  * longer the same ACTIVE session (a commit or cancel holds the same lock while it changes the
  * state). fdatasync of tens of megabytes can take a good part of a second, so it runs here and
  * not on the event loop, which keeps receiving meanwhile: only chunks whose data udpd has
@@ -17,6 +18,7 @@
 #include <unistd.h>
 
 #include "fb_checkpoint.h"
+#include "fb_digest.h"
 #include "fb_range.h"
 
 #define QUEUE_LEN 64
@@ -40,6 +42,10 @@ fb_err udpd_ckpt_run(udpd_ckpt_job *job)
         e = FB_ERR_NOMEM;
         goto out;
     }
+    /* Fold the completed front of the file into the slot's running digest while it is still in
+     * the page cache, so the commit does not read it all again (returns at once if another
+     * process is at it, or if the front chunk is not complete). */
+    fb_slot_digest_advance(job->slot, job->generation, job->part_fd, 0);
     while (flock(job->part_fd, LOCK_EX) != 0) {
         if (errno != EINTR || tries++ > 1000) {
             e = FB_ERR_IO;

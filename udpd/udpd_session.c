@@ -280,7 +280,8 @@ static fb_err open_files(sess *s)
         goto done;
     base = strrchr(part, '/');
     base = base ? base + 1 : part;
-    e = fb_path_open_beneath(&s->part_fd, s->parent_fd, base, O_WRONLY | O_NOFOLLOW | O_NONBLOCK, 0);
+    /* Read too: the checkpoint worker folds completed data into the running digest. */
+    e = fb_path_open_beneath(&s->part_fd, s->parent_fd, base, O_RDWR | O_NOFOLLOW | O_NONBLOCK, 0);
     if (e == FB_ERR_NOT_FOUND)
         e = FB_ERR_SESSION_STATE;
     if (e == FB_OK &&
@@ -309,20 +310,12 @@ done:
     return FB_OK;
 }
 
-/* Writes the write buffer out (only while the session is still ours). */
-static fb_err wflush(sess *s)
+static fb_err pwrite_all(int fd, const uint8_t *p, size_t left, uint64_t off)
 {
-    const uint8_t *p = s->wbuf;
-    size_t left = s->wlen;
-    uint64_t off = s->woff;
     int eintr = 0;
 
-    if (left == 0)
-        return FB_OK;
-    if (!slot_still_ours(s))
-        return FB_ERR_SESSION_STATE;
     while (left > 0) {
-        ssize_t n = pwrite(s->part_fd, p, left, (off_t)off);
+        ssize_t n = pwrite(fd, p, left, (off_t)off);
 
         if (n < 0) {
             if (errno == EINTR && eintr++ < 1000)
@@ -335,8 +328,37 @@ static fb_err wflush(sess *s)
         left -= (size_t)n;
         off += (uint64_t)n;
     }
-    s->wlen = 0;
     return FB_OK;
+}
+
+/* Writes the write buffer out (only while the session is still ours), except the parts of
+ * chunks someone else (HTTP) completed meanwhile: those may already be folded into the running
+ * digest (fb_digest.h), so they are never written again, as the module does. */
+static fb_err wflush(sess *s)
+{
+    uint64_t pos = s->woff, end = s->woff + s->wlen, run = s->woff;
+    fb_err e = FB_OK;
+
+    if (s->wlen == 0)
+        return FB_OK;
+    if (!slot_still_ours(s))
+        return FB_ERR_SESSION_STATE;
+    while (pos < end && e == FB_OK) {
+        uint64_t idx = pos / s->chunk_size;
+        uint64_t cend = (idx + 1) * s->chunk_size < end ? (idx + 1) * s->chunk_size : end;
+
+        if (fb_slot_chunk_done(s->slot, idx)) {
+            if (pos > run)
+                e = pwrite_all(s->part_fd, s->wbuf + (run - s->woff), (size_t)(pos - run), run);
+            run = cend;
+        }
+        pos = cend;
+    }
+    if (e == FB_OK && end > run)
+        e = pwrite_all(s->part_fd, s->wbuf + (run - s->woff), (size_t)(end - run), run);
+    if (e == FB_OK)
+        s->wlen = 0;
+    return e;
 }
 
 static fb_err write_cb(void *ctx, uint64_t offset, const uint8_t *buf, size_t len)
