@@ -628,6 +628,8 @@ static void config_read_sessions(config_reader *rd, const xmlNode *sect)
         } else if (config_name_is(n, "max_sessions")) {
             config_get_int(rd, n, &max_sessions, 1, 65536);
             cfg->max_sessions = (uint32_t)max_sessions;
+        } else if (config_name_is(n, "max_sessions_per_user")) {
+            config_get_u32(rd, n, &cfg->max_sessions_per_user);
         } else if (config_name_is(n, "idle_timeout")) {
             config_get_u32(rd, n, &cfg->idle_timeout);
         } else if (config_name_is(n, "done_linger")) {
@@ -824,6 +826,7 @@ void fb_config_defaults(fb_config *cfg)
     cfg->file_mode = FB_DEFAULT_FILE_MODE;
     cfg->shm_path = (char *)FB_DEFAULT_SHM_PATH;
     cfg->max_sessions = FB_DEFAULT_MAX_SESSIONS;
+    cfg->max_sessions_per_user = FB_DEFAULT_MAX_SESSIONS_PER_USER;
     cfg->idle_timeout = FB_DEFAULT_IDLE_TIMEOUT;
     cfg->done_linger = FB_DEFAULT_DONE_LINGER;
     cfg->max_json_body = FB_DEFAULT_MAX_JSON_BODY;
@@ -972,6 +975,7 @@ void fb_config_print(const fb_config *cfg, FILE *out)
     fprintf(out, "transfer.file_mode = %04o\n", cfg->file_mode);
     fprintf(out, "sessions.shm_path = %s\n", cfg->shm_path != NULL ? cfg->shm_path : FB_DEFAULT_SHM_PATH);
     fprintf(out, "sessions.max_sessions = %u\n", (unsigned)cfg->max_sessions);
+    fprintf(out, "sessions.max_sessions_per_user = %u\n", (unsigned)cfg->max_sessions_per_user);
     fprintf(out, "sessions.idle_timeout = %u\n", (unsigned)cfg->idle_timeout);
     fprintf(out, "sessions.done_linger = %u\n", (unsigned)cfg->done_linger);
     fprintf(out, "sessions.max_json_body = %u\n", (unsigned)cfg->max_json_body);

@@ -28,6 +28,7 @@
 #define FB_DEFAULT_UDP_PORT 33001
 #define FB_DEFAULT_CHUNK_SIZE (1024u * 1024u)
 #define FB_DEFAULT_MAX_SESSIONS 256
+#define FB_DEFAULT_MAX_SESSIONS_PER_USER 32
 #define FB_DEFAULT_SHM_PATH "/dev/shm/fallback-sessions"
 #define FB_DEFAULT_IDLE_TIMEOUT 86400 /* seconds an unfinished session stays in the table */
 #define FB_DEFAULT_DONE_LINGER 300    /* seconds a finished session stays visible */
@@ -73,6 +74,7 @@ typedef struct fb_config {
     /* <sessions> */
     char *shm_path;         /* session table file, default /dev/shm/fallback-sessions */
     uint32_t max_sessions;  /* slot count, default 256 */
+    uint32_t max_sessions_per_user; /* live sessions one user may hold; default 32, 0 = no limit */
     uint32_t idle_timeout;  /* seconds */
     uint32_t done_linger;   /* seconds */
     uint32_t max_json_body; /* bytes */

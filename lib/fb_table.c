@@ -657,7 +657,9 @@ int fb_table_recover_slot(fb_table *table, uint32_t index)
         repaired = atomic_compare_exchange_strong_explicit(&slot->state, &state, FB_SLOT_FREE,
                                                            memory_order_acq_rel, memory_order_relaxed);
     } else if (state == FB_SLOT_FINALISING) {
-        /* The commit did not finish; the data is all there, so the session can commit again. */
+        /* The commit did not finish; the data is all there, so the session can commit again.
+         * A committer killed inside its info write left the seqlock odd: close it. */
+        slot_seq_make_even(slot);
         atomic_store_explicit(&slot->state_since_ns, table_now_ns(), memory_order_relaxed);
         repaired = atomic_compare_exchange_strong_explicit(&slot->state, &state, FB_SLOT_ACTIVE,
                                                            memory_order_acq_rel, memory_order_relaxed);

@@ -223,7 +223,7 @@ static apr_status_t daemon_spawn(server_rec *s, apr_interval_time_t delay)
                      FBLOGNO(00701) "mod_fallback: udpd (pid %d) starts in %.1f s: %s", (int)pid,
                      (double)delay / APR_USEC_PER_SEC, gen.cmdline);
     else
-        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, FBLOGNO(00701) "mod_fallback: udpd (pid %d) started: %s",
+        ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s, FBLOGNO(00720) "mod_fallback: udpd (pid %d) started: %s",
                      (int)pid, gen.cmdline);
     return APR_SUCCESS;
 }
@@ -295,7 +295,7 @@ static void daemon_stop(server_rec *s, const char *why)
     if (w == pid) {
         describe_status(how, sizeof(how), status);
         ap_log_error(APLOG_MARK, APLOG_NOTICE, 0, s,
-                     FBLOGNO(00706) "mod_fallback: udpd (pid %d) stopped (%s)", (int)pid, how);
+                     FBLOGNO(00721) "mod_fallback: udpd (pid %d) stopped (%s)", (int)pid, how);
     }
 }
 

@@ -127,6 +127,30 @@ static fb_err write_all(put_ctx *c, const char *data, apr_size_t len)
     return FB_OK;
 }
 
+/* Writes N bytes at the current position one chunk at a time. A chunk that another request
+ * completed meanwhile (overlapping ranges sent at once) is never written again: it may already
+ * be folded into the running digest, and completed chunks stay as they are. */
+static fb_err write_pieces(put_ctx *c, const char *data, apr_size_t n, const char **pdetail)
+{
+    while (n > 0) {
+        uint64_t chunk = c->pos / c->chunk_size;
+        uint64_t room = (chunk + 1) * (uint64_t)c->chunk_size - c->pos;
+        apr_size_t piece = n < room ? n : (apr_size_t)room;
+        fb_err e;
+
+        if (chunk >= c->next_mark && fb_slot_chunk_done(c->slot, chunk)) {
+            *pdetail = "another request completed this part of the file meanwhile";
+            return FB_ERR_RANGE_NOT_SATISFIABLE;
+        }
+        e = write_all(c, data, piece);
+        if (e != FB_OK)
+            return e;
+        data += piece;
+        n -= piece;
+    }
+    return FB_OK;
+}
+
 /* Strict Content-Length: digits only. */
 static int parse_length(uint64_t *pout, const char *s)
 {
@@ -193,14 +217,7 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
                 }
                 break;
             }
-            /* A chunk that another request completed meanwhile (overlapping ranges sent at
-             * once) is not written again: it may already be folded into the running digest. */
-            if (c->pos / c->chunk_size >= c->next_mark && fb_slot_chunk_done(c->slot, c->pos / c->chunk_size)) {
-                *pdetail = "another request completed this part of the file meanwhile";
-                e = FB_ERR_RANGE_NOT_SATISFIABLE;
-                break;
-            }
-            e = write_all(c, data, n);
+            e = write_pieces(c, data, n, pdetail);
             since_ckpt += n;
         }
         apr_brigade_cleanup(bb);
@@ -323,10 +340,13 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     mod_fallback_fd_close_on_cleanup(r->pool, c->fd);
     /* Checked after the open: a new session of the same path fails this one before replacing
      * the file, so a file opened by name here belongs to this session if it is still active. */
-    if (!slot_still_ours(c))
-        return mod_fallback_problem(req, FB_ERR_SESSION_STATE, "the session is no longer active");
-
+    /* Counted as a writer before the state check: a commit that moved the session on waits for
+     * the writers it may have raced with (see the commit). */
     atomic_fetch_add(&slot->writers, 1);
+    if (!slot_still_ours(c)) {
+        atomic_fetch_sub(&slot->writers, 1);
+        return mod_fallback_problem(req, FB_ERR_SESSION_STATE, "the session is no longer active");
+    }
     e = stream_body(c, &detail, &rv);
     req->body_read = 1;
     /* Ranges finished by other connections may have made a long completed prefix: fold it all

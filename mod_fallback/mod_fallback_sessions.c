@@ -15,6 +15,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -257,10 +258,57 @@ static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction
     return e;
 }
 
+/* Keeps one user from taking every slot: counts the user's live sessions and, at the limit,
+ * retires the user's own longest-idle session (idle for a minute at least, nobody writing).
+ * A retired upload keeps its partial file and checkpoint, so it can still be resumed. */
+#define USER_IDLE_RETIRE_NS (60ull * 1000 * 1000 * 1000)
+static fb_err enforce_user_limit(mod_fallback_req *req)
+{
+    uint32_t limit = req->cfg->max_sessions_per_user, n = fb_table_nslots(req->table), live = 0;
+    fb_slot_info *info = apr_palloc(req->r->pool, sizeof(*info));
+    fb_slot *oldest = NULL;
+    uint64_t oldest_at = UINT64_MAX, now = fb_time_now_ns();
+
+    if (limit == 0)
+        return FB_OK;
+    for (uint32_t i = 0; i < n; i++) {
+        fb_slot *slot = fb_table_slot(req->table, i);
+        uint32_t st = atomic_load(&slot->state);
+        uint64_t last;
+
+        if (st != FB_SLOT_ACTIVE && st != FB_SLOT_CLAIMED && st != FB_SLOT_FINALISING)
+            continue;
+        fb_slot_info_read(info, slot);
+        OPENSSL_cleanse(info->key, sizeof(info->key));
+        if (strcmp(info->user, req->user) != 0 || strcmp(info->docroot, req->docroot) != 0)
+            continue;
+        live++;
+        last = atomic_load(&slot->last_activity_ns);
+        if (st == FB_SLOT_ACTIVE && atomic_load(&slot->writers) == 0 && now > last &&
+            now - last >= USER_IDLE_RETIRE_NS && last < oldest_at) {
+            oldest = slot;
+            oldest_at = last;
+        }
+    }
+    if (live < limit)
+        return FB_OK;
+    if (oldest != NULL && fb_slot_transition(oldest, FB_SLOT_ACTIVE, FB_SLOT_FAILED)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, req->r,
+                      FBLOGNO(00225) "user '%s' at the limit of %u sessions: retired the longest idle one",
+                      req->user, (unsigned)limit);
+        return FB_OK;
+    }
+    return FB_ERR_TABLE_FULL;
+}
+
 static fb_err claim_slot(uint32_t *pidx, fb_slot **pslot, mod_fallback_req *req)
 {
     const fb_config *cfg = req->cfg;
-    fb_err e = fb_table_claim(req->table, pidx, fb_time_now_ns(), cfg->idle_timeout, cfg->done_linger);
+    fb_err e = enforce_user_limit(req);
+
+    if (e != FB_OK)
+        return e;
+    e = fb_table_claim(req->table, pidx, fb_time_now_ns(), cfg->idle_timeout, cfg->done_linger);
 
     if (e == FB_OK)
         *pslot = fb_table_slot(req->table, *pidx);
@@ -519,6 +567,26 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
     }
     mod_fallback_fd_close_on_cleanup(r->pool, part_fd);
 
+    /* Refuse at once what cannot fit: the partial file is sparse, so otherwise the disk would
+     * only fill up in the middle of the transfer. What the partial file already holds counts. */
+    {
+        struct stat psb;
+        struct statvfs vfs;
+
+        if (fstat(part_fd, &psb) == 0 && fstatvfs(part_fd, &vfs) == 0) {
+            uint64_t have = (uint64_t)psb.st_blocks * 512u;
+            uint64_t need = size > have ? size - have : 0;
+            uint64_t avail = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+
+            if (need > avail)
+                return mod_fallback_problem(
+                    req, FB_ERR_DISK_FULL,
+                    apr_psprintf(r->pool, "the upload needs %" APR_UINT64_T_FMT " more bytes, %" APR_UINT64_T_FMT
+                                          " are free",
+                                 (apr_uint64_t)need, (apr_uint64_t)avail));
+        }
+    }
+
     /* 1. A live session of this user for the same file: hand it out again (same id and key),
      * but only to a request expecting the same content; never supersede a live upload of
      * other content. */
@@ -745,25 +813,32 @@ int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)
     return reply_session(req, HTTP_OK, idx, slot, 0, 1, 0);
 }
 
-/* Removes the partial file and checkpoint of a session this request just failed. */
-static void remove_files(mod_fallback_req *req, const fb_slot_info *info)
+/* Cancels an ACTIVE upload: the ACTIVE -> FAILED transition and the removal of its partial
+ * file and checkpoint happen under the partial file's flock, the lock a create of the same path
+ * takes before it decides to resume. So a create either sees the session still ACTIVE (and
+ * joins it, to be cancelled with it) or finds no files left: a cancel can never remove the files
+ * of a newer session, nor can a newer session resume the progress of a cancelled one.
+ * Returns 1 if this request cancelled the session. */
+static int cancel_upload(mod_fallback_req *req, fb_slot *slot, const fb_slot_info *info)
 {
     char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
-    int parent_fd = -1, fd = -1;
+    int parent_fd = -1, fd = -1, owned;
 
     if (fb_path_partial_name(partrel, sizeof(partrel), info->relpath) != FB_OK ||
         fb_path_checkpoint_name(ckptrel, sizeof(ckptrel), info->relpath) != FB_OK ||
-        mod_fallback_open_parent(&parent_fd, req, info->relpath) != FB_OK)
-        return;
-    /* Under the flock, so a create request waiting on it sees the name gone and starts over. */
-    if (lock_partial(&fd, parent_fd, mod_fallback_basename(partrel), 0) == FB_OK) {
+        mod_fallback_open_parent(&parent_fd, req, info->relpath) != FB_OK ||
+        lock_partial(&fd, parent_fd, mod_fallback_basename(partrel), 0) != FB_OK)
+        /* No partial file left to protect: the transition alone cancels. */
+        return fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED);
+    owned = fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED);
+    if (owned) {
         if (unlinkat(parent_fd, mod_fallback_basename(partrel), 0) != 0 && errno != ENOENT)
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, APR_FROM_OS_ERROR(errno), req->r,
                           FBLOGNO(00211) "cannot remove the partial file of '%s'", info->relpath);
+        (void)fb_checkpoint_remove(parent_fd, mod_fallback_basename(ckptrel));
     }
-    (void)fb_checkpoint_remove(parent_fd, mod_fallback_basename(ckptrel));
-    if (fd >= 0)
-        close(fd);
+    close(fd);
+    return owned;
 }
 
 int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id)
@@ -780,16 +855,13 @@ int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id)
     wipe_info(info);
     st = atomic_load(&slot->state);
     if (st == FB_SLOT_ACTIVE) {
-        owned = fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED);
+        owned = info->direction == FB_DIR_UPLOAD ? cancel_upload(req, slot, info)
+                                                 : fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED);
         st = atomic_load(&slot->state);
     }
     if (!owned && st != FB_SLOT_FAILED)
         return mod_fallback_problem(req, FB_ERR_SESSION_STATE,
                                     st == FB_SLOT_DONE ? "the session is already committed" : "the session is being committed");
-    /* A session failed by someone else no longer owns its files (they may belong to a newer
-     * session of the same path): only this request's own cancel removes them. */
-    if (owned && info->direction == FB_DIR_UPLOAD)
-        remove_files(req, info);
     /* Generation-checked: never frees a slot reused for another session meanwhile. */
     (void)fb_slot_cancel(slot, gen);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00212) "session %s of '%s' (%s) cancelled", id, req->user,
@@ -884,7 +956,12 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
             return reply_done(req, id, slot, sha);
         return mod_fallback_problem(req, FB_ERR_SESSION_STATE, NULL);
     }
-    /* From here on this request owns the slot: every path leaves FINALISING. */
+    /* From here on this request owns the slot: every path leaves FINALISING. PUTs that started
+     * before the transition may still be writing their last buffer: wait for them (bounded: a
+     * child killed mid-request never decrements the count, so after 5 s the commit goes on). */
+    for (tries = 0; atomic_load(&slot->writers) > 0 && tries < 500; tries++)
+        apr_sleep(apr_time_from_msec(10));
+    tries = 0;
     done = atomic_load(&slot->chunks_done);
     if (done != info->nchunks)
         return commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_INCOMPLETE,

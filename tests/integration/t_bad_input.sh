@@ -335,6 +335,29 @@ test_completes_after_all_that() {
     assert_eq "secret.txt" "$(find "$OUTSIDE" -mindepth 1 -printf '%P ' | sed 's/ $//')" "files outside"
 }
 
+test_per_user_session_limit() {
+    local st i ids=()
+    # Three live sessions per user: the fourth is refused; other users are unaffected.
+    sed -i 's|</shm_path>|</shm_path><max_sessions_per_user>3</max_sessions_per_user>|' "$DS_DIR/fallback.xml"
+    "$DEVSERVER" graceful --dir "$DS_DIR" --quiet >/dev/null 2>&1 || fail "graceful failed"
+    # The setup session of this file is one of demo's: two more fit.
+    for i in 1 2; do
+        st=$(api POST sessions -H 'Content-Type: application/json' \
+            --data "{\"direction\":\"upload\",\"path\":\"limit$i.bin\",\"size\":10}")
+        assert_eq 201 "$st" "session $i of demo"
+        ids+=("$(jbody .id)")
+    done
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data '{"direction":"upload","path":"limit3.bin","size":10}')
+    assert_problem 503 too_many_sessions "$st"
+    st=$(api_as bob bob-password POST sessions -H 'Content-Type: application/json' \
+        --data '{"direction":"upload","path":"bob.bin","size":10}')
+    assert_eq 201 "$st" "another user still gets a session"
+    for i in "${ids[@]}"; do api DELETE "sessions/$i" >/dev/null; done
+    sed -i 's|<max_sessions_per_user>3</max_sessions_per_user>||' "$DS_DIR/fallback.xml"
+    "$DEVSERVER" graceful --dir "$DS_DIR" --quiet >/dev/null 2>&1 || fail "graceful failed"
+}
+
 ds_start_or_bail "all bad input tests"
 
 run_test "setup: an upload session" test_setup
@@ -349,6 +372,7 @@ run_test "another user's session -> 404" test_other_users_session
 run_test "oversized JSON -> 413 too_large" test_oversized_json
 run_test "broken JSON -> 400 bad_request" test_broken_json
 run_test "unknown methods and endpoints -> 405/404" test_methods_and_endpoints
+run_test "one user cannot take every session slot -> 503 too_many_sessions" test_per_user_session_limit
 run_test "wrong digest -> 422 digest_mismatch, target absent, session active" test_wrong_digest
 run_test "the same session completes correctly afterwards" test_completes_after_all_that
 finish

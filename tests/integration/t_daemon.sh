@@ -57,7 +57,7 @@ test_start_runs_udpd() {
     # A real udpd, not one that dies at once and is restarted again and again.
     sleep 1.5
     assert_eq "$pid" "$(udpd_children)" "udpd pid 1.5 s later"
-    grep -q 'FB00701:' "$DS_DIR/error.log" || fail "no FB00701 (started) line in error.log"
+    grep -q 'FB00720:' "$DS_DIR/error.log" || fail "no FB00720 (started) line in error.log"
 }
 
 test_killed_udpd_is_replaced() {
@@ -106,7 +106,7 @@ test_stop_leaves_no_udpd() {
     if kill -0 "$pid" 2>/dev/null; then fail "udpd $pid still runs after stop"; fi
     left=$(udpd_anywhere)
     [ -z "$left" ] || fail "udpd processes left after stop: $left"
-    grep -q "FB00706: .*udpd (pid $pid) stopped" "$DS_DIR/error.log" || fail "no FB00706 line for pid $pid"
+    grep -q "FB00721: .*udpd (pid $pid) stopped" "$DS_DIR/error.log" || fail "no FB00721 line for pid $pid"
 }
 
 skip_all() {
