@@ -347,6 +347,8 @@ fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long po
 /* Sends CLOSE if an association is open, wipes keys, closes the socket. NULL is allowed. */
 void fbcp_udp_free(fbcp_udp *u);
 int fbcp_udp_fd(const fbcp_udp *u);
+/* 1 while an association is open (a HELLO was accepted and not closed since). */
+int fbcp_udp_associated(const fbcp_udp *u);
 /* X->yield_check while HTTP(S) carries the data: reads the socket, sends a HELLO (fresh nonce)
  * when X->sw says a probe is due, keeps an answered association alive with PROBEs. Returns 1
  * once a HELLO was accepted and X->sw says to move back to UDP. */
@@ -432,6 +434,9 @@ typedef struct fbcp_ctx {
     fbcp_http *http;
     fbcp_transport *transport; /* HTTP(S) */
     fbcp_transport *udp;       /* UDP (NULL under --fallback=force) */
+    /* The last UDP leg of this run got no answer at all: under auto the next file starts on
+     * HTTP(S) and probes at once, instead of waiting --udp-timeout again. Cleared by an answer. */
+    int udp_unanswered;
 } fbcp_ctx;
 
 /* fbcp_move.c: sets up X's transport choice (X->sw, X->udp) once its session is known: the

@@ -30,8 +30,10 @@ fb_err fbcp_move_setup(fbcp_ctx *c, fbcp_xfer *x, fbcp_switch *sw, char *detail,
     x->yield_check = NULL;
     if (o->fallback != FBCP_FALLBACK_FORCE && x->udp == NULL) {
         if (c->udp == NULL || !x->have_key || x->udp_port <= 0) {
+            /* the module names the UDP port only while udpd runs */
             e = FB_ERR_CONNECTION_LOST;
-            snprintf(detail, detlen, "the server offers no UDP endpoint for this session");
+            snprintf(detail, detlen, "%s", x->udp_port <= 0 ? "the server offers no UDP endpoint (udpd is not running)"
+                                                            : "the session has no key for UDP");
         } else {
             e = fbcp_udp_new(&x->udp, o, x->url->host, x->udp_port, detail, detlen);
         }
@@ -47,6 +49,14 @@ fb_err fbcp_move_setup(fbcp_ctx *c, fbcp_xfer *x, fbcp_switch *sw, char *detail,
     if (x->udp != NULL) {
         x->poll_fd = fbcp_udp_fd(x->udp);
         x->yield_check = fbcp_udp_probe;
+        if (c->udp_unanswered && o->fallback == FBCP_FALLBACK_AUTO && sw->current == FBCP_TR_UDP) {
+            /* UDP did not answer for the previous file: HTTP(S) at once, a HELLO at once too */
+            uint64_t now = fbcp_move_now_us();
+
+            fbcp_trace(o, "UDP did not answer for the previous file: starting over HTTP(S), probing UDP");
+            fbcp_switch_to_http(sw, now);
+            sw->next_probe_us = now;
+        }
     }
     x->transport_name = fbcp_tr_name(sw->current);
     return FB_OK;
@@ -89,16 +99,20 @@ fb_err fbcp_move(fbcp_ctx *c, fbcp_xfer *x, const fbcp_ranges *todo0, char *deta
             x->yielded = 0;
             rv = x->direction == FBCP_UPLOAD ? t->ops->upload(t, x, &todo, detail, detlen)
                                              : t->ops->download(t, x, &todo, detail, detlen);
+            if (x->udp != NULL && fbcp_udp_associated(x->udp))
+                c->udp_unanswered = 0; /* a probe was answered, even if HTTP(S) finished first */
             if (rv != FB_OK || !x->yielded || sw == NULL)
                 break;
             /* UDP answers again and the running requests have finished */
             x->yielded = 0;
+            c->udp_unanswered = 0;
             fbcp_switch_to_udp(sw, fbcp_move_now_us());
             fbcp_event_transport(x, "http", "udp", fbcp_switch_reason_name(FBCP_SW_ANSWERED));
         } else {
             t = c->udp;
             rv = x->direction == FBCP_UPLOAD ? t->ops->upload(t, x, &todo, detail, detlen)
                                              : t->ops->download(t, x, &todo, detail, detlen);
+            c->udp_unanswered = sw->reason == FBCP_SW_NO_ANSWER;
             if (rv == FB_OK || sw->reason == FBCP_SW_NONE || sw->reason == FBCP_SW_ANSWERED || fbcp_interrupted)
                 break; /* done, or an error no other transport can help with */
             if (sw->mode != FBCP_FALLBACK_AUTO)

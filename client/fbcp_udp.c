@@ -147,6 +147,11 @@ int fbcp_udp_fd(const fbcp_udp *u)
     return u != NULL ? u->fd : -1;
 }
 
+int fbcp_udp_associated(const fbcp_udp *u)
+{
+    return u != NULL && u->associated;
+}
+
 /* ---------------------------------------------------------------- socket */
 
 static void fbcp_udp_bufsize(int fd, int force_opt, int opt)

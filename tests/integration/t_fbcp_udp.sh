@@ -4,12 +4,13 @@
 #
 #   - uploads and downloads of 0 B, 1 B, chunk size - 1, chunk size + 1 and 200 MiB of random data
 #     go over UDP (--json: bytes_udp == size, bytes_http == 0) and arrive SHA-256 identical;
-#   - UDP blocked from the start (udpd not running): HTTPS carries the data, its first byte within
-#     3 s of the start (the --json "t" stamps);
+#   - UDP blocked from the start (udpd alive but silent: SIGSTOP): HTTPS carries the data, its
+#     first byte within 3 s of the start (the --json "t" stamps);
+#   - udpd not running: the server offers no UDP port and HTTPS starts at once;
 #   - udpd killed mid-transfer: the rest goes over HTTPS, the file is identical;
 #   - udpd restarted during the HTTPS leg: fbcp moves back to UDP ("transport" event http -> udp);
 #   - 10 transfers at once, UDP, HTTPS (--fallback=force) and switching ones;
-#   - --fallback=never with udpd down: exit code 4, "Connection lost".
+#   - --fallback=never with udpd down or blocked: exit code 4, "Connection lost".
 # shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
 T_INDEX=45
 # shellcheck source=tests/integration/lib.sh
@@ -52,6 +53,35 @@ udpd_kill() {
     kill -KILL "$pid" 2>/dev/null
     for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
     rm -f "$UDPD_PIDFILE"
+}
+
+# udpd_term: SIGTERM (a clean stop: udpd clears its pid in the table, so the module offers no UDP
+# port from then on) and wait until it is gone.
+udpd_term() {
+    local pid i
+    pid=$(cat "$UDPD_PIDFILE" 2>/dev/null)
+    [ -n "$pid" ] || return 0
+    kill -TERM "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$UDPD_PIDFILE"
+}
+
+# udpd_freeze / udpd_thaw: SIGSTOP / SIGCONT. A stopped udpd is "UDP blocked": its datagrams
+# queue unanswered (no ICMP error), while the module still offers the port for about 5 s (until
+# udpd's heartbeat in the table is stale).
+udpd_freeze() {
+    kill -STOP "$(cat "$UDPD_PIDFILE")"
+}
+
+udpd_thaw() {
+    kill -CONT "$(cat "$UDPD_PIDFILE")"
+}
+
+# udpd_down: no udpd, and the module knows it at once (a clean exit clears udpd's pid in the table;
+# after a SIGKILL the module would offer the port until the heartbeat is 5 s old).
+udpd_down() {
+    udpd_running || udpd_start
+    udpd_term
 }
 
 udpd_running() {
@@ -157,7 +187,9 @@ test_events_carry_t_and_counts() {
 # UDP blocked from the start: the first HTTPS byte within 3 s of the start.
 test_blocked_from_start_goes_https() {
     local t_switch t_first size=52428800
-    udpd_kill
+    udpd_running || udpd_start
+    sleep 1.2 # a fresh heartbeat: the module offers the UDP port for the next 5 s at least
+    udpd_freeze
     mkdata b50 $size
     up b50 udp/b50
     assert_file_same "$SRC/b50" "$DOCROOT/udp/b50"
@@ -171,6 +203,9 @@ test_blocked_from_start_goes_https() {
     note "upload: switch at $t_switch s, first HTTPS bytes seen at $t_first s"
     awk -v t="$t_first" 'BEGIN { exit !(t <= 3.0) }' || fail "first HTTPS bytes at $t_first s (> 3 s)"
 
+    udpd_thaw
+    sleep 1.2
+    udpd_freeze
     down udp/b50 b50
     assert_file_same "$SRC/b50" "$OUT/b50"
     assert_eq "udp>http:no_answer" "$(switches_of "$OUT/b50.down.json")" "transport events (download)"
@@ -178,6 +213,26 @@ test_blocked_from_start_goes_https() {
     t_first=$(jq -r 'select(.bytes_http > 0) | .t' "$OUT/b50.down.json" | head -n1)
     note "download: first HTTPS bytes seen at $t_first s"
     awk -v t="$t_first" 'BEGIN { exit !(t <= 3.0) }' || fail "first HTTPS bytes at $t_first s (> 3 s)"
+    udpd_thaw
+    udpd_term
+}
+
+# udpd not running at all: the session offers no UDP port, HTTPS carries everything at once.
+test_udpd_down_https_at_once() {
+    local size=52428800 t_first
+    udpd_down
+    mkdata b50 $size
+    up b50 udp/d50
+    assert_file_same "$SRC/b50" "$DOCROOT/udp/d50"
+    assert_eq http "$(jq -r 'select(.event == "start") | .transport' "$OUT/b50.up.json")" "transport at start"
+    assert_eq "" "$(switches_of "$OUT/b50.up.json")" "transport events"
+    assert_eq $size "$(done_of "$OUT/b50.up.json" bytes_http)" "bytes_http"
+    t_first=$(jq -r 'select(.bytes_http > 0) | .t' "$OUT/b50.up.json" | head -n1)
+    awk -v t="$t_first" 'BEGIN { exit !(t <= 1.0) }' || fail "first HTTPS bytes at $t_first s (> 1 s)"
+    down udp/d50 d50
+    assert_file_same "$SRC/b50" "$OUT/d50"
+    assert_eq http "$(jq -r 'select(.event == "start") | .transport' "$OUT/d50.down.json")" "transport at start"
+    assert_eq $size "$(done_of "$OUT/d50.down.json" bytes_http)" "bytes_http (download)"
 }
 
 # wait_udp_bytes JSON N: waits (bounded) until a progress event shows more than N bytes over UDP.
@@ -334,14 +389,28 @@ test_ten_at_once() {
 }
 
 test_never_with_udpd_down_fails() {
-    local rc msg
-    udpd_kill
+    local rc msg t0 t1
+    udpd_down
     mkdata n1 1048576
     fbcp --fallback=never --overwrite always "$SRC/n1" "$URL/udp/n1" >"$OUT/n1.out" 2>"$OUT/n1.err"
     rc=$?
     assert_eq "$(exit_code_of connection_lost)" "$rc" "exit code (upload)"
     msg=$(message_of connection_lost)
     grep -q "fbcp: .*n1: $msg (" "$OUT/n1.err" || fail "no '$msg' on stderr: $(cat "$OUT/n1.err")"
+    assert_no_file "$DOCROOT/udp/n1"
+    # udpd alive but not answering: Connection lost after --udp-timeout
+    udpd_start
+    sleep 1.2
+    udpd_freeze
+    t0=$(date +%s%N)
+    fbcp --fallback=never --udp-timeout 1.5 --overwrite always "$SRC/n1" "$URL/udp/n1" >"$OUT/n1.out" 2>"$OUT/n1.err"
+    rc=$?
+    t1=$(date +%s%N)
+    udpd_kill
+    assert_eq 4 "$rc" "exit code (blocked)"
+    grep -q "fbcp: .*n1: $msg (no answer over UDP from 127.0.0.1:$UDP_PORT within 1.5 s)" "$OUT/n1.err" ||
+        fail "stderr: $(cat "$OUT/n1.err")"
+    assert_ge $(((t1 - t0) / 1000000)) 1500 "ms until the failure"
     assert_no_file "$DOCROOT/udp/n1"
     # a download the same way, and its JSON error event
     fbcp --json -q --fallback=never "$URL/udp/s1" "$OUT/n1.dl" >"$OUT/n1.dl.json" 2>"$OUT/n1.dl.err"
@@ -380,6 +449,7 @@ need() {
 
 if [ ! -x "$UDPD" ] || ! command -v jq >/dev/null; then
     for t in "UDP 0 B, 1 B, chunk +-1" "UDP 200 MiB" "events carry t and counts" "UDP blocked: HTTPS within 3 s" \
+        "udpd not running: HTTPS at once" \
         "udpd killed: HTTPS finishes" "udpd restarted: back to UDP" "10 at once" "never: Connection lost" \
         "ciphers"; do
         run_test "$t" need "udpd/udpd not built or jq missing"
@@ -395,6 +465,7 @@ run_test "UDP upload and download of 200 MiB" test_udp_200m
 run_test "every event carries t, transport, bytes_udp, bytes_http" test_events_carry_t_and_counts
 run_test "--cipher aes-128-gcm, aes-256-gcm; none is the server's choice" test_ciphers
 run_test "UDP blocked from the start: HTTPS carries the data within 3 s" test_blocked_from_start_goes_https
+run_test "udpd not running: no UDP port offered, HTTPS at once" test_udpd_down_https_at_once
 run_test "udpd killed mid-transfer: HTTPS finishes, identical" test_killed_midway_continues_https
 run_test "udpd restarted during the HTTPS leg: back to UDP" test_restarted_udpd_brings_udp_back
 run_test "10 transfers at once: UDP, HTTPS and switching" test_ten_at_once
