@@ -350,7 +350,7 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
     size_t ncand = 0, ndue, i;
     uint64_t unknown_start = 0, unknown_end = 0, line, echo_line = 0, tail_age, srtt, interval, budget;
     uint64_t pos;
-    int more = (hdr->flags & FB_WIRE_F_FEEDBACK_MORE) != 0;
+    int more = (hdr->flags & FB_WIRE_F_FEEDBACK_MORE) != 0, fresh_echo;
 
     if (fb->high_offset > s->p.size || fb->cum_offset > fb->high_offset)
         return FB_ERR_PROTOCOL;
@@ -393,8 +393,9 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
         smp.acked_bytes = fb->recv_bytes - s->last_recv_bytes;
     s->last_recv_bytes = fb->recv_bytes;
     s->st.acked_bytes = fb->recv_bytes;
+    fresh_echo = fb->echo_ts_us != 0 && fb->echo_ts_us != s->last_echo_ts;
     if (fb->echo_ts_us != 0) {
-        if (fb->echo_ts_us != s->last_echo_ts && now_us >= fb->echo_ts_us + fb->hold_us) {
+        if (fresh_echo && now_us >= fb->echo_ts_us + fb->hold_us) {
             smp.rtt_us = now_us - fb->echo_ts_us - fb->hold_us;
             if (smp.rtt_us == 0)
                 smp.rtt_us = 1;
@@ -408,10 +409,13 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
         echo_line = cursor_before(s, fb->echo_ts_us);
     }
 
-    /* Lost: needed bytes sent before a datagram that arrived, or sent long ago. */
+    /* Lost: needed bytes sent before a datagram that arrived, or, while no newer first
+     * transmission arrives (the tail of a transfer, an outage), sent long ago. As long as new
+     * data keeps arriving the echo alone decides: a receiver that stalls for a while (a busy
+     * host) then does not make its queued data look lost. */
     srtt = srtt_or_default(s);
     tail_age = 2 * srtt + 2ull * s->p.feedback_interval_us;
-    line = now_us > tail_age ? cursor_before(s, now_us - tail_age) : 0;
+    line = !fresh_echo && now_us > tail_age ? cursor_before(s, now_us - tail_age) : 0;
     if (echo_line > line)
         line = echo_line;
     if (line > s->cursor)

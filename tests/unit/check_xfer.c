@@ -130,7 +130,9 @@ typedef struct sim_cfg {
     int premark_even_chunks; /* receiver already holds every even chunk */
     int premark_outside;     /* receiver already holds everything outside RANGES */
     uint64_t max_time_us;
-    uint64_t rekey_at_us; /* > 0: a new association (new keys) at this time, in flight lost */
+    uint64_t rekey_at_us;           /* > 0: a new association (new keys) at this time, in flight lost */
+    uint64_t stall_at_us, stall_us; /* the receiver does nothing for a while (descheduled) */
+    uint64_t recv_service_us;       /* receiver time per DATA (0 = none): a backlog drains slowly */
 } sim_cfg;
 
 typedef struct sim_pkt {
@@ -307,7 +309,8 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
     fb_replay win_fwd, win_rev;
     uint8_t buf[SIM_MAX_DGRAM + 64];
     uint64_t now = SIM_T0, pn_fwd = 0, pn_rev = 0, iter, premarked = 0;
-    int rekeyed = 0;
+    int rekeyed = 0, stalled = 0;
+    uint64_t recv_busy = 0;
     size_t len;
 
     memset(&m, 0, sizeof(m));
@@ -403,8 +406,10 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
                 q_pop(&m.rev);
             rekeyed = 1;
         }
-        /* Deliver everything due. */
-        while ((p = q_front(&m.fwd)) != NULL && p->arrive_us <= now) {
+        /* Deliver everything due (a stalled receiver lets it queue up). */
+        stalled = cfg->stall_us && now - SIM_T0 >= cfg->stall_at_us &&
+                  now - SIM_T0 < cfg->stall_at_us + cfg->stall_us;
+        while (!stalled && (p = q_front(&m.fwd)) != NULL && p->arrive_us <= now && now >= recv_busy) {
             fb_wire_pkt pkt;
             fb_wire_reason why;
 
@@ -420,6 +425,8 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
                 m.bad_open++;
             }
             q_pop(&m.fwd);
+            if (cfg->recv_service_us)
+                recv_busy = now + cfg->recv_service_us;
         }
         while ((p = q_front(&m.rev)) != NULL && p->arrive_us <= now) {
             fb_wire_pkt pkt;
@@ -433,7 +440,9 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
             }
             q_pop(&m.rev);
         }
-        ck_assert_int_eq(fb_xfer_receiver_feedback(rcv, buf, sizeof(buf), &len, pn_rev, now, 0), FB_OK);
+        len = 0;
+        if (!stalled)
+            ck_assert_int_eq(fb_xfer_receiver_feedback(rcv, buf, sizeof(buf), &len, pn_rev, now, 0), FB_OK);
         if (len > 0) {
             pn_rev++;
             sim_send_rev(&m, now, buf, len);
@@ -450,6 +459,12 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
         /* Advance to the next event. */
         if ((p = q_front(&m.fwd)) != NULL && p->arrive_us < next)
             next = p->arrive_us;
+        if ((p = q_front(&m.fwd)) != NULL && p->arrive_us <= now && recv_busy > now && recv_busy < next)
+            next = recv_busy;
+        if (stalled && SIM_T0 + cfg->stall_at_us + cfg->stall_us < next)
+            next = SIM_T0 + cfg->stall_at_us + cfg->stall_us;
+        if (stalled && next <= now)
+            next = SIM_T0 + cfg->stall_at_us + cfg->stall_us;
         if ((p = q_front(&m.rev)) != NULL && p->arrive_us < next)
             next = p->arrive_us;
         t = fb_xfer_receiver_next_feedback(rcv, now);
@@ -789,6 +804,22 @@ START_TEST(test_new_association_continues_the_transfer)
 }
 END_TEST
 
+/* A receiver that stops for 150 ms (a descheduled process on a busy host) and then processes
+ * what queued up: nothing was lost, so nothing is resent. */
+START_TEST(test_receiver_stall_causes_no_resend)
+{
+    sim_cfg c = base_cfg(8u << 20, 1u << 20);
+    sim_result r;
+
+    c.stall_at_us = 100000;
+    c.stall_us = 150000;
+    c.recv_service_us = 35; /* twice the sending rate: the 150 ms backlog takes 150 ms */
+    sim_run(&c, &r);
+    ck_assert_uint_eq(r.ss.bytes_retx, 0);
+    ck_assert_uint_eq(r.rs.bytes_dup, 0);
+}
+END_TEST
+
 /* A receiver with a tiny range set refuses out-of-order data it cannot record; the sender
  * repairs it and the transfer still completes exactly. */
 START_TEST(test_receiver_range_set_bound)
@@ -1005,6 +1036,7 @@ static Suite *xfer_suite(void)
     tcase_add_test(tc, test_sender_sends_only_its_ranges);
     tcase_add_test(tc, test_receiver_range_set_bound);
     tcase_add_test(tc, test_new_association_continues_the_transfer);
+    tcase_add_test(tc, test_receiver_stall_causes_no_resend);
     suite_add_tcase(s, tc);
     return s;
 }
