@@ -705,7 +705,8 @@ static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, i
 {
     unsigned heard = 0;
 
-    for (int round = 0; round < 64; round++) {
+    /* at most 8 batches: then the caller writes, answers FEEDBACK and sends before reading on */
+    for (int round = 0; round < 8; round++) {
         int n;
 
         for (int i = 0; i < FBCP_UDP_RX_BATCH; i++) {

@@ -10,6 +10,7 @@
 #   - udpd killed mid-transfer: the rest goes over HTTPS, the file is identical;
 #   - udpd restarted during the HTTPS leg: fbcp moves back to UDP ("transport" event http -> udp);
 #   - 10 transfers at once, UDP, HTTPS (--fallback=force) and switching ones;
+#   - fbcp killed (SIGKILL) during a UDP upload and download: the next run resumes over UDP;
 #   - --fallback=never with udpd down or blocked: exit code 4, "Connection lost".
 # shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
 T_INDEX=45
@@ -330,7 +331,8 @@ all_finished() {
 test_ten_at_once() {
     local i pids=() fast=() slow=() forced=() f rc
     udpd_running || udpd_start
-    for i in 1 2 3 4 5 6 7 8 9 10; do mkdata c$i $((10485760 + i * 1000003)); done
+    for i in 1 2 3 4 5 6 7; do mkdata c$i $((10485760 + i * 1000003)); done
+    for i in 8 9 10; do mkdata c$i $((31457280 + i * 1000003)); done
     # over UDP: uploads 1-2, downloads 3-4 (of files uploaded here first, over HTTPS)
     for i in 3 4 7; do
         fbcp --json -q --fallback=force --overwrite always "$SRC/c$i" "$URL/many/c$i" >/dev/null 2>&1 ||
@@ -353,9 +355,9 @@ test_ten_at_once() {
     fbcp_bg "$OUT/c7.json" "$OUT/c7.err" --json -q --fallback=force "$URL/many/c7" "$OUT/c7"
     pids+=("$FBCP_PID")
     forced=(5 6 7)
-    # slow ones (about 4 s at 3 MiB/s each) that will switch: uploads 8-10
+    # slow ones (about 15 s at 2 MiB/s each) that will switch: uploads 8-10
     for i in 8 9 10; do
-        fbcp_bg "$OUT/c$i.json" "$OUT/c$i.err" --json -q --overwrite always --limit-rate 3m "$SRC/c$i" \
+        fbcp_bg "$OUT/c$i.json" "$OUT/c$i.err" --json -q --overwrite always --limit-rate 2m "$SRC/c$i" \
             "$URL/many/c$i"
         pids+=("$FBCP_PID")
     done
@@ -366,6 +368,8 @@ test_ten_at_once() {
     for i in "${slow[@]}"; do
         wait_for 20 udp_bytes_over "$OUT/c$i.json" 1000000 || fail "c$i: no UDP progress"
     done
+    all_finished "$OUT/c8.json" || all_finished "$OUT/c9.json" || all_finished "$OUT/c10.json" &&
+        fail "a slow transfer finished before udpd was killed (machine too slow for this test?)"
     udpd_kill
     for f in "${pids[@]}"; do
         wait "$f"
@@ -385,6 +389,38 @@ test_ten_at_once() {
         assert_eq "udp>http:lost" "$(switches_of "$OUT/c$i.json")" "c$i: transport events"
         assert_ge "$(done_of "$OUT/c$i.json" bytes_udp)" 1000000 "c$i: bytes_udp"
         assert_ge "$(done_of "$OUT/c$i.json" bytes_http)" 1 "c$i: bytes_http"
+    done
+}
+
+# fbcp killed during a UDP transfer: the same command again resumes, over UDP.
+test_killed_fbcp_resumes_over_udp() {
+    local size=157286400 dir json
+    udpd_running || udpd_start
+    mkdata k150 $size
+    for dir in up down; do
+        json=$OUT/k150.$dir.json
+        if [ $dir = up ]; then
+            fbcp_bg "$json" /dev/null --json -q --limit-rate 40m "$SRC/k150" "$URL/udp/k150"
+        else
+            rm -f "$OUT/k150" "$OUT/.k150.fbpart" "$OUT/.k150.fbpart.json"
+            fbcp_bg "$json" /dev/null --json -q --limit-rate 40m "$URL/udp/k150" "$OUT/k150"
+        fi
+        # past the first download checkpoint (64 MiB)
+        wait_for 30 udp_bytes_over "$json" 75000000 || fail "$dir: no UDP progress"
+        kill -KILL "$FBCP_PID"
+        wait "$FBCP_PID" 2>/dev/null
+        if [ $dir = up ]; then
+            fbcp --json -q "$SRC/k150" "$URL/udp/k150" >"$json" 2>"$OUT/k150.err" || fail "$dir: $(cat "$OUT/k150.err")"
+            assert_file_same "$SRC/k150" "$DOCROOT/udp/k150"
+        else
+            fbcp --json -q "$URL/udp/k150" "$OUT/k150" >"$json" 2>"$OUT/k150.err" || fail "$dir: $(cat "$OUT/k150.err")"
+            assert_file_same "$SRC/k150" "$OUT/k150"
+        fi
+        assert_eq true "$(jq -r 'select(.event == "start") | .resumed' "$json")" "$dir: resumed"
+        assert_ge "$(jq -r 'select(.event == "start") | .bytes_skipped' "$json")" 67108864 "$dir: bytes_skipped"
+        assert_eq 0 "$(done_of "$json" bytes_http)" "$dir: bytes_http"
+        assert_le "$(done_of "$json" bytes_udp)" $((size - 67108864)) "$dir: bytes_udp"
+        assert_eq "" "$(switches_of "$json")" "$dir: transport events"
     done
 }
 
@@ -449,7 +485,7 @@ need() {
 
 if [ ! -x "$UDPD" ] || ! command -v jq >/dev/null; then
     for t in "UDP 0 B, 1 B, chunk +-1" "UDP 200 MiB" "events carry t and counts" "UDP blocked: HTTPS within 3 s" \
-        "udpd not running: HTTPS at once" \
+        "udpd not running: HTTPS at once" "fbcp killed: resumed over UDP" \
         "udpd killed: HTTPS finishes" "udpd restarted: back to UDP" "10 at once" "never: Connection lost" \
         "ciphers"; do
         run_test "$t" need "udpd/udpd not built or jq missing"
@@ -469,5 +505,6 @@ run_test "udpd not running: no UDP port offered, HTTPS at once" test_udpd_down_h
 run_test "udpd killed mid-transfer: HTTPS finishes, identical" test_killed_midway_continues_https
 run_test "udpd restarted during the HTTPS leg: back to UDP" test_restarted_udpd_brings_udp_back
 run_test "10 transfers at once: UDP, HTTPS and switching" test_ten_at_once
+run_test "fbcp killed during UDP transfers: resumed over UDP" test_killed_fbcp_resumes_over_udp
 run_test "--fallback=never with udpd down: exit 4, Connection lost" test_never_with_udpd_down_fails
 finish
