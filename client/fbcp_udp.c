@@ -907,6 +907,9 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
     const fbcp_opts *o = x->opts;
     uint64_t now = fbcp_now_us(), todo_total = fbcp_ranges_total(todo);
     uint64_t s_new = 0, s_retx = 0, s_acked = 0;
+    /* a leg that hears answers but moves nothing for --timeout is stalled (say, udpd cannot
+     * record what it gets): HTTP(S) may do better, and the loop must end */
+    uint64_t stall_us = (uint64_t)o->timeout_s * 1000000, progress_mark = 0, progress_us = now;
     int upload = x->direction == FBCP_UPLOAD, blocked = 0, done = 0;
     fb_err rv = FB_OK;
 
@@ -959,6 +962,15 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
             break;
         }
         fbcp_udp_account(u, x, todo_total, &s_new, &s_retx, &s_acked);
+        if ((upload ? s_acked : s_new) > progress_mark || (u->snd == NULL && u->rcv == NULL)) {
+            progress_mark = upload ? s_acked : s_new;
+            progress_us = now;
+        } else if (now - progress_us >= stall_us) {
+            rv = FB_ERR_CONNECTION_LOST;
+            fbcp_switch_udp_failed(sw, FBCP_SW_LOST);
+            snprintf(detail, detlen, "no progress over UDP with %s for %ld s", u->peer, o->timeout_s);
+            break;
+        }
         if (refused) {
             rv = u->refused != FB_OK ? u->refused : FB_ERR_SERVER_REFUSED;
             fbcp_switch_udp_failed(sw, FBCP_SW_REFUSED);
