@@ -326,8 +326,8 @@ static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, c
         }
         case OPT_UDP_DATAGRAM:
             if (fbcp_parse_long(&l, optarg, FB_WIRE_MIN_DATAGRAM, FB_WIRE_MAX_DATAGRAM) != FB_OK) {
-                snprintf(errbuf, errlen, "--udp-datagram wants a size from %u to %u bytes", FB_WIRE_MIN_DATAGRAM,
-                         FB_WIRE_MAX_DATAGRAM);
+                snprintf(errbuf, errlen, "--udp-datagram wants a size from %u to %u bytes",
+                         FB_WIRE_MIN_DATAGRAM, FB_WIRE_MAX_DATAGRAM);
                 return FB_ERR_USAGE;
             }
             o->udp_datagram = (uint32_t)l;

@@ -92,14 +92,14 @@ typedef struct fbcp_opts {
     uint64_t target_rate; /* bits/s, 0 = unset; for the UDP transport */
     uint64_t min_rate;    /* bits/s, 0 = unset */
     fbcp_policy policy;
-    unsigned cipher;          /* --cipher: one FB_CIPHER_* bit (fb_config.h) */
-    uint32_t udp_timeout_ms;  /* --udp-timeout */
-    uint32_t udp_idle_ms;     /* --udp-idle */
-    uint32_t udp_datagram;    /* --udp-datagram: largest datagram fbcp asks for */
-    uint64_t limit_rate;   /* bytes/s over all connections, 0 = unlimited */
-    uint64_t request_size; /* bytes per ranged request */
-    char *location;        /* --location, NULL: first path segment */
-    int progress_bar;      /* derived: stderr is a terminal, not --json, not -q */
+    unsigned cipher;         /* --cipher: one FB_CIPHER_* bit (fb_config.h) */
+    uint32_t udp_timeout_ms; /* --udp-timeout */
+    uint32_t udp_idle_ms;    /* --udp-idle */
+    uint32_t udp_datagram;   /* --udp-datagram: largest datagram fbcp asks for */
+    uint64_t limit_rate;     /* bytes/s over all connections, 0 = unlimited */
+    uint64_t request_size;   /* bytes per ranged request */
+    char *location;          /* --location, NULL: first path segment */
+    int progress_bar;        /* derived: stderr is a terminal, not --json, not -q */
 } fbcp_opts;
 
 void fbcp_opts_init(fbcp_opts *o);
@@ -209,8 +209,8 @@ struct fbcp_xfer {
     uint64_t bytes_http;
     uint64_t bytes_udp;      /* payload bytes over UDP, each counted once per UDP leg */
     uint64_t bytes_udp_retx; /* payload bytes sent (upload) or received (download) again over UDP */
-    uint64_t bytes_skipped; /* already present when this run started */
-    uint64_t bytes_done;    /* bytes confirmed complete (for the progress estimate) */
+    uint64_t bytes_skipped;  /* already present when this run started */
+    uint64_t bytes_done;     /* bytes confirmed complete (for the progress estimate) */
     uint64_t start_ns;
     uint64_t last_progress_ns;
     uint64_t rate_mark_ns;
@@ -235,9 +235,9 @@ struct fbcp_xfer {
     uint8_t key[32]; /* wiped when the file is done */
     int have_key;
     unsigned session_gen;
-    long udp_port;            /* from the session answer; 0 = no UDP endpoint */
-    struct fbcp_udp *udp;     /* the file's UDP state (fbcp_udp.c), NULL without UDP */
-    struct fbcp_switch *sw;   /* the file's transport choice (fbcp_switch.c) */
+    long udp_port;          /* from the session answer; 0 = no UDP endpoint */
+    struct fbcp_udp *udp;   /* the file's UDP state (fbcp_udp.c), NULL without UDP */
+    struct fbcp_switch *sw; /* the file's transport choice (fbcp_switch.c) */
     /* Called by the HTTP transport's loop at least every 200 ms while it runs: non-zero means
      * "stop starting requests, let the running ones finish, and return FB_OK with YIELDED set"
      * (UDP answers again). POLL_FD (-1: none) wakes the loop when readable. */
@@ -343,7 +343,8 @@ typedef struct fbcp_udp fbcp_udp;
 /* Resolves HOST (the URL's host) and PORT, opens a connected, non-blocking UDP socket with
  * large buffers (GSO/GRO where the kernel has them). FB_ERR_CONNECTION_LOST with DETAIL when
  * the name does not resolve or no socket can be made. */
-fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long port, char *detail, size_t detlen);
+fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long port, char *detail,
+                    size_t detlen);
 /* Sends CLOSE if an association is open, wipes keys, closes the socket. NULL is allowed. */
 void fbcp_udp_free(fbcp_udp *u);
 int fbcp_udp_fd(const fbcp_udp *u);
@@ -360,12 +361,12 @@ typedef enum fbcp_tr { FBCP_TR_HTTP = 0, FBCP_TR_UDP = 1 } fbcp_tr;
 
 typedef enum fbcp_sw_reason {
     FBCP_SW_NONE = 0,
-    FBCP_SW_NO_ANSWER, /* no authenticated HELLO_ACK within --udp-timeout at the start of a leg */
-    FBCP_SW_LOST,      /* nothing authenticated for --udp-idle during a leg */
-    FBCP_SW_REFUSED,   /* udpd refused the HELLO (cipher, policy, permissions): no probing */
-    FBCP_SW_CLOSED,    /* udpd closed the association with an error (e.g. its write failed) */
+    FBCP_SW_NO_ANSWER,   /* no authenticated HELLO_ACK within --udp-timeout at the start of a leg */
+    FBCP_SW_LOST,        /* nothing authenticated for --udp-idle during a leg */
+    FBCP_SW_REFUSED,     /* udpd refused the HELLO (cipher, policy, permissions): no probing */
+    FBCP_SW_CLOSED,      /* udpd closed the association with an error (e.g. its write failed) */
     FBCP_SW_UNAVAILABLE, /* no UDP endpoint at all (no port in the session, no socket) */
-    FBCP_SW_ANSWERED,  /* a probe was answered: back to UDP */
+    FBCP_SW_ANSWERED,    /* a probe was answered: back to UDP */
 } fbcp_sw_reason;
 
 typedef enum fbcp_sw_verdict {
@@ -380,14 +381,14 @@ typedef struct fbcp_switch {
     uint64_t start_timeout_us, idle_timeout_us, probe_interval_us;
     unsigned max_returns;
     fbcp_tr current;
-    uint64_t leg_start_us; /* the current leg began */
+    uint64_t leg_start_us;  /* the current leg began */
     uint64_t last_heard_us; /* UDP: last authenticated datagram of this leg (0: none) */
-    int answered;          /* UDP: this leg's HELLO was answered */
+    int answered;           /* UDP: this leg's HELLO was answered */
     uint64_t next_probe_us; /* HTTP: next HELLO (UINT64_MAX: no more probing) */
-    unsigned returns;      /* moves back to UDP so far */
-    unsigned switches;     /* changes of transport so far */
-    int udp_disabled;      /* refused or unavailable: HTTP(S) for good */
-    fbcp_sw_reason reason; /* why the last change happened (or why UDP failed) */
+    unsigned returns;       /* moves back to UDP so far */
+    unsigned switches;      /* changes of transport so far */
+    int udp_disabled;       /* refused or unavailable: HTTP(S) for good */
+    fbcp_sw_reason reason;  /* why the last change happened (or why UDP failed) */
 } fbcp_switch;
 
 /* Starts on UDP (auto, never) or HTTP(S) (force) at NOW. Timeouts in milliseconds. */

@@ -349,7 +349,8 @@ static fb_err fbcp_download_session(fbcp_download *d, char *detail, size_t detle
         free(url);
         return FB_ERR_NOMEM;
     }
-    rv = fbcp_http_request(d->c->http, &a, "POST", url, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail, detlen);
+    rv = fbcp_http_request(d->c->http, &a, "POST", url, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
+                           detlen);
     json_decref(body);
     free(url);
     if (rv != FB_OK)
@@ -374,10 +375,10 @@ static fb_err fbcp_download_session(fbcp_download *d, char *detail, size_t detle
             d->x.session_id = strdup(id);
             d->x.have_key = d->x.session_id != NULL;
             d->x.session_gen++;
-            d->x.udp_port = json_is_integer(port) && json_integer_value(port) > 0 &&
-                                    json_integer_value(port) <= 65535
-                                ? (long)json_integer_value(port)
-                                : 0;
+            d->x.udp_port =
+                json_is_integer(port) && json_integer_value(port) > 0 && json_integer_value(port) <= 65535
+                    ? (long)json_integer_value(port)
+                    : 0;
             rv = d->x.session_id != NULL ? FB_OK : FB_ERR_NOMEM;
         }
         if (key != NULL)
@@ -560,9 +561,9 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
             uint64_t udp_before = d.x.bytes_udp;
 
             if (rv == FB_OK && missing.n > 0)
-                rv = d.x.sw != NULL ? fbcp_move(c, &d.x, &missing, detail, sizeof(detail))
-                                    : c->transport->ops->download(c->transport, &d.x, &missing, detail,
-                                                                  sizeof(detail));
+                rv = d.x.sw != NULL
+                         ? fbcp_move(c, &d.x, &missing, detail, sizeof(detail))
+                         : c->transport->ops->download(c->transport, &d.x, &missing, detail, sizeof(detail));
             if (rv == FB_OK && d.x.bytes_udp > udp_before)
                 rv = fbcp_download_recheck(&d, validator, detail, sizeof(detail));
         }

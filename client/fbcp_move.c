@@ -32,8 +32,9 @@ fb_err fbcp_move_setup(fbcp_ctx *c, fbcp_xfer *x, fbcp_switch *sw, char *detail,
         if (c->udp == NULL || !x->have_key || x->udp_port <= 0) {
             /* the module names the UDP port only while udpd runs */
             e = FB_ERR_CONNECTION_LOST;
-            snprintf(detail, detlen, "%s", x->udp_port <= 0 ? "the server offers no UDP endpoint (udpd is not running)"
-                                                            : "the session has no key for UDP");
+            snprintf(detail, detlen, "%s",
+                     x->udp_port <= 0 ? "the server offers no UDP endpoint (udpd is not running)"
+                                      : "the session has no key for UDP");
         } else {
             e = fbcp_udp_new(&x->udp, o, x->url->host, x->udp_port, detail, detlen);
         }
@@ -113,7 +114,8 @@ fb_err fbcp_move(fbcp_ctx *c, fbcp_xfer *x, const fbcp_ranges *todo0, char *deta
             rv = x->direction == FBCP_UPLOAD ? t->ops->upload(t, x, &todo, detail, detlen)
                                              : t->ops->download(t, x, &todo, detail, detlen);
             c->udp_unanswered = sw->reason == FBCP_SW_NO_ANSWER;
-            if (rv == FB_OK || sw->reason == FBCP_SW_NONE || sw->reason == FBCP_SW_ANSWERED || fbcp_interrupted)
+            if (rv == FB_OK || sw->reason == FBCP_SW_NONE || sw->reason == FBCP_SW_ANSWERED ||
+                fbcp_interrupted)
                 break; /* done, or an error no other transport can help with */
             if (sw->mode != FBCP_FALLBACK_AUTO)
                 break; /* --fallback=never: the leg's error stands ("Connection lost", a refusal) */

@@ -110,8 +110,9 @@ void fbcp_report_error(const fbcp_xfer *x, const char *file, fb_err e, const cha
             }
             json_object_set_new(ev, "bytes", json_integer(x != NULL ? (json_int_t)x->bytes : 0));
             json_object_set_new(ev, "total", json_integer(x != NULL ? (json_int_t)x->size : 0));
-            json_object_set_new(ev, "transport",
-                                json_string(x != NULL && x->transport_name != NULL ? x->transport_name : "http"));
+            json_object_set_new(
+                ev, "transport",
+                json_string(x != NULL && x->transport_name != NULL ? x->transport_name : "http"));
             json_object_set_new(ev, "bytes_udp", json_integer(x != NULL ? (json_int_t)x->bytes_udp : 0));
             json_object_set_new(ev, "bytes_http", json_integer(x != NULL ? (json_int_t)x->bytes_http : 0));
             json_object_set_new(ev, "code", json_string(fb_err_name(e)));

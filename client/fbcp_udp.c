@@ -63,9 +63,10 @@
 #define FBCP_UDP_HELLO_RTO_US 250000ull
 #define FBCP_UDP_KEEPALIVE_US 1000000ull
 #define FBCP_UDP_TICK_US 100000ull /* the loop wakes at least this often (progress, timers) */
-#define FBCP_UDP_MIN_SLEEP_US 150 /* shorter gaps are slept this long: the pacer's credit (about
-                                   * 1 ms) lets the datagrams due meanwhile go out as one batch */
-#define FBCP_UDP_RX_POLL_US 1000  /* without a readable socket, look anyway this often */
+/* Shorter gaps are slept this long: the pacer's credit (about 1 ms) lets the datagrams due
+ * meanwhile go out as one batch. */
+#define FBCP_UDP_MIN_SLEEP_US 150
+#define FBCP_UDP_RX_POLL_US 1000 /* without a readable socket, look anyway this often */
 
 typedef union fbcp_cmsg_u16 {
     char buf[CMSG_SPACE(sizeof(uint16_t))];
@@ -132,8 +133,8 @@ struct fbcp_udp {
     size_t tlen[FBCP_UDP_TX_SLOTS];
     unsigned tn;
 
-    int readable;          /* the last wait saw a datagram waiting */
-    uint64_t last_rx_us;   /* last receive call */
+    int readable;        /* the last wait saw a datagram waiting */
+    uint64_t last_rx_us; /* last receive call */
     uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
 };
 
@@ -163,7 +164,8 @@ static void fbcp_udp_bufsize(int fd, int force_opt, int opt)
         (void)setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size));
 }
 
-fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long port, char *detail, size_t detlen)
+fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long port, char *detail,
+                    size_t detlen)
 {
     struct addrinfo hints, *res = NULL, *ai;
     char service[16];
@@ -900,7 +902,8 @@ static fb_err fbcp_udp_io_error(fbcp_udp *u, char *detail, size_t detlen)
 
 /* Upload (sender) or download (receiver) of TODO over UDP until every byte arrived, UDP stops
  * answering (X->sw decides), or a fatal error. */
-static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail, size_t detlen)
+static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *todo, char *detail,
+                           size_t detlen)
 {
     fbcp_udp *u = x->udp;
     fbcp_switch *sw = x->sw;
@@ -927,8 +930,8 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
     }
     if (!u->associated && !u->hello_pending)
         fbcp_udp_hello(u, now, 1);
-    fbcp_trace(o, "UDP leg: %s %llu bytes with %s", upload ? "sending" : "receiving", (unsigned long long)todo_total,
-               u->peer);
+    fbcp_trace(o, "UDP leg: %s %llu bytes with %s", upload ? "sending" : "receiving",
+               (unsigned long long)todo_total, u->peer);
 
     /* bounded in time: a leg that hears nothing ends at the switch's deadline; one that hears
      * something makes progress (or udpd's FEEDBACK says the bytes are there) */
@@ -950,8 +953,8 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
             fbcp_udp_receive(u, sw, &now, &refused, &answered);
         }
         if (answered)
-            fbcp_trace(o, "UDP: %s accepted: cipher %u, policy %u, rate %llu..%llu B/s, datagram %zu", u->peer,
-                       u->ack.cipher, u->ack.policy, (unsigned long long)u->ack.min_rate,
+            fbcp_trace(o, "UDP: %s accepted: cipher %u, policy %u, rate %llu..%llu B/s, datagram %zu",
+                       u->peer, u->ack.cipher, u->ack.policy, (unsigned long long)u->ack.min_rate,
                        (unsigned long long)u->ack.target_rate, u->max_dgram);
         if (u->rcv != NULL && (rv = fbcp_udp_publish(u)) != FB_OK) {
             rv = fbcp_udp_io_error(u, detail, detlen);
@@ -1053,7 +1056,8 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
                 uint8_t *p = fbcp_udp_reserve(u);
                 size_t len = 0;
 
-                if (p != NULL && fb_xfer_receiver_feedback(u->rcv, p, u->stride, &len, u->pn, now, 0) == FB_OK &&
+                if (p != NULL &&
+                    fb_xfer_receiver_feedback(u->rcv, p, u->stride, &len, u->pn, now, 0) == FB_OK &&
                     len > 0) {
                     u->pn++;
                     fbcp_udp_commit(u, len);
@@ -1099,13 +1103,14 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
 
         if (u->snd != NULL) {
             fb_xfer_sender_stats_get(&ss, u->snd);
-            fbcp_trace(o,
-                       "UDP leg ends: %s; %llu bytes sent, %llu resent, %llu lost, srtt %llu us, rate %llu B/s, "
-                       "%llu datagrams (%llu GSO messages)",
-                       rv == FB_OK ? "all acknowledged" : fb_err_message(rv), (unsigned long long)ss.bytes_new,
-                       (unsigned long long)ss.bytes_retx, (unsigned long long)ss.lost_bytes,
-                       (unsigned long long)ss.srtt_us, (unsigned long long)ss.rate,
-                       (unsigned long long)u->tx_dgrams, (unsigned long long)u->tx_gso_msgs);
+            fbcp_trace(
+                o,
+                "UDP leg ends: %s; %llu bytes sent, %llu resent, %llu lost, srtt %llu us, rate %llu B/s, "
+                "%llu datagrams (%llu GSO messages)",
+                rv == FB_OK ? "all acknowledged" : fb_err_message(rv), (unsigned long long)ss.bytes_new,
+                (unsigned long long)ss.bytes_retx, (unsigned long long)ss.lost_bytes,
+                (unsigned long long)ss.srtt_us, (unsigned long long)ss.rate, (unsigned long long)u->tx_dgrams,
+                (unsigned long long)u->tx_gso_msgs);
         } else if (u->rcv != NULL) {
             fb_xfer_receiver_stats_get(&rs, u->rcv);
             fbcp_trace(o, "UDP leg ends: %s; %llu bytes received, %llu duplicate, %llu FEEDBACK",

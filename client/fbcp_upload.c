@@ -123,9 +123,10 @@ static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id
             u->x.have_key = 0;
         }
         u->x.session_gen++;
-        u->x.udp_port = json_is_integer(port) && json_integer_value(port) > 0 && json_integer_value(port) <= 65535
-                            ? (long)json_integer_value(port)
-                            : 0;
+        u->x.udp_port =
+            json_is_integer(port) && json_integer_value(port) > 0 && json_integer_value(port) <= 65535
+                ? (long)json_integer_value(port)
+                : 0;
         free(u->x.session_id);
         free(u->x.data_url);
         u->x.session_id = strdup(id);
