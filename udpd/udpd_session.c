@@ -42,6 +42,8 @@
 #define RBUF_SIZE (1u << 20)
 #define NONCE_MEMORY 16
 #define SEND_QUANTUM 64 /* DATA per session per round, so sessions share the batch */
+#define PACING_QUANTUM_US 250 /* sleep at least this long between pacing wakes: the pacer's
+                               * 1 ms burst credit keeps the rate, and each wake sends a batch */
 
 typedef struct sess sess;
 
@@ -1234,6 +1236,8 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
             t = s->force_feedback ? now : fb_xfer_receiver_next_feedback(s->rcv, now);
         } else if (s->snd != NULL) {
             t = fb_xfer_sender_next_time(s->snd, now);
+            if (t > now && t - now < PACING_QUANTUM_US)
+                t = now + PACING_QUANTUM_US;
         }
         if (t < next)
             next = t;
