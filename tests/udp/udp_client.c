@@ -63,7 +63,10 @@ typedef struct client {
     uint8_t cnonce[16];
     /* file */
     int fd;
-    uint8_t *map;
+    uint8_t *map;  /* upload: the file, mapped */
+    uint8_t *wbuf; /* download: contiguous bytes gathered for one pwrite */
+    uint64_t woff;
+    size_t wlen;
     uint64_t chunks_done;
     /* stats */
     uint64_t rx_dgrams, closes_rx;
@@ -289,11 +292,44 @@ static fb_err read_cb(void *ctx, uint64_t off, uint8_t *buf, size_t len)
     return FB_OK;
 }
 
+#define WBUF_SIZE (1u << 20)
+
+static fb_err wflush(client *c)
+{
+    size_t done = 0;
+
+    while (done < c->wlen) {
+        ssize_t n = pwrite(c->fd, c->wbuf + done, c->wlen - done, (off_t)(c->woff + done));
+
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR)
+                continue;
+            return FB_ERR_LOCAL_IO;
+        }
+        done += (size_t)n;
+    }
+    c->wlen = 0;
+    return FB_OK;
+}
+
+/* Writes go through a buffer of contiguous bytes and pwrite (page faults on a fresh, sparse
+ * mapping would make this end slower than the network). */
 static fb_err write_cb(void *ctx, uint64_t off, const uint8_t *buf, size_t len)
 {
     client *c = ctx;
+    fb_err e;
 
-    memcpy(c->map + off, buf, len);
+    if (c->wlen > 0 && (off != c->woff + c->wlen || c->wlen + len > WBUF_SIZE)) {
+        e = wflush(c);
+        if (e != FB_OK)
+            return e;
+    }
+    if (len > WBUF_SIZE)
+        return FB_ERR_INTERNAL;
+    if (c->wlen == 0)
+        c->woff = off;
+    memcpy(c->wbuf + c->wlen, buf, len);
+    c->wlen += len;
     return FB_OK;
 }
 
@@ -351,7 +387,9 @@ static int transfer(client *c)
         c->fd = open(c->download, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
         if (c->fd < 0 || ftruncate(c->fd, (off_t)c->size) != 0)
             die("cannot create the download file");
-        c->map = c->size ? mmap(NULL, c->size, PROT_READ | PROT_WRITE, MAP_SHARED, c->fd, 0) : NULL;
+        c->wbuf = malloc(WBUF_SIZE);
+        if (c->wbuf == NULL)
+            die("out of memory");
     }
     if (c->size && c->map == MAP_FAILED)
         die("mmap");
@@ -480,6 +518,22 @@ static int transfer(client *c)
                     c->close_reason = (fb_err)pkt.u.close.reason;
                 }
             }
+            /* A receiver busy draining its socket still answers on time: FEEDBACK between
+             * batches, not only when the socket is empty (the sender reads silence as loss of
+             * the path and slows down). */
+            if (!upload) {
+                uint8_t *p = udpd_tx_reserve(c->tx, FB_WIRE_MIN_DATAGRAM);
+                size_t len = 0;
+
+                if (p != NULL &&
+                    fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) == FB_OK &&
+                    len > 0) {
+                    c->pn++;
+                    if (!lose(c))
+                        udpd_tx_commit(c->tx, len, &c->server);
+                    udpd_tx_flush(&c->sock, c->tx);
+                }
+            }
         }
         (void)iter;
     }
@@ -493,8 +547,8 @@ static int transfer(client *c)
             c->pn++;
             send_now(c, buf, len, &c->sock);
         }
-        if (c->map)
-            msync(c->map, c->size, MS_SYNC);
+        if (wflush(c) != FB_OK || fsync(c->fd) != 0)
+            die("cannot write the download file");
     }
     send_close(c, FB_OK);
     {
