@@ -1106,9 +1106,19 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
             busy = 0;
             for (int si = 0; si < g->nslots; si++)
                 busy += g->slots[si].busy;
-            if (busy > 0 && running > 0)
-                curl_multi_poll(g->multi, nextra ? &extra : NULL, nextra, (int)wait_ms, NULL);
-            else if (busy == 0 && g->qn > 0 && wait_ms > 0 && nextra)
+            if (busy > 0 && running > 0) {
+                uint64_t t0 = fb_time_mono_ns();
+                int nfds = 0;
+
+                curl_multi_poll(g->multi, nextra ? &extra : NULL, nextra, (int)wait_ms, &nfds);
+                /* A rate-limited transfer (--limit-rate) asks to be called again at once over
+                 * and over (libcurl 7.88): without this pause the loop spins a core. 1 ms is far
+                 * below what the limit needs to be smooth. */
+                if (x->opts->limit_rate > 0 && nfds == 0 && fb_time_mono_ns() - t0 < 1000000ull) {
+                    struct timespec ts = {0, 1000000L};
+                    nanosleep(&ts, NULL);
+                }
+            } else if (busy == 0 && g->qn > 0 && wait_ms > 0 && nextra)
                 curl_multi_poll(g->multi, &extra, 1, (int)wait_ms, NULL); /* backing off, probing */
             else if (busy == 0 && g->qn > 0 && wait_ms > 0)
                 fbcp_sleep_ms(wait_ms); /* only backing-off requests are left */
