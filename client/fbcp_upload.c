@@ -8,8 +8,8 @@
  * POST answer) and over HTTP(S) when UDP is blocked or lost; the commit is always HTTPS.
  *
  * The SHA-256 of the file is computed in a thread while the data goes out, except with
- * --overwrite if_different, where the server needs it in the POST to decide whether the target
- * is already identical: then the file is read twice (hash first, then send). A session the
+ * --overwrite if_different when the target exists, where the server needs it in the POST to decide
+ * whether the target is already identical: then the file is read twice (hash first, then send). A session the
  * server has lost (404) is created again: the server resumes it from its checkpoint. */
 #include "fbcp.h"
 
@@ -360,6 +360,16 @@ static fb_err fbcp_upload_delete(fbcp_upload *u, char *detail, size_t detlen)
     return rv;
 }
 
+/* True only when the server says the target does not exist (404): any other answer, or an
+ * error, counts as "may exist", which keeps the digest-first path. */
+static int fbcp_remote_absent(fbcp_ctx *c, const fbcp_url *url, const char *remote)
+{
+    char detail[FBCP_DETAIL_LEN] = "";
+    int isdir = 0;
+
+    return fbcp_remote_stat(c, url, remote, &isdir, NULL, detail, sizeof(detail)) == FB_ERR_NOT_FOUND;
+}
+
 fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote)
 {
     fbcp_upload u;
@@ -399,8 +409,10 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     hash.fd = u.x.fd;
     hash.size = u.x.size;
 
-    if (c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT) {
-        /* the server compares before any data moves, so it needs the digest now */
+    if (c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT && !fbcp_remote_absent(c, url, remote)) {
+        /* the server compares before any data moves, so it needs the digest now; when the
+         * target does not exist there is nothing to compare, and hashing runs beside the
+         * upload instead of before it */
         rv = fb_sha256_fd(hash.digest, u.x.fd, u.x.size);
         if (rv != FB_OK) {
             snprintf(detail, sizeof(detail), "cannot read the file to hash it");
