@@ -458,6 +458,11 @@ static void fbcp_udp_hello(fbcp_udp *u, uint64_t now, int fresh)
     h.max_datagram = (uint16_t)u->dgram;
     h.pad_to = u->dgram; /* the path is checked at the size we want to use */
     u->hello_sent_us = now;
+    /* no association: the send slots go back to the size asked for, which the HELLO fills */
+    if (u->tn > 0)
+        fbcp_udp_flush(u);
+    u->tn = 0;
+    u->stride = u->dgram;
     if (fb_wire_encode_hello(buf, sizeof(buf), &len, &hdr, &h, u->aead) == FB_OK)
         fbcp_udp_send_now(u, buf, len);
 }
@@ -621,7 +626,7 @@ static fb_err fbcp_udp_publish(fbcp_udp *u)
 
         x->bytes_done += len;
         if (x->range_done != NULL && (e = x->range_done(x, off, len)) != FB_OK) {
-            u->io_errno = errno;
+            u->io_errno = errno != 0 ? errno : EIO;
             u->io_what = "record";
             break;
         }
@@ -928,8 +933,8 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
         snprintf(detail, detlen, "the session id is not usable over UDP");
         return FB_ERR_CONNECTION_LOST;
     }
-    if (!u->associated && !u->hello_pending)
-        fbcp_udp_hello(u, now, 1);
+    if (!u->associated)
+        fbcp_udp_hello(u, now, 1); /* a fresh attempt: an old probe's HELLO may be long stale */
     fbcp_trace(o, "UDP leg: %s %llu bytes with %s", upload ? "sending" : "receiving",
                (unsigned long long)todo_total, u->peer);
 
