@@ -349,9 +349,6 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     }
     e = stream_body(c, &detail, &rv);
     req->body_read = 1;
-    /* Ranges finished by other connections may have made a long completed prefix: fold it all
-     * now, so that the commit finds the digest (nearly) complete. */
-    fb_slot_digest_advance(slot, gen, c->fd, 0);
     (void)checkpoint_save(c);
     atomic_fetch_sub(&slot->writers, 1);
 
