@@ -1093,10 +1093,17 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
             break;
         {
             long wait_ms = 200;
+            int idle_slots = 0;
             now = fb_time_mono_ns();
-            for (size_t i = 0; i < g->qn; i++)
+            for (int si = 0; si < g->nslots; si++)
+                idle_slots += !g->slots[si].busy;
+            /* A queued request only shortens the wait when a connection is free to take it:
+             * otherwise a ready request would make every poll return at once (a busy loop). */
+            for (size_t i = 0; i < g->qn && idle_slots > 0; i++)
                 if (g->q[i].not_before < next_ready)
                     next_ready = g->q[i].not_before;
+            if (idle_slots == 0)
+                next_ready = UINT64_MAX;
             if (next_ready != UINT64_MAX) {
                 long until = next_ready > now ? (long)((next_ready - now) / 1000000ull) + 1 : 0;
                 if (until < wait_ms)
