@@ -623,39 +623,25 @@ fb_err fbcp_parse_seconds_ms(uint32_t *out, const char *text, uint32_t min_ms, u
     return FB_OK;
 }
 
-static int fbcp_parse_u64_digits(uint64_t *out, const char **pp)
-{
-    const char *p = *pp;
-    uint64_t v = 0;
-
-    if (!isdigit((unsigned char)*p))
-        return 0;
-    for (; isdigit((unsigned char)*p); p++) {
-        unsigned d = (unsigned)(*p - '0');
-        if (v > (UINT64_MAX - d) / 10)
-            return 0;
-        v = v * 10 + d;
-    }
-    *out = v;
-    *pp = p;
-    return 1;
-}
-
+/* A response's Content-Range: the strict parser of libfb, after what HTTP allows around it
+ * (a range unit in any case, trailing white space). */
 fb_err fbcp_parse_content_range(uint64_t *first, uint64_t *last, uint64_t *complete, const char *value)
 {
-    const char *p = value;
+    char buf[96];
+    size_t n;
 
-    if (strncasecmp(p, "bytes ", 6) != 0)
+    if (value == NULL || strncasecmp(value, "bytes ", 6) != 0)
         return FB_ERR_BAD_RANGE;
-    p += 6;
-    if (!fbcp_parse_u64_digits(first, &p) || *p++ != '-' || !fbcp_parse_u64_digits(last, &p) || *p++ != '/' ||
-        !fbcp_parse_u64_digits(complete, &p))
+    n = strlen(value);
+    while (n > 0 && (value[n - 1] == ' ' || value[n - 1] == '\t' || value[n - 1] == '\r' || value[n - 1] == '\n'))
+        n--;
+    if (n >= sizeof(buf))
         return FB_ERR_BAD_RANGE;
-    while (*p == ' ' || *p == '\t' || *p == '\r' || *p == '\n')
-        p++;
-    if (*p != '\0' || *first > *last || *last >= *complete)
-        return FB_ERR_BAD_RANGE;
-    return FB_OK;
+    memcpy(buf, "bytes ", 6);
+    memcpy(buf + 6, value + 6, n - 6);
+    buf[n] = '\0';
+    /* A range past the end is as wrong in an answer as a malformed one. */
+    return fb_content_range_parse(first, last, complete, buf) == FB_OK ? FB_OK : FB_ERR_BAD_RANGE;
 }
 
 /* ---------------------------------------------------------------- sidecar */

@@ -66,6 +66,16 @@ static int fb_parse_u64(uint64_t *pval, const char **pp)
     return 1;
 }
 
+int fb_decimal_parse(uint64_t *pval, const char *s)
+{
+    uint64_t v;
+
+    if (s == NULL || !fb_parse_u64(&v, &s) || *s != '\0')
+        return 0;
+    *pval = v;
+    return 1;
+}
+
 fb_err fb_content_range_parse(uint64_t *pfirst, uint64_t *plast, uint64_t *pcomplete, const char *value)
 {
     static const char unit[] = "bytes ";

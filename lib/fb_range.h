@@ -34,6 +34,11 @@ void fb_chunks_covered(uint64_t *pfirst, uint64_t *plast_excl, uint64_t size, ui
  * LAST >= COMPLETE (so COMPLETE 0 never parses). The outputs are written only on FB_OK. */
 fb_err fb_content_range_parse(uint64_t *pfirst, uint64_t *plast, uint64_t *pcomplete, const char *value);
 
+/* Parses S as a whole as ASCII decimal digits (no sign, no spaces, leading zeros fine) into
+ * *PVAL; 0 if S is empty, has anything else, or does not fit in 64 bits. For header values such
+ * as Content-Length. */
+int fb_decimal_parse(uint64_t *pval, const char *s);
+
 /* Plain (non-atomic) bitmap helpers; the session table has atomic versions. */
 int fb_bitmap_get(const uint64_t *words, uint64_t bit);
 void fb_bitmap_set(uint64_t *words, uint64_t bit);

@@ -635,6 +635,13 @@ fb_err fb_table_claim(fb_table *table, uint32_t *pindex, uint64_t now_ns, uint32
     return FB_ERR_TABLE_FULL;
 }
 
+const char *fb_slot_state_name(uint32_t state)
+{
+    static const char *const names[] = {"free", "claimed", "active", "finalising", "done", "failed"};
+
+    return state < sizeof(names) / sizeof(names[0]) ? names[state] : "unknown";
+}
+
 int fb_table_recover_slot(fb_table *table, uint32_t index)
 {
     fb_slot *slot = fb_table_slot(table, index);

@@ -214,6 +214,9 @@ void fb_slot_release(fb_slot *slot);
  * is ACTIVE, DONE or FAILED: not while a commit holds it FINALISING. 1 if freed, else 0. */
 int fb_slot_cancel(fb_slot *slot, uint32_t generation);
 
+/* Name of a slot state ("free", "claimed", "active", "finalising", "done", "failed"). */
+const char *fb_slot_state_name(uint32_t state);
+
 /* Formats the public session id of slot INDEX ("%08x" index + 24 hex random). */
 void fb_session_id_format(char out[FB_SESSION_ID_LEN + 1], uint32_t index,
                           const uint8_t random[FB_ID_RANDOM_LEN]);

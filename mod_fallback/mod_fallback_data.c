@@ -151,22 +151,6 @@ static fb_err write_pieces(put_ctx *c, const char *data, apr_size_t n, const cha
     return FB_OK;
 }
 
-/* Strict Content-Length: digits only. */
-static int parse_length(uint64_t *pout, const char *s)
-{
-    uint64_t v = 0;
-
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++) {
-        if (*s < '0' || *s > '9' || v > (UINT64_MAX - 9) / 10)
-            return 0;
-        v = v * 10 + (uint64_t)(*s - '0');
-    }
-    *pout = v;
-    return 1;
-}
-
 /* Streams the body; returns FB_OK or what went wrong, with *PDETAIL and *PRV set. */
 static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
 {
@@ -293,7 +277,7 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     cl = apr_table_get(r->headers_in, "Content-Length");
     if (cl != NULL) {
         uint64_t n = 0;
-        if (!parse_length(&n, cl) || n != len)
+        if (!fb_decimal_parse(&n, cl) || n != len)
             return mod_fallback_problem(req, FB_ERR_BAD_RANGE, "Content-Length differs from the Content-Range");
     }
     else if (apr_table_get(r->headers_in, "Transfer-Encoding") == NULL) {

@@ -33,21 +33,10 @@
 
 #define LOCK_ATTEMPTS 16
 
+/* The API shows a slot still being filled in as "active": clients never see "claimed". */
 const char *mod_fallback_state_name(uint32_t state)
 {
-    switch (state) {
-    case FB_SLOT_CLAIMED:
-    case FB_SLOT_ACTIVE:
-        return "active";
-    case FB_SLOT_FINALISING:
-        return "finalising";
-    case FB_SLOT_DONE:
-        return "done";
-    case FB_SLOT_FAILED:
-        return "failed";
-    default:
-        return "unknown";
-    }
+    return fb_slot_state_name(state == FB_SLOT_CLAIMED ? FB_SLOT_ACTIVE : state);
 }
 
 static const char *direction_name(uint32_t d)

@@ -141,26 +141,6 @@ static int fbctl_set_port(const fbctl_opts *opts, const char *which, const char 
 
 /* ---- the session table ----------------------------------------------------------------- */
 
-static const char *fbctl_state_name(uint32_t state)
-{
-    switch (state) {
-    case FB_SLOT_FREE:
-        return "free";
-    case FB_SLOT_CLAIMED:
-        return "claimed";
-    case FB_SLOT_ACTIVE:
-        return "active";
-    case FB_SLOT_FINALISING:
-        return "finalising";
-    case FB_SLOT_DONE:
-        return "done";
-    case FB_SLOT_FAILED:
-        return "failed";
-    default:
-        return "unknown";
-    }
-}
-
 static const char *fbctl_direction_name(uint32_t dir)
 {
     return dir == FB_DIR_UPLOAD ? "upload" : dir == FB_DIR_DOWNLOAD ? "download" : "-";
@@ -305,7 +285,7 @@ static void fbctl_print_json(const fbctl_session *s, uint64_t now_ns)
     if (o == NULL)
         return;
     json_object_set_new(o, "id", json_string(s->id));
-    json_object_set_new(o, "state", json_string(fbctl_state_name(s->state)));
+    json_object_set_new(o, "state", json_string(fb_slot_state_name(s->state)));
     json_object_set_new(o, "user", fbctl_json_string(s->user));
     json_object_set_new(o, "direction", json_string(fbctl_direction_name(s->direction)));
     json_object_set_new(o, "path", fbctl_json_string(s->path));
@@ -355,7 +335,7 @@ static void fbctl_print_text(const fbctl_session *s, uint64_t now_ns)
     if (s->state == FB_SLOT_FAILED)
         snprintf(state, sizeof(state), "failed:%s", fb_err_name((fb_err)s->error_code));
     else
-        snprintf(state, sizeof(state), "%s", fbctl_state_name(s->state));
+        snprintf(state, sizeof(state), "%s", fb_slot_state_name(s->state));
     printf("%-32s  %-21s  %-10s  %-8s  %10s  %17s  %7s  %s\n", s->id, state, user,
            fbctl_direction_name(s->direction), size, done, age, path);
 }
@@ -491,7 +471,7 @@ static int fbctl_cancel(const fbctl_opts *opts, const char *id)
     atomic_compare_exchange_strong(&slot->error_code, &expected, old_code);
     uint32_t now = atomic_load(&slot->state);
     fprintf(stderr, "fbctl: session %s is %s: only an active session can be cancelled\n", s.id,
-            fbctl_state_name(now));
+            fb_slot_state_name(now));
     status = fb_err_exit_code(FB_ERR_SESSION_STATE);
 out:
     if (table != NULL)

@@ -28,6 +28,28 @@ static void expect_bad(const char *value)
     expect_parse(value, FB_ERR_BAD_RANGE, 0, 0, 0);
 }
 
+START_TEST(test_decimal_parse_whole_string_only)
+{
+    uint64_t v = 7;
+
+    ck_assert_int_eq(fb_decimal_parse(&v, "0"), 1);
+    ck_assert_uint_eq(v, 0);
+    ck_assert_int_eq(fb_decimal_parse(&v, "18446744073709551615"), 1);
+    ck_assert_uint_eq(v, UINT64_MAX);
+    ck_assert_int_eq(fb_decimal_parse(&v, "0012"), 1);
+    ck_assert_uint_eq(v, 12);
+    v = 7;
+    ck_assert_int_eq(fb_decimal_parse(&v, "18446744073709551616"), 0);
+    ck_assert_int_eq(fb_decimal_parse(&v, ""), 0);
+    ck_assert_int_eq(fb_decimal_parse(&v, "+1"), 0);
+    ck_assert_int_eq(fb_decimal_parse(&v, "1 "), 0);
+    ck_assert_int_eq(fb_decimal_parse(&v, " 1"), 0);
+    ck_assert_int_eq(fb_decimal_parse(&v, "1e3"), 0);
+    ck_assert_int_eq(fb_decimal_parse(&v, NULL), 0);
+    ck_assert_uint_eq(v, 7); /* untouched on failure */
+}
+END_TEST
+
 START_TEST(test_content_range_valid_forms)
 {
     expect_parse("bytes 0-0/1", FB_OK, 0, 0, 1);
@@ -548,6 +570,7 @@ static Suite *range_suite(void)
     tcase_add_test(bitmap, test_missing_last_short_chunk);
     tcase_add_test(bitmap, test_missing_more_ranges_than_capacity);
     tcase_add_test(bitmap, test_missing_matches_chunk_by_chunk_reference);
+    tcase_add_test(bitmap, test_decimal_parse_whole_string_only);
     suite_add_tcase(s, bitmap);
     return s;
 }

@@ -1105,6 +1105,18 @@ START_TEST(test_chunk_size_grows_to_fit_bitmap)
 }
 END_TEST
 
+START_TEST(test_state_names)
+{
+    ck_assert_str_eq(fb_slot_state_name(FB_SLOT_FREE), "free");
+    ck_assert_str_eq(fb_slot_state_name(FB_SLOT_CLAIMED), "claimed");
+    ck_assert_str_eq(fb_slot_state_name(FB_SLOT_ACTIVE), "active");
+    ck_assert_str_eq(fb_slot_state_name(FB_SLOT_FINALISING), "finalising");
+    ck_assert_str_eq(fb_slot_state_name(FB_SLOT_DONE), "done");
+    ck_assert_str_eq(fb_slot_state_name(FB_SLOT_FAILED), "failed");
+    ck_assert_str_eq(fb_slot_state_name(99), "unknown");
+}
+END_TEST
+
 static Suite *table_suite(void)
 {
     Suite *s = suite_create("fb_table");
@@ -1152,6 +1164,7 @@ static Suite *table_suite(void)
     tcase_add_test(use, test_find_upload_matches_all_fields);
     tcase_add_test(use, test_set_chunk_sets_bits_and_counts);
     tcase_add_test(use, test_chunk_size_grows_to_fit_bitmap);
+    tcase_add_test(use, test_state_names);
     suite_add_tcase(s, use);
     return s;
 }
