@@ -73,8 +73,8 @@ typedef union fbcp_cmsg_u16 {
     struct cmsghdr align;
 } fbcp_cmsg_u16;
 
-typedef union fbcp_cmsg_gro {
-    char buf[CMSG_SPACE(sizeof(int))];
+typedef union fbcp_cmsg_gro { /* UDP_GRO's segment size and SO_TIMESTAMPNS's arrival time */
+    char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct timespec))];
     struct cmsghdr align;
 } fbcp_cmsg_gro;
 
@@ -136,7 +136,23 @@ struct fbcp_udp {
     int readable;        /* the last wait saw a datagram waiting */
     uint64_t last_rx_us; /* last receive call */
     uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
+
+    /* FBCP_RATE_TRACE=FILE: the sender's rate controller every 10 ms (for bench/ and tuning) */
+    FILE *rate_trace;
+    uint64_t rate_trace_t0, rate_trace_next;
 };
+
+/* One line per 10 ms of an upload (the columns: fb_xfer_sender_trace_line). */
+static void fbcp_udp_rate_trace(fbcp_udp *u, uint64_t now)
+{
+    char line[256];
+
+    if (u->rate_trace == NULL || u->snd == NULL || now < u->rate_trace_next)
+        return;
+    u->rate_trace_next = now + 10000;
+    fb_xfer_sender_trace_line(line, sizeof(line), u->snd, u->rate_trace_t0, now);
+    fputs(line, u->rate_trace);
+}
 
 static uint64_t fbcp_now_us(void)
 {
@@ -241,6 +257,7 @@ fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long po
     fbcp_udp_bufsize(u->fd, SO_SNDBUFFORCE, SO_SNDBUF);
     /* GRO: the kernel may hand several datagrams of this flow as one buffer (Linux 5.0+) */
     u->gro = setsockopt(u->fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
+    (void)fb_sock_rx_timestamps(u->fd); /* without them, arrival = when read */
     /* GSO (Linux 4.18+): probe with the socket option; a send that fails still turns it off */
     {
         int seg = (int)u->dgram;
@@ -714,6 +731,7 @@ static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, i
 
     /* at most 8 batches: then the caller writes, answers FEEDBACK and sends before reading on */
     for (int round = 0; round < 8; round++) {
+        int64_t real_minus_mono;
         int n;
 
         for (int i = 0; i < FBCP_UDP_RX_BATCH; i++) {
@@ -732,10 +750,13 @@ static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, i
             break;
         }
         *pnow = fbcp_now_us();
+        real_minus_mono = fb_time_real_minus_mono_us();
         for (int i = 0; i < n; i++) {
             struct msghdr *mh = &u->rmsg[i].msg_hdr;
             size_t len = u->rmsg[i].msg_len, seg = len;
             uint8_t *base = u->riov[i].iov_base;
+            /* when the kernel got it: what the receive rate and delay samples are made of */
+            uint64_t arrived = fb_time_rx_arrival_us(mh, *pnow, real_minus_mono);
 
             if (mh->msg_flags & MSG_TRUNC)
                 continue;
@@ -749,7 +770,7 @@ static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, i
             }
             for (size_t off = 0; off < len; off += seg) {
                 size_t l = len - off < seg ? len - off : seg;
-                int r = fbcp_udp_input(u, base + off, l, *pnow);
+                int r = fbcp_udp_input(u, base + off, l, arrived);
 
                 if (r == FBCP_IN_DROP)
                     continue;
@@ -935,6 +956,10 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
     }
     if (!u->associated)
         fbcp_udp_hello(u, now, 1); /* a fresh attempt: an old probe's HELLO may be long stale */
+    if (upload && u->rate_trace == NULL && getenv("FBCP_RATE_TRACE") != NULL) {
+        u->rate_trace = fopen(getenv("FBCP_RATE_TRACE"), "a");
+        u->rate_trace_t0 = now;
+    }
     fbcp_trace(o, "UDP leg: %s %llu bytes with %s", upload ? "sending" : "receiving",
                (unsigned long long)todo_total, u->peer);
 
@@ -1076,6 +1101,9 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
             }
         }
         fbcp_event_progress(x, 0);
+        fbcp_udp_rate_trace(u, now);
+        if (u->rate_trace != NULL && u->rate_trace_next < wake)
+            wake = u->rate_trace_next;
         fbcp_udp_wait(u, fbcp_now_us(), wake, blocked);
     }
 
@@ -1179,6 +1207,8 @@ void fbcp_udp_free(fbcp_udp *u)
     fb_aead_free(u->aead); /* wipes the keys */
     free(u->rxbuf);
     free(u->txbuf);
+    if (u->rate_trace != NULL)
+        fclose(u->rate_trace);
     free(u->ra);
     free(u->wb);
     free(u->pend);

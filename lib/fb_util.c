@@ -7,6 +7,7 @@
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -140,6 +141,36 @@ uint64_t fb_time_now_ns(void)
 uint64_t fb_time_mono_ns(void)
 {
     return fb_time_ns(CLOCK_MONOTONIC);
+}
+
+int fb_sock_rx_timestamps(int fd)
+{
+    int one = 1;
+
+    return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
+}
+
+int64_t fb_time_real_minus_mono_us(void)
+{
+    return (int64_t)(fb_time_now_ns() / 1000) - (int64_t)(fb_time_mono_ns() / 1000);
+}
+
+uint64_t fb_time_rx_arrival_us(const struct msghdr *mh, uint64_t now_us, int64_t real_minus_mono_us)
+{
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(mh); c != NULL; c = CMSG_NXTHDR((struct msghdr *)mh, c)) {
+        struct timespec ts;
+        int64_t t;
+
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_TIMESTAMPNS ||
+            c->cmsg_len < CMSG_LEN(sizeof(ts)))
+            continue;
+        memcpy(&ts, CMSG_DATA(c), sizeof(ts));
+        t = (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000 - real_minus_mono_us;
+        if (t <= 0 || (uint64_t)t > now_us || now_us - (uint64_t)t > 1000000)
+            return now_us;
+        return (uint64_t)t;
+    }
+    return now_us;
 }
 
 int fb_mem_equal_ct(const void *a, const void *b, size_t len)

@@ -25,6 +25,20 @@ fb_err fb_sha256_fd(unsigned char out[FB_SHA256_LEN], int fd, uint64_t size);
 uint64_t fb_time_now_ns(void);
 uint64_t fb_time_mono_ns(void);
 
+/* Kernel receive timestamps (SO_TIMESTAMPNS), so a receiver measures when a datagram reached
+ * the host, not when a busy process got round to reading it: arrival times, and the receive
+ * rate and delay samples made of them, then describe the network rather than the scheduler.
+ *
+ * fb_sock_rx_timestamps asks for them on FD (0, or -1 with errno: callers carry on without).
+ * fb_time_rx_arrival_us returns the monotonic time (us) of a received message from its
+ * SCM_TIMESTAMPNS control message, given NOW_US (monotonic) and REAL_MINUS_MONO_US (from
+ * fb_time_real_minus_mono_us, taken once per receive batch); NOW_US when there is none or
+ * it is implausible (later than now, or more than a second old: a clock step). */
+int fb_sock_rx_timestamps(int fd);
+int64_t fb_time_real_minus_mono_us(void);
+struct msghdr;
+uint64_t fb_time_rx_arrival_us(const struct msghdr *mh, uint64_t now_us, int64_t real_minus_mono_us);
+
 /* Constant-time comparison; 1 if equal. */
 int fb_mem_equal_ct(const void *a, const void *b, size_t len);
 

@@ -73,6 +73,7 @@
 #define FB_XFER_DEFAULT_FEEDBACK_PACKETS 64u  /* FEEDBACK after this many DATA at most */
 #define FB_XFER_FEEDBACK_MIN_US 2000u         /* ...but never more often than this */
 #define FB_XFER_IDLE_FEEDBACK_MAX_US 1000000u /* idle FEEDBACK backs off to once a second */
+#define FB_XFER_RATE_SPAN_MIN_US 1000u        /* receive rate measured over >= 1 ms of arrivals */
 #define FB_XFER_RETX_QUEUE 256u               /* retransmission ranges waiting to be sent */
 
 /* ---- range set ------------------------------------------------------------------------------
@@ -140,9 +141,18 @@ typedef struct fb_xfer_sender_stats {
     uint64_t need_bytes;      /* bytes not yet known to be received */
     uint64_t rate;            /* current pacing rate, bytes/s */
     uint64_t srtt_us;
+    uint64_t queue_delay_us;  /* the rate controller's latest queueing-delay estimate */
+    uint64_t recv_rate;       /* receive rate in the latest FEEDBACK, bytes/s */
+    int quick_start;          /* the rate controller is still ramping up */
 } fb_xfer_sender_stats;
 
 typedef struct fb_xfer_sender fb_xfer_sender;
+
+/* Formats one line (ending in a newline) of the sender's state for a rate trace: seconds
+ * since T0_US, pacing rate and receive rate (bytes/s), smoothed RTT and queueing delay (us),
+ * quick start (0/1), bytes sent new, resent, acknowledged, judged lost. The same columns in
+ * fbcp (FBCP_RATE_TRACE) and udpd (UDPD_RATE_TRACE); see docs/benchmarks.md. */
+void fb_xfer_sender_trace_line(char *buf, size_t len, const fb_xfer_sender *s, uint64_t t0_us, uint64_t now_us);
 
 /* Sets up a sender at NOW_US. FB_ERR_INTERNAL for bad parameters (no read callback, no AEAD,
  * a range beyond SIZE, a payload size out of bounds); FB_ERR_NOMEM; FB_ERR_TOO_LARGE if the
@@ -221,7 +231,9 @@ void fb_xfer_receiver_free(fb_xfer_receiver *r);
  * set is full. */
 fb_err fb_xfer_receiver_mark_received(fb_xfer_receiver *r, uint64_t offset, uint64_t len);
 
-/* Takes one opened DATA (HDR and D from fb_wire_open) arriving at NOW_US: writes the bytes not
+/* Takes one opened DATA (HDR and D from fb_wire_open) arriving at NOW_US (best the kernel's
+ * receive time, fb_time_rx_arrival_us: the receive rate and the delay echo are then measured
+ * on arrival times, unaffected by how late the process read the datagram): writes the bytes not
  * yet held, records them, counts them per chunk and calls on_chunk_complete for each chunk that
  * became complete. *PNEW (may be NULL) receives the count of new bytes (0 for a duplicate).
  * FB_ERR_BAD_RANGE if the payload reaches beyond the file, FB_ERR_TOO_LARGE if recording it
@@ -240,7 +252,9 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
 uint64_t fb_xfer_receiver_next_feedback(const fb_xfer_receiver *r, uint64_t now_us);
 
 /* Encodes a FEEDBACK with packet number PN into BUF (CAP >= FB_WIRE_MIN_DATAGRAM is always
- * enough) if one is due at NOW_US or FORCE is set; else *PLEN = 0. */
+ * enough) if one is due at NOW_US or FORCE is set; else *PLEN = 0. Its receive rate is the
+ * bytes that arrived since the previous FEEDBACK over the span of their arrival times (0,
+ * unknown, when that span is under FB_XFER_RATE_SPAN_MIN_US: the bytes count in the next). */
 fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn,
                                  uint64_t now_us, int force);
 

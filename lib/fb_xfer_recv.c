@@ -248,6 +248,9 @@ struct fb_xfer_receiver {
     int new_hole;     /* a DATA opened a hole since the last FEEDBACK */
     int have_echo;
     uint64_t echo_ts_us, echo_recv_us;
+    /* receive rate: bytes that arrived after rate_from_us, up to last_arrival_us */
+    int have_arrival;
+    uint64_t rate_from_us, last_arrival_us, rate_bytes;
 };
 
 static uint64_t chunk_len(const fb_xfer_receiver *r, uint64_t index)
@@ -407,6 +410,14 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
         r->st.packets_dup++;
     r->pkts_since_fb++;
     r->bytes_since_fb += d->len;
+    if (!r->have_arrival) {
+        r->have_arrival = 1;
+        r->rate_from_us = r->last_arrival_us = now_us; /* its own bytes arrived before the span */
+    } else {
+        r->rate_bytes += d->len;
+        if (now_us > r->last_arrival_us)
+            r->last_arrival_us = now_us;
+    }
     r->idle_us = idle_base(r);
     /* The newest first transmission is the delay sample (a retransmission's send time says
      * nothing about the path it would have taken). */
@@ -488,8 +499,12 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
     if (fb_xfer_receiver_complete(r))
         hdr.flags |= FB_WIRE_F_FEEDBACK_COMPLETE;
     fb.recv_bytes = r->st.bytes_new;
-    if (r->sent_any && now_us > r->last_fb_us && r->bytes_since_fb > 0)
-        fb.recv_rate = (uint64_t)((double)r->bytes_since_fb * 1e6 / (double)(now_us - r->last_fb_us));
+    if (r->rate_bytes > 0 && r->last_arrival_us - r->rate_from_us >= FB_XFER_RATE_SPAN_MIN_US) {
+        fb.recv_rate =
+            (uint64_t)((double)r->rate_bytes * 1e6 / (double)(r->last_arrival_us - r->rate_from_us));
+        r->rate_bytes = 0;
+        r->rate_from_us = r->last_arrival_us;
+    }
     if (r->have_echo) {
         uint64_t hold = now_us > r->echo_recv_us ? now_us - r->echo_recv_us : 0;
 

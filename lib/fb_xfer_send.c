@@ -8,6 +8,7 @@
 #include "fb_xfer.h"
 
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #define LOG_N 4096u            /* send-log entries (time buckets of CURSOR) */
@@ -389,6 +390,7 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
     memset(&smp, 0, sizeof(smp));
     smp.now_us = now_us;
     smp.recv_rate = fb->recv_rate;
+    s->st.recv_rate = fb->recv_rate;
     if (fb->recv_bytes >= s->last_recv_bytes)
         smp.acked_bytes = fb->recv_bytes - s->last_recv_bytes;
     s->last_recv_bytes = fb->recv_bytes;
@@ -479,4 +481,19 @@ void fb_xfer_sender_stats_get(fb_xfer_sender_stats *out, const fb_xfer_sender *s
     out->need_bytes = s->need.total;
     out->rate = fb_rate_current(&s->rate);
     out->srtt_us = fb_rate_srtt(&s->rate);
+    out->queue_delay_us = fb_rate_queue_delay(&s->rate);
+    out->quick_start = fb_rate_in_quick_start(&s->rate);
+}
+
+void fb_xfer_sender_trace_line(char *buf, size_t len, const fb_xfer_sender *s, uint64_t t0_us, uint64_t now_us)
+{
+    fb_xfer_sender_stats st;
+
+    fb_xfer_sender_stats_get(&st, s);
+    snprintf(buf, len, "%.3f %llu %llu %llu %llu %d %llu %llu %llu %llu\n",
+             (double)(now_us >= t0_us ? now_us - t0_us : 0) / 1e6, (unsigned long long)st.rate,
+             (unsigned long long)st.recv_rate, (unsigned long long)st.srtt_us,
+             (unsigned long long)st.queue_delay_us, st.quick_start, (unsigned long long)st.bytes_new,
+             (unsigned long long)st.bytes_retx, (unsigned long long)st.acked_bytes,
+             (unsigned long long)st.lost_bytes);
 }

@@ -85,8 +85,10 @@ typedef struct udpd_sessions udpd_sessions;
 fb_err udpd_sessions_new(udpd_sessions **pss, udpd *d, uint32_t nslots);
 /* Checkpoints every upload (synchronously) and frees everything. */
 void udpd_sessions_free(udpd_sessions *ss);
-/* One received datagram (BUF is modified: decrypted in place). */
-void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd_addr *from, uint64_t now_us);
+/* One received datagram (BUF is modified: decrypted in place), read at NOW_US, received by the
+ * kernel at ARRIVED_US (udpd_rx_dgram.arrived_us). */
+void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd_addr *from, uint64_t now_us,
+                         uint64_t arrived_us);
 /* After a batch of input: write what was buffered, publish completed chunks, answer FEEDBACK
  * due by packet count. */
 void udpd_sessions_after_batch(udpd_sessions *ss, uint64_t now_us);

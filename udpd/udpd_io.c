@@ -1,6 +1,8 @@
 /* udpd_io: batched UDP I/O with GRO/GSO and clean fallbacks (see udpd_io.h). */
 #include "udpd_io.h"
 
+#include "fb_util.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -156,6 +158,7 @@ fb_err udpd_sock_open(udpd_sock *s, const char *host, int port, size_t bufsize, 
             s->gso = setsockopt(fd, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg)) == 0;
         }
     }
+    (void)fb_sock_rx_timestamps(fd); /* arrival times for rate and delay; without: when read */
     s->fd = fd;
     s->family = a.ss.ss_family;
     return FB_OK;
@@ -212,6 +215,8 @@ int udpd_rx_recv(udpd_sock *s, udpd_rx *rx, udpd_rx_dgram **pdg)
 {
     int n, i, tries = 0;
     size_t nd = 0;
+    uint64_t now;
+    int64_t real_minus_mono;
 
     *pdg = rx->dg;
     for (i = 0; i < UDPD_IO_RX_BATCH; i++) {
@@ -233,10 +238,13 @@ int udpd_rx_recv(udpd_sock *s, udpd_rx *rx, udpd_rx_dgram **pdg)
     if (n < 0)
         return errno == EAGAIN || errno == EWOULDBLOCK ? 0 : -1;
     s->st.rx_calls++;
+    now = fb_time_mono_ns() / 1000;
+    real_minus_mono = fb_time_real_minus_mono_us();
     for (i = 0; i < n; i++) {
         struct msghdr *h = &rx->msgs[i].msg_hdr;
         size_t len = rx->msgs[i].msg_len, seg = len, off;
         struct cmsghdr *c;
+        uint64_t arrived = fb_time_rx_arrival_us(h, now, real_minus_mono);
 
         rx->from[i].len = h->msg_namelen;
         if (h->msg_flags & MSG_TRUNC) {
@@ -259,6 +267,7 @@ int udpd_rx_recv(udpd_sock *s, udpd_rx *rx, udpd_rx_dgram **pdg)
             rx->dg[nd].buf = rx->bufs + (size_t)i * UDPD_IO_RX_BUF + off;
             rx->dg[nd].len = len - off < seg ? len - off : seg;
             rx->dg[nd].from = &rx->from[i];
+            rx->dg[nd].arrived_us = arrived;
             nd++;
         }
     }

@@ -66,6 +66,7 @@ typedef struct udpd_rx_dgram {
     uint8_t *buf; /* inside the batch's buffers: valid until the next udpd_rx_recv */
     size_t len;
     udpd_addr *from;
+    uint64_t arrived_us; /* the kernel's receive time (monotonic), or when it was read */
 } udpd_rx_dgram;
 
 typedef struct udpd_rx udpd_rx;

@@ -320,7 +320,7 @@ static void receive(udpd *d)
             return;
         now = udpd_now_us();
         for (int i = 0; i < n; i++)
-            udpd_sessions_input(d->ss, dg[i].buf, dg[i].len, dg[i].from, now);
+            udpd_sessions_input(d->ss, dg[i].buf, dg[i].len, dg[i].from, now, dg[i].arrived_us);
         udpd_sessions_after_batch(d->ss, now);
         flush_tx(d);
     }

@@ -113,6 +113,7 @@ struct sess {
     uint64_t roff;
     size_t rlen;
     int snd_done_logged;
+    uint64_t trace_t0_us; /* UDPD_RATE_TRACE: when this session's trace began */
 
     sess *next_assoc, *prev_assoc;
 };
@@ -886,7 +887,8 @@ static void promote(sess *s, uint64_t now)
 
 /* ---- data phase ------------------------------------------------------------------------------- */
 
-static void on_data(sess *s, const fb_wire_pkt *pkt, uint64_t now)
+/* ARRIVED: the kernel's receive time, for the receive rate and the delay echo. */
+static void on_data(sess *s, const fb_wire_pkt *pkt, uint64_t now, uint64_t arrived)
 {
     size_t fresh = 0;
     fb_err e;
@@ -899,7 +901,7 @@ static void on_data(sess *s, const fb_wire_pkt *pkt, uint64_t now)
         count_drop(UDPD_DROP_SESSION_INACTIVE);
         return;
     }
-    e = fb_xfer_receiver_on_data(s->rcv, &pkt->hdr, &pkt->u.data, now, &fresh);
+    e = fb_xfer_receiver_on_data(s->rcv, &pkt->hdr, &pkt->u.data, arrived, &fresh);
     if (e == FB_ERR_BAD_RANGE) {
         count_wire(FB_WIRE_R_MALFORMED); /* beyond the session size (PROTOCOL.md 6.3) */
         return;
@@ -922,6 +924,30 @@ static void on_data(sess *s, const fb_wire_pkt *pkt, uint64_t now)
     touch(s);
 }
 
+/* UDPD_RATE_TRACE=FILE (benchmarks, tuning): the download sender's rate controller after each
+ * FEEDBACK, one line each, columns as fb_xfer_sender_trace_line. Opened once; never holds keys. */
+static void rate_trace(sess *s, uint64_t now)
+{
+    static FILE *trace;
+    static int tried;
+    char line[256];
+
+    if (!tried) {
+        const char *path = getenv("UDPD_RATE_TRACE");
+
+        tried = 1;
+        if (path != NULL && (trace = fopen(path, "a")) != NULL)
+            setvbuf(trace, NULL, _IOLBF, 0);
+    }
+    if (trace == NULL)
+        return;
+    if (s->trace_t0_us == 0)
+        s->trace_t0_us = now;
+    fb_xfer_sender_trace_line(line, sizeof(line), s->snd, s->trace_t0_us, now);
+    fprintf(trace, "%s %s", s->id, line);
+}
+
+/* NOW: the FEEDBACK's arrival time (the kernel's), so the RTT excludes time it waited to be read. */
 static void on_feedback(sess *s, const fb_wire_pkt *pkt, uint64_t now)
 {
     fb_err e;
@@ -959,6 +985,7 @@ static void on_feedback(sess *s, const fb_wire_pkt *pkt, uint64_t now)
         count_wire(FB_WIRE_R_MALFORMED);
         return;
     }
+    rate_trace(s, now);
     if (fb_xfer_sender_done(s->snd) && !s->snd_done_logged) {
         fb_xfer_sender_stats st;
 
@@ -1014,7 +1041,8 @@ static void on_close(sess *s, const fb_wire_pkt *pkt, uint64_t now)
               pkt->u.close.reason == FB_OK ? "closed by the client" : fb_err_name(pkt->u.close.reason));
 }
 
-void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd_addr *from, uint64_t now)
+void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd_addr *from, uint64_t now,
+                         uint64_t arrived)
 {
     fb_wire_hdr hdr;
     fb_wire_reason why;
@@ -1111,16 +1139,16 @@ dispatch:
     s->last_seen_us = now;
     switch (pkt.hdr.type) {
     case FB_WIRE_DATA:
-        on_data(s, &pkt, now);
+        on_data(s, &pkt, now, arrived);
         break;
     case FB_WIRE_FEEDBACK:
-        on_feedback(s, &pkt, now);
+        on_feedback(s, &pkt, arrived);
         break;
     case FB_WIRE_CLOSE:
         on_close(s, &pkt, now);
         break;
     case FB_WIRE_PROBE:
-        on_probe(s, &pkt, now, now);
+        on_probe(s, &pkt, now, arrived);
         break;
     default:
         count_drop(UDPD_DROP_UNEXPECTED);
