@@ -37,7 +37,7 @@ void fbcp_opts_init(fbcp_opts *o)
     o->cipher = FB_CIPHER_AES128_GCM;
     o->udp_timeout_ms = FBCP_DEFAULT_UDP_TIMEOUT_MS;
     o->udp_idle_ms = FBCP_DEFAULT_UDP_IDLE_MS;
-    o->udp_datagram = FB_WIRE_DEFAULT_DATAGRAM;
+    o->udp_datagram = 0; /* by the address family: fbcp_udp_new */
 }
 
 void fbcp_opts_free(fbcp_opts *o)
@@ -92,7 +92,7 @@ static void fbcp_usage(FILE *f)
           "      --policy POLICY       fixed, high, fair (default) or low (UDP rate control)\n"
           "      --cipher CIPHER       aes-128-gcm (default), aes-256-gcm or none (UDP packet\n"
           "                            protection; the server decides what is allowed)\n"
-          "      --udp-datagram BYTES  largest UDP datagram (1200..65507, default 1452)\n"
+          "      --udp-datagram BYTES  largest UDP datagram (default: fits an MTU of 1500)\n"
           "  -h, --help                this help\n"
           "  -V, --version             print the version\n"
           "\n"

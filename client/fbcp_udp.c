@@ -198,7 +198,8 @@ fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long po
         return FB_ERR_NOMEM;
     u->o = o;
     u->fd = -1;
-    u->dgram = o->udp_datagram;
+    /* not given: the largest that fits an MTU of 1500 (decided below, once the family is known) */
+    u->dgram = o->udp_datagram != 0 ? o->udp_datagram : FB_WIRE_DEFAULT_DATAGRAM_IPV4;
     if (u->dgram < FB_WIRE_MIN_DATAGRAM)
         u->dgram = FB_WIRE_MIN_DATAGRAM;
     if (u->dgram > FB_WIRE_MAX_DATAGRAM)
@@ -242,8 +243,11 @@ fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long po
         u->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
         if (u->fd < 0)
             continue;
-        if (connect(u->fd, ai->ai_addr, ai->ai_addrlen) == 0)
+        if (connect(u->fd, ai->ai_addr, ai->ai_addrlen) == 0) {
+            if (o->udp_datagram == 0 && ai->ai_family != AF_INET)
+                u->dgram = u->stride = FB_WIRE_DEFAULT_DATAGRAM;
             break;
+        }
         close(u->fd);
         u->fd = -1;
     }

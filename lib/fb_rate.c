@@ -36,6 +36,7 @@
 #define RATE_FLOOR_PACKETS 10u      /* never slower than 10 datagrams/s (below a tiny target) */
 #define BURST_US 1000.0             /* pacer credit after idling: 1 ms of the rate */
 #define SILENCE_MIN_US 200000u      /* no feedback for max(this, 2 srtt): start slowing down */
+#define EXCESS_LOSS_MIN 0.005       /* congestive loss: recent loss > 2 x random loss + 0.5 % */
 
 static double clampd(double v, double lo, double hi)
 {
@@ -215,10 +216,15 @@ static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedb
      * random would let the rate settle above the capacity, the excess simply lost. */
     int64_t qmax = r->qmax_cur_us > r->qmax_prev_us ? r->qmax_cur_us : r->qmax_prev_us;
 
-    if (s->acked_bytes + s->lost_bytes > 0 && r->have_q && r->qdelay_us * 2 < qmax) {
+    if (s->acked_bytes + s->lost_bytes > 0) {
         double p = (double)s->lost_bytes / (double)(s->acked_bytes + s->lost_bytes);
+        double w = s->now_us > prev_feedback_us
+                       ? (double)(s->now_us - prev_feedback_us) / (double)control_rtt(r)
+                       : 0.0;
 
-        r->loss_avg += (p - r->loss_avg) / 16;
+        if (r->have_q && r->qdelay_us * 2 < qmax)
+            r->loss_avg += (p - r->loss_avg) / 16;
+        r->loss_recent += (p - r->loss_recent) * (w < 1.0 ? w : 1.0); /* over about an RTT */
     }
     /* A drain's dip reaches the receive rate up to one RTT after the drain ends: ignore it. */
     if (s->recv_rate == 0 || s->now_us < r->recv_frozen_until_us)
@@ -247,6 +253,14 @@ static int delay_says_congested(const fb_rate *r)
     if (r->quick_start && r->qdelay_us >= qmin + rise)
         return 1;
     return r->qdelay_us > HIGH_Q_MIN_US && (double)r->qdelay_us > 2.0 * own_target_us(r);
+}
+
+/* Loss over about the last RTT above the random loss learnt while the queue was low: a buffer
+ * overflowing adds to it, random loss alone does not (every feedback of a 1 %-lossy path has a
+ * loss or two, and a queue-delay spike beside one is no evidence). */
+static int loss_in_excess(const fb_rate *r)
+{
+    return r->loss_recent > 2.0 * r->loss_avg + EXCESS_LOSS_MIN;
 }
 
 static double quick_start_exit_us(const fb_rate *r)
@@ -284,7 +298,10 @@ static void delay_step(fb_rate *r, double dt, double T)
      * shorter than the queue target (a policer, a shallow switch) this bounds the overflow. */
     if (dx > MAX_PUSH * x)
         dx = MAX_PUSH * x;
-    if (r->have_recv)
+    /* Damping only where the queue integrates an excess: below half the target the link has
+     * room, and a receive rate under the rate is lag (it trails an increase by an RTT) or noise
+     * (a receiver's bursty arrivals), not a capacity; following it there would stall probing. */
+    if (r->have_recv && q >= 0.5 * own_target_us(r) / 1e6)
         dx += DAMPING * (r->recv_avg - x);
     /* LEDBAT's fast decrease: above 25 ms of queue, low gives way quickly, towards its floor. */
     if (r->p.policy == FB_POLICY_LOW && q * 1e6 > FB_RATE_LOW_TARGET_US)
@@ -364,7 +381,8 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
         r->rate *= DRAIN_FACTOR;
         r->drain_until_us = s->now_us + control_rtt(r);
         r->recv_frozen_until_us = s->now_us + 2 * control_rtt(r) + FB_RATE_FEEDBACK_INTERVAL_US;
-    } else if (s->lost_bytes > 0 && delay_says_congested(r) && s->now_us - r->last_cut_us >= control_rtt(r)) {
+    } else if (s->lost_bytes > 0 && delay_says_congested(r) && loss_in_excess(r) &&
+               s->now_us - r->last_cut_us >= control_rtt(r)) {
         r->rate *= r->p.policy == FB_POLICY_LOW ? LOSS_CUT_LOW : LOSS_CUT_FAIR;
         r->last_cut_us = s->now_us;
     } else if (r->have_q) {

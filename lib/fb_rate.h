@@ -84,6 +84,7 @@ typedef struct fb_rate {
     int have_recv;
     double recv_avg;     /* smoothed arrival rate at the receiver, losses included */
     double loss_avg;     /* smoothed random-loss fraction (learnt while the queue is low) */
+    double loss_recent;  /* loss fraction over about the last RTT */
     double next_send_us; /* pacer: earliest time of the next packet */
     int started;         /* any packet sent */
 } fb_rate;

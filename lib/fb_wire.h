@@ -36,6 +36,7 @@
 #define FB_WIRE_MAX_DATAGRAM 65507u    /* largest UDP payload over IPv4 */
 #define FB_WIRE_MIN_DATAGRAM 1200u     /* every path must carry this; HELLO is padded to it */
 #define FB_WIRE_DEFAULT_DATAGRAM 1452u /* fits MTU 1500 under IPv6 (40) + UDP (8) headers */
+#define FB_WIRE_DEFAULT_DATAGRAM_IPV4 1472u /* fits MTU 1500 under IPv4 (20) + UDP (8) headers */
 
 /* DATA: header, offset (u64), send timestamp (u64), payload, tag. */
 #define FB_WIRE_DATA_FIXED 16u

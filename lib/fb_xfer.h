@@ -74,6 +74,8 @@
 #define FB_XFER_FEEDBACK_MIN_US 2000u         /* ...but never more often than this */
 #define FB_XFER_IDLE_FEEDBACK_MAX_US 1000000u /* idle FEEDBACK backs off to once a second */
 #define FB_XFER_RATE_SPAN_MIN_US 1000u        /* receive rate measured over >= 1 ms of arrivals */
+#define FB_XFER_RATE_WINDOW_US 20000u         /* ... and over about 20 ms when there are that many */
+#define FB_XFER_RATE_MARKS 16u                /* earlier FEEDBACK points kept for that window */
 #define FB_XFER_RETX_QUEUE 256u               /* retransmission ranges waiting to be sent */
 
 /* ---- range set ------------------------------------------------------------------------------
@@ -253,8 +255,8 @@ uint64_t fb_xfer_receiver_next_feedback(const fb_xfer_receiver *r, uint64_t now_
 
 /* Encodes a FEEDBACK with packet number PN into BUF (CAP >= FB_WIRE_MIN_DATAGRAM is always
  * enough) if one is due at NOW_US or FORCE is set; else *PLEN = 0. Its receive rate is the
- * bytes that arrived since the previous FEEDBACK over the span of their arrival times (0,
- * unknown, when that span is under FB_XFER_RATE_SPAN_MIN_US: the bytes count in the next). */
+ * datagram bytes that arrived over the span of their arrival times, about the last
+ * FB_XFER_RATE_WINDOW_US (0, unknown, when the span is under FB_XFER_RATE_SPAN_MIN_US). */
 fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn,
                                  uint64_t now_us, int force);
 

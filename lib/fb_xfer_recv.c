@@ -248,9 +248,15 @@ struct fb_xfer_receiver {
     int new_hole;     /* a DATA opened a hole since the last FEEDBACK */
     int have_echo;
     uint64_t echo_ts_us, echo_recv_us;
-    /* receive rate: bytes that arrived after rate_from_us, up to last_arrival_us */
+    /* receive rate: datagram bytes that arrived (rate_bytes, cumulative, the first datagram's
+     * excluded: it opens the span) up to last_arrival_us; the marks are earlier (time, bytes)
+     * pairs, one per FEEDBACK, so the rate spans about FB_XFER_RATE_WINDOW_US of arrivals */
     int have_arrival;
-    uint64_t rate_from_us, last_arrival_us, rate_bytes;
+    uint64_t last_arrival_us, rate_bytes;
+    struct {
+        uint64_t t, bytes;
+    } mark[FB_XFER_RATE_MARKS];
+    unsigned nmark, mark_head;
 };
 
 static uint64_t chunk_len(const fb_xfer_receiver *r, uint64_t index)
@@ -412,9 +418,13 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
     r->bytes_since_fb += d->len;
     if (!r->have_arrival) {
         r->have_arrival = 1;
-        r->rate_from_us = r->last_arrival_us = now_us; /* its own bytes arrived before the span */
+        r->last_arrival_us = now_us; /* its own bytes arrived before the span */
+        r->mark[0].t = now_us;
+        r->mark[0].bytes = 0;
+        r->nmark = 1;
+        r->mark_head = 0;
     } else {
-        r->rate_bytes += d->len;
+        r->rate_bytes += d->len + FB_WIRE_DATA_OVERHEAD; /* datagrams: the unit the sender paces in */
         if (now_us > r->last_arrival_us)
             r->last_arrival_us = now_us;
     }
@@ -459,6 +469,47 @@ uint64_t fb_xfer_receiver_next_feedback(const fb_xfer_receiver *r, uint64_t now_
     return r->last_fb_us + r->idle_us;
 }
 
+/* Datagram bytes per second over the newest mark at least FB_XFER_RATE_WINDOW_US of arrivals
+ * old (or the oldest kept), then a new mark at the latest arrival. Short windows are noisy:
+ * arrivals come in bursts (GRO, a relay or a host scheduled late) that a longer span averages
+ * out. 0 (unknown) when the span is under FB_XFER_RATE_SPAN_MIN_US. */
+static uint64_t receive_rate(fb_xfer_receiver *r)
+{
+    uint64_t rate = 0;
+    unsigned k, best;
+
+    if (!r->have_arrival)
+        return 0;
+    /* marks are oldest first from mark_head; pick the newest one old enough */
+    best = r->mark_head;
+    for (k = 0; k < r->nmark; k++) {
+        unsigned i = (r->mark_head + k) % FB_XFER_RATE_MARKS;
+
+        if (r->last_arrival_us - r->mark[i].t < FB_XFER_RATE_WINDOW_US)
+            break;
+        best = i;
+    }
+    if (r->last_arrival_us - r->mark[best].t >= FB_XFER_RATE_SPAN_MIN_US && r->rate_bytes > r->mark[best].bytes)
+        rate = (uint64_t)((double)(r->rate_bytes - r->mark[best].bytes) * 1e6 /
+                          (double)(r->last_arrival_us - r->mark[best].t));
+    /* drop marks older than the one used; add the new one (the oldest goes when full) */
+    while (r->nmark > 1 && r->mark_head != best) {
+        r->mark_head = (r->mark_head + 1) % FB_XFER_RATE_MARKS;
+        r->nmark--;
+    }
+    if (r->mark[(r->mark_head + r->nmark - 1) % FB_XFER_RATE_MARKS].t != r->last_arrival_us) {
+        if (r->nmark == FB_XFER_RATE_MARKS) {
+            r->mark_head = (r->mark_head + 1) % FB_XFER_RATE_MARKS;
+            r->nmark--;
+        }
+        k = (r->mark_head + r->nmark) % FB_XFER_RATE_MARKS;
+        r->mark[k].t = r->last_arrival_us;
+        r->mark[k].bytes = r->rate_bytes;
+        r->nmark++;
+    }
+    return rate;
+}
+
 fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, size_t *plen, uint64_t pn,
                                  uint64_t now_us, int force)
 {
@@ -499,12 +550,7 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
     if (fb_xfer_receiver_complete(r))
         hdr.flags |= FB_WIRE_F_FEEDBACK_COMPLETE;
     fb.recv_bytes = r->st.bytes_new;
-    if (r->rate_bytes > 0 && r->last_arrival_us - r->rate_from_us >= FB_XFER_RATE_SPAN_MIN_US) {
-        fb.recv_rate =
-            (uint64_t)((double)r->rate_bytes * 1e6 / (double)(r->last_arrival_us - r->rate_from_us));
-        r->rate_bytes = 0;
-        r->rate_from_us = r->last_arrival_us;
-    }
+    fb.recv_rate = receive_rate(r);
     if (r->have_echo) {
         uint64_t hold = now_us > r->echo_recv_us ? now_us - r->echo_recv_us : 0;
 
