@@ -23,6 +23,16 @@
  * GENERATION is the slot generation the caller's session has. */
 void fb_slot_digest_advance(fb_slot *slot, uint32_t generation, int fd, uint64_t max_bytes);
 
+/* Folds DATA, the LEN bytes the caller has just written at file offset OFF, straight from
+ * memory when the digest has reached OFF: the writer at the front of the file then never reads
+ * its data back. Completed chunks between the digest position and OFF are folded from FD first.
+ * The bytes may belong to a chunk not complete yet: if that chunk is later written with other
+ * bytes, the commit's digest differs from the client's and the commit hashes the whole file
+ * again (fb_slot_digest_final's caller), so a wrong fold can only cost time. Returns at once
+ * when another process or thread is folding, or when the digest is not at OFF (the data is
+ * then folded later from FD like any other). */
+void fb_slot_digest_feed(fb_slot *slot, uint32_t generation, int fd, uint64_t off, const void *data, size_t len);
+
 /* Bytes of the file already folded into the digest. */
 uint64_t fb_slot_digest_position(fb_slot *slot);
 
