@@ -28,6 +28,14 @@
 
 volatile sig_atomic_t fbcp_interrupted;
 
+/* Hooks into the upload's hashing (fbcp_upload.c). They belong in fbcp.h, which this change could
+ * not touch: keep the two declarations identical. SENT: [off, off+len) was just read to be sent;
+ * HINT: the lowest offset a request is still to read (UINT64_MAX: none). */
+void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
+void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
+/* ... and into the download's (fbcp_download.c): [off, off+len) was just written to the file. */
+void fbcp_download_hash_recv(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
+
 struct fbcp_http {
     const fbcp_opts *o;
     CURLSH *share;
@@ -631,6 +639,8 @@ static size_t fbcp_upload_read(char *ptr, size_t size, size_t nitems, void *ud)
         s->local_errno = n < 0 ? errno : 0;
         return CURL_READFUNC_ABORT;
     }
+    /* hashed here, from this buffer, when it is next in file order: the file is read once */
+    fbcp_upload_hash_sent(x, s->req.off + s->moved, ptr, (size_t)n);
     s->moved += (uint64_t)n;
     x->bytes += (uint64_t)n;
     x->bytes_http += (uint64_t)n;
@@ -761,6 +771,8 @@ static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
             x->bytes += (uint64_t)w;
             x->bytes_http += (uint64_t)w;
         }
+        /* hashed from this buffer when it is next in file order: the finish reads less back */
+        fbcp_download_hash_recv(x, want_from, ptr + skip, take);
         if (fbcp_download_mark(s, s->req.off + s->moved) != FB_OK) {
             s->state = FBCP_SLOT_LOCAL;
             s->local_errno = EIO;
@@ -1008,6 +1020,21 @@ static void fbcp_engine_resync(fbcp_engine *g, size_t i)
     fbcp_ranges_free(&missing);
 }
 
+/* Upload: the lowest file offset a request is still to read: the running ones' read positions
+ * and the next queued one (queued in file order; a retry queued later may start lower, which only
+ * makes the hashing read that part again). The hashing thread stays below it. */
+static uint64_t fbcp_engine_read_low(const fbcp_engine *g)
+{
+    uint64_t low = g->qn > 0 ? g->q[0].off : UINT64_MAX;
+
+    for (int si = 0; si < g->nslots; si++) {
+        const fbcp_slot *s = &g->slots[si];
+        if (s->busy && s->moved < s->req.len && s->req.off + s->moved < low)
+            low = s->req.off + s->moved;
+    }
+    return low;
+}
+
 static fb_err fbcp_engine_run(fbcp_engine *g)
 {
     fbcp_xfer *x = g->x;
@@ -1091,6 +1118,8 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
         fbcp_event_progress(x, 0);
         if (g->err != FB_OK)
             break;
+        if (x->direction == FBCP_UPLOAD)
+            fbcp_upload_hash_hint(x, fbcp_engine_read_low(g));
         {
             long wait_ms = 200;
             int idle_slots = 0;
@@ -1171,6 +1200,8 @@ static fb_err fbcp_http_move(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges 
     rv = fbcp_engine_push_ranges(g, todo, 0);
     if (rv == FB_OK)
         rv = fbcp_engine_run(g);
+    if (x->direction == FBCP_UPLOAD)
+        fbcp_upload_hash_hint(x, UINT64_MAX); /* no request reads any more: hash freely */
     for (int i = 0; i < g->nslots; i++) {
         curl_slist_free_all(g->slots[i].hdrs);
         free(g->slots[i].body.data);

@@ -7,10 +7,14 @@
  * The missing ranges go over UDP first (fbcp_move: the session's key and UDP port come with the
  * POST answer) and over HTTP(S) when UDP is blocked or lost; the commit is always HTTPS.
  *
- * The SHA-256 of the file is computed in a thread while the data goes out, except with
- * --overwrite if_different when the target exists, where the server needs it in the POST to decide
- * whether the target is already identical: then the file is read twice (hash first, then send). A session the
- * server has lost (404) is created again: the server resumes it from its checkpoint. */
+ * The SHA-256 of the file is computed while the data goes out, except with --overwrite
+ * if_different when the target exists, where the server needs it in the POST to decide whether
+ * the target is already identical: then the file is read twice (hash first, then send). While
+ * the data goes out, what the HTTP(S) transport has just read to send is hashed from its buffer
+ * when it is next in file order, so the file is read once; a thread reads and hashes the rest
+ * (ranges sent out of order by other connections, UDP, resumed parts), never ahead of where the
+ * HTTP(S) senders are still to read unless they stall. A session the server has lost (404) is
+ * created again: the server resumes it from its checkpoint. */
 #include "fbcp.h"
 
 #include <errno.h>
@@ -19,16 +23,41 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 
+/* Hooks of the HTTP(S) transport (fbcp_http.c) into the upload's hashing. They belong in fbcp.h,
+ * which this change could not touch: keep the two declarations identical. */
+void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
+void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
+
+#define FBCP_HASH_BLOCK (1024u * 1024u)
+#define FBCP_HASH_WAIT_MS 20         /* the thread's longest sleep before it looks again */
+#define FBCP_HASH_STALL_NS 300000000ull /* the front has not moved this long: the thread hashes */
+#define FBCP_HASH_ALIVE_NS 500000000ull /* no hint this long: no HTTP(S) sender runs */
+
+/* The file's SHA-256 in file order. POS only grows; whoever hashes [POS, ...) claims it first and
+ * hashes outside the lock, so the thread and a sender never wait for each other's hashing. */
 typedef struct fbcp_hash_job {
     pthread_t thread;
     int started;
     int fd;
     uint64_t size;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    EVP_MD_CTX *md;
+    uint64_t pos;         /* bytes hashed */
+    int claimed;          /* [POS, CLAIM_END) is being hashed outside the lock */
+    uint64_t claim_end;
+    int stop;             /* the upload ended early: stop hashing */
+    uint64_t read_low;    /* lowest offset an HTTP(S) sender is still to read; UINT64_MAX: none */
+    uint64_t hint_ns;     /* when READ_LOW was last published */
+    uint64_t moved_ns;    /* when POS last moved */
+    uint64_t inline_bytes; /* hashed from the senders' buffers (for -v) */
     unsigned char digest[FB_SHA256_LEN];
     fb_err rv;
 } fbcp_hash_job;
@@ -44,13 +73,186 @@ typedef struct fbcp_upload {
     int resumed;
     char *state;
     fbcp_switch sw; /* the transport choice for this file */
+    fbcp_hash_job *hash; /* the digest beside the upload; NULL when computed before it */
 } fbcp_upload;
 
+static void fbcp_hash_wait(fbcp_hash_job *j)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += FBCP_HASH_WAIT_MS * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+}
+
+/* The thread: hashes from the file what no sender is about to read. Bounded: every pass hashes
+ * a block or sleeps at most FBCP_HASH_WAIT_MS, and after FBCP_HASH_STALL_NS without progress it
+ * hashes a block whatever the senders do. */
 static void *fbcp_hash_main(void *p)
 {
     fbcp_hash_job *j = p;
-    j->rv = fb_sha256_fd(j->digest, j->fd, j->size);
+    unsigned char *buf = malloc(FBCP_HASH_BLOCK);
+    unsigned int outlen = 0;
+
+    pthread_mutex_lock(&j->mu);
+    if (buf == NULL)
+        j->rv = FB_ERR_NOMEM;
+    while (j->rv == FB_OK && j->pos < j->size && !j->stop) {
+        uint64_t now = fb_time_mono_ns(), limit, at, n;
+        int fail = 0;
+
+        if (j->claimed) {
+            fbcp_hash_wait(j);
+            continue;
+        }
+        if (j->pos < j->read_low)
+            limit = j->read_low; /* no sender will read below READ_LOW: hash up to it */
+        else if (now - j->hint_ns > FBCP_HASH_ALIVE_NS)
+            limit = j->size; /* no HTTP(S) sender runs (UDP, or between transports) */
+        else if (now - j->moved_ns > FBCP_HASH_STALL_NS)
+            limit = j->pos + FBCP_HASH_BLOCK; /* the sender at the front is stuck (backoff) */
+        else {
+            fbcp_hash_wait(j); /* the sender at the front hashes as it reads */
+            continue;
+        }
+        at = j->pos;
+        n = j->size - at;
+        if (n > limit - at)
+            n = limit - at;
+        if (n > FBCP_HASH_BLOCK)
+            n = FBCP_HASH_BLOCK;
+        j->claimed = 1;
+        j->claim_end = at + n;
+        pthread_mutex_unlock(&j->mu);
+        for (uint64_t done = 0; done < n && !fail;) {
+            ssize_t r = pread(j->fd, buf + done, (size_t)(n - done), (off_t)(at + done));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                fail = 1; /* shorter than at the start: its digest would be meaningless */
+            else
+                done += (uint64_t)r;
+        }
+        if (!fail && EVP_DigestUpdate(j->md, buf, (size_t)n) != 1)
+            fail = 1;
+        pthread_mutex_lock(&j->mu);
+        j->claimed = 0;
+        if (fail) {
+            j->rv = FB_ERR_IO;
+        } else {
+            j->pos = at + n;
+            j->moved_ns = fb_time_mono_ns();
+        }
+        pthread_cond_broadcast(&j->cv);
+    }
+    if (j->rv == FB_OK && j->pos == j->size &&
+        (EVP_DigestFinal_ex(j->md, j->digest, &outlen) != 1 || outlen != FB_SHA256_LEN))
+        j->rv = FB_ERR_INTERNAL;
+    else if (j->rv == FB_OK && j->pos != j->size)
+        j->rv = FB_ERR_INTERNAL; /* stopped: the upload ended early, the digest is not needed */
+    pthread_mutex_unlock(&j->mu);
+    free(buf);
     return NULL;
+}
+
+static fb_err fbcp_hash_start(fbcp_hash_job *j)
+{
+    j->md = EVP_MD_CTX_new();
+    if (j->md == NULL || EVP_DigestInit_ex(j->md, EVP_sha256(), NULL) != 1)
+        return FB_ERR_NOMEM;
+    if (pthread_mutex_init(&j->mu, NULL) != 0)
+        return FB_ERR_NOMEM;
+    if (pthread_cond_init(&j->cv, NULL) != 0) {
+        pthread_mutex_destroy(&j->mu);
+        return FB_ERR_NOMEM;
+    }
+    /* Until a sender publishes where it reads, the thread waits (at most FBCP_HASH_ALIVE_NS):
+     * starting at once it would race ahead of the first request and read everything itself. */
+    j->read_low = 0;
+    j->hint_ns = j->moved_ns = fb_time_mono_ns();
+    if (pthread_create(&j->thread, NULL, fbcp_hash_main, j) != 0) {
+        pthread_cond_destroy(&j->cv);
+        pthread_mutex_destroy(&j->mu);
+        return FB_ERR_NOMEM;
+    }
+    j->started = 1;
+    return FB_OK;
+}
+
+/* Waits for the thread (STOP: asks it to stop first) and frees what fbcp_hash_start made. */
+static void fbcp_hash_finish(fbcp_hash_job *j, int stop)
+{
+    if (j->started) {
+        if (stop) {
+            pthread_mutex_lock(&j->mu);
+            j->stop = 1;
+            pthread_cond_broadcast(&j->cv);
+            pthread_mutex_unlock(&j->mu);
+        }
+        pthread_join(j->thread, NULL);
+        j->started = 0;
+        pthread_cond_destroy(&j->cv);
+        pthread_mutex_destroy(&j->mu);
+    }
+    EVP_MD_CTX_free(j->md);
+    j->md = NULL;
+}
+
+void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len)
+{
+    fbcp_upload *u = x->ctx;
+    fbcp_hash_job *j;
+    uint64_t skip;
+    int ok;
+
+    if (x->direction != FBCP_UPLOAD || u == NULL || u->hash == NULL || !u->hash->started)
+        return;
+    j = u->hash;
+    pthread_mutex_lock(&j->mu);
+    /* The thread is hashing up to where this data starts (it caught up with this sender): wait
+     * for it, at most one block's hashing (a millisecond), rather than leave this data to be
+     * read again, and the next and the next, the thread always just behind. */
+    for (int i = 0; i < 100 && j->claimed && j->claim_end == off && j->rv == FB_OK; i++)
+        fbcp_hash_wait(j);
+    if (j->claimed || j->stop || j->rv != FB_OK || j->pos < off || j->pos >= off + len) {
+        pthread_mutex_unlock(&j->mu);
+        return; /* not next in file order: the thread reads it later */
+    }
+    skip = j->pos - off;
+    j->claimed = 1;
+    pthread_mutex_unlock(&j->mu);
+    ok = EVP_DigestUpdate(j->md, (const unsigned char *)data + skip, (size_t)(len - skip)) == 1;
+    pthread_mutex_lock(&j->mu);
+    j->claimed = 0;
+    if (ok) {
+        j->pos = off + len;
+        j->moved_ns = fb_time_mono_ns();
+        j->inline_bytes += len - skip;
+    } else {
+        j->rv = FB_ERR_INTERNAL;
+    }
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low)
+{
+    fbcp_upload *u = x->ctx;
+    fbcp_hash_job *j;
+
+    if (x->direction != FBCP_UPLOAD || u == NULL || u->hash == NULL || !u->hash->started)
+        return;
+    j = u->hash;
+    pthread_mutex_lock(&j->mu);
+    if (read_low != j->read_low)
+        pthread_cond_broadcast(&j->cv);
+    j->read_low = read_low;
+    j->hint_ns = fb_time_mono_ns();
+    pthread_mutex_unlock(&j->mu);
 }
 
 /* The session key is only needed by the UDP transport, which keeps its own copy: wipe it from the
@@ -419,8 +621,8 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
             goto out;
         }
         fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
-    } else if (pthread_create(&hash.thread, NULL, fbcp_hash_main, &hash) == 0) {
-        hash.started = 1;
+    } else if (fbcp_hash_start(&hash) == FB_OK) {
+        u.hash = &hash;
     } else {
         rv = fb_sha256_fd(hash.digest, u.x.fd, u.x.size);
         if (rv != FB_OK)
@@ -454,8 +656,9 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     if (rv != FB_OK)
         goto out;
     if (hash.started) {
-        pthread_join(hash.thread, NULL);
-        hash.started = 0;
+        fbcp_hash_finish(&hash, 0);
+        fbcp_trace(c->opts, "sha256: %llu of %llu bytes hashed as they were sent, the rest read again",
+                   (unsigned long long)hash.inline_bytes, (unsigned long long)u.x.size);
         if (hash.rv != FB_OK) {
             rv = FB_ERR_LOCAL_IO;
             snprintf(detail, sizeof(detail), "cannot read the file to hash it");
@@ -468,15 +671,12 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
         goto out;
     fbcp_event_done(&u.x, u.sha_hex);
 out:
-    if (hash.started) {
-        if (fbcp_interrupted)
-            pthread_detach(hash.thread); /* the process is about to exit; do not wait for the hash */
-        else
-            pthread_join(hash.thread, NULL);
-    }
+    /* The thread stops within a block (or a short wait): the digest is no longer needed. */
+    fbcp_hash_finish(&hash, 1);
+    u.hash = NULL;
     if (rv != FB_OK && !(fbcp_interrupted && rv == FB_ERR_CONNECTION_LOST))
         fbcp_report_error(&u.x, local, rv, detail);
-    if (u.x.fd >= 0 && !(hash.started && fbcp_interrupted))
+    if (u.x.fd >= 0)
         close(u.x.fd);
     fbcp_move_cleanup(&u.x);
     free(u.x.session_id);
