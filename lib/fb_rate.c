@@ -4,6 +4,7 @@
 #include "fb_rate.h"
 
 #include <math.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "fb_config.h"
@@ -27,6 +28,13 @@
 #define HIGH_Q_MIN_US 5000          /* ... or when above 5 ms and twice the flow's own target */
 #define LOW_BACKOFF 0.5             /* low: extra decrease per RTT at twice its delay target */
 #define DRAIN_INTERVAL_US 20000000u /* every 20 s, a quarter of the rate for one RTT: re-measure */
+#define DRAIN_FIRST_US 3000000u     /* the first one 3 s (or 10 RTTs) after quick start */
+#define DRAIN_COMPETING_US 8000000u /* every 8 s while competing: has the other flow gone? */
+#define COMPETE_Q_MIN_US 10000      /* a queue under 10 ms is never another flow's worry */
+#define COMPETE_KEPT 0.7            /* a drain that left 70 % of the queue: someone else holds it */
+#define COMPETE_AI 0.5              /* competing: alpha_mult + 0.5 per RTT ... */
+#define COMPETE_MD 0.5              /* ... x 0.5 at each congestive loss */
+#define COMPETE_MULT_MAX 64.0
 #define DRAIN_FACTOR 0.25           /* the delay floor (empties a queue of up to 0.75 RTT) */
 #define LOSS_COMP_MAX 0.15          /* random loss compensated in the receive rate up to 15 % */
 #define PROBE_GAIN 0.05             /* push of 5 % of the rate while the queue is nearly empty */
@@ -34,7 +42,7 @@
 #define DAMPING 1.0                 /* weight of (receive rate - rate) in the delay law */
 #define RECV_TAU_MIN_US 40000.0     /* receive rate smoothed over max(40 ms, RTT/4) */
 #define RATE_FLOOR_PACKETS 10u      /* never slower than 10 datagrams/s (below a tiny target) */
-#define BURST_US 1000.0             /* pacer credit after idling: 1 ms of the rate */
+#define BURST_US 2000.0             /* pacer credit after idling or a late wake-up: 2 ms of the rate */
 #define SILENCE_MIN_US 200000u      /* no feedback for max(this, 2 srtt): start slowing down */
 #define EXCESS_LOSS_MIN 0.005       /* congestive loss: recent loss > 2 x random loss + 0.5 % */
 
@@ -85,6 +93,9 @@ static double queue_target_bytes(const fb_rate *r)
      * k times a fair flow's rate in every range of alpha(x). */
     double a = k * fair_alpha(r->rate / k, r->p.packet_size);
 
+    if (r->competing && r->p.policy != FB_POLICY_LOW)
+        a *= r->alpha_mult;
+
     if (r->p.policy == FB_POLICY_LOW) {
         double cap = r->rate * (double)FB_RATE_LOW_TARGET_US / 1e6;
 
@@ -125,6 +136,7 @@ void fb_rate_init(fb_rate *r, const fb_rate_params *p, uint64_t now_us)
     r->last_feedback_us = now_us;
     r->last_decay_us = now_us;
     r->next_drain_us = now_us + DRAIN_INTERVAL_US;
+    r->alpha_mult = 1.0;
     r->next_send_us = (double)now_us;
 }
 
@@ -255,14 +267,6 @@ static int delay_says_congested(const fb_rate *r)
     return r->qdelay_us > HIGH_Q_MIN_US && (double)r->qdelay_us > 2.0 * own_target_us(r);
 }
 
-/* Loss over about the last RTT above the random loss learnt while the queue was low: a buffer
- * overflowing adds to it, random loss alone does not (every feedback of a 1 %-lossy path has a
- * loss or two, and a queue-delay spike beside one is no evidence). */
-static int loss_in_excess(const fb_rate *r)
-{
-    return r->loss_recent > 2.0 * r->loss_avg + EXCESS_LOSS_MIN;
-}
-
 static double quick_start_exit_us(const fb_rate *r)
 {
     double t;
@@ -272,6 +276,14 @@ static double quick_start_exit_us(const fb_rate *r)
     t = own_target_us(r);
     t = t > QS_EXIT_MAX_US ? QS_EXIT_MAX_US : t;
     return t < QS_EXIT_MIN_US ? QS_EXIT_MIN_US : t;
+}
+
+/* Loss over about the last RTT above the random loss learnt while the queue was low: a buffer
+ * overflowing adds to it, random loss alone does not (every feedback of a 1 %-lossy path has a
+ * loss or two, and a queue-delay spike beside one is no evidence). */
+static int loss_in_excess(const fb_rate *r)
+{
+    return r->loss_recent > 2.0 * r->loss_avg + EXCESS_LOSS_MIN;
 }
 
 /* One step of the delay law over DT microseconds with control time constant T. */
@@ -298,16 +310,55 @@ static void delay_step(fb_rate *r, double dt, double T)
      * shorter than the queue target (a policer, a shallow switch) this bounds the overflow. */
     if (dx > MAX_PUSH * x)
         dx = MAX_PUSH * x;
-    /* Damping only where the queue integrates an excess: below half the target the link has
-     * room, and a receive rate under the rate is lag (it trails an increase by an RTT) or noise
-     * (a receiver's bursty arrivals), not a capacity; following it there would stall probing. */
-    if (r->have_recv && q >= 0.5 * own_target_us(r) / 1e6)
+    /* Damping only where the queue integrates an excess: below the target the link has room,
+     * and a receive rate under the rate is lag (it trails an increase by an RTT), noise, or a
+     * sender that fell behind its pacer (a busy host), not a capacity: following it there would
+     * stall probing. Unless the loss says a buffer overflows (one shorter than the target). */
+    if (r->have_recv && (q >= own_target_us(r) / 1e6 || loss_in_excess(r)))
         dx += DAMPING * (r->recv_avg - x);
     /* LEDBAT's fast decrease: above 25 ms of queue, low gives way quickly, towards its floor. */
     if (r->p.policy == FB_POLICY_LOW && q * 1e6 > FB_RATE_LOW_TARGET_US)
         dx -= LOW_BACKOFF * x * clampd((q * 1e6 - FB_RATE_LOW_TARGET_US) / FB_RATE_LOW_TARGET_US, 0.0, 1.0);
     dx = clampd(dx * frac, -MAX_DOWN_PER_RTT * x * frac, MAX_UP_PER_RTT * x * frac);
     r->rate = x + dx;
+}
+
+static uint64_t first_drain_us(const fb_rate *r)
+{
+    uint64_t t = 10 * control_rtt(r);
+
+    return t > DRAIN_FIRST_US ? t : DRAIN_FIRST_US;
+}
+
+/* After a drain: did the queue empty? A flow alone, or among delay-based flows, takes its own
+ * share out of the queue (half of it with two equal flows). A queue that stayed (70 % to enter,
+ * 40 % to stay: a competing flow's own share leaves with its drain) is held by a flow that fills
+ * the buffer whatever the delay, which a delay law would yield everything to: compete with it,
+ * Reno-like, until a drain finds the queue gone (Copa's mode switch, found by our own drain). */
+static void watch_drain(fb_rate *r, uint64_t now)
+{
+    if (r->drain_watch_until_us == 0 || now < r->drain_watch_from_us)
+        return;
+    if (now < r->drain_watch_until_us) {
+        if (r->qdelay_us < r->drain_qmin_us)
+            r->drain_qmin_us = r->qdelay_us;
+        return;
+    }
+    r->drain_watch_until_us = 0;
+    if (r->drain_qmin_us == INT64_MAX || r->p.policy == FB_POLICY_LOW || r->p.policy == FB_POLICY_FIXED)
+        return;
+    if (r->drain_q_before_us > COMPETE_Q_MIN_US &&
+        (double)r->drain_qmin_us > (r->competing ? 0.4 : COMPETE_KEPT) * (double)r->drain_q_before_us) {
+        if (!r->competing) {
+            r->competing = 1;
+            r->alpha_mult = 1.0;
+            r->last_mult_us = now;
+        }
+        r->next_drain_us = now + DRAIN_COMPETING_US;
+    } else {
+        r->competing = 0;
+        r->alpha_mult = 1.0;
+    }
 }
 
 void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
@@ -347,7 +398,13 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
             r->qs_acked = r->qs_lost = 0;
         }
 
-        if (congested || flooding || (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r))) {
+        /* The queue counts as building on two feedbacks in a row above the exit delay: one
+         * alone may be a host's scheduling hiccup, not the path. */
+        if (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r))
+            r->qs_high++;
+        else
+            r->qs_high = 0;
+        if (congested || flooding || r->qs_high >= 2) {
             /* The queue is building: we overshot by up to one RTT of doubling. Go back to about
              * the rate of one RTT ago, or what the receiver gets if more, and let the delay law
              * drain the rest. */
@@ -357,12 +414,12 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
             if (r->have_recv && (r->recv_avg > back || flooding))
                 back = r->recv_avg;
             r->rate = back < r->rate ? back : r->rate;
-            r->next_drain_us = s->now_us + DRAIN_INTERVAL_US;
+            r->next_drain_us = s->now_us + first_drain_us(r);
         } else {
             r->rate *= exp2(dt / T);
             if (r->rate >= (double)r->p.target_rate) {
                 r->quick_start = 0;
-                r->next_drain_us = s->now_us + DRAIN_INTERVAL_US;
+                r->next_drain_us = s->now_us + first_drain_us(r);
             }
         }
     } else if (r->drain_until_us != 0) {
@@ -371,9 +428,11 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
         if (s->now_us >= r->drain_until_us) {
             r->rate = r->drain_saved_rate;
             r->drain_until_us = 0;
-            r->next_drain_us = s->now_us + DRAIN_INTERVAL_US;
+            r->next_drain_us = s->now_us + (r->competing ? DRAIN_COMPETING_US : DRAIN_INTERVAL_US);
         }
     } else if (r->have_q && s->now_us >= r->next_drain_us) {
+        int64_t qb = r->qmin_cur_us < r->qmin_prev_us ? r->qmin_cur_us : r->qmin_prev_us;
+
         /* A standing queue would otherwise end up in the windowed minimum of the one-way delay
          * (it keeps 60 s) and be mistaken for propagation delay, and queues would creep up
          * (BBR's ProbeRTT and LEDBAT++'s slowdowns address the same problem). */
@@ -381,13 +440,28 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
         r->rate *= DRAIN_FACTOR;
         r->drain_until_us = s->now_us + control_rtt(r);
         r->recv_frozen_until_us = s->now_us + 2 * control_rtt(r) + FB_RATE_FEEDBACK_INTERVAL_US;
+        /* Its effect on the queue shows in the FEEDBACK of the RTT after it. */
+        r->drain_q_before_us = qb;
+        r->drain_qmin_us = INT64_MAX;
+        r->drain_watch_from_us = r->drain_until_us + FB_RATE_FEEDBACK_INTERVAL_US;
+        r->drain_watch_until_us = r->recv_frozen_until_us;
     } else if (s->lost_bytes > 0 && delay_says_congested(r) && loss_in_excess(r) &&
                s->now_us - r->last_cut_us >= control_rtt(r)) {
         r->rate *= r->p.policy == FB_POLICY_LOW ? LOSS_CUT_LOW : LOSS_CUT_FAIR;
         r->last_cut_us = s->now_us;
+        if (r->competing) {
+            r->alpha_mult *= COMPETE_MD;
+            r->alpha_mult = r->alpha_mult < 1.0 ? 1.0 : r->alpha_mult;
+        }
     } else if (r->have_q) {
         delay_step(r, dt, T);
+        if (r->competing && s->now_us - r->last_mult_us >= control_rtt(r)) {
+            r->alpha_mult += COMPETE_AI;
+            r->alpha_mult = r->alpha_mult > COMPETE_MULT_MAX ? COMPETE_MULT_MAX : r->alpha_mult;
+            r->last_mult_us = s->now_us;
+        }
     }
+    watch_drain(r, s->now_us);
     clamp_rate(r);
 }
 
@@ -447,7 +521,7 @@ void fb_retx_init(fb_retx *x)
 }
 
 typedef struct retx_build {
-    fb_retx_entry e[FB_RETX_MAX];
+    fb_retx_entry *e; /* the table being rebuilt (the scheduler's scratch half) */
     unsigned n;
     fb_range *out;
     size_t cap, nout;
@@ -494,10 +568,18 @@ static void retx_due(retx_build *b, uint64_t s, uint64_t e)
 size_t fb_retx_schedule(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
                         uint64_t now_us, uint64_t interval_us, uint64_t max_bytes)
 {
+    return fb_retx_schedule_span(x, out, cap, missing, nmissing, now_us, interval_us, max_bytes, 0, UINT64_MAX);
+}
+
+size_t fb_retx_schedule_span(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
+                             uint64_t now_us, uint64_t interval_us, uint64_t max_bytes, uint64_t fresh_from,
+                             uint64_t fresh_to)
+{
     retx_build b;
     unsigned j = 0;
 
     memset(&b, 0, sizeof(b));
+    b.e = x->scratch;
     b.out = out;
     b.cap = out == NULL ? 0 : cap;
     b.budget = max_bytes == 0 ? UINT64_MAX : max_bytes;
@@ -514,7 +596,9 @@ size_t fb_retx_schedule(fb_retx *x, fb_range *out, size_t cap, const fb_range *m
             if (j < x->n && x->e[j].offset <= pos) {
                 uint64_t seg_end = x->e[j].end < end ? x->e[j].end : end;
                 uint64_t sent = x->e[j].sent_us;
-                int fresh = now_us < sent || now_us - sent < interval_us;
+                /* outside what the receiver just described, a repair already sent waits: it
+                 * may have arrived, and the FEEDBACK that would say so is still to come */
+                int fresh = now_us < sent || now_us - sent < interval_us || pos < fresh_from || pos >= fresh_to;
 
                 if (fresh)
                     retx_record(&b, pos, seg_end, sent);

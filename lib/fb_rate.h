@@ -59,6 +59,7 @@ typedef struct fb_rate {
     double rate;                /* bytes/s, the pacing rate */
     int quick_start;            /* 1 while ramping exponentially */
     uint64_t qs_acked, qs_lost; /* bytes acknowledged / lost in the current quick-start window */
+    unsigned qs_high;           /* feedbacks in a row with the queue above quick start's exit */
     uint64_t srtt_us;           /* smoothed RTT (0 = no sample yet) */
     uint64_t min_rtt_us;
     int have_owd;
@@ -85,6 +86,15 @@ typedef struct fb_rate {
     double recv_avg;     /* smoothed arrival rate at the receiver, losses included */
     double loss_avg;     /* smoothed random-loss fraction (learnt while the queue is low) */
     double loss_recent;  /* loss fraction over about the last RTT */
+    /* Competing with a flow that fills the buffer (loss-based TCP): found by a drain that did
+     * not empty the queue; the queue target is then multiplied by alpha_mult, which grows
+     * additively per RTT and halves at each congestive loss (Reno's AIMD, on the target). */
+    int competing;
+    double alpha_mult;
+    uint64_t last_mult_us;      /* last additive step of alpha_mult */
+    int64_t drain_q_before_us;  /* queueing delay when the last drain began */
+    int64_t drain_qmin_us;      /* lowest queueing delay its effect showed */
+    uint64_t drain_watch_from_us, drain_watch_until_us; /* when the drain's effect shows */
     double next_send_us; /* pacer: earliest time of the next packet */
     int started;         /* any packet sent */
 } fb_rate;
@@ -103,7 +113,7 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s);
 void fb_rate_on_send(fb_rate *r, uint64_t now_us, size_t bytes);
 
 /* Earliest time (us) the next datagram may leave; <= NOW_US means now. A sender may send up
- * to about 1 ms of its rate as one burst (a GSO batch) after being idle. */
+ * to about 2 ms of its rate as one burst (a GSO batch) after being idle or woken late. */
 uint64_t fb_rate_next_send_time(const fb_rate *r, uint64_t now_us);
 
 /* The pacing rate in bytes/s. */
@@ -117,7 +127,7 @@ int fb_rate_in_quick_start(const fb_rate *r);
  * Remembers when each missing byte range was last retransmitted, so that a hole reported
  * again and again by successive FEEDBACKs (it takes an RTT for the repair to arrive) is sent
  * about once per RTT, not once per feedback: redundant data stays close to the loss rate. */
-#define FB_RETX_MAX 256u
+#define FB_RETX_MAX 4096u
 
 typedef struct fb_retx_entry {
     uint64_t offset, end; /* [offset, end) */
@@ -125,7 +135,8 @@ typedef struct fb_retx_entry {
 } fb_retx_entry;
 
 typedef struct fb_retx {
-    fb_retx_entry e[FB_RETX_MAX]; /* sorted by offset, disjoint */
+    fb_retx_entry e[FB_RETX_MAX];       /* sorted by offset, disjoint */
+    fb_retx_entry scratch[FB_RETX_MAX]; /* where fb_retx_schedule builds the next table */
     unsigned n;
 } fb_retx;
 
@@ -140,6 +151,13 @@ void fb_retx_init(fb_retx *x);
  * early: wasteful, never wrong). */
 size_t fb_retx_schedule(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
                         uint64_t now_us, uint64_t interval_us, uint64_t max_bytes);
+
+/* The same, when the receiver described only [FRESH_FROM, FRESH_TO) just now (a FEEDBACK listing
+ * one group of holes among many): parts of MISSING outside it are due only if never
+ * retransmitted; a repair already sent there waits until a FEEDBACK describes it again. */
+size_t fb_retx_schedule_span(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
+                             uint64_t now_us, uint64_t interval_us, uint64_t max_bytes, uint64_t fresh_from,
+                             uint64_t fresh_to);
 
 /* Forgets everything below OFFSET (the receiver's cum_offset advanced). */
 void fb_retx_forget_below(fb_retx *x, uint64_t offset);

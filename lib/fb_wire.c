@@ -82,6 +82,12 @@ typedef struct wire_feedback {
 _Static_assert(sizeof(wire_feedback) == FB_WIRE_FEEDBACK_FIXED, "FEEDBACK body layout");
 _Static_assert(offsetof(wire_feedback, hold) == 48, "FEEDBACK body offsets");
 
+typedef struct wire_from { /* FEEDBACK with FB_WIRE_F_FEEDBACK_FROM: before the ranges */
+    uint8_t from_offset[8];
+    uint8_t reserved[8];
+} wire_from;
+_Static_assert(sizeof(wire_from) == FB_WIRE_RANGE_LEN, "FROM block layout");
+
 typedef struct wire_range {
     uint8_t offset[8];
     uint8_t length[8];
@@ -103,7 +109,7 @@ typedef struct wire_probe {
 } wire_probe;
 _Static_assert(sizeof(wire_probe) == FB_WIRE_PROBE_FIXED, "PROBE body layout");
 
-_Static_assert(FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + FB_WIRE_MAX_RANGES * FB_WIRE_RANGE_LEN <=
+_Static_assert(FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + (FB_WIRE_MAX_RANGES + 1) * FB_WIRE_RANGE_LEN <=
                    FB_WIRE_MIN_DATAGRAM,
                "a full FEEDBACK fits the minimum datagram");
 _Static_assert(FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED <= FB_WIRE_MIN_DATAGRAM,
@@ -234,8 +240,8 @@ static const type_rule *rule_for(unsigned type)
                           FB_WIRE_F_DATA_RETRANSMIT | FB_WIRE_F_DATA_LAST},
         [FB_WIRE_FEEDBACK] = {FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED,
                               FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED +
-                                  FB_WIRE_MAX_RANGES * FB_WIRE_RANGE_LEN,
-                              FB_WIRE_F_FEEDBACK_MORE | FB_WIRE_F_FEEDBACK_COMPLETE},
+                                  (FB_WIRE_MAX_RANGES + 1) * FB_WIRE_RANGE_LEN, /* + FROM block */
+                              FB_WIRE_F_FEEDBACK_MORE | FB_WIRE_F_FEEDBACK_COMPLETE | FB_WIRE_F_FEEDBACK_FROM},
         [FB_WIRE_CLOSE] = {FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, 0},
         [FB_WIRE_PROBE] = {FB_WIRE_OVERHEAD + FB_WIRE_PROBE_FIXED, FB_WIRE_MAX_DATAGRAM,
                            FB_WIRE_F_PROBE_REPLY},
@@ -282,6 +288,9 @@ fb_err fb_wire_peek_header(fb_wire_hdr *hdr, fb_wire_reason *reason, const uint8
         return drop(reason, FB_WIRE_R_TRUNCATED);
     if (len > rule->max_len)
         return drop(reason, FB_WIRE_R_OVERSIZED);
+    if (w->type == FB_WIRE_FEEDBACK && !(w->flags & FB_WIRE_F_FEEDBACK_FROM) &&
+        len > rule->max_len - FB_WIRE_RANGE_LEN)
+        return drop(reason, FB_WIRE_R_OVERSIZED); /* the last 16 bytes are the FROM block's */
     if (w->type == FB_WIRE_FEEDBACK && (len - rule->min_len) % FB_WIRE_RANGE_LEN != 0)
         return drop(reason, FB_WIRE_R_TRUNCATED);
     hdr->type = w->type;
@@ -318,10 +327,14 @@ static int feedback_valid(const fb_wire_feedback *m, uint8_t flags)
     if ((flags & FB_WIRE_F_FEEDBACK_COMPLETE) && (m->nranges != 0 || m->cum_offset != m->high_offset))
         return 0;
     if (m->cum_offset == m->high_offset)
-        return m->nranges == 0 && !(flags & FB_WIRE_F_FEEDBACK_MORE);
+        return m->nranges == 0 && !(flags & (FB_WIRE_F_FEEDBACK_MORE | FB_WIRE_F_FEEDBACK_FROM));
     /* Bytes [cum, high) hold a hole at cum (else cum would be larger) and a received byte at
-     * high - 1 (else high would be smaller); holes are listed in order, separated by data. */
-    if (m->nranges == 0 || m->ranges[0].offset != m->cum_offset)
+     * high - 1 (else high would be smaller); holes are listed in order, separated by data. With
+     * FROM the listing starts at a later hole, strictly inside (cum, high). */
+    if ((flags & FB_WIRE_F_FEEDBACK_FROM) && (m->from_offset <= m->cum_offset || m->from_offset >= m->high_offset))
+        return 0;
+    if (m->nranges == 0 ||
+        m->ranges[0].offset != ((flags & FB_WIRE_F_FEEDBACK_FROM) ? m->from_offset : m->cum_offset))
         return 0;
     for (unsigned i = 0; i < m->nranges; i++) {
         const fb_range *r = &m->ranges[i];
@@ -464,13 +477,14 @@ fb_err fb_wire_encode_feedback(uint8_t *buf, size_t cap, size_t *plen, const fb_
                                const fb_wire_feedback *m, const fb_aead_ctx *ctx)
 {
     wire_feedback *w = (wire_feedback *)(buf + FB_WIRE_HEADER_LEN);
-    size_t total;
+    size_t total, from;
     fb_err rc;
 
     *plen = 0;
     if (hdr == NULL || !feedback_valid(m, hdr->flags))
         return FB_ERR_INTERNAL;
-    total = FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + (size_t)m->nranges * FB_WIRE_RANGE_LEN;
+    from = (hdr->flags & FB_WIRE_F_FEEDBACK_FROM) ? FB_WIRE_RANGE_LEN : 0;
+    total = FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + from + (size_t)m->nranges * FB_WIRE_RANGE_LEN;
     rc = encode_check(buf, cap, total, hdr, FB_WIRE_FEEDBACK, ctx);
     if (rc != FB_OK)
         return rc;
@@ -484,9 +498,15 @@ fb_err fb_wire_encode_feedback(uint8_t *buf, size_t cap, size_t *plen, const fb_
     put64(w->echo_recv_ts, m->echo_recv_ts_us);
     put32(w->hold, m->hold_us);
     put16(w->nranges, m->nranges);
+    if (from) {
+        wire_from *f = (wire_from *)(buf + FB_WIRE_HEADER_LEN + FB_WIRE_FEEDBACK_FIXED);
+
+        memset(f, 0, sizeof(*f));
+        put64(f->from_offset, m->from_offset);
+    }
     for (unsigned i = 0; i < m->nranges; i++) {
-        wire_range *r =
-            (wire_range *)(buf + FB_WIRE_HEADER_LEN + FB_WIRE_FEEDBACK_FIXED + i * FB_WIRE_RANGE_LEN);
+        wire_range *r = (wire_range *)(buf + FB_WIRE_HEADER_LEN + FB_WIRE_FEEDBACK_FIXED + from +
+                                       i * FB_WIRE_RANGE_LEN);
 
         put64(r->offset, m->ranges[i].offset);
         put64(r->length, m->ranges[i].length);
@@ -606,7 +626,12 @@ static int parse_body(fb_wire_pkt *pkt, const uint8_t *body, size_t bodylen)
     case FB_WIRE_FEEDBACK: {
         const wire_feedback *w = (const wire_feedback *)body;
         fb_wire_feedback *m = &pkt->u.feedback;
-        size_t listed = (bodylen - sizeof(*w)) / FB_WIRE_RANGE_LEN;
+        size_t from = (pkt->hdr.flags & FB_WIRE_F_FEEDBACK_FROM) ? FB_WIRE_RANGE_LEN : 0;
+        size_t listed;
+
+        if (bodylen < sizeof(*w) + from)
+            return 0;
+        listed = (bodylen - sizeof(*w) - from) / FB_WIRE_RANGE_LEN;
 
         m->cum_offset = get64(w->cum_offset);
         m->high_offset = get64(w->high_offset);
@@ -619,8 +644,16 @@ static int parse_body(fb_wire_pkt *pkt, const uint8_t *body, size_t bodylen)
         if (m->nranges != listed || listed > FB_WIRE_MAX_RANGES ||
             !all_zero(w->reserved, sizeof(w->reserved)))
             return 0;
+        m->from_offset = m->cum_offset;
+        if (from) {
+            const wire_from *f = (const wire_from *)(body + sizeof(*w));
+
+            if (!all_zero(f->reserved, sizeof(f->reserved)))
+                return 0;
+            m->from_offset = get64(f->from_offset);
+        }
         for (size_t i = 0; i < listed; i++) {
-            const wire_range *r = (const wire_range *)(body + sizeof(*w) + i * FB_WIRE_RANGE_LEN);
+            const wire_range *r = (const wire_range *)(body + sizeof(*w) + from + i * FB_WIRE_RANGE_LEN);
 
             m->ranges[i].offset = get64(r->offset);
             m->ranges[i].length = get64(r->length);

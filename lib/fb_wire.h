@@ -4,7 +4,7 @@
  * a 16-byte AEAD tag:
  *
  *   +------+------+-------+----------+----------------+---------------+---------------+--------+
- *   | 0xF1 | type | flags | reserved | session id(16) | packet nr(u64)| body (sealed) | tag 16 |
+ *   | 0xF2 | type | flags | reserved | session id(16) | packet nr(u64)| body (sealed) | tag 16 |
  *   +------+------+-------+----------+----------------+---------------+---------------+--------+
  *
  * Pure code (bytes in, bytes out, time passed in by the caller): no I/O, no clock, no
@@ -23,9 +23,9 @@
 #include "fb_range.h"
 #include "fb_replay.h"
 
-#define FB_WIRE_VERSION 1
+#define FB_WIRE_VERSION 2
 #define FB_WIRE_MAGIC 0xF0u                                    /* high nibble of byte 0 */
-#define FB_WIRE_VERSION_BYTE (FB_WIRE_MAGIC | FB_WIRE_VERSION) /* 0xF1 */
+#define FB_WIRE_VERSION_BYTE (FB_WIRE_MAGIC | FB_WIRE_VERSION) /* 0xF2 */
 
 #define FB_WIRE_SID_LEN 16     /* u32 slot index (big-endian) + 12 random bytes */
 #define FB_WIRE_SID_HEX_LEN 32 /* the HTTP session id: "%08x" index + 24 hex */
@@ -68,6 +68,7 @@ typedef enum fb_wire_type {
 #define FB_WIRE_F_DATA_LAST 0x02u         /* payload ends at the end of the file */
 #define FB_WIRE_F_FEEDBACK_MORE 0x01u     /* more missing ranges exist than are listed */
 #define FB_WIRE_F_FEEDBACK_COMPLETE 0x02u /* the receiver has the whole file */
+#define FB_WIRE_F_FEEDBACK_FROM 0x04u     /* the ranges start at from_offset, not at cum (6.4) */
 #define FB_WIRE_F_PROBE_REPLY 0x01u       /* an answer to a PROBE (never larger than it) */
 
 /* Why a datagram was dropped: one counter each (udpd's statistics, fbcp --json). */
@@ -134,7 +135,11 @@ typedef struct fb_wire_feedback {
     uint64_t echo_recv_ts_us;            /* receiver clock when that DATA arrived (one-way delay sample) */
     uint32_t hold_us;                    /* from that arrival to sending this feedback */
     uint16_t nranges;                    /* missing ranges listed, <= FB_WIRE_MAX_RANGES */
-    fb_range ranges[FB_WIRE_MAX_RANGES]; /* sorted, disjoint, inside [cum, high), first at cum */
+    uint64_t from_offset;                /* with FB_WIRE_F_FEEDBACK_FROM: where the listing starts
+                                          * (cum < from < high; [cum, from) not described);
+                                          * without: ignored by the encoder, set to cum_offset
+                                          * by the decoder */
+    fb_range ranges[FB_WIRE_MAX_RANGES]; /* sorted, disjoint, inside [from, high), first at from */
 } fb_wire_feedback;
 
 typedef struct fb_wire_close {

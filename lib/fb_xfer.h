@@ -76,7 +76,7 @@
 #define FB_XFER_RATE_SPAN_MIN_US 1000u        /* receive rate measured over >= 1 ms of arrivals */
 #define FB_XFER_RATE_WINDOW_US 20000u         /* ... and over about 20 ms when there are that many */
 #define FB_XFER_RATE_MARKS 16u                /* earlier FEEDBACK points kept for that window */
-#define FB_XFER_RETX_QUEUE 256u               /* retransmission ranges waiting to be sent */
+#define FB_XFER_RETX_QUEUE 1024u              /* retransmission ranges waiting to be sent */
 
 /* ---- range set ------------------------------------------------------------------------------
  * A set of byte offsets as sorted, disjoint, non-adjacent half-open intervals in one array of at

@@ -257,6 +257,7 @@ struct fb_xfer_receiver {
         uint64_t t, bytes;
     } mark[FB_XFER_RATE_MARKS];
     unsigned nmark, mark_head;
+    uint64_t list_from; /* the next FEEDBACK lists holes from here (0: from cum) */
 };
 
 static uint64_t chunk_len(const fb_xfer_receiver *r, uint64_t index)
@@ -531,10 +532,22 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
         fb.high_offset = h->v[h->n - 1].end;
         if (fb.cum_offset < fb.high_offset) {
             /* Holes in [cum, high): before the first interval (when it does not start at 0),
-             * then between consecutive intervals. */
+             * then between consecutive intervals. More than a FEEDBACK lists: successive
+             * FEEDBACKs list successive groups (FROM), so the sender learns every hole within a
+             * few intervals rather than only the first ones, one RTT of repair at a time. */
             uint64_t pos = fb.cum_offset;
 
             i = h->v[0].start == 0 ? 1 : 0;
+            if (r->list_from > fb.cum_offset && r->list_from < fb.high_offset) {
+                size_t j = fb_xfer_rset_find(h, r->list_from);
+
+                if (j + 1 < h->n) {
+                    pos = h->v[j].end;
+                    i = j + 1;
+                    fb.from_offset = pos;
+                    hdr.flags |= FB_WIRE_F_FEEDBACK_FROM;
+                }
+            }
             for (; i < h->n; i++) {
                 if (fb.nranges == FB_WIRE_MAX_RANGES) {
                     hdr.flags |= FB_WIRE_F_FEEDBACK_MORE;
@@ -545,6 +558,10 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
                 fb.nranges++;
                 pos = h->v[i].end;
             }
+            /* next time: after the last hole listed, or from cum again once all were */
+            r->list_from = (hdr.flags & FB_WIRE_F_FEEDBACK_MORE)
+                               ? fb.ranges[fb.nranges - 1].offset + fb.ranges[fb.nranges - 1].length
+                               : 0;
         }
     }
     if (fb_xfer_receiver_complete(r))

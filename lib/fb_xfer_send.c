@@ -41,6 +41,8 @@ struct fb_xfer_sender {
     uint64_t last_echo_ts;
     uint64_t last_recv_bytes;
     uint64_t loss_counted; /* holes below this were counted as lost already */
+    uint64_t described;    /* bytes below this were described by some FEEDBACK (holes or not) */
+    fb_range cand[FB_RETX_MAX]; /* on_feedback: ranges judged lost (too large for the stack) */
     /* silence probe: everything sent, no FEEDBACK for a while */
     uint64_t last_event_us; /* last send or FEEDBACK */
     unsigned probe_backoff;
@@ -347,10 +349,10 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
                                   uint64_t now_us)
 {
     fb_rate_sample smp;
-    fb_range cand[FB_RETX_MAX], due[FB_XFER_RETX_QUEUE];
+    fb_range *cand = s->cand, due[FB_XFER_RETX_QUEUE];
     size_t ncand = 0, ndue, i;
     uint64_t unknown_start = 0, unknown_end = 0, line, echo_line = 0, tail_age, srtt, interval, budget;
-    uint64_t pos;
+    uint64_t pos, from;
     int more = (hdr->flags & FB_WIRE_F_FEEDBACK_MORE) != 0, fresh_echo;
 
     if (fb->high_offset > s->p.size || fb->cum_offset > fb->high_offset)
@@ -365,19 +367,27 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
     s->last_event_us = now_us;
     s->probe_backoff = 0;
 
-    /* What arrived: below cum; in [cum, high) all but the holes, up to the last listed hole
-     * when more holes exist than are listed. Removing may fail on a full set: the bytes then
-     * stay "needed", which costs a resend, never data. */
+    /* What arrived: below cum; in [from, high) all but the holes, up to the last listed hole
+     * when more holes exist than are listed. [cum, from) is not described (FROM lists a later
+     * group of holes): what an earlier FEEDBACK said of it stands in NEED. Removing may fail on
+     * a full set: the bytes then stay "needed", which costs a resend, never data. */
     (void)fb_xfer_rset_remove(&s->need, 0, fb->cum_offset);
-    pos = fb->cum_offset;
+    from = (hdr->flags & FB_WIRE_F_FEEDBACK_FROM) ? fb->from_offset : fb->cum_offset;
+    if (from < fb->cum_offset || from > fb->high_offset)
+        return FB_ERR_PROTOCOL;
+    pos = from;
     for (i = 0; i < fb->nranges; i++) {
         (void)fb_xfer_rset_remove(&s->need, pos, fb->ranges[i].offset);
         pos = fb->ranges[i].offset + fb->ranges[i].length;
     }
     if (more) {
-        unknown_start = pos;
+        /* beyond the last listed hole: unknown, except what an earlier FEEDBACK described */
+        unknown_start = pos > s->described ? pos : s->described;
         unknown_end = fb->high_offset;
+        if (pos > s->described)
+            s->described = pos;
     } else {
+        s->described = fb->high_offset > s->described ? fb->high_offset : s->described;
         (void)fb_xfer_rset_remove(&s->need, pos, fb->high_offset);
     }
     rq_prune(s);
@@ -429,7 +439,7 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
             break;
         if (b > line)
             b = line;
-        /* Bytes of unknown state (beyond the listed holes) are not judged yet. */
+        /* Bytes of unknown state (beyond the holes any FEEDBACK listed) are not judged yet. */
         if (unknown_end > unknown_start && a < unknown_end && b > unknown_start) {
             if (a < unknown_start) {
                 cand[ncand].offset = a;
@@ -466,8 +476,8 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
     if (budget < s->p.max_payload)
         budget = s->p.max_payload;
     if (s->rq_n < FB_XFER_RETX_QUEUE) {
-        ndue = fb_retx_schedule(&s->retx, due, FB_XFER_RETX_QUEUE - s->rq_n, cand, ncand, now_us, interval,
-                                budget);
+        ndue = fb_retx_schedule_span(&s->retx, due, FB_XFER_RETX_QUEUE - s->rq_n, cand, ncand, now_us, interval,
+                                     budget, from, more ? pos : fb->high_offset);
         memcpy(&s->rq[s->rq_n], due, ndue * sizeof(due[0]));
         s->rq_n += ndue;
     }

@@ -360,6 +360,54 @@ START_TEST(test_feedback_extremes)
 }
 END_TEST
 
+START_TEST(test_feedback_listing_from_a_later_hole)
+{
+    fb_wire_hdr h = make_hdr(11, 0);
+    fb_wire_feedback f;
+    fb_wire_pkt got;
+    size_t len, len_plain;
+
+    /* Holes at 0 (cum), 3000 and 6000; the listing starts at the one at 3000: [0, 3000) is not
+     * described. The FROM block adds 16 bytes, and 64 ranges still fit the minimum datagram. */
+    memset(&f, 0, sizeof(f));
+    f.cum_offset = 0;
+    f.high_offset = (uint64_t)(FB_WIRE_MAX_RANGES + 1) * 3000;
+    f.from_offset = 3000;
+    f.nranges = FB_WIRE_MAX_RANGES;
+    for (unsigned i = 0; i < FB_WIRE_MAX_RANGES; i++)
+        f.ranges[i] = (fb_range){(uint64_t)(i + 1) * 3000, 1500};
+    h.flags = FB_WIRE_F_FEEDBACK_FROM | FB_WIRE_F_FEEDBACK_MORE;
+    ck_assert_int_eq(fb_wire_encode_feedback(buf, BUFSZ, &len, &h, &f, client), FB_OK);
+    ck_assert_uint_le(len, FB_WIRE_MIN_DATAGRAM);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_NONE);
+    ck_assert_uint_eq(got.hdr.flags, FB_WIRE_F_FEEDBACK_FROM | FB_WIRE_F_FEEDBACK_MORE);
+    ck_assert_uint_eq(got.u.feedback.from_offset, 3000);
+    ck_assert_uint_eq(got.u.feedback.cum_offset, 0);
+    ck_assert_uint_eq(got.u.feedback.nranges, FB_WIRE_MAX_RANGES);
+    ck_assert_uint_eq(got.u.feedback.ranges[0].offset, 3000);
+    h.flags = FB_WIRE_F_FEEDBACK_MORE;
+    f.nranges = 1;
+    f.ranges[0] = (fb_range){0, 1500};
+    ck_assert_int_eq(fb_wire_encode_feedback(buf, BUFSZ, &len_plain, &h, &f, client), FB_OK);
+    ck_assert_int_eq(open_copy(&got, buf, len_plain, server, NULL), FB_WIRE_R_NONE);
+    ck_assert_uint_eq(got.u.feedback.from_offset, 0); /* without FROM: cum */
+
+    /* The encoder refuses a FROM at or below cum, at or past high, or not at the first range. */
+    h.flags = FB_WIRE_F_FEEDBACK_FROM | FB_WIRE_F_FEEDBACK_MORE;
+    f.cum_offset = 1500;
+    f.from_offset = 1500;
+    f.ranges[0] = (fb_range){1500, 100};
+    ck_assert_int_eq(fb_wire_encode_feedback(buf, BUFSZ, &len, &h, &f, client), FB_ERR_INTERNAL);
+    f.from_offset = f.high_offset;
+    f.ranges[0] = (fb_range){f.high_offset, 1};
+    ck_assert_int_eq(fb_wire_encode_feedback(buf, BUFSZ, &len, &h, &f, client), FB_ERR_INTERNAL);
+    f.from_offset = 3000;
+    f.ranges[0] = (fb_range){4000, 100};
+    ck_assert_int_eq(fb_wire_encode_feedback(buf, BUFSZ, &len, &h, &f, client), FB_ERR_INTERNAL);
+
+}
+END_TEST
+
 START_TEST(test_hello_ack_never_larger_than_hello)
 {
     size_t hello = encode_sample(FB_WIRE_HELLO), ack = encode_sample(FB_WIRE_HELLO_ACK);
@@ -578,7 +626,7 @@ START_TEST(test_header_checks_before_the_key)
     ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, 10), FB_ERR_PROTOCOL);
     ck_assert_int_eq(why, FB_WIRE_R_TRUNCATED);
 
-    buf[0] = 0xF2; /* version 2 */
+    buf[0] = 0xF1; /* version 1 (before the FROM flag), no longer spoken */
     ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, len), FB_ERR_PROTOCOL);
     ck_assert_int_eq(why, FB_WIRE_R_BAD_VERSION);
     buf[0] = 0x16; /* a TLS record, say */
@@ -729,6 +777,29 @@ START_TEST(test_authenticated_but_malformed_bodies_are_rejected)
         len = seal_raw(FB_WIRE_FEEDBACK, FB_WIRE_F_FEEDBACK_COMPLETE, body, 56 + 16);
         ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
     }
+
+    /* FROM: cum 0, high 10000, from 3000, one hole [3000, 3100). Valid as built; then with a
+     * non-zero reserved half of the FROM block, a from not above cum, or no room for it. */
+    memset(body, 0, sizeof(body));
+    put64(body + 8, 10000);
+    body[53] = 1;
+    put64(body + 56, 3000);
+    put64(body + 72, 3000);
+    put64(body + 80, 100);
+    len = seal_raw(FB_WIRE_FEEDBACK, FB_WIRE_F_FEEDBACK_FROM | FB_WIRE_F_FEEDBACK_MORE, body, 56 + 32);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_NONE);
+    ck_assert_uint_eq(got.u.feedback.from_offset, 3000);
+    body[64] = 1;
+    len = seal_raw(FB_WIRE_FEEDBACK, FB_WIRE_F_FEEDBACK_FROM | FB_WIRE_F_FEEDBACK_MORE, body, 56 + 32);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
+    body[64] = 0;
+    put64(body + 56, 0);
+    put64(body + 72, 0);
+    len = seal_raw(FB_WIRE_FEEDBACK, FB_WIRE_F_FEEDBACK_FROM | FB_WIRE_F_FEEDBACK_MORE, body, 56 + 32);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
+    body[53] = 0;
+    len = seal_raw(FB_WIRE_FEEDBACK, FB_WIRE_F_FEEDBACK_FROM, body, 56);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
 
     /* CLOSE with an unknown reason; DATA whose end would pass 2^64; PROBE with padding. */
     memset(body, 0, sizeof(body));
@@ -919,8 +990,8 @@ START_TEST(test_protocol_document_vectors)
     ck_assert_int_eq(fb_wire_encode_close(buf, BUFSZ, &len, &h, &cl, c), FB_OK);
     ck_assert_uint_eq(len, 52);
     unhex(want, 52,
-          "f10500000000002a00112233445566778899aabb0000000000000000"
-          "6fea35bff1dcea309637459067e213c9eb1772defb3f1eaf");
+          "f20500000000002a00112233445566778899aabb0000000000000000"
+          "6fea35bff1dcea30bb08f20eebbe3ac4a4ad7c3722221125");
     ck_assert_mem_eq(buf, want, 52);
     ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
 
@@ -928,8 +999,8 @@ START_TEST(test_protocol_document_vectors)
     ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, c), FB_OK);
     ck_assert_uint_eq(len, 68);
     unhex(want, 68,
-          "f10300000000002a00112233445566778899aabb0000000000000001"
-          "86a2c1abf85ffaa4102406297b178528a060a12a1dbffcb16365ab3cd8b73719a189478cdee8b2a1");
+          "f20300000000002a00112233445566778899aabb0000000000000001"
+          "86a2c1abf85ffaa4102406297b178528a060a12a1dbffcb1b97b94c8891091e7cea045dca3935424");
     ck_assert_mem_eq(buf, want, 68);
     ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
     ck_assert_mem_eq(pkt.u.data.payload, "fallback", 8);
@@ -952,6 +1023,7 @@ static Suite *wire_suite(void)
     tcase_add_test(rt, test_data_payload_read_in_place_is_not_copied);
     tcase_add_test(rt, test_data_payload_overlapping_the_header_area);
     tcase_add_test(rt, test_feedback_extremes);
+    tcase_add_test(rt, test_feedback_listing_from_a_later_hole);
     tcase_add_test(rt, test_hello_ack_never_larger_than_hello);
     tcase_add_test(rt, test_refusing_hello_ack);
     suite_add_tcase(s, rt);
