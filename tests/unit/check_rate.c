@@ -18,7 +18,7 @@
 
 #define SIM_FLOWS 2
 #define SIM_RING 131072u /* packets in flight per flow (power of two) */
-#define SIM_FB_RING 1024u
+#define SIM_FB_RING 16384u
 #define PKT 1452u
 
 #ifndef SIM_ASSERT
@@ -37,6 +37,7 @@ typedef struct sim_cfg {
     uint64_t start_us[SIM_FLOWS];
     uint64_t extra_rtt_us[SIM_FLOWS];
     int64_t clock_offset_us[SIM_FLOWS];
+    int reno[SIM_FLOWS]; /* 1: a loss-based TCP (Reno: window, ACK-clocked) instead of fb_rate */
     uint64_t seed;
 } sim_cfg;
 
@@ -75,6 +76,12 @@ typedef struct sim_flow {
     uint64_t window_bytes;
     double rate_sum;
     uint64_t rate_n;
+    /* Reno: congestion window and packets in flight (packets); ACK arrivals use the fb ring
+     * (arrive_us), loss notices (a dropped packet is known one RTT after it left) their own */
+    double cwnd, ssthresh;
+    uint64_t inflight, last_cut_us;
+    uint64_t loss_at[SIM_RING];
+    size_t loss_head, loss_tail;
 } sim_flow;
 
 static uint64_t sim_rand(uint64_t *s)
@@ -96,6 +103,58 @@ static uint64_t one_way(const sim_cfg *c, int f)
     return (c->rtt_us + c->extra_rtt_us[f]) / 2;
 }
 
+/* A loss-based TCP flow (Reno): ACKs grow the window (slow start, then one packet per RTT),
+ * a loss halves it (once per RTT); it sends whenever the window allows, so it fills any
+ * buffer until it overflows. Its packets share the bottleneck FIFO with the others. */
+static void sim_reno_step(const sim_cfg *c, int f, sim_flow *fl, uint64_t now, double *link_free, uint64_t *rng,
+                          sim_result *res, int measuring)
+{
+    while (fl->fb_head != fl->fb_tail && fl->fb[fl->fb_tail].arrive_us <= now) {
+        fl->fb_tail = (fl->fb_tail + 1) % SIM_FB_RING;
+        fl->inflight--;
+        fl->cwnd += fl->cwnd < fl->ssthresh ? 1.0 : 1.0 / fl->cwnd;
+    }
+    while (fl->loss_head != fl->loss_tail && fl->loss_at[fl->loss_tail] <= now) {
+        fl->loss_tail = (fl->loss_tail + 1) % SIM_RING;
+        fl->inflight--;
+        if (now - fl->last_cut_us >= c->rtt_us) {
+            fl->cwnd = fl->cwnd / 2 < 2 ? 2 : fl->cwnd / 2;
+            fl->ssthresh = fl->cwnd;
+            fl->last_cut_us = now;
+        }
+    }
+    while ((double)fl->inflight < fl->cwnd) {
+        double qbytes = *link_free > (double)now ? (*link_free - (double)now) * c->link_rate / 1e6 : 0.0;
+        sim_pkt *p;
+
+        fl->inflight++;
+        res->sent++;
+        fl->next_seq++;
+        if (sim_uniform(rng) < c->loss || qbytes + PKT > c->queue_bytes) {
+            if (qbytes + PKT > c->queue_bytes)
+                res->drops_queue++;
+            else
+                res->drops_random++;
+            SIM_ASSERT((fl->loss_head + 1) % SIM_RING != fl->loss_tail);
+            fl->loss_at[fl->loss_head] = now + c->rtt_us;
+            fl->loss_head = (fl->loss_head + 1) % SIM_RING;
+            continue;
+        }
+        if (measuring) {
+            double q = qbytes / c->link_rate * 1e6;
+
+            res->max_q_us = q > res->max_q_us ? q : res->max_q_us;
+        }
+        *link_free = (*link_free > (double)now ? *link_free : (double)now) + PKT * 1e6 / c->link_rate;
+        SIM_ASSERT(((fl->head + 1) & (SIM_RING - 1)) != fl->tail);
+        p = &fl->ring[fl->head];
+        p->seq = fl->next_seq - 1;
+        p->send_ts_us = now;
+        p->arrive_us = (uint64_t)ceil(*link_free) + one_way(c, f);
+        fl->head = (fl->head + 1) & (SIM_RING - 1);
+    }
+}
+
 static void sim_run(sim_result *res, const sim_cfg *c)
 {
     static sim_flow flows[SIM_FLOWS];
@@ -113,6 +172,8 @@ static void sim_run(sim_result *res, const sim_cfg *c)
         SIM_ASSERT(fl->ring != NULL);
         fb_rate_init(&fl->rate, &c->params[f], c->start_us[f]);
         fl->next_fb_timer = c->start_us[f] + FB_RATE_FEEDBACK_INTERVAL_US;
+        fl->cwnd = 10;
+        fl->ssthresh = 1e9;
         res->min_rate[f] = INFINITY;
     }
     /* Bounded: virtual time strictly advances to the next event each pass or an event is
@@ -128,11 +189,17 @@ static void sim_run(sim_result *res, const sim_cfg *c)
                 next = c->start_us[f] < next ? c->start_us[f] : next;
                 continue;
             }
-            t = fb_rate_next_send_time(&fl->rate, now);
+            if (c->reno[f]) {
+                t = (double)fl->inflight < fl->cwnd ? now : UINT64_MAX;
+                if (fl->loss_head != fl->loss_tail && fl->loss_at[fl->loss_tail] < t)
+                    t = fl->loss_at[fl->loss_tail];
+            } else {
+                t = fb_rate_next_send_time(&fl->rate, now);
+            }
             next = t < next ? t : next;
             if (fl->head != fl->tail && fl->ring[fl->tail].arrive_us < next)
                 next = fl->ring[fl->tail].arrive_us;
-            if (fl->next_fb_timer < next)
+            if (!c->reno[f] && fl->next_fb_timer < next)
                 next = fl->next_fb_timer;
             if (fl->fb_head != fl->fb_tail && fl->fb[fl->fb_tail].arrive_us < next)
                 next = fl->fb[fl->fb_tail].arrive_us;
@@ -162,6 +229,18 @@ static void sim_run(sim_result *res, const sim_cfg *c)
                 fl->has_echo = 1;
                 if (measuring)
                     fl->window_bytes += PKT;
+                if (c->reno[f]) { /* its ACK, one way later */
+                    sim_fb *ack = &fl->fb[fl->fb_head];
+
+                    SIM_ASSERT((fl->fb_head + 1) % SIM_FB_RING != fl->fb_tail);
+                    memset(ack, 0, sizeof(*ack));
+                    ack->arrive_us = now + one_way(c, f);
+                    fl->fb_head = (fl->fb_head + 1) % SIM_FB_RING;
+                }
+            }
+            if (c->reno[f]) {
+                sim_reno_step(c, f, fl, now, &link_free, &rng, res, measuring);
+                continue;
             }
             /* Receiver: periodic feedback. */
             if (fl->next_fb_timer <= now) {
@@ -466,6 +545,36 @@ START_TEST(test_high_takes_about_twice_fair)
     sim_run(&r, &c);
     ratio = r.goodput[1] / r.goodput[0];
     ck_assert_msg(ratio >= 1.5 && ratio <= 2.5, "high/fair = %.2f", ratio);
+}
+END_TEST
+
+/* Beside a loss-based TCP flow that fills a deep buffer (2 BDP), a pure delay law would keep
+ * only its own small queue and yield nearly everything. The drain finds the queue held by
+ * someone else; fair then competes (AIMD on its queue target) and neither flow falls below a
+ * third of the link. low never competes: it leaves the TCP flow nearly everything. */
+START_TEST(test_fair_competes_with_a_loss_based_flow)
+{
+    sim_cfg c;
+    sim_result r;
+    double fair, tcp;
+
+    sim_defaults(&c, FB_POLICY_FAIR, MBPS(100), 50000);
+    c.queue_bytes = MBPS(100) * 0.1; /* 100 ms: the benchmark relay's buffer */
+    c.nflows = 2;
+    c.reno[1] = 1;
+    c.duration_us = 90000000u;
+    c.measure_from_us = 30000000u;
+    sim_run(&r, &c);
+    fair = r.goodput[0];
+    tcp = r.goodput[1];
+    ck_assert_msg(fair >= (fair + tcp) / 3 && tcp >= (fair + tcp) / 3, "fair %.1f, TCP %.1f Mbit/s",
+                  fair * 8 / 1e6, tcp * 8 / 1e6);
+    ck_assert_msg(fair + tcp >= 0.9 * c.link_rate, "together %.1f Mbit/s", (fair + tcp) * 8 / 1e6);
+
+    c.params[0].policy = FB_POLICY_LOW;
+    sim_run(&r, &c);
+    ck_assert_msg(r.goodput[1] >= 0.8 * (r.goodput[0] + r.goodput[1]), "low %.1f, TCP %.1f Mbit/s",
+                  r.goodput[0] * 8 / 1e6, r.goodput[1] * 8 / 1e6);
 }
 END_TEST
 
@@ -784,6 +893,7 @@ static Suite *rate_suite(void)
     tcase_add_test(sim, test_two_fair_flows_with_different_rtts_share);
     tcase_add_test(sim, test_high_takes_about_twice_fair);
     tcase_add_test(sim, test_shallow_buffer_bounds_overflow);
+    tcase_add_test(sim, test_fair_competes_with_a_loss_based_flow);
     suite_add_tcase(s, sim);
 
     tcase_add_test(direct, test_random_loss_alone_never_lowers_the_rate);
