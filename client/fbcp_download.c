@@ -17,10 +17,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -41,80 +43,165 @@ typedef struct fbcp_download {
     int ckpt_warned;
     int64_t filetime;
     fbcp_switch sw; /* the transport choice for this file */
-    /* The SHA-256 of the file's prefix [0, hash_pos), fed from the HTTP(S) transport's buffers as
-     * the data arrives in file order (fbcp_download_hash_recv); the finish reads only the rest
-     * back. NULL: the finish hashes the whole file. */
-    EVP_MD_CTX *md;
-    uint64_t hash_pos;
+    struct fbcp_dl_hash *hash; /* the digest of what is on disk, beside the transfer */
 } fbcp_download;
 
-/* Hook of the HTTP(S) transport (fbcp_http.c). It belongs in fbcp.h, which this change could not
- * touch: keep the two declarations identical. */
-void fbcp_download_hash_recv(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
+/* The file's SHA-256, computed by a thread beside the transfer: it reads back and hashes the
+ * prefix of the partial file that is complete on disk (the sidecar's first done range), while
+ * the main thread receives and writes, so on two cores the hashing costs little time and the
+ * finish only waits for the last piece. Data is hashed only once it is marked done (written,
+ * never written again), so the digest is always that of the file on disk. */
+#define FBCP_DL_HASH_BLOCK (1024u * 1024u)
 
-void fbcp_download_hash_recv(fbcp_xfer *x, uint64_t off, const void *data, size_t len)
+typedef struct fbcp_dl_hash {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    EVP_MD_CTX *md;
+    int fd;
+    uint64_t size;
+    uint64_t pos;   /* hashed */
+    uint64_t ready; /* [0, ready) is complete on disk */
+    int stop;
+    fb_err rv;
+    unsigned char digest[FB_SHA256_LEN];
+} fbcp_dl_hash;
+
+static void *fbcp_dl_hash_main(void *p)
 {
-    fbcp_download *d = x->ctx;
-    uint64_t skip;
+    fbcp_dl_hash *h = p;
+    unsigned char *buf = malloc(FBCP_DL_HASH_BLOCK);
+    unsigned int outlen = 0;
 
-    if (x->direction != FBCP_DOWNLOAD || d == NULL || d->md == NULL || d->hash_pos < off ||
-        d->hash_pos >= off + len)
-        return; /* not next in file order: the finish reads it back */
-    skip = d->hash_pos - off;
-    if (EVP_DigestUpdate(d->md, (const unsigned char *)data + skip, (size_t)(len - skip)) != 1) {
-        EVP_MD_CTX_free(d->md); /* the finish hashes the whole file */
-        d->md = NULL;
+    pthread_mutex_lock(&h->mu);
+    if (buf == NULL)
+        h->rv = FB_ERR_NOMEM;
+    /* bounded: each pass hashes a block or waits at most 50 ms for more, and stops on STOP */
+    while (h->rv == FB_OK && h->pos < h->size && !h->stop) {
+        uint64_t at = h->pos, n;
+        int fail = 0;
+
+        if (h->ready <= at) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 50 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+            continue;
+        }
+        n = h->ready - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->ready - at;
+        pthread_mutex_unlock(&h->mu);
+        for (uint64_t done = 0; done < n && !fail;) {
+            ssize_t r = pread(h->fd, buf + done, (size_t)(n - done), (off_t)(at + done));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0)
+                fail = 1;
+            else
+                done += (uint64_t)r;
+        }
+        if (!fail && EVP_DigestUpdate(h->md, buf, (size_t)n) != 1)
+            fail = 1;
+        pthread_mutex_lock(&h->mu);
+        if (fail)
+            h->rv = FB_ERR_IO;
+        else
+            h->pos = at + n;
+    }
+    if (h->rv == FB_OK && h->pos == h->size &&
+        (EVP_DigestFinal_ex(h->md, h->digest, &outlen) != 1 || outlen != FB_SHA256_LEN))
+        h->rv = FB_ERR_IO;
+    else if (h->rv == FB_OK && h->pos != h->size)
+        h->rv = FB_ERR_INTERNAL; /* stopped */
+    pthread_mutex_unlock(&h->mu);
+    free(buf);
+    return NULL;
+}
+
+/* Stops the thread (STOP) or waits for it to hash everything, and frees it; the digest into OUT
+ * (when not NULL). Without a thread, or when it failed, OUT is computed by reading the file. */
+static fb_err fbcp_download_hash_end(fbcp_download *d, int stop, unsigned char out[FB_SHA256_LEN])
+{
+    fbcp_dl_hash *h = d->hash;
+    fb_err rv = FB_ERR_INTERNAL;
+
+    if (h != NULL) {
+        pthread_mutex_lock(&h->mu);
+        if (stop)
+            h->stop = 1;
+        else
+            h->ready = h->size; /* the caller knows the whole file is on disk */
+        pthread_cond_broadcast(&h->cv);
+        pthread_mutex_unlock(&h->mu);
+        pthread_join(h->thread, NULL);
+        rv = h->rv;
+        if (rv == FB_OK && out != NULL)
+            memcpy(out, h->digest, FB_SHA256_LEN);
+        pthread_cond_destroy(&h->cv);
+        pthread_mutex_destroy(&h->mu);
+        EVP_MD_CTX_free(h->md);
+        OPENSSL_cleanse(h->digest, sizeof(h->digest));
+        free(h);
+        d->hash = NULL;
+    }
+    if (out == NULL)
+        return FB_OK;
+    if (rv != FB_OK)
+        rv = fb_sha256_fd(out, d->x.fd, d->x.size);
+    return rv;
+}
+
+/* Tells the thread how far the file is complete on disk: the end of the done range at 0. */
+static void fbcp_download_hash_ready(fbcp_download *d)
+{
+    fbcp_dl_hash *h = d->hash;
+    uint64_t ready = d->sc.done.n > 0 && d->sc.done.v[0].offset == 0 ? d->sc.done.v[0].length : 0;
+
+    if (h == NULL)
+        return;
+    pthread_mutex_lock(&h->mu);
+    if (ready > h->ready) {
+        h->ready = ready;
+        pthread_cond_broadcast(&h->cv);
+    }
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* (Re)starts the thread for the partial file as it is now. Without it, the finish hashes. */
+static void fbcp_download_hash_start(fbcp_download *d)
+{
+    fbcp_dl_hash *h;
+
+    (void)fbcp_download_hash_end(d, 1, NULL);
+    h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return;
+    h->fd = d->x.fd;
+    h->size = d->x.size;
+    h->md = EVP_MD_CTX_new();
+    if (h->md == NULL || EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1 || pthread_mutex_init(&h->mu, NULL) != 0) {
+        EVP_MD_CTX_free(h->md);
+        free(h);
         return;
     }
-    d->hash_pos = off + len;
-}
-
-/* Starts the running digest over (a fresh or restarted partial file). */
-static void fbcp_download_hash_reset(fbcp_download *d)
-{
-    if (d->md == NULL)
-        d->md = EVP_MD_CTX_new();
-    if (d->md != NULL && EVP_DigestInit_ex(d->md, EVP_sha256(), NULL) != 1) {
-        EVP_MD_CTX_free(d->md);
-        d->md = NULL;
+    if (pthread_cond_init(&h->cv, NULL) != 0) {
+        pthread_mutex_destroy(&h->mu);
+        EVP_MD_CTX_free(h->md);
+        free(h);
+        return;
     }
-    d->hash_pos = 0;
-}
-
-/* The file's digest: the running one completed by reading [hash_pos, size) back. */
-static fb_err fbcp_download_hash_final(fbcp_download *d, unsigned char out[FB_SHA256_LEN])
-{
-    unsigned char *buf;
-    unsigned int outlen = 0;
-    fb_err rv = FB_OK;
-
-    if (d->md == NULL)
-        return fb_sha256_fd(out, d->x.fd, d->x.size);
-    fbcp_trace(d->c->opts, "sha256: %llu of %llu bytes hashed as they arrived, the rest read back",
-               (unsigned long long)d->hash_pos, (unsigned long long)d->x.size);
-    buf = malloc(1024 * 1024);
-    if (buf == NULL)
-        return FB_ERR_NOMEM;
-    while (rv == FB_OK && d->hash_pos < d->x.size) {
-        uint64_t want = d->x.size - d->hash_pos;
-        ssize_t n;
-
-        if (want > 1024 * 1024)
-            want = 1024 * 1024;
-        n = pread(d->x.fd, buf, (size_t)want, (off_t)d->hash_pos);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0 || EVP_DigestUpdate(d->md, buf, (size_t)n) != 1)
-            rv = FB_ERR_IO;
-        else
-            d->hash_pos += (uint64_t)n;
+    if (pthread_create(&h->thread, NULL, fbcp_dl_hash_main, h) != 0) {
+        pthread_cond_destroy(&h->cv);
+        pthread_mutex_destroy(&h->mu);
+        EVP_MD_CTX_free(h->md);
+        free(h);
+        return;
     }
-    free(buf);
-    if (rv == FB_OK && (EVP_DigestFinal_ex(d->md, out, &outlen) != 1 || outlen != FB_SHA256_LEN))
-        rv = FB_ERR_IO;
-    EVP_MD_CTX_free(d->md);
-    d->md = NULL;
-    return rv;
+    d->hash = h;
+    fbcp_download_hash_ready(d);
 }
 
 int fbcp_err_stops_run(fb_err e)
@@ -223,6 +310,7 @@ static fb_err fbcp_download_range_done(fbcp_xfer *x, uint64_t off, uint64_t len)
 
     if (rv != FB_OK)
         return rv;
+    fbcp_download_hash_ready(d);
     d->since_ckpt += len;
     if (d->since_ckpt >= FBCP_CHECKPOINT_EVERY)
         return fbcp_download_checkpoint(d);
@@ -519,7 +607,7 @@ static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail
         if (futimens(d->x.fd, ts) != 0)
             fbcp_warn("%s: cannot set the modification time: %s", d->x.local, strerror(errno));
     }
-    rv = fbcp_download_hash_final(d, digest);
+    rv = fbcp_download_hash_end(d, 0, digest);
     if (rv != FB_OK) {
         snprintf(detail, detlen, "%s: cannot read back the file", d->partial);
         return FB_ERR_LOCAL_IO;
@@ -626,7 +714,7 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         rv = fbcp_download_open(&d, validator, detail, sizeof(detail));
         if (rv != FB_OK)
             goto out;
-        fbcp_download_hash_reset(&d);
+        fbcp_download_hash_start(&d);
         d.x.bytes_skipped = fbcp_ranges_total(&d.sc.done);
         d.x.resumed = d.x.bytes_skipped > 0;
         d.x.bytes_done = 0;
@@ -678,7 +766,7 @@ out:
         fbcp_report_error(&d.x, local, rv, detail);
     fbcp_download_session_end(&d);
     fbcp_move_cleanup(&d.x);
-    EVP_MD_CTX_free(d.md);
+    (void)fbcp_download_hash_end(&d, 1, NULL);
     if (d.x.fd >= 0)
         close(d.x.fd);
     free(validator);

@@ -33,8 +33,6 @@ volatile sig_atomic_t fbcp_interrupted;
  * HINT: the lowest offset a request is still to read (UINT64_MAX: none). */
 void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
 void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
-/* ... and into the download's (fbcp_download.c): [off, off+len) was just written to the file. */
-void fbcp_download_hash_recv(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
 
 struct fbcp_http {
     const fbcp_opts *o;
@@ -771,8 +769,6 @@ static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
             x->bytes += (uint64_t)w;
             x->bytes_http += (uint64_t)w;
         }
-        /* hashed from this buffer when it is next in file order: the finish reads less back */
-        fbcp_download_hash_recv(x, want_from, ptr + skip, take);
         if (fbcp_download_mark(s, s->req.off + s->moved) != FB_OK) {
             s->state = FBCP_SLOT_LOCAL;
             s->local_errno = EIO;
