@@ -243,6 +243,7 @@ static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedb
         return;
     lossf = r->loss_avg < LOSS_COMP_MAX ? r->loss_avg : LOSS_COMP_MAX;
     arrived = (double)s->recv_rate / (1.0 - lossf);
+    r->recv_last = arrived;
     if (!r->have_recv) {
         r->recv_avg = arrived;
         r->have_recv = 1;
@@ -413,6 +414,11 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
             r->quick_start = 0;
             if (r->have_recv && (r->recv_avg > back || flooding))
                 back = r->recv_avg;
+            /* With the queue building, what arrives is the bottleneck's rate: resume there,
+             * not at half the overshoot (probing back up from there takes many RTTs on a long
+             * path). The delay law drains the queue the overshoot left. */
+            if (r->have_recv && !flooding && r->recv_last > back)
+                back = r->recv_last;
             r->rate = back < r->rate ? back : r->rate;
             r->next_drain_us = s->now_us + first_drain_us(r);
         } else {

@@ -84,6 +84,7 @@ typedef struct fb_rate {
     uint64_t recv_frozen_until_us; /* receive-rate updates ignored until then (after a drain) */
     int have_recv;
     double recv_avg;     /* smoothed arrival rate at the receiver, losses included */
+    double recv_last;    /* the latest arrival rate sample, losses included */
     double loss_avg;     /* smoothed random-loss fraction (learnt while the queue is low) */
     double loss_recent;  /* loss fraction over about the last RTT */
     /* Competing with a flow that fills the buffer (loss-based TCP): found by a drain that did
