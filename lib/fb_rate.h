@@ -31,7 +31,7 @@
 #include "fb_range.h"
 
 #define FB_RATE_FEEDBACK_INTERVAL_US 10000u /* receivers send FEEDBACK this often (or RTT/4) */
-#define FB_RATE_DEFAULT_INITIAL 262144u     /* bytes/s quick start begins at (2 Mbit/s) */
+#define FB_RATE_DEFAULT_INITIAL 1048576u    /* bytes/s quick start begins at (8 Mbit/s) */
 #define FB_RATE_LOW_TARGET_US 25000u        /* queueing delay the low policy aims at */
 #define FB_RATE_FAIR_ALPHA_PACKETS 48u      /* fair: packets of its own kept queued */
 

@@ -405,7 +405,7 @@ START_TEST(test_quick_start_reaches_the_link_rate_fast)
     c.duration_us = 10000000u;
     c.measure_from_us = 5000000u;
     sim_run(&r, &c);
-    /* From 2 Mbit/s to 100 Mbit/s is ~6 doublings: well under 20 RTTs (4 s). */
+    /* From 8 Mbit/s to 100 Mbit/s is ~4 doublings: well under 20 RTTs (4 s). */
     ck_assert_uint_gt(r.first_full_us[0], 0);
     ck_assert_msg(r.first_full_us[0] < 4000000u, "full rate after %lu us", (unsigned long)r.first_full_us[0]);
     ck_assert_msg(r.goodput[0] >= 0.9 * c.link_rate, "goodput %.0f", r.goodput[0]);
