@@ -452,6 +452,15 @@ void fbcp_move_cleanup(fbcp_xfer *x);
 
 /* Uploads LOCAL to REMOTE (relative to URL's location). Reports its own errors. */
 fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote);
+/* Hooks of the HTTP(S) transport into the upload's hashing (fbcp_upload.c); both do nothing
+ * unless X is an upload whose hashing thread runs. SENT: DATA, the LEN bytes at file offset OFF,
+ * was just read to be sent; it is hashed from memory if it is next in file order, so the file is
+ * not read a second time. */
+void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
+/* HINT: READ_LOW is the lowest offset a request is still to read (UINT64_MAX: none). The hashing
+ * thread reads the file below it and leaves the rest to SENT while hints keep coming and the
+ * front keeps moving. */
+void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
 /* Downloads REMOTE to LOCAL (the final target path). Reports its own errors. */
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local);
 /* Downloads the remote directory REMOTE into the local directory LOCAL (created if needed),

@@ -28,12 +28,6 @@
 
 volatile sig_atomic_t fbcp_interrupted;
 
-/* Hooks into the upload's hashing (fbcp_upload.c). They belong in fbcp.h, which this change could
- * not touch: keep the two declarations identical. SENT: [off, off+len) was just read to be sent;
- * HINT: the lowest offset a request is still to read (UINT64_MAX: none). */
-void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
-void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
-
 struct fbcp_http {
     const fbcp_opts *o;
     CURLSH *share;

@@ -30,11 +30,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-/* Hooks of the HTTP(S) transport (fbcp_http.c) into the upload's hashing. They belong in fbcp.h,
- * which this change could not touch: keep the two declarations identical. */
-void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len);
-void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
-
 #define FBCP_HASH_BLOCK (1024u * 1024u)
 #define FBCP_HASH_WAIT_MS 20         /* the thread's longest sleep before it looks again */
 #define FBCP_HASH_STALL_NS 300000000ull /* the front has not moved this long: the thread hashes */
