@@ -386,7 +386,10 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
     r->last_update_us = s->now_us;
 
     if (r->quick_start) {
-        int congested = s->lost_bytes > 0 && delay_says_congested(r);
+        /* Loss with a rising delay ends it only when the loss is above the path's random loss:
+         * on a 1 %-lossy path nearly every FEEDBACK reports a loss, and a 2 ms wobble of the
+         * delay beside one would end quick start at a fraction of the link. */
+        int congested = s->lost_bytes > 0 && delay_says_congested(r) && loss_in_excess(r);
         /* Heavy loss ends quick start even when the delay cannot rise (a full, shallow queue
          * held by other flows, or a policer): doubling on would flood it. */
         int flooding = 0;
@@ -395,7 +398,10 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
         r->qs_acked += s->acked_bytes;
         r->qs_lost += s->lost_bytes;
         if (r->qs_acked + r->qs_lost >= 64u * r->p.packet_size) {
-            flooding = (double)r->qs_lost > QS_LOSS_EXIT * (double)(r->qs_acked + r->qs_lost);
+            /* two such windows in a row: the first datagrams of a transfer may meet a receiver
+             * still opening its files, which is no statement about the path */
+            r->qs_flood = (double)r->qs_lost > QS_LOSS_EXIT * (double)(r->qs_acked + r->qs_lost) ? r->qs_flood + 1 : 0;
+            flooding = r->qs_flood >= 2;
             r->qs_acked = r->qs_lost = 0;
         }
 

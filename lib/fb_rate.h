@@ -60,6 +60,7 @@ typedef struct fb_rate {
     int quick_start;            /* 1 while ramping exponentially */
     uint64_t qs_acked, qs_lost; /* bytes acknowledged / lost in the current quick-start window */
     unsigned qs_high;           /* feedbacks in a row with the queue above quick start's exit */
+    unsigned qs_flood;          /* 64-datagram windows in a row with more than 25 % lost */
     uint64_t srtt_us;           /* smoothed RTT (0 = no sample yet) */
     uint64_t min_rtt_us;
     int have_owd;
