@@ -19,6 +19,7 @@
 #ifndef FBCP_H
 #define FBCP_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -461,6 +462,9 @@ void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t 
  * thread reads the file below it and leaves the rest to SENT while hints keep coming and the
  * front keeps moving. */
 void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
+
+/* Waits on CV (MU held) for at most MS milliseconds: the digest threads' bounded sleep. */
+void fbcp_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, unsigned ms);
 /* Downloads REMOTE to LOCAL (the final target path). Reports its own errors. */
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local);
 /* Downloads the remote directory REMOTE into the local directory LOCAL (created if needed),

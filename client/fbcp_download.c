@@ -82,27 +82,13 @@ static void *fbcp_dl_hash_main(void *p)
         int fail = 0;
 
         if (h->ready <= at) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 50 * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000L;
-            }
-            pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+            fbcp_cond_wait_ms(&h->cv, &h->mu, 50);
             continue;
         }
         n = h->ready - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->ready - at;
         pthread_mutex_unlock(&h->mu);
-        for (uint64_t done = 0; done < n && !fail;) {
-            ssize_t r = pread(h->fd, buf + done, (size_t)(n - done), (off_t)(at + done));
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                fail = 1;
-            else
-                done += (uint64_t)r;
-        }
+        /* shorter than at the start: its digest would be meaningless */
+        fail = fb_pread_all(h->fd, buf, (size_t)n, at) != FB_OK;
         if (!fail && EVP_DigestUpdate(h->md, buf, (size_t)n) != 1)
             fail = 1;
         pthread_mutex_lock(&h->mu);

@@ -749,20 +749,14 @@ static size_t fbcp_slot_write(char *ptr, size_t size, size_t nmemb, void *ud)
         size_t take = n - skip;
         if (want_from + take > want_to)
             take = (size_t)(want_to - want_from);
-        for (size_t done = 0; done < take;) {
-            ssize_t w = pwrite(x->fd, ptr + skip + done, take - done, (off_t)(s->req.off + s->moved));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0) {
-                s->state = FBCP_SLOT_LOCAL;
-                s->local_errno = w < 0 ? errno : EIO;
-                return 0;
-            }
-            done += (size_t)w;
-            s->moved += (uint64_t)w;
-            x->bytes += (uint64_t)w;
-            x->bytes_http += (uint64_t)w;
+        if (fb_pwrite_all(x->fd, ptr + skip, take, s->req.off + s->moved) != FB_OK) {
+            s->state = FBCP_SLOT_LOCAL;
+            s->local_errno = errno;
+            return 0;
         }
+        s->moved += take;
+        x->bytes += take;
+        x->bytes_http += take;
         if (fbcp_download_mark(s, s->req.off + s->moved) != FB_OK) {
             s->state = FBCP_SLOT_LOCAL;
             s->local_errno = EIO;

@@ -556,19 +556,13 @@ static fb_err fbcp_udp_read(void *ctx, uint64_t off, uint8_t *buf, size_t len)
         want = x->size - off < FBCP_UDP_READ_AHEAD ? (size_t)(x->size - off) : FBCP_UDP_READ_AHEAD;
         u->ra_len = 0;
     }
-    while (got < want) {
-        ssize_t n = pread(x->fd, dst + got, want - got, (off_t)(off + got));
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            /* unreadable, or the file shrank while being sent */
-            u->io_errno = n < 0 ? errno : 0;
-            u->io_what = "read";
-            return FB_ERR_LOCAL_IO;
-        }
-        got += (size_t)n;
+    if (fb_pread_all(x->fd, dst, want, off) != FB_OK) {
+        /* unreadable, or the file shrank while being sent (errno 0) */
+        u->io_errno = errno;
+        u->io_what = "read";
+        return FB_ERR_LOCAL_IO;
     }
+    got = want;
     if (dst == u->ra) {
         u->ra_off = off;
         u->ra_len = got;
@@ -580,19 +574,10 @@ static fb_err fbcp_udp_read(void *ctx, uint64_t off, uint8_t *buf, size_t len)
 /* Writes the write-behind buffer. */
 static fb_err fbcp_udp_wflush(fbcp_udp *u)
 {
-    size_t done = 0;
-
-    while (done < u->wb_len) {
-        ssize_t n = pwrite(u->x->fd, u->wb + done, u->wb_len - done, (off_t)(u->wb_off + done));
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            u->io_errno = n < 0 ? errno : EIO;
-            u->io_what = "write";
-            return FB_ERR_LOCAL_IO;
-        }
-        done += (size_t)n;
+    if (fb_pwrite_all(u->x->fd, u->wb, u->wb_len, u->wb_off) != FB_OK) {
+        u->io_errno = errno;
+        u->io_what = "write";
+        return FB_ERR_LOCAL_IO;
     }
     u->wb_len = 0;
     return FB_OK;

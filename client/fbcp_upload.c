@@ -73,15 +73,7 @@ typedef struct fbcp_upload {
 
 static void fbcp_hash_wait(fbcp_hash_job *j)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_nsec += FBCP_HASH_WAIT_MS * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+    fbcp_cond_wait_ms(&j->cv, &j->mu, FBCP_HASH_WAIT_MS);
 }
 
 /* The thread: hashes from the file what no sender is about to read. Bounded: every pass hashes
@@ -123,15 +115,8 @@ static void *fbcp_hash_main(void *p)
         j->claimed = 1;
         j->claim_end = at + n;
         pthread_mutex_unlock(&j->mu);
-        for (uint64_t done = 0; done < n && !fail;) {
-            ssize_t r = pread(j->fd, buf + done, (size_t)(n - done), (off_t)(at + done));
-            if (r < 0 && errno == EINTR)
-                continue;
-            if (r <= 0)
-                fail = 1; /* shorter than at the start: its digest would be meaningless */
-            else
-                done += (uint64_t)r;
-        }
+        /* shorter than at the start: its digest would be meaningless */
+        fail = fb_pread_all(j->fd, buf, (size_t)n, at) != FB_OK;
         if (!fail && EVP_DigestUpdate(j->md, buf, (size_t)n) != 1)
             fail = 1;
         pthread_mutex_lock(&j->mu);

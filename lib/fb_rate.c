@@ -578,14 +578,8 @@ static void retx_due(retx_build *b, uint64_t s, uint64_t e)
 }
 
 size_t fb_retx_schedule(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
-                        uint64_t now_us, uint64_t interval_us, uint64_t max_bytes)
-{
-    return fb_retx_schedule_span(x, out, cap, missing, nmissing, now_us, interval_us, max_bytes, 0, UINT64_MAX);
-}
-
-size_t fb_retx_schedule_span(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
-                             uint64_t now_us, uint64_t interval_us, uint64_t max_bytes, uint64_t fresh_from,
-                             uint64_t fresh_to)
+                        uint64_t now_us, uint64_t interval_us, uint64_t max_bytes, uint64_t fresh_from,
+                        uint64_t fresh_to)
 {
     retx_build b;
     unsigned j = 0;

@@ -149,17 +149,13 @@ void fb_retx_init(fb_retx *x);
  * sent at least INTERVAL_US ago (use about srtt * 1.25 plus the feedback interval). They are
  * recorded as sent at NOW_US; ranges no longer missing are forgotten. At most MAX_BYTES are
  * scheduled (0 = no limit), so repair can be paced inside the rate. Returns the count written.
- * When the table is full, older entries are forgotten first (a range may then go out again
- * early: wasteful, never wrong). */
+ * The receiver described only [FRESH_FROM, FRESH_TO) just now (0, UINT64_MAX: everything; a
+ * FEEDBACK listing one group of holes among many: that group): outside it, a part already
+ * retransmitted waits until a FEEDBACK describes it again. When the table is full, parts past
+ * its capacity are not remembered (they may go out again early: wasteful, never wrong). */
 size_t fb_retx_schedule(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
-                        uint64_t now_us, uint64_t interval_us, uint64_t max_bytes);
-
-/* The same, when the receiver described only [FRESH_FROM, FRESH_TO) just now (a FEEDBACK listing
- * one group of holes among many): parts of MISSING outside it are due only if never
- * retransmitted; a repair already sent there waits until a FEEDBACK describes it again. */
-size_t fb_retx_schedule_span(fb_retx *x, fb_range *out, size_t cap, const fb_range *missing, size_t nmissing,
-                             uint64_t now_us, uint64_t interval_us, uint64_t max_bytes, uint64_t fresh_from,
-                             uint64_t fresh_to);
+                        uint64_t now_us, uint64_t interval_us, uint64_t max_bytes, uint64_t fresh_from,
+                        uint64_t fresh_to);
 
 /* Forgets everything below OFFSET (the receiver's cum_offset advanced). */
 void fb_retx_forget_below(fb_retx *x, uint64_t offset);

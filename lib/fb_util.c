@@ -143,6 +143,56 @@ uint64_t fb_time_mono_ns(void)
     return fb_time_ns(CLOCK_MONOTONIC);
 }
 
+#define FB_EINTR_RETRIES 1000 /* a signal storm cannot keep a read or write looping for ever */
+
+fb_err fb_pread_all(int fd, void *buf, size_t len, uint64_t off)
+{
+    unsigned char *p = buf;
+    int eintr = 0;
+
+    while (len > 0) {
+        ssize_t n = pread(fd, p, len, (off_t)off);
+
+        if (n < 0) {
+            if (errno == EINTR && eintr++ < FB_EINTR_RETRIES)
+                continue;
+            return FB_ERR_IO;
+        }
+        if (n == 0) {
+            errno = 0;
+            return FB_ERR_CHANGED;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return FB_OK;
+}
+
+fb_err fb_pwrite_all(int fd, const void *buf, size_t len, uint64_t off)
+{
+    const unsigned char *p = buf;
+    int eintr = 0;
+
+    while (len > 0) {
+        ssize_t n = pwrite(fd, p, len, (off_t)off);
+
+        if (n < 0) {
+            if (errno == EINTR && eintr++ < FB_EINTR_RETRIES)
+                continue;
+            return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;
+        }
+        if (n == 0) {
+            errno = EIO;
+            return FB_ERR_IO;
+        }
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return FB_OK;
+}
+
 int fb_sock_rx_timestamps(int fd)
 {
     int one = 1;

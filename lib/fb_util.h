@@ -25,6 +25,16 @@ fb_err fb_sha256_fd(unsigned char out[FB_SHA256_LEN], int fd, uint64_t size);
 uint64_t fb_time_now_ns(void);
 uint64_t fb_time_mono_ns(void);
 
+/* Reads exactly LEN bytes of FD at OFF (pread, retrying short reads and EINTR). FB_OK;
+ * FB_ERR_CHANGED when the file ends first (errno 0: it is shorter than the caller knows);
+ * FB_ERR_IO otherwise (errno says why). */
+fb_err fb_pread_all(int fd, void *buf, size_t len, uint64_t off);
+
+/* Writes all LEN bytes of BUF to FD at OFF (pwrite, retrying short writes and EINTR). FB_OK;
+ * FB_ERR_DISK_FULL (ENOSPC, EDQUOT); FB_ERR_IO otherwise (errno says why; EIO for a write
+ * that wrote nothing). */
+fb_err fb_pwrite_all(int fd, const void *buf, size_t len, uint64_t off);
+
 /* Kernel receive timestamps (SO_TIMESTAMPNS), so a receiver measures when a datagram reached
  * the host, not when a busy process got round to reading it: arrival times, and the receive
  * rate and delay samples made of them, then describe the network rather than the scheduler.

@@ -243,7 +243,6 @@ struct fb_xfer_receiver {
     int sent_any;
     uint64_t last_fb_us;
     uint32_t pkts_since_fb;
-    uint64_t bytes_since_fb;
     uint64_t idle_us; /* current idle feedback interval */
     int new_hole;     /* a DATA opened a hole since the last FEEDBACK */
     int have_echo;
@@ -416,7 +415,6 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
     if (fresh == 0)
         r->st.packets_dup++;
     r->pkts_since_fb++;
-    r->bytes_since_fb += d->len;
     if (!r->have_arrival) {
         r->have_arrival = 1;
         r->last_arrival_us = now_us; /* its own bytes arrived before the span */
@@ -587,7 +585,6 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
     r->sent_any = 1;
     r->last_fb_us = now_us;
     r->pkts_since_fb = 0;
-    r->bytes_since_fb = 0;
     r->new_hole = 0;
     r->st.feedbacks++;
     return FB_OK;

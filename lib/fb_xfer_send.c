@@ -476,8 +476,8 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
     if (budget < s->p.max_payload)
         budget = s->p.max_payload;
     if (s->rq_n < FB_XFER_RETX_QUEUE) {
-        ndue = fb_retx_schedule_span(&s->retx, due, FB_XFER_RETX_QUEUE - s->rq_n, cand, ncand, now_us, interval,
-                                     budget, from, more ? pos : fb->high_offset);
+        ndue = fb_retx_schedule(&s->retx, due, FB_XFER_RETX_QUEUE - s->rq_n, cand, ncand, now_us, interval, budget,
+                                from, more ? pos : fb->high_offset);
         memcpy(&s->rq[s->rq_n], due, ndue * sizeof(due[0]));
         s->rq_n += ndue;
     }

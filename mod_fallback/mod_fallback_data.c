@@ -108,22 +108,12 @@ static fb_err checkpoint_save(put_ctx *c)
 
 static fb_err write_all(put_ctx *c, const char *data, apr_size_t len)
 {
-    int eintr = 0;
+    fb_err e = fb_pwrite_all(c->fd, data, len, c->pos);
 
-    while (len > 0) {
-        ssize_t n = pwrite(c->fd, data, len, (off_t)c->pos);
-        if (n < 0) {
-            if (errno == EINTR && eintr++ < 1000)
-                continue;
-            return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;
-        }
-        if (n == 0)
-            return FB_ERR_IO;
-        data += n;
-        len -= (apr_size_t)n;
-        c->pos += (uint64_t)n;
-        atomic_fetch_add(&c->slot->bytes_http, (uint64_t)n);
-    }
+    if (e != FB_OK)
+        return e;
+    c->pos += (uint64_t)len;
+    atomic_fetch_add(&c->slot->bytes_http, (uint64_t)len);
     return FB_OK;
 }
 

@@ -313,27 +313,6 @@ done:
     return FB_OK;
 }
 
-static fb_err pwrite_all(int fd, const uint8_t *p, size_t left, uint64_t off)
-{
-    int eintr = 0;
-
-    while (left > 0) {
-        ssize_t n = pwrite(fd, p, left, (off_t)off);
-
-        if (n < 0) {
-            if (errno == EINTR && eintr++ < 1000)
-                continue;
-            return fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;
-        }
-        if (n == 0)
-            return FB_ERR_IO;
-        p += n;
-        left -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return FB_OK;
-}
-
 /* Writes the write buffer out (only while the session is still ours), except the parts of
  * chunks someone else (HTTP) completed meanwhile: those may already be folded into the running
  * digest (fb_digest.h), so they are never written again, as the module does. */
@@ -352,13 +331,13 @@ static fb_err wflush(sess *s)
 
         if (fb_slot_chunk_done(s->slot, idx)) {
             if (pos > run)
-                e = pwrite_all(s->part_fd, s->wbuf + (run - s->woff), (size_t)(pos - run), run);
+                e = fb_pwrite_all(s->part_fd, s->wbuf + (run - s->woff), (size_t)(pos - run), run);
             run = cend;
         }
         pos = cend;
     }
     if (e == FB_OK && end > run)
-        e = pwrite_all(s->part_fd, s->wbuf + (run - s->woff), (size_t)(end - run), run);
+        e = fb_pwrite_all(s->part_fd, s->wbuf + (run - s->woff), (size_t)(end - run), run);
     if (e == FB_OK)
         s->wlen = 0;
     return e;
@@ -488,8 +467,8 @@ static fb_err publish(sess *s)
 static fb_err read_cb(void *ctx, uint64_t offset, uint8_t *buf, size_t len)
 {
     sess *s = ctx;
-    size_t want, got = 0;
-    int eintr = 0;
+    size_t want;
+    fb_err e;
 
     if (offset >= s->roff && offset + len <= s->roff + s->rlen) {
         memcpy(buf, s->rbuf + (offset - s->roff), len);
@@ -500,20 +479,11 @@ static fb_err read_cb(void *ctx, uint64_t offset, uint8_t *buf, size_t len)
     /* Read ahead from OFFSET: first sends and repairs both go forward. */
     want = s->size - offset < RBUF_SIZE ? (size_t)(s->size - offset) : RBUF_SIZE;
     s->rlen = 0;
-    while (got < want) {
-        ssize_t n = pread(s->file_fd, s->rbuf + got, want - got, (off_t)(offset + got));
-
-        if (n < 0) {
-            if (errno == EINTR && eintr++ < 1000)
-                continue;
-            return FB_ERR_IO;
-        }
-        if (n == 0)
-            return FB_ERR_CHANGED; /* the file shrank under the download */
-        got += (size_t)n;
-    }
+    e = fb_pread_all(s->file_fd, s->rbuf, want, offset); /* FB_ERR_CHANGED: it shrank under us */
+    if (e != FB_OK)
+        return e;
     s->roff = offset;
-    s->rlen = got;
+    s->rlen = want;
     memcpy(buf, s->rbuf, len);
     return FB_OK;
 }

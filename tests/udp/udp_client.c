@@ -296,18 +296,8 @@ static fb_err read_cb(void *ctx, uint64_t off, uint8_t *buf, size_t len)
 
 static fb_err wflush(client *c)
 {
-    size_t done = 0;
-
-    while (done < c->wlen) {
-        ssize_t n = pwrite(c->fd, c->wbuf + done, c->wlen - done, (off_t)(c->woff + done));
-
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR)
-                continue;
-            return FB_ERR_LOCAL_IO;
-        }
-        done += (size_t)n;
-    }
+    if (fb_pwrite_all(c->fd, c->wbuf, c->wlen, c->woff) != FB_OK)
+        return FB_ERR_LOCAL_IO;
     c->wlen = 0;
     return FB_OK;
 }
@@ -365,6 +355,21 @@ static double cpu_seconds(void)
     getrusage(RUSAGE_SELF, &ru);
     return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 + (double)ru.ru_stime.tv_sec +
            (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+/* Queues a FEEDBACK if one is due (unless the simulated loss takes it); 1 if one was made. */
+static int queue_feedback(client *c, fb_xfer_receiver *rcv, uint64_t now)
+{
+    uint8_t *p = udpd_tx_reserve(c->tx, FB_WIRE_MIN_DATAGRAM);
+    size_t len = 0;
+
+    if (p == NULL || fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) != FB_OK ||
+        len == 0)
+        return 0;
+    c->pn++;
+    if (!lose(c))
+        udpd_tx_commit(c->tx, len, &c->server);
+    return 1;
 }
 
 static int transfer(client *c)
@@ -474,16 +479,7 @@ static int transfer(client *c)
             if (next > now && next - now < 250)
                 next = now + 250;
         } else {
-            uint8_t *p = udpd_tx_reserve(c->tx, FB_WIRE_MIN_DATAGRAM);
-            size_t len = 0;
-
-            if (p != NULL &&
-                fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) == FB_OK &&
-                len > 0) {
-                c->pn++;
-                if (!lose(c))
-                    udpd_tx_commit(c->tx, len, &c->server);
-            }
+            queue_feedback(c, rcv, now);
             next = fb_xfer_receiver_next_feedback(rcv, now);
         }
         if (udpd_tx_flush(&c->sock, c->tx) != 0)
@@ -510,9 +506,9 @@ static int transfer(client *c)
                 c->rx_dgrams++;
                 last_rx = now;
                 if (pkt.hdr.type == FB_WIRE_FEEDBACK && upload)
-                    fb_xfer_sender_on_feedback(snd, &pkt.hdr, &pkt.u.feedback, now);
+                    fb_xfer_sender_on_feedback(snd, &pkt.hdr, &pkt.u.feedback, dg[i].arrived_us);
                 else if (pkt.hdr.type == FB_WIRE_DATA && !upload)
-                    fb_xfer_receiver_on_data(rcv, &pkt.hdr, &pkt.u.data, now, NULL);
+                    fb_xfer_receiver_on_data(rcv, &pkt.hdr, &pkt.u.data, dg[i].arrived_us, NULL);
                 else if (pkt.hdr.type == FB_WIRE_CLOSE) {
                     c->closes_rx++;
                     c->close_reason = (fb_err)pkt.u.close.reason;
@@ -521,19 +517,8 @@ static int transfer(client *c)
             /* A receiver busy draining its socket still answers on time: FEEDBACK between
              * batches, not only when the socket is empty (the sender reads silence as loss of
              * the path and slows down). */
-            if (!upload) {
-                uint8_t *p = udpd_tx_reserve(c->tx, FB_WIRE_MIN_DATAGRAM);
-                size_t len = 0;
-
-                if (p != NULL &&
-                    fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) == FB_OK &&
-                    len > 0) {
-                    c->pn++;
-                    if (!lose(c))
-                        udpd_tx_commit(c->tx, len, &c->server);
-                    udpd_tx_flush(&c->sock, c->tx);
-                }
-            }
+            if (!upload && queue_feedback(c, rcv, now))
+                udpd_tx_flush(&c->sock, c->tx);
         }
         (void)iter;
     }

@@ -97,219 +97,205 @@ static void mark_below(fb_slot *slot, uint64_t size, uint64_t end)
     }
 }
 
+/* A session whose file holds SIZE random bytes (SEED), with what a writer had in memory. */
+typedef struct feed_case {
+    fb_slot *slot;
+    uint32_t gen;
+    int fd;
+    uint64_t size;
+    unsigned char want[32]; /* the file's SHA-256 */
+    unsigned char *data;    /* its bytes */
+} feed_case;
+
+static void feed_case_open(feed_case *fc, uint64_t size, unsigned seed)
+{
+    fc->size = size;
+    fc->fd = make_session(&fc->slot, &fc->gen, size, seed);
+    file_sha256(fc->want, fc->fd, size);
+    fc->data = file_bytes(fc->fd, size);
+}
+
+/* The commit's digest of the case's file is the file's. */
+static void expect_final(feed_case *fc)
+{
+    unsigned char got[32];
+
+    ck_assert_int_eq(fb_slot_digest_final(got, fc->slot, fc->gen, fc->fd, fc->size), FB_OK);
+    ck_assert_mem_eq(got, fc->want, 32);
+}
+
+static void feed_case_free(feed_case *fc)
+{
+    free(fc->data);
+    close(fc->fd);
+}
+
 START_TEST(test_feed_in_order_gives_the_file_digest)
 {
     uint64_t size = 5 * CHUNK + 77;
-    unsigned char want[32], got[32];
-    unsigned char *data;
-    fb_slot *slot;
-    uint32_t gen;
-    int fd = make_session(&slot, &gen, size, 21);
+    feed_case fc;
     uint64_t off = 0, step = 10007; /* pieces that straddle chunk boundaries */
 
-    file_sha256(want, fd, size);
-    data = file_bytes(fd, size);
+    feed_case_open(&fc, size, 21);
     for (int guard = 0; off < size && guard < 1000; guard++) {
         uint64_t n = size - off < step ? size - off : step;
         /* No fd: at the front the data must come from memory, never from the file. */
-        fb_slot_digest_feed(slot, gen, -1, off, data + off, (size_t)n);
+        fb_slot_digest_feed(fc.slot, fc.gen, -1, off, fc.data + off, (size_t)n);
         off += n;
-        ck_assert_uint_eq(fb_slot_digest_position(slot), off);
-        mark_below(slot, size, off);
+        ck_assert_uint_eq(fb_slot_digest_position(fc.slot), off);
+        mark_below(fc.slot, size, off);
     }
     ck_assert_uint_eq(off, size);
-    ck_assert_int_eq(fb_slot_digest_final(got, slot, gen, fd, size), FB_OK);
-    ck_assert_mem_eq(got, want, 32);
-    free(data);
-    close(fd);
+    expect_final(&fc);
+    feed_case_free(&fc);
 }
 END_TEST
 
 START_TEST(test_feed_does_not_skip_a_gap)
 {
     uint64_t size = 5 * CHUNK;
-    unsigned char want[32], got[32];
-    unsigned char *data;
-    fb_slot *slot;
-    uint32_t gen;
-    int fd = make_session(&slot, &gen, size, 23);
+    feed_case fc;
 
-    file_sha256(want, fd, size);
-    data = file_bytes(fd, size);
+    feed_case_open(&fc, size, 23);
     /* Chunk 0 missing: data further on, complete or not, inside chunk 0 or past it, waits. */
-    fb_slot_set_chunk(slot, 1);
-    fb_slot_set_chunk(slot, 2);
-    fb_slot_digest_feed(slot, gen, fd, 100, data + 100, 1000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 0);
-    fb_slot_digest_feed(slot, gen, fd, CHUNK, data + CHUNK, CHUNK);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 0);
-    fb_slot_digest_feed(slot, gen, fd, 3 * CHUNK, data + 3 * CHUNK, 1000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 0);
+    fb_slot_set_chunk(fc.slot, 1);
+    fb_slot_set_chunk(fc.slot, 2);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 100, fc.data + 100, 1000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 0);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, CHUNK, fc.data + CHUNK, CHUNK);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 0);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 3 * CHUNK, fc.data + 3 * CHUNK, 1000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 0);
 
     /* Chunk 0 arrives: the completed chunks 0..2 are folded from the file first, then the data
      * at 3 * CHUNK (its chunk is not complete yet) from memory. */
-    fb_slot_set_chunk(slot, 0);
-    fb_slot_digest_feed(slot, gen, fd, 3 * CHUNK, data + 3 * CHUNK, 1000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 3 * CHUNK + 1000);
+    fb_slot_set_chunk(fc.slot, 0);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 3 * CHUNK, fc.data + 3 * CHUNK, 1000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 3 * CHUNK + 1000);
 
     /* A second gap (chunk 3 beyond the fed 1000 bytes): data in chunk 4 waits again. */
-    fb_slot_digest_feed(slot, gen, fd, 4 * CHUNK, data + 4 * CHUNK, CHUNK);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 3 * CHUNK + 1000);
-    fb_slot_set_chunk(slot, 4);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 4 * CHUNK, fc.data + 4 * CHUNK, CHUNK);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 3 * CHUNK + 1000);
+    fb_slot_set_chunk(fc.slot, 4);
 
     /* The rest of chunk 3 is written by someone else; the commit folds it from the file. */
-    fb_slot_set_chunk(slot, 3);
-    ck_assert_int_eq(fb_slot_digest_final(got, slot, gen, fd, size), FB_OK);
-    ck_assert_mem_eq(got, want, 32);
-    free(data);
-    close(fd);
+    fb_slot_set_chunk(fc.slot, 3);
+    expect_final(&fc);
+    feed_case_free(&fc);
 }
 END_TEST
 
 START_TEST(test_feed_folds_completed_chunks_then_stops_at_a_gap)
 {
     uint64_t size = 4 * CHUNK;
-    unsigned char want[32], got[32];
-    unsigned char *data;
-    fb_slot *slot;
-    uint32_t gen;
-    int fd = make_session(&slot, &gen, size, 25);
+    feed_case fc;
 
-    file_sha256(want, fd, size);
-    data = file_bytes(fd, size);
+    feed_case_open(&fc, size, 25);
     /* Chunk 0 complete, chunk 1 missing: chunk 0 is folded from the file, nothing past it. */
-    fb_slot_set_chunk(slot, 0);
-    fb_slot_set_chunk(slot, 2);
-    fb_slot_digest_feed(slot, gen, fd, 3 * CHUNK, data + 3 * CHUNK, CHUNK);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), CHUNK);
-    fb_slot_set_chunk(slot, 1);
-    fb_slot_set_chunk(slot, 3);
-    fb_slot_digest_advance(slot, gen, fd, 0);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), size);
-    ck_assert_int_eq(fb_slot_digest_final(got, slot, gen, fd, size), FB_OK);
-    ck_assert_mem_eq(got, want, 32);
-    free(data);
-    close(fd);
+    fb_slot_set_chunk(fc.slot, 0);
+    fb_slot_set_chunk(fc.slot, 2);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 3 * CHUNK, fc.data + 3 * CHUNK, CHUNK);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), CHUNK);
+    fb_slot_set_chunk(fc.slot, 1);
+    fb_slot_set_chunk(fc.slot, 3);
+    fb_slot_digest_advance(fc.slot, fc.gen, fc.fd, 0);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), size);
+    expect_final(&fc);
+    feed_case_free(&fc);
 }
 END_TEST
 
 START_TEST(test_feed_overlapping_the_front_folds_only_the_new_part)
 {
     uint64_t size = 3 * CHUNK + 5;
-    unsigned char want[32], got[32];
-    unsigned char *data;
-    fb_slot *slot;
-    uint32_t gen;
-    int fd = make_session(&slot, &gen, size, 27);
+    feed_case fc;
 
-    file_sha256(want, fd, size);
-    data = file_bytes(fd, size);
-    fb_slot_digest_feed(slot, gen, fd, 0, data, 3000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 3000);
+    feed_case_open(&fc, size, 27);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 0, fc.data, 3000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 3000);
     /* A retried PUT sends [1000, 5000) again: only [3000, 5000) is new. */
-    fb_slot_digest_feed(slot, gen, fd, 1000, data + 1000, 4000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 5000);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 1000, fc.data + 1000, 4000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 5000);
     /* Overlap across a chunk boundary, the front having been folded from the file. */
-    fb_slot_set_chunk(slot, 0);
-    fb_slot_digest_advance(slot, gen, fd, 0);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), CHUNK);
-    fb_slot_digest_feed(slot, gen, fd, CHUNK - 7, data + CHUNK - 7, 2 * CHUNK + 12);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), size);
-    mark_below(slot, size, size);
-    ck_assert_int_eq(fb_slot_digest_final(got, slot, gen, fd, size), FB_OK);
-    ck_assert_mem_eq(got, want, 32);
-    free(data);
-    close(fd);
+    fb_slot_set_chunk(fc.slot, 0);
+    fb_slot_digest_advance(fc.slot, fc.gen, fc.fd, 0);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), CHUNK);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, CHUNK - 7, fc.data + CHUNK - 7, 2 * CHUNK + 12);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), size);
+    mark_below(fc.slot, size, size);
+    expect_final(&fc);
+    feed_case_free(&fc);
 }
 END_TEST
 
 START_TEST(test_feed_behind_the_front_is_ignored)
 {
     uint64_t size = 2 * CHUNK;
-    unsigned char want[32], got[32];
-    unsigned char *data, *junk;
-    fb_slot *slot;
-    uint32_t gen;
-    int fd = make_session(&slot, &gen, size, 29);
+    unsigned char *junk;
+    feed_case fc;
 
-    file_sha256(want, fd, size);
-    data = file_bytes(fd, size);
+    feed_case_open(&fc, size, 29);
     junk = malloc(size);
     ck_assert_ptr_nonnull(junk);
     memset(junk, 0x5A, size);
-    fb_slot_digest_feed(slot, gen, fd, 0, data, 4000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 4000);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 0, fc.data, 4000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 4000);
     /* Wrong bytes wholly behind the front (or ending at it) must not be folded. */
-    fb_slot_digest_feed(slot, gen, fd, 1000, junk, 2000);
-    fb_slot_digest_feed(slot, gen, fd, 0, junk, 4000);
-    fb_slot_digest_feed(slot, gen, fd, 3999, junk, 1);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 4000);
-    fb_slot_digest_feed(slot, gen, fd, 4000, data + 4000, size - 4000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), size);
-    mark_below(slot, size, size);
-    ck_assert_int_eq(fb_slot_digest_final(got, slot, gen, fd, size), FB_OK);
-    ck_assert_mem_eq(got, want, 32);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 1000, junk, 2000);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 0, junk, 4000);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 3999, junk, 1);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 4000);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 4000, fc.data + 4000, size - 4000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), size);
+    mark_below(fc.slot, size, size);
+    expect_final(&fc);
     free(junk);
-    free(data);
-    close(fd);
+    feed_case_free(&fc);
 }
 END_TEST
 
 START_TEST(test_feed_with_a_stale_generation_is_ignored)
 {
     uint64_t size = 2 * CHUNK;
-    unsigned char want[32], got[32];
-    unsigned char *data;
-    fb_slot *slot;
-    uint32_t gen;
-    int fd = make_session(&slot, &gen, size, 31);
+    feed_case fc;
 
-    file_sha256(want, fd, size);
-    data = file_bytes(fd, size);
+    feed_case_open(&fc, size, 31);
     /* At the front, and with a completed chunk to fold first: neither happens. */
-    fb_slot_digest_feed(slot, gen + 1, fd, 0, data, 1000);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 0);
-    fb_slot_set_chunk(slot, 0);
-    fb_slot_digest_feed(slot, gen + 1, fd, CHUNK, data + CHUNK, CHUNK);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), 0);
-    ck_assert_int_eq(atomic_load(&slot->hash_owner), 0);
-    fb_slot_set_chunk(slot, 1);
-    ck_assert_int_eq(fb_slot_digest_final(got, slot, gen, fd, size), FB_OK);
-    ck_assert_mem_eq(got, want, 32);
-    free(data);
-    close(fd);
+    fb_slot_digest_feed(fc.slot, fc.gen + 1, fc.fd, 0, fc.data, 1000);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 0);
+    fb_slot_set_chunk(fc.slot, 0);
+    fb_slot_digest_feed(fc.slot, fc.gen + 1, fc.fd, CHUNK, fc.data + CHUNK, CHUNK);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), 0);
+    ck_assert_int_eq(atomic_load(&fc.slot->hash_owner), 0);
+    fb_slot_set_chunk(fc.slot, 1);
+    expect_final(&fc);
+    feed_case_free(&fc);
 }
 END_TEST
 
 START_TEST(test_feed_past_the_end_is_ignored)
 {
     uint64_t size = 2 * CHUNK + 10;
-    unsigned char want[32], got[32];
-    unsigned char *data, tail[16];
-    fb_slot *slot;
-    uint32_t gen;
-    int fd = make_session(&slot, &gen, size, 33);
+    unsigned char tail[16];
+    feed_case fc;
 
-    file_sha256(want, fd, size);
-    data = file_bytes(fd, size);
-    fb_slot_digest_feed(slot, gen, fd, 0, data, (size_t)(size - 5));
-    ck_assert_uint_eq(fb_slot_digest_position(slot), size - 5);
+    feed_case_open(&fc, size, 33);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, 0, fc.data, (size_t)(size - 5));
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), size - 5);
     /* The real last 5 bytes followed by 11 more: the whole range is refused, not cut. */
-    memcpy(tail, data + size - 5, 5);
+    memcpy(tail, fc.data + size - 5, 5);
     memset(tail + 5, 0x77, sizeof(tail) - 5);
-    fb_slot_digest_feed(slot, gen, fd, size - 5, tail, sizeof(tail));
-    ck_assert_uint_eq(fb_slot_digest_position(slot), size - 5);
-    fb_slot_digest_feed(slot, gen, fd, size, tail, 1);
-    fb_slot_digest_feed(slot, gen, fd, size + 100, tail, 1);
-    fb_slot_digest_feed(slot, gen, fd, UINT64_MAX - 2, tail, 5); /* OFF + LEN wraps */
-    ck_assert_uint_eq(fb_slot_digest_position(slot), size - 5);
-    fb_slot_digest_feed(slot, gen, fd, size - 5, tail, 5);
-    ck_assert_uint_eq(fb_slot_digest_position(slot), size);
-    mark_below(slot, size, size);
-    ck_assert_int_eq(fb_slot_digest_final(got, slot, gen, fd, size), FB_OK);
-    ck_assert_mem_eq(got, want, 32);
-    free(data);
-    close(fd);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, size - 5, tail, sizeof(tail));
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), size - 5);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, size, tail, 1);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, size + 100, tail, 1);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, UINT64_MAX - 2, tail, 5); /* OFF + LEN wraps */
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), size - 5);
+    fb_slot_digest_feed(fc.slot, fc.gen, fc.fd, size - 5, tail, 5);
+    ck_assert_uint_eq(fb_slot_digest_position(fc.slot), size);
+    mark_below(fc.slot, size, size);
+    expect_final(&fc);
+    feed_case_free(&fc);
 }
 END_TEST
 

@@ -611,6 +611,42 @@ static fb_rate_sample sample_at(uint64_t now, int64_t owd_us, uint64_t lost, uin
     return s;
 }
 
+/* Quick start ends on the queue building, not on one delay spike (a busy host), nor on a delay
+ * wobble beside the path's usual random loss. */
+START_TEST(test_quick_start_survives_a_spike_and_random_loss)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_FAIR, 100000000, 0, 1000000, PKT};
+    uint64_t t = 0;
+    fb_rate_sample s;
+
+    fb_rate_init(&r, &p, 0);
+    for (int i = 0; i < 10; i++) { /* 1 % loss on a flat queue: the random loss is learnt */
+        t += 10000;
+        s = sample_at(t, 0, PKT, 0);
+        fb_rate_on_feedback(&r, &s);
+    }
+    t += 10000;
+    s = sample_at(t, 40000, 0, 0); /* one 40 ms spike */
+    fb_rate_on_feedback(&r, &s);
+    t += 10000;
+    s = sample_at(t, 0, 0, 0);
+    fb_rate_on_feedback(&r, &s);
+    ck_assert_int_eq(fb_rate_in_quick_start(&r), 1);
+    t += 10000;
+    s = sample_at(t, 3000, PKT, 0); /* 3 ms wobble with the usual 1 % loss */
+    fb_rate_on_feedback(&r, &s);
+    ck_assert_int_eq(fb_rate_in_quick_start(&r), 1);
+    /* The queue really building: two samples in a row above the exit delay. */
+    for (int i = 0; i < 2; i++) {
+        t += 10000;
+        s = sample_at(t, 40000, 0, 0);
+        fb_rate_on_feedback(&r, &s);
+    }
+    ck_assert_int_eq(fb_rate_in_quick_start(&r), 0);
+}
+END_TEST
+
 START_TEST(test_random_loss_alone_never_lowers_the_rate)
 {
     fb_rate r;
@@ -785,7 +821,7 @@ START_TEST(test_retx_sends_each_hole_once_per_interval)
     size_t n;
 
     fb_retx_init(&x);
-    n = fb_retx_schedule(&x, out, 8, missing, 2, 1000000, 250000, 0);
+    n = fb_retx_schedule(&x, out, 8, missing, 2, 1000000, 250000, 0, 0, UINT64_MAX);
     ck_assert_uint_eq(n, 2);
     ck_assert_uint_eq(out[0].offset, 1000);
     ck_assert_uint_eq(out[0].length, 500);
@@ -793,9 +829,9 @@ START_TEST(test_retx_sends_each_hole_once_per_interval)
     ck_assert_uint_eq(out[1].length, 100);
     /* The next feedbacks within the interval still list the holes: nothing is resent. */
     for (uint64_t t = 1010000; t < 1250000; t += 10000)
-        ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, missing, 2, t, 250000, 0), 0);
+        ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, missing, 2, t, 250000, 0, 0, UINT64_MAX), 0);
     /* One interval later, both are due again. */
-    n = fb_retx_schedule(&x, out, 8, missing, 2, 1250000, 250000, 0);
+    n = fb_retx_schedule(&x, out, 8, missing, 2, 1250000, 250000, 0, 0, UINT64_MAX);
     ck_assert_uint_eq(n, 2);
 }
 END_TEST
@@ -810,22 +846,46 @@ START_TEST(test_retx_new_parts_and_repaired_parts)
     size_t n;
 
     fb_retx_init(&x);
-    ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, first, 1, 100, 1000, 0), 1);
+    ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, first, 1, 100, 1000, 0, 0, UINT64_MAX), 1);
     /* A new hole appears: only it is due. */
-    n = fb_retx_schedule(&x, out, 8, grown, 2, 200, 1000, 0);
+    n = fb_retx_schedule(&x, out, 8, grown, 2, 200, 1000, 0, 0, UINT64_MAX);
     ck_assert_uint_eq(n, 1);
     ck_assert_uint_eq(out[0].offset, 3000);
     ck_assert_uint_eq(out[0].length, 500);
     /* Part of the first hole was repaired; what remains keeps its time and the repaired part
      * and the vanished hole are forgotten. */
-    ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, shrunk, 1, 300, 1000, 0), 0);
+    ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, shrunk, 1, 300, 1000, 0, 0, UINT64_MAX), 0);
     ck_assert_uint_eq(x.n, 1);
     ck_assert_uint_eq(x.e[0].offset, 1500);
     ck_assert_uint_eq(x.e[0].end, 2000);
     ck_assert_uint_eq(x.e[0].sent_us, 100);
-    n = fb_retx_schedule(&x, out, 8, shrunk, 1, 1100, 1000, 0);
+    n = fb_retx_schedule(&x, out, 8, shrunk, 1, 1100, 1000, 0, 0, UINT64_MAX);
     ck_assert_uint_eq(n, 1);
     ck_assert_uint_eq(out[0].offset, 1500);
+}
+END_TEST
+
+/* A FEEDBACK that describes one group of holes among many: a repair already sent outside that
+ * group waits for a FEEDBACK that describes it; one never sent there goes out. */
+START_TEST(test_retx_waits_outside_the_described_part)
+{
+    fb_retx x;
+    fb_range out[8];
+    fb_range missing[2] = {{1000, 500}, {9000, 100}};
+    size_t n;
+
+    fb_retx_init(&x);
+    ck_assert_uint_eq(fb_retx_schedule(&x, out, 8, missing, 1, 0, 1000, 0, 0, UINT64_MAX), 1);
+    /* Later than the interval, but the FEEDBACK described only [8000, 10000): the range at
+     * 1000 waits, the new one at 9000 is due. */
+    n = fb_retx_schedule(&x, out, 8, missing, 2, 5000, 1000, 0, 8000, 10000);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(out[0].offset, 9000);
+    /* A FEEDBACK describing [0, 2000) says it is still missing: now it is due. */
+    n = fb_retx_schedule(&x, out, 8, missing, 2, 6000, 1000, 0, 0, 2000);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(out[0].offset, 1000);
+    ck_assert_uint_eq(out[0].length, 500);
 }
 END_TEST
 
@@ -838,12 +898,12 @@ START_TEST(test_retx_budget_and_capacity)
 
     fb_retx_init(&x);
     /* 150 bytes of budget: the first hole and half of the second. */
-    n = fb_retx_schedule(&x, out, 1, missing, 3, 10, 1000, 150);
+    n = fb_retx_schedule(&x, out, 1, missing, 3, 10, 1000, 150, 0, UINT64_MAX);
     ck_assert_uint_eq(n, 1); /* capacity 1: the rest waits */
     ck_assert_uint_eq(out[0].offset, 0);
     ck_assert_uint_eq(out[0].length, 100);
     /* What was not scheduled is still due at once. */
-    n = fb_retx_schedule(&x, out, 1, missing, 3, 20, 1000, 0);
+    n = fb_retx_schedule(&x, out, 1, missing, 3, 20, 1000, 0, 0, UINT64_MAX);
     ck_assert_uint_eq(n, 1);
     ck_assert_uint_eq(out[0].offset, 200);
     fb_retx_forget_below(&x, 250);
@@ -866,7 +926,7 @@ START_TEST(test_retx_overhead_stays_near_the_loss_rate)
     }
     fb_retx_init(&x);
     for (uint64_t t = 0; t < 2000000; t += 10000) {
-        size_t n = fb_retx_schedule(&x, out, 64, missing, 50, t, 200000, 0);
+        size_t n = fb_retx_schedule(&x, out, 64, missing, 50, t, 200000, 0, 0, UINT64_MAX);
 
         for (size_t i = 0; i < n; i++)
             resent += out[i].length;
@@ -897,6 +957,7 @@ static Suite *rate_suite(void)
     suite_add_tcase(s, sim);
 
     tcase_add_test(direct, test_random_loss_alone_never_lowers_the_rate);
+    tcase_add_test(direct, test_quick_start_survives_a_spike_and_random_loss);
     tcase_add_test(direct, test_loss_with_rising_delay_cuts_once_per_rtt);
     tcase_add_test(direct, test_low_decreases_while_delay_exceeds_target);
     tcase_add_test(direct, test_pacer_spaces_packets_at_the_rate);
@@ -908,6 +969,7 @@ static Suite *rate_suite(void)
     tcase_add_test(retx, test_retx_sends_each_hole_once_per_interval);
     tcase_add_test(retx, test_retx_new_parts_and_repaired_parts);
     tcase_add_test(retx, test_retx_budget_and_capacity);
+    tcase_add_test(retx, test_retx_waits_outside_the_described_part);
     tcase_add_test(retx, test_retx_overhead_stays_near_the_loss_rate);
     suite_add_tcase(s, retx);
     return s;

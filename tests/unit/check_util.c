@@ -1,11 +1,14 @@
 /* Unit tests for fb_util: hex encoding and strict decoding, SHA-256 of a file against known
  * digests (including files larger than one read block and files shorter than claimed), random
  * bytes, clocks and constant-time comparison. */
+#include <arpa/inet.h>
 #include <check.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "fb_util.h"
@@ -240,6 +243,87 @@ START_TEST(test_constant_time_compare)
 }
 END_TEST
 
+START_TEST(test_pwrite_and_pread_all)
+{
+    unsigned char in[200000], out[200000];
+    int fd = temp_file(NULL, 0, 0);
+
+    for (size_t i = 0; i < sizeof(in); i++)
+        in[i] = (unsigned char)(i * 31 + 7);
+    /* At an offset past the end (a sparse start), then read back exactly. */
+    ck_assert_int_eq(fb_pwrite_all(fd, in, sizeof(in), 4096), FB_OK);
+    ck_assert_int_eq(fb_pread_all(fd, out, sizeof(out), 4096), FB_OK);
+    ck_assert_mem_eq(out, in, sizeof(in));
+    /* A read beyond the end: the file is shorter than asked, not an I/O error. */
+    ck_assert_int_eq(fb_pread_all(fd, out, 100, 4096 + sizeof(in) - 50), FB_ERR_CHANGED);
+    ck_assert_int_eq(errno, 0);
+    close(fd);
+    /* A bad descriptor: an I/O error with errno set. */
+    ck_assert_int_eq(fb_pwrite_all(-1, in, 10, 0), FB_ERR_IO);
+    ck_assert_int_eq(errno, EBADF);
+    ck_assert_int_eq(fb_pread_all(-1, out, 10, 0), FB_ERR_IO);
+    ck_assert_int_eq(errno, EBADF);
+}
+END_TEST
+
+START_TEST(test_pwrite_all_on_a_full_device_is_disk_full)
+{
+    unsigned char in[4096] = {1};
+    int fd = open("/dev/full", O_WRONLY | O_CLOEXEC);
+
+    if (fd < 0)
+        return; /* no /dev/full in this environment: nothing to check */
+    ck_assert_int_eq(fb_pwrite_all(fd, in, sizeof(in), 0), FB_ERR_DISK_FULL);
+    ck_assert_int_eq(errno, ENOSPC);
+    close(fd);
+}
+END_TEST
+
+/* A datagram's arrival time comes from the kernel (SO_TIMESTAMPNS), converted to the
+ * monotonic clock; without the control message, or with an implausible one, it is NOW. */
+START_TEST(test_rx_arrival_time_from_the_kernel)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t alen = sizeof(a);
+    int rx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), tx = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    char data[8] = "arrival", got[16];
+    union {
+        char buf[CMSG_SPACE(sizeof(struct timespec))];
+        struct cmsghdr align;
+    } ctl;
+    struct iovec iov = {got, sizeof(got)};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
+    uint64_t sent, now, arrived;
+    struct timespec fake;
+
+    ck_assert_int_ge(rx, 0);
+    ck_assert_int_ge(tx, 0);
+    ck_assert_int_eq(bind(rx, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(getsockname(rx, (struct sockaddr *)&a, &alen), 0);
+    ck_assert_int_eq(fb_sock_rx_timestamps(rx), 0);
+    sent = fb_time_mono_ns() / 1000;
+    ck_assert_int_eq(sendto(tx, data, sizeof(data), 0, (struct sockaddr *)&a, sizeof(a)), (ssize_t)sizeof(data));
+    usleep(50000); /* read late, as a busy receiver would */
+    ck_assert_int_eq(recvmsg(rx, &mh, 0), (ssize_t)sizeof(data));
+    now = fb_time_mono_ns() / 1000;
+    arrived = fb_time_rx_arrival_us(&mh, now, fb_time_real_minus_mono_us());
+    ck_assert_uint_ge(arrived + 2000, sent); /* clock conversion: within 2 ms */
+    ck_assert_uint_le(arrived, now);
+    ck_assert_msg(now - arrived >= 40000, "arrival %llu us before the read: the kernel's time, not the read",
+                  (unsigned long long)(now - arrived));
+
+    /* A timestamp later than now (a clock step): now. No control message: now. */
+    fake.tv_sec = (time_t)((now + fb_time_real_minus_mono_us()) / 1000000 + 10);
+    fake.tv_nsec = 0;
+    memcpy(CMSG_DATA(CMSG_FIRSTHDR(&mh)), &fake, sizeof(fake));
+    ck_assert_uint_eq(fb_time_rx_arrival_us(&mh, now, fb_time_real_minus_mono_us()), now);
+    mh.msg_controllen = 0;
+    ck_assert_uint_eq(fb_time_rx_arrival_us(&mh, now, fb_time_real_minus_mono_us()), now);
+    close(rx);
+    close(tx);
+}
+END_TEST
+
 static Suite *util_suite(void)
 {
     Suite *s = suite_create("fb_util");
@@ -266,6 +350,9 @@ static Suite *util_suite(void)
     tcase_add_test(misc, test_random_bytes_differ_between_calls);
     tcase_add_test(misc, test_clocks_advance);
     tcase_add_test(misc, test_constant_time_compare);
+    tcase_add_test(misc, test_pwrite_and_pread_all);
+    tcase_add_test(misc, test_pwrite_all_on_a_full_device_is_disk_full);
+    tcase_add_test(misc, test_rx_arrival_time_from_the_kernel);
     suite_add_tcase(s, misc);
     return s;
 }

@@ -930,6 +930,83 @@ END_TEST
 
 /* FEEDBACK cadence: N packets or one interval, whichever first; idle backs off; nothing once
  * complete. */
+/* FEEDBACK's receive rate: whole datagrams (payload + FB_WIRE_DATA_OVERHEAD, the unit the
+ * sender paces in) over the span of the arrival times given, about the last 20 ms; a FEEDBACK
+ * sent long after the arrivals (a receiver that read late) reports the same rate. */
+static uint64_t feedback_rate(fb_xfer_receiver *rc, const fb_aead_ctx *cctx, uint64_t pn, uint64_t at)
+{
+    uint8_t buf[1500];
+    size_t len;
+    fb_wire_pkt pkt;
+    fb_wire_reason why;
+
+    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn, at, 1), FB_OK);
+    ck_assert_int_eq(fb_wire_open(&pkt, &why, buf, len, cctx, NULL), FB_OK);
+    return pkt.u.feedback.recv_rate;
+}
+
+START_TEST(test_receive_rate_on_arrival_times)
+{
+    fb_aead_ctx *cctx, *sctx;
+    fb_xfer_receiver *rc;
+    fb_xfer_receiver_params rp;
+    fb_wire_hdr hdr;
+    fb_wire_data d;
+    uint8_t payload[1000] = {0};
+    uint64_t t = SIM_T0, off = 0, rate, want;
+    sim_cfg c = base_cfg(10u << 20, 1u << 20);
+    sim m;
+
+    memset(&m, 0, sizeof(m));
+    m.cfg = &c;
+    m.dst = calloc(1, c.size);
+    aead_pair(&cctx, &sctx, FB_CIPHER_AES128_GCM);
+    memset(&rp, 0, sizeof(rp));
+    rp.size = c.size;
+    rp.chunk_size = c.chunk_size;
+    rp.aead = sctx;
+    rp.write = sim_write;
+    rp.ctx = &m;
+    ck_assert_int_eq(fb_xfer_receiver_new(&rc, &rp, t), FB_OK);
+    memset(&hdr, 0, sizeof(hdr));
+    d.payload = payload;
+    d.len = sizeof(payload);
+    /* One 1000-byte DATA every 100 us over 30 ms: 1060 datagram bytes per 100 us. */
+    for (int i = 0; i <= 300; i++) {
+        d.offset = off;
+        d.send_ts_us = t;
+        ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, t, NULL), FB_OK);
+        off += sizeof(payload);
+        if (i < 300)
+            t += 100;
+    }
+    want = (sizeof(payload) + FB_WIRE_DATA_OVERHEAD) * 10000u; /* bytes/s */
+    /* Asked 50 ms after the last arrival (a busy receiver): still the arrival rate. */
+    rate = feedback_rate(rc, cctx, 1, t + 50000);
+    ck_assert_msg(rate >= want * 99 / 100 && rate <= want * 101 / 100, "rate %llu, want %llu",
+                  (unsigned long long)rate, (unsigned long long)want);
+    /* The same datagrams in bursts (10 at one instant every 1 ms): the same rate over ~20 ms. */
+    for (int i = 0; i < 40; i++) {
+        t += 1000;
+        for (int k = 0; k < 10; k++) {
+            d.offset = off;
+            ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, t, NULL), FB_OK);
+            off += sizeof(payload);
+        }
+        if (i % 5 == 4) { /* a FEEDBACK every 5 ms */
+            rate = feedback_rate(rc, cctx, 2 + (uint64_t)i, t + 100);
+            if (i >= 24)
+                ck_assert_msg(rate >= want * 95 / 100 && rate <= want * 105 / 100, "burst rate %llu",
+                              (unsigned long long)rate);
+        }
+    }
+    fb_xfer_receiver_free(rc);
+    fb_aead_free(cctx);
+    fb_aead_free(sctx);
+    free(m.dst);
+}
+END_TEST
+
 START_TEST(test_feedback_cadence)
 {
     fb_aead_ctx *cctx, *sctx;
@@ -1047,6 +1124,7 @@ static Suite *xfer_suite(void)
     tc = tcase_create("receiver");
     tcase_add_test(tc, test_receiver_refuses_data_beyond_the_file);
     tcase_add_test(tc, test_feedback_cadence);
+    tcase_add_test(tc, test_receive_rate_on_arrival_times);
     tcase_add_test(tc, test_zero_byte_file);
     suite_add_tcase(s, tc);
 
