@@ -145,43 +145,6 @@ void fb_slot_digest_advance(fb_slot *slot, uint32_t generation, int fd, uint64_t
     digest_unlock(slot);
 }
 
-void fb_slot_digest_feed(fb_slot *slot, uint32_t generation, int fd, uint64_t off, const void *data, size_t len)
-{
-    uint64_t size = slot->info.size;
-    uint32_t chunk_size = slot->info.chunk_size;
-    uint64_t at = atomic_load_explicit(&slot->hash_pos, memory_order_acquire) >> 1;
-    SHA256_CTX ctx;
-    uint64_t oldpos, skip;
-
-    /* Cheap tests first: the data must reach past the digest position, lie inside the file, and
-     * what lies between the position and OFF must be complete to be folded from FD. */
-    if (chunk_size == 0 || len == 0 || off > size || len > size - off || at >= off + len)
-        return;
-    if (at < off && !fb_slot_chunk_done(slot, at / chunk_size))
-        return;
-    if (!digest_lock(slot))
-        return;
-    if (atomic_load(&slot->generation) != generation)
-        goto out;
-    /* The completed chunks in between; it stops early at a missing one, and may fold past OFF
-     * (to the end of a chunk), which is the same data as DATA: the file already has it. */
-    if (at < off)
-        (void)digest_run(slot, generation, fd, off - at, size, chunk_size, 0);
-    oldpos = digest_load(slot, &ctx);
-    at = oldpos >> 1;
-    if (at < off || at >= off + len) {
-        OPENSSL_cleanse(&ctx, sizeof(ctx));
-        goto out;
-    }
-    skip = at - off;
-    SHA256_Update(&ctx, (const unsigned char *)data + skip, len - (size_t)skip);
-    if (atomic_load(&slot->generation) == generation)
-        digest_store(slot, oldpos, &ctx, off + len);
-    OPENSSL_cleanse(&ctx, sizeof(ctx));
-out:
-    digest_unlock(slot);
-}
-
 uint64_t fb_slot_digest_position(fb_slot *slot)
 {
     return atomic_load_explicit(&slot->hash_pos, memory_order_acquire) >> 1;

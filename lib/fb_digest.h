@@ -23,19 +23,6 @@
  * GENERATION is the slot generation the caller's session has. */
 void fb_slot_digest_advance(fb_slot *slot, uint32_t generation, int fd, uint64_t max_bytes);
 
-/* Folds DATA, the LEN bytes the caller has just written at file offset OFF, straight from
- * memory when the digest position lies within [OFF, OFF + LEN] (only the bytes past the
- * position are folded: a retried PUT overlapping the front is fine): the writer at the front
- * of the file then never reads its data back. Completed chunks between the digest position
- * and OFF are folded from FD first (never across a chunk not marked done). The bytes may
- * belong to a chunk not complete yet: if that chunk is later written with other bytes, the
- * commit's digest differs from the client's and the commit hashes the whole file again
- * (fb_slot_digest_final's caller), so a wrong fold can only cost time. Returns at once when
- * another process or thread is folding, when the position is outside that span (the data is
- * then folded later from FD like any other), for a stale GENERATION, or when the range does
- * not lie wholly inside the file (OFF + LEN beyond its size: ignored whole). */
-void fb_slot_digest_feed(fb_slot *slot, uint32_t generation, int fd, uint64_t off, const void *data, size_t len);
-
 /* Bytes of the file already folded into the digest. */
 uint64_t fb_slot_digest_position(fb_slot *slot);
 
@@ -43,8 +30,8 @@ uint64_t fb_slot_digest_position(fb_slot *slot);
  * the rest of FD. Waits (bounded, about 30 s) for another process that is advancing it.
  * FB_ERR_SESSION_STATE if the slot was reused, FB_ERR_IO on read errors, FB_ERR_INCOMPLETE if
  * a chunk from the digest position on is not marked done, FB_ERR_INTERNAL if the wait ran out.
- * Chunks before the position are not checked (fb_slot_digest_feed may have folded bytes of a
- * chunk never marked done): callers first check that every chunk is done, as the commit does. */
+ * The digest is only ever folded from the file, chunk by completed chunk: never from a
+ * writer's memory, which need not be what the file holds when two uploads write one session. */
 fb_err fb_slot_digest_final(unsigned char out[32], fb_slot *slot, uint32_t generation, int fd, uint64_t size);
 
 #endif

@@ -192,10 +192,6 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
                 break;
             }
             e = write_pieces(c, data, n, pdetail);
-            /* At the front of the file the data is folded from memory, while it is in the
-             * cache, instead of being read back from the file later. */
-            if (e == FB_OK)
-                fb_slot_digest_feed(c->slot, c->gen, c->fd, c->pos - n, data, n);
             since_ckpt += n;
         }
         apr_brigade_cleanup(bb);
