@@ -231,6 +231,42 @@ START_TEST(ranges_split_stays_chunk_aligned)
 }
 END_TEST
 
+START_TEST(request_share_shrinks_towards_the_end)
+{
+    const uint32_t mib = 1024 * 1024;
+    uint64_t left = 128ull * mib, biggest_last = 0;
+    int requests = 0;
+
+    /* plenty left: a connection takes the whole queued request */
+    ck_assert_uint_eq(fbcp_request_share(16ull * mib, 128ull * mib, 4, mib), 16ull * mib);
+    /* 24 MiB left for 4 connections: 6 MiB each */
+    ck_assert_uint_eq(fbcp_request_share(16ull * mib, 24ull * mib, 4, mib), 6ull * mib);
+    /* never below the tail minimum, rounded to the chunk */
+    ck_assert_uint_eq(fbcp_request_share(16ull * mib, 5ull * mib, 4, mib), FBCP_TAIL_REQUEST_MIN);
+    ck_assert_uint_eq(fbcp_request_share(16ull * mib, 16ull * mib, 4, 3 * mib), 3ull * mib);
+    /* at least one chunk, even when the chunk is larger than the minimum */
+    ck_assert_uint_eq(fbcp_request_share(64ull * mib, 64ull * mib, 4, 8 * mib), 16ull * mib);
+    ck_assert_uint_eq(fbcp_request_share(64ull * mib, 9ull * mib, 4, 8 * mib), 8ull * mib);
+    /* never more than the request, one connection takes all that is left of it */
+    ck_assert_uint_eq(fbcp_request_share(1000, 1000, 4, mib), 1000);
+    ck_assert_uint_eq(fbcp_request_share(16ull * mib, 20ull * mib, 1, mib), 16ull * mib);
+    ck_assert_uint_eq(fbcp_request_share(16ull * mib, 20ull * mib, 4, 0), 5ull * mib);
+    /* a 128 MiB queue of 16 MiB requests on 4 connections: the last requests are small */
+    while (left > 0) {
+        uint64_t head = left % (16ull * mib) ? left % (16ull * mib) : 16ull * mib;
+        uint64_t take = fbcp_request_share(head, left, 4, mib);
+        ck_assert_uint_gt(take, 0);
+        ck_assert_uint_le(take, head);
+        left -= take;
+        requests++;
+        if (left < 8ull * mib && take > biggest_last)
+            biggest_last = take;
+    }
+    ck_assert_uint_le(biggest_last, FBCP_TAIL_REQUEST_MIN);
+    ck_assert_int_lt(requests, 24);
+}
+END_TEST
+
 START_TEST(ranges_json_checked_against_size)
 {
     fbcp_ranges r;
@@ -627,6 +663,7 @@ static Suite *fbcp_suite(void)
     tcase_add_test(tc, ranges_merge_on_add);
     tcase_add_test(tc, ranges_intersect_and_complement);
     tcase_add_test(tc, ranges_split_stays_chunk_aligned);
+    tcase_add_test(tc, request_share_shrinks_towards_the_end);
     tcase_add_test(tc, ranges_json_checked_against_size);
     tcase_add_test(tc, sizes_with_suffixes);
     tcase_add_test(tc, longs_in_bounds);

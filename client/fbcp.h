@@ -155,6 +155,13 @@ fb_err fbcp_ranges_copy(fbcp_ranges *out, const fbcp_ranges *r);
 /* Splits R into requests of at most MAX_LEN bytes (MAX_LEN rounded down to a multiple of
  * CHUNK, at least one chunk) whose starts stay chunk-aligned when R's are. */
 fb_err fbcp_ranges_split(fbcp_ranges *out, const fbcp_ranges *r, uint64_t max_len, uint32_t chunk);
+/* How much of a queued request of LEN bytes a free connection takes now, when UNASSIGNED bytes
+ * (LEN included) wait in the queue for NSLOTS connections: a share of what is left
+ * (UNASSIGNED / NSLOTS, chunk-aligned, at least FBCP_TAIL_REQUEST_MIN and one chunk, at most
+ * LEN). Requests shrink as the transfer nears its end, so the connections finish together
+ * instead of one of them carrying a last full-size request alone. */
+#define FBCP_TAIL_REQUEST_MIN (4u * 1024 * 1024)
+uint64_t fbcp_request_share(uint64_t len, uint64_t unassigned, int nslots, uint32_t chunk);
 /* Reads a JSON array of [offset, length] pairs, each checked against SIZE. */
 struct json_t;
 fb_err fbcp_ranges_from_json(fbcp_ranges *out, struct json_t *arr, uint64_t size);

@@ -181,6 +181,15 @@ static int fbcp_xferinfo(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, c
     return fbcp_interrupted ? 1 : 0;
 }
 
+/* Every TCP connection paces what it sends (see fb_sock_tcp_pace). */
+static int fbcp_http_sockopt(void *ud, curl_socket_t fd, curlsocktype purpose)
+{
+    (void)ud;
+    if (purpose == CURLSOCKTYPE_IPCXN)
+        (void)fb_sock_tcp_pace(fd);
+    return CURL_SOCKOPT_OK;
+}
+
 /* The settings every handle shares. */
 static fb_err fbcp_http_setup(fbcp_http *h, CURL *e, char *errbuf)
 {
@@ -202,6 +211,7 @@ static fb_err fbcp_http_setup(fbcp_http *h, CURL *e, char *errbuf)
     SET(CURLOPT_LOW_SPEED_LIMIT, 1L);
     SET(CURLOPT_LOW_SPEED_TIME, o->timeout_s);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
+    SET(CURLOPT_SOCKOPTFUNCTION, fbcp_http_sockopt);
     SET(CURLOPT_ERRORBUFFER, errbuf);
     SET(CURLOPT_NOPROGRESS, 0L);
     SET(CURLOPT_XFERINFOFUNCTION, fbcp_xferinfo);
@@ -1068,9 +1078,20 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
             }
             {
                 fbcp_req r = g->q[i];
+                uint64_t unassigned = 0;
                 fb_err e;
-                memmove(&g->q[i], &g->q[i + 1], (g->qn - i - 1) * sizeof(*g->q));
-                g->qn--;
+
+                for (size_t k = 0; k < g->qn; k++)
+                    unassigned += g->q[k].len;
+                r.len = fbcp_request_share(r.len, unassigned, g->nslots, x->chunk_size);
+                if (r.len < g->q[i].len) {
+                    /* the rest stays queued in its place (file order) */
+                    g->q[i].off += r.len;
+                    g->q[i].len -= r.len;
+                } else {
+                    memmove(&g->q[i], &g->q[i + 1], (g->qn - i - 1) * sizeof(*g->q));
+                    g->qn--;
+                }
                 e = fbcp_slot_start(g, &g->slots[si], &r);
                 if (e != FB_OK)
                     fbcp_engine_fail(g, e, NULL);

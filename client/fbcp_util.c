@@ -487,6 +487,20 @@ fb_err fbcp_ranges_split(fbcp_ranges *out, const fbcp_ranges *r, uint64_t max_le
     return FB_OK;
 }
 
+uint64_t fbcp_request_share(uint64_t len, uint64_t unassigned, int nslots, uint32_t chunk)
+{
+    uint64_t share = nslots > 1 ? unassigned / (uint64_t)nslots : unassigned;
+
+    if (chunk == 0)
+        chunk = 1;
+    if (share < FBCP_TAIL_REQUEST_MIN)
+        share = FBCP_TAIL_REQUEST_MIN;
+    share -= share % chunk;
+    if (share < chunk)
+        share = chunk;
+    return share < len ? share : len;
+}
+
 fb_err fbcp_ranges_from_json(fbcp_ranges *out, json_t *arr, uint64_t size)
 {
     size_t i;

@@ -200,6 +200,13 @@ int fb_sock_rx_timestamps(int fd)
     return setsockopt(fd, SOL_SOCKET, SO_TIMESTAMPNS, &one, sizeof(one));
 }
 
+int fb_sock_tcp_pace(int fd)
+{
+    unsigned int bytes_per_s = 0xfffffffeu; /* ~0u would mean "no limit" and leave pacing off */
+
+    return setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &bytes_per_s, sizeof(bytes_per_s));
+}
+
 int64_t fb_time_real_minus_mono_us(void)
 {
     return (int64_t)(fb_time_now_ns() / 1000) - (int64_t)(fb_time_mono_ns() / 1000);

@@ -49,6 +49,15 @@ int64_t fb_time_real_minus_mono_us(void);
 struct msghdr;
 uint64_t fb_time_rx_arrival_us(const struct msghdr *mh, uint64_t now_us, int64_t real_minus_mono_us);
 
+/* Turns on the kernel's own pacing of what TCP socket FD sends, for qdiscs without fq (this
+ * kernel's default): any finite SO_MAX_PACING_RATE makes TCP spread each window over the round
+ * trip (cwnd / srtt) instead of sending it at once. Without it, a connection that sat idle
+ * between two requests sends its whole congestion window in one burst when the next request
+ * starts; on a long path with a short bottleneck queue the burst overflows the queue, the loss
+ * halves the window and CUBIC needs many round trips to grow it back. The limit set (about
+ * 34 Gbit/s) is far above any link. 0, or -1 with errno: callers carry on without. */
+int fb_sock_tcp_pace(int fd);
+
 /* Constant-time comparison; 1 if equal. */
 int fb_mem_equal_ct(const void *a, const void *b, size_t len);
 

@@ -24,6 +24,7 @@
 #include "util_filter.h"
 
 #include "fb_path.h"
+#include "fb_util.h"
 
 #define MAX_LISTING_ENTRIES 100000
 
@@ -45,6 +46,19 @@ static int names_partial(apr_pool_t *p, const char *raw)
         if (fb_path_is_partial_name(comp))
             return 1;
     return 0;
+}
+
+/* Downloads are paced by the kernel (fb_sock_tcp_pace): a client that asks for a file in ranged
+ * requests on one connection leaves it idle for a round trip between them, and the next answer
+ * would otherwise leave as one window-sized burst. Not for HTTP/2 streams, whose connection
+ * socket belongs to mod_http2's main connection (paced there or not, as a whole). */
+static void pace_connection(request_rec *r)
+{
+    apr_socket_t *sock = r->connection->master == NULL ? ap_get_conn_socket(r->connection) : NULL;
+    apr_os_sock_t fd;
+
+    if (sock != NULL && apr_os_sock_get(&fd, sock) == APR_SUCCESS && fb_sock_tcp_pace(fd) != 0)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, errno, r, FBLOGNO(00509) "cannot turn on TCP pacing");
 }
 
 static int send_file(mod_fallback_req *req, int fd)
@@ -83,6 +97,7 @@ static int send_file(mod_fallback_req *req, int fd)
         r->status = rc;
         return rc;
     }
+    pace_connection(r);
     bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
     e = apr_brigade_insert_file(bb, f, 0, r->finfo.size, r->pool);
 #if APR_HAS_MMAP

@@ -324,6 +324,28 @@ START_TEST(test_rx_arrival_time_from_the_kernel)
 }
 END_TEST
 
+/* A paced TCP socket reports a finite maximum pacing rate (that is what turns the kernel's pacing
+ * on); a fresh one reports "unlimited". */
+START_TEST(test_tcp_pacing_is_turned_on)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    unsigned int rate = 0;
+    socklen_t len = sizeof(rate);
+
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, &len), 0);
+    ck_assert_uint_eq(rate, ~0u);
+    ck_assert_int_eq(fb_sock_tcp_pace(fd), 0);
+    len = sizeof(rate);
+    ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &rate, &len), 0);
+    ck_assert_uint_lt(rate, ~0u);
+    ck_assert_uint_ge(rate, 1000000000u); /* far above any link: pacing, not limiting */
+    close(fd);
+    /* not a socket: an error the caller may ignore, nothing else */
+    ck_assert_int_eq(fb_sock_tcp_pace(-1), -1);
+}
+END_TEST
+
 static Suite *util_suite(void)
 {
     Suite *s = suite_create("fb_util");
@@ -353,6 +375,7 @@ static Suite *util_suite(void)
     tcase_add_test(misc, test_pwrite_and_pread_all);
     tcase_add_test(misc, test_pwrite_all_on_a_full_device_is_disk_full);
     tcase_add_test(misc, test_rx_arrival_time_from_the_kernel);
+    tcase_add_test(misc, test_tcp_pacing_is_turned_on);
     suite_add_tcase(s, misc);
     return s;
 }
