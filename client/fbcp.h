@@ -216,6 +216,9 @@ struct fbcp_xfer {
     uint64_t bytes;      /* payload bytes moved this run (all transports, retries included) */
     uint64_t bytes_http;
     uint64_t bytes_udp;      /* payload bytes over UDP, each counted once per UDP leg */
+    int udp_end_confirmed;   /* download: the UDP leg that completed the file ended with udpd's
+                              * CLOSE(unchanged): the file is as the session began, and udpd
+                              * ended the session (no HEAD, no DELETE needed) */
     uint64_t bytes_udp_retx; /* payload bytes sent (upload) or received (download) again over UDP */
     uint64_t bytes_skipped;  /* already present when this run started */
     uint64_t bytes_done;     /* bytes confirmed complete (for the progress estimate) */

@@ -807,12 +807,19 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         {
             uint64_t udp_before = d.x.bytes_udp;
 
+            d.x.udp_end_confirmed = 0;
             if (rv == FB_OK && missing.n > 0)
                 rv = d.x.sw != NULL
                          ? fbcp_move(c, &d.x, &missing, detail, sizeof(detail))
                          : c->transport->ops->download(c->transport, &d.x, &missing, detail, sizeof(detail));
-            if (rv == FB_OK && d.x.bytes_udp > udp_before)
+            if (rv == FB_OK && d.x.udp_end_confirmed) {
+                /* udpd vouched for the file and ended the session: nothing to DELETE */
+                fbcp_trace(c->opts, "udpd: the file is unchanged, the session ended");
+                free(d.x.session_id);
+                d.x.session_id = NULL;
+            } else if (rv == FB_OK && d.x.bytes_udp > udp_before) {
                 rv = fbcp_download_recheck(&d, validator, detail, sizeof(detail));
+            }
         }
         if (rv != FB_ERR_CHANGED || round == 1)
             break;

@@ -62,6 +62,8 @@
 #define FBCP_UDP_WRITE_BEHIND (1u << 20)
 #define FBCP_UDP_HELLO_RTO_US 250000ull
 #define FBCP_UDP_KEEPALIVE_US 1000000ull
+#define FBCP_UDP_CLOSE_WAIT_MAX_US 1000000ull  /* round trip counted for udpd's CLOSE, at most */
+#define FBCP_UDP_CLOSE_WAIT_EXTRA_US 100000ull /* beyond two round trips */
 #define FBCP_UDP_TICK_US 100000ull /* the loop wakes at least this often (progress, timers) */
 /* Shorter gaps are slept this long: the pacer's credit (about 1 ms) lets the datagrams due
  * meanwhile go out as one batch. */
@@ -105,6 +107,8 @@ struct fbcp_udp {
     fb_err refused; /* status of a refusing HELLO_ACK (FB_OK: none) */
     int peer_closed;
     fb_err close_reason;
+    int close_unchanged;   /* udpd's CLOSE carried FB_WIRE_F_CLOSE_UNCHANGED */
+    uint64_t hello_rtt_us; /* HELLO to HELLO_ACK, less udpd's hold: the path's round trip */
 
     /* the leg's engine (one of the two) and its file */
     fbcp_xfer *x;
@@ -488,6 +492,37 @@ static void fbcp_udp_hello(fbcp_udp *u, uint64_t now, int fresh)
         fbcp_udp_send_now(u, buf, len);
 }
 
+static void fbcp_udp_close(fbcp_udp *u, fb_err reason);
+static void fbcp_udp_wait(fbcp_udp *u, uint64_t now, uint64_t until, int want_out);
+static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, int *prefused, int *panswered);
+
+/* The end of a complete download: CLOSE(0), then up to about two round trips for udpd's answer.
+ * A CLOSE with FB_WIRE_F_CLOSE_UNCHANGED means the file is still the one the session began with
+ * and udpd ended the session: fbcp needs neither the HEAD that checks the file nor the DELETE
+ * (PROTOCOL.md 8.5). No answer, or one without the flag: fbcp checks over HTTP(S) as before. */
+static int fbcp_udp_close_download(fbcp_udp *u)
+{
+    uint64_t now = fbcp_now_us(), rtt = u->hello_rtt_us, until;
+
+    if (!u->associated)
+        return 0;
+    if (rtt > FBCP_UDP_CLOSE_WAIT_MAX_US)
+        rtt = FBCP_UDP_CLOSE_WAIT_MAX_US;
+    until = now + 2 * rtt + FBCP_UDP_CLOSE_WAIT_EXTRA_US;
+    u->peer_closed = 0;
+    u->close_unchanged = 0;
+    fbcp_udp_close(u, FB_OK);
+    u->associated = 1; /* still open for udpd's CLOSE */
+    /* bounded: ends at UNTIL or with udpd's CLOSE */
+    while (!u->peer_closed && now < until) {
+        fbcp_udp_wait(u, now, until, 0);
+        (void)fbcp_udp_receive(u, NULL, &now, NULL, NULL);
+        now = fbcp_now_us();
+    }
+    u->associated = 0;
+    return u->peer_closed && u->close_reason == FB_OK && u->close_unchanged;
+}
+
 static void fbcp_udp_close(fbcp_udp *u, fb_err reason)
 {
     uint8_t buf[FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED];
@@ -676,6 +711,7 @@ static int fbcp_udp_input(fbcp_udp *u, uint8_t *buf, size_t len, uint64_t now)
         if (u->tn > 0)
             fbcp_udp_flush(u);
         u->ack = *a;
+        u->hello_rtt_us = now > a->echo_ts_us + a->hold_us ? now - a->echo_ts_us - a->hold_us : 0;
         u->max_dgram = a->max_datagram < u->dgram ? a->max_datagram : u->dgram;
         u->stride = u->max_dgram;
         fb_replay_init(&u->replay);
@@ -701,6 +737,7 @@ static int fbcp_udp_input(fbcp_udp *u, uint8_t *buf, size_t len, uint64_t now)
     case FB_WIRE_CLOSE:
         u->peer_closed = 1;
         u->close_reason = (fb_err)pkt.u.close.reason;
+        u->close_unchanged = (pkt.hdr.flags & FB_WIRE_F_CLOSE_UNCHANGED) != 0;
         u->associated = 0;
         break;
     default:
@@ -1107,6 +1144,7 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
                 u->pn++;
                 fbcp_udp_send_now(u, p, len);
             }
+            x->udp_end_confirmed = fbcp_udp_close_download(u);
         }
         fbcp_udp_close(u, FB_OK);
         rv = FB_OK;

@@ -242,7 +242,8 @@ static const type_rule *rule_for(unsigned type)
                               FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED +
                                   (FB_WIRE_MAX_RANGES + 1) * FB_WIRE_RANGE_LEN, /* + FROM block */
                               FB_WIRE_F_FEEDBACK_MORE | FB_WIRE_F_FEEDBACK_COMPLETE | FB_WIRE_F_FEEDBACK_FROM},
-        [FB_WIRE_CLOSE] = {FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, 0},
+        [FB_WIRE_CLOSE] = {FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED,
+                           FB_WIRE_F_CLOSE_UNCHANGED},
         [FB_WIRE_PROBE] = {FB_WIRE_OVERHEAD + FB_WIRE_PROBE_FIXED, FB_WIRE_MAX_DATAGRAM,
                            FB_WIRE_F_PROBE_REPLY},
     };
@@ -522,7 +523,7 @@ fb_err fb_wire_encode_close(uint8_t *buf, size_t cap, size_t *plen, const fb_wir
     fb_err rc;
 
     *plen = 0;
-    if (m->reason >= (uint32_t)FB_ERR__COUNT)
+    if (m->reason >= (uint32_t)FB_ERR__COUNT || ((hdr->flags & FB_WIRE_F_CLOSE_UNCHANGED) && m->reason != FB_OK))
         return FB_ERR_INTERNAL;
     rc = encode_check(buf, cap, total, hdr, FB_WIRE_CLOSE, ctx);
     if (rc != FB_OK)
@@ -664,6 +665,9 @@ static int parse_body(fb_wire_pkt *pkt, const uint8_t *body, size_t bodylen)
         const wire_close *w = (const wire_close *)body;
 
         pkt->u.close.reason = get32(w->reason);
+        /* "unchanged" only ends a transfer that finished normally */
+        if ((pkt->hdr.flags & FB_WIRE_F_CLOSE_UNCHANGED) && pkt->u.close.reason != FB_OK)
+            return 0;
         return pkt->u.close.reason < (uint32_t)FB_ERR__COUNT && all_zero(w->reserved, sizeof(w->reserved));
     }
     case FB_WIRE_PROBE: {

@@ -70,6 +70,9 @@ typedef enum fb_wire_type {
 #define FB_WIRE_F_FEEDBACK_COMPLETE 0x02u /* the receiver has the whole file */
 #define FB_WIRE_F_FEEDBACK_FROM 0x04u     /* the ranges start at from_offset, not at cum (6.4) */
 #define FB_WIRE_F_PROBE_REPLY 0x01u       /* an answer to a PROBE (never larger than it) */
+#define FB_WIRE_F_CLOSE_UNCHANGED 0x01u   /* download sender's answer to the receiver's CLOSE(0): the
+                                           * file is still the one the session began with, and the
+                                           * session is ended (8.5) */
 
 /* Why a datagram was dropped: one counter each (udpd's statistics, fbcp --json). */
 typedef enum fb_wire_reason {

@@ -48,6 +48,7 @@ typedef struct udpd_counters {
     uint64_t wire[FB_WIRE_R__COUNT]; /* codec reasons; unknown_session counted here too */
     uint64_t drop[UDPD_DROP__COUNT];
     uint64_t hellos, hello_refused, associations, closes, probes;
+    uint64_t downloads_confirmed; /* downloads ended by CLOSE(unchanged) */
     uint64_t data_bytes_new, data_bytes_dup, data_bytes_sent, feedbacks_sent, feedbacks_rx;
     uint64_t chunks_completed, checkpoints, checkpoint_errors, write_errors;
 } udpd_counters;

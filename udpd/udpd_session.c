@@ -108,6 +108,10 @@ struct sess {
     sess *next_touched;
 
     /* download */
+    uint64_t created_ns;     /* the session's creation (CLOCK_REALTIME), when the client had just
+                              * checked the file's ETag against its HEAD */
+    int file_verifiable;     /* the file was not changed since shortly before that (ctime) */
+    struct stat file_st;     /* the file as opened: compared again at the end */
     fb_xfer_sender *snd;
     uint8_t *rbuf;
     uint64_t roff;
@@ -180,14 +184,13 @@ static void touch(sess *s)
 
 /* ---- sending ---------------------------------------------------------------------------------- */
 
-static void send_close(sess *s, fb_err reason, uint64_t now)
+static void send_close_flags(sess *s, fb_err reason, uint8_t flags)
 {
     fb_wire_hdr hdr;
     fb_wire_close c;
     uint8_t *p;
     size_t len = 0;
 
-    (void)now;
     if (!s->cur.live)
         return;
     p = udpd_send_reserve(s->ss->d, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED);
@@ -195,6 +198,7 @@ static void send_close(sess *s, fb_err reason, uint64_t now)
         return;
     memset(&hdr, 0, sizeof(hdr));
     memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
+    hdr.flags = flags;
     hdr.pn = s->cur.pn_out;
     c.reason = (uint32_t)reason;
     if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->cur.aead) ==
@@ -202,6 +206,12 @@ static void send_close(sess *s, fb_err reason, uint64_t now)
         s->cur.pn_out++;
         udpd_send_commit(s->ss->d, len, &s->cur.peer);
     }
+}
+
+static void send_close(sess *s, fb_err reason, uint64_t now)
+{
+    (void)now;
+    send_close_flags(s, reason, 0);
 }
 
 static void send_feedback(sess *s, uint64_t now, int force)
@@ -236,6 +246,44 @@ static int slot_still_ours(const sess *s)
            atomic_load(&s->slot->state) == FB_SLOT_ACTIVE;
 }
 
+/* Whether the file's last change (ctime: data or metadata, never set by a user) came before
+ * CREATED_NS less a margin for the file system's coarse clock: then the file is the one whose
+ * ETag the client checked when it created the session. */
+#define FILE_CLOCK_MARGIN_NS (50ull * 1000 * 1000)
+static int file_untouched_since(const struct stat *st, uint64_t created_ns)
+{
+    uint64_t ctime_ns;
+
+    if (st->st_ctim.tv_sec < 0)
+        return 0;
+    ctime_ns = (uint64_t)st->st_ctim.tv_sec * 1000000000ull + (uint64_t)st->st_ctim.tv_nsec;
+    return created_ns > FILE_CLOCK_MARGIN_NS && ctime_ns + FILE_CLOCK_MARGIN_NS < created_ns;
+}
+
+/* At the end of a download: whether the path still names the file opened at the start, unchanged
+ * (same inode, size, modification and change times), and that file predates the session: what a
+ * HEAD's ETag would have told the client, without an HTTPS round trip. */
+static int download_file_unchanged(const sess *s)
+{
+    struct stat now, cur;
+    int droot, fd = -1, same;
+
+    if (!s->file_verifiable || s->file_fd < 0 || fstat(s->file_fd, &cur) != 0)
+        return 0;
+    droot = open(s->docroot, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (droot < 0)
+        return 0;
+    same = fb_path_open_beneath(&fd, droot, s->relpath, O_RDONLY | O_NONBLOCK, 0) == FB_OK &&
+           fstat(fd, &now) == 0;
+    if (fd >= 0)
+        close(fd);
+    close(droot);
+    return same && now.st_dev == s->file_st.st_dev && now.st_ino == s->file_st.st_ino &&
+           cur.st_size == s->file_st.st_size && cur.st_mtim.tv_sec == s->file_st.st_mtim.tv_sec &&
+           cur.st_mtim.tv_nsec == s->file_st.st_mtim.tv_nsec && cur.st_ctim.tv_sec == s->file_st.st_ctim.tv_sec &&
+           cur.st_ctim.tv_nsec == s->file_st.st_ctim.tv_nsec;
+}
+
 static int docroot_allowed(const fb_config *cfg, const char *docroot)
 {
     for (unsigned i = 0; i < cfg->ndocroots; i++)
@@ -261,6 +309,10 @@ static fb_err open_files(sess *s)
             e = FB_ERR_NOT_FOUND;
         else if (e == FB_OK && (uint64_t)sb.st_size != s->size)
             e = FB_ERR_CHANGED;
+        if (e == FB_OK) {
+            s->file_st = sb;
+            s->file_verifiable = file_untouched_since(&sb, s->created_ns);
+        }
         goto done;
     }
     if (fb_path_partial_name(part, sizeof(part), s->relpath) != FB_OK ||
@@ -584,6 +636,7 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
         s->chunk_size = info->chunk_size;
         s->nchunks = info->nchunks;
         s->slot_cipher = info->cipher;
+        s->created_ns = info->created_ns;
         if (info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) {
             s->ckpt_flags = FB_CHECKPOINT_FLAG_SHA256;
             memcpy(s->expected_sha256, info->expected_sha256, sizeof(s->expected_sha256));
@@ -998,6 +1051,21 @@ static void on_probe(sess *s, const fb_wire_pkt *pkt, uint64_t now, uint64_t arr
 static void on_close(sess *s, const fb_wire_pkt *pkt, uint64_t now)
 {
     udpd_ctr.closes++;
+    /* A download the client has whole (every byte acknowledged) and closes normally: if the file
+     * is still the one the session began with, say so (PROTOCOL.md 8.5) and end the session here,
+     * which saves the client a HEAD and a DELETE over a new HTTPS connection. Twice, as the
+     * client sends its CLOSE: never more than it sent. */
+    if (s->direction == FB_DIR_DOWNLOAD && pkt->u.close.reason == FB_OK && s->snd != NULL &&
+        fb_xfer_sender_done(s->snd) && slot_still_ours(s) && download_file_unchanged(s) &&
+        fb_slot_cancel(s->slot, s->generation)) {
+        send_close_flags(s, FB_OK, FB_WIRE_F_CLOSE_UNCHANGED);
+        send_close_flags(s, FB_OK, FB_WIRE_F_CLOSE_UNCHANGED);
+        udpd_ctr.downloads_confirmed++;
+        udpd_log(UDPD_INFO, "UD00063", "session %s: download of '%s' confirmed unchanged; session ended", s->id,
+                 s->relpath);
+        assoc_end(s, now, "download complete");
+        return;
+    }
     if (s->direction == FB_DIR_UPLOAD && s->rcv != NULL) {
         fb_err e = publish(s);
 

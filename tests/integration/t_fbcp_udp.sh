@@ -9,6 +9,8 @@
 #   - udpd not running: the server offers no UDP port and HTTPS starts at once;
 #   - udpd killed mid-transfer: the rest goes over HTTPS, the file is identical;
 #   - udpd restarted during the HTTPS leg: fbcp moves back to UDP ("transport" event http -> udp);
+#   - a UDP download ends with udpd's CLOSE(unchanged): no second HEAD, no DELETE, the session is
+#     gone; a file rewritten during a UDP download is noticed (HEAD) and fetched again;
 #   - 10 transfers at once, UDP, HTTPS (--fallback=force) and switching ones;
 #   - fbcp killed (SIGKILL) during a UDP upload and download: the next run resumes over UDP;
 #   - --fallback=never with udpd down or blocked: exit code 4, "Connection lost".
@@ -280,6 +282,60 @@ test_killed_midway_continues_https() {
     assert_ge "$(done_of "$OUT/k100.down.json" bytes_http)" 1 "bytes_http (download)"
 }
 
+# access_count METHOD PATH-PART: requests in Apache's access log whose request line has both.
+access_count() {
+    grep -F "\"$1 " "$DS_DIR/access.log" | grep -c -F "$2"
+}
+
+# A UDP download of a file older than its session ends with udpd's CLOSE(unchanged): the file is
+# vouched for and the session freed over UDP, so fbcp sends neither a second HEAD nor a DELETE.
+test_udp_download_end_confirmed() {
+    local id heads deletes
+    udpd_running || udpd_start
+    mkdata conf 3000000
+    mkdir -p "$DOCROOT/udp"
+    cp "$SRC/conf" "$DOCROOT/udp/conf"
+    docroot_chown "$DOCROOT/udp"
+    sleep 0.3 # older than its session by more than udpd's clock margin (50 ms)
+    heads=$(access_count HEAD /files/udp/conf)
+    deletes=$(access_count DELETE /sessions/)
+    down udp/conf conf -v
+    assert_file_same "$SRC/conf" "$OUT/conf"
+    assert_over_udp "$OUT/conf.down.json" 3000000
+    grep -q "udpd: the file is unchanged, the session ended" "$OUT/conf.down.err" ||
+        fail "no confirmation from udpd: $(tail -n 3 "$OUT/conf.down.err")"
+    assert_eq $((heads + 1)) "$(access_count HEAD /files/udp/conf)" "HEAD requests (only the first)"
+    assert_eq "$deletes" "$(access_count DELETE /sessions/)" "DELETE requests"
+    wait_for 5 grep -q "UD00063: .*'udp/conf' confirmed unchanged" "$UDPD_LOG" || fail "no UD00063 in udpd's log"
+    # the session is gone from the table, not left to expire
+    id=$(grep -o "session [0-9a-f]*: download of 'udp/conf' confirmed" "$UDPD_LOG" | tail -n1 | cut -d' ' -f2 | tr -d :)
+    [ -n "$id" ] || fail "no session id in udpd's log"
+    assert_eq 404 "$(api GET "sessions/$id")" "GET sessions/$id after the end"
+}
+
+# The file changes on the server (same size, rewritten in place) during a UDP download: udpd does
+# not vouch for it, fbcp's HEAD sees another ETag, starts over once and ends with the new content.
+test_udp_download_of_a_changing_file() {
+    local pid rc
+    udpd_running || udpd_start
+    mkdata chg 20000000
+    mkdir -p "$DOCROOT/udp"
+    cp "$SRC/chg" "$DOCROOT/udp/chg"
+    docroot_chown "$DOCROOT/udp"
+    sleep 0.3
+    fbcp_bg "$OUT/chg.down.json" "$OUT/chg.down.err" --json --limit-rate 5m "$URL/udp/chg" "$OUT/chg"
+    pid=$FBCP_PID
+    wait_for 20 udp_bytes_over "$OUT/chg.down.json" 2000000 || fail "no UDP progress: $(tail -n 2 "$OUT/chg.down.err")"
+    # new content, same size, same inode
+    head -c 1000000 /dev/urandom | dd of="$DOCROOT/udp/chg" bs=1000000 seek=0 conv=notrunc status=none
+    touch -d '+2 seconds' "$DOCROOT/udp/chg" # another Last-Modified and ETag for certain
+    fbcp_wait "$pid"
+    rc=$?
+    assert_eq 0 "$rc" "fbcp exit status ($(cat "$OUT/chg.down.err"))"
+    grep -q "changed on the server" "$OUT/chg.down.err" || fail "the change went unnoticed: $(cat "$OUT/chg.down.err")"
+    assert_file_same "$DOCROOT/udp/chg" "$OUT/chg"
+}
+
 # udpd killed, then started again while HTTPS carries the data: fbcp returns to UDP.
 test_restarted_udpd_brings_udp_back() {
     local size=104857600 pid rc json dir
@@ -504,6 +560,8 @@ run_test "UDP blocked from the start: HTTPS carries the data within 3 s" test_bl
 run_test "udpd not running: no UDP port offered, HTTPS at once" test_udpd_down_https_at_once
 run_test "udpd killed mid-transfer: HTTPS finishes, identical" test_killed_midway_continues_https
 run_test "udpd restarted during the HTTPS leg: back to UDP" test_restarted_udpd_brings_udp_back
+run_test "UDP download ends with udpd's CLOSE(unchanged): no second HEAD, no DELETE" test_udp_download_end_confirmed
+run_test "a file rewritten during a UDP download: noticed, fetched again" test_udp_download_of_a_changing_file
 run_test "10 transfers at once: UDP, HTTPS and switching" test_ten_at_once
 run_test "fbcp killed during UDP transfers: resumed over UDP" test_killed_fbcp_resumes_over_udp
 run_test "--fallback=never with udpd down: exit 4, Connection lost" test_never_with_udpd_down_fails

@@ -293,7 +293,7 @@ START_TEST(test_rx_arrival_time_from_the_kernel)
     } ctl;
     struct iovec iov = {got, sizeof(got)};
     struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof(ctl.buf)};
-    uint64_t sent, now, arrived;
+    uint64_t sent, now = 0, arrived, gap = 0;
     struct timespec fake;
 
     ck_assert_int_ge(rx, 0);
@@ -301,16 +301,30 @@ START_TEST(test_rx_arrival_time_from_the_kernel)
     ck_assert_int_eq(bind(rx, (struct sockaddr *)&a, sizeof(a)), 0);
     ck_assert_int_eq(getsockname(rx, (struct sockaddr *)&a, &alen), 0);
     ck_assert_int_eq(fb_sock_rx_timestamps(rx), 0);
-    sent = fb_time_mono_ns() / 1000;
-    ck_assert_int_eq(sendto(tx, data, sizeof(data), 0, (struct sockaddr *)&a, sizeof(a)), (ssize_t)sizeof(data));
-    usleep(50000); /* read late, as a busy receiver would */
-    ck_assert_int_eq(recvmsg(rx, &mh, 0), (ssize_t)sizeof(data));
-    now = fb_time_mono_ns() / 1000;
-    arrived = fb_time_rx_arrival_us(&mh, now, fb_time_real_minus_mono_us());
-    ck_assert_uint_ge(arrived + 2000, sent); /* clock conversion: within 2 ms */
-    ck_assert_uint_le(arrived, now);
-    ck_assert_msg(now - arrived >= 40000, "arrival %llu us before the read: the kernel's time, not the read",
-                  (unsigned long long)(now - arrived));
+    /* Read late, as a busy receiver would: the arrival time is the kernel's stamp, converted to
+     * the monotonic clock, not the read. On a loaded machine the kernel may itself deliver the
+     * datagram late (deferred softirq), so the gap is asked of one of a few attempts. */
+    for (int attempt = 0; attempt < 5 && gap < 40000; attempt++) {
+        struct timespec stamp;
+        int64_t rmm = fb_time_real_minus_mono_us(), expect;
+
+        mh.msg_controllen = sizeof(ctl.buf);
+        sent = fb_time_mono_ns() / 1000;
+        ck_assert_int_eq(sendto(tx, data, sizeof(data), 0, (struct sockaddr *)&a, sizeof(a)), (ssize_t)sizeof(data));
+        usleep(50000);
+        ck_assert_int_eq(recvmsg(rx, &mh, 0), (ssize_t)sizeof(data));
+        now = fb_time_mono_ns() / 1000;
+        arrived = fb_time_rx_arrival_us(&mh, now, rmm);
+        ck_assert_ptr_nonnull(CMSG_FIRSTHDR(&mh));
+        memcpy(&stamp, CMSG_DATA(CMSG_FIRSTHDR(&mh)), sizeof(stamp));
+        expect = (int64_t)stamp.tv_sec * 1000000 + stamp.tv_nsec / 1000 - rmm;
+        ck_assert_int_le(llabs((long long)((int64_t)arrived - expect)), 1000); /* the kernel's stamp */
+        ck_assert_uint_ge(arrived + 2000, sent); /* clock conversion: within 2 ms */
+        ck_assert_uint_le(arrived, now);
+        gap = now - arrived;
+    }
+    ck_assert_msg(gap >= 40000, "arrival %llu us before the read: the kernel's time, not the read",
+                  (unsigned long long)gap);
 
     /* A timestamp later than now (a clock step): now. No control message: now. */
     fake.tv_sec = (time_t)((now + fb_time_real_minus_mono_us()) / 1000000 + 10);

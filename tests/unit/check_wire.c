@@ -806,6 +806,17 @@ START_TEST(test_authenticated_but_malformed_bodies_are_rejected)
     put32(body, 9999);
     len = seal_raw(FB_WIRE_CLOSE, 0, body, 8);
     ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
+    /* CLOSE "unchanged" only with reason 0; the flag means nothing on other types */
+    put32(body, (uint32_t)FB_ERR_CHANGED);
+    len = seal_raw(FB_WIRE_CLOSE, FB_WIRE_F_CLOSE_UNCHANGED, body, 8);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
+    put32(body, 0);
+    len = seal_raw(FB_WIRE_CLOSE, FB_WIRE_F_CLOSE_UNCHANGED, body, 8);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_NONE);
+    ck_assert_uint_eq(got.hdr.flags, FB_WIRE_F_CLOSE_UNCHANGED);
+    ck_assert_uint_eq(got.u.close.reason, FB_OK);
+    len = seal_raw(FB_WIRE_CLOSE, 0x02, body, 8);
+    ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
     put64(body, UINT64_MAX - 5);
     len = seal_raw(FB_WIRE_DATA, 0, body, 16 + 10);
     ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
@@ -854,6 +865,13 @@ START_TEST(test_encoders_refuse_invalid_fields)
         h.flags = 0x80;
         c.reason = FB_OK;
         ck_assert_int_eq(fb_wire_encode_close(buf, BUFSZ, &len, &h, &c, client), FB_ERR_INTERNAL);
+        /* "unchanged" ends a finished transfer only */
+        h.flags = FB_WIRE_F_CLOSE_UNCHANGED;
+        c.reason = FB_ERR_CHANGED;
+        ck_assert_int_eq(fb_wire_encode_close(buf, BUFSZ, &len, &h, &c, client), FB_ERR_INTERNAL);
+        c.reason = FB_OK;
+        ck_assert_int_eq(fb_wire_encode_close(buf, BUFSZ, &len, &h, &c, client), FB_OK);
+        h.flags = 0;
     }
     {
         fb_wire_pkt p = sample(FB_WIRE_DATA);
