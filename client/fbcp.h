@@ -157,8 +157,8 @@ fb_err fbcp_ranges_copy(fbcp_ranges *out, const fbcp_ranges *r);
 fb_err fbcp_ranges_split(fbcp_ranges *out, const fbcp_ranges *r, uint64_t max_len, uint32_t chunk);
 /* How much of a queued request of LEN bytes a free connection takes now, when UNASSIGNED bytes
  * (LEN included) wait in the queue for NSLOTS connections: a share of what is left
- * (UNASSIGNED / NSLOTS, chunk-aligned, at least FBCP_TAIL_REQUEST_MIN and one chunk, at most
- * LEN). Requests shrink as the transfer nears its end, so the connections finish together
+ * (UNASSIGNED / NSLOTS, in whole chunks, at least FBCP_TAIL_REQUEST_MIN rounded down to a chunk,
+ * at least one chunk, at most LEN). Requests shrink as the transfer nears its end, so the connections finish together
  * instead of one of them carrying a last full-size request alone. */
 #define FBCP_TAIL_REQUEST_MIN (4u * 1024 * 1024)
 uint64_t fbcp_request_share(uint64_t len, uint64_t unassigned, int nslots, uint32_t chunk);

@@ -46,6 +46,7 @@ typedef struct fbcp_download {
     fbcp_switch sw; /* the transport choice for this file */
     struct fbcp_dl_hash *hash; /* the digest of what is on disk, beside the transfer */
     struct fbcp_dl_ckpt *ckpt; /* the checkpoint being written, or NULL */
+    int etag_checked; /* the session's ETag was compared with HEAD's, and equal (both present) */
 } fbcp_download;
 
 /* The file's SHA-256, computed by a thread beside the transfer: it reads back and hashes the
@@ -614,6 +615,9 @@ static fb_err fbcp_download_session(fbcp_download *d, char *detail, size_t detle
             rv = FB_ERR_CHANGED;
             snprintf(detail, detlen, "the file changed on the server between HEAD and the session");
         } else {
+            /* udpd vouches for the file as the session saw it: that covers the HEAD's version
+             * only when both ETags exist and were compared */
+            d->etag_checked = etag != NULL && d->x.etag != NULL;
             d->x.session_id = strdup(id);
             d->x.have_key = d->x.session_id != NULL;
             d->x.session_gen++;
@@ -812,13 +816,14 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
                 rv = d.x.sw != NULL
                          ? fbcp_move(c, &d.x, &missing, detail, sizeof(detail))
                          : c->transport->ops->download(c->transport, &d.x, &missing, detail, sizeof(detail));
-            if (rv == FB_OK && d.x.udp_end_confirmed) {
+            if (rv == FB_OK && d.x.udp_end_confirmed && d.etag_checked) {
                 /* udpd vouched for the file and ended the session: nothing to DELETE */
                 fbcp_trace(c->opts, "udpd: the file is unchanged, the session ended");
                 free(d.x.session_id);
                 d.x.session_id = NULL;
             } else if (rv == FB_OK && d.x.bytes_udp > udp_before) {
                 rv = fbcp_download_recheck(&d, validator, detail, sizeof(detail));
+                /* udpd may have ended the session already: then the DELETE answers 404 */
             }
         }
         if (rv != FB_ERR_CHANGED || round == 1)

@@ -563,6 +563,7 @@ struct fbcp_engine {
     int nslots;
     fbcp_req *q;
     size_t qn, qcap;
+    uint64_t qbytes; /* sum of the queued requests' lengths */
     fb_err err;
     char *detail;
     size_t detlen;
@@ -590,6 +591,7 @@ static fb_err fbcp_engine_push(fbcp_engine *g, uint64_t off, uint64_t len, int a
     }
     g->q[g->qn].off = off;
     g->q[g->qn].len = len;
+    g->qbytes += len;
     g->q[g->qn].attempts = attempts;
     g->q[g->qn].resync = resync;
     g->q[g->qn].not_before = not_before;
@@ -989,6 +991,7 @@ static void fbcp_engine_resync(fbcp_engine *g, size_t i)
     char detail[FBCP_DETAIL_LEN];
     fb_err e;
 
+    g->qbytes -= g->q[i].len;
     memmove(&g->q[i], &g->q[i + 1], (g->qn - i - 1) * sizeof(*g->q));
     g->qn--;
     fbcp_ranges_init(&missing);
@@ -1078,12 +1081,10 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
             }
             {
                 fbcp_req r = g->q[i];
-                uint64_t unassigned = 0;
                 fb_err e;
 
-                for (size_t k = 0; k < g->qn; k++)
-                    unassigned += g->q[k].len;
-                r.len = fbcp_request_share(r.len, unassigned, g->nslots, x->chunk_size);
+                r.len = fbcp_request_share(r.len, g->qbytes, g->nslots, x->chunk_size);
+                g->qbytes -= r.len;
                 if (r.len < g->q[i].len) {
                     /* the rest stays queued in its place (file order) */
                     g->q[i].off += r.len;

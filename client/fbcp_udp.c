@@ -1138,12 +1138,14 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
             uint8_t p[FB_WIRE_MIN_DATAGRAM];
             size_t len = 0;
 
-            /* tell udpd the file is complete, so its sender stops at once */
-            if (fb_xfer_receiver_feedback(u->rcv, p, sizeof(p), &len, u->pn, fbcp_now_us(), 1) == FB_OK &&
-                len > 0) {
-                u->pn++;
-                fbcp_udp_send_now(u, p, len);
-            }
+            /* tell udpd the file is complete, so its sender stops at once; twice, as the CLOSE
+             * that follows: udpd vouches for the file only when it knows every byte arrived */
+            for (int i = 0; i < 2; i++)
+                if (fb_xfer_receiver_feedback(u->rcv, p, sizeof(p), &len, u->pn, fbcp_now_us(), 1) == FB_OK &&
+                    len > 0) {
+                    u->pn++;
+                    fbcp_udp_send_now(u, p, len);
+                }
             x->udp_end_confirmed = fbcp_udp_close_download(u);
         }
         fbcp_udp_close(u, FB_OK);

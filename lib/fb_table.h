@@ -37,7 +37,7 @@
 #include "fb_err.h"
 
 #define FB_TABLE_MAGIC "FBSESS\0\0" /* 8 bytes */
-#define FB_TABLE_VERSION_MAJOR 2 /* 2: running digest in the slot */
+#define FB_TABLE_VERSION_MAJOR 3 /* 2: running digest in the slot; 3: a download's file identity */
 #define FB_TABLE_VERSION_MINOR 0
 
 #define FB_BITMAP_BITS 131072u /* chunks per session; chunk size grows for huge files */
@@ -88,6 +88,10 @@ typedef struct fb_slot_info {
     char user[FB_USER_MAX];
     char relpath[FB_RELPATH_MAX];
     char docroot[FB_DOCROOT_MAX];
+    /* Download: the file as the session was created (st_dev, st_ino, modification and change
+     * times in ns since the epoch): udpd only vouches for a file that is still this one
+     * (PROTOCOL.md 8.5). All 0 for an upload. */
+    uint64_t file_dev, file_ino, file_mtime_ns, file_ctime_ns;
 } fb_slot_info;
 
 typedef struct fb_slot {
@@ -120,10 +124,11 @@ typedef struct fb_slot {
 _Static_assert(offsetof(fb_slot_info, size) == 56, "slot info layout");
 _Static_assert(offsetof(fb_slot_info, expected_sha256) == 96, "slot info layout");
 _Static_assert(offsetof(fb_slot_info, docroot) == 1296, "slot info layout");
-_Static_assert(sizeof(fb_slot_info) == 2320, "slot info layout");
+_Static_assert(offsetof(fb_slot_info, file_dev) == 2320, "slot info layout");
+_Static_assert(sizeof(fb_slot_info) == 2352, "slot info layout");
 _Static_assert(offsetof(fb_slot, reserved) == 64, "slot layout: atomics fill the first cache line");
 _Static_assert(offsetof(fb_slot, info) == 128, "slot layout");
-_Static_assert(offsetof(fb_slot, hash_pos) == 2448, "slot layout");
+_Static_assert(offsetof(fb_slot, hash_pos) == 2480, "slot layout");
 _Static_assert(offsetof(fb_slot, bitmap) == 2752, "slot layout");
 _Static_assert(sizeof(fb_slot) == 19136, "slot layout");
 _Static_assert(sizeof(fb_slot) % 64 == 0, "slots are whole cache lines");

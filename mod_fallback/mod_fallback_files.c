@@ -58,7 +58,7 @@ static void pace_connection(request_rec *r)
     apr_os_sock_t fd;
 
     if (sock != NULL && apr_os_sock_get(&fd, sock) == APR_SUCCESS && fb_sock_tcp_pace(fd) != 0)
-        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, errno, r, FBLOGNO(00509) "cannot turn on TCP pacing");
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, APR_FROM_OS_ERROR(errno), r, FBLOGNO(00509) "cannot turn on TCP pacing");
 }
 
 static int send_file(mod_fallback_req *req, int fd)

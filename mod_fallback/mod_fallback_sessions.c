@@ -215,9 +215,15 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
 }
 
 /* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE. */
+static uint64_t stat_time_ns(const struct timespec *t)
+{
+    return t->tv_sec < 0 ? 0 : (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
+}
+
+/* FILE: a download's file as opened now (NULL for an upload). */
 static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath, uint64_t size,
                         uint32_t chunk_size, fb_overwrite overwrite, unsigned mode, uint32_t flags,
-                        const unsigned char *sha256)
+                        const unsigned char *sha256, const struct stat *file)
 {
     fb_slot_info *info = &slot->info;
     fb_err e;
@@ -243,6 +249,10 @@ static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction
     apr_cpystrn(info->user, req->user, sizeof(info->user));
     apr_cpystrn(info->relpath, relpath, sizeof(info->relpath));
     apr_cpystrn(info->docroot, req->docroot, sizeof(info->docroot));
+    info->file_dev = file != NULL ? (uint64_t)file->st_dev : 0;
+    info->file_ino = file != NULL ? (uint64_t)file->st_ino : 0;
+    info->file_mtime_ns = file != NULL ? stat_time_ns(&file->st_mtim) : 0;
+    info->file_ctime_ns = file != NULL ? stat_time_ns(&file->st_ctim) : 0;
     fb_slot_info_write_end(slot);
     return e;
 }
@@ -355,7 +365,7 @@ static int create_download(mod_fallback_req *req, const char *relpath)
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, FBLOGNO(00201) "no free session slot: %s", fb_err_message(e));
         return mod_fallback_problem(req, e, NULL);
     }
-    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0, NULL);
+    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0, NULL, &sb);
     if (e != FB_OK || !publish_slot(slot)) {
         fb_slot_release(slot);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00202) "cannot set up download session");
@@ -664,7 +674,7 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         rc = mod_fallback_problem(req, e, NULL);
         goto leave;
     }
-    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0, sha256);
+    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0, sha256, NULL);
     if (e == FB_OK && resumed) {
         uint64_t i;
         for (i = 0; i < nchunks; i++)

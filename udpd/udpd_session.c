@@ -110,8 +110,8 @@ struct sess {
     /* download */
     uint64_t created_ns;     /* the session's creation (CLOCK_REALTIME), when the client had just
                               * checked the file's ETag against its HEAD */
-    int file_verifiable;     /* the file was not changed since shortly before that (ctime) */
-    struct stat file_st;     /* the file as opened: compared again at the end */
+    uint64_t file_dev, file_ino, file_mtime_ns, file_ctime_ns; /* the file then (the slot's) */
+    int file_verifiable;     /* the file opened is that one, unchanged since shortly before */
     fb_xfer_sender *snd;
     uint8_t *rbuf;
     uint64_t roff;
@@ -246,42 +246,53 @@ static int slot_still_ours(const sess *s)
            atomic_load(&s->slot->state) == FB_SLOT_ACTIVE;
 }
 
+static uint64_t stat_time_ns(const struct timespec *t)
+{
+    return t->tv_sec < 0 ? 0 : (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
+}
+
+/* Whether ST is the file the session was created for: the same inode with the same
+ * modification and change times as the module saw (the slot's file identity; unknown = no). A
+ * path that now names another file (a symlink or a directory swapped, a file renamed over it)
+ * or a file written since fails this. */
+static int file_is_the_sessions(const sess *s, const struct stat *st)
+{
+    return s->file_ino != 0 && (uint64_t)st->st_dev == s->file_dev && (uint64_t)st->st_ino == s->file_ino &&
+           (uint64_t)st->st_size == s->size && stat_time_ns(&st->st_mtim) == s->file_mtime_ns &&
+           stat_time_ns(&st->st_ctim) == s->file_ctime_ns;
+}
+
 /* Whether the file's last change (ctime: data or metadata, never set by a user) came before
- * CREATED_NS less a margin for the file system's coarse clock: then the file is the one whose
- * ETag the client checked when it created the session. */
+ * CREATED_NS less a margin for the file system's coarse clock. With a coarse clock a write just
+ * after the module's fstat could keep the same ctime; a file untouched for that long before
+ * cannot be written "in the same tick" as its stat. */
 #define FILE_CLOCK_MARGIN_NS (50ull * 1000 * 1000)
 static int file_untouched_since(const struct stat *st, uint64_t created_ns)
 {
-    uint64_t ctime_ns;
+    uint64_t ctime_ns = stat_time_ns(&st->st_ctim);
 
-    if (st->st_ctim.tv_sec < 0)
-        return 0;
-    ctime_ns = (uint64_t)st->st_ctim.tv_sec * 1000000000ull + (uint64_t)st->st_ctim.tv_nsec;
-    return created_ns > FILE_CLOCK_MARGIN_NS && ctime_ns + FILE_CLOCK_MARGIN_NS < created_ns;
+    return ctime_ns != 0 && created_ns > FILE_CLOCK_MARGIN_NS && ctime_ns + FILE_CLOCK_MARGIN_NS < created_ns;
 }
 
-/* At the end of a download: whether the path still names the file opened at the start, unchanged
- * (same inode, size, modification and change times), and that file predates the session: what a
- * HEAD's ETag would have told the client, without an HTTPS round trip. */
+/* At the end of a download: whether the path still names the file the session was created for,
+ * unchanged (file_is_the_sessions, for the descriptor served from and for the path looked up
+ * again): what a HEAD's ETag would have told the client, without an HTTPS round trip. */
 static int download_file_unchanged(const sess *s)
 {
     struct stat now, cur;
     int droot, fd = -1, same;
 
-    if (!s->file_verifiable || s->file_fd < 0 || fstat(s->file_fd, &cur) != 0)
+    if (!s->file_verifiable || s->file_fd < 0 || fstat(s->file_fd, &cur) != 0 || !file_is_the_sessions(s, &cur))
         return 0;
     droot = open(s->docroot, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (droot < 0)
         return 0;
     same = fb_path_open_beneath(&fd, droot, s->relpath, O_RDONLY | O_NONBLOCK, 0) == FB_OK &&
-           fstat(fd, &now) == 0;
+           fstat(fd, &now) == 0 && file_is_the_sessions(s, &now);
     if (fd >= 0)
         close(fd);
     close(droot);
-    return same && now.st_dev == s->file_st.st_dev && now.st_ino == s->file_st.st_ino &&
-           cur.st_size == s->file_st.st_size && cur.st_mtim.tv_sec == s->file_st.st_mtim.tv_sec &&
-           cur.st_mtim.tv_nsec == s->file_st.st_mtim.tv_nsec && cur.st_ctim.tv_sec == s->file_st.st_ctim.tv_sec &&
-           cur.st_ctim.tv_nsec == s->file_st.st_ctim.tv_nsec;
+    return same;
 }
 
 static int docroot_allowed(const fb_config *cfg, const char *docroot)
@@ -309,10 +320,8 @@ static fb_err open_files(sess *s)
             e = FB_ERR_NOT_FOUND;
         else if (e == FB_OK && (uint64_t)sb.st_size != s->size)
             e = FB_ERR_CHANGED;
-        if (e == FB_OK) {
-            s->file_st = sb;
-            s->file_verifiable = file_untouched_since(&sb, s->created_ns);
-        }
+        if (e == FB_OK)
+            s->file_verifiable = file_is_the_sessions(s, &sb) && file_untouched_since(&sb, s->created_ns);
         goto done;
     }
     if (fb_path_partial_name(part, sizeof(part), s->relpath) != FB_OK ||
@@ -570,6 +579,17 @@ static void sess_destroy(sess *s, uint64_t now, const char *why)
 {
     udpd_sessions *ss = s->ss;
 
+    /* Off the list of sessions this batch touched: the end of the batch walks it. */
+    if (s->touched) {
+        for (sess **pp = &ss->touched; *pp != NULL; pp = &(*pp)->next_touched)
+            if (*pp == s) {
+                *pp = s->next_touched;
+                break;
+            }
+        s->touched = 0;
+        s->next_touched = NULL;
+    }
+
     if (s->cur.live) {
         /* The session is gone (or ending): nothing may be written or recorded for it any more. */
         s->wlen = 0;
@@ -637,6 +657,10 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
         s->nchunks = info->nchunks;
         s->slot_cipher = info->cipher;
         s->created_ns = info->created_ns;
+        s->file_dev = info->file_dev;
+        s->file_ino = info->file_ino;
+        s->file_mtime_ns = info->file_mtime_ns;
+        s->file_ctime_ns = info->file_ctime_ns;
         if (info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) {
             s->ckpt_flags = FB_CHECKPOINT_FLAG_SHA256;
             memcpy(s->expected_sha256, info->expected_sha256, sizeof(s->expected_sha256));
@@ -1051,20 +1075,25 @@ static void on_probe(sess *s, const fb_wire_pkt *pkt, uint64_t now, uint64_t arr
 static void on_close(sess *s, const fb_wire_pkt *pkt, uint64_t now)
 {
     udpd_ctr.closes++;
-    /* A download the client has whole (every byte acknowledged) and closes normally: if the file
-     * is still the one the session began with, say so (PROTOCOL.md 8.5) and end the session here,
-     * which saves the client a HEAD and a DELETE over a new HTTPS connection. Twice, as the
-     * client sends its CLOSE: never more than it sent. */
-    if (s->direction == FB_DIR_DOWNLOAD && pkt->u.close.reason == FB_OK && s->snd != NULL &&
-        fb_xfer_sender_done(s->snd) && slot_still_ours(s) && download_file_unchanged(s) &&
-        fb_slot_cancel(s->slot, s->generation)) {
-        send_close_flags(s, FB_OK, FB_WIRE_F_CLOSE_UNCHANGED);
-        send_close_flags(s, FB_OK, FB_WIRE_F_CLOSE_UNCHANGED);
-        udpd_ctr.downloads_confirmed++;
-        udpd_log(UDPD_INFO, "UD00063", "session %s: download of '%s' confirmed unchanged; session ended", s->id,
-                 s->relpath);
-        assoc_end(s, now, "download complete");
-        return;
+    /* A download's receiver closing normally waits for an answer (PROTOCOL.md 8.5): CLOSE(0),
+     * with UNCHANGED when every byte is acknowledged and the file is still the one the session
+     * was created for; then the session ends here, which saves the client a HEAD and a DELETE
+     * over a new HTTPS connection. Twice, as the client sends its CLOSE: never more than it
+     * sent, and only to the association's validated address. */
+    if (s->direction == FB_DIR_DOWNLOAD && pkt->u.close.reason == FB_OK) {
+        int vouch = s->snd != NULL && fb_xfer_sender_done(s->snd) && slot_still_ours(s) &&
+                    download_file_unchanged(s) && fb_slot_cancel(s->slot, s->generation);
+        uint8_t flags = vouch ? FB_WIRE_F_CLOSE_UNCHANGED : 0;
+
+        send_close_flags(s, FB_OK, flags);
+        send_close_flags(s, FB_OK, flags);
+        if (vouch) {
+            udpd_ctr.downloads_confirmed++;
+            udpd_log(UDPD_INFO, "UD00063", "session %s: download of '%s' confirmed unchanged; session ended",
+                     s->id, s->relpath);
+            assoc_end(s, now, "download complete");
+            return;
+        }
     }
     if (s->direction == FB_DIR_UPLOAD && s->rcv != NULL) {
         fb_err e = publish(s);

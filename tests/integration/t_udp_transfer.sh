@@ -126,6 +126,61 @@ test_download() {
     assert_eq 7 "$(jq -r .chunks "$T_TMP/client.json")" "chunks completed at the client"
 }
 
+# The end of a download (PROTOCOL.md 8.5): udpd answers the client's CLOSE(0); with UNCHANGED,
+# and the session freed, only for the very file the session was created for.
+test_download_end_vouched() {
+    local id
+    mkrand "$DOCROOT/end.bin" 3000000
+    docroot_chown "$DOCROOT/end.bin"
+    sleep 0.3 # older than the session by more than udpd's clock margin
+    new_download end.bin
+    id=$(jbody .id)
+    cp "$BODY" "$T_TMP/end.session.json"
+    client --session "$T_TMP/end.session.json" --download "$T_TMP/end.out" --rate 200000000 ||
+        fail "udp_client download failed: $(cat "$T_TMP/client.err")"
+    assert_file_same "$DOCROOT/end.bin" "$T_TMP/end.out"
+    assert_eq true "$(jq -r .end_unchanged "$T_TMP/client.json")" "UNCHANGED in udpd's CLOSE"
+    assert_eq 404 "$(api GET "sessions/$id")" "GET sessions/$id after the vouched end"
+}
+
+# After the session was created the path comes to name another file: a symlink swapped to a file
+# of the same size whose change time is just as old, or the file rewritten in place. udpd serves
+# what the path names now but must not vouch for it; the session stays for the client's checks.
+test_download_end_not_vouched_for_another_file() {
+    local id
+    mkdir -p "$DOCROOT/swap"
+    mkrand "$DOCROOT/swap/v1" 2000000
+    mkrand "$DOCROOT/swap/v2" 2000000
+    ln -sfn v1 "$DOCROOT/swap/cur"
+    docroot_chown "$DOCROOT/swap"
+    sleep 0.3
+    new_download swap/cur
+    id=$(jbody .id)
+    cp "$BODY" "$T_TMP/swap.session.json"
+    ln -sfn v2 "$DOCROOT/swap/cur.new" && mv -T "$DOCROOT/swap/cur.new" "$DOCROOT/swap/cur"
+    client --session "$T_TMP/swap.session.json" --download "$T_TMP/swap.out" --rate 200000000 ||
+        fail "udp_client download failed: $(cat "$T_TMP/client.err")"
+    assert_file_same "$DOCROOT/swap/v2" "$T_TMP/swap.out"
+    assert_eq true "$(jq -r .end_answered "$T_TMP/client.json")" "udpd answered the CLOSE"
+    assert_eq false "$(jq -r .end_unchanged "$T_TMP/client.json")" "UNCHANGED for a swapped file"
+    assert_eq 200 "$(api GET "sessions/$id")" "GET sessions/$id (not ended by udpd)"
+
+    mkrand "$DOCROOT/swap/w" 2000000
+    docroot_chown "$DOCROOT/swap/w"
+    sleep 0.3
+    new_download swap/w
+    cp "$BODY" "$T_TMP/w.session.json"
+    # new content in place: same inode, size and (restored) modification time; only the change
+    # time, which no user can set, tells
+    touch -r "$DOCROOT/swap/w" "$T_TMP/w.times"
+    head -c 4096 /dev/urandom | dd of="$DOCROOT/swap/w" bs=4096 seek=0 conv=notrunc status=none
+    touch -r "$T_TMP/w.times" "$DOCROOT/swap/w"
+    assert_eq "$(stat -c %y "$T_TMP/w.times")" "$(stat -c %y "$DOCROOT/swap/w")" "modification time restored"
+    client --session "$T_TMP/w.session.json" --download "$T_TMP/w.out" --rate 200000000 ||
+        fail "udp_client download failed: $(cat "$T_TMP/client.err")"
+    assert_eq false "$(jq -r .end_unchanged "$T_TMP/client.json")" "UNCHANGED for a file rewritten in place"
+}
+
 test_download_zero_bytes() {
     : >"$DOCROOT/empty.bin"
     docroot_chown "$DOCROOT/empty.bin"
@@ -329,6 +384,8 @@ udpd_start
 run_test upload_5m test_upload_5m
 run_test upload_edge_sizes test_upload_edge_sizes
 run_test download test_download
+run_test download_end_vouched test_download_end_vouched
+run_test download_end_not_vouched_for_another_file test_download_end_not_vouched_for_another_file
 run_test download_zero_bytes test_download_zero_bytes
 run_test lossy_path test_lossy_path
 run_test http_chunks_not_resent_over_udp test_http_chunks_not_resent_over_udp

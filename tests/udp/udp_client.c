@@ -70,6 +70,7 @@ typedef struct client {
     uint64_t chunks_done;
     /* stats */
     uint64_t rx_dgrams, closes_rx;
+    int end_answered, end_unchanged; /* a download's CLOSE(0) was answered; with UNCHANGED */
     fb_err close_reason;
 } client;
 
@@ -348,6 +349,34 @@ static void send_close(client *c, fb_err reason)
     }
 }
 
+/* After a download's CLOSE(0): udpd's answering CLOSE, within a second (PROTOCOL.md 8.5). */
+static void await_close_answer(client *c)
+{
+    uint64_t until = now_us() + 1000000;
+
+    /* bounded: ends at UNTIL or with the answer */
+    while (!c->end_answered && now_us() < until) {
+        struct pollfd pfd = {.fd = c->sock.fd, .events = POLLIN};
+        udpd_rx_dgram *dg;
+        int n;
+
+        if (poll(&pfd, 1, 50) <= 0)
+            continue;
+        n = udpd_rx_recv(&c->sock, c->rx, &dg);
+        for (int i = 0; i < n; i++) {
+            fb_wire_pkt pkt;
+            fb_wire_reason why;
+
+            if (!udpd_addr_equal(dg[i].from, &c->server) ||
+                fb_wire_open(&pkt, &why, dg[i].buf, dg[i].len, c->aead, &c->replay) != FB_OK ||
+                pkt.hdr.type != FB_WIRE_CLOSE || pkt.u.close.reason != FB_OK)
+                continue;
+            c->end_answered = 1;
+            c->end_unchanged = (pkt.hdr.flags & FB_WIRE_F_CLOSE_UNCHANGED) != 0;
+        }
+    }
+}
+
 static double cpu_seconds(void)
 {
     struct rusage ru;
@@ -536,6 +565,8 @@ static int transfer(client *c)
             die("cannot write the download file");
     }
     send_close(c, FB_OK);
+    if (!upload)
+        await_close_answer(c);
     {
         double secs = (double)(end - t0) / 1e6;
         double cpu = cpu_seconds() - cpu0;
@@ -559,11 +590,13 @@ static int transfer(client *c)
 
             fb_xfer_receiver_stats_get(&st, rcv);
             printf("{\"direction\":\"download\",\"bytes\":%llu,\"seconds\":%.3f,\"gbit_s\":%.3f,\"new\":%llu,"
-                   "\"dup\":%llu,\"chunks\":%llu,\"feedbacks\":%llu,\"cpu_s\":%.3f,\"gro_msgs\":%llu}\n",
+                   "\"dup\":%llu,\"chunks\":%llu,\"feedbacks\":%llu,\"cpu_s\":%.3f,\"gro_msgs\":%llu,"
+                   "\"end_answered\":%s,\"end_unchanged\":%s}\n",
                    (unsigned long long)c->size, secs, secs > 0 ? (double)c->size * 8 / secs / 1e9 : 0,
                    (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_dup,
                    (unsigned long long)c->chunks_done, (unsigned long long)st.feedbacks, cpu,
-                   (unsigned long long)c->sock.st.rx_gro_msgs);
+                   (unsigned long long)c->sock.st.rx_gro_msgs, c->end_answered ? "true" : "false",
+                   c->end_unchanged ? "true" : "false");
         }
     }
     rc = 0;

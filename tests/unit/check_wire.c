@@ -806,7 +806,7 @@ START_TEST(test_authenticated_but_malformed_bodies_are_rejected)
     put32(body, 9999);
     len = seal_raw(FB_WIRE_CLOSE, 0, body, 8);
     ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
-    /* CLOSE "unchanged" only with reason 0; the flag means nothing on other types */
+    /* CLOSE "unchanged" only with reason 0; no other CLOSE flag */
     put32(body, (uint32_t)FB_ERR_CHANGED);
     len = seal_raw(FB_WIRE_CLOSE, FB_WIRE_F_CLOSE_UNCHANGED, body, 8);
     ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
