@@ -207,6 +207,11 @@ int fb_sock_tcp_pace(int fd)
     return setsockopt(fd, SOL_SOCKET, SO_MAX_PACING_RATE, &bytes_per_s, sizeof(bytes_per_s));
 }
 
+uint64_t fb_timespec_ns(const struct timespec *t)
+{
+    return t->tv_sec < 0 ? 0 : (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
+}
+
 int64_t fb_time_real_minus_mono_us(void)
 {
     return (int64_t)(fb_time_now_ns() / 1000) - (int64_t)(fb_time_mono_ns() / 1000);

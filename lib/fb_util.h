@@ -58,6 +58,10 @@ uint64_t fb_time_rx_arrival_us(const struct msghdr *mh, uint64_t now_us, int64_t
  * 34 Gbit/s) is far above any link. 0, or -1 with errno: callers carry on without. */
 int fb_sock_tcp_pace(int fd);
 
+/* A file time (struct stat's st_mtim, st_ctim) in ns since the epoch; 0 before the epoch. */
+struct timespec;
+uint64_t fb_timespec_ns(const struct timespec *t);
+
 /* Constant-time comparison; 1 if equal. */
 int fb_mem_equal_ct(const void *a, const void *b, size_t len);
 

@@ -215,11 +215,6 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
 }
 
 /* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE. */
-static uint64_t stat_time_ns(const struct timespec *t)
-{
-    return t->tv_sec < 0 ? 0 : (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
-}
-
 /* FILE: a download's file as opened now (NULL for an upload). */
 static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath, uint64_t size,
                         uint32_t chunk_size, fb_overwrite overwrite, unsigned mode, uint32_t flags,
@@ -251,8 +246,8 @@ static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction
     apr_cpystrn(info->docroot, req->docroot, sizeof(info->docroot));
     info->file_dev = file != NULL ? (uint64_t)file->st_dev : 0;
     info->file_ino = file != NULL ? (uint64_t)file->st_ino : 0;
-    info->file_mtime_ns = file != NULL ? stat_time_ns(&file->st_mtim) : 0;
-    info->file_ctime_ns = file != NULL ? stat_time_ns(&file->st_ctim) : 0;
+    info->file_mtime_ns = file != NULL ? fb_timespec_ns(&file->st_mtim) : 0;
+    info->file_ctime_ns = file != NULL ? fb_timespec_ns(&file->st_ctim) : 0;
     fb_slot_info_write_end(slot);
     return e;
 }

@@ -184,7 +184,8 @@ static void touch(sess *s)
 
 /* ---- sending ---------------------------------------------------------------------------------- */
 
-static void send_close_flags(sess *s, fb_err reason, uint8_t flags)
+/* CLOSE(REASON) with header FLAGS (FB_WIRE_F_CLOSE_*) on the running association. */
+static void send_close(sess *s, fb_err reason, uint8_t flags)
 {
     fb_wire_hdr hdr;
     fb_wire_close c;
@@ -206,12 +207,6 @@ static void send_close_flags(sess *s, fb_err reason, uint8_t flags)
         s->cur.pn_out++;
         udpd_send_commit(s->ss->d, len, &s->cur.peer);
     }
-}
-
-static void send_close(sess *s, fb_err reason, uint64_t now)
-{
-    (void)now;
-    send_close_flags(s, reason, 0);
 }
 
 static void send_feedback(sess *s, uint64_t now, int force)
@@ -246,11 +241,6 @@ static int slot_still_ours(const sess *s)
            atomic_load(&s->slot->state) == FB_SLOT_ACTIVE;
 }
 
-static uint64_t stat_time_ns(const struct timespec *t)
-{
-    return t->tv_sec < 0 ? 0 : (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
-}
-
 /* Whether ST is the file the session was created for: the same inode with the same
  * modification and change times as the module saw (the slot's file identity; unknown = no). A
  * path that now names another file (a symlink or a directory swapped, a file renamed over it)
@@ -258,8 +248,8 @@ static uint64_t stat_time_ns(const struct timespec *t)
 static int file_is_the_sessions(const sess *s, const struct stat *st)
 {
     return s->file_ino != 0 && (uint64_t)st->st_dev == s->file_dev && (uint64_t)st->st_ino == s->file_ino &&
-           (uint64_t)st->st_size == s->size && stat_time_ns(&st->st_mtim) == s->file_mtime_ns &&
-           stat_time_ns(&st->st_ctim) == s->file_ctime_ns;
+           (uint64_t)st->st_size == s->size && fb_timespec_ns(&st->st_mtim) == s->file_mtime_ns &&
+           fb_timespec_ns(&st->st_ctim) == s->file_ctime_ns;
 }
 
 /* Whether the file's last change (ctime: data or metadata, never set by a user) came before
@@ -269,7 +259,7 @@ static int file_is_the_sessions(const sess *s, const struct stat *st)
 #define FILE_CLOCK_MARGIN_NS (50ull * 1000 * 1000)
 static int file_untouched_since(const struct stat *st, uint64_t created_ns)
 {
-    uint64_t ctime_ns = stat_time_ns(&st->st_ctim);
+    uint64_t ctime_ns = fb_timespec_ns(&st->st_ctim);
 
     return ctime_ns != 0 && created_ns > FILE_CLOCK_MARGIN_NS && ctime_ns + FILE_CLOCK_MARGIN_NS < created_ns;
 }
@@ -727,7 +717,7 @@ static void upload_fail(sess *s, fb_err e, uint64_t now)
              s->id, s->relpath, fb_err_message(e));
     s->wlen = 0;
     s->npend = 0;
-    send_close(s, e, now);
+    send_close(s, e, 0);
     fb_xfer_receiver_free(s->rcv);
     s->rcv = NULL;
     assoc_end(s, now, fb_err_name(e));
@@ -1022,7 +1012,7 @@ static void on_feedback(sess *s, const fb_wire_pkt *pkt, uint64_t now)
         e = fb_xfer_sender_new(&s->snd, &sp, now);
         if (e != FB_OK) {
             udpd_log(UDPD_ERROR, "UD00026", "session %s: cannot start sending: %s", s->id, fb_err_message(e));
-            send_close(s, e, now);
+            send_close(s, e, 0);
             assoc_end(s, now, fb_err_name(e));
             return;
         }
@@ -1085,8 +1075,8 @@ static void on_close(sess *s, const fb_wire_pkt *pkt, uint64_t now)
                     download_file_unchanged(s) && fb_slot_cancel(s->slot, s->generation);
         uint8_t flags = vouch ? FB_WIRE_F_CLOSE_UNCHANGED : 0;
 
-        send_close_flags(s, FB_OK, flags);
-        send_close_flags(s, FB_OK, flags);
+        send_close(s, FB_OK, flags);
+        send_close(s, FB_OK, flags);
         if (vouch) {
             udpd_ctr.downloads_confirmed++;
             udpd_log(UDPD_INFO, "UD00063", "session %s: download of '%s' confirmed unchanged; session ended",
@@ -1310,7 +1300,7 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
                 if (e != FB_OK) {
                     udpd_log(UDPD_ERROR, "UD00028", "session %s: reading '%s' failed: %s", s->id, s->relpath,
                              fb_err_message(e));
-                    send_close(s, e, now);
+                    send_close(s, e, 0);
                     assoc_end(s, now, fb_err_name(e));
                     break;
                 }

@@ -1,7 +1,8 @@
 #!/bin/bash
 # t_transfer: fbcp uploads and downloads over HTTPS on loopback with the real Apache and module:
 # the edge sizes around one chunk, 100 MiB of random data, and a directory tree with -r; every
-# file SHA-256 identical at both ends. Downloads are also checked with plain curl.
+# file SHA-256 identical at both ends. Downloads are also checked with plain curl. The sending
+# side of the HTTPS data connections (fbcp uploading, the module serving a file) is paced.
 # shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
 T_INDEX=2
 # shellcheck source=tests/integration/lib.sh
@@ -107,6 +108,41 @@ test_download_fresh_file() {
     done
 }
 
+# paced_conn FILTER: an established TCP connection matching the ss FILTER has a maximum pacing
+# rate set (ss prints "pacing_rate RATE/MAX"): fb_sock_tcp_pace was applied to it. A socket
+# without one prints "pacing_rate RATE" alone.
+paced_conn() {
+    ss -tni state established "$1" 2>/dev/null | grep -Eq 'pacing_rate [0-9.]+[kMG]?bps/'
+}
+
+# The sending side of every HTTPS data connection is paced by the kernel (docs/fbcp.md): fbcp's
+# sockets while it uploads, the module's while it serves a file.
+test_connections_are_paced() {
+    local pid
+    require_fbcp
+    command -v ss >/dev/null || skip "ss (iproute2) not installed"
+    mkrand "$SRC/pace.bin" $((32 * CHUNK)) # 16 s at 2 MB/s: longer than the waits below
+    fbcp_bg "$T_TMP/pace.up.out" "$T_TMP/pace.up.err" --fallback=force --limit-rate 2M --overwrite always \
+        "$SRC/pace.bin" "$URL/pace/pace.bin"
+    pid=$FBCP_PID
+    wait_for 10 paced_conn "( dport = :$HTTPS_PORT )" ||
+        fail "no paced fbcp connection during an upload: $(ss -tni state established "( dport = :$HTTPS_PORT )")"
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true # killed: its status is not the point
+
+    cp "$SRC/pace.bin" "$DOCROOT/pace.bin"
+    docroot_chown "$DOCROOT/pace.bin"
+    # an older file: a strong ETag, so the ranged requests are If-Range ones as usual
+    touch -d '-1 minute' "$DOCROOT/pace.bin"
+    fbcp_bg "$T_TMP/pace.down.out" "$T_TMP/pace.down.err" --fallback=force --limit-rate 2M \
+        "$URL/pace.bin" "$BACK/pace.bin"
+    pid=$FBCP_PID
+    wait_for 10 paced_conn "( sport = :$HTTPS_PORT )" ||
+        fail "no paced server connection during a download: $(ss -tni state established "( sport = :$HTTPS_PORT )")"
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true # killed: its status is not the point
+}
+
 ds_start_or_bail "all fbcp transfer tests"
 
 run_test "fbcp up/down 0 B" test_0
@@ -119,4 +155,5 @@ run_test "fbcp up/down with 1 and 8 connections" test_connections_1_and_8
 run_test "fbcp -r directory tree up and down" test_tree
 run_test "fbcp upload of the same file again" test_upload_again_is_idempotent
 run_test "fbcp download of a file written a moment ago (weak ETag)" test_download_fresh_file
+run_test "HTTPS data connections are paced on the sending side" test_connections_are_paced
 finish

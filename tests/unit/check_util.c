@@ -338,6 +338,19 @@ START_TEST(test_rx_arrival_time_from_the_kernel)
 }
 END_TEST
 
+START_TEST(test_timespec_ns)
+{
+    struct timespec t = {.tv_sec = 1700000000, .tv_nsec = 123456789};
+
+    ck_assert_uint_eq(fb_timespec_ns(&t), 1700000000123456789ull);
+    t.tv_sec = 0;
+    t.tv_nsec = 5;
+    ck_assert_uint_eq(fb_timespec_ns(&t), 5);
+    t.tv_sec = -1; /* before the epoch: 0, never a wrapped huge value */
+    ck_assert_uint_eq(fb_timespec_ns(&t), 0);
+}
+END_TEST
+
 /* A paced TCP socket reports a finite maximum pacing rate (that is what turns the kernel's pacing
  * on); a fresh one reports "unlimited". */
 START_TEST(test_tcp_pacing_is_turned_on)
@@ -390,6 +403,7 @@ static Suite *util_suite(void)
     tcase_add_test(misc, test_pwrite_all_on_a_full_device_is_disk_full);
     tcase_add_test(misc, test_rx_arrival_time_from_the_kernel);
     tcase_add_test(misc, test_tcp_pacing_is_turned_on);
+    tcase_add_test(misc, test_timespec_ns);
     suite_add_tcase(s, misc);
     return s;
 }

@@ -297,6 +297,21 @@ static void aead_pair(fb_aead_ctx **pc, fb_aead_ctx **ps, unsigned cipher)
     ck_assert_int_eq(fb_aead_set_data_keys(*ps, cipher, cn, sn), FB_OK);
 }
 
+/* Receiver parameters that write into M, for M's configured size and chunk size, opening
+ * with SCTX; callers add what their case needs. */
+static fb_xfer_receiver_params sim_receiver_params(sim *m, fb_aead_ctx *sctx)
+{
+    fb_xfer_receiver_params rp;
+
+    memset(&rp, 0, sizeof(rp));
+    rp.size = m->cfg->size;
+    rp.chunk_size = m->cfg->chunk_size;
+    rp.aead = sctx;
+    rp.write = sim_write;
+    rp.ctx = m;
+    return rp;
+}
+
 /* Runs one transfer to completion; checks the invariants every run must keep. */
 static void sim_run(const sim_cfg *cfg, sim_result *res)
 {
@@ -343,14 +358,9 @@ static void sim_run(const sim_cfg *cfg, sim_result *res)
     sp.read_ctx = &m;
     ck_assert_int_eq(fb_xfer_sender_new(&snd, &sp, now), FB_OK);
 
-    memset(&rp, 0, sizeof(rp));
-    rp.size = cfg->size;
-    rp.chunk_size = cfg->chunk_size;
-    rp.aead = sctx;
+    rp = sim_receiver_params(&m, sctx);
     memcpy(rp.sid, sp.sid, sizeof(rp.sid));
-    rp.write = sim_write;
     rp.on_chunk_complete = sim_chunk;
-    rp.ctx = &m;
     rp.max_ranges = cfg->recv_max_ranges;
     ck_assert_int_eq(fb_xfer_receiver_new(&rcv, &rp, now), FB_OK);
     if (cfg->premark_even_chunks) {
@@ -881,13 +891,8 @@ START_TEST(test_receiver_refuses_data_beyond_the_file)
     m.src = calloc(1, c.size);
     m.chunk_content_ok = 1;
     aead_pair(&cctx, &sctx, FB_CIPHER_AES128_GCM);
-    memset(&rp, 0, sizeof(rp));
-    rp.size = c.size;
-    rp.chunk_size = 300;
-    rp.aead = sctx;
-    rp.write = sim_write;
+    rp = sim_receiver_params(&m, sctx);
     rp.on_chunk_complete = sim_chunk;
-    rp.ctx = &m;
     ck_assert_int_eq(fb_xfer_receiver_new(&rc, &rp, SIM_T0), FB_OK);
     memset(&hdr, 0, sizeof(hdr));
     d.payload = payload;
@@ -961,12 +966,7 @@ START_TEST(test_receive_rate_on_arrival_times)
     m.cfg = &c;
     m.dst = calloc(1, c.size);
     aead_pair(&cctx, &sctx, FB_CIPHER_AES128_GCM);
-    memset(&rp, 0, sizeof(rp));
-    rp.size = c.size;
-    rp.chunk_size = c.chunk_size;
-    rp.aead = sctx;
-    rp.write = sim_write;
-    rp.ctx = &m;
+    rp = sim_receiver_params(&m, sctx);
     ck_assert_int_eq(fb_xfer_receiver_new(&rc, &rp, t), FB_OK);
     memset(&hdr, 0, sizeof(hdr));
     d.payload = payload;
@@ -1024,12 +1024,7 @@ START_TEST(test_feedback_cadence)
     m.cfg = &c;
     m.dst = calloc(1, c.size);
     aead_pair(&cctx, &sctx, FB_CIPHER_AES128_GCM);
-    memset(&rp, 0, sizeof(rp));
-    rp.size = c.size;
-    rp.chunk_size = 1000;
-    rp.aead = sctx;
-    rp.write = sim_write;
-    rp.ctx = &m;
+    rp = sim_receiver_params(&m, sctx);
     rp.feedback_interval_us = 10000;
     rp.feedback_packets = 8;
     ck_assert_int_eq(fb_xfer_receiver_new(&rc, &rp, now), FB_OK);
