@@ -115,32 +115,30 @@ paced_conn() {
     ss -tni state established "$1" 2>/dev/null | grep -Eq 'pacing_rate [0-9.]+[kMG]?bps/'
 }
 
+# expect_paced FILTER WHAT FBCP-ARGS...: while a rate-limited fbcp runs with FBCP-ARGS, a paced
+# connection matching the ss FILTER shows up (WHAT names it in the failure).
+expect_paced() {
+    local filter=$1 what=$2 pid
+    shift 2
+    fbcp_bg "$T_TMP/pace.out" "$T_TMP/pace.err" --fallback=force --limit-rate 2M "$@"
+    pid=$FBCP_PID
+    wait_for 10 paced_conn "$filter" ||
+        fail "no paced connection ($what): $(ss -tni state established "$filter")"
+    kill "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null || true # killed: its status is not the point
+}
+
 # The sending side of every HTTPS data connection is paced by the kernel (docs/fbcp.md): fbcp's
 # sockets while it uploads, the module's while it serves a file.
 test_connections_are_paced() {
-    local pid
     require_fbcp
     command -v ss >/dev/null || skip "ss (iproute2) not installed"
-    mkrand "$SRC/pace.bin" $((32 * CHUNK)) # 16 s at 2 MB/s: longer than the waits below
-    fbcp_bg "$T_TMP/pace.up.out" "$T_TMP/pace.up.err" --fallback=force --limit-rate 2M --overwrite always \
-        "$SRC/pace.bin" "$URL/pace/pace.bin"
-    pid=$FBCP_PID
-    wait_for 10 paced_conn "( dport = :$HTTPS_PORT )" ||
-        fail "no paced fbcp connection during an upload: $(ss -tni state established "( dport = :$HTTPS_PORT )")"
-    kill "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true # killed: its status is not the point
-
+    mkrand "$SRC/pace.bin" $((32 * CHUNK)) # 16 s at 2 MB/s: longer than the wait
+    expect_paced "( dport = :$HTTPS_PORT )" "fbcp, uploading" --overwrite always "$SRC/pace.bin" "$URL/pace/pace.bin"
     cp "$SRC/pace.bin" "$DOCROOT/pace.bin"
     docroot_chown "$DOCROOT/pace.bin"
-    # an older file: a strong ETag, so the ranged requests are If-Range ones as usual
-    touch -d '-1 minute' "$DOCROOT/pace.bin"
-    fbcp_bg "$T_TMP/pace.down.out" "$T_TMP/pace.down.err" --fallback=force --limit-rate 2M \
-        "$URL/pace.bin" "$BACK/pace.bin"
-    pid=$FBCP_PID
-    wait_for 10 paced_conn "( sport = :$HTTPS_PORT )" ||
-        fail "no paced server connection during a download: $(ss -tni state established "( sport = :$HTTPS_PORT )")"
-    kill "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true # killed: its status is not the point
+    touch -d '-1 minute' "$DOCROOT/pace.bin" # an older file: a strong ETag, If-Range as usual
+    expect_paced "( sport = :$HTTPS_PORT )" "the module, serving a file" "$URL/pace.bin" "$BACK/pace.bin"
 }
 
 ds_start_or_bail "all fbcp transfer tests"
