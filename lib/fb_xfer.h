@@ -152,8 +152,9 @@ typedef struct fb_xfer_sender fb_xfer_sender;
 
 /* Formats one line (ending in a newline) of the sender's state for a rate trace: seconds
  * since T0_US, pacing rate and receive rate (bytes/s), smoothed RTT and queueing delay (us),
- * quick start (0/1), bytes sent new, resent, acknowledged, judged lost. The same columns in
- * fbcp (FBCP_RATE_TRACE) and udpd (UDPD_RATE_TRACE); see docs/benchmarks.md. */
+ * quick start (0/1), bytes sent new, resent, acknowledged, judged lost, then the controller's
+ * smoothed receive rate (random losses counted as arrived) and send rate (bytes/s). The same
+ * columns in fbcp (FBCP_RATE_TRACE) and udpd (UDPD_RATE_TRACE); see docs/benchmarks.md. */
 void fb_xfer_sender_trace_line(char *buf, size_t len, const fb_xfer_sender *s, uint64_t t0_us, uint64_t now_us);
 
 /* Sets up a sender at NOW_US. FB_ERR_INTERNAL for bad parameters (no read callback, no AEAD,

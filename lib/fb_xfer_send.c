@@ -500,10 +500,10 @@ void fb_xfer_sender_trace_line(char *buf, size_t len, const fb_xfer_sender *s, u
     fb_xfer_sender_stats st;
 
     fb_xfer_sender_stats_get(&st, s);
-    snprintf(buf, len, "%.3f %llu %llu %llu %llu %d %llu %llu %llu %llu\n",
+    snprintf(buf, len, "%.3f %llu %llu %llu %llu %d %llu %llu %llu %llu %.0f %.0f\n",
              (double)(now_us >= t0_us ? now_us - t0_us : 0) / 1e6, (unsigned long long)st.rate,
              (unsigned long long)st.recv_rate, (unsigned long long)st.srtt_us,
              (unsigned long long)st.queue_delay_us, st.quick_start, (unsigned long long)st.bytes_new,
              (unsigned long long)st.bytes_retx, (unsigned long long)st.acked_bytes,
-             (unsigned long long)st.lost_bytes);
+             (unsigned long long)st.lost_bytes, s->rate.recv_avg, s->rate.send_avg);
 }
