@@ -39,7 +39,6 @@
 #define LOSS_COMP_MAX 0.15          /* random loss compensated in the receive rate up to 15 % */
 #define PROBE_GAIN 0.05             /* push of 5 % of the rate while the queue is nearly empty */
 #define MAX_PUSH 0.1                /* delay law's excess over the receive rate, fraction of x */
-#define HOST_BOUND 0.67             /* sending under 2/3 of the rate: held back by its own host */
 #define DAMPING 1.0                 /* weight of (receive rate - rate) in the delay law */
 #define RECV_TAU_MIN_US 40000.0     /* receive rate smoothed over max(40 ms, RTT/4) */
 #define RATE_FLOOR_PACKETS 10u      /* never slower than 10 datagrams/s (below a tiny target) */
@@ -194,11 +193,6 @@ static void update_delay(fb_rate *r, const fb_rate_sample *s)
     if (q < 0)
         q = 0;
     r->qdelay_us = q;
-    if (!r->have_q)
-        r->qrecent_us[0] = r->qrecent_us[1] = q;
-    r->qrecent_us[2] = r->qrecent_us[1];
-    r->qrecent_us[1] = r->qrecent_us[0];
-    r->qrecent_us[0] = q;
     /* Minimum q over the last one to two RTTs: the reference for "the delay is rising". */
     if (!r->have_q) {
         r->qmin_cur_us = r->qmin_prev_us = q;
@@ -262,8 +256,8 @@ static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedb
 }
 
 /* Smoothed rate at which this sender's datagrams actually left, with the receive rate's time
- * constant. A process that is descheduled (a busy or virtualised host) sends less than its
- * pacer allows: what arrives is then compared with what was sent, not with the rate. */
+ * constant (for rate traces: a process that is descheduled, on a busy or virtualised host,
+ * sends less than its pacer allows, and this shows by how much). */
 static void update_send(fb_rate *r, uint64_t now_us, uint64_t prev_feedback_us)
 {
     double dt = now_us > prev_feedback_us ? (double)(now_us - prev_feedback_us) : 0.0, tau, sample;
@@ -314,27 +308,10 @@ static int loss_in_excess(const fb_rate *r)
     return r->loss_recent > 2.0 * r->loss_avg + EXCESS_LOSS_MIN;
 }
 
-/* The queueing delay the delay law acts on: the least of the last three estimates (about 30 ms
- * of feedback). A queue lasts; a host that was descheduled for a few milliseconds, or a
- * receiver's late wake-up, shows as a single high sample (LEDBAT filters its delay the same
- * way, RFC 6817 section 4.2). */
-static int64_t control_q_us(const fb_rate *r)
-{
-    int64_t q = r->qrecent_us[0];
-
-    for (int i = 1; i < 3; i++)
-        if (r->qrecent_us[i] < q)
-            q = r->qrecent_us[i];
-    return q;
-}
-
 /* One step of the delay law over DT microseconds with control time constant T. */
 static void delay_step(fb_rate *r, double dt, double T)
 {
-    double x = r->rate, q = (double)control_q_us(r) / 1e6, frac = dt / T, Ts = T / 1e6, dx;
-    /* What left (at most the rate): damping compares the arrivals with it, so a sender that
-     * fell behind its pacer is not mistaken for a path that cannot carry the rate. */
-    double sent = r->have_send && r->send_avg < x ? r->send_avg : x;
+    double x = r->rate, q = (double)r->qdelay_us / 1e6, frac = dt / T, Ts = T / 1e6, dx;
     double gain = r->p.policy == FB_POLICY_HIGH ? 2.0 * FAST_GAMMA : FAST_GAMMA;
 
     /* FAST TCP in rate form: the "window" error (target - own queued bytes) corrected at GAMMA
@@ -355,16 +332,12 @@ static void delay_step(fb_rate *r, double dt, double T)
      * shorter than the queue target (a policer, a shallow switch) this bounds the overflow. */
     if (dx > MAX_PUSH * x)
         dx = MAX_PUSH * x;
-    /* A sender that got out less than two thirds of its rate is held back by its own host:
-     * a higher rate would only store up a burst for when it runs again. */
-    if (sent < HOST_BOUND * x && dx > 0)
-        dx = 0;
     /* Damping only where the queue integrates an excess: below the target the link has room,
      * and a receive rate under the rate is lag (it trails an increase by an RTT), noise, or a
      * sender that fell behind its pacer (a busy host), not a capacity: following it there would
      * stall probing. Unless the loss says a buffer overflows (one shorter than the target). */
     if (r->have_recv && (q >= own_target_us(r) / 1e6 || loss_in_excess(r)))
-        dx += DAMPING * (r->recv_avg - sent);
+        dx += DAMPING * (r->recv_avg - x);
     /* LEDBAT's fast decrease: above 25 ms of queue, low gives way quickly, towards its floor. */
     if (r->p.policy == FB_POLICY_LOW && q * 1e6 > FB_RATE_LOW_TARGET_US)
         dx -= LOW_BACKOFF * x * clampd((q * 1e6 - FB_RATE_LOW_TARGET_US) / FB_RATE_LOW_TARGET_US, 0.0, 1.0);

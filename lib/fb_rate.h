@@ -68,7 +68,6 @@ typedef struct fb_rate {
     uint64_t base_bucket_us; /* start of the current bucket */
     unsigned base_idx;
     int64_t qdelay_us; /* latest queueing delay estimate */
-    int64_t qrecent_us[3]; /* the last three estimates: their minimum drives the delay law */
     int have_q;
     int64_t qmin_cur_us, qmin_prev_us; /* min q over the current and previous RTT-long period */
     uint64_t qmin_since_us;
@@ -100,7 +99,8 @@ typedef struct fb_rate {
     uint64_t drain_watch_from_us, drain_watch_until_us; /* when the drain's effect shows */
     double sent_since_fb; /* datagram bytes sent since the last FEEDBACK */
     double send_avg;      /* smoothed rate at which datagrams actually left (a descheduled sender
-                           * falls behind its pacer), over the receive rate's time constant */
+                           * falls behind its pacer), over the receive rate's time constant;
+                           * reported in rate traces, not used by the control law */
     int have_send;
     double next_send_us; /* pacer: earliest time of the next packet */
     int started;         /* any packet sent */
