@@ -1,4 +1,4 @@
-/* fb_wire: encoder and decoder of protocol-version-1 datagrams (docs/PROTOCOL.md).
+/* fb_wire: encoder and decoder of protocol-version-3 datagrams (docs/PROTOCOL.md).
  *
  * The byte layouts are written once, as structs of byte arrays whose offsets are pinned by
  * _Static_assert, and read/written with explicit big-endian helpers (no casts of the buffer to
@@ -60,9 +60,21 @@ _Static_assert(sizeof(wire_hello_ack) == FB_WIRE_HELLO_ACK_FIXED, "HELLO_ACK bod
 _Static_assert(offsetof(wire_hello_ack, target_rate) == 48 && offsetof(wire_hello_ack, server_ts) == 80,
                "HELLO_ACK body offsets");
 
+typedef struct wire_data_hdr { /* DATA's short header */
+    uint8_t version;               /* FB_WIRE_VERSION_BYTE */
+    uint8_t type;                  /* FB_WIRE_DATA */
+    uint8_t flags;
+    uint8_t slot[4];               /* the session id's first 4 bytes */
+    uint8_t pn[4];                 /* low 32 bits of the packet number */
+} wire_data_hdr;
+_Static_assert(sizeof(wire_data_hdr) == FB_WIRE_DATA_HEADER_LEN, "DATA header is 11 bytes");
+_Static_assert(offsetof(wire_data_hdr, type) == offsetof(wire_hdr, type) &&
+                   offsetof(wire_data_hdr, flags) == offsetof(wire_hdr, flags),
+               "both headers start alike: version, type, flags");
+
 typedef struct wire_data {
     uint8_t offset[8];
-    uint8_t send_ts[8];
+    uint8_t send_ts[4]; /* low 32 bits */
     /* payload */
 } wire_data;
 _Static_assert(sizeof(wire_data) == FB_WIRE_DATA_FIXED, "DATA body layout");
@@ -114,7 +126,7 @@ _Static_assert(FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED + (FB_WIRE_MAX_RANGES +
                "a full FEEDBACK fits the minimum datagram");
 _Static_assert(FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED <= FB_WIRE_MIN_DATAGRAM,
                "HELLO_ACK is smaller than any HELLO (anti-amplification)");
-_Static_assert(FB_WIRE_DEFAULT_PAYLOAD == 1392 && FB_WIRE_MAX_PAYLOAD == 65447, "payload sizes");
+_Static_assert(FB_WIRE_DEFAULT_PAYLOAD == 1413 && FB_WIRE_MAX_PAYLOAD == 65468, "payload sizes");
 
 #define CIPHER_MASK (FB_CIPHER_NONE | FB_CIPHER_AES128_GCM | FB_CIPHER_AES256_GCM)
 #define POLICY_MASK (FB_POLICY_FIXED | FB_POLICY_HIGH | FB_POLICY_FAIR | FB_POLICY_LOW)
@@ -236,7 +248,7 @@ static const type_rule *rule_for(unsigned type)
         [FB_WIRE_HELLO] = {FB_WIRE_MIN_DATAGRAM, FB_WIRE_MAX_DATAGRAM, 0},
         [FB_WIRE_HELLO_ACK] = {FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED,
                                FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED, 0},
-        [FB_WIRE_DATA] = {FB_WIRE_DATA_OVERHEAD + 1, FB_WIRE_MAX_DATAGRAM,
+        [FB_WIRE_DATA] = {FB_WIRE_DATA_OVERHEAD + 1, FB_WIRE_MAX_DATAGRAM, /* short header */
                           FB_WIRE_F_DATA_RETRANSMIT | FB_WIRE_F_DATA_LAST},
         [FB_WIRE_FEEDBACK] = {FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED,
                               FB_WIRE_OVERHEAD + FB_WIRE_FEEDBACK_FIXED +
@@ -251,6 +263,12 @@ static const type_rule *rule_for(unsigned type)
     if (type < FB_WIRE_HELLO || type > FB_WIRE_PROBE)
         return NULL;
     return &rules[type];
+}
+
+/* DATA has the short header, every other type the long one. */
+static size_t header_len(unsigned type)
+{
+    return type == FB_WIRE_DATA ? FB_WIRE_DATA_HEADER_LEN : FB_WIRE_HEADER_LEN;
 }
 
 /* ---- header ----------------------------------------------------------------------------- */
@@ -275,11 +293,26 @@ fb_err fb_wire_peek_header(fb_wire_hdr *hdr, fb_wire_reason *reason, const uint8
     /* The version byte comes first so stray traffic is counted as foreign, not as damaged. */
     if (buf[0] != FB_WIRE_VERSION_BYTE)
         return drop(reason, FB_WIRE_R_BAD_VERSION);
-    if (len < FB_WIRE_OVERHEAD)
+    if (len < 3)
         return drop(reason, FB_WIRE_R_TRUNCATED);
     rule = rule_for(w->type);
     if (rule == NULL)
         return drop(reason, FB_WIRE_R_BAD_TYPE);
+    if (w->type == FB_WIRE_DATA) {
+        const wire_data_hdr *d = (const wire_data_hdr *)buf;
+
+        if ((d->flags & ~rule->flags) != 0)
+            return drop(reason, FB_WIRE_R_MALFORMED);
+        if (len < rule->min_len)
+            return drop(reason, FB_WIRE_R_TRUNCATED);
+        hdr->type = d->type;
+        hdr->flags = d->flags;
+        memcpy(hdr->sid, d->slot, sizeof(d->slot));
+        hdr->pn = get32(d->pn);
+        return FB_OK;
+    }
+    if (len < FB_WIRE_OVERHEAD)
+        return drop(reason, FB_WIRE_R_TRUNCATED);
     if (w->reserved != 0 || (w->flags & ~rule->flags) != 0)
         return drop(reason, FB_WIRE_R_MALFORMED);
     if (w->type == FB_WIRE_FEEDBACK && (w->flags & FB_WIRE_F_FEEDBACK_MORE) &&
@@ -357,6 +390,16 @@ static void write_header(uint8_t *buf, const fb_wire_hdr *hdr, fb_wire_type type
 {
     wire_hdr *w = (wire_hdr *)buf;
 
+    if (type == FB_WIRE_DATA) {
+        wire_data_hdr *d = (wire_data_hdr *)buf;
+
+        d->version = FB_WIRE_VERSION_BYTE;
+        d->type = (uint8_t)type;
+        d->flags = hdr->flags;
+        memcpy(d->slot, hdr->sid, sizeof(d->slot));
+        put32(d->pn, (uint32_t)hdr->pn);
+        return;
+    }
     w->version = FB_WIRE_VERSION_BYTE;
     w->type = (uint8_t)type;
     w->flags = hdr->flags;
@@ -365,7 +408,7 @@ static void write_header(uint8_t *buf, const fb_wire_hdr *hdr, fb_wire_type type
     put64(w->pn, hdr->pn);
 }
 
-/* Checks the size and flags before anything is written; the body goes to BUF + 28. */
+/* Checks the size and flags before anything is written; the body follows the header. */
 static fb_err encode_check(uint8_t *buf, size_t cap, size_t total, const fb_wire_hdr *hdr, fb_wire_type type,
                            const fb_aead_ctx *ctx)
 {
@@ -383,9 +426,9 @@ static fb_err encode_check(uint8_t *buf, size_t cap, size_t total, const fb_wire
 static fb_err encode_seal(uint8_t *buf, size_t total, size_t *plen, const fb_wire_hdr *hdr, fb_wire_type type,
                           const fb_aead_ctx *ctx)
 {
-    uint8_t *body = buf + FB_WIRE_HEADER_LEN;
-    fb_err rc = fb_aead_seal(ctx, fb_wire_type_phase(type), hdr->pn, buf, FB_WIRE_HEADER_LEN, body, body,
-                             total - FB_WIRE_OVERHEAD);
+    size_t hl = header_len(type);
+    uint8_t *body = buf + hl;
+    fb_err rc = fb_aead_seal(ctx, fb_wire_type_phase(type), hdr->pn, buf, hl, body, body, total - hl - FB_WIRE_TAG_LEN);
 
     if (rc != FB_OK)
         return rc == FB_ERR_SESSION_STATE ? FB_ERR_SESSION_STATE : FB_ERR_INTERNAL;
@@ -450,7 +493,7 @@ fb_err fb_wire_encode_hello_ack(uint8_t *buf, size_t cap, size_t *plen, const fb
 fb_err fb_wire_encode_data(uint8_t *buf, size_t cap, size_t *plen, const fb_wire_hdr *hdr,
                            const fb_wire_data *m, const fb_aead_ctx *ctx)
 {
-    wire_data *w = (wire_data *)(buf + FB_WIRE_HEADER_LEN);
+    wire_data *w = (wire_data *)(buf + FB_WIRE_DATA_HEADER_LEN);
     uint8_t *payload = buf + FB_WIRE_DATA_PAYLOAD_OFF;
     size_t total;
     fb_err rc;
@@ -470,7 +513,7 @@ fb_err fb_wire_encode_data(uint8_t *buf, size_t cap, size_t *plen, const fb_wire
         memmove(payload, m->payload, m->len);
     write_header(buf, hdr, FB_WIRE_DATA);
     put64(w->offset, m->offset);
-    put64(w->send_ts, m->send_ts_us);
+    put32(w->send_ts, (uint32_t)m->send_ts_us);
     return encode_seal(buf, total, plen, hdr, FB_WIRE_DATA, ctx);
 }
 
@@ -619,7 +662,7 @@ static int parse_body(fb_wire_pkt *pkt, const uint8_t *body, size_t bodylen)
         fb_wire_data *m = &pkt->u.data;
 
         m->offset = get64(w->offset);
-        m->send_ts_us = get64(w->send_ts);
+        m->send_ts_us = get32(w->send_ts);
         m->payload = body + sizeof(*w);
         m->len = bodylen - sizeof(*w);
         return m->offset <= UINT64_MAX - m->len;
@@ -691,7 +734,7 @@ fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size
 {
     fb_aead_phase phase;
     uint8_t *body;
-    size_t bodylen;
+    size_t bodylen, hl;
     fb_err rc;
 
     memset(pkt, 0, sizeof(*pkt));
@@ -702,13 +745,19 @@ fb_err fb_wire_open(fb_wire_pkt *pkt, fb_wire_reason *reason, uint8_t *buf, size
     /* Handshake packets carry random packet numbers and are deduplicated by their nonces. */
     if (phase == FB_AEAD_HANDSHAKE)
         replay = NULL;
+    /* DATA's low 32 bits: the whole number is the one nearest to what the window expects next
+     * (a wrong guess fails the tag, as the nonce is built from the whole number). */
+    if (pkt->hdr.type == FB_WIRE_DATA)
+        pkt->hdr.pn = fb_wire_pn_restore(replay != NULL ? replay->top : 0, replay != NULL && replay->any,
+                                         (uint32_t)pkt->hdr.pn);
     if (replay != NULL && !fb_replay_check(replay, pkt->hdr.pn)) {
         rc = drop(reason, FB_WIRE_R_REPLAYED);
         goto fail;
     }
-    body = buf + FB_WIRE_HEADER_LEN;
-    bodylen = len - FB_WIRE_OVERHEAD;
-    rc = fb_aead_open(ctx, phase, pkt->hdr.pn, buf, FB_WIRE_HEADER_LEN, body, body, len - FB_WIRE_HEADER_LEN);
+    hl = header_len(pkt->hdr.type);
+    body = buf + hl;
+    bodylen = len - hl - FB_WIRE_TAG_LEN;
+    rc = fb_aead_open(ctx, phase, pkt->hdr.pn, buf, hl, body, body, len - hl);
     if (rc != FB_OK) {
         rc = drop(reason, rc == FB_ERR_AUTH            ? FB_WIRE_R_AUTH_FAILED
                           : rc == FB_ERR_SESSION_STATE ? FB_WIRE_R_NO_KEYS
@@ -750,4 +799,21 @@ void fb_wire_sid_to_string(char out[FB_WIRE_SID_HEX_LEN + 1], const uint8_t sid[
 uint32_t fb_wire_sid_slot(const uint8_t sid[FB_WIRE_SID_LEN])
 {
     return get32(sid);
+}
+
+uint64_t fb_wire_ts_unwrap(uint64_t now_us, uint64_t ts)
+{
+    return now_us - (uint32_t)((uint32_t)now_us - (uint32_t)ts);
+}
+
+uint64_t fb_wire_pn_restore(uint64_t top, int any, uint32_t low32)
+{
+    const uint64_t win = 1ull << 32, half = win / 2;
+    uint64_t expected = any ? top + 1 : 0, cand = (expected & ~(win - 1)) | low32;
+
+    if (expected >= half && cand <= expected - half && cand <= UINT64_MAX - win)
+        return cand + win;
+    if (cand > expected + half && cand >= win)
+        return cand - win;
+    return cand;
 }

@@ -1,11 +1,19 @@
-/* fb_wire: codec for the UDP fast-path datagrams, protocol version 1 (docs/PROTOCOL.md).
+/* fb_wire: codec for the UDP fast-path datagrams, protocol version 3 (docs/PROTOCOL.md).
  *
- * A datagram is a 28-byte header (authenticated, in clear), a type-specific body (sealed), and
- * a 16-byte AEAD tag:
+ * A datagram is a header (authenticated, in clear), a type-specific body (sealed), and a
+ * 16-byte AEAD tag. Every type but DATA has the 28-byte long header:
  *
  *   +------+------+-------+----------+----------------+---------------+---------------+--------+
- *   | 0xF2 | type | flags | reserved | session id(16) | packet nr(u64)| body (sealed) | tag 16 |
+ *   | 0xF3 | type | flags | reserved | session id(16) | packet nr(u64)| body (sealed) | tag 16 |
  *   +------+------+-------+----------+----------------+---------------+---------------+--------+
+ *
+ * DATA, nearly every datagram of a transfer, has an 11-byte short header: the slot index alone
+ * (the AEAD key already names the association) and the low 32 bits of the packet number (the
+ * receiver restores the rest from its replay window), and its send timestamp is 32 bits:
+ *
+ *   +------+------+-------+-----------------+-----------------+-----------------------+--------+
+ *   | 0xF3 | 0x03 | flags | slot index (u32)| packet nr (low32)| body (sealed)        | tag 16 |
+ *   +------+------+-------+-----------------+-----------------+-----------------------+--------+
  *
  * Pure code (bytes in, bytes out, time passed in by the caller): no I/O, no clock, no
  * allocation. Every length is checked before use; anything wrong is dropped with a reason the
@@ -23,13 +31,14 @@
 #include "fb_range.h"
 #include "fb_replay.h"
 
-#define FB_WIRE_VERSION 2
+#define FB_WIRE_VERSION 3
 #define FB_WIRE_MAGIC 0xF0u                                    /* high nibble of byte 0 */
-#define FB_WIRE_VERSION_BYTE (FB_WIRE_MAGIC | FB_WIRE_VERSION) /* 0xF2 */
+#define FB_WIRE_VERSION_BYTE (FB_WIRE_MAGIC | FB_WIRE_VERSION) /* 0xF3 */
 
 #define FB_WIRE_SID_LEN 16     /* u32 slot index (big-endian) + 12 random bytes */
 #define FB_WIRE_SID_HEX_LEN 32 /* the HTTP session id: "%08x" index + 24 hex */
-#define FB_WIRE_HEADER_LEN 28
+#define FB_WIRE_HEADER_LEN 28      /* the long header: every type but DATA */
+#define FB_WIRE_DATA_HEADER_LEN 11 /* DATA's short header */
 #define FB_WIRE_TAG_LEN FB_AEAD_TAG_LEN
 #define FB_WIRE_OVERHEAD (FB_WIRE_HEADER_LEN + FB_WIRE_TAG_LEN) /* 44 */
 
@@ -38,12 +47,13 @@
 #define FB_WIRE_DEFAULT_DATAGRAM 1452u /* fits MTU 1500 under IPv6 (40) + UDP (8) headers */
 #define FB_WIRE_DEFAULT_DATAGRAM_IPV4 1472u /* fits MTU 1500 under IPv4 (20) + UDP (8) headers */
 
-/* DATA: header, offset (u64), send timestamp (u64), payload, tag. */
-#define FB_WIRE_DATA_FIXED 16u
-#define FB_WIRE_DATA_PAYLOAD_OFF (FB_WIRE_HEADER_LEN + FB_WIRE_DATA_FIXED)         /* 44 */
-#define FB_WIRE_DATA_OVERHEAD (FB_WIRE_OVERHEAD + FB_WIRE_DATA_FIXED)              /* 60 */
-#define FB_WIRE_DEFAULT_PAYLOAD (FB_WIRE_DEFAULT_DATAGRAM - FB_WIRE_DATA_OVERHEAD) /* 1392 */
-#define FB_WIRE_MAX_PAYLOAD (FB_WIRE_MAX_DATAGRAM - FB_WIRE_DATA_OVERHEAD)         /* 65447 */
+/* DATA: short header, offset (u64), send timestamp (low 32 bits of the sender's us clock),
+ * payload, tag. */
+#define FB_WIRE_DATA_FIXED 12u
+#define FB_WIRE_DATA_PAYLOAD_OFF (FB_WIRE_DATA_HEADER_LEN + FB_WIRE_DATA_FIXED)               /* 23 */
+#define FB_WIRE_DATA_OVERHEAD (FB_WIRE_DATA_HEADER_LEN + FB_WIRE_DATA_FIXED + FB_WIRE_TAG_LEN) /* 39 */
+#define FB_WIRE_DEFAULT_PAYLOAD (FB_WIRE_DEFAULT_DATAGRAM - FB_WIRE_DATA_OVERHEAD)            /* 1413 */
+#define FB_WIRE_MAX_PAYLOAD (FB_WIRE_MAX_DATAGRAM - FB_WIRE_DATA_OVERHEAD)                    /* 65468 */
 
 /* Fixed body sizes (before padding / ranges / payload). */
 #define FB_WIRE_HELLO_FIXED 52u
@@ -93,8 +103,13 @@ typedef enum fb_wire_reason {
 typedef struct fb_wire_hdr {
     uint8_t type;  /* fb_wire_type */
     uint8_t flags; /* FB_WIRE_F_* of that type */
+    /* DATA carries only the slot index: decoded, the other 12 bytes are zero (the encoder
+     * ignores them); use fb_wire_sid_slot, or compare the whole id for other types only */
     uint8_t sid[FB_WIRE_SID_LEN];
-    uint64_t pn; /* packet number: data phase 0,1,2... per direction; handshake: random */
+    /* packet number: data phase 0,1,2... per direction; handshake: random. DATA carries its
+     * low 32 bits: fb_wire_peek_header gives those, fb_wire_open the whole number, restored
+     * from the replay window (the nearest to the highest accepted + 1) */
+    uint64_t pn;
 } fb_wire_hdr;
 
 typedef struct fb_wire_hello {
@@ -124,7 +139,8 @@ typedef struct fb_wire_hello_ack {
 
 typedef struct fb_wire_data {
     uint64_t offset;        /* file offset of payload[0] */
-    uint64_t send_ts_us;    /* sender clock when sealed */
+    uint64_t send_ts_us;    /* sender clock when sealed; only its low 32 bits travel (decoded:
+                             * those), and come back as FEEDBACK's echo: fb_wire_ts_unwrap */
     const uint8_t *payload; /* decode: points into the datagram buffer (decrypted in place) */
     size_t len;             /* 1 .. FB_WIRE_MAX_PAYLOAD */
 } fb_wire_data;
@@ -215,5 +231,14 @@ fb_err fb_wire_sid_from_string(uint8_t sid[FB_WIRE_SID_LEN], const char *id);
 void fb_wire_sid_to_string(char out[FB_WIRE_SID_HEX_LEN + 1], const uint8_t sid[FB_WIRE_SID_LEN]);
 /* The slot index in a session id (the table lookup key). */
 uint32_t fb_wire_sid_slot(const uint8_t sid[FB_WIRE_SID_LEN]);
+
+/* A time of this clock, NOW_US or up to 71 minutes before, known by its low 32 bits TS (DATA's
+ * send timestamp, as FEEDBACK echoes it): the full value. A full value that recent comes back
+ * unchanged. */
+uint64_t fb_wire_ts_unwrap(uint64_t now_us, uint64_t ts);
+
+/* The whole packet number whose low 32 bits are LOW32, nearest to the one after TOP (the highest
+ * accepted; ANY = 0 before the first): RFC 9000, appendix A.3, with 32-bit packet numbers. */
+uint64_t fb_wire_pn_restore(uint64_t top, int any, uint32_t low32);
 
 #endif

@@ -430,7 +430,9 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
     r->idle_us = idle_base(r);
     /* The newest first transmission is the delay sample (a retransmission's send time says
      * nothing about the path it would have taken). */
-    if (!(hdr->flags & FB_WIRE_F_DATA_RETRANSMIT) && (!r->have_echo || d->send_ts_us >= r->echo_ts_us)) {
+    /* (32-bit send times: "newer" modulo 2^32, so the comparison survives their wrap) */
+    if (!(hdr->flags & FB_WIRE_F_DATA_RETRANSMIT) &&
+        (!r->have_echo || (int32_t)((uint32_t)d->send_ts_us - (uint32_t)r->echo_ts_us) >= 0)) {
         r->have_echo = 1;
         r->echo_ts_us = d->send_ts_us;
         r->echo_recv_us = now_us;

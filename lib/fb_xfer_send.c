@@ -352,7 +352,7 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
     fb_range *cand = s->cand, due[FB_XFER_RETX_QUEUE];
     size_t ncand = 0, ndue, i;
     uint64_t unknown_start = 0, unknown_end = 0, line, echo_line = 0, tail_age, srtt, interval, budget;
-    uint64_t pos, from;
+    uint64_t pos, from, echo_ts;
     int more = (hdr->flags & FB_WIRE_F_FEEDBACK_MORE) != 0, fresh_echo;
 
     if (fb->high_offset > s->p.size || fb->cum_offset > fb->high_offset)
@@ -405,20 +405,22 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
         smp.acked_bytes = fb->recv_bytes - s->last_recv_bytes;
     s->last_recv_bytes = fb->recv_bytes;
     s->st.acked_bytes = fb->recv_bytes;
-    fresh_echo = fb->echo_ts_us != 0 && fb->echo_ts_us != s->last_echo_ts;
-    if (fb->echo_ts_us != 0) {
-        if (fresh_echo && now_us >= fb->echo_ts_us + fb->hold_us) {
-            smp.rtt_us = now_us - fb->echo_ts_us - fb->hold_us;
+    /* DATA carries the low 32 bits of its send time: the echo is one of our own recent times. */
+    echo_ts = fb->echo_ts_us != 0 ? fb_wire_ts_unwrap(now_us, fb->echo_ts_us) : 0;
+    fresh_echo = echo_ts != 0 && echo_ts != s->last_echo_ts;
+    if (echo_ts != 0) {
+        if (fresh_echo && now_us >= echo_ts + fb->hold_us) {
+            smp.rtt_us = now_us - echo_ts - fb->hold_us;
             if (smp.rtt_us == 0)
                 smp.rtt_us = 1;
             if (fb->echo_recv_ts_us != 0) {
                 smp.has_owd = 1;
-                smp.owd_us = (int64_t)(fb->echo_recv_ts_us - fb->echo_ts_us);
+                smp.owd_us = (int64_t)(fb->echo_recv_ts_us - echo_ts);
             }
         }
-        s->last_echo_ts = fb->echo_ts_us;
+        s->last_echo_ts = echo_ts;
         /* Sends strictly before the echoed one (those in its microsecond may follow it). */
-        echo_line = cursor_before(s, fb->echo_ts_us);
+        echo_line = cursor_before(s, echo_ts);
     }
 
     /* Lost: needed bytes sent before a datagram that arrived, or, while no newer first

@@ -173,7 +173,16 @@ START_TEST(test_round_trip_every_type)
         ck_assert_uint_eq(peek.type, t);
         ck_assert_uint_eq(peek.pn, want.hdr.pn);
         ck_assert_uint_eq(peek.flags, want.hdr.flags);
-        ck_assert_mem_eq(peek.sid, want.hdr.sid, FB_WIRE_SID_LEN);
+        if (t == FB_WIRE_DATA) {
+            /* the short header: the slot index alone, the rest of the id zero */
+            static const uint8_t zero[FB_WIRE_SID_LEN - 4];
+
+            ck_assert_mem_eq(peek.sid, want.hdr.sid, 4);
+            ck_assert_mem_eq(peek.sid + 4, zero, sizeof(zero));
+            ck_assert_uint_eq(fb_wire_sid_slot(peek.sid), fb_wire_sid_slot(want.hdr.sid));
+        } else {
+            ck_assert_mem_eq(peek.sid, want.hdr.sid, FB_WIRE_SID_LEN);
+        }
 
         ck_assert_int_eq(open_copy(&got, buf, len, receiver_of((fb_wire_type)t), NULL), FB_WIRE_R_NONE);
         ck_assert_uint_eq(got.hdr.type, t);
@@ -265,9 +274,58 @@ START_TEST(test_round_trip_with_each_cipher)
 }
 END_TEST
 
+/* DATA carries the low 32 bits of its packet number; the receiver restores the rest from its
+ * replay window (the nearest to the highest accepted + 1), across the 2^32 boundary and with
+ * reordering, and a number from elsewhere fails the tag (the nonce is built from all 64 bits). */
+START_TEST(test_data_packet_numbers_across_the_wrap)
+{
+    static const uint64_t order[] = {0xfffffffdull, 0xffffffffull, 0xfffffffeull, 0x100000001ull,
+                                     0x100000000ull, 0x100000002ull};
+    fb_replay w;
+    fb_wire_data d = {4096, 123, (const uint8_t *)"payload", 7};
+    fb_wire_pkt got;
+    size_t len;
+
+    fb_replay_init(&w);
+    fb_replay_update(&w, 0xfffffff0ull); /* the window already this far */
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        fb_wire_hdr h = make_hdr(order[i], 0);
+
+        ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, client), FB_OK);
+        ck_assert_int_eq(open_copy(&got, buf, len, server, &w), FB_WIRE_R_NONE);
+        ck_assert_uint_eq(got.hdr.pn, order[i]);
+    }
+    /* replayed: the same low 32 bits restore to the same number, which the window has seen */
+    {
+        fb_wire_hdr h = make_hdr(0x100000000ull, 0);
+
+        ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, client), FB_OK);
+        ck_assert_int_eq(open_copy(&got, buf, len, server, &w), FB_WIRE_R_REPLAYED);
+    }
+    /* sealed under a number 2^32 away (same low bits): restored wrongly, so the tag fails */
+    {
+        fb_wire_hdr h = make_hdr(0x200000003ull, 0);
+
+        ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, client), FB_OK);
+        ck_assert_int_eq(open_copy(&got, buf, len, server, &w), FB_WIRE_R_AUTH_FAILED);
+    }
+    /* the restoring rule itself (RFC 9000 A.3 with 32 bits) */
+    ck_assert_uint_eq(fb_wire_pn_restore(0, 0, 0), 0);
+    ck_assert_uint_eq(fb_wire_pn_restore(0, 0, 7), 7);
+    ck_assert_uint_eq(fb_wire_pn_restore(0xfffffff0ull, 1, 0x00000005u), 0x100000005ull);
+    ck_assert_uint_eq(fb_wire_pn_restore(0x100000005ull, 1, 0xfffffff0u), 0xfffffff0ull);
+    ck_assert_uint_eq(fb_wire_pn_restore(0x300000000ull, 1, 0x7fffffffu), 0x27fffffffull + 0x100000000ull);
+    ck_assert_uint_eq(fb_wire_pn_restore(0x300000000ull, 1, 0x80000002u), 0x280000002ull);
+    /* and the 32-bit send time: a recent full time comes back unchanged, a wrapped one restored */
+    ck_assert_uint_eq(fb_wire_ts_unwrap(0x100000100ull, 0x100000000ull), 0x100000000ull);
+    ck_assert_uint_eq(fb_wire_ts_unwrap(0x100000100ull, 0xffffff00ull), 0xffffff00ull);
+    ck_assert_uint_eq(fb_wire_ts_unwrap(0x100000100ull, 0x50ull), 0x100000050ull);
+}
+END_TEST
+
 START_TEST(test_data_sizes_from_one_byte_to_the_maximum)
 {
-    static const size_t sizes[] = {1, 2, 1391, FB_WIRE_DEFAULT_PAYLOAD, 8192, 65000, FB_WIRE_MAX_PAYLOAD};
+    static const size_t sizes[] = {1, 2, 1412, FB_WIRE_DEFAULT_PAYLOAD, 8192, 65000, FB_WIRE_MAX_PAYLOAD};
     static uint8_t payload[FB_WIRE_MAX_PAYLOAD];
 
     for (size_t i = 0; i < sizeof(payload); i++)
@@ -625,7 +683,13 @@ START_TEST(test_header_checks_before_the_key)
     ck_assert_int_eq(why, FB_WIRE_R_TRUNCATED);
     ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, 10), FB_ERR_PROTOCOL);
     ck_assert_int_eq(why, FB_WIRE_R_TRUNCATED);
+    ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, FB_WIRE_DATA_OVERHEAD), FB_ERR_PROTOCOL);
+    ck_assert_int_eq(why, FB_WIRE_R_TRUNCATED); /* a DATA needs a byte of payload */
+    ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, FB_WIRE_DATA_OVERHEAD + 1), FB_OK);
 
+    buf[0] = 0xF2; /* version 2 (the long DATA header), no longer spoken */
+    ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, len), FB_ERR_PROTOCOL);
+    ck_assert_int_eq(why, FB_WIRE_R_BAD_VERSION);
     buf[0] = 0xF1; /* version 1 (before the FROM flag), no longer spoken */
     ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, len), FB_ERR_PROTOCOL);
     ck_assert_int_eq(why, FB_WIRE_R_BAD_VERSION);
@@ -646,7 +710,10 @@ START_TEST(test_header_checks_before_the_key)
     ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, len), FB_ERR_PROTOCOL);
     ck_assert_int_eq(why, FB_WIRE_R_MALFORMED);
     buf[2] = 0;
-    buf[3] = 1; /* reserved */
+    ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, len), FB_OK);
+    /* the long header's reserved byte */
+    len = encode_sample(FB_WIRE_CLOSE);
+    buf[3] = 1;
     ck_assert_int_eq(fb_wire_peek_header(&h, &why, buf, len), FB_ERR_PROTOCOL);
     ck_assert_int_eq(why, FB_WIRE_R_MALFORMED);
     buf[3] = 0;
@@ -671,18 +738,24 @@ static size_t seal_raw(uint8_t type, uint8_t flags, const uint8_t *body, size_t 
     const fb_aead_ctx *ctx = type == FB_WIRE_HELLO_ACK ? server : client;
     fb_aead_phase phase = fb_wire_type_phase((fb_wire_type)type);
 
+    size_t hl = type == FB_WIRE_DATA ? FB_WIRE_DATA_HEADER_LEN : FB_WIRE_HEADER_LEN;
+
     buf[0] = FB_WIRE_VERSION_BYTE;
     buf[1] = type;
     buf[2] = flags;
-    buf[3] = 0;
-    memcpy(buf + 4, h.sid, 16);
-    for (int i = 0; i < 8; i++)
-        buf[20 + i] = (uint8_t)(h.pn >> (56 - 8 * i));
-    memcpy(buf + FB_WIRE_HEADER_LEN, body, bodylen);
-    ck_assert_int_eq(fb_aead_seal(ctx, phase, h.pn, buf, FB_WIRE_HEADER_LEN, buf + FB_WIRE_HEADER_LEN,
-                                  buf + FB_WIRE_HEADER_LEN, bodylen),
-                     FB_OK);
-    return FB_WIRE_HEADER_LEN + bodylen + FB_WIRE_TAG_LEN;
+    if (type == FB_WIRE_DATA) { /* short header: slot index, low 32 bits of the packet number */
+        memcpy(buf + 3, h.sid, 4);
+        for (int i = 0; i < 4; i++)
+            buf[7 + i] = (uint8_t)(h.pn >> (24 - 8 * i));
+    } else {
+        buf[3] = 0;
+        memcpy(buf + 4, h.sid, 16);
+        for (int i = 0; i < 8; i++)
+            buf[20 + i] = (uint8_t)(h.pn >> (56 - 8 * i));
+    }
+    memcpy(buf + hl, body, bodylen);
+    ck_assert_int_eq(fb_aead_seal(ctx, phase, h.pn, buf, hl, buf + hl, buf + hl, bodylen), FB_OK);
+    return hl + bodylen + FB_WIRE_TAG_LEN;
 }
 
 static void put64(uint8_t *p, uint64_t v)
@@ -818,7 +891,7 @@ START_TEST(test_authenticated_but_malformed_bodies_are_rejected)
     len = seal_raw(FB_WIRE_CLOSE, 0x02, body, 8);
     ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
     put64(body, UINT64_MAX - 5);
-    len = seal_raw(FB_WIRE_DATA, 0, body, 16 + 10);
+    len = seal_raw(FB_WIRE_DATA, 0, body, FB_WIRE_DATA_FIXED + 10);
     ck_assert_int_eq(open_copy(&got, buf, len, server, NULL), FB_WIRE_R_MALFORMED);
     memset(body, 0, sizeof(body));
     body[100] = 0xff;
@@ -1008,18 +1081,19 @@ START_TEST(test_protocol_document_vectors)
     ck_assert_int_eq(fb_wire_encode_close(buf, BUFSZ, &len, &h, &cl, c), FB_OK);
     ck_assert_uint_eq(len, 52);
     unhex(want, 52,
-          "f20500000000002a00112233445566778899aabb0000000000000000"
-          "6fea35bff1dcea30bb08f20eebbe3ac4a4ad7c3722221125");
+          "f30500000000002a00112233445566778899aabb0000000000000000"
+          "6fea35bff1dcea30a01d9f7b6f8a223f9e3b79906ad6eba3");
     ck_assert_mem_eq(buf, want, 52);
     ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
 
     h.pn = 1;
     ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, c), FB_OK);
-    ck_assert_uint_eq(len, 68);
-    unhex(want, 68,
-          "f20300000000002a00112233445566778899aabb0000000000000001"
-          "86a2c1abf85ffaa4102406297b178528a060a12a1dbffcb1b97b94c8891091e7cea045dca3935424");
-    ck_assert_mem_eq(buf, want, 68);
+    ck_assert_uint_eq(len, 47);
+    unhex(want, 47,
+          "f303000000002a00000001"
+          "86a2c1abf85ffaa4102b44691d79ab04a460ae"
+          "2dcef15441a677b52119dbedc1df35faa1");
+    ck_assert_mem_eq(buf, want, 47);
     ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
     ck_assert_mem_eq(pkt.u.data.payload, "fallback", 8);
     fb_aead_free(c);
@@ -1038,6 +1112,7 @@ static Suite *wire_suite(void)
     tcase_add_test(rt, test_round_trip_every_type);
     tcase_add_test(rt, test_round_trip_with_each_cipher);
     tcase_add_test(rt, test_data_sizes_from_one_byte_to_the_maximum);
+    tcase_add_test(rt, test_data_packet_numbers_across_the_wrap);
     tcase_add_test(rt, test_data_payload_read_in_place_is_not_copied);
     tcase_add_test(rt, test_data_payload_overlapping_the_header_area);
     tcase_add_test(rt, test_feedback_extremes);
