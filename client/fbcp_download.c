@@ -575,9 +575,33 @@ static int fbcp_same_etag(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
-/* POST sessions {direction: download}: the key and UDP port for this file. FB_ERR_CHANGED when
- * the session describes another version of the file than HEAD did. */
-static fb_err fbcp_download_session(fbcp_download *d, char *detail, size_t detlen)
+/* Takes the file's size and validators from a session answer instead of a HEAD: the same
+ * ETag (If-Range only when strong) and modification time the files/ answers carry. 0 (nothing
+ * taken) without an ETag: then HEAD's Last-Modified is the only validator. */
+static int fbcp_download_adopt(fbcp_download *d, json_t *ans, char **pvalidator)
+{
+    const char *etag = json_string_value(json_object_get(ans, "etag"));
+    json_t *size = json_object_get(ans, "size"), *mtime = json_object_get(ans, "mtime");
+
+    if (etag == NULL || !json_is_integer(size) || json_integer_value(size) < 0 || !json_is_integer(mtime))
+        return 0;
+    free(d->x.if_range);
+    free(d->x.etag);
+    free(d->x.last_modified);
+    d->x.if_range = d->x.last_modified = NULL;
+    d->x.size = (uint64_t)json_integer_value(size);
+    d->filetime = (int64_t)json_integer_value(mtime);
+    if (strncmp(etag, "W/", 2) != 0)
+        d->x.if_range = strdup(etag);
+    d->x.etag = strdup(strncmp(etag, "W/", 2) == 0 ? etag + 2 : etag);
+    *pvalidator = d->x.etag != NULL ? strdup(d->x.etag) : NULL;
+    return *pvalidator != NULL;
+}
+
+/* POST sessions {direction: download}: the key and UDP port for this file. With PVALIDATOR the
+ * answer also describes the file (no HEAD before it: a round trip saved), else FB_ERR_CHANGED
+ * when it describes another version of the file than HEAD did. */
+static fb_err fbcp_download_session(fbcp_download *d, char **pvalidator, char *detail, size_t detlen)
 {
     fbcp_http_answer a;
     json_t *body;
@@ -611,6 +635,9 @@ static fb_err fbcp_download_session(fbcp_download *d, char *detail, size_t detle
             !json_is_integer(size)) {
             rv = FB_ERR_PROTOCOL;
             snprintf(detail, detlen, "the download session answer has no usable id, key or size");
+        } else if (pvalidator != NULL && !fbcp_download_adopt(d, a.json, pvalidator)) {
+            rv = FB_ERR_PROTOCOL; /* the caller asks HEAD instead */
+            snprintf(detail, detlen, "the download session answer does not describe the file");
         } else if ((uint64_t)json_integer_value(size) != d->x.size || !fbcp_same_etag(etag, d->x.etag)) {
             rv = FB_ERR_CHANGED;
             snprintf(detail, detlen, "the file changed on the server between HEAD and the session");
@@ -723,7 +750,8 @@ static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local)
 {
     fbcp_download d;
-    char detail[FBCP_DETAIL_LEN] = "";
+    char detail[FBCP_DETAIL_LEN] = "", refused_detail[FBCP_DETAIL_LEN] = "";
+    fb_err session_refused = FB_OK;
     char sha_hex[FB_SHA256_HEX_LEN + 1] = "";
     char *validator = NULL;
     fbcp_ranges missing;
@@ -751,9 +779,37 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
     rv = d.files_url == NULL ? FB_ERR_NOMEM : fbcp_download_names(&d, local);
     if (rv != FB_OK)
         goto out;
-    rv = fbcp_download_head(&d, &validator, detail, sizeof(detail));
-    if (rv != FB_OK)
-        goto out;
+    /* Over UDP the session's answer describes the file: no HEAD first (a round trip, on every
+     * file of a tree). Anything unusual (a directory, a missing or empty file, no ETag, no
+     * sessions) goes the HEAD way, which says what is wrong as it always did. */
+    if (c->opts->fallback != FBCP_FALLBACK_FORCE) {
+        rv = fbcp_download_session(&d, &validator, detail, sizeof(detail));
+        if (rv == FB_OK && d.x.size == 0) {
+            fbcp_download_session_end(&d); /* nothing to move over UDP */
+            rv = FB_ERR_PROTOCOL;
+        }
+        if (rv != FB_OK) {
+            if (fbcp_err_stops_run(rv))
+                goto out;
+            fbcp_trace(c->opts, "no session before HEAD (%s: %s)", fb_err_message(rv), detail);
+            /* refused (not merely undescriptive): the same answer later, without asking again */
+            if (rv != FB_ERR_PROTOCOL) {
+                session_refused = rv;
+                snprintf(refused_detail, sizeof(refused_detail), "%s", detail);
+            }
+            detail[0] = '\0';
+            free(validator);
+            validator = NULL;
+            fbcp_download_session_end(&d);
+        } else {
+            fbcp_trace(c->opts, "session %s describes the file: no HEAD", d.x.session_id);
+        }
+    }
+    if (d.x.session_id == NULL) {
+        rv = fbcp_download_head(&d, &validator, detail, sizeof(detail));
+        if (rv != FB_OK)
+            goto out;
+    }
 
     /* the local overwrite policy, decided before any data moves */
     if (stat(local, &st) == 0) {
@@ -783,7 +839,12 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         goto out;
     }
     if (c->opts->fallback != FBCP_FALLBACK_FORCE && d.x.size > 0) {
-        rv = fbcp_download_session(&d, detail, sizeof(detail));
+        if (session_refused != FB_OK) {
+            rv = session_refused;
+            snprintf(detail, sizeof(detail), "%s", refused_detail);
+        } else if (d.x.session_id == NULL) {
+            rv = fbcp_download_session(&d, NULL, detail, sizeof(detail));
+        }
         if (rv != FB_OK && c->opts->fallback == FBCP_FALLBACK_AUTO && !fbcp_err_stops_run(rv)) {
             fbcp_trace(c->opts, "no download session (%s: %s): HTTP(S) only", fb_err_message(rv), detail);
             detail[0] = '\0';
@@ -835,7 +896,7 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
         free(validator);
         rv = fbcp_download_head(&d, &validator, detail, sizeof(detail));
         if (rv == FB_OK && d.x.session_id != NULL)
-            rv = fbcp_download_session(&d, detail, sizeof(detail)); /* for the new version */
+            rv = fbcp_download_session(&d, NULL, detail, sizeof(detail)); /* for the new version */
         if (rv != FB_OK)
             goto out;
         /* a fresh partial file: the old validator no longer matches, so open truncates */

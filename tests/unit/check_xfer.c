@@ -938,54 +938,60 @@ END_TEST
 
 /* FEEDBACK cadence: N packets or one interval, whichever first; idle backs off; nothing once
  * complete. */
-/* FEEDBACK's receive rate: whole datagrams (payload + FB_WIRE_DATA_OVERHEAD, the unit the
- * sender paces in) over the span of the arrival times given, about the last 20 ms; a FEEDBACK
- * sent long after the arrivals (a receiver that read late) reports the same rate. */
-static uint64_t feedback_rate(fb_xfer_receiver *rc, const fb_aead_ctx *cctx, uint64_t pn, uint64_t at)
+/* A receiver alone, fed DATA by hand: its keys, its destination buffer, and what it answers. */
+typedef struct rx_alone {
+    fb_aead_ctx *cctx, *sctx;
+    fb_xfer_receiver *rc;
+    sim_cfg c;
+    sim m;
+} rx_alone;
+
+static void rx_alone_start(rx_alone *x, uint64_t size, uint64_t now)
+{
+    fb_xfer_receiver_params rp;
+
+    memset(x, 0, sizeof(*x));
+    x->c = base_cfg(size, 1u << 20);
+    x->m.cfg = &x->c;
+    x->m.dst = calloc(1, x->c.size);
+    aead_pair(&x->cctx, &x->sctx, FB_CIPHER_AES128_GCM);
+    rp = sim_receiver_params(&x->m, x->sctx);
+    ck_assert_int_eq(fb_xfer_receiver_new(&x->rc, &rp, now), FB_OK);
+}
+
+static void rx_alone_end(rx_alone *x)
+{
+    fb_xfer_receiver_free(x->rc);
+    fb_aead_free(x->cctx);
+    fb_aead_free(x->sctx);
+    free(x->m.dst);
+}
+
+/* The FEEDBACK the receiver sends at AT, decoded. */
+static fb_wire_feedback rx_alone_feedback(rx_alone *x, uint64_t pn, uint64_t at)
 {
     uint8_t buf[1500];
     size_t len;
     fb_wire_pkt pkt;
     fb_wire_reason why;
 
-    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn, at, 1), FB_OK);
-    ck_assert_int_eq(fb_wire_open(&pkt, &why, buf, len, cctx, NULL), FB_OK);
-    return pkt.u.feedback.recv_rate;
+    ck_assert_int_eq(fb_xfer_receiver_feedback(x->rc, buf, sizeof(buf), &len, pn, at, 1), FB_OK);
+    ck_assert_int_eq(fb_wire_open(&pkt, &why, buf, len, x->cctx, NULL), FB_OK);
+    return pkt.u.feedback;
 }
 
 /* DATA carries the low 32 bits of its send time. The receiver echoes the newest first
  * transmission's, newest modulo 2^32 (the sender's microsecond clock passes 2^32 every 71
  * minutes), and the sender takes the echo for one of its own recent times. */
-static uint64_t feedback_echo(fb_xfer_receiver *rc, const fb_aead_ctx *cctx, uint64_t pn, uint64_t at)
-{
-    uint8_t buf[1500];
-    size_t len;
-    fb_wire_pkt pkt;
-    fb_wire_reason why;
-
-    ck_assert_int_eq(fb_xfer_receiver_feedback(rc, buf, sizeof(buf), &len, pn, at, 1), FB_OK);
-    ck_assert_int_eq(fb_wire_open(&pkt, &why, buf, len, cctx, NULL), FB_OK);
-    return pkt.u.feedback.echo_ts_us;
-}
-
 START_TEST(test_echo_survives_the_send_time_wrap)
 {
-    fb_aead_ctx *cctx, *sctx;
-    fb_xfer_receiver *rc;
-    fb_xfer_receiver_params rp;
+    rx_alone x;
     fb_wire_hdr hdr;
     fb_wire_data d;
     uint8_t payload[100] = {0};
     uint64_t sender_clock = (1ull << 32) - 300, t = SIM_T0, echo;
-    sim_cfg c = base_cfg(1u << 20, 1u << 20);
-    sim m;
 
-    memset(&m, 0, sizeof(m));
-    m.cfg = &c;
-    m.dst = calloc(1, c.size);
-    aead_pair(&cctx, &sctx, FB_CIPHER_AES128_GCM);
-    rp = sim_receiver_params(&m, sctx);
-    ck_assert_int_eq(fb_xfer_receiver_new(&rc, &rp, t), FB_OK);
+    rx_alone_start(&x, 1u << 20, t);
     memset(&hdr, 0, sizeof(hdr));
     d.payload = payload;
     d.len = sizeof(payload);
@@ -993,42 +999,33 @@ START_TEST(test_echo_survives_the_send_time_wrap)
     for (int i = 0; i < 5; i++) {
         d.offset = (uint64_t)i * sizeof(payload);
         d.send_ts_us = (uint32_t)(sender_clock + 200u * (uint64_t)i);
-        ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, t + 200u * (uint64_t)i, NULL), FB_OK);
+        ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 200u * (uint64_t)i, NULL), FB_OK);
     }
-    echo = feedback_echo(rc, cctx, 1, t + 1000);
+    echo = rx_alone_feedback(&x, 1, t + 1000).echo_ts_us;
     ck_assert_uint_eq(echo, (uint32_t)(sender_clock + 800)); /* the last one, past the wrap */
     /* The sender, 30 ms later by its clock, restores its own full time. */
     ck_assert_uint_eq(fb_wire_ts_unwrap(sender_clock + 30800, echo), sender_clock + 800);
     /* An older first transmission arriving late does not replace it. */
     d.offset = 10 * sizeof(payload);
     d.send_ts_us = (uint32_t)(sender_clock + 100);
-    ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, t + 1100, NULL), FB_OK);
-    ck_assert_uint_eq(feedback_echo(rc, cctx, 2, t + 1200), (uint32_t)(sender_clock + 800));
-    fb_xfer_receiver_free(rc);
-    fb_aead_free(cctx);
-    fb_aead_free(sctx);
-    free(m.dst);
+    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 1100, NULL), FB_OK);
+    ck_assert_uint_eq(rx_alone_feedback(&x, 2, t + 1200).echo_ts_us, (uint32_t)(sender_clock + 800));
+    rx_alone_end(&x);
 }
 END_TEST
 
+/* FEEDBACK's receive rate: whole datagrams (payload + FB_WIRE_DATA_OVERHEAD, the unit the
+ * sender paces in) over the span of the arrival times given, about the last 20 ms; a FEEDBACK
+ * sent long after the arrivals (a receiver that read late) reports the same rate. */
 START_TEST(test_receive_rate_on_arrival_times)
 {
-    fb_aead_ctx *cctx, *sctx;
-    fb_xfer_receiver *rc;
-    fb_xfer_receiver_params rp;
+    rx_alone x;
     fb_wire_hdr hdr;
     fb_wire_data d;
     uint8_t payload[1000] = {0};
     uint64_t t = SIM_T0, off = 0, rate, want;
-    sim_cfg c = base_cfg(10u << 20, 1u << 20);
-    sim m;
 
-    memset(&m, 0, sizeof(m));
-    m.cfg = &c;
-    m.dst = calloc(1, c.size);
-    aead_pair(&cctx, &sctx, FB_CIPHER_AES128_GCM);
-    rp = sim_receiver_params(&m, sctx);
-    ck_assert_int_eq(fb_xfer_receiver_new(&rc, &rp, t), FB_OK);
+    rx_alone_start(&x, 10u << 20, t);
     memset(&hdr, 0, sizeof(hdr));
     d.payload = payload;
     d.len = sizeof(payload);
@@ -1036,14 +1033,14 @@ START_TEST(test_receive_rate_on_arrival_times)
     for (int i = 0; i <= 300; i++) {
         d.offset = off;
         d.send_ts_us = t;
-        ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, t, NULL), FB_OK);
+        ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t, NULL), FB_OK);
         off += sizeof(payload);
         if (i < 300)
             t += 100;
     }
     want = (sizeof(payload) + FB_WIRE_DATA_OVERHEAD) * 10000u; /* bytes/s */
     /* Asked 50 ms after the last arrival (a busy receiver): still the arrival rate. */
-    rate = feedback_rate(rc, cctx, 1, t + 50000);
+    rate = rx_alone_feedback(&x, 1, t + 50000).recv_rate;
     ck_assert_msg(rate >= want * 99 / 100 && rate <= want * 101 / 100, "rate %llu, want %llu",
                   (unsigned long long)rate, (unsigned long long)want);
     /* The same datagrams in bursts (10 at one instant every 1 ms): the same rate over ~20 ms. */
@@ -1051,20 +1048,17 @@ START_TEST(test_receive_rate_on_arrival_times)
         t += 1000;
         for (int k = 0; k < 10; k++) {
             d.offset = off;
-            ck_assert_int_eq(fb_xfer_receiver_on_data(rc, &hdr, &d, t, NULL), FB_OK);
+            ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t, NULL), FB_OK);
             off += sizeof(payload);
         }
         if (i % 5 == 4) { /* a FEEDBACK every 5 ms */
-            rate = feedback_rate(rc, cctx, 2 + (uint64_t)i, t + 100);
+            rate = rx_alone_feedback(&x, 2 + (uint64_t)i, t + 100).recv_rate;
             if (i >= 24)
                 ck_assert_msg(rate >= want * 95 / 100 && rate <= want * 105 / 100, "burst rate %llu",
                               (unsigned long long)rate);
         }
     }
-    fb_xfer_receiver_free(rc);
-    fb_aead_free(cctx);
-    fb_aead_free(sctx);
-    free(m.dst);
+    rx_alone_end(&x);
 }
 END_TEST
 
