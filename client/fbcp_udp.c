@@ -688,9 +688,8 @@ static int fbcp_udp_input(fbcp_udp *u, uint8_t *buf, size_t len, uint64_t now)
     fb_wire_reason why;
 
     u->rx_dgrams++;
-    /* DATA's short header names the slot alone; every other type the whole session id */
     if (!u->have_session || fb_wire_peek_header(&hdr, &why, buf, len) != FB_OK ||
-        memcmp(hdr.sid, u->sid, hdr.type == FB_WIRE_DATA ? 4 : sizeof(u->sid)) != 0)
+        !fb_wire_names_session(&hdr, u->sid))
         goto drop;
     if (hdr.type == FB_WIRE_HELLO_ACK) {
         fb_wire_hello_ack *a = &pkt.u.hello_ack;

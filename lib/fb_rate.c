@@ -217,11 +217,21 @@ static void update_delay(fb_rate *r, const fb_rate_sample *s)
     }
 }
 
+/* Weight of a rate sample covering DT us in the smoothed receive and send rates: their time
+ * constant is a quarter of an RTT, at least RECV_TAU_MIN_US. */
+static double rate_weight(const fb_rate *r, double dt)
+{
+    double tau = (double)control_rtt(r) / 4;
+
+    tau = tau < RECV_TAU_MIN_US ? RECV_TAU_MIN_US : tau;
+    return dt < tau ? dt / tau : 1.0;
+}
+
 /* Smoothed rate at which this flow's packets reach the receiver, lost ones included (a random
  * loss still passed the bottleneck), over about a quarter of an RTT. */
 static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedback_us)
 {
-    double arrived, dt, tau, lossf;
+    double arrived, dt, lossf;
 
     /* Only losses while the queue is well below its recent maximum can be told apart from an
      * overflowing buffer: learn the random loss rate from those alone. Counting overflow as
@@ -250,9 +260,7 @@ static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedb
         return;
     }
     dt = s->now_us > prev_feedback_us ? (double)(s->now_us - prev_feedback_us) : 0.0;
-    tau = (double)control_rtt(r) / 4;
-    tau = tau < RECV_TAU_MIN_US ? RECV_TAU_MIN_US : tau;
-    r->recv_avg += (arrived - r->recv_avg) * (dt < tau ? dt / tau : 1.0);
+    r->recv_avg += (arrived - r->recv_avg) * rate_weight(r, dt);
 }
 
 /* Smoothed rate at which this sender's datagrams actually left, with the receive rate's time
@@ -260,7 +268,7 @@ static void update_recv(fb_rate *r, const fb_rate_sample *s, uint64_t prev_feedb
  * sends less than its pacer allows, and this shows by how much). */
 static void update_send(fb_rate *r, uint64_t now_us, uint64_t prev_feedback_us)
 {
-    double dt = now_us > prev_feedback_us ? (double)(now_us - prev_feedback_us) : 0.0, tau, sample;
+    double dt = now_us > prev_feedback_us ? (double)(now_us - prev_feedback_us) : 0.0, sample;
 
     if (dt <= 0.0)
         return;
@@ -271,9 +279,7 @@ static void update_send(fb_rate *r, uint64_t now_us, uint64_t prev_feedback_us)
         r->have_send = 1;
         return;
     }
-    tau = (double)control_rtt(r) / 4;
-    tau = tau < RECV_TAU_MIN_US ? RECV_TAU_MIN_US : tau;
-    r->send_avg += (sample - r->send_avg) * (dt < tau ? dt / tau : 1.0);
+    r->send_avg += (sample - r->send_avg) * rate_weight(r, dt);
 }
 
 /* Congestion, as opposed to random loss: the queue grew with the loss, or it is well above

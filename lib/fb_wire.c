@@ -801,6 +801,12 @@ uint32_t fb_wire_sid_slot(const uint8_t sid[FB_WIRE_SID_LEN])
     return get32(sid);
 }
 
+int fb_wire_names_session(const fb_wire_hdr *hdr, const uint8_t sid[FB_WIRE_SID_LEN])
+{
+    return memcmp(hdr->sid, sid, 4) == 0 &&
+           (hdr->type == FB_WIRE_DATA || fb_mem_equal_ct(hdr->sid + 4, sid + 4, FB_WIRE_SID_LEN - 4));
+}
+
 uint64_t fb_wire_ts_unwrap(uint64_t now_us, uint64_t ts)
 {
     return now_us - (uint32_t)((uint32_t)now_us - (uint32_t)ts);

@@ -232,6 +232,11 @@ void fb_wire_sid_to_string(char out[FB_WIRE_SID_HEX_LEN + 1], const uint8_t sid[
 /* The slot index in a session id (the table lookup key). */
 uint32_t fb_wire_sid_slot(const uint8_t sid[FB_WIRE_SID_LEN]);
 
+/* Whether HDR (from fb_wire_peek_header) names session SID: the whole id in the long header,
+ * the slot alone in DATA's short one (the association's key is the rest of that check).
+ * Constant time in the id's random part. */
+int fb_wire_names_session(const fb_wire_hdr *hdr, const uint8_t sid[FB_WIRE_SID_LEN]);
+
 /* A time of this clock, NOW_US or up to 71 minutes before, known by its low 32 bits TS (DATA's
  * send timestamp, as FEEDBACK echoes it): the full value. A full value that recent comes back
  * unchanged. */

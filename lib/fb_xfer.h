@@ -145,6 +145,8 @@ typedef struct fb_xfer_sender_stats {
     uint64_t srtt_us;
     uint64_t queue_delay_us;  /* the rate controller's latest queueing-delay estimate */
     uint64_t recv_rate;       /* receive rate in the latest FEEDBACK, bytes/s */
+    uint64_t recv_avg;        /* the controller's smoothed receive rate (random losses as arrived) */
+    uint64_t send_avg;        /* smoothed rate at which the datagrams actually left, bytes/s */
     int quick_start;          /* the rate controller is still ramping up */
 } fb_xfer_sender_stats;
 

@@ -495,6 +495,8 @@ void fb_xfer_sender_stats_get(fb_xfer_sender_stats *out, const fb_xfer_sender *s
     out->srtt_us = fb_rate_srtt(&s->rate);
     out->queue_delay_us = fb_rate_queue_delay(&s->rate);
     out->quick_start = fb_rate_in_quick_start(&s->rate);
+    out->recv_avg = (uint64_t)s->rate.recv_avg;
+    out->send_avg = (uint64_t)s->rate.send_avg;
 }
 
 void fb_xfer_sender_trace_line(char *buf, size_t len, const fb_xfer_sender *s, uint64_t t0_us, uint64_t now_us)
@@ -502,10 +504,10 @@ void fb_xfer_sender_trace_line(char *buf, size_t len, const fb_xfer_sender *s, u
     fb_xfer_sender_stats st;
 
     fb_xfer_sender_stats_get(&st, s);
-    snprintf(buf, len, "%.3f %llu %llu %llu %llu %d %llu %llu %llu %llu %.0f %.0f\n",
+    snprintf(buf, len, "%.3f %llu %llu %llu %llu %d %llu %llu %llu %llu %llu %llu\n",
              (double)(now_us >= t0_us ? now_us - t0_us : 0) / 1e6, (unsigned long long)st.rate,
              (unsigned long long)st.recv_rate, (unsigned long long)st.srtt_us,
              (unsigned long long)st.queue_delay_us, st.quick_start, (unsigned long long)st.bytes_new,
              (unsigned long long)st.bytes_retx, (unsigned long long)st.acked_bytes,
-             (unsigned long long)st.lost_bytes, s->rate.recv_avg, s->rate.send_avg);
+             (unsigned long long)st.lost_bytes, (unsigned long long)st.recv_avg, (unsigned long long)st.send_avg);
 }

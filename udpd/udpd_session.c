@@ -1143,8 +1143,7 @@ void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd
             count_wire(FB_WIRE_R_UNKNOWN_SESSION);
             return;
         }
-    } else if (hdr.type != FB_WIRE_DATA && !fb_mem_equal_ct(s->sid + 4, hdr.sid + 4, FB_ID_RANDOM_LEN)) {
-        /* (DATA's short header names the slot alone: its association's key is the check) */
+    } else if (!fb_wire_names_session(&hdr, s->sid)) {
         count_wire(FB_WIRE_R_UNKNOWN_SESSION);
         return;
     }

@@ -9,6 +9,8 @@
 #   - udpd not running: the server offers no UDP port and HTTPS starts at once;
 #   - udpd killed mid-transfer: the rest goes over HTTPS, the file is identical;
 #   - udpd restarted during the HTTPS leg: fbcp moves back to UDP ("transport" event http -> udp);
+#   - without that HEAD a remote directory, a missing file and --overwrite never end as before
+#     (exit 2, 9, 16), and the unused session is deleted;
 #   - a UDP download asks no HEAD (the session's answer describes the file) and ends with udpd's
 #     CLOSE(unchanged): no DELETE, the session is gone; a file rewritten during a UDP download
 #     is noticed (HEAD) and fetched again;
@@ -318,6 +320,35 @@ test_udp_download_end_confirmed() {
     assert_eq 404 "$(api GET "sessions/$id")" "GET sessions/$id after the end"
 }
 
+# Without a HEAD first, the session request meets the unusual cases: they still end as they did
+# with a HEAD (a directory without -r: usage, exit 2; a missing file: not_found, exit 9), and a
+# session created before the local overwrite policy refused the download is deleted, not left.
+test_udp_download_without_head_edge_cases() {
+    local rc deletes
+    udpd_running || udpd_start
+    mkdata edge 100000
+    mkdir -p "$DOCROOT/udp/sub"
+    cp "$SRC/edge" "$DOCROOT/udp/edge"
+    docroot_chown "$DOCROOT/udp"
+    fbcp --json -q "$URL/udp/sub" "$OUT/edge-dir" >/dev/null 2>"$OUT/edge-dir.err"
+    rc=$?
+    assert_eq 2 "$rc" "exit status for a remote directory ($(cat "$OUT/edge-dir.err"))"
+    grep -q "is a remote directory (use -r)" "$OUT/edge-dir.err" || fail "message: $(cat "$OUT/edge-dir.err")"
+    fbcp --json -q "$URL/udp/no-such-file" "$OUT/edge-missing" >/dev/null 2>"$OUT/edge-missing.err"
+    rc=$?
+    assert_eq 9 "$rc" "exit status for a missing file ($(cat "$OUT/edge-missing.err"))"
+    [ ! -e "$OUT/edge-missing" ] || fail "a missing remote file left a local one"
+    echo keep >"$OUT/edge-kept"
+    deletes=$(access_count DELETE /sessions/)
+    fbcp --json -q -v --overwrite never "$URL/udp/edge" "$OUT/edge-kept" >/dev/null 2>"$OUT/edge-kept.err"
+    rc=$?
+    assert_eq 16 "$rc" "exit status with --overwrite never ($(tail -n 2 "$OUT/edge-kept.err"))"
+    assert_eq keep "$(cat "$OUT/edge-kept")" "the local file kept"
+    grep -q "describes the file: no HEAD" "$OUT/edge-kept.err" || fail "no session first: $(cat "$OUT/edge-kept.err")"
+    sleep 0.5 # Apache logs a request after answering it
+    assert_eq $((deletes + 1)) "$(access_count DELETE /sessions/)" "the unused session deleted"
+}
+
 # The file changes on the server (same size, rewritten in place) during a UDP download: udpd does
 # not vouch for it, fbcp's HEAD sees another ETag, starts over once and ends with the new content.
 test_udp_download_of_a_changing_file() {
@@ -566,6 +597,7 @@ run_test "udpd not running: no UDP port offered, HTTPS at once" test_udpd_down_h
 run_test "udpd killed mid-transfer: HTTPS finishes, identical" test_killed_midway_continues_https
 run_test "udpd restarted during the HTTPS leg: back to UDP" test_restarted_udpd_brings_udp_back
 run_test "UDP download: no HEAD before the session, ends with udpd's CLOSE(unchanged), no DELETE" test_udp_download_end_confirmed
+run_test "UDP download without HEAD: directory, missing file, --overwrite never as before" test_udp_download_without_head_edge_cases
 run_test "a file rewritten during a UDP download: noticed, fetched again" test_udp_download_of_a_changing_file
 run_test "10 transfers at once: UDP, HTTPS and switching" test_ten_at_once
 run_test "fbcp killed during UDP transfers: resumed over UDP" test_killed_fbcp_resumes_over_udp

@@ -183,6 +183,19 @@ START_TEST(test_round_trip_every_type)
         } else {
             ck_assert_mem_eq(peek.sid, want.hdr.sid, FB_WIRE_SID_LEN);
         }
+        /* It names its session (by the slot alone for DATA), not one with another slot, nor,
+         * with the long header, one with another random part. */
+        {
+            uint8_t other[FB_WIRE_SID_LEN];
+
+            ck_assert(fb_wire_names_session(&peek, want.hdr.sid));
+            memcpy(other, want.hdr.sid, sizeof(other));
+            other[3] ^= 1;
+            ck_assert(!fb_wire_names_session(&peek, other));
+            memcpy(other, want.hdr.sid, sizeof(other));
+            other[FB_WIRE_SID_LEN - 1] ^= 1;
+            ck_assert_int_eq(fb_wire_names_session(&peek, other), t == FB_WIRE_DATA);
+        }
 
         ck_assert_int_eq(open_copy(&got, buf, len, receiver_of((fb_wire_type)t), NULL), FB_WIRE_R_NONE);
         ck_assert_uint_eq(got.hdr.type, t);
