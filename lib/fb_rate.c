@@ -43,6 +43,9 @@
 #define RECV_TAU_MIN_US 40000.0     /* receive rate smoothed over max(40 ms, RTT/4) */
 #define RATE_FLOOR_PACKETS 10u      /* never slower than 10 datagrams/s (below a tiny target) */
 #define BURST_US 2000.0             /* pacer credit after idling or a late wake-up: 2 ms of the rate */
+#define CATCHUP_MAX_US 20000.0      /* a busy sender that fell behind owes at most 20 ms of its rate */
+#define CATCHUP_SPEED 1.25          /* ... and makes it up at 1.25 x the rate, after the burst */
+#define IDLE_GAP_US 50000u          /* no packet for 50 ms: the sender was idle, it owes nothing */
 #define SILENCE_MIN_US 200000u      /* no feedback for max(this, 2 srtt): start slowing down */
 #define EXCESS_LOSS_MIN 0.005       /* congestive loss: recent loss > 2 x random loss + 0.5 % */
 
@@ -518,20 +521,36 @@ void fb_rate_on_send(fb_rate *r, uint64_t now_us, size_t bytes)
         r->last_decay_us = now_us;
         clamp_rate(r);
     }
-    start = r->next_send_us > now - BURST_US ? r->next_send_us : now - BURST_US;
-    if (!r->started) {
-        start = now;
+    /* Two clocks. NEXT_SEND is the schedule at the rate: a sender that kept sending but was
+     * woken late or descheduled (a busy or virtualised host) stays in debt to it, up to
+     * CATCHUP_MAX_US, instead of losing what it could not send; one that sent nothing for a
+     * while was idle (no data, waiting for feedback) and owes nothing. CATCH_NEXT spaces
+     * packets at CATCHUP_SPEED times the rate with BURST_US of credit: the debt beyond one burst
+     * is repaid at a quarter above the rate, which a bottleneck absorbs as a queue of a quarter
+     * of the debt at most, rather than landing on it at once. */
+    if (!r->started || now_us - r->last_send_us > IDLE_GAP_US) {
+        start = r->started && r->next_send_us > now - BURST_US ? r->next_send_us : now - BURST_US;
+        if (!r->started)
+            start = now;
+        r->catch_next_us = start;
         r->started = 1;
+    } else {
+        start = r->next_send_us > now - CATCHUP_MAX_US ? r->next_send_us : now - CATCHUP_MAX_US;
     }
     r->next_send_us = start + (double)bytes * 1e6 / r->rate;
+    start = r->catch_next_us > now - BURST_US ? r->catch_next_us : now - BURST_US;
+    r->catch_next_us = start + (double)bytes * 1e6 / (CATCHUP_SPEED * r->rate);
+    r->last_send_us = now_us;
     r->sent_since_fb += (double)bytes;
 }
 
 uint64_t fb_rate_next_send_time(const fb_rate *r, uint64_t now_us)
 {
-    if (!r->started || r->next_send_us <= (double)now_us)
+    double t = r->next_send_us > r->catch_next_us ? r->next_send_us : r->catch_next_us;
+
+    if (!r->started || t <= (double)now_us)
         return now_us;
-    return (uint64_t)ceil(r->next_send_us);
+    return (uint64_t)ceil(t);
 }
 
 uint64_t fb_rate_current(const fb_rate *r)

@@ -102,8 +102,11 @@ typedef struct fb_rate {
                            * falls behind its pacer), over the receive rate's time constant;
                            * reported in rate traces, not used by the control law */
     int have_send;
-    double next_send_us; /* pacer: earliest time of the next packet */
-    int started;         /* any packet sent */
+    double next_send_us;  /* pacer: when the next packet is due at the rate (may lie behind
+                           * now by up to the catch-up allowance) */
+    double catch_next_us; /* pacer: earliest time of the next packet at the catch-up speed */
+    uint64_t last_send_us; /* when the last packet left */
+    int started;          /* any packet sent */
 } fb_rate;
 
 /* Sets up a controller at NOW_US. Invalid parameters are repaired (policy defaults to fair,
@@ -120,7 +123,9 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s);
 void fb_rate_on_send(fb_rate *r, uint64_t now_us, size_t bytes);
 
 /* Earliest time (us) the next datagram may leave; <= NOW_US means now. A sender may send up
- * to about 2 ms of its rate as one burst (a GSO batch) after being idle or woken late. */
+ * to about 2 ms of its rate as one burst (a GSO batch) after being idle or woken late. A sender
+ * that was busy but fell behind (woken late, descheduled) catches up what it owes, up to 20 ms
+ * of its rate, at 1.25 times the rate after that burst, instead of losing it. */
 uint64_t fb_rate_next_send_time(const fb_rate *r, uint64_t now_us);
 
 /* The pacing rate in bytes/s. */

@@ -430,10 +430,11 @@ START_TEST(test_fair_fills_a_lossy_long_link)
 }
 END_TEST
 
-/* A sender on a busy host: descheduled 100 times a second for 1-4 ms (its pacer forgives 2 ms),
- * and a link relay that holds packets up to 15 ms 20 times a second (delay spikes that are no
- * queue). The flow still fills the link. (With stalls of up to 8 ms, as the benchmark VM showed
- * under heavy CPU steal, it gets 82 %: docs/PROTOCOL.md section 9, known limits.) */
+/* A sender on a busy host: descheduled 100 times a second for 1-4 ms, and then for 1-8 ms (as
+ * the benchmark VM showed under heavy CPU steal: away a third of the time), and a link relay
+ * that holds packets up to 15 ms 20 times a second (delay spikes that are no queue). The pacer
+ * repays what the stalls held back, so the flow still fills the link (with only the 2 ms burst
+ * forgiven: 97 % and 83 %). */
 START_TEST(test_fair_tolerates_a_busy_host)
 {
     sim_cfg c;
@@ -447,10 +448,16 @@ START_TEST(test_fair_tolerates_a_busy_host)
     c.relay_stalls_per_s = 20;
     c.relay_stall_max_us = 15000;
     sim_run(&r, &c);
-    ck_assert_msg(r.goodput[0] >= 0.9 * c.link_rate * (1 - c.loss), "goodput %.0f of %.0f", r.goodput[0],
+    ck_assert_msg(r.goodput[0] >= 0.95 * c.link_rate * (1 - c.loss), "goodput %.0f of %.0f", r.goodput[0],
                   c.link_rate);
     /* the host really was away: about a fifth of the time (100 x 2.5 ms a second) */
     ck_assert_msg(r.stalled_us > c.duration_us / 6, "stalled %lu us", (unsigned long)r.stalled_us);
+
+    c.stall_max_us = 8000;
+    sim_run(&r, &c);
+    ck_assert_msg(r.goodput[0] >= 0.9 * c.link_rate * (1 - c.loss), "goodput %.0f of %.0f (stalls of 1-8 ms)",
+                  r.goodput[0], c.link_rate);
+    ck_assert_msg(r.stalled_us > c.duration_us / 4, "stalled %lu us", (unsigned long)r.stalled_us);
 }
 END_TEST
 
@@ -795,6 +802,18 @@ START_TEST(test_low_decreases_while_delay_exceeds_target)
 }
 END_TEST
 
+/* Sends every packet the pacer allows at NOW (at most MAX); returns how many. */
+static uint64_t pacer_burst(fb_rate *r, uint64_t now, uint64_t max)
+{
+    uint64_t n = 0;
+
+    while (n < max && fb_rate_next_send_time(r, now) <= now) {
+        fb_rate_on_send(r, now, PKT);
+        n++;
+    }
+    return n;
+}
+
 START_TEST(test_pacer_spaces_packets_at_the_rate)
 {
     fb_rate r;
@@ -816,13 +835,61 @@ START_TEST(test_pacer_spaces_packets_at_the_rate)
     ck_assert_uint_ge(sent, 999);
     ck_assert_uint_le(sent, 1002);
     /* After idling, at most ~2 ms of credit is sent at once. */
-    now += 500000;
-    sent = 0;
-    while (fb_rate_next_send_time(&r, now) <= now && sent < 100) {
-        fb_rate_on_send(&r, now, PKT);
-        sent++;
+    ck_assert_uint_le(pacer_burst(&r, now + 500000, 100), 3);
+}
+END_TEST
+
+/* A sender that is descheduled for the first 4 ms of every 10 ms (a busy or virtualised host)
+ * still sends at its rate: what it could not send while away is repaid at 1.25 x the rate
+ * after a burst of about 2 ms, never more than 20 ms of it, and a sender that was idle for a
+ * while owes nothing. */
+START_TEST(test_pacer_repays_a_late_senders_debt)
+{
+    fb_rate r;
+    fb_rate_params p = {FB_POLICY_FIXED, 1452000, 0, 0, PKT}; /* 1000 packets/s: 1 per ms */
+    uint64_t now = 1000000, sent = 0, most = 0, wakes = 0;
+
+    fb_rate_init(&r, &p, now);
+    while (now < 3000000 && wakes < 10000) {
+        uint64_t burst = pacer_burst(&r, now, 1000);
+
+        wakes++;
+        sent += burst;
+        most = burst > most ? burst : most;
+        /* never ahead of the rate by more than the burst */
+        ck_assert_uint_le(sent, (now - 1000000) / 1000 + 4);
+        now = fb_rate_next_send_time(&r, now);
+        if (now % 10000 < 4000)
+            now += 4000 - now % 10000; /* away: runs again at the end of the stall */
     }
-    ck_assert_uint_le(sent, 3);
+    /* 2 s at 1000/s; forgiving only 2 ms of each stall would send 1800 */
+    ck_assert_uint_ge(sent, 1980);
+    ck_assert_uint_le(most, 4);
+
+    /* Descheduled for 40 ms while busy: at most 20 ms is owed, repaid at 1.25 x. */
+    now += 40000;
+    {
+        uint64_t t0 = now, n = 0;
+
+        for (int i = 0; i < 100000 && now < t0 + 200000; i++) {
+            uint64_t t = fb_rate_next_send_time(&r, now);
+
+            if (t > now) {
+                now = t;
+                continue;
+            }
+            fb_rate_on_send(&r, now, PKT);
+            n++;
+            /* the catch-up speed: about 1.25 packets per ms after the first burst */
+            ck_assert_uint_le(n, (now - t0) * 125 / 100000 + 4);
+        }
+        /* 200 ms at the rate plus the 20 ms owed (not the whole 40 ms) */
+        ck_assert_uint_ge(n, 215);
+        ck_assert_uint_le(n, 224);
+    }
+
+    /* Idle for 60 ms (nothing to send): no debt, just the burst. */
+    ck_assert_uint_le(pacer_burst(&r, now + 60000, 100), 3);
 }
 END_TEST
 
@@ -1033,6 +1100,7 @@ static Suite *rate_suite(void)
     tcase_add_test(direct, test_loss_with_rising_delay_cuts_once_per_rtt);
     tcase_add_test(direct, test_low_decreases_while_delay_exceeds_target);
     tcase_add_test(direct, test_pacer_spaces_packets_at_the_rate);
+    tcase_add_test(direct, test_pacer_repays_a_late_senders_debt);
     tcase_add_test(direct, test_silence_slows_adaptive_flows_but_not_fixed);
     tcase_add_test(direct, test_set_limits_clamps_immediately);
     tcase_add_test(direct, test_rate_never_reaches_zero);
