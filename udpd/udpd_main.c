@@ -33,6 +33,10 @@
 #define HEARTBEAT_US 1000000ull
 #define STATS_US (60ull * 1000000)
 #define RX_BATCHES_PER_WAKE 64 /* then the timers get a turn */
+/* After a read that found datagrams, the next ones are left to gather in the socket this long
+ * (unless a timer is due sooner) instead of waking for each: a 500 Mbit/s upload woke udpd
+ * 12000 times a second for about three datagrams each. Arrival times come from the kernel. */
+#define RX_GATHER_US 500
 
 struct udpd {
     const char *config_file;
@@ -46,6 +50,7 @@ struct udpd {
     int want_out; /* EPOLLOUT armed */
     uint64_t timer_armed_us;
     uint64_t last_heartbeat_us, last_stats_us;
+    uint64_t rx_found_us; /* when the last read found datagrams and drained the socket; 0: no */
 };
 
 static volatile int stop_requested;
@@ -307,6 +312,7 @@ static void handle_signals(udpd *d)
 
 static void receive(udpd *d)
 {
+    d->rx_found_us = 0;
     for (int b = 0; b < RX_BATCHES_PER_WAKE; b++) {
         udpd_rx_dgram *dg;
         int n = udpd_rx_recv(&d->sock, d->rx, &dg);
@@ -316,8 +322,13 @@ static void receive(udpd *d)
             udpd_log(UDPD_WARN, "UD00035", "receive: %s", strerror(errno));
             return;
         }
-        if (n == 0)
+        if (n == 0) {
+            if (b > 0)
+                d->rx_found_us = udpd_now_us();
             return;
+        }
+        if (b == 0)
+            udpd_ctr.rx_reads++;
         now = udpd_now_us();
         for (int i = 0; i < n; i++)
             udpd_sessions_input(d->ss, dg[i].buf, dg[i].len, dg[i].from, now, dg[i].arrived_us);
@@ -344,6 +355,18 @@ static int event_loop(udpd *d)
         }
         if (d->last_heartbeat_us + HEARTBEAT_US < next)
             next = d->last_heartbeat_us + HEARTBEAT_US;
+        if (d->rx_found_us != 0 && next > now) {
+            uint64_t until = d->rx_found_us + RX_GATHER_US < next ? d->rx_found_us + RX_GATHER_US : next;
+
+            d->rx_found_us = 0;
+            if (until > now) {
+                /* let datagrams gather; signals wait in the signalfd meanwhile */
+                struct timespec ts = {.tv_sec = 0, .tv_nsec = (long)(until - now) * 1000};
+
+                nanosleep(&ts, NULL);
+                continue;
+            }
+        }
         arm_timer(d, next, now);
         n = epoll_wait(d->epfd, evs, 8, next <= now ? 0 : -1);
         if (n < 0) {
