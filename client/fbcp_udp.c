@@ -71,8 +71,10 @@
 #define FBCP_UDP_RX_POLL_US 1000 /* without a readable socket, look anyway this often */
 /* After a read that found datagrams, the next ones are left to gather in the socket this long
  * (unless something is due sooner) instead of waking for each: at 500 Mbit/s one wake-up per
- * few datagrams became one per ~20, and the arrival times come from the kernel anyway. */
+ * few datagrams became one per ~20, and the arrival times come from the kernel anyway.
+ * FBCP_UDP_RX_GATHER_US=N (0..10000) overrides it, for tuning and tests. */
 #define FBCP_UDP_RX_GATHER_US 500
+#define FBCP_UDP_RX_GATHER_MAX_US 10000
 
 typedef union fbcp_cmsg_u16 {
     char buf[CMSG_SPACE(sizeof(uint16_t))];
@@ -144,6 +146,7 @@ struct fbcp_udp {
     int readable;        /* the last wait saw a datagram waiting */
     uint64_t last_rx_us; /* last receive call */
     int rx_found;        /* ... and it found datagrams: let the next ones gather */
+    uint64_t rx_gather_us; /* for this long (FBCP_UDP_RX_GATHER_US) */
     uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
     uint64_t rx_reads; /* receive calls that found datagrams (rx_dgrams / rx_reads: the batching) */
 
@@ -829,7 +832,7 @@ static void fbcp_udp_wait(fbcp_udp *u, uint64_t now, uint64_t until, int want_ou
 {
     struct pollfd pfd = {.fd = u->fd, .events = POLLIN | (want_out ? POLLOUT : 0)};
     struct timespec ts;
-    uint64_t wait, gather_end = u->last_rx_us + FBCP_UDP_RX_GATHER_US;
+    uint64_t wait, gather_end = u->last_rx_us + u->rx_gather_us;
     int gathering = u->rx_found && now < gather_end;
 
     if (until <= now) {
@@ -1000,6 +1003,14 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
     }
     if (!u->associated)
         fbcp_udp_hello(u, now, 1); /* a fresh attempt: an old probe's HELLO may be long stale */
+    u->rx_gather_us = FBCP_UDP_RX_GATHER_US;
+    if (getenv("FBCP_UDP_RX_GATHER_US") != NULL) {
+        char *end = NULL;
+        unsigned long long g = strtoull(getenv("FBCP_UDP_RX_GATHER_US"), &end, 10);
+
+        if (end != NULL && *end == '\0' && g <= FBCP_UDP_RX_GATHER_MAX_US)
+            u->rx_gather_us = g;
+    }
     if (upload && u->rate_trace == NULL && getenv("FBCP_RATE_TRACE") != NULL) {
         u->rate_trace = fopen(getenv("FBCP_RATE_TRACE"), "a");
         u->rate_trace_t0 = now;
