@@ -46,6 +46,7 @@ typedef enum udpd_drop {
 typedef struct udpd_counters {
     uint64_t rx_dgrams, rx_bytes, tx_dgrams, tx_bytes;
     uint64_t rx_reads; /* wake-ups that found datagrams to read (rx_dgrams / rx_reads: the batching) */
+    uint64_t tx_sends; /* sendmmsg calls (tx_dgrams / tx_sends: datagrams per pacing wake-up) */
     uint64_t wire[FB_WIRE_R__COUNT]; /* codec reasons; unknown_session counted here too */
     uint64_t drop[UDPD_DROP__COUNT];
     uint64_t hellos, hello_refused, associations, closes, probes;

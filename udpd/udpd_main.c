@@ -72,10 +72,11 @@ uint64_t udpd_now_us(void)
 
 static void flush_tx(udpd *d)
 {
-    uint64_t before = d->sock.st.tx_dgrams;
+    uint64_t before = d->sock.st.tx_dgrams, calls = d->sock.st.tx_calls;
     int busy = udpd_tx_flush(&d->sock, d->tx);
 
     udpd_ctr.tx_dgrams += d->sock.st.tx_dgrams - before;
+    udpd_ctr.tx_sends += d->sock.st.tx_calls - calls;
     if (busy != d->want_out) {
         struct epoll_event ev = {.events = EPOLLIN | (busy ? EPOLLOUT : 0), .data.fd = d->sock.fd};
 
