@@ -151,6 +151,7 @@ struct fbcp_udp {
     uint64_t rx_gather_us; /* for this long (FBCP_UDP_RX_GATHER_US) */
     uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
     uint64_t rx_reads; /* receive calls that found datagrams (rx_dgrams / rx_reads: the batching) */
+    uint64_t tx_sends; /* sendmmsg calls (tx_dgrams / tx_sends: datagrams per pacing wake-up) */
 
     /* FBCP_RATE_TRACE=FILE: the sender's rate controller every 10 ms (for bench/ and tuning) */
     FILE *rate_trace;
@@ -370,6 +371,7 @@ static int fbcp_udp_flush(fbcp_udp *u)
         int r = sendmmsg(u->fd, msgs + m, nm - m, 0);
 
         if (r > 0) {
+            u->tx_sends++;
             for (int k = 0; k < r; k++) {
                 done += count[m + (unsigned)k];
                 u->tx_dgrams += count[m + (unsigned)k];
@@ -1199,11 +1201,11 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
             fbcp_trace(
                 o,
                 "UDP leg ends: %s; %llu bytes sent, %llu resent, %llu lost, srtt %llu us, rate %llu B/s, "
-                "%llu datagrams (%llu GSO messages)",
+                "%llu datagrams in %llu send calls (%llu GSO messages)",
                 rv == FB_OK ? "all acknowledged" : fb_err_message(rv), (unsigned long long)ss.bytes_new,
                 (unsigned long long)ss.bytes_retx, (unsigned long long)ss.lost_bytes,
                 (unsigned long long)ss.srtt_us, (unsigned long long)ss.rate, (unsigned long long)u->tx_dgrams,
-                (unsigned long long)u->tx_gso_msgs);
+                (unsigned long long)u->tx_sends, (unsigned long long)u->tx_gso_msgs);
         } else if (u->rcv != NULL) {
             fb_xfer_receiver_stats_get(&rs, u->rcv);
             fbcp_trace(o,

@@ -322,9 +322,9 @@ test_udp_download_end_confirmed() {
 
 # A paced download whose datagrams come a few at a time (udpd without GSO, 80 Mbit/s, about 6800
 # a second): fbcp lets them gather in the socket between reads instead of waking for each few.
-# The same download with the gathering off (FBCP_UDP_RX_GATHER_US=0) and with a 2 ms window: the
-# window must cut the reads at least in half (2885 and 1505 reads on an idle machine with the
-# default 0.5 ms; about 500 a second with 2 ms).
+# The same download with the gathering off (FBCP_UDP_RX_GATHER_US=0) and with a 4 ms window: the
+# window must cut the reads at least in half (1902 against 378 on an idle machine; udpd sends
+# bursts of about 7 datagrams a millisecond, so without gathering a read takes about 4).
 test_udp_download_gathers_datagrams() {
     local line reads_off reads_on
     udpd_kill
@@ -344,11 +344,29 @@ test_udp_download_gathers_datagrams() {
         echo "${line%% *}"
     }
     reads_off=$(paced_reads 0)
-    reads_on=$(paced_reads 2000)
+    reads_on=$(paced_reads 4000)
     [ "$reads_off" -gt 0 ] && [ $((reads_on * 2)) -lt "$reads_off" ] ||
-        fail "$reads_on reads with a 2 ms gathering window, $reads_off without"
+        fail "$reads_on reads with a 4 ms gathering window, $reads_off without"
     udpd_kill
     udpd_start
+}
+
+# A paced upload (80 Mbit/s, about 6800 datagrams a second): fbcp sleeps at least 1 ms between
+# pacing wake-ups (FBCP_UDP_MIN_SLEEP_US) and sends what came due as one batch, so a send call
+# carries several datagrams (about 7; one or two with the old 150 us).
+test_udp_upload_sends_in_batches() {
+    local line dgrams calls
+    udpd_running || udpd_start
+    mkdata pacedup 12000000
+    up pacedup udp/pacedup -v --target-rate 80M
+    assert_over_udp "$OUT/pacedup.up.json" 12000000
+    line=$(grep -o "[0-9]* datagrams in [0-9]* send calls" "$OUT/pacedup.up.err" | tail -n 1)
+    echo "# $line"
+    [ -n "$line" ] || fail "no send count: $(tail -n 3 "$OUT/pacedup.up.err")"
+    dgrams=${line%% *}
+    calls=${line##*in }
+    calls=${calls%% *}
+    [ "$calls" -gt 0 ] && [ $((dgrams / calls)) -ge 4 ] || fail "$line: under 4 a call"
 }
 
 # Without a HEAD first, the session request meets the unusual cases: they still end as they did
@@ -622,6 +640,7 @@ udpd_start
 run_test "UDP upload and download of 0 B, 1 B, chunk size -1 and +1" test_udp_small_sizes
 run_test "UDP upload and download of 200 MiB" test_udp_200m
 run_test "a paced UDP download reads its datagrams in batches" test_udp_download_gathers_datagrams
+run_test "a paced UDP upload sends its datagrams in batches" test_udp_upload_sends_in_batches
 run_test "every event carries t, transport, bytes_udp, bytes_http" test_events_carry_t_and_counts
 run_test "--cipher aes-128-gcm, aes-256-gcm; none is the server's choice" test_ciphers
 run_test "UDP blocked from the start: HTTPS carries the data within 3 s" test_blocked_from_start_goes_https
