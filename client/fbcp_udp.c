@@ -147,8 +147,8 @@ struct fbcp_udp {
 
     int readable;        /* the last wait saw a datagram waiting */
     uint64_t last_rx_us; /* last receive call */
-    int rx_found;        /* ... and it found datagrams: let the next ones gather */
-    uint64_t rx_gather_us; /* for this long (FBCP_UDP_RX_GATHER_US) */
+    uint64_t rx_gather_us;  /* after a read that found datagrams, let the next gather this long */
+    uint64_t gather_end_us; /* ... until then (0: not gathering) */
     uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
     uint64_t rx_reads; /* receive calls that found datagrams (rx_dgrams / rx_reads: the batching) */
     uint64_t tx_sends; /* sendmmsg calls (tx_dgrams / tx_sends: datagrams per pacing wake-up) */
@@ -524,7 +524,7 @@ static int fbcp_udp_close_download(fbcp_udp *u)
     until = now + 2 * rtt + FBCP_UDP_CLOSE_WAIT_EXTRA_US;
     u->peer_closed = 0;
     u->close_unchanged = 0;
-    u->rx_found = 0; /* udpd's CLOSE is read as soon as it comes */
+    u->gather_end_us = 0; /* udpd's CLOSE is read as soon as it comes */
     fbcp_udp_close(u, FB_OK);
     u->associated = 1; /* still open for udpd's CLOSE */
     /* bounded: ends at UNTIL or with udpd's CLOSE */
@@ -836,28 +836,31 @@ static void fbcp_udp_wait(fbcp_udp *u, uint64_t now, uint64_t until, int want_ou
 {
     struct pollfd pfd = {.fd = u->fd, .events = POLLIN | (want_out ? POLLOUT : 0)};
     struct timespec ts;
-    uint64_t wait, gather_end = u->last_rx_us + u->rx_gather_us;
-    int gathering = u->rx_found && now < gather_end;
+    uint64_t wait;
+    int read_after = 0;
 
     if (until <= now) {
         u->readable = 0;
         return; /* work is due: the caller's loop comes back at once */
-    }
-    if (gathering) {
-        /* not woken by each datagram: sleep to the end of the gathering (or what is due) */
-        pfd.events &= (short)~POLLIN;
-        if (until > gather_end)
-            until = gather_end;
     }
     wait = until - now;
     if (wait < FBCP_UDP_MIN_SLEEP_US)
         wait = FBCP_UDP_MIN_SLEEP_US;
     if (wait > FBCP_UDP_TICK_US)
         wait = FBCP_UDP_TICK_US;
+    if (now < u->gather_end_us) {
+        /* not woken by each datagram: sleep to the end of the gathering (or what is due; the
+         * pacing minimum above is for sends and does not lengthen the gathering) */
+        pfd.events &= (short)~POLLIN;
+        if (now + wait >= u->gather_end_us) {
+            wait = u->gather_end_us - now;
+            read_after = 1;
+        }
+    }
     ts.tv_sec = (time_t)(wait / 1000000);
     ts.tv_nsec = (long)(wait % 1000000) * 1000;
     u->readable = ppoll(&pfd, 1, &ts, NULL) > 0 && (pfd.revents & POLLIN);
-    if (gathering && until == gather_end)
+    if (read_after)
         u->readable = 1; /* read what gathered */
 }
 
@@ -1037,9 +1040,12 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
         }
         /* a receive call only when something waits (or now and then: an error may be pending) */
         if (u->readable || now - u->last_rx_us >= FBCP_UDP_RX_POLL_US) {
+            uint64_t reads = u->rx_reads;
+
             u->last_rx_us = now;
             u->readable = 0;
-            u->rx_found = fbcp_udp_receive(u, sw, &now, &refused, &answered) > 0;
+            fbcp_udp_receive(u, sw, &now, &refused, &answered);
+            u->gather_end_us = u->rx_reads != reads ? u->last_rx_us + u->rx_gather_us : 0;
         }
         if (answered)
             fbcp_trace(o, "UDP: %s accepted: cipher %u, policy %u, rate %llu..%llu B/s, datagram %zu",

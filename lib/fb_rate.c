@@ -529,9 +529,10 @@ void fb_rate_on_send(fb_rate *r, uint64_t now_us, size_t bytes)
      * is repaid at a quarter above the rate, which a bottleneck absorbs as a queue of a quarter
      * of the debt at most, rather than landing on it at once. */
     if (!r->started || now_us - r->last_send_us > IDLE_GAP_US) {
-        start = r->started && r->next_send_us > now - BURST_US ? r->next_send_us : now - BURST_US;
         if (!r->started)
             start = now;
+        else
+            start = r->next_send_us > now - BURST_US ? r->next_send_us : now - BURST_US;
         r->catch_next_us = start;
         r->started = 1;
     } else {

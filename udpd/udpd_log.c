@@ -84,17 +84,19 @@ void udpd_counters_log(udpd_level level, const char *why)
 
     udpd_log(
         level, "UD00050",
-        "counters (%s): rx_dgrams=%llu rx_reads=%llu rx_bytes=%llu tx_dgrams=%llu tx_sends=%llu tx_bytes=%llu dropped=%llu hellos=%llu "
-        "hello_refused=%llu associations=%llu closes=%llu downloads_confirmed=%llu probes=%llu data_bytes_new=%llu "
-        "data_bytes_dup=%llu "
+        "counters (%s): rx_dgrams=%llu rx_reads=%llu rx_bytes=%llu tx_dgrams=%llu tx_sends=%llu "
+        "tx_bytes=%llu dropped=%llu hellos=%llu hello_refused=%llu associations=%llu closes=%llu "
+        "downloads_confirmed=%llu probes=%llu data_bytes_new=%llu data_bytes_dup=%llu "
         "data_bytes_sent=%llu feedbacks_sent=%llu feedbacks_rx=%llu chunks_completed=%llu checkpoints=%llu "
         "checkpoint_errors=%llu write_errors=%llu",
-        why, (unsigned long long)c->rx_dgrams, (unsigned long long)c->rx_reads, (unsigned long long)c->rx_bytes,
-        (unsigned long long)c->tx_dgrams, (unsigned long long)c->tx_sends, (unsigned long long)c->tx_bytes,
-        (unsigned long long)udpd_counters_dropped(), (unsigned long long)c->hellos,
-        (unsigned long long)c->hello_refused, (unsigned long long)c->associations,
-        (unsigned long long)c->closes, (unsigned long long)c->downloads_confirmed, (unsigned long long)c->probes, (unsigned long long)c->data_bytes_new,
-        (unsigned long long)c->data_bytes_dup, (unsigned long long)c->data_bytes_sent,
+        why, (unsigned long long)c->rx_dgrams, (unsigned long long)c->rx_reads,
+        (unsigned long long)c->rx_bytes, (unsigned long long)c->tx_dgrams, (unsigned long long)c->tx_sends,
+        (unsigned long long)c->tx_bytes, (unsigned long long)udpd_counters_dropped(),
+        (unsigned long long)c->hellos, (unsigned long long)c->hello_refused,
+        (unsigned long long)c->associations, (unsigned long long)c->closes,
+        (unsigned long long)c->downloads_confirmed, (unsigned long long)c->probes,
+        (unsigned long long)c->data_bytes_new, (unsigned long long)c->data_bytes_dup,
+        (unsigned long long)c->data_bytes_sent,
         (unsigned long long)c->feedbacks_sent, (unsigned long long)c->feedbacks_rx,
         (unsigned long long)c->chunks_completed,
         (unsigned long long)__atomic_load_n(&c->checkpoints, __ATOMIC_RELAXED),
