@@ -180,22 +180,26 @@ static int64_t base_owd_update(fb_rate *r, int64_t owd, uint64_t now)
 
 static void update_delay(fb_rate *r, const fb_rate_sample *s)
 {
-    int64_t q;
+    int64_t q, newest;
 
     if (s->rtt_us > 0) {
         r->srtt_us = r->srtt_us == 0 ? s->rtt_us : (7 * r->srtt_us + s->rtt_us) / 8;
         if (r->min_rtt_us == 0 || s->rtt_us < r->min_rtt_us)
             r->min_rtt_us = s->rtt_us;
     }
-    if (s->has_owd)
-        q = s->owd_us - base_owd_update(r, s->owd_us, s->now_us);
-    else if (s->rtt_us > 0 && r->min_rtt_us > 0)
-        q = (int64_t)(s->rtt_us - r->min_rtt_us);
-    else
+    if (s->has_owd) {
+        int64_t smallest = s->owd_us - (int64_t)s->owd_lag_us, base = base_owd_update(r, smallest, s->now_us);
+
+        q = smallest - base;
+        newest = s->owd_us - base;
+    } else if (s->rtt_us > 0 && r->min_rtt_us > 0) {
+        q = newest = (int64_t)(s->rtt_us - r->min_rtt_us);
+    } else {
         return;
-    if (q < 0)
-        q = 0;
-    r->qdelay_us = q;
+    }
+    r->qdelay_us = q < 0 ? 0 : q;
+    r->qdelay_newest_us = newest < r->qdelay_us ? r->qdelay_us : newest;
+    q = r->qdelay_us;
     /* Minimum q over the last one to two RTTs: the reference for "the delay is rising". */
     if (!r->have_q) {
         r->qmin_cur_us = r->qmin_prev_us = q;
@@ -293,7 +297,7 @@ static int delay_says_congested(const fb_rate *r)
     int64_t rise = qmin / 2 > RISE_MIN_US ? qmin / 2 : RISE_MIN_US;
     if (!r->have_q)
         return 0;
-    if (r->quick_start && r->qdelay_us >= qmin + rise)
+    if (r->quick_start && r->qdelay_newest_us >= qmin + rise)
         return 1;
     return r->qdelay_us > HIGH_Q_MIN_US && (double)r->qdelay_us > 2.0 * own_target_us(r);
 }
@@ -438,7 +442,7 @@ void fb_rate_on_feedback(fb_rate *r, const fb_rate_sample *s)
 
         /* The queue counts as building on two feedbacks in a row above the exit delay: one
          * alone may be a host's scheduling hiccup, not the path. */
-        if (r->have_q && (double)r->qdelay_us > quick_start_exit_us(r))
+        if (r->have_q && (double)r->qdelay_newest_us > quick_start_exit_us(r))
             r->qs_high++;
         else
             r->qs_high = 0;

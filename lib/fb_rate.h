@@ -4,7 +4,10 @@
  * Rate-based and paced, fed by the receiver's FEEDBACK, driven by queueing delay rather than
  * loss, so random loss costs only its retransmission. Queueing delay q is the one-way delay
  * sample minus its windowed minimum (the clock offset between the hosts cancels out), or the
- * RTT above its minimum when no one-way sample is given. Policies:
+ * RTT above its minimum when no one-way sample is given. The control law uses the smallest
+ * one-way delay since the previous FEEDBACK (the queue that stays, not the one a paced burst
+ * builds behind its own first datagrams, nor a relay's or host's delay hiccup); quick start's
+ * exit uses the newest (a queue growing fast). Policies:
  *
  *   fixed  hold the target rate whatever the network does;
  *   fair   keep ALPHA bytes of its own queued at the bottleneck (FAST TCP's equilibrium, in rate
@@ -51,6 +54,8 @@ typedef struct fb_rate_sample {
     uint64_t rtt_us;      /* now - echo_ts - hold; 0 = no sample */
     int has_owd;          /* owd_us is valid */
     int64_t owd_us;       /* echo_recv_ts - echo_ts: one-way delay plus the clocks' offset */
+    uint32_t owd_lag_us;  /* how much owd_us exceeds the smallest one-way delay of the DATA that
+                           * arrived since the previous FEEDBACK (FEEDBACK's delay lag) */
     uint64_t recv_rate;   /* bytes/s measured by the receiver; 0 = unknown */
 } fb_rate_sample;
 
@@ -67,7 +72,9 @@ typedef struct fb_rate {
     int64_t base_owd[6];     /* windowed minimum of one-way delay: one bucket per 10 s */
     uint64_t base_bucket_us; /* start of the current bucket */
     unsigned base_idx;
-    int64_t qdelay_us; /* latest queueing delay estimate */
+    int64_t qdelay_us;        /* latest queueing delay estimate: the standing queue (the
+                               * smallest delay since the previous FEEDBACK) */
+    int64_t qdelay_newest_us; /* the newest DATA's queueing delay (quick start's exit) */
     int have_q;
     int64_t qmin_cur_us, qmin_prev_us; /* min q over the current and previous RTT-long period */
     uint64_t qmin_since_us;

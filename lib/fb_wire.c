@@ -88,7 +88,7 @@ typedef struct wire_feedback {
     uint8_t echo_recv_ts[8];
     uint8_t hold[4];
     uint8_t nranges[2];
-    uint8_t reserved[2];
+    uint8_t delay_lag[2];
     /* nranges x wire_range */
 } wire_feedback;
 _Static_assert(sizeof(wire_feedback) == FB_WIRE_FEEDBACK_FIXED, "FEEDBACK body layout");
@@ -542,6 +542,7 @@ fb_err fb_wire_encode_feedback(uint8_t *buf, size_t cap, size_t *plen, const fb_
     put64(w->echo_recv_ts, m->echo_recv_ts_us);
     put32(w->hold, m->hold_us);
     put16(w->nranges, m->nranges);
+    put16(w->delay_lag, m->delay_lag_us);
     if (from) {
         wire_from *f = (wire_from *)(buf + FB_WIRE_HEADER_LEN + FB_WIRE_FEEDBACK_FIXED);
 
@@ -685,8 +686,8 @@ static int parse_body(fb_wire_pkt *pkt, const uint8_t *body, size_t bodylen)
         m->echo_recv_ts_us = get64(w->echo_recv_ts);
         m->hold_us = get32(w->hold);
         m->nranges = get16(w->nranges);
-        if (m->nranges != listed || listed > FB_WIRE_MAX_RANGES ||
-            !all_zero(w->reserved, sizeof(w->reserved)))
+        m->delay_lag_us = get16(w->delay_lag);
+        if (m->nranges != listed || listed > FB_WIRE_MAX_RANGES)
             return 0;
         m->from_offset = m->cum_offset;
         if (from) {

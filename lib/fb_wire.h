@@ -4,7 +4,7 @@
  * 16-byte AEAD tag. Every type but DATA has the 28-byte long header:
  *
  *   +------+------+-------+----------+----------------+---------------+---------------+--------+
- *   | 0xF3 | type | flags | reserved | session id(16) | packet nr(u64)| body (sealed) | tag 16 |
+ *   | 0xF4 | type | flags | reserved | session id(16) | packet nr(u64)| body (sealed) | tag 16 |
  *   +------+------+-------+----------+----------------+---------------+---------------+--------+
  *
  * DATA, nearly every datagram of a transfer, has an 11-byte short header: the slot index alone
@@ -12,7 +12,7 @@
  * receiver restores the rest from its replay window), and its send timestamp is 32 bits:
  *
  *   +------+------+-------+-----------------+-----------------+-----------------------+--------+
- *   | 0xF3 | 0x03 | flags | slot index (u32)| packet nr (low32)| body (sealed)        | tag 16 |
+ *   | 0xF4 | 0x03 | flags | slot index (u32)| packet nr (low32)| body (sealed)        | tag 16 |
  *   +------+------+-------+-----------------+-----------------+-----------------------+--------+
  *
  * Pure code (bytes in, bytes out, time passed in by the caller): no I/O, no clock, no
@@ -31,9 +31,9 @@
 #include "fb_range.h"
 #include "fb_replay.h"
 
-#define FB_WIRE_VERSION 3
+#define FB_WIRE_VERSION 4
 #define FB_WIRE_MAGIC 0xF0u                                    /* high nibble of byte 0 */
-#define FB_WIRE_VERSION_BYTE (FB_WIRE_MAGIC | FB_WIRE_VERSION) /* 0xF3 */
+#define FB_WIRE_VERSION_BYTE (FB_WIRE_MAGIC | FB_WIRE_VERSION) /* 0xF4 */
 
 #define FB_WIRE_SID_LEN 16     /* u32 slot index (big-endian) + 12 random bytes */
 #define FB_WIRE_SID_HEX_LEN 32 /* the HTTP session id: "%08x" index + 24 hex */
@@ -153,6 +153,9 @@ typedef struct fb_wire_feedback {
     uint64_t echo_ts_us;                 /* send_ts_us of the newest DATA received (0 = none yet) */
     uint64_t echo_recv_ts_us;            /* receiver clock when that DATA arrived (one-way delay sample) */
     uint32_t hold_us;                    /* from that arrival to sending this feedback */
+    uint16_t delay_lag_us;               /* that DATA's one-way delay minus the smallest one of
+                                          * the first transmissions that arrived since the
+                                          * previous FEEDBACK (saturates at 65535; 0 = none) */
     uint16_t nranges;                    /* missing ranges listed, <= FB_WIRE_MAX_RANGES */
     uint64_t from_offset;                /* with FB_WIRE_F_FEEDBACK_FROM: where the listing starts
                                           * (cum < from < high; [cum, from) not described);

@@ -247,6 +247,10 @@ struct fb_xfer_receiver {
     int new_hole;     /* a DATA opened a hole since the last FEEDBACK */
     int have_echo;
     uint64_t echo_ts_us, echo_recv_us;
+    /* the smallest one-way delay (receive time minus send time, modulo 2^32: only differences
+     * count) of the first transmissions that arrived since the last FEEDBACK */
+    int have_min_delay;
+    uint32_t min_delay;
     /* receive rate: datagram bytes that arrived (rate_bytes, cumulative, the first datagram's
      * excluded: it opens the span) up to last_arrival_us; the marks are earlier (time, bytes)
      * pairs, one per FEEDBACK, so the rate spans about FB_XFER_RATE_WINDOW_US of arrivals */
@@ -431,11 +435,20 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
     /* The newest first transmission is the delay sample (a retransmission's send time says
      * nothing about the path it would have taken). */
     /* (32-bit send times: "newer" modulo 2^32, so the comparison survives their wrap) */
-    if (!(hdr->flags & FB_WIRE_F_DATA_RETRANSMIT) &&
-        (!r->have_echo || (int32_t)((uint32_t)d->send_ts_us - (uint32_t)r->echo_ts_us) >= 0)) {
-        r->have_echo = 1;
-        r->echo_ts_us = d->send_ts_us;
-        r->echo_recv_us = now_us;
+    if (!(hdr->flags & FB_WIRE_F_DATA_RETRANSMIT)) {
+        uint32_t delay = (uint32_t)now_us - (uint32_t)d->send_ts_us;
+
+        if (!r->have_echo || (int32_t)((uint32_t)d->send_ts_us - (uint32_t)r->echo_ts_us) >= 0) {
+            r->have_echo = 1;
+            r->echo_ts_us = d->send_ts_us;
+            r->echo_recv_us = now_us;
+        }
+        /* A burst queues behind itself: its last datagram (often the newest) waited for the
+         * others, its first did not. The smallest delay is the queue that stays. */
+        if (!r->have_min_delay || (int32_t)(delay - r->min_delay) < 0) {
+            r->have_min_delay = 1;
+            r->min_delay = delay;
+        }
     }
     if (pnew != NULL)
         *pnew = fresh;
@@ -574,6 +587,13 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
         fb.echo_ts_us = r->echo_ts_us;
         fb.echo_recv_ts_us = r->echo_recv_us;
         fb.hold_us = hold > UINT32_MAX ? UINT32_MAX : (uint32_t)hold;
+        if (r->have_min_delay) {
+            /* the echo's delay minus the smallest: positive unless the echo arrived before the
+             * previous FEEDBACK and is not among them */
+            int32_t lag = (int32_t)(((uint32_t)r->echo_recv_us - (uint32_t)r->echo_ts_us) - r->min_delay);
+
+            fb.delay_lag_us = lag <= 0 ? 0 : lag > UINT16_MAX ? UINT16_MAX : (uint16_t)lag;
+        }
     }
     e = fb_wire_encode_feedback(buf, cap, plen, &hdr, &fb, r->p.aead);
     if (e != FB_OK)
@@ -587,6 +607,7 @@ fb_err fb_xfer_receiver_feedback(fb_xfer_receiver *r, uint8_t *buf, size_t cap, 
     r->sent_any = 1;
     r->last_fb_us = now_us;
     r->pkts_since_fb = 0;
+    r->have_min_delay = 0;
     r->new_hole = 0;
     r->st.feedbacks++;
     return FB_OK;

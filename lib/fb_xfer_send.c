@@ -416,6 +416,7 @@ fb_err fb_xfer_sender_on_feedback(fb_xfer_sender *s, const fb_wire_hdr *hdr, con
             if (fb->echo_recv_ts_us != 0) {
                 smp.has_owd = 1;
                 smp.owd_us = (int64_t)(fb->echo_recv_ts_us - echo_ts);
+                smp.owd_lag_us = fb->delay_lag_us;
             }
         }
         s->last_echo_ts = echo_ts;

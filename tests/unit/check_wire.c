@@ -106,6 +106,7 @@ static fb_wire_pkt sample(fb_wire_type type)
         p.u.feedback.echo_ts_us = 31337;
         p.u.feedback.echo_recv_ts_us = 0x7fffffffffull;
         p.u.feedback.hold_us = 1234;
+        p.u.feedback.delay_lag_us = 4321;
         p.u.feedback.nranges = 3;
         p.u.feedback.ranges[0] = (fb_range){1000, 1400};
         p.u.feedback.ranges[1] = (fb_range){5000, 2800};
@@ -247,6 +248,7 @@ START_TEST(test_round_trip_every_type)
             ck_assert_uint_eq(got.u.feedback.echo_ts_us, 31337);
             ck_assert_uint_eq(got.u.feedback.echo_recv_ts_us, 0x7fffffffffull);
             ck_assert_uint_eq(got.u.feedback.hold_us, 1234);
+            ck_assert_uint_eq(got.u.feedback.delay_lag_us, 4321);
             ck_assert_uint_eq(got.u.feedback.nranges, 3);
             for (int i = 0; i < 3; i++) {
                 ck_assert_uint_eq(got.u.feedback.ranges[i].offset, want.u.feedback.ranges[i].offset);
@@ -1094,8 +1096,8 @@ START_TEST(test_protocol_document_vectors)
     ck_assert_int_eq(fb_wire_encode_close(buf, BUFSZ, &len, &h, &cl, c), FB_OK);
     ck_assert_uint_eq(len, 52);
     unhex(want, 52,
-          "f30500000000002a00112233445566778899aabb0000000000000000"
-          "6fea35bff1dcea30a01d9f7b6f8a223f9e3b79906ad6eba3");
+          "f40500000000002a00112233445566778899aabb0000000000000000"
+          "6fea35bff1dcea30e1779d33f30668de3bd961e490180e31");
     ck_assert_mem_eq(buf, want, 52);
     ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
 
@@ -1103,9 +1105,9 @@ START_TEST(test_protocol_document_vectors)
     ck_assert_int_eq(fb_wire_encode_data(buf, BUFSZ, &len, &h, &d, c), FB_OK);
     ck_assert_uint_eq(len, 47);
     unhex(want, 47,
-          "f303000000002a00000001"
-          "86a2c1abf85ffaa4102b44691d79ab04a460ae"
-          "2dcef15441a677b52119dbedc1df35faa1");
+          "f403000000002a00000001"
+          "86a2c1abf85ffaa4102b44691d79ab04a460ae2d"
+          "8f9b56093afbffc0bc39f5b525fb1f33");
     ck_assert_mem_eq(buf, want, 47);
     ck_assert_int_eq(open_copy(&pkt, buf, len, s, NULL), FB_WIRE_R_NONE);
     ck_assert_mem_eq(pkt.u.data.payload, "fallback", 8);

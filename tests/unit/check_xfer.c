@@ -1014,6 +1014,58 @@ START_TEST(test_echo_survives_the_send_time_wrap)
 }
 END_TEST
 
+/* FEEDBACK's delay lag: how much the echoed DATA's one-way delay exceeds the smallest among the
+ * first transmissions since the previous FEEDBACK. A paced burst queues behind itself: its first
+ * datagram shows the standing queue, its last (the echo) that plus the burst. */
+START_TEST(test_feedback_reports_the_smallest_delay)
+{
+    rx_alone x;
+    fb_wire_hdr hdr;
+    fb_wire_data d;
+    fb_wire_feedback fb;
+    uint8_t payload[100] = {0};
+    uint64_t sender_clock = (1ull << 32) - 2000, t = SIM_T0 + 7; /* clocks apart, across a wrap */
+    static const uint32_t delay[] = {5300, 5000, 5100, 5600, 5900}; /* one-way delays, us */
+
+    rx_alone_start(&x, 1u << 20, t);
+    memset(&hdr, 0, sizeof(hdr));
+    d.payload = payload;
+    d.len = sizeof(payload);
+    /* Five sent 100 us apart: the newest (the echo) took 5900 us, the smallest 5000. */
+    for (int i = 0; i < 5; i++) {
+        d.offset = (uint64_t)i * sizeof(payload);
+        d.send_ts_us = (uint32_t)(sender_clock + 100u * (uint64_t)i);
+        ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 100u * (uint64_t)i + delay[i], NULL), FB_OK);
+    }
+    fb = rx_alone_feedback(&x, 1, t + 7000);
+    ck_assert_uint_eq(fb.echo_ts_us, (uint32_t)(sender_clock + 400));
+    ck_assert_uint_eq(fb.echo_recv_ts_us, t + 400 + 5900);
+    ck_assert_uint_eq(fb.delay_lag_us, 900);
+    /* The next interval starts afresh: one DATA alone is its own smallest. A retransmission with
+     * a tiny delay says nothing about the path and does not count. */
+    d.offset = 5 * sizeof(payload);
+    d.send_ts_us = (uint32_t)(sender_clock + 8000);
+    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 8000 + 5200, NULL), FB_OK);
+    hdr.flags = FB_WIRE_F_DATA_RETRANSMIT;
+    d.offset = 20 * sizeof(payload);
+    d.send_ts_us = (uint32_t)(sender_clock + 13100);
+    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 13150, NULL), FB_OK);
+    hdr.flags = 0;
+    fb = rx_alone_feedback(&x, 2, t + 14000);
+    ck_assert_uint_eq(fb.echo_ts_us, (uint32_t)(sender_clock + 8000));
+    ck_assert_uint_eq(fb.delay_lag_us, 0);
+    /* A delay 70 ms above the smallest saturates the 16-bit field. */
+    d.offset = 6 * sizeof(payload);
+    d.send_ts_us = (uint32_t)(sender_clock + 20000);
+    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 20000 + 5000, NULL), FB_OK);
+    d.offset = 7 * sizeof(payload);
+    d.send_ts_us = (uint32_t)(sender_clock + 20100);
+    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 20100 + 75000, NULL), FB_OK);
+    ck_assert_uint_eq(rx_alone_feedback(&x, 3, t + 96000).delay_lag_us, UINT16_MAX);
+    rx_alone_end(&x);
+}
+END_TEST
+
 /* FEEDBACK's receive rate: whole datagrams (payload + FB_WIRE_DATA_OVERHEAD, the unit the
  * sender paces in) over the span of the arrival times given, about the last 20 ms; a FEEDBACK
  * sent long after the arrivals (a receiver that read late) reports the same rate. */
@@ -1176,6 +1228,7 @@ static Suite *xfer_suite(void)
     tcase_add_test(tc, test_feedback_cadence);
     tcase_add_test(tc, test_receive_rate_on_arrival_times);
     tcase_add_test(tc, test_echo_survives_the_send_time_wrap);
+    tcase_add_test(tc, test_feedback_reports_the_smallest_delay);
     tcase_add_test(tc, test_zero_byte_file);
     suite_add_tcase(s, tc);
 
