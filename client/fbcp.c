@@ -464,7 +464,7 @@ static fb_err fbcp_upload_tree(fbcp_ctx *c, const fbcp_url *url, const char *loc
         } else if (S_ISDIR(st.st_mode)) {
             rv = fbcp_upload_tree(c, url, lp, rp, depth + 1);
         } else if (S_ISREG(st.st_mode)) {
-            rv = fbcp_upload_file(c, url, lp, rp);
+            rv = fbcp_upload_file(c, url, lp, rp, 0);
         } else {
             fbcp_warn("%s: skipped: not a regular file", lp);
         }
@@ -486,19 +486,8 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
     for (int i = 0; i < nsrc; i++)
         if (stat(sources[i], &st) == 0 && S_ISDIR(st.st_mode))
             dest_is_dir = 1;
-    if (!dest_is_dir) {
-        /* like cp: an existing remote directory receives the file under its own name */
-        char detail[FBCP_DETAIL_LEN] = "";
-        int isdir = 0;
-        fb_err rv = fbcp_remote_stat(c, url, url->path, &isdir, NULL, detail, sizeof(detail));
-        if (rv == FB_OK)
-            dest_is_dir = isdir;
-        else if (rv != FB_ERR_NOT_FOUND && rv != FB_ERR_PERMISSION && rv != FB_ERR_PATH_ESCAPE &&
-                 rv != FB_ERR_BAD_PATH) {
-            fbcp_report_error(NULL, url->path, rv, detail);
-            return;
-        }
-    }
+    /* One file to a name without a trailing slash: if that names an existing remote directory,
+     * the file goes into it under its own name (like cp); the session request finds out. */
     for (int i = 0; i < nsrc && !fbcp_interrupted; i++) {
         const char *src = sources[i];
         fb_err rv = FB_OK;
@@ -538,7 +527,7 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
                 rv = FB_ERR_NOMEM;
                 fbcp_report_error(NULL, src, rv, NULL);
             } else {
-                rv = fbcp_upload_file(c, url, src, remote);
+                rv = fbcp_upload_file(c, url, src, remote, !dest_is_dir);
             }
             free(name);
             free(remote);

@@ -461,8 +461,9 @@ fb_err fbcp_move(fbcp_ctx *c, fbcp_xfer *x, const fbcp_ranges *todo, char *detai
 /* Frees X->udp and wipes X->key. */
 void fbcp_move_cleanup(fbcp_xfer *x);
 
-/* Uploads LOCAL to REMOTE (relative to URL's location). Reports its own errors. */
-fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote);
+/* Uploads LOCAL to REMOTE (relative to URL's location). Reports its own errors. INTO_DIR: if
+ * REMOTE turns out to be a directory, upload into it under LOCAL's name (cp's rule). */
+fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int into_dir);
 /* Hooks of the HTTP(S) transport into the upload's hashing (fbcp_upload.c); both do nothing
  * unless X is an upload whose hashing thread runs. SENT: DATA, the LEN bytes at file offset OFF,
  * was just read to be sent; it is hashed from memory if it is next in file order, so the file is

@@ -66,6 +66,7 @@ typedef struct fbcp_upload {
     int done;                            /* the server says the session is done */
     int skipped;                         /* ... because the target is identical */
     int resumed;
+    int target_is_dir; /* POST sessions refused: the target is a directory ("target") */
     char *state;
     fbcp_switch sw; /* the transport choice for this file */
     fbcp_hash_job *hash; /* the digest beside the upload; NULL when computed before it */
@@ -371,10 +372,14 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
     free(url);
     if (rv != FB_OK)
         return rv;
-    if (a.status == 200 || a.status == 201)
+    if (a.status == 200 || a.status == 201) {
         rv = fbcp_upload_parse_session(u, a.json, 1, detail, detlen);
-    else
+    } else {
+        const char *target = json_string_value(json_object_get(a.json, "target"));
+
+        u->target_is_dir = target != NULL && strcmp(target, "directory") == 0;
         rv = fbcp_http_problem(&a, detail, detlen);
+    }
     fbcp_wipe_key(a.json);
     fbcp_http_answer_free(&a);
     return rv;
@@ -552,12 +557,13 @@ static int fbcp_remote_absent(fbcp_ctx *c, const fbcp_url *url, const char *remo
     return fbcp_remote_stat(c, url, remote, &isdir, NULL, detail, sizeof(detail)) == FB_ERR_NOT_FOUND;
 }
 
-fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote)
+fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int into_dir)
 {
     fbcp_upload u;
     fbcp_hash_job hash;
     struct stat st;
     char detail[FBCP_DETAIL_LEN] = "";
+    char *inside = NULL; /* REMOTE/<name of LOCAL> when REMOTE is a directory */
     fb_err rv;
 
     memset(&u, 0, sizeof(u));
@@ -611,6 +617,23 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     }
 
     rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
+    if (rv == FB_ERR_EXISTS && u.target_is_dir && into_dir) {
+        /* like cp: an existing remote directory receives the file under its own name (asked
+         * here rather than by a HEAD before every upload: a round trip saved on the others) */
+        char *name = fbcp_basename(local);
+
+        inside = name != NULL && name[0] != '\0' ? fbcp_path_join(remote, name) : NULL;
+        free(name);
+        if (inside == NULL) {
+            rv = FB_ERR_NOMEM;
+            goto out;
+        }
+        fbcp_trace(c->opts, "%s is a remote directory: uploading into it as %s", remote, inside);
+        u.x.remote = inside;
+        u.target_is_dir = 0;
+        detail[0] = '\0';
+        rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
+    }
     if (rv == FB_OK && u.resumed && !c->opts->resume && !u.done) {
         fbcp_trace(c->opts, "--no-resume: cancelling the resumed session %s", u.x.session_id);
         rv = fbcp_upload_delete(&u, detail, sizeof(detail));
@@ -662,6 +685,7 @@ out:
     free(u.x.session_id);
     free(u.x.data_url);
     free(u.state);
+    free(inside);
     fbcp_ranges_free(&u.missing);
     return rv;
 }

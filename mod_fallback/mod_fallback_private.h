@@ -65,6 +65,8 @@ typedef struct mod_fallback_req {
  * answered they return OK with their out-parameter unset (NULL / -1). */
 /* Answers an application/problem+json document for CODE (status from fb_err_http_status). */
 int mod_fallback_problem(mod_fallback_req *req, fb_err code, const char *detail);
+/* The same with extension members: EXTRA's (a JSON object, or NULL; its reference is taken). */
+int mod_fallback_problem_ext(mod_fallback_req *req, fb_err code, const char *detail, json_t *extra);
 int mod_fallback_problem_r(request_rec *r, fb_err code, const char *detail);
 /* Answers DOC (consumed) as application/json with STATUS; SENSITIVE wipes the text after. */
 int mod_fallback_json_reply(mod_fallback_req *req, int status, json_t *doc, int sensitive);

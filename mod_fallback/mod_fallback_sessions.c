@@ -493,7 +493,9 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
         return mod_fallback_problem(req, fb_err_from_errno(errno), NULL);
     }
     if (S_ISDIR(sb.st_mode))
-        return mod_fallback_problem(req, FB_ERR_EXISTS, "the target is a directory");
+        /* "target": "directory" tells a client copying like cp to upload into it instead */
+        return mod_fallback_problem_ext(req, FB_ERR_EXISTS, "the target is a directory",
+                                        json_pack("{s:s}", "target", "directory"));
     if (ow == FB_OVERWRITE_NEVER)
         return mod_fallback_problem(req, FB_ERR_EXISTS, NULL);
     if (ow != FB_OVERWRITE_IF_DIFFERENT || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)

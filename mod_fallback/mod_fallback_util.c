@@ -62,7 +62,8 @@ static int write_json(request_rec *r, json_t *doc, int sensitive)
     return OK;
 }
 
-int mod_fallback_problem_r(request_rec *r, fb_err code, const char *detail)
+/* The problem document, with EXTRA's members (RFC 9457 extension members; may be NULL). */
+static int problem_write(request_rec *r, fb_err code, const char *detail, const json_t *extra)
 {
     int status = fb_err_http_status(code);
     json_t *doc;
@@ -70,6 +71,8 @@ int mod_fallback_problem_r(request_rec *r, fb_err code, const char *detail)
 
     doc = json_pack("{s:s, s:s, s:i, s:s}", "type", apr_pstrcat(r->pool, "urn:fallback:error:", fb_err_name(code), NULL),
                     "title", fb_err_message(code), "status", status, "code", fb_err_name(code));
+    if (doc != NULL && extra != NULL)
+        json_object_update_missing(doc, (json_t *)extra);
     if (doc != NULL && detail != NULL)
         json_object_set_new(doc, "detail", json_string(detail));
     r->status = status;
@@ -85,15 +88,28 @@ int mod_fallback_problem_r(request_rec *r, fb_err code, const char *detail)
     return rc;
 }
 
+int mod_fallback_problem_r(request_rec *r, fb_err code, const char *detail)
+{
+    return problem_write(r, code, detail, NULL);
+}
+
 int mod_fallback_problem(mod_fallback_req *req, fb_err code, const char *detail)
 {
+    return mod_fallback_problem_ext(req, code, detail, NULL);
+}
+
+int mod_fallback_problem_ext(mod_fallback_req *req, fb_err code, const char *detail, json_t *extra)
+{
     request_rec *r = req->r;
+    int rc;
 
     ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r, FBLOGNO(00101) "answer %d %s%s%s", fb_err_http_status(code),
                   fb_err_name(code), detail ? ": " : "", detail ? detail : "");
     if (!req->body_read)
         mod_fallback_body_unread(r);
-    return mod_fallback_problem_r(r, code, detail);
+    rc = problem_write(r, code, detail, extra);
+    json_decref(extra);
+    return rc;
 }
 
 int mod_fallback_json_reply(mod_fallback_req *req, int status, json_t *doc, int sensitive)

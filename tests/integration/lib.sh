@@ -327,6 +327,12 @@ http_status() {
     curl -s --cacert "$CA" --max-time 60 -o /dev/null -w '%{http_code}' -X "$method" "$@" "$url" || true
 }
 
+# access_count METHOD PATH-PART: requests in the private Apache's access log so far whose request
+# line has both.
+access_count() {
+    grep -F "\"$1 " "$DS_DIR/access.log" | grep -c -F "$2"
+}
+
 # Field of the last JSON body (jq filter), empty if absent or not JSON.
 jbody() {
     jq -r "$1 // empty" "$BODY" 2>/dev/null || true

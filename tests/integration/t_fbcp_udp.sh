@@ -285,11 +285,6 @@ test_killed_midway_continues_https() {
     assert_ge "$(done_of "$OUT/k100.down.json" bytes_http)" 1 "bytes_http (download)"
 }
 
-# access_count METHOD PATH-PART: requests in Apache's access log whose request line has both.
-access_count() {
-    grep -F "\"$1 " "$DS_DIR/access.log" | grep -c -F "$2"
-}
-
 # A UDP download of a file older than its session ends with udpd's CLOSE(unchanged): the file is
 # vouched for and the session freed over UDP, so fbcp sends neither a second HEAD nor a DELETE.
 test_udp_download_end_confirmed() {

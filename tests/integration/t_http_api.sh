@@ -163,12 +163,21 @@ test_overwrite_policies() {
     st=$(api POST sessions -H 'Content-Type: application/json' \
         --data-binary "{\"direction\":\"upload\",\"path\":\"ow.bin\",\"size\":$size,\"overwrite\":\"never\"}")
     assert_problem 409 exists "$st"
+    assert_eq "" "$(jbody .target)" "no target member when a file is in the way"
     st=$(api POST sessions -H 'Content-Type: application/json' \
         --data-binary "{\"direction\":\"upload\",\"path\":\"ow.bin\",\"size\":$size,\"overwrite\":\"if_different\",\"sha256\":\"$digest\"}")
     assert_eq 200 "$st" "if_different with the same content"
     assert_eq "done" "$(jbody .state)" "state"
     assert_eq true "$(jq -r .skipped "$BODY")" "skipped"
     assert_eq "" "$(jq -c '.missing // empty | select(length > 0)' "$BODY")" "no missing ranges"
+    # A directory is never the target, whatever the policy; the problem says it is a directory
+    # (a client copying like cp then uploads into it), and nothing is created in it.
+    mkdir -p "$DOCROOT/owdir"
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"owdir\",\"size\":$size,\"overwrite\":\"always\"}")
+    assert_problem 409 exists "$st"
+    assert_eq directory "$(jbody .target)" "the problem's target member"
+    assert_eq "" "$(ls -A "$DOCROOT/owdir")" "the directory's contents"
     # Different content replaces with "always" (the default).
     mkrand "$SRC/ow2.bin" $size
     cp "$SRC/ow2.bin" "$SRC/ow.bin"

@@ -91,6 +91,35 @@ test_upload_again_is_idempotent() {
     assert_file_same "$SRC/c.bin" "$DOCROOT/sizes/c.bin"
 }
 
+# One file to a name without a trailing slash: no HEAD first, the session request finds out
+# whether the name is a directory; onto an existing remote directory the file lands under its own
+# name, like cp, also with the default policy (if_different, which asks HEAD of the target).
+test_upload_to_a_name_or_a_directory() {
+    local heads rc
+    require_fbcp
+    mkrand "$SRC/named.bin" 70000
+    heads=$(access_count HEAD /files/)
+    fbcp --overwrite always "$SRC/named.bin" "$URL/named/file.bin" 2>"$T_TMP/named.err"
+    rc=$?
+    assert_eq 0 "$rc" "upload to a new name ($(tail -n 3 "$T_TMP/named.err"))"
+    assert_file_same "$SRC/named.bin" "$DOCROOT/named/file.bin"
+    assert_eq "$heads" "$(access_count HEAD /files/)" "HEAD requests"
+    fbcp -v --overwrite always "$SRC/named.bin" "$URL/named" 2>"$T_TMP/named.dir.err"
+    rc=$?
+    assert_eq 0 "$rc" "upload onto a directory ($(tail -n 3 "$T_TMP/named.dir.err"))"
+    assert_file_same "$SRC/named.bin" "$DOCROOT/named/named.bin"
+    [ -d "$DOCROOT/named" ] || fail "the directory was replaced"
+    grep -q "named is a remote directory: uploading into it as named/named.bin" "$T_TMP/named.dir.err" ||
+        fail "no second session request: $(grep -i -e session -e HEAD "$T_TMP/named.dir.err" | head -n 5)"
+    assert_eq "$heads" "$(access_count HEAD /files/)" "HEAD requests"
+    mkrand "$SRC/named2.bin" 1000
+    cp "$SRC/named2.bin" "$SRC/named.bin"
+    fbcp "$SRC/named.bin" "$URL/named" 2>"$T_TMP/named.ifd.err"
+    rc=$?
+    assert_eq 0 "$rc" "upload onto a directory, if_different ($(tail -n 3 "$T_TMP/named.ifd.err"))"
+    assert_file_same "$SRC/named2.bin" "$DOCROOT/named/named.bin"
+}
+
 test_download_fresh_file() {
     # Apache marks the ETag of a file modified within the last second weak, and a weak ETag
     # never matches If-Range (RFC 9110 13.1.5). A download that starts while the file is that
@@ -152,6 +181,7 @@ run_test "fbcp up/down 100 MiB random" test_100m
 run_test "fbcp up/down with 1 and 8 connections" test_connections_1_and_8
 run_test "fbcp -r directory tree up and down" test_tree
 run_test "fbcp upload of the same file again" test_upload_again_is_idempotent
+run_test "fbcp upload of one file: no HEAD, into an existing remote directory like cp" test_upload_to_a_name_or_a_directory
 run_test "fbcp download of a file written a moment ago (weak ETag)" test_download_fresh_file
 run_test "HTTPS data connections are paced on the sending side" test_connections_are_paced
 finish
