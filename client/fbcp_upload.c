@@ -66,7 +66,8 @@ typedef struct fbcp_upload {
     int done;                            /* the server says the session is done */
     int skipped;                         /* ... because the target is identical */
     int resumed;
-    int target_is_dir; /* POST sessions refused: the target is a directory ("target") */
+    int target_is_dir;   /* POST sessions refused: the target is a directory ("target") */
+    int target_is_file;  /* ... a file of the same size is there (if_different, no digest yet) */
     char *state;
     fbcp_switch sw; /* the transport choice for this file */
     fbcp_hash_job *hash; /* the digest beside the upload; NULL when computed before it */
@@ -363,6 +364,9 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
                      (json_int_t)u->x.size, "overwrite", ow[u->c->opts->overwrite], "mode", mode);
     if (body != NULL && u->sha_hex[0] != '\0')
         json_object_set_new(body, "sha256", json_string(u->sha_hex));
+    else if (body != NULL && u->c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT)
+        /* no digest yet: the server says when a file of this size is at the target */
+        json_object_set_new(body, "ask_digest", json_true());
     if (body == NULL) {
         free(url);
         return FB_ERR_NOMEM;
@@ -378,6 +382,7 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
         const char *target = json_string_value(json_object_get(a.json, "target"));
 
         u->target_is_dir = target != NULL && strcmp(target, "directory") == 0;
+        u->target_is_file = target != NULL && strcmp(target, "file") == 0;
         rv = fbcp_http_problem(&a, detail, detlen);
     }
     fbcp_wipe_key(a.json);
@@ -547,16 +552,6 @@ static fb_err fbcp_upload_delete(fbcp_upload *u, char *detail, size_t detlen)
     return rv;
 }
 
-/* True only when the server says the target does not exist (404): any other answer, or an
- * error, counts as "may exist", which keeps the digest-first path. */
-static int fbcp_remote_absent(fbcp_ctx *c, const fbcp_url *url, const char *remote)
-{
-    char detail[FBCP_DETAIL_LEN] = "";
-    int isdir = 0;
-
-    return fbcp_remote_stat(c, url, remote, &isdir, NULL, detail, sizeof(detail)) == FB_ERR_NOT_FOUND;
-}
-
 fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int into_dir)
 {
     fbcp_upload u;
@@ -597,17 +592,9 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     hash.fd = u.x.fd;
     hash.size = u.x.size;
 
-    if (c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT && !fbcp_remote_absent(c, url, remote)) {
-        /* the server compares before any data moves, so it needs the digest now; when the
-         * target does not exist there is nothing to compare, and hashing runs beside the
-         * upload instead of before it */
-        rv = fb_sha256_fd(hash.digest, u.x.fd, u.x.size);
-        if (rv != FB_OK) {
-            snprintf(detail, sizeof(detail), "cannot read the file to hash it");
-            goto out;
-        }
-        fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
-    } else if (fbcp_hash_start(&hash) == FB_OK) {
+    /* The digest is computed beside the upload; only when the server finds a file of the same
+     * size at the target (if_different) is it needed first, see below. */
+    if (fbcp_hash_start(&hash) == FB_OK) {
         u.hash = &hash;
     } else {
         rv = fb_sha256_fd(hash.digest, u.x.fd, u.x.size);
@@ -631,6 +618,23 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
         fbcp_trace(c->opts, "%s is a remote directory: uploading into it as %s", remote, inside);
         u.x.remote = inside;
         u.target_is_dir = 0;
+        detail[0] = '\0';
+        rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
+    }
+    if (rv == FB_ERR_EXISTS && u.target_is_file && hash.started) {
+        /* if_different and a file of this size is there: the server compares before any data
+         * moves, so it needs the digest now (the file is read twice only in this case) */
+        fbcp_trace(c->opts, "a file of this size is at %s: hashing before asking again", u.x.remote);
+        fbcp_upload_hash_hint(&u.x, u.x.size); /* no sender reads yet: hash it all now */
+        fbcp_hash_finish(&hash, 0);
+        u.hash = NULL;
+        if (hash.rv != FB_OK) {
+            rv = FB_ERR_LOCAL_IO;
+            snprintf(detail, sizeof(detail), "cannot read the file to hash it");
+            goto out;
+        }
+        fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
+        u.target_is_file = 0;
         detail[0] = '\0';
         rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
     }

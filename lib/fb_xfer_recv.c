@@ -432,9 +432,10 @@ fb_err fb_xfer_receiver_on_data(fb_xfer_receiver *r, const fb_wire_hdr *hdr, con
             r->last_arrival_us = now_us;
     }
     r->idle_us = idle_base(r);
-    /* The newest first transmission is the delay sample (a retransmission's send time says
-     * nothing about the path it would have taken). */
-    /* (32-bit send times: "newer" modulo 2^32, so the comparison survives their wrap) */
+    /* The newest first transmission is the echo, and the smallest delay of those since the
+     * last FEEDBACK goes with it (a retransmission's send time says nothing about the path it
+     * would have taken). 32-bit send times: "newer" and "smaller" modulo 2^32, so the
+     * comparisons survive their wrap. */
     if (!(hdr->flags & FB_WIRE_F_DATA_RETRANSMIT)) {
         uint32_t delay = (uint32_t)now_us - (uint32_t)d->send_ts_us;
 

@@ -479,9 +479,11 @@ static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t si
 }
 
 /* Applies the overwrite policy to an existing target. Returns -1 to go on, 1 if the upload
- * can be skipped (same content), or a handler result after answering. */
+ * can be skipped (same content), or a handler result after answering. ASK_DIGEST: under
+ * if_different without a digest, a regular file of the same size is answered 409 "target":
+ * "file" (it may be identical: ask again with the digest) instead of being replaced. */
 static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size, fb_overwrite ow,
-                        const unsigned char *sha256)
+                        const unsigned char *sha256, int ask_digest)
 {
     struct stat sb;
     unsigned char digest[FB_SHA256_LEN];
@@ -498,6 +500,11 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
                                         json_pack("{s:s}", "target", "directory"));
     if (ow == FB_OVERWRITE_NEVER)
         return mod_fallback_problem(req, FB_ERR_EXISTS, NULL);
+    if (ow == FB_OVERWRITE_IF_DIFFERENT && sha256 == NULL && ask_digest && S_ISREG(sb.st_mode) &&
+        (uint64_t)sb.st_size == size)
+        return mod_fallback_problem_ext(req, FB_ERR_EXISTS,
+                                        "a file of this size is at the target: ask again with the sha256",
+                                        json_pack("{s:s}", "target", "file"));
     if (ow != FB_OVERWRITE_IF_DIFFERENT || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
         return -1;
     fd = openat(parent_fd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -509,7 +516,7 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
 }
 
 static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
-                         const unsigned char *sha256, unsigned mode)
+                         const unsigned char *sha256, int ask_digest, unsigned mode)
 {
     request_rec *r = req->r;
     const fb_config *cfg = req->cfg;
@@ -549,7 +556,7 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
                       fb_err_message(e));
         return mod_fallback_problem(req, e, "cannot create the target's directory");
     }
-    rc = check_target(req, parent_fd, base, size, ow, sha256);
+    rc = check_target(req, parent_fd, base, size, ow, sha256, ask_digest);
     if (rc == 1)
         return reply_skipped(req, relpath, size);
     if (rc != -1)
@@ -732,7 +739,7 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
     unsigned mode;
     json_int_t size;
     fb_err e;
-    int rc;
+    int rc, ask_digest = 0;
 
     rc = mod_fallback_read_json(req, &doc);
     if (doc == NULL)
@@ -785,6 +792,13 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
         shap = sha;
     }
 
+    v = json_object_get(doc, "ask_digest");
+    if (v != NULL && !json_is_null(v)) {
+        if (!json_is_boolean(v))
+            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "ask_digest must be true or false");
+        ask_digest = json_is_true(v);
+    }
+
     mode = req->cfg->file_mode & 0777u;
     v = json_object_get(doc, "mode");
     if (v != NULL && !json_is_null(v)) {
@@ -792,7 +806,7 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
             return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mode must be an octal string such as \"0644\"");
     }
 
-    return create_upload(req, relpath, (uint64_t)size, ow, shap, mode);
+    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode);
 }
 
 int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)

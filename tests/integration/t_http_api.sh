@@ -170,6 +170,26 @@ test_overwrite_policies() {
     assert_eq "done" "$(jbody .state)" "state"
     assert_eq true "$(jq -r .skipped "$BODY")" "skipped"
     assert_eq "" "$(jq -c '.missing // empty | select(length > 0)' "$BODY")" "no missing ranges"
+    # ask_digest: under if_different without sha256, a file of the same size is not replaced
+    # but answered 409 "target": "file" (ask again with the digest); another size is replaced,
+    # and without ask_digest if_different without sha256 replaces as before.
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"ow.bin\",\"size\":$size,\"overwrite\":\"if_different\",\"ask_digest\":true}")
+    assert_problem 409 exists "$st"
+    assert_eq file "$(jbody .target)" "the problem's target member"
+    assert_file_same "$SRC/ow.bin" "$DOCROOT/ow.bin"
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"ow.bin\",\"size\":$size,\"overwrite\":\"if_different\",\"ask_digest\":\"yes\"}")
+    assert_problem 400 bad_request "$st"
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"ow.bin\",\"size\":$((size + 1)),\"overwrite\":\"if_different\",\"ask_digest\":true}")
+    assert_eq 201 "$st" "ask_digest, another size"
+    api DELETE "sessions/$(jbody .id)" >/dev/null
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"ow.bin\",\"size\":$size,\"overwrite\":\"if_different\"}")
+    assert_eq 201 "$st" "if_different without sha256 nor ask_digest"
+    api DELETE "sessions/$(jbody .id)" >/dev/null
+    assert_file_same "$SRC/ow.bin" "$DOCROOT/ow.bin"
     # A directory is never the target, whatever the policy; the problem says it is a directory
     # (a client copying like cp then uploads into it), and nothing is created in it.
     mkdir -p "$DOCROOT/owdir"

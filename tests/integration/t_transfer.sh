@@ -81,14 +81,39 @@ test_tree() {
     assert_tree_same "$SRC/tree" "$BACK/tree"
 }
 
+# The default policy, if_different, without a HEAD first: the session request (ask_digest)
+# answers "target": "file" when a file of the same size is there; only then fbcp hashes its file
+# before asking again, and the server skips an identical one. Another size is simply replaced.
 test_upload_again_is_idempotent() {
-    local rc
+    local rc heads puts
     require_fbcp
-    # Same content again (default overwrite): still identical, exit 0.
-    fbcp "$SRC/c.bin" "$URL/sizes/c.bin" 2>"$T_TMP/again.err"
+    heads=$(access_count HEAD /files/)
+    puts=$(access_count PUT /data)
+    # Same content again: identical, skipped, no data sent, exit 0.
+    fbcp -v --json "$SRC/c.bin" "$URL/sizes/c.bin" >"$T_TMP/again.json" 2>"$T_TMP/again.err"
     rc=$?
     assert_eq 0 "$rc" "second upload ($(tail -n 2 "$T_TMP/again.err"))"
     assert_file_same "$SRC/c.bin" "$DOCROOT/sizes/c.bin"
+    assert_eq identical "$(jq -r 'select(.event == "skip") | .reason' "$T_TMP/again.json")" "skip event"
+    grep -q "a file of this size is at sizes/c.bin: hashing before asking again" "$T_TMP/again.err" ||
+        fail "no digest asked for: $(grep -i -e hash -e session "$T_TMP/again.err" | head -n 5)"
+    assert_eq "$puts" "$(access_count PUT /data)" "PUT requests (no data for an identical file)"
+    # The same size, other content: hashed first, then replaced.
+    mkrand "$SRC/c2.bin" "$(stat -c %s "$SRC/c.bin")"
+    fbcp -v "$SRC/c2.bin" "$URL/sizes/c.bin" 2>"$T_TMP/again2.err"
+    rc=$?
+    assert_eq 0 "$rc" "same size, other content ($(tail -n 2 "$T_TMP/again2.err"))"
+    assert_file_same "$SRC/c2.bin" "$DOCROOT/sizes/c.bin"
+    grep -q "hashing before asking again" "$T_TMP/again2.err" || fail "the digest was not asked for"
+    # Another size: nothing to compare, replaced without hashing first.
+    mkrand "$SRC/c3.bin" 5000
+    fbcp -v "$SRC/c3.bin" "$URL/sizes/c.bin" 2>"$T_TMP/again3.err"
+    rc=$?
+    assert_eq 0 "$rc" "another size ($(tail -n 2 "$T_TMP/again3.err"))"
+    assert_file_same "$SRC/c3.bin" "$DOCROOT/sizes/c.bin"
+    if grep -q "hashing before asking again" "$T_TMP/again3.err"; then fail "hashed first for another size"; fi
+    assert_eq "$heads" "$(access_count HEAD /files/)" "HEAD requests (none)"
+    cp "$SRC/c.bin" "$DOCROOT/sizes/c.bin" # as before, for the tests after this one
 }
 
 # One file to a name without a trailing slash: no HEAD first, the session request finds out
