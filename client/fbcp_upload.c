@@ -1,6 +1,7 @@
 /* fbcp_upload: one file up to the server (docs/HTTP-API.md):
  *
- *   POST sessions {direction, path, size, overwrite, sha256?, mode} -> id, chunk size, missing
+ *   POST sessions {direction, path, size, overwrite, sha256?, ask_digest?, mode} -> id, chunk
+ *     size, missing (or 409 "target": "directory" / "file": ask again, see fbcp_upload_file)
  *   the transport sends the missing ranges (HTTP: PUT sessions/{id}/data with Content-Range)
  *   POST sessions/{id}/commit {sha256}
  *
@@ -8,8 +9,9 @@
  * POST answer) and over HTTP(S) when UDP is blocked or lost; the commit is always HTTPS.
  *
  * The SHA-256 of the file is computed while the data goes out, except with --overwrite
- * if_different when the target exists, where the server needs it in the POST to decide whether
- * the target is already identical: then the file is read twice (hash first, then send). While
+ * if_different when a file of the same size is at the target (the server says so), where the
+ * server needs it in the POST to decide whether the target is already identical: then the file
+ * is read twice (hash first, then send). While
  * the data goes out, what the HTTP(S) transport has just read to send is hashed from its buffer
  * when it is next in file order, so the file is read once; a thread reads and hashes the rest
  * (ranges sent out of order by other connections, UDP, resumed parts), never ahead of where the
