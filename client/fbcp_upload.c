@@ -70,6 +70,7 @@ typedef struct fbcp_upload {
     int resumed;
     int target_is_dir;   /* POST sessions refused: the target is a directory ("target") */
     int target_is_file;  /* ... a file of the same size is there (if_different, no digest yet) */
+    int ask_digest;      /* the first session request: ask for the digest rather than replace */
     char *state;
     fbcp_switch sw; /* the transport choice for this file */
     fbcp_hash_job *hash; /* the digest beside the upload; NULL when computed before it */
@@ -366,7 +367,7 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
                      (json_int_t)u->x.size, "overwrite", ow[u->c->opts->overwrite], "mode", mode);
     if (body != NULL && u->sha_hex[0] != '\0')
         json_object_set_new(body, "sha256", json_string(u->sha_hex));
-    else if (body != NULL && u->c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT)
+    else if (body != NULL && u->ask_digest)
         /* no digest yet: the server says when a file of this size is at the target */
         json_object_set_new(body, "ask_digest", json_true());
     if (body == NULL) {
@@ -605,18 +606,21 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
         fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
     }
 
+    /* Only these first requests ask: a session re-created later (the server lost it) must not
+     * turn into a question about a file that appeared at the target meanwhile. */
+    u.ask_digest = c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT;
     rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
     if (rv == FB_ERR_EXISTS && u.target_is_dir && into_dir) {
         /* like cp: an existing remote directory receives the file under its own name (asked
          * here rather than by a HEAD before every upload: a round trip saved on the others) */
         char *name = fbcp_basename(local);
 
-        inside = name != NULL && name[0] != '\0' ? fbcp_path_join(remote, name) : NULL;
-        free(name);
-        if (inside == NULL) {
-            rv = FB_ERR_NOMEM;
+        if (name == NULL || name[0] == '\0' || (inside = fbcp_path_join(remote, name)) == NULL) {
+            rv = name != NULL && name[0] == '\0' ? FB_ERR_BAD_PATH : FB_ERR_NOMEM;
+            free(name);
             goto out;
         }
+        free(name);
         fbcp_trace(c->opts, "%s is a remote directory: uploading into it as %s", remote, inside);
         u.x.remote = inside;
         u.target_is_dir = 0;
@@ -640,6 +644,7 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
         detail[0] = '\0';
         rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
     }
+    u.ask_digest = 0;
     if (rv == FB_OK && u.resumed && !c->opts->resume && !u.done) {
         fbcp_trace(c->opts, "--no-resume: cancelling the resumed session %s", u.x.session_id);
         rv = fbcp_upload_delete(&u, detail, sizeof(detail));

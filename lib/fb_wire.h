@@ -1,4 +1,4 @@
-/* fb_wire: codec for the UDP fast-path datagrams, protocol version 3 (docs/PROTOCOL.md).
+/* fb_wire: codec for the UDP fast-path datagrams, protocol version 4 (docs/PROTOCOL.md).
  *
  * A datagram is a header (authenticated, in clear), a type-specific body (sealed), and a
  * 16-byte AEAD tag. Every type but DATA has the 28-byte long header:

@@ -330,7 +330,16 @@ http_status() {
 # access_count METHOD PATH-PART: requests in the private Apache's access log so far whose request
 # line has both.
 access_count() {
+    access_log_settled
     grep -F "\"$1 " "$DS_DIR/access.log" | grep -c -F "$2"
+}
+
+# Apache writes a request's access-log line after its answer: a client that has exited may
+# still have lines to come. A marker request made now and seen in the log means they are in.
+access_log_settled() {
+    local marker=settle-$RANDOM$RANDOM
+    curl -s --cacert "$CA" --max-time 30 -o /dev/null "$URL/files/$marker" || true
+    wait_for 5 grep -q -F "$marker" "$DS_DIR/access.log" || fail "the access log did not show $marker"
 }
 
 # Field of the last JSON body (jq filter), empty if absent or not JSON.

@@ -118,7 +118,8 @@ test_upload_again_is_idempotent() {
 
 # One file to a name without a trailing slash: no HEAD first, the session request finds out
 # whether the name is a directory; onto an existing remote directory the file lands under its own
-# name, like cp, also with the default policy (if_different, which asks HEAD of the target).
+# name, like cp, also with the default policy (if_different), and there an identical file of the
+# same size is skipped: into the directory first, then the digest asked for.
 test_upload_to_a_name_or_a_directory() {
     local heads rc
     require_fbcp
@@ -143,6 +144,15 @@ test_upload_to_a_name_or_a_directory() {
     rc=$?
     assert_eq 0 "$rc" "upload onto a directory, if_different ($(tail -n 3 "$T_TMP/named.ifd.err"))"
     assert_file_same "$SRC/named2.bin" "$DOCROOT/named/named.bin"
+    fbcp -v --json "$SRC/named.bin" "$URL/named" >"$T_TMP/named.same.json" 2>"$T_TMP/named.same.err"
+    rc=$?
+    assert_eq 0 "$rc" "the same file onto the directory again ($(tail -n 3 "$T_TMP/named.same.err"))"
+    grep -q "named is a remote directory: uploading into it as named/named.bin" "$T_TMP/named.same.err" ||
+        fail "not into the directory: $(head -n 5 "$T_TMP/named.same.err")"
+    grep -q "a file of this size is at named/named.bin: hashing before asking again" "$T_TMP/named.same.err" ||
+        fail "the digest was not asked for: $(head -n 5 "$T_TMP/named.same.err")"
+    assert_eq identical "$(jq -r 'select(.event == "skip") | .reason' "$T_TMP/named.same.json")" "skip event"
+    assert_eq "$heads" "$(access_count HEAD /files/)" "HEAD requests"
 }
 
 test_download_fresh_file() {

@@ -1066,6 +1066,57 @@ START_TEST(test_feedback_reports_the_smallest_delay)
 }
 END_TEST
 
+/* The sender's side of the delay lag: its queueing delay is the smallest delay of the interval
+ * above the path's minimum, not the echo's. One DATA alone first (5 ms: the minimum), then three
+ * in a row taking 5.3, 5.6 and 6.0 ms: the queue that stays is 0.3 ms, not the echo's 1.0. */
+START_TEST(test_sender_takes_the_smallest_delay)
+{
+    static const uint64_t delay[] = {5000, 5300, 5600, 6000};
+    rx_alone x;
+    fb_xfer_sender *s;
+    fb_xfer_sender_params sp;
+    fb_xfer_sender_stats st;
+    fb_wire_pkt pkt;
+    fb_wire_reason why;
+    uint8_t buf[1500];
+    size_t len;
+    uint64_t t = SIM_T0;
+
+    rx_alone_start(&x, 1u << 20, t);
+    x.m.src = calloc(1, x.c.size);
+    ck_assert(x.m.src != NULL);
+    memset(&sp, 0, sizeof(sp));
+    sp.size = x.c.size;
+    sp.chunk_size = x.c.chunk_size;
+    sp.rate.policy = FB_POLICY_FAIR;
+    sp.rate.target_rate = 100000000;
+    sp.aead = x.cctx;
+    sp.read = sim_read;
+    sp.read_ctx = &x.m;
+    ck_assert_int_eq(fb_xfer_sender_new(&s, &sp, t), FB_OK);
+    for (unsigned i = 0; i < 4; i++) {
+        t = fb_xfer_sender_next_time(s, t);
+        ck_assert_int_eq(fb_xfer_sender_next(s, buf, sizeof(buf), &len, i, t), FB_OK);
+        ck_assert_uint_gt(len, 0);
+        ck_assert_int_eq(fb_wire_open(&pkt, &why, buf, len, x.sctx, NULL), FB_OK);
+        ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &pkt.hdr, &pkt.u.data, t + delay[i], NULL), FB_OK);
+        if (i == 0 || i == 3) { /* a FEEDBACK after the first and after the last */
+            fb_wire_feedback fb = rx_alone_feedback(&x, i, t + delay[i] + 100);
+
+            ck_assert_uint_eq(fb.delay_lag_us, i == 0 ? 0 : delay[3] - delay[1]);
+            pkt.hdr.type = FB_WIRE_FEEDBACK;
+            pkt.hdr.flags = 0;
+            ck_assert_int_eq(fb_xfer_sender_on_feedback(s, &pkt.hdr, &fb, t + delay[i] + 5200), FB_OK);
+        }
+    }
+    fb_xfer_sender_stats_get(&st, s);
+    ck_assert_uint_eq(st.queue_delay_us, delay[1] - delay[0]);
+    fb_xfer_sender_free(s);
+    free(x.m.src);
+    rx_alone_end(&x);
+}
+END_TEST
+
 /* FEEDBACK's receive rate: whole datagrams (payload + FB_WIRE_DATA_OVERHEAD, the unit the
  * sender paces in) over the span of the arrival times given, about the last 20 ms; a FEEDBACK
  * sent long after the arrivals (a receiver that read late) reports the same rate. */
@@ -1229,6 +1280,7 @@ static Suite *xfer_suite(void)
     tcase_add_test(tc, test_receive_rate_on_arrival_times);
     tcase_add_test(tc, test_echo_survives_the_send_time_wrap);
     tcase_add_test(tc, test_feedback_reports_the_smallest_delay);
+    tcase_add_test(tc, test_sender_takes_the_smallest_delay);
     tcase_add_test(tc, test_zero_byte_file);
     suite_add_tcase(s, tc);
 
