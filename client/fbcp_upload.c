@@ -68,8 +68,9 @@ typedef struct fbcp_upload {
     int done;                            /* the server says the session is done */
     int skipped;                         /* ... because the target is identical */
     int resumed;
-    int target_is_dir;   /* POST sessions refused: the target is a directory ("target") */
-    int target_is_file;  /* ... a file of the same size is there (if_different, no digest yet) */
+    /* why POST sessions was refused, from the problem's "target" member: a directory is there,
+     * or a file of the same size (if_different, no digest yet) */
+    enum { FBCP_TARGET_OTHER, FBCP_TARGET_DIRECTORY, FBCP_TARGET_FILE } refused_by;
     int ask_digest;      /* the first session request: ask for the digest rather than replace */
     char *state;
     fbcp_switch sw; /* the transport choice for this file */
@@ -360,6 +361,7 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
     char mode[16];
     fb_err rv;
 
+    u->refused_by = FBCP_TARGET_OTHER;
     if (url == NULL)
         return FB_ERR_NOMEM;
     snprintf(mode, sizeof(mode), "%04o", (unsigned)(u->mode & 07777));
@@ -384,8 +386,10 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
     } else {
         const char *target = json_string_value(json_object_get(a.json, "target"));
 
-        u->target_is_dir = target != NULL && strcmp(target, "directory") == 0;
-        u->target_is_file = target != NULL && strcmp(target, "file") == 0;
+        if (target != NULL && strcmp(target, "directory") == 0)
+            u->refused_by = FBCP_TARGET_DIRECTORY;
+        else if (target != NULL && strcmp(target, "file") == 0)
+            u->refused_by = FBCP_TARGET_FILE;
         rv = fbcp_http_problem(&a, detail, detlen);
     }
     fbcp_wipe_key(a.json);
@@ -610,7 +614,7 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
      * turn into a question about a file that appeared at the target meanwhile. */
     u.ask_digest = c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT;
     rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
-    if (rv == FB_ERR_EXISTS && u.target_is_dir && into_dir) {
+    if (rv == FB_ERR_EXISTS && u.refused_by == FBCP_TARGET_DIRECTORY && into_dir) {
         /* like cp: an existing remote directory receives the file under its own name (asked
          * here rather than by a HEAD before every upload: a round trip saved on the others) */
         char *name = fbcp_basename(local);
@@ -623,11 +627,10 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
         free(name);
         fbcp_trace(c->opts, "%s is a remote directory: uploading into it as %s", remote, inside);
         u.x.remote = inside;
-        u.target_is_dir = 0;
         detail[0] = '\0';
         rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
     }
-    if (rv == FB_ERR_EXISTS && u.target_is_file && hash.started) {
+    if (rv == FB_ERR_EXISTS && u.refused_by == FBCP_TARGET_FILE && hash.started) {
         /* if_different and a file of this size is there: the server compares before any data
          * moves, so it needs the digest now (the file is read twice only in this case) */
         fbcp_trace(c->opts, "a file of this size is at %s: hashing before asking again", u.x.remote);
@@ -640,7 +643,6 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
             goto out;
         }
         fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
-        u.target_is_file = 0;
         detail[0] = '\0';
         rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
     }

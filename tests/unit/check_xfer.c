@@ -980,35 +980,41 @@ static fb_wire_feedback rx_alone_feedback(rx_alone *x, uint64_t pn, uint64_t at)
     return pkt.u.feedback;
 }
 
+/* Hands the receiver a DATA of 100 bytes at OFFSET, sent at SEND_TS (the 32 bits that travel),
+ * arriving AT; RETRANSMIT sets the flag. */
+static void rx_alone_data(rx_alone *x, uint64_t offset, uint64_t send_ts, uint64_t at, int retransmit)
+{
+    static const uint8_t payload[100];
+    fb_wire_hdr hdr;
+    fb_wire_data d;
+
+    memset(&hdr, 0, sizeof(hdr));
+    hdr.flags = retransmit ? FB_WIRE_F_DATA_RETRANSMIT : 0;
+    d.offset = offset;
+    d.send_ts_us = (uint32_t)send_ts;
+    d.payload = payload;
+    d.len = sizeof(payload);
+    ck_assert_int_eq(fb_xfer_receiver_on_data(x->rc, &hdr, &d, at, NULL), FB_OK);
+}
+
 /* DATA carries the low 32 bits of its send time. The receiver echoes the newest first
  * transmission's, newest modulo 2^32 (the sender's microsecond clock passes 2^32 every 71
  * minutes), and the sender takes the echo for one of its own recent times. */
 START_TEST(test_echo_survives_the_send_time_wrap)
 {
     rx_alone x;
-    fb_wire_hdr hdr;
-    fb_wire_data d;
-    uint8_t payload[100] = {0};
     uint64_t sender_clock = (1ull << 32) - 300, t = SIM_T0, echo;
 
     rx_alone_start(&x, 1u << 20, t);
-    memset(&hdr, 0, sizeof(hdr));
-    d.payload = payload;
-    d.len = sizeof(payload);
     /* Five DATA 200 us apart, sent across the wrap, as the decoder gives them: 32 bits. */
-    for (int i = 0; i < 5; i++) {
-        d.offset = (uint64_t)i * sizeof(payload);
-        d.send_ts_us = (uint32_t)(sender_clock + 200u * (uint64_t)i);
-        ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 200u * (uint64_t)i, NULL), FB_OK);
-    }
+    for (uint64_t i = 0; i < 5; i++)
+        rx_alone_data(&x, i * 100, sender_clock + 200 * i, t + 200 * i, 0);
     echo = rx_alone_feedback(&x, 1, t + 1000).echo_ts_us;
     ck_assert_uint_eq(echo, (uint32_t)(sender_clock + 800)); /* the last one, past the wrap */
     /* The sender, 30 ms later by its clock, restores its own full time. */
     ck_assert_uint_eq(fb_wire_ts_unwrap(sender_clock + 30800, echo), sender_clock + 800);
     /* An older first transmission arriving late does not replace it. */
-    d.offset = 10 * sizeof(payload);
-    d.send_ts_us = (uint32_t)(sender_clock + 100);
-    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 1100, NULL), FB_OK);
+    rx_alone_data(&x, 1000, sender_clock + 100, t + 1100, 0);
     ck_assert_uint_eq(rx_alone_feedback(&x, 2, t + 1200).echo_ts_us, (uint32_t)(sender_clock + 800));
     rx_alone_end(&x);
 }
@@ -1020,47 +1026,28 @@ END_TEST
 START_TEST(test_feedback_reports_the_smallest_delay)
 {
     rx_alone x;
-    fb_wire_hdr hdr;
-    fb_wire_data d;
     fb_wire_feedback fb;
-    uint8_t payload[100] = {0};
     uint64_t sender_clock = (1ull << 32) - 2000, t = SIM_T0 + 7; /* clocks apart, across a wrap */
     static const uint32_t delay[] = {5300, 5000, 5100, 5600, 5900}; /* one-way delays, us */
 
     rx_alone_start(&x, 1u << 20, t);
-    memset(&hdr, 0, sizeof(hdr));
-    d.payload = payload;
-    d.len = sizeof(payload);
     /* Five sent 100 us apart: the newest (the echo) took 5900 us, the smallest 5000. */
-    for (int i = 0; i < 5; i++) {
-        d.offset = (uint64_t)i * sizeof(payload);
-        d.send_ts_us = (uint32_t)(sender_clock + 100u * (uint64_t)i);
-        ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 100u * (uint64_t)i + delay[i], NULL), FB_OK);
-    }
+    for (uint64_t i = 0; i < 5; i++)
+        rx_alone_data(&x, i * 100, sender_clock + 100 * i, t + 100 * i + delay[i], 0);
     fb = rx_alone_feedback(&x, 1, t + 7000);
     ck_assert_uint_eq(fb.echo_ts_us, (uint32_t)(sender_clock + 400));
     ck_assert_uint_eq(fb.echo_recv_ts_us, t + 400 + 5900);
     ck_assert_uint_eq(fb.delay_lag_us, 900);
     /* The next interval starts afresh: one DATA alone is its own smallest. A retransmission with
      * a tiny delay says nothing about the path and does not count. */
-    d.offset = 5 * sizeof(payload);
-    d.send_ts_us = (uint32_t)(sender_clock + 8000);
-    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 8000 + 5200, NULL), FB_OK);
-    hdr.flags = FB_WIRE_F_DATA_RETRANSMIT;
-    d.offset = 20 * sizeof(payload);
-    d.send_ts_us = (uint32_t)(sender_clock + 13100);
-    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 13150, NULL), FB_OK);
-    hdr.flags = 0;
+    rx_alone_data(&x, 500, sender_clock + 8000, t + 8000 + 5200, 0);
+    rx_alone_data(&x, 2000, sender_clock + 13100, t + 13150, 1);
     fb = rx_alone_feedback(&x, 2, t + 14000);
     ck_assert_uint_eq(fb.echo_ts_us, (uint32_t)(sender_clock + 8000));
     ck_assert_uint_eq(fb.delay_lag_us, 0);
     /* A delay 70 ms above the smallest saturates the 16-bit field. */
-    d.offset = 6 * sizeof(payload);
-    d.send_ts_us = (uint32_t)(sender_clock + 20000);
-    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 20000 + 5000, NULL), FB_OK);
-    d.offset = 7 * sizeof(payload);
-    d.send_ts_us = (uint32_t)(sender_clock + 20100);
-    ck_assert_int_eq(fb_xfer_receiver_on_data(x.rc, &hdr, &d, t + 20100 + 75000, NULL), FB_OK);
+    rx_alone_data(&x, 600, sender_clock + 20000, t + 20000 + 5000, 0);
+    rx_alone_data(&x, 700, sender_clock + 20100, t + 20100 + 75000, 0);
     ck_assert_uint_eq(rx_alone_feedback(&x, 3, t + 96000).delay_lag_us, UINT16_MAX);
     rx_alone_end(&x);
 }
