@@ -66,7 +66,28 @@ typedef struct dir_stats {
     _Atomic uint64_t max_backlog;
     _Atomic uint64_t max_late_ns; /* worst lateness of a release behind its due time */
     _Atomic uint64_t late_pkts;   /* released more than LATE_NS after their due time */
+    /* Where the link's capacity went unused: idle time summed by the length of the idle gap
+     * (many short gaps: bursty or jittery arrivals; long ones: the sender slowed down), and the
+     * arriving packets counted by the time they wait behind the backlog (the queue they met). */
+    _Atomic uint64_t idle_ns[4];
+    _Atomic uint64_t wait_pkts[6];
 } dir_stats;
+
+/* Upper bounds (ns, exclusive) of the bins of dir_stats.idle_ns and .wait_pkts; the last bin of
+ * each is open-ended. */
+static const uint64_t idle_bin_ns[4] = {100000, 1000000, 10000000, UINT64_MAX};
+static const char *const idle_bin_name[4] = {"under_0.1ms", "0.1_to_1ms", "1_to_10ms", "10ms_and_more"};
+static const uint64_t wait_bin_ns[6] = {500000, 1000000, 2000000, 4000000, 8000000, UINT64_MAX};
+static const char *const wait_bin_name[6] = {"under_0.5ms", "0.5_to_1ms", "1_to_2ms", "2_to_4ms", "4_to_8ms",
+                                             "8ms_and_more"};
+
+static unsigned bin_of(const uint64_t *upper, unsigned n, uint64_t v)
+{
+    unsigned i = 0;
+    while (i + 1 < n && v >= upper[i])
+        i++;
+    return i;
+}
 
 /* Aligned so the two threads' hot data never share a cache line. */
 typedef struct direction {
@@ -190,6 +211,9 @@ static int read_batch(direction *d)
             h->reserved = 0;
             lk_ring_commit(&d->q);
             stat_max(&d->st.max_backlog, lk_dir_backlog(&d->model, now));
+            if (d->model.last_idle_ns > 0)
+                stat_add(&d->st.idle_ns[bin_of(idle_bin_ns, 4, d->model.last_idle_ns)], d->model.last_idle_ns);
+            stat_add(&d->st.wait_pkts[bin_of(wait_bin_ns, 6, d->model.last_wait_ns)], 1);
         }
     }
     return 1;
@@ -338,8 +362,13 @@ static json_t *dir_json(direction *d, double elapsed)
     uint64_t in = stat_get(&s->pkts_in);
     double util =
         (c->rate_bps && elapsed > 0) ? (double)bytes_out * 8.0 / ((double)c->rate_bps * elapsed) : 0.0;
+    json_t *idle = json_object(), *wait = json_object();
+    for (unsigned i = 0; idle && i < 4; i++)
+        json_object_set_new(idle, idle_bin_name[i], json_real((double)stat_get(&s->idle_ns[i]) / 1e6));
+    for (unsigned i = 0; wait && i < 6; i++)
+        json_object_set_new(wait, wait_bin_name[i], json_integer((json_int_t)stat_get(&s->wait_pkts[i])));
     return json_pack(
-        "{s:o?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:f}",
+        "{s:o?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:f, s:o?, s:o?}",
         "config", cfg, "pkts_in", (json_int_t)in, "bytes_in", (json_int_t)stat_get(&s->bytes_in), "loss_pkts",
         (json_int_t)loss, "loss_bytes", (json_int_t)stat_get(&s->loss_bytes), "queue_drop_pkts",
         (json_int_t)qd, "queue_drop_bytes", (json_int_t)stat_get(&s->queue_bytes), "ring_drop_pkts",
@@ -348,7 +377,7 @@ static json_t *dir_json(direction *d, double elapsed)
         (json_int_t)stat_get(&s->max_backlog), "loss_rate", in ? (double)loss / (double)in : 0.0,
         "queue_drop_rate", in ? (double)qd / (double)in : 0.0, "max_late_ms",
         (double)stat_get(&s->max_late_ns) / 1e6, "late_1ms_pkts", (json_int_t)stat_get(&s->late_pkts),
-        "utilisation", util);
+        "utilisation", util, "idle_ms_by_gap", idle, "queue_wait_pkts", wait);
 }
 
 /* Writes the statistics to the stats file (atomically, through a temporary file and rename) or

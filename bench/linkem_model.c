@@ -134,6 +134,8 @@ lk_verdict lk_dir_offer(lk_dir *dir, uint64_t now_ns, uint32_t len, uint64_t *re
         return LK_DROP_QUEUE;
 
     uint64_t start = dir->busy_until > now_ns ? dir->busy_until : now_ns;
+    dir->last_wait_ns = start - now_ns;
+    dir->last_idle_ns = dir->busy_until != 0 && dir->busy_until < now_ns ? now_ns - dir->busy_until : 0;
     if (start == now_ns && dir->busy_until < now_ns)
         dir->tx_frac = 0; /* the link went idle: no partial nanosecond to carry */
     /* len <= 2^32 and 8e9 < 2^33: the product fits in 64 bits with room for the remainder. */

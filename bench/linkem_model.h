@@ -64,6 +64,11 @@ typedef struct lk_dir {
     uint64_t tx_frac;    /* remainder of len*8e9 / rate carried to the next packet, so the */
                          /* long-run rate is exact whatever the rounding */
     uint64_t last_now;   /* the model's clock never runs backwards */
+    /* Set by each lk_dir_offer that admits a packet (for the statistics): how long the link had
+     * been idle before this packet (0 when it was busy, or before the first packet) and how long
+     * the packet waits behind the backlog before its serialisation starts. */
+    uint64_t last_idle_ns;
+    uint64_t last_wait_ns;
 } lk_dir;
 
 /* Checks a configuration; returns NULL if valid, else a message saying what is wrong. */

@@ -150,6 +150,9 @@ START_TEST(test_back_to_back_packets_leave_at_the_link_rate)
     for (uint64_t k = 1; k <= 10; k++) {
         ck_assert_int_eq(lk_dir_offer(&d, 5 * MS, 1000, &rel), LK_FORWARD);
         ck_assert_uint_eq(rel, 5 * MS + k * MS + 20 * MS);
+        /* the k-th waits behind k-1 packets; the link never idles between them */
+        ck_assert_uint_eq(d.last_wait_ns, (k - 1) * MS);
+        ck_assert_uint_eq(d.last_idle_ns, 0);
     }
 }
 END_TEST
@@ -166,6 +169,9 @@ START_TEST(test_idle_link_adds_only_serialisation_and_delay)
     ck_assert_int_eq(lk_dir_offer(&d, 100 * MS, 500, &rel), LK_FORWARD);
     ck_assert_uint_eq(rel, 100 * MS + MS / 2 + 20 * MS);
     ck_assert_uint_eq(lk_dir_backlog(&d, 200 * MS), 0);
+    /* the link was idle from 1 ms (the first packet serialised) to 100 ms */
+    ck_assert_uint_eq(d.last_idle_ns, 99 * MS);
+    ck_assert_uint_eq(d.last_wait_ns, 0);
 }
 END_TEST
 
