@@ -1,12 +1,12 @@
 /* mod_fallback_data.c: PUT BASE/sessions/{id}/data, the HTTP(S) data path of an upload.
  *
- * The body is streamed straight to the partial file at the Content-Range offset (no buffering
- * beyond one brigade), and a chunk's bit is set in the shared table as soon as this request has
- * written every byte of it, so udpd, other connections and a later resume all see progress at
- * once. Progress becomes durable through the checkpoint sidecar: bitmap snapshot, fdatasync,
- * then the checkpoint, under the partial file's flock; at the end of every request (success or
- * not) and every 64 MiB. Several requests may write disjoint ranges of one session at once:
- * nothing global is locked while data is copied. */
+ * The body is streamed to the partial file at the Content-Range offset (a quarter MiB gathered
+ * before each write, never the whole body in memory), and a chunk's bit is set in the shared
+ * table as soon as this request has written every byte of it, so udpd, other connections and a
+ * later resume all see progress at once. Progress becomes durable through the checkpoint
+ * sidecar: bitmap snapshot, fdatasync, then the checkpoint, under the partial file's flock; at
+ * the end of every request (success or not) and every 64 MiB. Several requests may write
+ * disjoint ranges of one session at once: nothing global is locked while data is copied. */
 
 #include "mod_fallback_private.h"
 
@@ -31,6 +31,7 @@
 #include "fb_util.h"
 
 #define READ_BLOCK (256 * 1024)
+#define GATHER_BYTES (256 * 1024) /* body bytes gathered before each write */
 #define CHECKPOINT_EVERY (64ull * 1024 * 1024)
 #define DIGEST_STEP (64ull * 1024 * 1024) /* most bytes folded into the digest per read pass */
 
@@ -49,6 +50,9 @@ typedef struct put_ctx {
     int parent_fd;
     const char *ckpt_base;
     fb_checkpoint *cp;     /* reused buffer for snapshots */
+    char *gather;          /* body bytes received, not yet written: they belong at pos */
+    apr_size_t gathered;
+    uint64_t flushes;      /* writes of what was gathered so far */
 } put_ctx;
 
 static int slot_still_ours(const put_ctx *c)
@@ -141,7 +145,31 @@ static fb_err write_pieces(put_ctx *c, const char *data, apr_size_t n, const cha
     return FB_OK;
 }
 
-/* Streams the body; returns FB_OK or what went wrong, with *PDETAIL and *PRV set. */
+/* Writes what the body brought since the last flush, marks the chunks it completed and folds
+ * the front of the file into the running digest. */
+static fb_err flush_gathered(put_ctx *c, const char **pdetail)
+{
+    fb_err e = FB_OK;
+
+    if (c->gathered > 0) {
+        e = write_pieces(c, c->gather, c->gathered, pdetail);
+        c->gathered = 0;
+    }
+    c->flushes++;
+    mark_chunks(c);
+    /* Fold what is complete at the front of the file into the running digest now, while it is
+     * in the page cache, so the commit does not have to read the file again. */
+    fb_slot_digest_advance(c->slot, c->gen, c->fd, DIGEST_STEP);
+    return e;
+}
+
+/* Streams the body; returns FB_OK or what went wrong, with *PDETAIL and *PRV set.
+ *
+ * mod_ssl hands the body over in pieces of at most 8 KiB (its record buffer), whatever is
+ * asked for. The pieces are gathered into GATHER_BYTES before each write, so the file, the
+ * chunk bits, the digest and the session's bookkeeping are touched once per quarter MiB rather
+ * than once per TLS record. What was gathered is written before any return, also when the body
+ * ends early, so nothing received is thrown away. */
 static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
 {
     request_rec *r = c->r;
@@ -153,10 +181,13 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
 
     *pdetail = NULL;
     *prv = APR_SUCCESS;
+    c->gather = apr_palloc(r->pool, GATHER_BYTES);
+    c->gathered = 0;
     /* Each pass brings at least one byte or ends the body; the bound only guards the loop. */
     max_passes = (c->end - c->first) + 1024;
     for (passes = 0; !seen_eos && e == FB_OK && passes < max_passes; passes++) {
         apr_bucket *b;
+        uint64_t flushes_before = c->flushes;
         apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, READ_BLOCK);
 
         if (rv != APR_SUCCESS) {
@@ -182,25 +213,33 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
                 e = FB_ERR_BAD_RANGE;
                 break;
             }
-            if (n > c->end - c->pos) {
-                /* Only the part inside the range is written: the rest is not ours to store. */
-                e = write_all(c, data, (apr_size_t)(c->end - c->pos));
-                if (e == FB_OK) {
+            since_ckpt += n;
+            while (n > 0 && e == FB_OK) {
+                /* room left in the range, past what is already gathered */
+                uint64_t in_range = c->end - c->pos - c->gathered;
+                apr_size_t take = GATHER_BYTES - c->gathered;
+
+                if (in_range == 0) {
+                    /* Only the part inside the range is written: the rest is not ours to store. */
                     *pdetail = "the body is longer than the Content-Range";
                     e = FB_ERR_BAD_RANGE;
+                    break;
                 }
-                break;
+                take = take < n ? take : n;
+                take = (uint64_t)take < in_range ? take : (apr_size_t)in_range;
+                memcpy(c->gather + c->gathered, data, take);
+                c->gathered += take;
+                data += take;
+                n -= take;
+                if (c->gathered == GATHER_BYTES)
+                    e = flush_gathered(c, pdetail);
             }
-            e = write_pieces(c, data, n, pdetail);
-            since_ckpt += n;
         }
         apr_brigade_cleanup(bb);
-        mark_chunks(c);
-        /* Fold what is complete at the front of the file into the running digest now, while
-         * it is in the page cache, so the commit does not have to read the file again. */
-        fb_slot_digest_advance(c->slot, c->gen, c->fd, DIGEST_STEP);
+        if (e != FB_OK || c->flushes == flushes_before)
+            continue; /* a pass that wrote nothing has nothing to account for */
         atomic_store(&c->slot->last_activity_ns, fb_time_now_ns());
-        if (e == FB_OK && !slot_still_ours(c)) {
+        if (!slot_still_ours(c)) {
             *pdetail = "the session was cancelled or committed";
             e = FB_ERR_SESSION_STATE;
         }
@@ -208,6 +247,17 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
             since_ckpt = 0;
             if (checkpoint_save(c) == FB_ERR_DISK_FULL)
                 e = FB_ERR_DISK_FULL;
+        }
+    }
+    /* What was gathered is written whatever ended the body (an error, the client gone), so a
+     * resume need not send it again; not into a session that was cancelled meanwhile. */
+    if (c->gathered > 0 && slot_still_ours(c)) {
+        const char *detail = NULL;
+        fb_err fe = flush_gathered(c, &detail);
+
+        if (e == FB_OK) {
+            e = fe;
+            *pdetail = detail;
         }
     }
     if (e == FB_OK && !seen_eos) {
