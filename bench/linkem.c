@@ -54,6 +54,21 @@
 enum { DIR_UP = 0, DIR_DOWN = 1, DIR_COUNT = 2 };
 static const char *const dir_name[DIR_COUNT] = {"up", "down"};
 
+/* The bins of dir_stats.idle_ns and .wait_pkts: upper bound (ns, exclusive; the last bin is
+ * open-ended) and the name the statistics give it. */
+typedef struct stat_bin {
+    uint64_t upper_ns;
+    const char *name;
+} stat_bin;
+static const stat_bin idle_bins[] = {{100000, "under_0.1ms"},
+                                     {1000000, "0.1_to_1ms"},
+                                     {10000000, "1_to_10ms"},
+                                     {UINT64_MAX, "10ms_and_more"}};
+static const stat_bin wait_bins[] = {{500000, "under_0.5ms"}, {1000000, "0.5_to_1ms"}, {2000000, "1_to_2ms"},
+                                     {4000000, "2_to_4ms"},   {8000000, "4_to_8ms"},   {UINT64_MAX, "8ms_and_more"}};
+#define N_IDLE_BINS (sizeof(idle_bins) / sizeof(idle_bins[0]))
+#define N_WAIT_BINS (sizeof(wait_bins) / sizeof(wait_bins[0]))
+
 /* Counters have a single writer (the direction's thread) and are read by the main thread when it
  * writes the statistics: a plain load and store (no locked add) keeps them cheap. */
 typedef struct dir_stats {
@@ -69,22 +84,14 @@ typedef struct dir_stats {
     /* Where the link's capacity went unused: idle time summed by the length of the idle gap
      * (many short gaps: bursty or jittery arrivals; long ones: the sender slowed down), and the
      * arriving packets counted by the time they wait behind the backlog (the queue they met). */
-    _Atomic uint64_t idle_ns[4];
-    _Atomic uint64_t wait_pkts[6];
+    _Atomic uint64_t idle_ns[N_IDLE_BINS];
+    _Atomic uint64_t wait_pkts[N_WAIT_BINS];
 } dir_stats;
 
-/* Upper bounds (ns, exclusive) of the bins of dir_stats.idle_ns and .wait_pkts; the last bin of
- * each is open-ended. */
-static const uint64_t idle_bin_ns[4] = {100000, 1000000, 10000000, UINT64_MAX};
-static const char *const idle_bin_name[4] = {"under_0.1ms", "0.1_to_1ms", "1_to_10ms", "10ms_and_more"};
-static const uint64_t wait_bin_ns[6] = {500000, 1000000, 2000000, 4000000, 8000000, UINT64_MAX};
-static const char *const wait_bin_name[6] = {"under_0.5ms", "0.5_to_1ms", "1_to_2ms", "2_to_4ms", "4_to_8ms",
-                                             "8ms_and_more"};
-
-static unsigned bin_of(const uint64_t *upper, unsigned n, uint64_t v)
+static unsigned bin_of(const stat_bin *bins, uint64_t v)
 {
     unsigned i = 0;
-    while (i + 1 < n && v >= upper[i])
+    while (bins[i].upper_ns != UINT64_MAX && v >= bins[i].upper_ns)
         i++;
     return i;
 }
@@ -212,8 +219,8 @@ static int read_batch(direction *d)
             lk_ring_commit(&d->q);
             stat_max(&d->st.max_backlog, lk_dir_backlog(&d->model, now));
             if (d->model.last_idle_ns > 0)
-                stat_add(&d->st.idle_ns[bin_of(idle_bin_ns, 4, d->model.last_idle_ns)], d->model.last_idle_ns);
-            stat_add(&d->st.wait_pkts[bin_of(wait_bin_ns, 6, d->model.last_wait_ns)], 1);
+                stat_add(&d->st.idle_ns[bin_of(idle_bins, d->model.last_idle_ns)], d->model.last_idle_ns);
+            stat_add(&d->st.wait_pkts[bin_of(wait_bins, d->model.last_wait_ns)], 1);
         }
     }
     return 1;
@@ -358,15 +365,16 @@ static json_t *dir_json(direction *d, double elapsed)
     uint64_t loss = stat_get(&s->loss_pkts), qd = stat_get(&s->queue_pkts), ring = stat_get(&s->ring_pkts);
     uint64_t out = stat_get(&s->pkts_out), werr = stat_get(&s->write_errors),
              bytes_out = stat_get(&s->bytes_out);
+    /* The admitted packets (queue_wait_pkts) are outcomes too. */
+    json_t *idle = json_object(), *wait = json_object();
+    for (unsigned i = 0; idle && i < N_IDLE_BINS; i++)
+        json_object_set_new(idle, idle_bins[i].name, json_real((double)stat_get(&s->idle_ns[i]) / 1e6));
+    for (unsigned i = 0; wait && i < N_WAIT_BINS; i++)
+        json_object_set_new(wait, wait_bins[i].name, json_integer((json_int_t)stat_get(&s->wait_pkts[i])));
     atomic_thread_fence(memory_order_acquire);
     uint64_t in = stat_get(&s->pkts_in);
     double util =
         (c->rate_bps && elapsed > 0) ? (double)bytes_out * 8.0 / ((double)c->rate_bps * elapsed) : 0.0;
-    json_t *idle = json_object(), *wait = json_object();
-    for (unsigned i = 0; idle && i < 4; i++)
-        json_object_set_new(idle, idle_bin_name[i], json_real((double)stat_get(&s->idle_ns[i]) / 1e6));
-    for (unsigned i = 0; wait && i < 6; i++)
-        json_object_set_new(wait, wait_bin_name[i], json_integer((json_int_t)stat_get(&s->wait_pkts[i])));
     return json_pack(
         "{s:o?, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:f, s:f, s:I, s:f, s:o?, s:o?}",
         "config", cfg, "pkts_in", (json_int_t)in, "bytes_in", (json_int_t)stat_get(&s->bytes_in), "loss_pkts",

@@ -52,7 +52,6 @@ typedef struct put_ctx {
     fb_checkpoint *cp;     /* reused buffer for snapshots */
     char *gather;          /* body bytes received, not yet written: they belong at pos */
     apr_size_t gathered;
-    uint64_t flushes;      /* writes of what was gathered so far */
 } put_ctx;
 
 static int slot_still_ours(const put_ctx *c)
@@ -155,7 +154,6 @@ static fb_err flush_gathered(put_ctx *c, const char **pdetail)
         e = write_pieces(c, c->gather, c->gathered, pdetail);
         c->gathered = 0;
     }
-    c->flushes++;
     mark_chunks(c);
     /* Fold what is complete at the front of the file into the running digest now, while it is
      * in the page cache, so the commit does not have to read the file again. */
@@ -187,7 +185,7 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
     max_passes = (c->end - c->first) + 1024;
     for (passes = 0; !seen_eos && e == FB_OK && passes < max_passes; passes++) {
         apr_bucket *b;
-        uint64_t flushes_before = c->flushes;
+        int wrote = 0; /* this pass wrote what was gathered */
         apr_status_t rv = ap_get_brigade(r->input_filters, bb, AP_MODE_READBYTES, APR_BLOCK_READ, READ_BLOCK);
 
         if (rv != APR_SUCCESS) {
@@ -231,12 +229,14 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
                 c->gathered += take;
                 data += take;
                 n -= take;
-                if (c->gathered == GATHER_BYTES)
+                if (c->gathered == GATHER_BYTES) {
                     e = flush_gathered(c, pdetail);
+                    wrote = 1;
+                }
             }
         }
         apr_brigade_cleanup(bb);
-        if (e != FB_OK || c->flushes == flushes_before)
+        if (e != FB_OK || !wrote)
             continue; /* a pass that wrote nothing has nothing to account for */
         atomic_store(&c->slot->last_activity_ns, fb_time_now_ns());
         if (!slot_still_ours(c)) {

@@ -76,6 +76,18 @@ test_quick_case_gives_a_result() {
                  and (.link.bytes_in >= .bytes))' "$f" >/dev/null ||
         fail "a run lacks a positive goodput or consistent figures: $(jq -c '.runs[] | {tool, direction, status,
               goodput_mbit, bytes, wall_s, verified}' "$f" | tr '\n' ' ')"
+    # The relay was pinned to the last CPU (bench/wan's default on two or more), and its account of
+    # the link covers every packet it admitted: the queue-wait bins add up to the packets that were
+    # neither lost nor dropped, and the idle time is never negative.
+    local want_cpu=null
+    [ "$(nproc)" -ge 2 ] && want_cpu=$(($(nproc) - 1))
+    jq -e --argjson cpu "$want_cpu" '[.runs[] | select(.status != "not_available") | .link]
+           | all(.relay_pinned_cpu == $cpu
+                 and ((.queue_wait_pkts | add) - (.pkts_in - .loss_pkts - .queue_drop_pkts - .ring_drop_pkts)
+                      | fabs <= 10)
+                 and ([.idle_ms_by_gap[]] | all(. >= 0)))' "$f" >/dev/null ||
+        fail "the relay's pinning or idle/queue account is wrong: $(jq -c '.runs[] | .link | {relay_pinned_cpu,
+              pkts_in, loss_pkts, queue_drop_pkts, queue_wait_pkts, idle_ms_by_gap}' "$f" | tr '\n' ' ')"
     # Rows that are not available say why.
     jq -e '[.runs[] | select(.status == "not_available")] | all(.reason | length > 0)' "$f" >/dev/null ||
         fail "a not-available run has no reason"
@@ -93,6 +105,10 @@ test_bad_options_are_refused() {
     out=$("$WAN" --quick --tools nosuchtool 2>&1)
     rc=$?
     assert_eq 2 "$rc" "exit code of an unknown tool"
+    out=$("$WAN" --quick --relay-cpu 4096 2>&1)
+    rc=$?
+    assert_eq 2 "$rc" "exit code of a CPU that does not exist"
+    case "$out" in *relay-cpu*) ;; *) fail "no helpful message for --relay-cpu: $out" ;; esac
     "$WAN" >/dev/null 2>&1
     assert_eq 2 "$?" "exit code with nothing to do"
 }
