@@ -18,6 +18,8 @@
 set -euo pipefail
 
 SRCDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=bench/lib.sh
+. "$SRCDIR/bench/lib.sh"
 SIZE_MIB=1024
 RUNS=3
 PORT=8543
@@ -69,19 +71,7 @@ URL=$ORIGIN/fallback
 SIZE=$((SIZE_MIB * 1024 * 1024))
 NAME=bench-$SIZE_MIB.bin
 
-# A virtual machine pays for the first touch of each guest memory page (on this kind of
-# machine, writing 1 GiB into fresh page cache took 2-2.6 s against 0.3 s once the memory had
-# been used). That cost belongs to the VM, not to the code measured, and it would land on
-# whichever run writes first: touch and free some memory once so every run starts warm.
-echo "warming guest memory (${WARM_MIB:-4096} MiB)"
-python3 -c '
-import mmap, sys
-n = int(sys.argv[1]) << 20
-m = mmap.mmap(-1, n)
-for i in range(0, n, 4096):
-    m[i] = 1
-m.close()
-' "${WARM_MIB:-4096}" || true
+warm_guest_memory
 
 echo "preparing a $SIZE_MIB MiB random file"
 head -c "$SIZE" /dev/urandom >"$SCRATCH/$NAME"
@@ -91,13 +81,6 @@ touch -d '-1 hour' "$DOCROOT/$NAME"
 if [ "$(id -u)" = 0 ] && getent passwd www-data >/dev/null; then chown -R www-data: "$DOCROOT"; fi
 SHA=$(sha256sum "$SCRATCH/$NAME" | cut -d' ' -f1)
 
-# median of the numbers on stdin
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print 0; exit }
-        if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
-mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) { print 0; exit } printf "%.1f\n", b / s / 1e6 }'; }
 
 # curl_rate URL [curl args]: MB/s of one download to /dev/null (curl's own average speed).
 curl_rate() {
@@ -156,7 +139,6 @@ measure down4 "c. fbcp download, 4 connections" run_fbcp_down 4
 measure up1 "d. fbcp upload, 1 connection" run_fbcp_up 1
 measure up4 "d. fbcp upload, 4 connections" run_fbcp_up 4
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b <= 0) print 0; else printf "%.2f\n", a / b }'; }
 verdict() { awk -v r="$1" -v t="$2" 'BEGIN { print (r >= t) ? "yes" : "NO" }'; }
 R_FILES=$(ratio "${RESULT[files]}" "${RESULT[static]}")
 R_UP1=$(ratio "${RESULT[up1]}" "${RESULT[files]}")

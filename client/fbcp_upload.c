@@ -122,9 +122,11 @@ static void *fbcp_hash_main(void *p)
         j->claim_end = at + n;
         pthread_mutex_unlock(&j->mu);
         /* shorter than at the start: its digest would be meaningless */
+#ifndef FB_BENCH_UNSAFE_NO_DIGESTS
         fail = fb_pread_all(j->fd, buf, (size_t)n, at) != FB_OK;
         if (!fail && EVP_DigestUpdate(j->md, buf, (size_t)n) != 1)
             fail = 1;
+#endif
         pthread_mutex_lock(&j->mu);
         j->claimed = 0;
         if (fail) {
@@ -211,7 +213,13 @@ void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t 
     skip = j->pos - off;
     j->claimed = 1;
     pthread_mutex_unlock(&j->mu);
+#ifdef FB_BENCH_UNSAFE_NO_DIGESTS
+    /* Only in the scratch build of bench/digest_cost.sh: nothing hashed, nothing verified. */
+#warning "FB_BENCH_UNSAFE_NO_DIGESTS: uploads are not verified; for bench/digest_cost.sh only"
+    ok = data != NULL;
+#else
     ok = EVP_DigestUpdate(j->md, (const unsigned char *)data + skip, (size_t)(len - skip)) == 1;
+#endif
     pthread_mutex_lock(&j->mu);
     j->claimed = 0;
     if (ok) {

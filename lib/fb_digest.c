@@ -51,6 +51,13 @@ static void digest_unlock(fb_slot *slot)
 /* Reads LEN bytes at OFF into the digest. */
 static fb_err digest_fold(SHA256_CTX *ctx, int fd, uint64_t off, uint64_t len, unsigned char *buf)
 {
+#ifdef FB_BENCH_UNSAFE_NO_DIGESTS
+    /* Only in the scratch build of bench/digest_cost.sh (see there): nothing is read or hashed,
+     * so the digest stays that of no bytes and verifies nothing. */
+#warning "FB_BENCH_UNSAFE_NO_DIGESTS: uploads are not verified; for bench/digest_cost.sh only"
+    (void)ctx, (void)fd, (void)off, (void)buf;
+    len = 0;
+#endif
     while (len > 0) {
         size_t want = len > DIGEST_READ_BLOCK ? DIGEST_READ_BLOCK : (size_t)len;
         ssize_t n = pread(fd, buf, want, (off_t)off);

@@ -113,6 +113,34 @@ test_bad_options_are_refused() {
     assert_eq 2 "$?" "exit code with nothing to do"
 }
 
+# bench/digest_cost.sh builds a scratch copy without digests and uploads through both builds:
+# a tiny run checks that the switch reaches both ends (the script refuses a build where it did
+# not), that the upload without digests still delivers the file intact (the script compares it)
+# and that the result is well-formed.
+test_digest_cost_measures_both_builds() {
+    local f=$T_TMP/digest_cost.json rc k
+    require_fbcp
+    [ -f "$MODULE" ] || fail "mod_fallback not built"
+    "$SRCDIR/bench/digest_cost.sh" --size 8 --rounds 1 --port $((BASE_PORT + 3)) --out "$f" \
+        >"$T_TMP/digest_cost.out" 2>&1
+    rc=$?
+    if [ "$rc" != 0 ]; then
+        sed 's/^/#   /' "$T_TMP/digest_cost.out" | tail -n 30 >&2
+        fail "bench/digest_cost.sh exited $rc"
+    fi
+    jq -e . "$f" >/dev/null || fail "$f is not JSON"
+    assert_eq digest_cost "$(jq -r .benchmark "$f")" "benchmark"
+    assert_eq 8388608 "$(jq -r .file_bytes "$f")" "file size"
+    for k in curl_download_files fbcp_upload fbcp_upload_without_digests; do
+        jq -e --arg k "$k" '.results[$k] > 0 and (.samples[$k] | length) == 1' "$f" >/dev/null ||
+            fail "no rate for $k in $f"
+    done
+    jq -e '.one_core_mb_per_s.sha256 > 0' "$f" >/dev/null || fail "no SHA-256 speed in $f"
+    "$SRCDIR/bench/digest_cost.sh" --rounds 0 >/dev/null 2>&1
+    assert_eq 2 "$?" "exit code of --rounds 0"
+}
+
 run_test "bench/wan --quick produces a well-formed result" test_quick_case_gives_a_result
+run_test "bench/digest_cost.sh measures an upload with and without digests" test_digest_cost_measures_both_builds
 run_test "bench/wan refuses bad options" test_bad_options_are_refused
 finish
