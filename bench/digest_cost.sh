@@ -11,9 +11,11 @@
 #   b. fbcp upload, this tree's build                (digests at both ends)
 #   c. fbcp upload, the scratch build                (no digests; what arrived is then compared
 #                                                     with the source by sha256sum, untimed)
-# It prints the medians (MB/s, 10^6 bytes/s), the uploads' ratios to (a), SHA-256's and
-# AES-256-GCM's speed on one core (openssl speed) and the CPU steal during the rounds, and
-# writes bench/results/digest_cost.json (or --out FILE).
+# It prints the medians (MB/s, 10^6 bytes/s) and the CPU seconds per GiB the whole machine spent
+# on each (client and server share these cores), the uploads' ratios to (a), the rate an upload
+# would reach keeping every core busy at b's cost, SHA-256's and AES-256-GCM's speed on one core
+# (openssl speed) and the CPU steal during the rounds, and writes
+# bench/results/digest_cost.json (or --out FILE).
 #
 #   bench/digest_cost.sh [--size MiB] [--rounds N] [--connections N] [--port N] [--out FILE]
 #
@@ -36,7 +38,7 @@ while [ "$#" -gt 0 ]; do
     --connections) CONNECTIONS=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
-    -h | --help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h | --help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "digest_cost: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -120,9 +122,10 @@ download_rate() {
     awk -v s="${out#* }" 'BEGIN { printf "%.1f\n", s / 1e6 }'
 }
 
-# upload_rate with|without ROUND: MB/s of one fbcp upload, from its --json done event.
+# upload_rate with|without ROUND: MB/s of one fbcp upload, from its --json done event. The file
+# stays for check_upload, which runs after the CPU count of the transfer stopped.
 upload_rate() {
-    local d=$1 target=up-$2.bin json=$SCRATCH/fbcp.json secs
+    local d=$1 target=up-$2.bin json=$SCRATCH/fbcp-$1.json secs
     if ! "$SCRATCH/bin/fbcp-$d" --cacert "$SCRATCH/$d/cert.pem" -u "$USER_NAME:$PASSWORD" --json -q \
         --connections "$CONNECTIONS" "$SCRATCH/$NAME" "https://127.0.0.1:${PORT_OF[$d]}/fallback/$target" \
         >"$json" 2>"$SCRATCH/fbcp.err"; then
@@ -130,40 +133,72 @@ upload_rate() {
         exit 1
     fi
     secs=$(jq -r 'select(.event == "done") | .seconds' "$json" | head -n1)
-    # With digests, fbcp reports the digest the server accepted; without, the bytes are checked
-    # here (after the clock stopped), so a fast but wrong transfer cannot count.
-    if [ "$d" = with ]; then
-        [ "$(jq -r 'select(.event == "done") | .sha256' "$json" | head -n1)" = "$SHA" ] ||
-            { echo "digest_cost: fbcp moved different bytes" >&2; exit 1; }
-    else
-        [ "$(sha256sum "$SCRATCH/$d/docroot/$target" | cut -d' ' -f1)" = "$SHA" ] ||
-            { echo "digest_cost: the upload without digests arrived different" >&2; exit 1; }
-    fi
-    rm -f "$SCRATCH/$d/docroot/$target"
     mbps "$SIZE" "$secs"
 }
 
-# steal and total ticks of all CPUs, from /proc/stat
-cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t; exit }' /proc/stat; }
+# check_upload with|without ROUND: with digests, fbcp reports the digest the server accepted;
+# without, the bytes that arrived are compared here, so a fast but wrong transfer cannot count.
+check_upload() {
+    local d=$1 target=$SCRATCH/$1/docroot/up-$2.bin
+    if [ "$d" = with ]; then
+        [ "$(jq -r 'select(.event == "done") | .sha256' "$SCRATCH/fbcp-$d.json" | head -n1)" = "$SHA" ] ||
+            { echo "digest_cost: fbcp moved different bytes" >&2; exit 1; }
+    else
+        [ "$(sha256sum "$target" | cut -d' ' -f1)" = "$SHA" ] ||
+            { echo "digest_cost: the upload without digests arrived different" >&2; exit 1; }
+    fi
+    rm -f "$target"
+}
 
-DOWN=() WITH=() WITHOUT=()
+# /proc/stat, all CPUs: busy ticks (user, nice, system, irq, softirq), then steal and the total
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
+cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t; exit }' /proc/stat; }
+HZ=$(getconf CLK_TCK)
+
+# measure KIND COMMAND...: COMMAND prints a rate (MB/s); keeps it in RATES[KIND] and, in
+# CPU[KIND], the CPU seconds per GiB the whole machine spent meanwhile (both ends, every
+# process: client and server share these cores).
+declare -A RATES=() CPU=()
+measure() {
+    local kind=$1 b0 b1 v
+    shift
+    b0=$(busy_ticks)
+    v=$("$@")
+    b1=$(busy_ticks)
+    RATES[$kind]+=" $v"
+    CPU[$kind]+=" $(awk -v t="$((b1 - b0))" -v hz="$HZ" -v b="$SIZE" 'BEGIN { printf "%.2f\n", t / hz / (b / 1073741824) }')"
+}
+last() { local a; read -ra a <<<"$1"; echo "${a[-1]}"; }
+med() { tr ' ' '\n' <<<"$1" | grep . | median; }
+
+KINDS=(down with without)
 echo "measuring ($ROUNDS rounds, $SIZE_MIB MiB, $CONNECTIONS connections, 127.0.0.1 on $(nproc) cores)"
 read -r steal0 total0 < <(cpu_ticks)
 for ((r = 1; r <= ROUNDS; r++)); do
-    DOWN+=("$(download_rate)")
-    WITH+=("$(upload_rate with "$r")")
-    WITHOUT+=("$(upload_rate without "$r")")
-    printf '  round %d: download %8s   upload %8s   upload without digests %8s MB/s\n' \
-        "$r" "${DOWN[-1]}" "${WITH[-1]}" "${WITHOUT[-1]}"
+    measure down download_rate
+    measure with upload_rate with "$r"
+    check_upload with "$r"
+    measure without upload_rate without "$r"
+    check_upload without "$r"
+    printf '  round %d: download %7s (%s CPU-s/GiB)   upload %7s (%s)   without digests %7s (%s) MB/s\n' "$r" \
+        "$(last "${RATES[down]}")" "$(last "${CPU[down]}")" "$(last "${RATES[with]}")" "$(last "${CPU[with]}")" \
+        "$(last "${RATES[without]}")" "$(last "${CPU[without]}")"
 done
 read -r steal1 total1 < <(cpu_ticks)
 STEAL=$(awk -v s="$((steal1 - steal0))" -v t="$((total1 - total0))" 'BEGIN { printf "%.1f\n", (t > 0) ? 100 * s / t : 0 }')
 
-M_DOWN=$(printf '%s\n' "${DOWN[@]}" | median)
-M_WITH=$(printf '%s\n' "${WITH[@]}" | median)
-M_WITHOUT=$(printf '%s\n' "${WITHOUT[@]}" | median)
-R_WITH=$(ratio "$M_WITH" "$M_DOWN")
-R_WITHOUT=$(ratio "$M_WITHOUT" "$M_DOWN")
+declare -A M=() MC=()
+for k in "${KINDS[@]}"; do
+    M[$k]=$(med "${RATES[$k]}")
+    MC[$k]=$(med "${CPU[$k]}")
+done
+R_WITH=$(ratio "${M[with]}" "${M[down]}")
+R_WITHOUT=$(ratio "${M[without]}" "${M[down]}")
+# The most an upload could reach here if it kept every core busy all the time: the cores'
+# seconds divided by its CPU seconds per GiB.
+CORES=$(nproc)
+CEILING=$(awk -v c="$CORES" -v s="${MC[with]}" 'BEGIN { if (s <= 0) print 0; else printf "%.1f\n", c * 1073.741824 / s }')
+R_CEILING=$(ratio "$CEILING" "${M[down]}")
 # one core's speed, MB/s: 1 MiB blocks for SHA-256, TLS records (16 KiB) for AES-GCM
 speed() {
     openssl speed -seconds 1 -bytes "$2" -evp "$1" 2>/dev/null |
@@ -173,32 +208,40 @@ SHA_MBPS=$(speed sha256 1048576)
 AES_MBPS=$(speed aes-256-gcm 16384)
 
 echo
-printf '%-44s %10s\n' "median of $ROUNDS rounds, $SIZE_MIB MiB" "MB/s"
-printf '%-44s %10s\n' "a. curl download through files/" "$M_DOWN"
-printf '%-44s %10s\n' "b. fbcp upload (SHA-256 at both ends)" "$M_WITH"
-printf '%-44s %10s\n' "c. fbcp upload without digests (scratch)" "$M_WITHOUT"
+printf '%-44s %10s %12s\n' "median of $ROUNDS rounds, $SIZE_MIB MiB" "MB/s" "CPU-s/GiB"
+printf '%-44s %10s %12s\n' "a. curl download through files/" "${M[down]}" "${MC[down]}"
+printf '%-44s %10s %12s\n' "b. fbcp upload (SHA-256 at both ends)" "${M[with]}" "${MC[with]}"
+printf '%-44s %10s %12s\n' "c. fbcp upload without digests (scratch)" "${M[without]}" "${MC[without]}"
 echo
 echo "upload / download = $R_WITH; without digests = $R_WITHOUT"
+echo "an upload keeping all $CORES cores busy at b's CPU cost: $CEILING MB/s = $R_CEILING of the download"
 echo "one core: SHA-256 ${SHA_MBPS:-?} MB/s, AES-256-GCM ${AES_MBPS:-?} MB/s; CPU steal during the rounds $STEAL %"
 
 mkdir -p "$(dirname "$OUT")"
-arr() { printf '%s\n' "$@" | jq -s -c 'map(tonumber)'; }
+arr() { tr ' ' '\n' <<<"$1" | grep . | jq -s -c 'map(tonumber)'; }
 jq -n \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --arg commit "$(git -C "$SRCDIR" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
-    --arg host "$(uname -srm)" --argjson cores "$(nproc)" --arg openssl "$(openssl version)" \
+    --arg host "$(uname -srm)" --argjson cores "$CORES" --arg openssl "$(openssl version)" \
     --argjson size "$SIZE" --argjson rounds "$ROUNDS" --argjson conns "$CONNECTIONS" \
-    --argjson down "$M_DOWN" --argjson with "$M_WITH" --argjson without "$M_WITHOUT" \
-    --argjson s_down "$(arr "${DOWN[@]}")" --argjson s_with "$(arr "${WITH[@]}")" \
-    --argjson s_without "$(arr "${WITHOUT[@]}")" \
+    --argjson down "${M[down]}" --argjson with "${M[with]}" --argjson without "${M[without]}" \
+    --argjson c_down "${MC[down]}" --argjson c_with "${MC[with]}" --argjson c_without "${MC[without]}" \
+    --argjson s_down "$(arr "${RATES[down]}")" --argjson s_with "$(arr "${RATES[with]}")" \
+    --argjson s_without "$(arr "${RATES[without]}")" \
+    --argjson sc_down "$(arr "${CPU[down]}")" --argjson sc_with "$(arr "${CPU[with]}")" \
+    --argjson sc_without "$(arr "${CPU[without]}")" \
     --argjson r_with "$R_WITH" --argjson r_without "$R_WITHOUT" --argjson steal "$STEAL" \
+    --argjson ceiling "$CEILING" --argjson r_ceiling "$R_CEILING" \
     --argjson sha "${SHA_MBPS:-null}" --argjson aes "${AES_MBPS:-null}" \
     '{benchmark: "digest_cost", date: $date, commit: $commit, host: $host, cores: $cores,
       openssl: $openssl, file_bytes: $size, rounds: $rounds, connections: $conns,
       where: "127.0.0.1, files on /dev/shm", steal_pct: $steal,
-      unit: "MB/s (10^6 bytes per second), median of rounds",
+      unit: "MB/s (10^6 bytes per second), median of rounds; CPU seconds per GiB of the whole machine",
       one_core_mb_per_s: {sha256: $sha, aes_256_gcm: $aes},
       results: {curl_download_files: $down, fbcp_upload: $with, fbcp_upload_without_digests: $without},
+      cpu_s_per_gib: {curl_download_files: $c_down, fbcp_upload: $c_with, fbcp_upload_without_digests: $c_without},
       samples: {curl_download_files: $s_down, fbcp_upload: $s_with, fbcp_upload_without_digests: $s_without},
-      ratios: {upload_vs_download: $r_with, upload_without_digests_vs_download: $r_without}}' >"$OUT"
+      cpu_samples: {curl_download_files: $sc_down, fbcp_upload: $sc_with, fbcp_upload_without_digests: $sc_without},
+      ratios: {upload_vs_download: $r_with, upload_without_digests_vs_download: $r_without,
+               upload_all_cores_busy_mb_per_s: $ceiling, upload_all_cores_busy_vs_download: $r_ceiling}}' >"$OUT"
 echo "written: $OUT"
