@@ -150,9 +150,8 @@ check_upload() {
     rm -f "$target"
 }
 
-# /proc/stat, all CPUs: busy ticks (user, nice, system, irq, softirq), then steal and the total
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8; exit }' /proc/stat; }
-cpu_ticks() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $9, t; exit }' /proc/stat; }
+# /proc/stat, all CPUs, in ticks: busy (user, nice, system, irq, softirq), steal, total
+cpu_stat() { awk '/^cpu / { t = 0; for (i = 2; i <= NF; i++) t += $i; print $2 + $3 + $4 + $7 + $8, $9, t; exit }' /proc/stat; }
 HZ=$(getconf CLK_TCK)
 
 # measure KIND COMMAND...: COMMAND prints a rate (MB/s); keeps it in RATES[KIND] and, in
@@ -162,18 +161,17 @@ declare -A RATES=() CPU=()
 measure() {
     local kind=$1 b0 b1 v
     shift
-    b0=$(busy_ticks)
+    read -r b0 _ < <(cpu_stat)
     v=$("$@")
-    b1=$(busy_ticks)
+    read -r b1 _ < <(cpu_stat)
     RATES[$kind]+=" $v"
     CPU[$kind]+=" $(awk -v t="$((b1 - b0))" -v hz="$HZ" -v b="$SIZE" 'BEGIN { printf "%.2f\n", t / hz / (b / 1073741824) }')"
 }
 last() { local a; read -ra a <<<"$1"; echo "${a[-1]}"; }
-med() { tr ' ' '\n' <<<"$1" | grep . | median; }
 
 KINDS=(down with without)
 echo "measuring ($ROUNDS rounds, $SIZE_MIB MiB, $CONNECTIONS connections, 127.0.0.1 on $(nproc) cores)"
-read -r steal0 total0 < <(cpu_ticks)
+read -r _ steal0 total0 < <(cpu_stat)
 for ((r = 1; r <= ROUNDS; r++)); do
     measure down download_rate
     measure with upload_rate with "$r"
@@ -184,13 +182,13 @@ for ((r = 1; r <= ROUNDS; r++)); do
         "$(last "${RATES[down]}")" "$(last "${CPU[down]}")" "$(last "${RATES[with]}")" "$(last "${CPU[with]}")" \
         "$(last "${RATES[without]}")" "$(last "${CPU[without]}")"
 done
-read -r steal1 total1 < <(cpu_ticks)
+read -r _ steal1 total1 < <(cpu_stat)
 STEAL=$(awk -v s="$((steal1 - steal0))" -v t="$((total1 - total0))" 'BEGIN { printf "%.1f\n", (t > 0) ? 100 * s / t : 0 }')
 
 declare -A M=() MC=()
 for k in "${KINDS[@]}"; do
-    M[$k]=$(med "${RATES[$k]}")
-    MC[$k]=$(med "${CPU[$k]}")
+    M[$k]=$(median_of "${RATES[$k]}")
+    MC[$k]=$(median_of "${CPU[$k]}")
 done
 R_WITH=$(ratio "${M[with]}" "${M[down]}")
 R_WITHOUT=$(ratio "${M[without]}" "${M[down]}")
@@ -218,7 +216,6 @@ echo "an upload keeping all $CORES cores busy at b's CPU cost: $CEILING MB/s = $
 echo "one core: SHA-256 ${SHA_MBPS:-?} MB/s, AES-256-GCM ${AES_MBPS:-?} MB/s; CPU steal during the rounds $STEAL %"
 
 mkdir -p "$(dirname "$OUT")"
-arr() { tr ' ' '\n' <<<"$1" | grep . | jq -s -c 'map(tonumber)'; }
 jq -n \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --arg commit "$(git -C "$SRCDIR" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
@@ -226,10 +223,10 @@ jq -n \
     --argjson size "$SIZE" --argjson rounds "$ROUNDS" --argjson conns "$CONNECTIONS" \
     --argjson down "${M[down]}" --argjson with "${M[with]}" --argjson without "${M[without]}" \
     --argjson c_down "${MC[down]}" --argjson c_with "${MC[with]}" --argjson c_without "${MC[without]}" \
-    --argjson s_down "$(arr "${RATES[down]}")" --argjson s_with "$(arr "${RATES[with]}")" \
-    --argjson s_without "$(arr "${RATES[without]}")" \
-    --argjson sc_down "$(arr "${CPU[down]}")" --argjson sc_with "$(arr "${CPU[with]}")" \
-    --argjson sc_without "$(arr "${CPU[without]}")" \
+    --argjson s_down "$(json_numbers "${RATES[down]}")" --argjson s_with "$(json_numbers "${RATES[with]}")" \
+    --argjson s_without "$(json_numbers "${RATES[without]}")" \
+    --argjson sc_down "$(json_numbers "${CPU[down]}")" --argjson sc_with "$(json_numbers "${CPU[with]}")" \
+    --argjson sc_without "$(json_numbers "${CPU[without]}")" \
     --argjson r_with "$R_WITH" --argjson r_without "$R_WITHOUT" --argjson steal "$STEAL" \
     --argjson ceiling "$CEILING" --argjson r_ceiling "$R_CEILING" \
     --argjson sha "${SHA_MBPS:-null}" --argjson aes "${AES_MBPS:-null}" \

@@ -8,9 +8,9 @@
 #   d. fbcp upload, --connections 1 and 4                   (from a file on tmpfs)
 # and prints a table in MB/s (10^6 bytes/s) with the ratios the project aims for:
 #   files/ >= 90% of the default handler;  fbcp upload >= 80% of the files/ download rate.
-# Results also go to bench/results/https_loopback.json.
+# Results also go to bench/results/https_loopback.json (or --out FILE).
 #
-#   bench/https_loopback.sh [--size MiB] [--runs N] [--port N] [--dir DIR] [--keep]
+#   bench/https_loopback.sh [--size MiB] [--runs N] [--port N] [--dir DIR] [--out FILE] [--keep]
 #
 # --dir puts the server's state and docroot there (default: a fresh directory on /dev/shm, so the
 # disk is not what is measured; give a directory on disk to include it). Needs a built tree
@@ -25,6 +25,7 @@ RUNS=3
 PORT=8543
 DIR=""
 KEEP=0
+OUT=$SRCDIR/bench/results/https_loopback.json
 while [ "$#" -gt 0 ]; do
     case "$1" in
     --size) SIZE_MIB=$2; shift 2 ;;
@@ -32,7 +33,8 @@ while [ "$#" -gt 0 ]; do
     --port) PORT=$2; shift 2 ;;
     --dir) DIR=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
-    -h | --help) sed -n '2,18p' "$0"; exit 0 ;;
+    --out) OUT=$2; shift 2 ;;
+    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "https_loopback: unknown option $1" >&2; exit 2 ;;
     esac
 done
@@ -115,7 +117,7 @@ measure() {
         printf '  %-34s run %d: %8s MB/s\n' "$label" "$i" "$v" >&2
     done
     SAMPLES[$key]=$list
-    RESULT[$key]=$(tr ' ' '\n' <<<"$list" | grep . | median)
+    RESULT[$key]=$(median_of "$list")
 }
 
 run_static() { curl_rate "$ORIGIN/static/$NAME"; }
@@ -165,8 +167,8 @@ echo "files/ / default handler = $R_FILES   (goal >= 0.90: $(verdict "$R_FILES" 
 echo "fbcp upload / files/ download = $R_UP (best of 1 and 4 connections; 1: $R_UP1, 4: $R_UP4)   (goal >= 0.80: $(verdict "$R_UP" 0.80))"
 echo "fbcp upload / fbcp download = $R_UP_FBCP (best of each; both ends hash and write the file, curl does neither)"
 
-mkdir -p "$SRCDIR/bench/results"
-samples_json() { tr ' ' '\n' <<<"${SAMPLES[$1]}" | grep . | jq -s -c 'map(tonumber)'; }
+mkdir -p "$(dirname "$OUT")"
+samples_json() { json_numbers "${SAMPLES[$1]}"; }
 jq -n \
     --arg date "$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
     --arg host "$(uname -srm)" --argjson cores "$(nproc)" \
@@ -195,5 +197,5 @@ jq -n \
                upload_vs_files_download: $r_up, upload_1_vs_files: $r_up1, upload_4_vs_files: $r_up4,
                best_upload: $best_up, upload_goal: 0.80, upload_ok: ($r_up >= 0.80),
                upload_vs_fbcp_download: $r_up_fbcp}}' \
-    >"$SRCDIR/bench/results/https_loopback.json"
-echo "written: bench/results/https_loopback.json"
+    >"$OUT"
+echo "written: $OUT"

@@ -18,11 +18,14 @@ m.close()
 ' "${WARM_MIB:-4096}" || true
 }
 
-# median of the numbers on stdin
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print 0; exit }
+# median_of "N N ...": the median of a space-separated list of numbers (0 for none)
+median_of() {
+    tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) { print 0; exit }
         if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
+
+# json_numbers "N N ...": the list as a JSON array of numbers
+json_numbers() { tr ' ' '\n' <<<"$1" | grep . | jq -s -c 'map(tonumber)'; }
 
 # mbps BYTES SECONDS: MB/s (10^6 bytes per second), one decimal; 0 for no time
 mbps() { awk -v b="$1" -v s="$2" 'BEGIN { if (s <= 0) { print 0; exit } printf "%.1f\n", b / s / 1e6 }'; }

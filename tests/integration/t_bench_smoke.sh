@@ -118,16 +118,10 @@ test_bad_options_are_refused() {
 # not), that the upload without digests still delivers the file intact (the script compares it)
 # and that the result is well-formed.
 test_digest_cost_measures_both_builds() {
-    local f=$T_TMP/digest_cost.json rc k
+    local f=$T_TMP/digest_cost.json k
     require_fbcp
     [ -f "$MODULE" ] || fail "mod_fallback not built"
-    "$SRCDIR/bench/digest_cost.sh" --size 8 --rounds 1 --port $((BASE_PORT + 3)) --out "$f" \
-        >"$T_TMP/digest_cost.out" 2>&1
-    rc=$?
-    if [ "$rc" != 0 ]; then
-        sed 's/^/#   /' "$T_TMP/digest_cost.out" | tail -n 30 >&2
-        fail "bench/digest_cost.sh exited $rc"
-    fi
+    run_bench_script digest_cost.sh --size 8 --rounds 1 --port $((BASE_PORT + 3)) --out "$f"
     jq -e . "$f" >/dev/null || fail "$f is not JSON"
     assert_eq digest_cost "$(jq -r .benchmark "$f")" "benchmark"
     assert_eq 8388608 "$(jq -r .file_bytes "$f")" "file size"
@@ -143,7 +137,38 @@ test_digest_cost_measures_both_builds() {
     assert_eq 2 "$?" "exit code of --rounds 0"
 }
 
+# run_bench_script NAME ARGS...: runs bench/NAME; fails the test, with the end of its output,
+# unless it exits 0.
+run_bench_script() {
+    local name=$1 rc
+    shift
+    "$SRCDIR/bench/$name" "$@" >"$T_TMP/$name.out" 2>&1
+    rc=$?
+    if [ "$rc" != 0 ]; then
+        sed 's/^/#   /' "$T_TMP/$name.out" | tail -n 30 >&2
+        fail "bench/$name exited $rc"
+    fi
+}
+
+# bench/https_loopback.sh, tiny: every measurement gives a rate and the ratios are there (the
+# script itself checks that each fbcp transfer moved the file's bytes).
+test_https_loopback_gives_a_result() {
+    local f=$T_TMP/https_loopback.json k
+    require_fbcp
+    [ -f "$MODULE" ] || fail "mod_fallback not built"
+    run_bench_script https_loopback.sh --size 8 --runs 1 --port $((BASE_PORT + 5)) --out "$f"
+    assert_eq https_loopback "$(jq -r .benchmark "$f")" "benchmark"
+    assert_eq 8388608 "$(jq -r .file_bytes "$f")" "file size"
+    for k in curl_default_handler curl_module_files fbcp_download_1 fbcp_download_4 fbcp_upload_1 fbcp_upload_4; do
+        jq -e --arg k "$k" '.results[$k] > 0 and .samples[$k] == [.results[$k]]' "$f" >/dev/null ||
+            fail "no rate for $k in $f"
+    done
+    jq -e '.ratios.files_vs_default_handler > 0 and .ratios.upload_vs_files_download > 0' "$f" >/dev/null ||
+        fail "no ratios in $f"
+}
+
 run_test "bench/wan --quick produces a well-formed result" test_quick_case_gives_a_result
+run_test "bench/https_loopback.sh measures every path" test_https_loopback_gives_a_result
 run_test "bench/digest_cost.sh measures an upload with and without digests" test_digest_cost_measures_both_builds
 run_test "bench/wan refuses bad options" test_bad_options_are_refused
 finish
