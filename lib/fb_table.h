@@ -37,7 +37,8 @@
 #include "fb_err.h"
 
 #define FB_TABLE_MAGIC "FBSESS\0\0" /* 8 bytes */
-#define FB_TABLE_VERSION_MAJOR 3 /* 2: running digest in the slot; 3: a download's file identity */
+#define FB_TABLE_VERSION_MAJOR 4 /* 2: running digest in the slot; 3: a download's file identity;
+                                  * 4: an upload's source time and identity */
 #define FB_TABLE_VERSION_MINOR 0
 
 #define FB_BITMAP_BITS 131072u /* chunks per session; chunk size grows for huge files */
@@ -92,6 +93,12 @@ typedef struct fb_slot_info {
      * times in ns since the epoch): udpd only vouches for a file that is still this one
      * (PROTOCOL.md 8.5). All 0 for an upload. */
     uint64_t file_dev, file_ino, file_mtime_ns, file_ctime_ns;
+    /* Upload: the modification time of the client's file (ns since the epoch; 0 = not given),
+     * applied to the target at commit and compared under the "older" overwrite policies. */
+    uint64_t source_mtime_ns;
+    /* Upload: what the client says identifies its file's content (opaque; all 0 = not given).
+     * Progress is only resumed for the same identity. */
+    uint8_t source_id[32];
 } fb_slot_info;
 
 typedef struct fb_slot {
@@ -125,12 +132,13 @@ _Static_assert(offsetof(fb_slot_info, size) == 56, "slot info layout");
 _Static_assert(offsetof(fb_slot_info, expected_sha256) == 96, "slot info layout");
 _Static_assert(offsetof(fb_slot_info, docroot) == 1296, "slot info layout");
 _Static_assert(offsetof(fb_slot_info, file_dev) == 2320, "slot info layout");
-_Static_assert(sizeof(fb_slot_info) == 2352, "slot info layout");
+_Static_assert(offsetof(fb_slot_info, source_mtime_ns) == 2352, "slot info layout");
+_Static_assert(sizeof(fb_slot_info) == 2392, "slot info layout");
 _Static_assert(offsetof(fb_slot, reserved) == 64, "slot layout: atomics fill the first cache line");
 _Static_assert(offsetof(fb_slot, info) == 128, "slot layout");
-_Static_assert(offsetof(fb_slot, hash_pos) == 2480, "slot layout");
-_Static_assert(offsetof(fb_slot, bitmap) == 2752, "slot layout");
-_Static_assert(sizeof(fb_slot) == 19136, "slot layout");
+_Static_assert(offsetof(fb_slot, hash_pos) == 2520, "slot layout");
+_Static_assert(offsetof(fb_slot, bitmap) == 2816, "slot layout");
+_Static_assert(sizeof(fb_slot) == 19200, "slot layout");
 _Static_assert(sizeof(fb_slot) % 64 == 0, "slots are whole cache lines");
 
 typedef struct fb_table_header {
