@@ -42,6 +42,8 @@
 #define FBCP_MAX_JSON (1u * 1024 * 1024)              /* largest control answer accepted */
 #define FBCP_MAX_LISTING (64u * 1024 * 1024)          /* largest directory listing accepted */
 #define FBCP_EXIT_INTERRUPTED 130                     /* SIGINT/SIGTERM: 128 + SIGINT */
+#define FBCP_MAX_RETRY_AFTER_S 60  /* longest wait a Retry-After may ask for */
+#define FBCP_MAX_BUSY_WAIT_S 900   /* most one request waits in total for a busy server */
 
 typedef enum fbcp_overwrite {
     FBCP_OVERWRITE_NEVER,

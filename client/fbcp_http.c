@@ -176,6 +176,21 @@ static int fbcp_status_retryable(long status)
     return status == 408 || status == 429 || status == 500 || status == 502 || status == 503 || status == 504;
 }
 
+/* The delay-seconds form of a Retry-After header (RFC 9110 10.2.3), capped; 0 when absent or
+ * in another form. */
+static long fbcp_retry_after_s(CURL *e)
+{
+    struct curl_header *hd = NULL;
+    long l;
+
+    if (curl_easy_header(e, "Retry-After", 0, CURLH_HEADER, -1, &hd) != CURLHE_OK || hd == NULL ||
+        fbcp_parse_long(&l, hd->value, 0, 86400) != FB_OK)
+        return 0;
+    if (l == 0)
+        l = 1;
+    return l > FBCP_MAX_RETRY_AFTER_S ? FBCP_MAX_RETRY_AFTER_S : l;
+}
+
 static int fbcp_xferinfo(void *p, curl_off_t dt, curl_off_t dn, curl_off_t ut, curl_off_t un)
 {
     return fbcp_interrupted ? 1 : 0;
@@ -348,6 +363,7 @@ fb_err fbcp_http_request_hdr(fbcp_http *h, fbcp_http_answer *a, const char *meth
     fbcp_buf buf = {0};
     fb_err rv = FB_ERR_INTERNAL;
     int attempt;
+    long busy_waited_s = 0;
 
     memset(a, 0, sizeof(*a));
     a->filetime = -1;
@@ -418,6 +434,18 @@ fb_err fbcp_http_request_hdr(fbcp_http *h, fbcp_http_answer *a, const char *meth
             break;
         }
         fbcp_trace(h->o, "< %ld (%.0f ms)", status, (double)(fb_time_mono_ns() - t0) / 1e6);
+        if ((status == 503 || status == 429) && !fbcp_interrupted) {
+            /* The server is busy (its session table is full of live sessions): wait as long as it
+             * says and ask again, without using up a retry; bounded in total. */
+            long wait_s = fbcp_retry_after_s(e);
+            if (wait_s > 0 && busy_waited_s + wait_s <= FBCP_MAX_BUSY_WAIT_S) {
+                fbcp_trace(h->o, "server busy (%ld): asking again in %ld s as it says", status, wait_s);
+                busy_waited_s += wait_s;
+                fbcp_sleep_ms(wait_s * 1000);
+                attempt--;
+                continue;
+            }
+        }
         if (fbcp_status_retryable(status) && attempt < retries && !fbcp_interrupted) {
             fbcp_sleep_ms(fbcp_backoff_ms(attempt + 1));
             continue;

@@ -111,6 +111,9 @@ fb_err fbcp_move(fbcp_ctx *c, fbcp_xfer *x, const fbcp_ranges *todo0, char *deta
             fbcp_event_transport(x, "http", "udp", fbcp_switch_reason_name(FBCP_SW_ANSWERED));
         } else {
             t = c->udp;
+            /* No HTTP(S) sender publishes where it reads during a UDP leg: the upload's hashing
+             * thread must not wait for one (it used to sit out its liveness timeout per file). */
+            fbcp_upload_hash_hint(x, UINT64_MAX);
             rv = x->direction == FBCP_UPLOAD ? t->ops->upload(t, x, &todo, detail, detlen)
                                              : t->ops->download(t, x, &todo, detail, detlen);
             c->udp_unanswered = sw->reason == FBCP_SW_NO_ANSWER;
