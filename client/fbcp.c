@@ -5,7 +5,6 @@
 
 #include "fbcp.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -38,7 +37,11 @@ void fbcp_opts_init(fbcp_opts *o)
     o->udp_timeout_ms = FBCP_DEFAULT_UDP_TIMEOUT_MS;
     o->udp_idle_ms = FBCP_DEFAULT_UDP_IDLE_MS;
     o->udp_datagram = 0; /* by the address family: fbcp_udp_new */
+    o->transfers = FBCP_DEFAULT_TRANSFERS;
+    o->preserve_times = 1;
 }
+
+const char *const fbcp_overwrite_names[5] = {"never", "always", "if_different", "older", "if_different,older"};
 
 void fbcp_opts_free(fbcp_opts *o)
 {
@@ -65,7 +68,10 @@ static void fbcp_usage(FILE *f)
           "Options:\n"
           "  -r, --recursive           copy directories recursively\n"
           "      --connections N       parallel connections per file (1..64, default 4)\n"
-          "      --overwrite POLICY    never, always or if_different (default if_different)\n"
+          "      --transfers N         files in flight at once (1..128, default 16)\n"
+          "      --overwrite POLICY    never, always, if_different (default), older (replace\n"
+          "                            only older targets) or if_different,older\n"
+          "      --no-preserve-times   do not keep modification times (kept by default)\n"
           "      --resume              resume interrupted transfers (default)\n"
           "      --no-resume           discard earlier partial data and start over\n"
           "  -u, --user USER[:PASS]    credentials (asks for the password on a terminal)\n"
@@ -122,6 +128,9 @@ enum {
     OPT_UDP_TIMEOUT,
     OPT_UDP_IDLE,
     OPT_UDP_DATAGRAM,
+    OPT_TRANSFERS,
+    OPT_PRESERVE_TIMES,
+    OPT_NO_PRESERVE_TIMES,
 };
 
 static const struct option fbcp_long_opts[] = {
@@ -152,6 +161,9 @@ static const struct option fbcp_long_opts[] = {
     {"udp-timeout", required_argument, NULL, OPT_UDP_TIMEOUT},
     {"udp-idle", required_argument, NULL, OPT_UDP_IDLE},
     {"udp-datagram", required_argument, NULL, OPT_UDP_DATAGRAM},
+    {"transfers", required_argument, NULL, OPT_TRANSFERS},
+    {"preserve-times", no_argument, NULL, OPT_PRESERVE_TIMES},
+    {"no-preserve-times", no_argument, NULL, OPT_NO_PRESERVE_TIMES},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -170,7 +182,6 @@ static int fbcp_pick(const char *arg, const char *const *names, int n)
 static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, char **argv, char *errbuf,
                               size_t errlen)
 {
-    static const char *const overwrites[] = {"never", "always", "if_different"};
     static const char *const fallbacks[] = {"auto", "force", "never"};
     static const char *const policies[] = {"fair", "fixed", "high", "low"};
     static const char *const ciphers[] = {"aes-128-gcm", "aes-256-gcm", "none"};
@@ -194,8 +205,9 @@ static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, c
             o->connections = (int)l;
             break;
         case OPT_OVERWRITE:
-            if ((idx = fbcp_pick(optarg, overwrites, 3)) < 0) {
-                snprintf(errbuf, errlen, "--overwrite wants never, always or if_different");
+            if ((idx = fbcp_pick(optarg, fbcp_overwrite_names, 5)) < 0) {
+                snprintf(errbuf, errlen, "--overwrite wants never, always, if_different, older or "
+                                         "if_different,older");
                 return FB_ERR_USAGE;
             }
             o->overwrite = (fbcp_overwrite)idx;
@@ -332,6 +344,17 @@ static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, c
             }
             o->udp_datagram = (uint32_t)l;
             break;
+        case OPT_TRANSFERS:
+            if (fbcp_parse_long(&l, optarg, 1, FBCP_MAX_TRANSFERS) != FB_OK) {
+                snprintf(errbuf, errlen, "--transfers wants a number from 1 to %d", FBCP_MAX_TRANSFERS);
+                return FB_ERR_USAGE;
+            }
+            o->transfers = (int)l;
+            break;
+        case OPT_PRESERVE_TIMES:
+        case OPT_NO_PRESERVE_TIMES:
+            o->preserve_times = ch == OPT_PRESERVE_TIMES;
+            break;
         case 'h':
             *pexit = 0;
             fbcp_usage(stdout);
@@ -418,67 +441,9 @@ static void fbcp_on_signal(int sig)
 
 /* ---------------------------------------------------------------- upload planning */
 
-static int fbcp_is_partial_local(const char *name)
-{
-    size_t l = strlen(name);
-    return name[0] == '.' && ((l > 7 && strcmp(name + l - 7, ".fbpart") == 0) ||
-                              (l > 12 && strcmp(name + l - 12, ".fbpart.json") == 0));
-}
-
-static int fbcp_dirent_filter(const struct dirent *d)
-{
-    return strcmp(d->d_name, ".") != 0 && strcmp(d->d_name, "..") != 0 && !fbcp_is_partial_local(d->d_name);
-}
-
-/* Uploads the tree under LOCAL to REMOTE, in name order. Returns the first error. */
-static fb_err fbcp_upload_tree(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote,
-                               int depth)
-{
-    struct dirent **list = NULL;
-    int n;
-    fb_err first = FB_OK;
-
-    if (depth > FBCP_MAX_DEPTH) {
-        fbcp_report_error(NULL, local, FB_ERR_USAGE, "directory tree too deep");
-        return FB_ERR_USAGE;
-    }
-    n = scandir(local, &list, fbcp_dirent_filter, alphasort);
-    if (n < 0) {
-        fbcp_report_error(NULL, local, FB_ERR_LOCAL_IO, strerror(errno));
-        return FB_ERR_LOCAL_IO;
-    }
-    for (int i = 0; i < n; i++) {
-        char *lp = fbcp_path_join(local, list[i]->d_name);
-        char *rp = fbcp_path_join(remote, list[i]->d_name);
-        struct stat lst, st;
-        fb_err rv = FB_OK;
-
-        if (lp == NULL || rp == NULL) {
-            rv = FB_ERR_NOMEM;
-        } else if (first != FB_OK && fbcp_err_stops_run(first)) {
-            rv = FB_OK;
-        } else if (lstat(lp, &lst) != 0 || stat(lp, &st) != 0) {
-            fbcp_warn("%s: skipped: %s", lp, strerror(errno));
-        } else if (S_ISDIR(st.st_mode) && S_ISLNK(lst.st_mode)) {
-            fbcp_warn("%s: skipped: symbolic link to a directory", lp);
-        } else if (S_ISDIR(st.st_mode)) {
-            rv = fbcp_upload_tree(c, url, lp, rp, depth + 1);
-        } else if (S_ISREG(st.st_mode)) {
-            rv = fbcp_upload_file(c, url, lp, rp, 0);
-        } else {
-            fbcp_warn("%s: skipped: not a regular file", lp);
-        }
-        if (rv != FB_OK && first == FB_OK)
-            first = rv;
-        free(lp);
-        free(rp);
-        free(list[i]);
-    }
-    free(list);
-    return first;
-}
-
-static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, int nsrc)
+/* Queues every source of an upload to URL in T. Returns non-zero if a source was refused with
+ * an error that stops the run. */
+static int fbcp_plan_upload(fbcp_tree *t, const fbcp_opts *o, const fbcp_url *url, char **sources, int nsrc)
 {
     int dest_is_dir = url->trailing_slash || nsrc > 1 || url->path[0] == '\0';
     struct stat st;
@@ -496,7 +461,7 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
             rv = errno == ENOENT ? FB_ERR_NOT_FOUND : FB_ERR_LOCAL_IO;
             fbcp_report_error(NULL, src, rv, strerror(errno));
         } else if (S_ISDIR(st.st_mode)) {
-            if (!c->opts->recursive) {
+            if (!o->recursive) {
                 rv = FB_ERR_USAGE;
                 fbcp_report_error(NULL, src, rv, "is a directory (use -r)");
             } else {
@@ -510,7 +475,9 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
                     rv = real == NULL ? FB_ERR_LOCAL_IO : FB_ERR_NOMEM;
                     fbcp_report_error(NULL, src, rv, real == NULL ? strerror(errno) : NULL);
                 } else {
-                    rv = fbcp_upload_tree(c, url, src, remote, 0);
+                    rv = fbcp_tree_add_dir(t, url, src, remote);
+                    if (rv != FB_OK)
+                        fbcp_report_error(NULL, src, rv, NULL);
                 }
                 free(real);
                 free(name);
@@ -523,23 +490,23 @@ static void fbcp_run_upload(fbcp_ctx *c, const fbcp_url *url, char **sources, in
             char *name = fbcp_basename(src);
             char *remote =
                 dest_is_dir ? (name != NULL ? fbcp_path_join(url->path, name) : NULL) : strdup(url->path);
-            if (remote == NULL) {
-                rv = FB_ERR_NOMEM;
+            rv = remote != NULL ? fbcp_tree_add_file(t, url, src, remote, (uint64_t)st.st_size, !dest_is_dir)
+                                : FB_ERR_NOMEM;
+            if (rv != FB_OK)
                 fbcp_report_error(NULL, src, rv, NULL);
-            } else {
-                rv = fbcp_upload_file(c, url, src, remote, !dest_is_dir);
-            }
             free(name);
             free(remote);
         }
         if (rv != FB_OK && fbcp_err_stops_run(rv))
-            break;
+            return 1;
     }
+    return 0;
 }
 
 /* ---------------------------------------------------------------- download planning */
 
-static void fbcp_run_download(fbcp_ctx *c, fbcp_url *urls, int nsrc, const char *dest)
+/* Queues every source of a download into DEST in T (asking the server which are directories). */
+static int fbcp_plan_download(fbcp_tree *t, fbcp_ctx *c, fbcp_url *urls, int nsrc, const char *dest)
 {
     struct stat st;
     int dest_is_dir = stat(dest, &st) == 0 && S_ISDIR(st.st_mode);
@@ -548,7 +515,7 @@ static void fbcp_run_download(fbcp_ctx *c, fbcp_url *urls, int nsrc, const char 
 
     if (nsrc > 1 && !dest_is_dir) {
         fbcp_report_error(NULL, dest, FB_ERR_USAGE, "several sources need an existing directory as DEST");
-        return;
+        return 1;
     }
     for (int i = 0; i < nsrc && !fbcp_interrupted; i++) {
         const fbcp_url *u = &urls[i];
@@ -559,7 +526,7 @@ static void fbcp_run_download(fbcp_ctx *c, fbcp_url *urls, int nsrc, const char 
 
         if (name == NULL) {
             fbcp_report_error(NULL, dest, FB_ERR_NOMEM, NULL);
-            break;
+            return 1;
         }
         if (c->opts->recursive || u->trailing_slash) {
             rv = fbcp_remote_stat(c, u, u->path, &isdir, NULL, detail, sizeof(detail));
@@ -574,7 +541,7 @@ static void fbcp_run_download(fbcp_ctx *c, fbcp_url *urls, int nsrc, const char 
                 fbcp_report_error(NULL, u->path[0] ? u->path : "/", rv, detail);
             } else {
                 char *target = dest_is_dir && name[0] != '\0' ? fbcp_path_join(dest, name) : strdup(dest);
-                rv = target != NULL ? fbcp_download_tree(c, u, u->path, target, 0) : FB_ERR_NOMEM;
+                rv = target != NULL ? fbcp_tree_add_dir(t, u, target, u->path) : FB_ERR_NOMEM;
                 free(target);
             }
         } else if (rv == FB_OK) {
@@ -588,14 +555,34 @@ static void fbcp_run_download(fbcp_ctx *c, fbcp_url *urls, int nsrc, const char 
                         dest_is_dir = 1;
                 }
                 target = dest_is_dir || trailing ? fbcp_path_join(dest, name) : strdup(dest);
-                rv = target != NULL ? fbcp_download_file(c, u, u->path, target) : FB_ERR_NOMEM;
+                rv = target != NULL ? fbcp_tree_add_file(t, u, target, u->path, 0, 0) : FB_ERR_NOMEM;
             }
             free(target);
         }
         free(name);
         if (rv != FB_OK && fbcp_err_stops_run(rv))
-            break;
+            return 1;
     }
+    return 0;
+}
+
+/* Plans the run, then runs it. A download's plan needs the server (which sources are
+ * directories): C is the main thread's connection for that. */
+static void fbcp_run(fbcp_ctx *c, fbcp_url *urls, int nsrc, char **sources, const char *dest, int upload)
+{
+    fbcp_tree *t = NULL;
+    fb_err rv = fbcp_tree_new(&t, c->opts, upload ? FBCP_UPLOAD : FBCP_DOWNLOAD);
+    int stopped;
+
+    if (rv != FB_OK) {
+        fbcp_report_error(NULL, NULL, rv, NULL);
+        return;
+    }
+    stopped = upload ? fbcp_plan_upload(t, c->opts, &urls[0], sources, nsrc)
+                     : fbcp_plan_download(t, c, urls, nsrc, dest);
+    if (!stopped && !fbcp_interrupted)
+        fbcp_tree_run(t);
+    fbcp_tree_free(t);
 }
 
 /* ---------------------------------------------------------------- main */
@@ -706,10 +693,7 @@ int main(int argc, char **argv)
         goto out;
     }
     c.opts = &o;
-    if (upload)
-        fbcp_run_upload(&c, &urls[0], argv + first, nsrc);
-    else
-        fbcp_run_download(&c, urls, nsrc, argv[argc - 1]);
+    fbcp_run(&c, urls, nsrc, argv + first, argv[argc - 1], upload);
 
 out:
     if (fbcp_interrupted) {

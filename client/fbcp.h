@@ -1,6 +1,7 @@
 /* fbcp: the command-line transfer client. This header ties its parts together:
  *
  *   fbcp.c           command line, planning (which local file goes to which remote path), main()
+ *   fbcp_tree.c      the run's job queue and its workers: several files (and listings) at once
  *   fbcp_util.c      pure helpers: URLs, range lists, number parsing, the download sidecar
  *   fbcp_http.c      libcurl plumbing: the control API (sessions, commit, listings) and the
  *                    HTTP(S) data transport (parallel ranged PUT/GET on N connections)
@@ -49,7 +50,16 @@ typedef enum fbcp_overwrite {
     FBCP_OVERWRITE_NEVER,
     FBCP_OVERWRITE_ALWAYS,
     FBCP_OVERWRITE_IF_DIFFERENT,
+    FBCP_OVERWRITE_OLDER,              /* replace only a target older than the source */
+    FBCP_OVERWRITE_IF_DIFFERENT_OLDER, /* replace only a target that differs and is older */
 } fbcp_overwrite;
+/* The --overwrite names, indexed by fbcp_overwrite (also the API's "overwrite" values). */
+extern const char *const fbcp_overwrite_names[5];
+
+#define FBCP_DEFAULT_TRANSFERS 16 /* --transfers: files in flight at once */
+#define FBCP_MAX_TRANSFERS 128
+#define FBCP_BIG_FILE (64ull * 1024 * 1024) /* files this big move one at a time */
+#define FBCP_HASH_FIRST_MAX (1024u * 1024u) /* files up to this size are hashed before sending */
 
 typedef enum fbcp_fallback {
     FBCP_FALLBACK_AUTO,  /* UDP first, HTTP(S) when UDP is unavailable or lost, back to UDP later */
@@ -102,6 +112,8 @@ typedef struct fbcp_opts {
     uint64_t limit_rate;     /* bytes/s over all connections, 0 = unlimited */
     uint64_t request_size;   /* bytes per ranged request */
     char *location;          /* --location, NULL: first path segment */
+    int transfers;           /* --transfers: files in flight at once */
+    int preserve_times;      /* keep modification times (default; --no-preserve-times) */
     int progress_bar;        /* derived: stderr is a terminal, not --json, not -q */
 } fbcp_opts;
 
@@ -478,11 +490,34 @@ void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
 
 /* Waits on CV (MU held) for at most MS milliseconds: the digest threads' bounded sleep. */
 void fbcp_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, unsigned ms);
+/* The URL of files/{REMOTE} (SLASH: with a trailing "/", for a directory listing); NULL on ENOMEM. */
+char *fbcp_files_url(const fbcp_url *url, const char *remote, int slash);
 /* Downloads REMOTE to LOCAL (the final target path). Reports its own errors. */
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local);
-/* Downloads the remote directory REMOTE into the local directory LOCAL (created if needed),
- * recursively. Reports its own errors; returns the first. */
-fb_err fbcp_download_tree(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local, int depth);
+
+/* ---- the run's queue of files and trees (fbcp_tree.c) ---- */
+
+typedef struct fbcp_tree fbcp_tree;
+
+/* A run in DIRECTION with O's --transfers workers. */
+fb_err fbcp_tree_new(fbcp_tree **pt, const fbcp_opts *o, fbcp_direction direction);
+void fbcp_tree_free(fbcp_tree *t);
+/* Queues one file (upload: LOCAL -> REMOTE; download: REMOTE -> LOCAL). SIZE, when known, lets
+ * big files take turns. INTO_DIR as for fbcp_upload_file. */
+fb_err fbcp_tree_add_file(fbcp_tree *t, const fbcp_url *url, const char *local, const char *remote, uint64_t size,
+                          int into_dir);
+/* Queues a whole directory (upload: LOCAL's tree to REMOTE; download: REMOTE's tree into LOCAL,
+ * created if needed); it gets its own "tree" summary. */
+fb_err fbcp_tree_add_dir(fbcp_tree *t, const fbcp_url *url, const char *local, const char *remote);
+/* Runs everything queued to its end; each file reports its own errors. */
+fb_err fbcp_tree_run(fbcp_tree *t);
+
+/* fbcp_progress.c's side of trees: a tree's own totals ("tree" event at the end of the run). */
+int fbcp_progress_tree_new(const char *source, const char *dest); /* its id, -1 if none */
+void fbcp_progress_tree_enter(int tree); /* the calling thread now works for TREE (-1: none) */
+void fbcp_progress_tree_dir(void);       /* the calling thread's tree has one more directory */
+void fbcp_progress_tree_begin(void);     /* several files at once: the bar shows the run */
+void fbcp_progress_tree_end(void);       /* the trees' events; the bar shows files again */
 /* Asks whether REMOTE is a directory: *PISDIR, and, if PLISTING is not NULL, the listing in
  * *PLISTING when it is (caller json_decref). FB_ERR_NOT_FOUND if it does not exist. */
 fb_err fbcp_remote_stat(fbcp_ctx *c, const fbcp_url *url, const char *remote, int *pisdir,

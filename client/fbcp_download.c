@@ -199,7 +199,7 @@ int fbcp_err_stops_run(fb_err e)
            fbcp_interrupted;
 }
 
-static char *fbcp_files_url(const fbcp_url *url, const char *remote, int slash)
+char *fbcp_files_url(const fbcp_url *url, const char *remote, int slash)
 {
     char *esc = fbcp_path_escape(remote);
     size_t len;
@@ -940,65 +940,3 @@ out:
     return rv;
 }
 
-fb_err fbcp_download_tree(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local, int depth)
-{
-    char detail[FBCP_DETAIL_LEN] = "";
-    json_t *listing = NULL, *entries, *ent;
-    struct stat st;
-    int isdir = 0;
-    size_t i;
-    fb_err rv, first = FB_OK;
-
-    if (depth > FBCP_MAX_DEPTH) {
-        fbcp_report_error(NULL, local, FB_ERR_USAGE, "directory tree too deep");
-        return FB_ERR_USAGE;
-    }
-    rv = fbcp_remote_stat(c, url, remote, &isdir, &listing, detail, sizeof(detail));
-    if (rv == FB_OK && !isdir) {
-        rv = FB_ERR_PROTOCOL;
-        snprintf(detail, sizeof(detail), "%s is not a directory", remote);
-    }
-    if (rv != FB_OK) {
-        fbcp_report_error(NULL, local, rv, detail);
-        return rv;
-    }
-    if (mkdir(local, 0777) != 0 && !(errno == EEXIST && stat(local, &st) == 0 && S_ISDIR(st.st_mode))) {
-        snprintf(detail, sizeof(detail), "%s", strerror(errno));
-        fbcp_report_error(NULL, local, FB_ERR_LOCAL_IO, detail);
-        json_decref(listing);
-        return FB_ERR_LOCAL_IO;
-    }
-    entries = json_object_get(listing, "entries");
-    json_array_foreach(entries, i, ent)
-    {
-        const char *name = json_string_value(json_object_get(ent, "name"));
-        const char *type = json_string_value(json_object_get(ent, "type"));
-        char *r, *l;
-
-        if (!fbcp_name_is_safe(name) || type == NULL) {
-            char safe[128];
-            fbcp_sanitize(safe, sizeof(safe), name != NULL ? name : "(none)");
-            fbcp_warn("%s: skipping an entry with an unusable name '%s'", remote[0] ? remote : "/", safe);
-            continue;
-        }
-        r = fbcp_path_join(remote, name);
-        l = fbcp_path_join(local, name);
-        if (r == NULL || l == NULL) {
-            rv = FB_ERR_NOMEM;
-        } else if (strcmp(type, "file") == 0) {
-            rv = fbcp_download_file(c, url, r, l);
-        } else if (strcmp(type, "dir") == 0) {
-            rv = fbcp_download_tree(c, url, r, l, depth + 1);
-        } else {
-            rv = FB_OK;
-        }
-        free(r);
-        free(l);
-        if (rv != FB_OK && first == FB_OK)
-            first = rv;
-        if (rv != FB_OK && fbcp_err_stops_run(rv))
-            break;
-    }
-    json_decref(listing);
-    return first;
-}

@@ -63,10 +63,12 @@ typedef struct fbcp_upload {
     fbcp_ctx *c;
     fbcp_xfer x;
     mode_t mode;
+    struct timespec mtime; /* the source's modification time */
     char sha_hex[FB_SHA256_HEX_LEN + 1]; /* "" until known */
     fbcp_ranges missing;                 /* from the last session document */
     int done;                            /* the server says the session is done */
-    int skipped;                         /* ... because the target is identical */
+    int skipped;                         /* ... because the target is identical (or newer) */
+    const char *skip_reason;             /* "identical" or "newer" */
     int resumed;
     /* why POST sessions was refused, from the problem's "target" member: a directory is there,
      * or a file of the same size (if_different, no digest yet) */
@@ -299,6 +301,11 @@ static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id
         return FB_ERR_NOMEM;
     u->done = strcmp(state, "done") == 0;
     u->skipped = json_is_true(json_object_get(doc, "skipped"));
+    /* why (the server's "reason": identical, newer), for the skip event */
+    {
+        const char *reason = json_string_value(json_object_get(doc, "reason"));
+        u->skip_reason = reason != NULL && strcmp(reason, "newer") == 0 ? "newer" : "identical";
+    }
     if (json_is_boolean(json_object_get(doc, "resumed")))
         u->resumed = json_is_true(json_object_get(doc, "resumed"));
     /* a skipped upload (identical target) needs no session: the answer may carry no id */
@@ -363,7 +370,6 @@ static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id
 /* POST sessions: creates (or resumes) the upload session. */
 static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size_t detlen)
 {
-    static const char *const ow[] = {"never", "always", "if_different"};
     fbcp_http_answer a;
     json_t *body;
     char *url = fbcp_url_concat(u->x.url->base, "/sessions", "");
@@ -375,7 +381,12 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
         return FB_ERR_NOMEM;
     snprintf(mode, sizeof(mode), "%04o", (unsigned)(u->mode & 07777));
     body = json_pack("{s:s, s:s, s:I, s:s, s:s}", "direction", "upload", "path", u->x.remote, "size",
-                     (json_int_t)u->x.size, "overwrite", ow[u->c->opts->overwrite], "mode", mode);
+                     (json_int_t)u->x.size, "overwrite", fbcp_overwrite_names[u->c->opts->overwrite], "mode", mode);
+    if (body != NULL && (u->c->opts->preserve_times || u->c->opts->overwrite >= FBCP_OVERWRITE_OLDER)) {
+        /* the target gets the source's time; the "older" policies compare it */
+        json_object_set_new(body, "mtime", json_integer((json_int_t)u->mtime.tv_sec));
+        json_object_set_new(body, "mtime_ns", json_integer((json_int_t)u->mtime.tv_nsec));
+    }
     if (body != NULL && u->sha_hex[0] != '\0')
         json_object_set_new(body, "sha256", json_string(u->sha_hex));
     else if (body != NULL && u->ask_digest)
@@ -605,12 +616,15 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     }
     u.x.size = (uint64_t)st.st_size;
     u.mode = st.st_mode;
+    u.mtime = st.st_mtim;
     hash.fd = u.x.fd;
     hash.size = u.x.size;
 
     /* The digest is computed beside the upload; only when the server finds a file of the same
-     * size at the target (if_different) is it needed first, see below. */
-    if (fbcp_hash_start(&hash) == FB_OK) {
+     * size at the target (if_different) is it needed first, see below. A small file is hashed
+     * first: it costs less than a thread, and the session request then carries the digest, so
+     * an identical target is skipped in one round trip (a tree copied again). */
+    if (u.x.size > FBCP_HASH_FIRST_MAX && fbcp_hash_start(&hash) == FB_OK) {
         u.hash = &hash;
     } else {
         rv = fb_sha256_fd(hash.digest, u.x.fd, u.x.size);
@@ -621,7 +635,9 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
 
     /* Only these first requests ask: a session re-created later (the server lost it) must not
      * turn into a question about a file that appeared at the target meanwhile. */
-    u.ask_digest = c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT;
+    u.ask_digest = (c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT ||
+                    c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
+                   u.sha_hex[0] == '\0';
     rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, sizeof(detail));
     if (rv == FB_ERR_EXISTS && u.refused_by == FBCP_TARGET_DIRECTORY && into_dir) {
         /* like cp: an existing remote directory receives the file under its own name (asked
@@ -665,7 +681,7 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     if (rv != FB_OK)
         goto out;
     if (u.done) {
-        fbcp_event_skip(&u.x, u.skipped ? "identical" : "done");
+        fbcp_event_skip(&u.x, u.skipped ? (u.skip_reason != NULL ? u.skip_reason : "identical") : "done");
         goto out;
     }
     u.x.bytes_skipped = u.x.size - fbcp_ranges_total(&u.missing);

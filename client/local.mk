@@ -2,6 +2,7 @@
 bin_PROGRAMS += client/fbcp
 client_fbcp_SOURCES = \
 	client/fbcp.c client/fbcp.h \
+	client/fbcp_tree.c \
 	client/fbcp_util.c \
 	client/fbcp_http.c \
 	client/fbcp_upload.c \
