@@ -716,7 +716,7 @@ static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail
         snprintf(detail, detlen, "%s: %s", d->partial, strerror(errno));
         return FB_ERR_LOCAL_IO;
     }
-    if (d->filetime >= 0) {
+    if (d->filetime >= 0 && d->c->opts->preserve_times) {
         struct timespec ts[2] = {{(time_t)d->filetime, 0}, {(time_t)d->filetime, 0}};
         if (futimens(d->x.fd, ts) != 0)
             fbcp_warn("%s: cannot set the modification time: %s", d->x.local, strerror(errno));
@@ -822,9 +822,17 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
             rv = FB_ERR_EXISTS;
             goto out;
         }
-        if (c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT && S_ISREG(st.st_mode) &&
-            (uint64_t)st.st_size == d.x.size && d.filetime >= 0 && st.st_mtim.tv_sec == (time_t)d.filetime) {
+        if ((c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT ||
+             c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
+            S_ISREG(st.st_mode) && (uint64_t)st.st_size == d.x.size && d.filetime >= 0 &&
+            st.st_mtim.tv_sec == (time_t)d.filetime) {
             fbcp_event_skip(&d.x, "identical");
+            goto out;
+        }
+        if ((c->opts->overwrite == FBCP_OVERWRITE_OLDER || c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
+            d.filetime >= 0 && st.st_mtim.tv_sec >= (time_t)d.filetime) {
+            /* the local file is not older than the server's: kept */
+            fbcp_event_skip(&d.x, "newer");
             goto out;
         }
     }
