@@ -707,6 +707,23 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
         }
         fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
     }
+    /* The digest only covers what was read: a file written meanwhile could land as a mix of
+     * two versions with a matching digest. Like tar's "file changed as we read it", but an
+     * error: the target is left as it was and the session is cancelled. */
+    {
+        struct stat now;
+        if (fstat(u.x.fd, &now) != 0 || now.st_size != st.st_size || now.st_mtim.tv_sec != st.st_mtim.tv_sec ||
+            now.st_mtim.tv_nsec != st.st_mtim.tv_nsec || now.st_ctim.tv_sec != st.st_ctim.tv_sec ||
+            now.st_ctim.tv_nsec != st.st_ctim.tv_nsec) {
+            rv = FB_ERR_DIGEST_MISMATCH;
+            snprintf(detail, sizeof(detail), "the local file changed while it was read; not committed");
+            {
+                char ignored[FBCP_DETAIL_LEN];
+                fbcp_upload_delete(&u, ignored, sizeof(ignored));
+            }
+            goto out;
+        }
+    }
     rv = fbcp_upload_commit(&u, detail, sizeof(detail));
     if (rv != FB_OK)
         goto out;
