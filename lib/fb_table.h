@@ -197,11 +197,13 @@ uint32_t fb_table_chunk_size_for(uint64_t size, uint32_t preferred);
 uint64_t fb_table_nchunks_for(uint64_t size, uint32_t chunk_size);
 
 /* Claims a slot for the caller (state CLAIMED, owner_pid = getpid(), generation bumped, info and
- * bitmap zeroed, counters reset). Reuses FREE slots first, then DONE/FAILED slots older than
- * DONE_LINGER seconds, ACTIVE ones idle for IDLE_TIMEOUT seconds, and CLAIMED/FINALISING ones
- * whose owner process no longer exists (a dead FINALISING one is first recovered to ACTIVE).
- * NOW_NS is CLOCK_REALTIME. IDLE_TIMEOUT_S 0 means ACTIVE slots are never taken; DONE_LINGER_S 0
- * means DONE/FAILED slots are taken at once. FB_ERR_TABLE_FULL when none. */
+ * bitmap zeroed, counters reset). Reuses FREE slots first, then CLAIMED/FINALISING ones whose
+ * owner process no longer exists (a dead FINALISING one is first recovered to ACTIVE) and
+ * DONE/FAILED slots older than DONE_LINGER seconds; then, when none of those is left, the
+ * DONE/FAILED slot that finished longest ago however recently (DONE_LINGER only says how long a
+ * finished session stays visible while there is room); last, ACTIVE ones idle for IDLE_TIMEOUT
+ * seconds. NOW_NS is CLOCK_REALTIME. IDLE_TIMEOUT_S 0 means ACTIVE slots are never taken.
+ * FB_ERR_TABLE_FULL when every slot holds a live session. */
 fb_err fb_table_claim(fb_table *table, uint32_t *pindex, uint64_t now_ns, uint32_t idle_timeout_s,
                       uint32_t done_linger_s);
 

@@ -78,7 +78,7 @@ static int problem_write(request_rec *r, fb_err code, const char *detail, const 
     r->status = status;
     ap_set_content_type(r, "application/problem+json");
     if (code == FB_ERR_TABLE_FULL)
-        apr_table_setn(r->headers_out, "Retry-After", "30");
+        apr_table_setn(r->headers_out, "Retry-After", "2");
     if (doc == NULL) {
         ap_rprintf(r, "{\"code\":\"%s\",\"status\":%d}\n", fb_err_name(code), status);
         return OK;
