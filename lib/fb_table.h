@@ -70,6 +70,7 @@ typedef enum fb_overwrite {
 
 #define FB_SLOT_FLAG_EXPECTED_SHA256 1u /* expected_sha256 is set */
 #define FB_SLOT_FLAG_RESUMED 2u         /* progress was loaded from a checkpoint */
+#define FB_SLOT_FLAG_SOURCE_MTIME 4u    /* source_mtime_ns is set (0 is a valid time) */
 
 /* Descriptive fields: written only while CLAIMED, under the seqlock. */
 typedef struct fb_slot_info {
@@ -93,8 +94,9 @@ typedef struct fb_slot_info {
      * times in ns since the epoch): udpd only vouches for a file that is still this one
      * (PROTOCOL.md 8.5). All 0 for an upload. */
     uint64_t file_dev, file_ino, file_mtime_ns, file_ctime_ns;
-    /* Upload: the modification time of the client's file (ns since the epoch; 0 = not given),
-     * applied to the target at commit and compared under the "older" overwrite policies. */
+    /* Upload: the modification time of the client's file (ns since the epoch; given when
+     * FB_SLOT_FLAG_SOURCE_MTIME is set), applied to the target at commit and compared under the
+     * "older" overwrite policies. */
     uint64_t source_mtime_ns;
     /* Upload: what the client says identifies its file's content (opaque; all 0 = not given).
      * Progress is only resumed for the same identity. */

@@ -32,7 +32,7 @@ typedef struct listing_entry {
     const char *name;
     const char *type; /* "file", "dir", "other" */
     apr_off_t size;
-    apr_int64_t mtime;
+    struct timespec mtime;
 } listing_entry;
 
 /* True if some component of RAW is a partial or checkpoint name. */
@@ -85,6 +85,14 @@ static int send_file(mod_fallback_req *req, int fd)
     }
     ap_update_mtime(r, r->finfo.mtime);
     ap_set_last_modified(r);
+    {
+        struct stat sb; /* Last-Modified has whole seconds; a copy keeps the nanoseconds too */
+
+        if (fstat(fd, &sb) == 0 && sb.st_mtim.tv_sec >= 0)
+            apr_table_setn(r->headers_out, "X-Fallback-Mtime",
+                           apr_psprintf(r->pool, "%" APR_INT64_T_FMT ".%09ld", (apr_int64_t)sb.st_mtim.tv_sec,
+                                        (long)sb.st_mtim.tv_nsec));
+    }
     ap_set_etag_fd(r, f);
     ap_set_accept_ranges(r);
     ap_set_content_length(r, r->finfo.size);
@@ -161,7 +169,7 @@ static int send_listing(mod_fallback_req *req, int fd, const char *relpath)
         le->name = apr_pstrdup(r->pool, name);
         le->type = S_ISREG(sb.st_mode) ? "file" : S_ISDIR(sb.st_mode) ? "dir" : "other";
         le->size = sb.st_size;
-        le->mtime = sb.st_mtime;
+        le->mtime = sb.st_mtim;
     }
     closedir(dir);
 
@@ -175,12 +183,12 @@ static int send_listing(mod_fallback_req *req, int fd, const char *relpath)
         if (name == NULL)
             continue;
         item = json_pack("{s:o, s:s}", "name", name, "type", le->type);
-        if (item != NULL && strcmp(le->type, "file") == 0) {
+        if (item == NULL)
+            continue;
+        if (strcmp(le->type, "file") == 0)
             json_object_set_new(item, "size", json_integer((json_int_t)le->size));
-            json_object_set_new(item, "mtime", json_integer((json_int_t)le->mtime));
-        }
-        if (item != NULL)
-            json_array_append_new(arr, item);
+        mod_fallback_json_set_mtime(item, &le->mtime);
+        json_array_append_new(arr, item);
     }
     doc = arr ? json_pack("{s:s, s:o}", "path", relpath, "entries", arr) : NULL;
     if (doc != NULL && truncated)

@@ -84,6 +84,9 @@ fb_err mod_fallback_split_parent(const char **pparent, const char **pbase, apr_p
 fb_err mod_fallback_open_parent(int *pfd, mod_fallback_req *req, const char *relpath);
 const char *mod_fallback_basename(const char *relpath);
 fb_err mod_fallback_sha256_hex_parse(unsigned char out[32], json_t *value);
+/* Sets OBJ's "mtime" (whole seconds since the epoch) and "mtime_ns" (the nanoseconds part). */
+struct timespec;
+void mod_fallback_json_set_mtime(json_t *obj, const struct timespec *t);
 
 /* mod_fallback_sessions.c */
 int mod_fallback_sessions_create(mod_fallback_req *req);

@@ -79,8 +79,8 @@ int mod_fallback_session_lookup(mod_fallback_req *req, const char *id, uint32_t 
     return OK;
 }
 
-/* ETag exactly as BASE/files/{path} would send it (same FileETag settings), and mtime. */
-static void file_validators(mod_fallback_req *req, int fd, const char **petag, apr_time_t *pmtime)
+/* ETag exactly as BASE/files/{path} would send it (same FileETag settings). */
+static void file_validators(mod_fallback_req *req, int fd, const char **petag)
 {
     request_rec *r = req->r;
     apr_os_file_t ofd = fd;
@@ -89,7 +89,6 @@ static void file_validators(mod_fallback_req *req, int fd, const char **petag, a
     etag_rec er;
 
     *petag = NULL;
-    *pmtime = 0;
     /* apr_os_file_put registers no cleanup: FD stays owned by the caller. */
     if (apr_os_file_put(&f, &ofd, APR_FOPEN_READ, r->pool) != APR_SUCCESS ||
         apr_file_info_get(&fi, APR_FINFO_NORM, f) != APR_SUCCESS)
@@ -99,7 +98,6 @@ static void file_validators(mod_fallback_req *req, int fd, const char **petag, a
     er.finfo = &fi;
     er.fd = f;
     *petag = ap_make_etag_ex(r, &er);
-    *pmtime = fi.mtime;
 }
 
 /* udpd stores its pid in the table header and bumps the heartbeat every second while it runs
@@ -191,15 +189,17 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
     else {
         int fd = -1;
         const char *etag = NULL;
-        apr_time_t mtime = 0;
+        struct stat sb;
 
         if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0) == FB_OK) {
-            file_validators(req, fd, &etag, &mtime);
+            file_validators(req, fd, &etag);
+            if (etag != NULL && fstat(fd, &sb) != 0)
+                etag = NULL;
             close(fd);
         }
         if (etag != NULL) {
             json_object_set_new(doc, "etag", json_string(etag));
-            json_object_set_new(doc, "mtime", json_integer((json_int_t)apr_time_sec(mtime)));
+            mod_fallback_json_set_mtime(doc, &sb.st_mtim);
         }
     }
     if (with_stats) {
@@ -215,10 +215,12 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
 }
 
 /* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE. */
-/* FILE: a download's file as opened now (NULL for an upload). */
-static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath, uint64_t size,
-                        uint32_t chunk_size, fb_overwrite overwrite, unsigned mode, uint32_t flags,
-                        const unsigned char *sha256, const struct stat *file)
+/* FILE: a download's file as opened now (NULL for an upload). SOURCE_MTIME_NS: an upload's
+ * client file time (NULL: not given). */
+static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath,
+                        uint64_t size, uint32_t chunk_size, fb_overwrite overwrite, unsigned mode,
+                        uint32_t flags, const unsigned char *sha256, const struct stat *file,
+                        const uint64_t *source_mtime_ns)
 {
     fb_slot_info *info = &slot->info;
     fb_err e;
@@ -248,6 +250,9 @@ static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction
     info->file_ino = file != NULL ? (uint64_t)file->st_ino : 0;
     info->file_mtime_ns = file != NULL ? fb_timespec_ns(&file->st_mtim) : 0;
     info->file_ctime_ns = file != NULL ? fb_timespec_ns(&file->st_ctim) : 0;
+    info->source_mtime_ns = source_mtime_ns != NULL ? *source_mtime_ns : 0;
+    if (source_mtime_ns != NULL)
+        info->flags |= FB_SLOT_FLAG_SOURCE_MTIME;
     fb_slot_info_write_end(slot);
     return e;
 }
@@ -360,7 +365,8 @@ static int create_download(mod_fallback_req *req, const char *relpath)
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, FBLOGNO(00201) "no free session slot: %s", fb_err_message(e));
         return mod_fallback_problem(req, e, NULL);
     }
-    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0, NULL, &sb);
+    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0,
+                  NULL, &sb, NULL);
     if (e != FB_OK || !publish_slot(slot)) {
         fb_slot_release(slot);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00202) "cannot set up download session");
@@ -516,7 +522,8 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
 }
 
 static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
-                         const unsigned char *sha256, int ask_digest, unsigned mode)
+                         const unsigned char *sha256, int ask_digest, unsigned mode,
+                         const uint64_t *source_mtime_ns)
 {
     request_rec *r = req->r;
     const fb_config *cfg = req->cfg;
@@ -678,7 +685,8 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         rc = mod_fallback_problem(req, e, NULL);
         goto leave;
     }
-    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0, sha256, NULL);
+    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0,
+                  sha256, NULL, source_mtime_ns);
     if (e == FB_OK && resumed) {
         uint64_t i;
         for (i = 0; i < nchunks; i++)
@@ -728,6 +736,33 @@ static int parse_mode(unsigned *pmode, const char *s)
     return 1;
 }
 
+/* "mtime" (integer seconds since the epoch, 0 to FB_MTIME_MAX_S) and "mtime_ns" (its
+ * nanoseconds part, 0 to 999999999; only with "mtime"): *PNS in ns, *PHAS 0 when absent.
+ * Returns -1 to go on, or the handler result of a 400 answer. */
+static int parse_source_mtime(mod_fallback_req *req, json_t *doc, uint64_t *pns, int *phas)
+{
+    json_t *v = json_object_get(doc, "mtime"), *vns = json_object_get(doc, "mtime_ns");
+    json_int_t s, ns = 0;
+
+    *phas = 0;
+    if (v == NULL || json_is_null(v)) {
+        if (vns != NULL && !json_is_null(vns))
+            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mtime_ns is only valid with mtime");
+        return -1;
+    }
+    if (!json_is_integer(v) || (s = json_integer_value(v)) < 0 || (uint64_t)s > FB_MTIME_MAX_S)
+        return mod_fallback_problem(
+            req, FB_ERR_BAD_REQUEST,
+            "mtime must be an integer number of seconds since the epoch, 0 to 9999999999");
+    if (vns != NULL && !json_is_null(vns) &&
+        (!json_is_integer(vns) || (ns = json_integer_value(vns)) < 0 || ns > 999999999))
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                    "mtime_ns must be an integer from 0 to 999999999");
+    *pns = (uint64_t)s * 1000000000ull + (uint64_t)ns;
+    *phas = 1;
+    return -1;
+}
+
 int mod_fallback_sessions_create(mod_fallback_req *req)
 {
     char relpath[FB_PATH_MAX + 1];
@@ -738,8 +773,9 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
     const unsigned char *shap = NULL;
     unsigned mode;
     json_int_t size;
+    uint64_t mtime_ns = 0;
     fb_err e;
-    int rc, ask_digest = 0;
+    int rc, ask_digest = 0, has_mtime = 0;
 
     rc = mod_fallback_read_json(req, &doc);
     if (doc == NULL)
@@ -806,7 +842,12 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
             return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mode must be an octal string such as \"0644\"");
     }
 
-    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode);
+    rc = parse_source_mtime(req, doc, &mtime_ns, &has_mtime);
+    if (rc != -1)
+        return rc;
+
+    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode,
+                         has_mtime ? &mtime_ns : NULL);
 }
 
 int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)
@@ -929,6 +970,19 @@ static int rename_into_place(int parent_fd, const char *partbase, const char *ba
     return unlinkat(parent_fd, partbase, 0);
 }
 
+/* Modification time of the committed file: the client's (FB_SLOT_FLAG_SOURCE_MTIME) or now;
+ * access time now. */
+static int set_file_times(int fd, const fb_slot_info *info)
+{
+    struct timespec ts[2] = {{.tv_sec = 0, .tv_nsec = UTIME_NOW}, {.tv_sec = 0, .tv_nsec = UTIME_NOW}};
+
+    if (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) {
+        ts[1].tv_sec = (time_t)(info->source_mtime_ns / 1000000000ull);
+        ts[1].tv_nsec = (long)(info->source_mtime_ns % 1000000000ull);
+    }
+    return futimens(fd, ts);
+}
+
 int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
 {
     request_rec *r = req->r;
@@ -1025,6 +1079,13 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
     /* The mode is right before the name becomes visible. */
     if (fchmod(fd, (mode_t)(info->file_mode & 0777u)) != 0) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r, FBLOGNO(00218) "fchmod of '%s' failed", partrel);
+        rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
+        goto leave;
+    }
+    /* So are its times: the client file's modification time when given, else the commit's. */
+    if (set_file_times(fd, info) != 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r,
+                      FBLOGNO(00260) "cannot set the times of '%s'", partrel);
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
         goto leave;
     }

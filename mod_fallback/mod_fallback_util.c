@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -343,4 +344,10 @@ fb_err mod_fallback_sha256_hex_parse(unsigned char out[FB_SHA256_LEN], json_t *v
     if (json_string_length(value) != FB_SHA256_HEX_LEN)
         return FB_ERR_BAD_REQUEST;
     return fb_hex_decode(out, FB_SHA256_LEN, s);
+}
+
+void mod_fallback_json_set_mtime(json_t *obj, const struct timespec *t)
+{
+    json_object_set_new(obj, "mtime", json_integer((json_int_t)t->tv_sec));
+    json_object_set_new(obj, "mtime_ns", json_integer((json_int_t)t->tv_nsec));
 }

@@ -57,7 +57,74 @@ test_finished_sessions_never_block() {
     new_session "live4.bin" 10 >/dev/null
 }
 
+test_mtime_kept_on_commit() {
+    local st id before size=$((CHUNK + 5))
+    # Seconds and nanoseconds land on the target, set before the rename.
+    upload_small mt.bin 300 ',"mtime":1600000000,"mtime_ns":123456789'
+    assert_eq "1600000000.123456789" "$(stat -c %.9Y "$DOCROOT/mt.bin")" "mtime of the committed file"
+    # GET and HEAD: Last-Modified (Apache's, whole seconds) and X-Fallback-Mtime with the ns.
+    st=$(api HEAD files/mt.bin -I)
+    assert_eq 200 "$st" "HEAD mt.bin"
+    assert_eq "Sun, 13 Sep 2020 12:26:40 GMT" "$(header Last-Modified)" "Last-Modified"
+    assert_eq "1600000000.123456789" "$(header X-Fallback-Mtime)" "X-Fallback-Mtime"
+    # mtime without mtime_ns: whole seconds; 0 (the epoch) is a time like any other.
+    upload_small mt0.bin 10 ',"mtime":0'
+    assert_eq "0.000000000" "$(stat -c %.9Y "$DOCROOT/mt0.bin")" "mtime 0"
+    # Without mtime the file gets the commit's time, even when its data came long before.
+    mkrand "$SRC/late.bin" 100
+    id=$(new_session late.bin 100)
+    st=$(put_range "$id" "$SRC/late.bin" 0 99)
+    assert_eq 200 "$st" "PUT late.bin"
+    touch -d '2001-01-01' "$DOCROOT/.late.bin.fbpart"
+    before=$(date +%s)
+    st=$(commit "$id" "$(sha "$SRC/late.bin")")
+    assert_eq 200 "$st" "commit late.bin"
+    assert_ge "$(stat -c %Y "$DOCROOT/late.bin")" "$before" "mtime of a file committed without mtime"
+    # The checkpoint records the time (version 3, flag 2, the 8 bytes after the header).
+    mkrand "$SRC/ck.bin" "$size"
+    id=$(new_session ck.bin "$size" ',"mtime":1500000000,"mtime_ns":7')
+    st=$(put_range "$id" "$SRC/ck.bin" 0 $((CHUNK - 1)))
+    assert_eq 200 "$st" "PUT the first chunk of ck.bin"
+    assert_eq 3 "$(od -An -tu4 -j8 -N4 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" "checkpoint version"
+    assert_eq 2 "$(od -An -tu4 -j36 -N4 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" "checkpoint flags"
+    assert_eq 1500000000000000007 "$(od -An -tu8 -j40 -N8 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" \
+        "checkpoint source mtime"
+    api DELETE "sessions/$id" >/dev/null
+}
+
+test_mtime_bad_values() {
+    local st v
+    for v in '"mtime":-1' '"mtime":1.5' '"mtime":"1600000000"' '"mtime":10000000000' \
+        '"mtime":1,"mtime_ns":1000000000' '"mtime":1,"mtime_ns":-1' '"mtime":1,"mtime_ns":"5"' '"mtime_ns":5'; do
+        st=$(api POST sessions -H 'Content-Type: application/json' \
+            --data "{\"direction\":\"upload\",\"path\":\"badmt.bin\",\"size\":1,$v}")
+        assert_problem 400 bad_request "$st"
+    done
+    assert_no_file "$DOCROOT/.badmt.bin.fbpart"
+}
+
+test_listing_mtimes() {
+    local st
+    mkdir -p "$DOCROOT/lt/sub"
+    echo hi >"$DOCROOT/lt/f.txt"
+    touch -d '@1400000000.5' "$DOCROOT/lt/f.txt"
+    touch -d '@1300000000.25' "$DOCROOT/lt/sub"
+    docroot_chown "$DOCROOT/lt"
+    st=$(api GET files/lt/)
+    assert_eq 200 "$st" "GET files/lt/"
+    assert_eq '[["f.txt","file",3,1400000000,500000000],["sub","dir",null,1300000000,250000000]]' \
+        "$(jq -c '[.entries[] | [.name, .type, .size, .mtime, .mtime_ns]]' "$BODY")" "listing times"
+    # The download session answer has them too.
+    st=$(api POST sessions -H 'Content-Type: application/json' --data '{"direction":"download","path":"lt/f.txt"}')
+    assert_eq 201 "$st" "download session"
+    assert_eq "1400000000 500000000" "$(jq -r '"\(.mtime) \(.mtime_ns)"' "$BODY")" "download answer times"
+}
+
 ds_start_or_bail "all tree API tests"
+
+run_test "mtime and mtime_ns kept on commit, shown by HEAD, recorded in the checkpoint" test_mtime_kept_on_commit
+run_test "bad mtime values -> 400 bad_request" test_mtime_bad_values
+run_test "listings and download answers give mtime and mtime_ns for every entry" test_listing_mtimes
 
 run_test "finished sessions never block a new one; a full table says Retry-After: 2" test_finished_sessions_never_block
 finish
