@@ -970,19 +970,6 @@ static int rename_into_place(int parent_fd, const char *partbase, const char *ba
     return unlinkat(parent_fd, partbase, 0);
 }
 
-/* Modification time of the committed file: the client's (FB_SLOT_FLAG_SOURCE_MTIME) or now;
- * access time now. */
-static int set_file_times(int fd, const fb_slot_info *info)
-{
-    struct timespec ts[2] = {{.tv_sec = 0, .tv_nsec = UTIME_NOW}, {.tv_sec = 0, .tv_nsec = UTIME_NOW}};
-
-    if (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) {
-        ts[1].tv_sec = (time_t)(info->source_mtime_ns / 1000000000ull);
-        ts[1].tv_nsec = (long)(info->source_mtime_ns % 1000000000ull);
-    }
-    return futimens(fd, ts);
-}
-
 int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
 {
     request_rec *r = req->r;
@@ -1083,7 +1070,8 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
         goto leave;
     }
     /* So are its times: the client file's modification time when given, else the commit's. */
-    if (set_file_times(fd, info) != 0) {
+    if (mod_fallback_fd_set_mtime(fd, (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) ? &info->source_mtime_ns
+                                                                                : NULL) != 0) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r,
                       FBLOGNO(00260) "cannot set the times of '%s'", partrel);
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -350,4 +351,15 @@ void mod_fallback_json_set_mtime(json_t *obj, const struct timespec *t)
 {
     json_object_set_new(obj, "mtime", json_integer((json_int_t)t->tv_sec));
     json_object_set_new(obj, "mtime_ns", json_integer((json_int_t)t->tv_nsec));
+}
+
+int mod_fallback_fd_set_mtime(int fd, const uint64_t *mtime_ns)
+{
+    struct timespec ts[2] = {{.tv_sec = 0, .tv_nsec = UTIME_NOW}, {.tv_sec = 0, .tv_nsec = UTIME_NOW}};
+
+    if (mtime_ns != NULL) {
+        ts[1].tv_sec = (time_t)(*mtime_ns / 1000000000ull);
+        ts[1].tv_nsec = (long)(*mtime_ns % 1000000000ull);
+    }
+    return futimens(fd, ts);
 }

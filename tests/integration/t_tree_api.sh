@@ -120,7 +120,114 @@ test_listing_mtimes() {
     assert_eq "1400000000 500000000" "$(jq -r '"\(.mtime) \(.mtime_ns)"' "$BODY")" "download answer times"
 }
 
+test_mkcol_makes_directories() {
+    local st
+    st=$(api MKCOL files/empty)
+    assert_eq 201 "$st" "MKCOL a new directory: $(head -c 300 "$BODY")"
+    [ -d "$DOCROOT/empty" ] || fail "no directory made"
+    assert_eq 755 "$(stat -c %a "$DOCROOT/empty")" "directory mode"
+    assert_eq true "$(jq -r .created "$BODY")" "created"
+    assert_eq dir "$(jbody .type)" "type"
+    assert_eq /fallback/files/empty "$(header Location)" "Location"
+    # Idempotent: a re-run of a tree copy finds it there.
+    st=$(api MKCOL files/empty/)
+    assert_eq 200 "$st" "MKCOL of an existing directory"
+    assert_eq false "$(jq -r .created "$BODY")" "created the second time"
+    # Parents included, names with spaces and UTF-8.
+    st=$(api MKCOL "files/deep/er%20one/%C3%A9t%C3%A9")
+    assert_eq 201 "$st" "MKCOL with parents"
+    [ -d "$DOCROOT/deep/er one/été" ] || fail "nested directory not made"
+    assert_eq "deep/er one/été" "$(jbody .path)" "path"
+    assert_eq 0 "$(find "$DOCROOT/deep" -type f | wc -l)" "nothing but directories"
+    # The docroot itself: there already, and its time is the admin's.
+    local before
+    before=$(stat -c %.9Y "$DOCROOT")
+    st=$(api MKCOL files/ -H 'X-Fallback-Mtime: 1000')
+    assert_eq 200 "$st" "MKCOL of the docroot"
+    assert_eq "$before" "$(stat -c %.9Y "$DOCROOT")" "docroot time unchanged"
+    # The listing shows it as a directory.
+    st=$(api GET files/deep/)
+    assert_eq '[["er one","dir"]]' "$(jq -c '[.entries[] | [.name, .type]]' "$BODY")" "listing of deep/"
+}
+
+test_mkcol_mtime() {
+    local st
+    st=$(api MKCOL files/timed -H 'X-Fallback-Mtime: 1500000000.5')
+    assert_eq 201 "$st" "MKCOL with a time"
+    assert_eq 1500000000.500000000 "$(stat -c %.9Y "$DOCROOT/timed")" "directory mtime"
+    assert_eq "1500000000 500000000" "$(jq -r '"\(.mtime) \(.mtime_ns)"' "$BODY")" "mtime in the answer"
+    # Again on the existing directory (after its files were copied into it): the time is set.
+    touch "$DOCROOT/timed/newfile"
+    st=$(api MKCOL files/timed -H 'X-Fallback-Mtime: 1400000000.000000042')
+    assert_eq 200 "$st" "MKCOL of the existing directory with a time"
+    assert_eq 1400000000.000000042 "$(stat -c %.9Y "$DOCROOT/timed")" "directory mtime set again"
+    # Without the header the time is the file system's (now).
+    st=$(api MKCOL files/untimed)
+    assert_eq 201 "$st" "MKCOL without a time"
+    assert_ge "$(stat -c %Y "$DOCROOT/untimed")" $(($(date +%s) - 60)) "mtime of a directory made now"
+    for v in 'abc' '-1' '1.' '1.1234567890' '10000000000' '1 2' '1,5' '0x10'; do
+        st=$(api MKCOL files/badtime -H "X-Fallback-Mtime: $v")
+        assert_problem 400 bad_request "$st"
+    done
+    assert_no_file "$DOCROOT/badtime"
+}
+
+test_mkcol_conflicts_and_refusals() {
+    local st
+    echo data >"$DOCROOT/plain.txt"
+    docroot_chown "$DOCROOT/plain.txt"
+    st=$(api MKCOL files/plain.txt)
+    assert_problem 409 exists "$st"
+    assert_eq file "$(jbody .target)" "target of a file in the way"
+    assert_eq data "$(cat "$DOCROOT/plain.txt")" "the file is untouched"
+    st=$(api MKCOL files/plain.txt/sub)
+    assert_problem 409 exists "$st"
+    assert_eq file "$(jbody .target)" "target of a file as a parent"
+    # Path checks as for files/: Apache removes dot segments from URLs before the module sees
+    # them (404 or 405 outside the route, or 400); whatever answers, nothing is made outside.
+    local u
+    for u in "files/../../escaped" "files/a/%2e%2e/%2e%2e/%2e%2e/escaped" "files/%2e%2e/%2e%2e/escaped" \
+        "files/..%2f..%2fescaped"; do
+        st=$(req --path-as-is -u "$DS_USER:$DS_PASSWORD" -X MKCOL "$URL/$u")
+        assert_in "$st" 400 403 404 405
+        if [ "$st" = 403 ]; then assert_problem 403 path_escape "$st"; fi
+    done
+    assert_eq "" "$(find "$T_TMP" -name escaped)" "nothing named escaped made anywhere"
+    st=$(api MKCOL "files/.x.bin.fbpart")
+    assert_problem 400 bad_path "$st"
+    # Never through a symlink out of the docroot; one that stays inside is followed.
+    mkdir -p "$T_TMP/outside"
+    ln -sfn "$T_TMP/outside" "$DOCROOT/out"
+    ln -sfn empty "$DOCROOT/inside"
+    ln -sfn nowhere "$DOCROOT/dangling"
+    st=$(api MKCOL files/out)
+    assert_problem 403 path_escape "$st"
+    st=$(api MKCOL files/out/sub/deeper)
+    assert_problem 403 path_escape "$st"
+    assert_eq 0 "$(find "$T_TMP/outside" -mindepth 1 | wc -l)" "nothing made outside"
+    st=$(api MKCOL files/inside)
+    assert_eq 200 "$st" "a symlink to a directory inside"
+    st=$(api MKCOL files/dangling)
+    assert_problem 409 exists "$st"
+    # A body is refused; so is a request without credentials; the Allow header names MKCOL.
+    st=$(api MKCOL files/withbody --data-binary 'x')
+    assert_problem 400 bad_request "$st"
+    st=$(api MKCOL files/withbody -H 'Transfer-Encoding: chunked' --data-binary 'x')
+    assert_problem 400 bad_request "$st"
+    assert_no_file "$DOCROOT/withbody"
+    st=$(req -X MKCOL "$URL/files/noauth")
+    assert_eq 401 "$st" "MKCOL without credentials"
+    assert_no_file "$DOCROOT/noauth"
+    st=$(api PUT files/x.bin --data-binary x)
+    assert_problem 405 method_not_allowed "$st"
+    assert_eq "GET, HEAD, MKCOL" "$(header Allow)" "Allow of files/"
+}
+
 ds_start_or_bail "all tree API tests"
+
+run_test "MKCOL makes a directory and its parents, 201 then 200" test_mkcol_makes_directories
+run_test "MKCOL sets X-Fallback-Mtime, also on an existing directory" test_mkcol_mtime
+run_test "MKCOL: 409 for a file in the way, path checks, symlinks, bodies, auth, Allow" test_mkcol_conflicts_and_refusals
 
 run_test "mtime and mtime_ns kept on commit, shown by HEAD, recorded in the checkpoint" test_mtime_kept_on_commit
 run_test "bad mtime values -> 400 bad_request" test_mtime_bad_values
