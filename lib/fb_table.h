@@ -65,7 +65,9 @@ typedef enum fb_direction { FB_DIR_UPLOAD = 1, FB_DIR_DOWNLOAD = 2 } fb_directio
 typedef enum fb_overwrite {
     FB_OVERWRITE_NEVER = 0,
     FB_OVERWRITE_ALWAYS = 1,
-    FB_OVERWRITE_IF_DIFFERENT = 2
+    FB_OVERWRITE_IF_DIFFERENT = 2,
+    FB_OVERWRITE_OLDER = 3,              /* only a target older than the source's mtime */
+    FB_OVERWRITE_IF_DIFFERENT_OLDER = 4, /* only an older target that also differs */
 } fb_overwrite;
 
 #define FB_SLOT_FLAG_EXPECTED_SHA256 1u /* expected_sha256 is set */

@@ -476,24 +476,40 @@ static int same_expectation(const unsigned char *expected, uint32_t has, const u
     return has && fb_mem_equal_ct(sha, expected, FB_SHA256_LEN);
 }
 
-static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size)
+/* REASON: "identical" (if_different) or "newer" (the older policies). */
+static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size, const char *reason)
 {
-    json_t *doc = json_pack("{s:s, s:s, s:I, s:s, s:b, s:I, s:I, s:[]}", "direction", "upload", "path", relpath, "size",
-                            (json_int_t)size, "state", "done", "skipped", 1, "received_bytes", (json_int_t)size,
-                            "missing_bytes", (json_int_t)0, "missing");
+    json_t *doc =
+        json_pack("{s:s, s:s, s:I, s:s, s:b, s:s, s:I, s:I, s:[]}", "direction", "upload", "path", relpath,
+                  "size", (json_int_t)size, "state", "done", "skipped", 1, "reason", reason, "received_bytes",
+                  (json_int_t)size, "missing_bytes", (json_int_t)0, "missing");
     return mod_fallback_json_reply(req, HTTP_OK, doc, 0);
 }
 
+static int policy_needs_older(fb_overwrite ow)
+{
+    return ow == FB_OVERWRITE_OLDER || ow == FB_OVERWRITE_IF_DIFFERENT_OLDER;
+}
+
+/* 1 if the target SB may be replaced under an "older" policy: its modification time is
+ * strictly before the source's (SOURCE_MTIME_NS). */
+static int target_is_older(const struct stat *sb, uint64_t source_mtime_ns)
+{
+    return fb_timespec_ns(&sb->st_mtim) < source_mtime_ns;
+}
+
 /* Applies the overwrite policy to an existing target. Returns -1 to go on, 1 if the upload
- * can be skipped (same content), or a handler result after answering. ASK_DIGEST: under
- * if_different without a digest, a regular file of the same size is answered 409 "target":
- * "file" (it may be identical: ask again with the digest) instead of being replaced. */
-static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size, fb_overwrite ow,
-                        const unsigned char *sha256, int ask_digest)
+ * can be skipped (*PREASON says why: "identical" or "newer"), or a handler result after
+ * answering. ASK_DIGEST: under if_different(,older) without a digest, a regular file of the same
+ * size is answered 409 "target": "file" (it may be identical: ask again with the digest) instead
+ * of being replaced. SOURCE_MTIME_NS is required (non-NULL) by the older policies. */
+static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size,
+                        fb_overwrite ow, const unsigned char *sha256, int ask_digest,
+                        const uint64_t *source_mtime_ns, const char **preason)
 {
     struct stat sb;
     unsigned char digest[FB_SHA256_LEN];
-    int fd, same;
+    int fd, same, if_different = ow == FB_OVERWRITE_IF_DIFFERENT || ow == FB_OVERWRITE_IF_DIFFERENT_OLDER;
 
     if (fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
         if (errno == ENOENT)
@@ -506,18 +522,23 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
                                         json_pack("{s:s}", "target", "directory"));
     if (ow == FB_OVERWRITE_NEVER)
         return mod_fallback_problem(req, FB_ERR_EXISTS, NULL);
-    if (ow == FB_OVERWRITE_IF_DIFFERENT && sha256 == NULL && ask_digest && S_ISREG(sb.st_mode) &&
-        (uint64_t)sb.st_size == size)
+    /* The age first: a newer target is kept whatever its content (and is not read). */
+    if (policy_needs_older(ow) && (source_mtime_ns == NULL || !target_is_older(&sb, *source_mtime_ns))) {
+        *preason = "newer";
+        return 1;
+    }
+    if (if_different && sha256 == NULL && ask_digest && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == size)
         return mod_fallback_problem_ext(req, FB_ERR_EXISTS,
                                         "a file of this size is at the target: ask again with the sha256",
                                         json_pack("{s:s}", "target", "file"));
-    if (ow != FB_OVERWRITE_IF_DIFFERENT || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
+    if (!if_different || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
         return -1;
     fd = openat(parent_fd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return -1;
     same = fb_sha256_fd(digest, fd, size) == FB_OK && fb_mem_equal_ct(digest, sha256, FB_SHA256_LEN);
     close(fd);
+    *preason = "identical";
     return same ? 1 : -1;
 }
 
@@ -528,7 +549,7 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
     request_rec *r = req->r;
     const fb_config *cfg = req->cfg;
     char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
-    const char *base, *partbase, *ckptbase;
+    const char *base, *partbase, *ckptbase, *skip_reason = NULL;
     uint32_t cs = 0, idx = 0;
     uint64_t nchunks;
     fb_checkpoint *cp = NULL;
@@ -563,9 +584,9 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
                       fb_err_message(e));
         return mod_fallback_problem(req, e, "cannot create the target's directory");
     }
-    rc = check_target(req, parent_fd, base, size, ow, sha256, ask_digest);
+    rc = check_target(req, parent_fd, base, size, ow, sha256, ask_digest, source_mtime_ns, &skip_reason);
     if (rc == 1)
-        return reply_skipped(req, relpath, size);
+        return reply_skipped(req, relpath, size, skip_reason);
     if (rc != -1)
         return rc;
 
@@ -816,9 +837,15 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
             ow = FB_OVERWRITE_ALWAYS;
         else if (strcmp(o, "if_different") == 0)
             ow = FB_OVERWRITE_IF_DIFFERENT;
+        else if (strcmp(o, "older") == 0)
+            ow = FB_OVERWRITE_OLDER;
+        else if (strcmp(o, "if_different,older") == 0)
+            ow = FB_OVERWRITE_IF_DIFFERENT_OLDER;
         else
-            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
-                                        "overwrite must be \"never\", \"always\" or \"if_different\"");
+            return mod_fallback_problem(
+                req, FB_ERR_BAD_REQUEST,
+                "overwrite must be \"never\", \"always\", \"if_different\", \"older\" or "
+                "\"if_different,older\"");
     }
 
     v = json_object_get(doc, "sha256");
@@ -845,6 +872,9 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
     rc = parse_source_mtime(req, doc, &mtime_ns, &has_mtime);
     if (rc != -1)
         return rc;
+    if (policy_needs_older(ow) && !has_mtime)
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                    "overwrite \"older\" and \"if_different,older\" need the file's mtime");
 
     return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode,
                          has_mtime ? &mtime_ns : NULL);
@@ -946,14 +976,35 @@ static int reply_done(mod_fallback_req *req, const char *id, fb_slot *slot, cons
     return reply_committed(req, id, info, sha);
 }
 
-/* Moves the slot out of FINALISING after a failed commit and answers. */
-static int commit_fail(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code, const char *detail)
+/* Moves the slot out of FINALISING after a failed commit and answers (with EXTRA's members,
+ * whose reference is taken; may be NULL). */
+static int commit_fail_ext(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
+                           const char *detail, json_t *extra)
 {
     if (to == FB_SLOT_FAILED)
         atomic_store(&slot->error_code, (uint32_t)code);
     if (!fb_slot_transition(slot, FB_SLOT_FINALISING, to))
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r, FBLOGNO(00213) "session left FINALISING unexpectedly");
-    return mod_fallback_problem(req, code, detail);
+    return mod_fallback_problem_ext(req, code, detail, extra);
+}
+
+static int commit_fail(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
+                       const char *detail)
+{
+    return commit_fail_ext(req, slot, to, code, detail, NULL);
+}
+
+/* Under the older policies the target may have changed since the session was created: 1 if a
+ * target (other than a directory, which the rename refuses anyway) is there now that is not
+ * older than the upload's source. */
+static int target_now_newer(int parent_fd, const char *base, const fb_slot_info *info)
+{
+    struct stat sb;
+
+    if (!policy_needs_older((fb_overwrite)info->overwrite) ||
+        fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(sb.st_mode))
+        return 0;
+    return !(info->flags & FB_SLOT_FLAG_SOURCE_MTIME) || !target_is_older(&sb, info->source_mtime_ns);
 }
 
 static int rename_into_place(int parent_fd, const char *partbase, const char *base, fb_overwrite ow)
@@ -1075,6 +1126,14 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r,
                       FBLOGNO(00260) "cannot set the times of '%s'", partrel);
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
+        goto leave;
+    }
+    if (target_now_newer(parent_fd, base, info)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      FBLOGNO(00261) "session %s: '%s' is not older than the upload any more: kept", id,
+                      info->relpath);
+        rc = commit_fail_ext(req, slot, FB_SLOT_ACTIVE, FB_ERR_EXISTS,
+                             "the target is not older than the file", json_pack("{s:s}", "reason", "newer"));
         goto leave;
     }
     if (rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {

@@ -223,6 +223,123 @@ test_mkcol_conflicts_and_refusals() {
     assert_eq "GET, HEAD, MKCOL" "$(header Allow)" "Allow of files/"
 }
 
+# target NAME CONTENT-FILE MTIME: a file in the docroot, owned as Apache would own it, with a time.
+target() {
+    cp "$2" "$DOCROOT/$1"
+    touch -d "@$3" "$DOCROOT/$1"
+    docroot_chown "$DOCROOT/$1"
+}
+
+# post_upload NAME SIZE EXTRA-JSON: POST sessions; prints the status, answer in $BODY.
+post_upload() {
+    api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"$1\",\"size\":$2$3}"
+}
+
+# assert_skipped REASON STATUS: the last answer is the skip document with that reason.
+assert_skipped() {
+    assert_eq 200 "$2" "skip answer: $(head -c 300 "$BODY")"
+    assert_eq true "$(jq -r .skipped "$BODY")" "skipped"
+    assert_eq done "$(jbody .state)" "state of a skipped upload"
+    assert_eq "$1" "$(jbody .reason)" "reason"
+    assert_eq "" "$(jbody .id)" "no session for a skipped upload"
+}
+
+test_overwrite_older() {
+    local st
+    mkrand "$SRC/old.src" 50
+    mkrand "$SRC/new.src" 60
+    # An older target is replaced, and gets the source's time.
+    target ow1.bin "$SRC/old.src" 1000000000
+    upload_small ow1.bin 70 ',"overwrite":"older","mtime":1600000000'
+    assert_file_same "$SRC/ow1.bin.src" "$DOCROOT/ow1.bin"
+    assert_eq 1600000000 "$(stat -c %Y "$DOCROOT/ow1.bin")" "time of the replaced file"
+    # A newer target is kept, untouched; so is one of the same age (to the nanosecond).
+    target ow2.bin "$SRC/new.src" 1700000000
+    st=$(post_upload ow2.bin 70 ',"overwrite":"older","mtime":1600000000')
+    assert_skipped newer "$st"
+    assert_file_same "$SRC/new.src" "$DOCROOT/ow2.bin"
+    assert_eq 1700000000 "$(stat -c %Y "$DOCROOT/ow2.bin")" "time of the kept file"
+    assert_no_file "$DOCROOT/.ow2.bin.fbpart"
+    st=$(post_upload ow2.bin 70 ',"overwrite":"older","mtime":1700000000,"mtime_ns":0')
+    assert_skipped newer "$st"
+    st=$(post_upload ow2.bin 70 ',"overwrite":"older","mtime":1700000000,"mtime_ns":1')
+    assert_eq 201 "$st" "a target older by one nanosecond is replaced"
+    api DELETE "sessions/$(jbody .id)" >/dev/null
+    # No target: an ordinary upload.
+    upload_small ow3.bin 5 ',"overwrite":"older","mtime":1600000000'
+    assert_file_same "$SRC/ow3.bin.src" "$DOCROOT/ow3.bin"
+    # The older policies need the time.
+    for v in older 'if_different,older'; do
+        st=$(post_upload ow2.bin 70 ",\"overwrite\":\"$v\"")
+        assert_problem 400 bad_request "$st"
+    done
+    st=$(post_upload ow2.bin 70 ',"overwrite":"newer","mtime":1')
+    assert_problem 400 bad_request "$st"
+}
+
+test_overwrite_if_different_older() {
+    local st
+    mkrand "$SRC/same.src" 80
+    mkrand "$SRC/other.src" 80
+    # Older but identical (the digest says so): skipped, and not touched, not even its time.
+    target id1.bin "$SRC/same.src" 1000000000
+    st=$(post_upload id1.bin 80 ",\"overwrite\":\"if_different,older\",\"mtime\":1600000000,\"sha256\":\"$(sha "$SRC/same.src")\"")
+    assert_skipped identical "$st"
+    assert_eq 1000000000 "$(stat -c %Y "$DOCROOT/id1.bin")" "time of the identical file"
+    # Older and different: replaced.
+    target id2.bin "$SRC/other.src" 1000000000
+    cp "$SRC/same.src" "$SRC/id2.bin.src"
+    local id
+    id=$(new_session id2.bin 80 ",\"overwrite\":\"if_different,older\",\"mtime\":1600000000,\"sha256\":\"$(sha "$SRC/same.src")\"")
+    st=$(put_range "$id" "$SRC/same.src" 0 79)
+    assert_eq 200 "$st" "PUT id2.bin"
+    st=$(commit "$id" "$(sha "$SRC/same.src")")
+    assert_eq 200 "$st" "commit id2.bin"
+    assert_file_same "$SRC/same.src" "$DOCROOT/id2.bin"
+    # Older, another size: replaced (no digest needed to tell).
+    target id3.bin "$SRC/other.src" 1000000000
+    upload_small id3.bin 81 ',"overwrite":"if_different,older","mtime":1600000000'
+    assert_file_same "$SRC/id3.bin.src" "$DOCROOT/id3.bin"
+    # Newer and different: skipped as newer.
+    target id4.bin "$SRC/other.src" 1700000000
+    st=$(post_upload id4.bin 80 ",\"overwrite\":\"if_different,older\",\"mtime\":1600000000,\"sha256\":\"$(sha "$SRC/same.src")\"")
+    assert_skipped newer "$st"
+    assert_file_same "$SRC/other.src" "$DOCROOT/id4.bin"
+    # Older, same size, no digest, ask_digest: the question of if_different.
+    target id5.bin "$SRC/other.src" 1000000000
+    st=$(post_upload id5.bin 80 ',"overwrite":"if_different,older","mtime":1600000000,"ask_digest":true')
+    assert_problem 409 exists "$st"
+    assert_eq file "$(jbody .target)" "target of the digest question"
+    # Plain if_different says why it skipped too.
+    st=$(post_upload id1.bin 80 ",\"overwrite\":\"if_different\",\"sha256\":\"$(sha "$SRC/same.src")\"")
+    assert_skipped identical "$st"
+}
+
+test_overwrite_older_checked_again_at_commit() {
+    local st id
+    mkrand "$SRC/c.src" 40
+    target oc.bin "$SRC/c.src" 1000000000
+    mkrand "$SRC/oc.bin.src" 40
+    id=$(new_session oc.bin 40 ',"overwrite":"older","mtime":1600000000')
+    st=$(put_range "$id" "$SRC/oc.bin.src" 0 39)
+    assert_eq 200 "$st" "PUT oc.bin"
+    # Meanwhile someone writes a newer version of the target.
+    touch -d @1700000000 "$DOCROOT/oc.bin"
+    st=$(commit "$id" "$(sha "$SRC/oc.bin.src")")
+    assert_problem 409 exists "$st"
+    assert_eq newer "$(jbody .reason)" "reason of the refused commit"
+    assert_file_same "$SRC/c.src" "$DOCROOT/oc.bin"
+    assert_eq 1700000000 "$(stat -c %Y "$DOCROOT/oc.bin")" "the newer target's time"
+    st=$(api GET "sessions/$id")
+    assert_eq active "$(jbody .state)" "the session stays active"
+    # Older again (restored from a backup, say): the same session commits.
+    touch -d @1100000000 "$DOCROOT/oc.bin"
+    st=$(commit "$id" "$(sha "$SRC/oc.bin.src")")
+    assert_eq 200 "$st" "commit once the target is older"
+    assert_file_same "$SRC/oc.bin.src" "$DOCROOT/oc.bin"
+}
+
 ds_start_or_bail "all tree API tests"
 
 run_test "MKCOL makes a directory and its parents, 201 then 200" test_mkcol_makes_directories
@@ -233,5 +350,8 @@ run_test "mtime and mtime_ns kept on commit, shown by HEAD, recorded in the chec
 run_test "bad mtime values -> 400 bad_request" test_mtime_bad_values
 run_test "listings and download answers give mtime and mtime_ns for every entry" test_listing_mtimes
 
+run_test "overwrite older: older replaced, newer and same age skipped, mtime required" test_overwrite_older
+run_test "overwrite if_different,older: identical and newer skipped, different+older replaced" test_overwrite_if_different_older
+run_test "overwrite older is checked again at commit: 409 exists, reason newer" test_overwrite_older_checked_again_at_commit
 run_test "finished sessions never block a new one; a full table says Retry-After: 2" test_finished_sessions_never_block
 finish
