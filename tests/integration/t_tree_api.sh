@@ -340,6 +340,40 @@ test_overwrite_older_checked_again_at_commit() {
     assert_file_same "$SRC/oc.bin.src" "$DOCROOT/oc.bin"
 }
 
+# list_time DIR: the fastest of three listings of files/DIR/, in milliseconds; the last one stays
+# in $BODY.
+list_time() {
+    local i t best=999999999
+    for i in 1 2 3; do
+        t=$(curl -sS --cacert "$CA" --max-time 60 -u "$DS_USER:$DS_PASSWORD" -o "$BODY" -w '%{time_total}' \
+            "$URL/files/$1/") || fail "listing $1 failed"
+        t=$(awk -v t="$t" 'BEGIN { printf "%d", t * 1000 }')
+        [ "$t" -lt "$best" ] && best=$t
+    done
+    echo "$best"
+}
+
+test_big_listings() {
+    local t2 t20
+    mkdir -p "$DOCROOT/l2k" "$DOCROOT/l20k"
+    (cd "$DOCROOT/l2k" && seq -f 'f-%06g' 1 2000 | xargs touch) || fail "cannot make 2,000 files"
+    # Names with spaces and UTF-8, as real trees have.
+    (cd "$DOCROOT/l20k" && seq -f 'fichier été %06g.bin' 1 20000 | tr '\n' '\0' | xargs -0 touch) ||
+        fail "cannot make 20,000 files"
+    t2=$(list_time l2k)
+    t20=$(list_time l20k)
+    note "listing 2,000 entries: $t2 ms, 20,000 entries: $t20 ms, $(stat -c %s "$BODY") bytes"
+    assert_eq 20000 "$(jq '.entries | length' "$BODY")" "entries listed"
+    assert_eq false "$(jq '.truncated // false' "$BODY")" "not truncated"
+    assert_eq "fichier été 000001.bin|fichier été 020000.bin|file" \
+        "$(jq -r '[.entries[0].name, .entries[-1].name, .entries[0].type] | join("|")' "$BODY")" "first, last, type"
+    assert_eq 20000 "$(jq '[.entries[] | select(.mtime != null and .mtime_ns != null and .size == 0)] | length' "$BODY")" \
+        "every entry has its size and time"
+    # Linear: ten times the entries take about ten times as long (quadratic would be 100).
+    assert_le "$t20" 10000 "milliseconds for 20,000 entries"
+    assert_le "$t20" $((30 * (t2 + 5))) "20,000 entries against 2,000 (ms)"
+}
+
 ds_start_or_bail "all tree API tests"
 
 run_test "MKCOL makes a directory and its parents, 201 then 200" test_mkcol_makes_directories
@@ -353,5 +387,6 @@ run_test "listings and download answers give mtime and mtime_ns for every entry"
 run_test "overwrite older: older replaced, newer and same age skipped, mtime required" test_overwrite_older
 run_test "overwrite if_different,older: identical and newer skipped, different+older replaced" test_overwrite_if_different_older
 run_test "overwrite older is checked again at commit: 409 exists, reason newer" test_overwrite_older_checked_again_at_commit
+run_test "listings of 2,000 and 20,000 entries, linear" test_big_listings
 run_test "finished sessions never block a new one; a full table says Retry-After: 2" test_finished_sessions_never_block
 finish
