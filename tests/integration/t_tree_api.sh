@@ -26,29 +26,40 @@ upload_small() {
     assert_eq 200 "$st" "commit $name: $(head -c 300 "$BODY")"
 }
 
-# Restarts the server on a fresh session table of NSLOTS slots.
+# Restarts the server on a fresh session table of NSLOTS slots, at most PER_USER live ones each.
 restart_with_slots() {
-    local n=$1 xml=$T_TMP/fallback-$1.xml
+    local n=$1 per_user=$2 xml=$T_TMP/fallback-$1.xml
     ds_stop
-    sed -e "s|</shm_path>|-$n</shm_path><max_sessions>$n</max_sessions>|" "$DS_DIR/fallback.xml" >"$xml"
+    sed -e "s|</shm_path>|-$n</shm_path><max_sessions>$n</max_sessions><max_sessions_per_user>$per_user</max_sessions_per_user>|" \
+        "$DS_DIR/fallback.xml" >"$xml"
     ds_start --fallback-xml "$xml" || fail "devserver did not start with max_sessions $n"
 }
 
 test_finished_sessions_never_block() {
     local i st ids=()
-    restart_with_slots 4
+    restart_with_slots 4 3
     # Three times as many files as slots, one after the other: each finished session's slot is
-    # taken by the next one although done_linger (300 s) has not passed.
+    # taken by the next one although done_linger (300 s) has not passed, and finished sessions
+    # do not count against the user's limit of 3 either.
     for ((i = 0; i < 12; i++)); do
         upload_small "many$i.bin" $((i * 100))
         assert_file_same "$SRC/many$i.bin.src" "$DOCROOT/many$i.bin"
     done
-    # Four live sessions fill the table: the fifth is 503 with a short Retry-After.
-    for ((i = 0; i < 4; i++)); do
+    # Three live sessions of demo: the user's limit (503, the same short Retry-After); one of
+    # bob's fills the table: the next one of bob is 503 too.
+    for ((i = 0; i < 3; i++)); do
         ids+=("$(new_session "live$i.bin" 10)")
     done
     st=$(api POST sessions -H 'Content-Type: application/json' \
-        --data '{"direction":"upload","path":"live4.bin","size":10}')
+        --data '{"direction":"upload","path":"live3.bin","size":10}')
+    assert_problem 503 too_many_sessions "$st"
+    assert_eq 2 "$(header Retry-After)" "Retry-After at the user's limit"
+    "$DEVSERVER" adduser bob bob-password --dir "$DS_DIR" --quiet || fail "adduser failed"
+    st=$(api_as bob bob-password POST sessions -H 'Content-Type: application/json' \
+        --data '{"direction":"upload","path":"bob0.bin","size":10}')
+    assert_eq 201 "$st" "bob's first session"
+    st=$(api_as bob bob-password POST sessions -H 'Content-Type: application/json' \
+        --data '{"direction":"upload","path":"bob1.bin","size":10}')
     assert_problem 503 too_many_sessions "$st"
     assert_eq 2 "$(header Retry-After)" "Retry-After of a full table"
     # One cancelled (failed/freed) and the next one fits again.
