@@ -1,10 +1,12 @@
 /* fb_checkpoint: the progress sidecar beside a partial file (DESIGN.md section 5).
  *
  * File layout (host byte order: the sidecar never leaves the machine that wrote it):
- *   ckpt_header (40 bytes); in version 2 with FB_CHECKPOINT_FLAG_SHA256 in header.flags, the
- *   session's expected SHA-256 (32 bytes); then bitmap_words_used 64-bit words
- *   (ceil(nchunks / 64)); then SHA-256 over every preceding byte.
- * Version 1 is the same without the optional digest, its flags word being a reserved 0.
+ *   ckpt_header (40 bytes); with FB_CHECKPOINT_FLAG_SHA256 in header.flags, the session's
+ *   expected SHA-256 (32 bytes); with FB_CHECKPOINT_FLAG_SOURCE_MTIME, the client file's
+ *   modification time (uint64_t ns); then bitmap_words_used 64-bit words (ceil(nchunks / 64));
+ *   then SHA-256 over every preceding byte.
+ * Version 2 is the same without the source mtime; version 1 also without the optional digest,
+ * its flags word being a reserved 0.
  * Writers serialise on an flock of RELNAME.tmp (several Apache children and udpd may checkpoint
  * the same session at once), write and fdatasync it, and rename it over RELNAME, then fsync the
  * directory. A stale RELNAME.tmp left by a crash is simply reused. Readers validate every length
@@ -48,12 +50,22 @@ _Static_assert(offsetof(ckpt_header, version) == 8 && offsetof(ckpt_header, chun
                "checkpoint header layout");
 
 #define CKPT_VERSION_1 1
-#define CKPT_KNOWN_FLAGS FB_CHECKPOINT_FLAG_SHA256
+#define CKPT_VERSION_2 2
+#define CKPT_KNOWN_FLAGS (FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME)
+#define CKPT_MTIME_LEN 8
 #define CKPT_SHA_LEN 32
 _Static_assert(sizeof(((fb_checkpoint *)0)->expected_sha256) == CKPT_SHA_LEN, "expected digest is 32 bytes");
 
 #define CKPT_MAX_LEN                                                                                         \
-    (sizeof(ckpt_header) + CKPT_SHA_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) + CKPT_DIGEST_LEN)
+    (sizeof(ckpt_header) + CKPT_SHA_LEN + CKPT_MTIME_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) +              \
+     CKPT_DIGEST_LEN)
+
+/* Bytes between the header and the bitmap for FLAGS. */
+static size_t ckpt_optional_len(uint32_t flags)
+{
+    return ((flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0) +
+           ((flags & FB_CHECKPOINT_FLAG_SOURCE_MTIME) ? CKPT_MTIME_LEN : 0);
+}
 
 /* Splits RELNAME into its directory part (or ".") and its last component, refusing absolute
  * names, empty, "." and ".." components: the name must stay beneath DIRFD. */
@@ -180,7 +192,7 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
 
     words = ckpt_words(cp->nchunks);
     shalen = (cp->flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
-    bitmap_off = sizeof(hdr) + shalen;
+    bitmap_off = sizeof(hdr) + ckpt_optional_len(cp->flags);
     len = bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN;
     buf = calloc(1, len);
     if (buf == NULL)
@@ -196,6 +208,8 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     memcpy(buf, &hdr, sizeof(hdr));
     if (shalen > 0)
         memcpy(buf + sizeof(hdr), cp->expected_sha256, CKPT_SHA_LEN);
+    if (cp->flags & FB_CHECKPOINT_FLAG_SOURCE_MTIME)
+        memcpy(buf + sizeof(hdr) + shalen, &cp->source_mtime_ns, CKPT_MTIME_LEN);
     memcpy(buf + bitmap_off, cp->bitmap, words * sizeof(uint64_t));
     if (words > 0) { /* bits past the last chunk mean nothing: store them as 0 */
         uint64_t last;
@@ -333,14 +347,16 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
         goto out;
     memcpy(&hdr, buf, sizeof(hdr));
     if (memcmp(hdr.magic, FB_CHECKPOINT_MAGIC, sizeof(hdr.magic)) != 0 ||
-        (hdr.version != FB_CHECKPOINT_VERSION && hdr.version != CKPT_VERSION_1) ||
-        (hdr.version == CKPT_VERSION_1 && hdr.flags != 0) || (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 ||
-        hdr.chunk_size == 0 || hdr.nchunks > FB_BITMAP_BITS ||
+        (hdr.version != FB_CHECKPOINT_VERSION && hdr.version != CKPT_VERSION_2 &&
+         hdr.version != CKPT_VERSION_1) ||
+        (hdr.version == CKPT_VERSION_1 && hdr.flags != 0) ||
+        (hdr.version == CKPT_VERSION_2 && (hdr.flags & FB_CHECKPOINT_FLAG_SOURCE_MTIME) != 0) ||
+        (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 || hdr.chunk_size == 0 || hdr.nchunks > FB_BITMAP_BITS ||
         hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
         goto out;
     words = ckpt_words(hdr.nchunks);
     shalen = (hdr.flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
-    bitmap_off = sizeof(hdr) + shalen;
+    bitmap_off = sizeof(hdr) + ckpt_optional_len(hdr.flags);
     if (hdr.bitmap_words_used != words || len != bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN)
         goto out;
 
@@ -351,6 +367,8 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     cp->flags = hdr.flags;
     if (shalen > 0)
         memcpy(cp->expected_sha256, buf + sizeof(hdr), CKPT_SHA_LEN);
+    if (hdr.flags & FB_CHECKPOINT_FLAG_SOURCE_MTIME)
+        memcpy(&cp->source_mtime_ns, buf + sizeof(hdr) + shalen, CKPT_MTIME_LEN);
     memcpy(cp->bitmap, buf + bitmap_off, words * sizeof(uint64_t));
     if (words > 0 && (cp->bitmap[words - 1] & ~ckpt_last_word_mask(hdr.nchunks)) != 0) {
         memset(cp, 0, sizeof(*cp));

@@ -15,9 +15,11 @@
 #include "fb_table.h"
 
 #define FB_CHECKPOINT_MAGIC "FBCKPT\0\0"
-#define FB_CHECKPOINT_VERSION 2 /* written; version-1 files (no flags, no digest) are still read */
+/* Written; versions 1 (no flags, no digest) and 2 (no source mtime) are still read. */
+#define FB_CHECKPOINT_VERSION 3
 
-#define FB_CHECKPOINT_FLAG_SHA256 1u /* expected_sha256 is set */
+#define FB_CHECKPOINT_FLAG_SHA256 1u       /* expected_sha256 is set */
+#define FB_CHECKPOINT_FLAG_SOURCE_MTIME 2u /* source_mtime_ns is set (version 3) */
 
 typedef struct fb_checkpoint {
     uint64_t size;
@@ -30,6 +32,10 @@ typedef struct fb_checkpoint {
     /* The digest the upload was created with (POST sessions "sha256"), if FLAG_SHA256: a resume
      * joins this checkpoint only with the same expectation. All zero otherwise. */
     uint8_t expected_sha256[32];
+    /* The client's modification time of its file (the slot's info.source_mtime_ns), if
+     * FLAG_SOURCE_MTIME; 0 otherwise. Kept so that what the partial file was written for is on
+     * record with it. */
+    uint64_t source_mtime_ns;
     uint64_t bitmap[FB_BITMAP_WORDS];
 } fb_checkpoint;
 
@@ -40,12 +46,13 @@ typedef struct fb_checkpoint {
  * RELNAME.tmp is reused. The file gets mode 0660 (Apache and udpd may share only a group).
  * Bits past NCHUNKS are stored as 0. FB_ERR_INTERNAL if CP is inconsistent (chunk_size 0,
  * nchunks not ceil(size / chunk_size), more than FB_BITMAP_BITS, or unknown FLAGS bits).
- * Always writes version 2; expected_sha256 is stored only with FB_CHECKPOINT_FLAG_SHA256. */
+ * Always writes version 3; expected_sha256 is stored only with FB_CHECKPOINT_FLAG_SHA256,
+ * source_mtime_ns only with FB_CHECKPOINT_FLAG_SOURCE_MTIME. */
 fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *cp);
 
-/* Reads and validates (every length, the field consistency and the SHA-256). Version-1 and
- * version-2 files; a version-1 file reads as FLAGS 0. FB_ERR_NOT_FOUND if absent; FB_ERR_IO if
- * damaged, of an unknown version or with unknown flags, or a symlink. */
+/* Reads and validates (every length, the field consistency and the SHA-256). Version-1, -2 and
+ * -3 files; a version-1 file reads as FLAGS 0, FLAG_SOURCE_MTIME only in version 3. FB_ERR_NOT_FOUND if
+ * absent; FB_ERR_IO if damaged, of an unknown version or with unknown flags, or a symlink. */
 fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname);
 
 /* Removes the checkpoint and any stale RELNAME.tmp (missing is not an error). */

@@ -595,6 +595,40 @@ static int slot_try_take(fb_slot *slot, uint32_t state, uint64_t now_ns, uint32_
     return 0;
 }
 
+/* Takes the DONE/FAILED slot that finished longest ago, whatever DONE_LINGER says: a finished
+ * session never stands in the way of a new one. Another claimer may take the chosen slot first:
+ * then look again (bounded; each lost race means someone else got a slot). */
+#define CLAIM_OLDEST_ATTEMPTS 64
+static int table_take_oldest_finished(fb_table *table, uint32_t *pindex, uint64_t now_ns)
+{
+    for (int attempt = 0; attempt < CLAIM_OLDEST_ATTEMPTS; attempt++) {
+        uint32_t best = UINT32_MAX, best_state = 0;
+        uint64_t best_since = UINT64_MAX;
+
+        for (uint32_t i = 0; i < table->nslots; i++) {
+            fb_slot *slot = fb_table_slot(table, i);
+            uint32_t state = atomic_load_explicit(&slot->state, memory_order_acquire);
+            uint64_t since;
+
+            if (state != FB_SLOT_DONE && state != FB_SLOT_FAILED)
+                continue;
+            since = atomic_load_explicit(&slot->state_since_ns, memory_order_relaxed);
+            if (best == UINT32_MAX || since < best_since) {
+                best = i;
+                best_state = state;
+                best_since = since;
+            }
+        }
+        if (best == UINT32_MAX)
+            return 0;
+        if (slot_try_take(fb_table_slot(table, best), best_state, now_ns, 0, 0)) {
+            *pindex = best;
+            return 1;
+        }
+    }
+    return 0;
+}
+
 fb_err fb_table_claim(fb_table *table, uint32_t *pindex, uint64_t now_ns, uint32_t idle_timeout_s,
                       uint32_t done_linger_s)
 {
@@ -602,8 +636,13 @@ fb_err fb_table_claim(fb_table *table, uint32_t *pindex, uint64_t now_ns, uint32
     uint32_t start = atomic_fetch_add_explicit(&table->cursor, 1, memory_order_relaxed) % n;
 
     /* Pass 0: free slots. Pass 1: abandoned claims, dead finalisers (recovered to ACTIVE) and
-     * expired DONE/FAILED. Pass 2: idle ACTIVE sessions, the last resort. */
+     * DONE/FAILED past their linger. Then the finished slot that finished longest ago, and only
+     * after that (pass 2) idle ACTIVE sessions, the last resort. */
     for (int pass = 0; pass < 3; pass++) {
+        if (pass == 2 && table_take_oldest_finished(table, pindex, now_ns)) {
+            slot_init_claimed(fb_table_slot(table, *pindex), now_ns);
+            return FB_OK;
+        }
         for (uint32_t k = 0; k < n; k++) {
             uint32_t i = (start + k) % n;
             fb_slot *slot = fb_table_slot(table, i);

@@ -65,11 +65,14 @@ typedef enum fb_direction { FB_DIR_UPLOAD = 1, FB_DIR_DOWNLOAD = 2 } fb_directio
 typedef enum fb_overwrite {
     FB_OVERWRITE_NEVER = 0,
     FB_OVERWRITE_ALWAYS = 1,
-    FB_OVERWRITE_IF_DIFFERENT = 2
+    FB_OVERWRITE_IF_DIFFERENT = 2,
+    FB_OVERWRITE_OLDER = 3,              /* only a target older than the source's mtime */
+    FB_OVERWRITE_IF_DIFFERENT_OLDER = 4, /* only an older target that also differs */
 } fb_overwrite;
 
 #define FB_SLOT_FLAG_EXPECTED_SHA256 1u /* expected_sha256 is set */
 #define FB_SLOT_FLAG_RESUMED 2u         /* progress was loaded from a checkpoint */
+#define FB_SLOT_FLAG_SOURCE_MTIME 4u    /* source_mtime_ns is set (0 is a valid time) */
 
 /* Descriptive fields: written only while CLAIMED, under the seqlock. */
 typedef struct fb_slot_info {
@@ -93,8 +96,9 @@ typedef struct fb_slot_info {
      * times in ns since the epoch): udpd only vouches for a file that is still this one
      * (PROTOCOL.md 8.5). All 0 for an upload. */
     uint64_t file_dev, file_ino, file_mtime_ns, file_ctime_ns;
-    /* Upload: the modification time of the client's file (ns since the epoch; 0 = not given),
-     * applied to the target at commit and compared under the "older" overwrite policies. */
+    /* Upload: the modification time of the client's file (ns since the epoch; given when
+     * FB_SLOT_FLAG_SOURCE_MTIME is set), applied to the target at commit and compared under the
+     * "older" overwrite policies. */
     uint64_t source_mtime_ns;
     /* Upload: what the client says identifies its file's content (opaque; all 0 = not given).
      * Progress is only resumed for the same identity. */
@@ -197,11 +201,13 @@ uint32_t fb_table_chunk_size_for(uint64_t size, uint32_t preferred);
 uint64_t fb_table_nchunks_for(uint64_t size, uint32_t chunk_size);
 
 /* Claims a slot for the caller (state CLAIMED, owner_pid = getpid(), generation bumped, info and
- * bitmap zeroed, counters reset). Reuses FREE slots first, then DONE/FAILED slots older than
- * DONE_LINGER seconds, ACTIVE ones idle for IDLE_TIMEOUT seconds, and CLAIMED/FINALISING ones
- * whose owner process no longer exists (a dead FINALISING one is first recovered to ACTIVE).
- * NOW_NS is CLOCK_REALTIME. IDLE_TIMEOUT_S 0 means ACTIVE slots are never taken; DONE_LINGER_S 0
- * means DONE/FAILED slots are taken at once. FB_ERR_TABLE_FULL when none. */
+ * bitmap zeroed, counters reset). Reuses FREE slots first, then CLAIMED/FINALISING ones whose
+ * owner process no longer exists (a dead FINALISING one is first recovered to ACTIVE) and
+ * DONE/FAILED slots older than DONE_LINGER seconds; then, when none of those is left, the
+ * DONE/FAILED slot that finished longest ago however recently (DONE_LINGER only says how long a
+ * finished session stays visible while there is room); last, ACTIVE ones idle for IDLE_TIMEOUT
+ * seconds. NOW_NS is CLOCK_REALTIME. IDLE_TIMEOUT_S 0 means ACTIVE slots are never taken.
+ * FB_ERR_TABLE_FULL when every slot holds a live session. */
 fb_err fb_table_claim(fb_table *table, uint32_t *pindex, uint64_t now_ns, uint32_t idle_timeout_s,
                       uint32_t done_linger_s);
 

@@ -212,6 +212,38 @@ uint64_t fb_timespec_ns(const struct timespec *t)
     return t->tv_sec < 0 ? 0 : (uint64_t)t->tv_sec * 1000000000ull + (uint64_t)t->tv_nsec;
 }
 
+fb_err fb_mtime_parse(uint64_t *pns, const char *s)
+{
+    uint64_t sec = 0, frac = 0;
+    size_t i = 0, nd;
+
+    if (s == NULL)
+        return FB_ERR_BAD_REQUEST;
+    for (nd = 0; s[i] >= '0' && s[i] <= '9'; i++, nd++) {
+        if (nd == 10)
+            return FB_ERR_BAD_REQUEST;
+        sec = sec * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (nd == 0 || sec > FB_MTIME_MAX_S)
+        return FB_ERR_BAD_REQUEST;
+    if (s[i] == '.') {
+        i++;
+        for (nd = 0; s[i] >= '0' && s[i] <= '9'; i++, nd++) {
+            if (nd == 9)
+                return FB_ERR_BAD_REQUEST;
+            frac = frac * 10 + (uint64_t)(s[i] - '0');
+        }
+        if (nd == 0)
+            return FB_ERR_BAD_REQUEST;
+        for (; nd < 9; nd++) /* a decimal fraction: scale to ns */
+            frac *= 10;
+    }
+    if (s[i] != '\0')
+        return FB_ERR_BAD_REQUEST;
+    *pns = sec * 1000000000ull + frac;
+    return FB_OK;
+}
+
 int64_t fb_time_real_minus_mono_us(void)
 {
     return (int64_t)(fb_time_now_ns() / 1000) - (int64_t)(fb_time_mono_ns() / 1000);

@@ -62,6 +62,16 @@ int fb_sock_tcp_pace(int fd);
 struct timespec;
 uint64_t fb_timespec_ns(const struct timespec *t);
 
+/* Modification times that clients send (POST sessions "mtime"/"mtime_ns", the MKCOL header
+ * X-Fallback-Mtime): whole seconds since the epoch from 0 to FB_MTIME_MAX_S (year 2286), so the
+ * time in ns always fits a uint64_t. */
+#define FB_MTIME_MAX_S 9999999999ull
+/* Parses "<seconds>[.<fraction>]": 1 to 10 decimal digits, then optionally "." and 1 to 9
+ * digits of a decimal fraction ("1.5" is 1 s + 500000000 ns, "1.000000005" 1 s + 5 ns); nothing
+ * else, no sign, no spaces. *PNS receives the time in ns since the epoch. FB_ERR_BAD_REQUEST
+ * otherwise. */
+fb_err fb_mtime_parse(uint64_t *pns, const char *s);
+
 /* Constant-time comparison; 1 if equal. */
 int fb_mem_equal_ct(const void *a, const void *b, size_t len);
 

@@ -599,8 +599,10 @@ static int route(mod_fallback_req *req, const char *rem)
     if (!is_route(rem))
         return mod_fallback_problem(req, FB_ERR_NOT_FOUND, NULL);
     /* files or files/...: the rest of r->uri, already %-decoded by Apache */
+    if (m == M_MKCOL)
+        return mod_fallback_files_mkcol(req, rem[5] == '/' ? rem + 6 : rem + 5);
     if (m != M_GET)
-        return method_not_allowed(req, "GET, HEAD");
+        return method_not_allowed(req, "GET, HEAD, MKCOL");
     return mod_fallback_files_get(req, rem[5] == '/' ? rem + 6 : rem + 5);
 }
 

@@ -353,6 +353,11 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
         c->cp->flags = FB_CHECKPOINT_FLAG_SHA256;
         memcpy(c->cp->expected_sha256, info->expected_sha256, sizeof(c->cp->expected_sha256));
     }
+    /* And the client file's modification time, so that it is on record beside the data. */
+    if (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) {
+        c->cp->flags |= FB_CHECKPOINT_FLAG_SOURCE_MTIME;
+        c->cp->source_mtime_ns = info->source_mtime_ns;
+    }
     e = mod_fallback_open_parent(&c->parent_fd, req, info->relpath);
     if (e == FB_OK) {
         c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC); /* read: digest */

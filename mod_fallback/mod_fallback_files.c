@@ -1,4 +1,5 @@
-/* mod_fallback_files.c: GET/HEAD BASE/files/{path}, the download path over HTTP(S).
+/* mod_fallback_files.c: GET/HEAD BASE/files/{path}, the download path over HTTP(S), and MKCOL
+ * BASE/files/{path}, which makes a directory (the empty directories of a tree copy).
  *
  * A regular file goes out as one file bucket + EOS with ETag, Last-Modified and Accept-Ranges,
  * so Apache's own byterange filter serves Range (single and multiple) and If-Range, and
@@ -32,7 +33,7 @@ typedef struct listing_entry {
     const char *name;
     const char *type; /* "file", "dir", "other" */
     apr_off_t size;
-    apr_int64_t mtime;
+    struct timespec mtime;
 } listing_entry;
 
 /* True if some component of RAW is a partial or checkpoint name. */
@@ -85,6 +86,14 @@ static int send_file(mod_fallback_req *req, int fd)
     }
     ap_update_mtime(r, r->finfo.mtime);
     ap_set_last_modified(r);
+    {
+        struct stat sb; /* Last-Modified has whole seconds; a copy keeps the nanoseconds too */
+
+        if (fstat(fd, &sb) == 0 && sb.st_mtim.tv_sec >= 0)
+            apr_table_setn(r->headers_out, "X-Fallback-Mtime",
+                           apr_psprintf(r->pool, "%" APR_INT64_T_FMT ".%09ld", (apr_int64_t)sb.st_mtim.tv_sec,
+                                        (long)sb.st_mtim.tv_nsec));
+    }
     ap_set_etag_fd(r, f);
     ap_set_accept_ranges(r);
     ap_set_content_length(r, r->finfo.size);
@@ -161,7 +170,7 @@ static int send_listing(mod_fallback_req *req, int fd, const char *relpath)
         le->name = apr_pstrdup(r->pool, name);
         le->type = S_ISREG(sb.st_mode) ? "file" : S_ISDIR(sb.st_mode) ? "dir" : "other";
         le->size = sb.st_size;
-        le->mtime = sb.st_mtime;
+        le->mtime = sb.st_mtim;
     }
     closedir(dir);
 
@@ -175,12 +184,12 @@ static int send_listing(mod_fallback_req *req, int fd, const char *relpath)
         if (name == NULL)
             continue;
         item = json_pack("{s:o, s:s}", "name", name, "type", le->type);
-        if (item != NULL && strcmp(le->type, "file") == 0) {
+        if (item == NULL)
+            continue;
+        if (strcmp(le->type, "file") == 0)
             json_object_set_new(item, "size", json_integer((json_int_t)le->size));
-            json_object_set_new(item, "mtime", json_integer((json_int_t)le->mtime));
-        }
-        if (item != NULL)
-            json_array_append_new(arr, item);
+        mod_fallback_json_set_mtime(item, &le->mtime);
+        json_array_append_new(arr, item);
     }
     doc = arr ? json_pack("{s:s, s:o}", "path", relpath, "entries", arr) : NULL;
     if (doc != NULL && truncated)
@@ -226,4 +235,101 @@ int mod_fallback_files_get(mod_fallback_req *req, const char *raw)
     if (S_ISDIR(sb.st_mode))
         return send_listing(req, fd, relpath);
     return mod_fallback_problem(req, FB_ERR_NOT_FOUND, "not a regular file or directory");
+}
+
+/* Opens RELPATH beneath the docroot as a directory. *PNOTDIR is set when something that is not
+ * a directory (a file, a symlink to one, a dangling symlink) stands at RELPATH or above it. */
+static fb_err open_dir(int *pfd, int *pnotdir, mod_fallback_req *req, const char *relpath)
+{
+    fb_err e = fb_path_open_beneath(pfd, req->docroot_fd, relpath[0] ? relpath : ".",
+                                    O_RDONLY | O_DIRECTORY | O_NONBLOCK | O_CLOEXEC, 0);
+
+    *pnotdir = e != FB_OK && errno == ENOTDIR;
+    return e;
+}
+
+/* Creates RELPATH's last component (its parents exist by now). Losing a race to another
+ * creator is fine: the caller opens whatever is there. */
+static fb_err make_leaf(mod_fallback_req *req, const char *relpath, int *pcreated)
+{
+    int parent_fd = -1;
+    fb_err e = mod_fallback_open_parent(&parent_fd, req, relpath);
+
+    if (e != FB_OK)
+        return e;
+    if (mkdirat(parent_fd, mod_fallback_basename(relpath), MOD_FALLBACK_DIR_MODE) == 0)
+        *pcreated = 1;
+    else if (errno != EEXIST)
+        e = fb_err_from_errno(errno);
+    mod_fallback_fd_close_now(req->r->pool, parent_fd);
+    return e;
+}
+
+int mod_fallback_files_mkcol(mod_fallback_req *req, const char *raw)
+{
+    request_rec *r = req->r;
+    const char *cl = apr_table_get(r->headers_in, "Content-Length");
+    const char *hdr = apr_table_get(r->headers_in, "X-Fallback-Mtime");
+    char relpath[FB_PATH_MAX + 1];
+    uint64_t mtime_ns = 0;
+    int fd = -1, notdir = 0, created = 0, rc;
+    struct stat sb;
+    json_t *doc;
+    fb_err e;
+
+    /* RFC 4918 9.3: a body MKCOL does not understand is refused (here: any body). */
+    if (apr_table_get(r->headers_in, "Transfer-Encoding") != NULL || (cl != NULL && strcmp(cl, "0") != 0))
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "MKCOL takes no request body");
+    if (hdr != NULL && fb_mtime_parse(&mtime_ns, hdr) != FB_OK)
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                    "X-Fallback-Mtime must be <seconds>[.<fraction>], 0 to 9999999999 s");
+    e = fb_path_check(relpath, sizeof(relpath), raw);
+    if (e != FB_OK)
+        return mod_fallback_problem(req, e, NULL);
+    rc = mod_fallback_docroot_open(req);
+    if (req->docroot_fd < 0)
+        return rc;
+
+    e = open_dir(&fd, &notdir, req, relpath);
+    if (e == FB_ERR_NOT_FOUND && !notdir) {
+        e = fb_path_mkdirs_beneath(req->docroot_fd, relpath);
+        if (e == FB_ERR_BAD_PATH) /* a parent is not a directory */
+            return mod_fallback_problem_ext(req, FB_ERR_EXISTS, "a parent of the path is not a directory",
+                                            json_pack("{s:s}", "target", "file"));
+        if (e == FB_OK)
+            e = make_leaf(req, relpath, &created);
+        if (e == FB_OK)
+            e = open_dir(&fd, &notdir, req, relpath);
+    }
+    if (e != FB_OK) {
+        if (notdir || e == FB_ERR_NOT_FOUND) /* NOT_FOUND here: a dangling symlink is in the way */
+            return mod_fallback_problem_ext(req, FB_ERR_EXISTS, "something that is not a directory is there",
+                                            json_pack("{s:s}", "target", "file"));
+        if (e != FB_ERR_PATH_ESCAPE && e != FB_ERR_PERMISSION && e != FB_ERR_DISK_FULL)
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00540) "cannot make the directory '%s': %s",
+                          relpath, fb_err_message(e));
+        return mod_fallback_problem(req, e, NULL);
+    }
+    mod_fallback_fd_close_on_cleanup(r->pool, fd);
+    /* The docroot's own times are the admin's: a path of "" changes nothing. */
+    if (hdr != NULL && relpath[0] != '\0' && mod_fallback_fd_set_mtime(fd, &mtime_ns) != 0) {
+        int err = errno;
+
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, APR_FROM_OS_ERROR(err), r,
+                      FBLOGNO(00541) "cannot set the times of the directory '%s'", relpath);
+        return mod_fallback_problem(req, err == EPERM || err == EACCES ? FB_ERR_PERMISSION : FB_ERR_IO,
+                                    "cannot set the directory's modification time");
+    }
+    if (fstat(fd, &sb) != 0)
+        return mod_fallback_problem(req, FB_ERR_IO, NULL);
+    doc = json_pack("{s:s, s:s, s:b}", "path", relpath, "type", "dir", "created", created);
+    if (doc != NULL)
+        mod_fallback_json_set_mtime(doc, &sb.st_mtim);
+    if (created) {
+        apr_table_setn(r->headers_out, "Location",
+                       apr_pstrcat(r->pool, req->base, "/files/", ap_escape_uri(r->pool, relpath), NULL));
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00542) "directory '%s' made for '%s'", relpath,
+                      req->user);
+    }
+    return mod_fallback_json_reply(req, created ? HTTP_CREATED : HTTP_OK, doc, 0);
 }

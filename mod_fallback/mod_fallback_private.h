@@ -84,6 +84,12 @@ fb_err mod_fallback_split_parent(const char **pparent, const char **pbase, apr_p
 fb_err mod_fallback_open_parent(int *pfd, mod_fallback_req *req, const char *relpath);
 const char *mod_fallback_basename(const char *relpath);
 fb_err mod_fallback_sha256_hex_parse(unsigned char out[32], json_t *value);
+/* Sets FD's modification time to *MTIME_NS (ns since the epoch), or to now if MTIME_NS is NULL;
+ * the access time to now. 0, or -1 with errno. */
+int mod_fallback_fd_set_mtime(int fd, const uint64_t *mtime_ns);
+/* Sets OBJ's "mtime" (whole seconds since the epoch) and "mtime_ns" (the nanoseconds part). */
+struct timespec;
+void mod_fallback_json_set_mtime(json_t *obj, const struct timespec *t);
 
 /* mod_fallback_sessions.c */
 int mod_fallback_sessions_create(mod_fallback_req *req);
@@ -115,5 +121,9 @@ void mod_fallback_daemon_register_hooks(void);
 
 /* mod_fallback_files.c */
 int mod_fallback_files_get(mod_fallback_req *req, const char *relpath);
+/* MKCOL: makes the directory RELPATH (and its parents) beneath the docroot. */
+int mod_fallback_files_mkcol(mod_fallback_req *req, const char *relpath);
+/* Mode of directories the module makes (before the umask), as mkdir -p does. */
+#define MOD_FALLBACK_DIR_MODE 0755
 
 #endif

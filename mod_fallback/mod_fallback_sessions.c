@@ -79,8 +79,8 @@ int mod_fallback_session_lookup(mod_fallback_req *req, const char *id, uint32_t 
     return OK;
 }
 
-/* ETag exactly as BASE/files/{path} would send it (same FileETag settings), and mtime. */
-static void file_validators(mod_fallback_req *req, int fd, const char **petag, apr_time_t *pmtime)
+/* ETag exactly as BASE/files/{path} would send it (same FileETag settings). */
+static void file_validators(mod_fallback_req *req, int fd, const char **petag)
 {
     request_rec *r = req->r;
     apr_os_file_t ofd = fd;
@@ -89,7 +89,6 @@ static void file_validators(mod_fallback_req *req, int fd, const char **petag, a
     etag_rec er;
 
     *petag = NULL;
-    *pmtime = 0;
     /* apr_os_file_put registers no cleanup: FD stays owned by the caller. */
     if (apr_os_file_put(&f, &ofd, APR_FOPEN_READ, r->pool) != APR_SUCCESS ||
         apr_file_info_get(&fi, APR_FINFO_NORM, f) != APR_SUCCESS)
@@ -99,7 +98,6 @@ static void file_validators(mod_fallback_req *req, int fd, const char **petag, a
     er.finfo = &fi;
     er.fd = f;
     *petag = ap_make_etag_ex(r, &er);
-    *pmtime = fi.mtime;
 }
 
 /* udpd stores its pid in the table header and bumps the heartbeat every second while it runs
@@ -191,15 +189,17 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
     else {
         int fd = -1;
         const char *etag = NULL;
-        apr_time_t mtime = 0;
+        struct stat sb;
 
         if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0) == FB_OK) {
-            file_validators(req, fd, &etag, &mtime);
+            file_validators(req, fd, &etag);
+            if (etag != NULL && fstat(fd, &sb) != 0)
+                etag = NULL;
             close(fd);
         }
         if (etag != NULL) {
             json_object_set_new(doc, "etag", json_string(etag));
-            json_object_set_new(doc, "mtime", json_integer((json_int_t)apr_time_sec(mtime)));
+            mod_fallback_json_set_mtime(doc, &sb.st_mtim);
         }
     }
     if (with_stats) {
@@ -215,10 +215,12 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
 }
 
 /* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE. */
-/* FILE: a download's file as opened now (NULL for an upload). */
-static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath, uint64_t size,
-                        uint32_t chunk_size, fb_overwrite overwrite, unsigned mode, uint32_t flags,
-                        const unsigned char *sha256, const struct stat *file)
+/* FILE: a download's file as opened now (NULL for an upload). SOURCE_MTIME_NS: an upload's
+ * client file time (NULL: not given). */
+static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath,
+                        uint64_t size, uint32_t chunk_size, fb_overwrite overwrite, unsigned mode,
+                        uint32_t flags, const unsigned char *sha256, const struct stat *file,
+                        const uint64_t *source_mtime_ns)
 {
     fb_slot_info *info = &slot->info;
     fb_err e;
@@ -248,6 +250,9 @@ static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction
     info->file_ino = file != NULL ? (uint64_t)file->st_ino : 0;
     info->file_mtime_ns = file != NULL ? fb_timespec_ns(&file->st_mtim) : 0;
     info->file_ctime_ns = file != NULL ? fb_timespec_ns(&file->st_ctim) : 0;
+    info->source_mtime_ns = source_mtime_ns != NULL ? *source_mtime_ns : 0;
+    if (source_mtime_ns != NULL)
+        info->flags |= FB_SLOT_FLAG_SOURCE_MTIME;
     fb_slot_info_write_end(slot);
     return e;
 }
@@ -360,7 +365,8 @@ static int create_download(mod_fallback_req *req, const char *relpath)
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, FBLOGNO(00201) "no free session slot: %s", fb_err_message(e));
         return mod_fallback_problem(req, e, NULL);
     }
-    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0, NULL, &sb);
+    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0,
+                  NULL, &sb, NULL);
     if (e != FB_OK || !publish_slot(slot)) {
         fb_slot_release(slot);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00202) "cannot set up download session");
@@ -470,24 +476,40 @@ static int same_expectation(const unsigned char *expected, uint32_t has, const u
     return has && fb_mem_equal_ct(sha, expected, FB_SHA256_LEN);
 }
 
-static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size)
+/* REASON: "identical" (if_different) or "newer" (the older policies). */
+static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size, const char *reason)
 {
-    json_t *doc = json_pack("{s:s, s:s, s:I, s:s, s:b, s:I, s:I, s:[]}", "direction", "upload", "path", relpath, "size",
-                            (json_int_t)size, "state", "done", "skipped", 1, "received_bytes", (json_int_t)size,
-                            "missing_bytes", (json_int_t)0, "missing");
+    json_t *doc =
+        json_pack("{s:s, s:s, s:I, s:s, s:b, s:s, s:I, s:I, s:[]}", "direction", "upload", "path", relpath,
+                  "size", (json_int_t)size, "state", "done", "skipped", 1, "reason", reason, "received_bytes",
+                  (json_int_t)size, "missing_bytes", (json_int_t)0, "missing");
     return mod_fallback_json_reply(req, HTTP_OK, doc, 0);
 }
 
+static int policy_needs_older(fb_overwrite ow)
+{
+    return ow == FB_OVERWRITE_OLDER || ow == FB_OVERWRITE_IF_DIFFERENT_OLDER;
+}
+
+/* 1 if the target SB may be replaced under an "older" policy: its modification time is
+ * strictly before the source's (SOURCE_MTIME_NS). */
+static int target_is_older(const struct stat *sb, uint64_t source_mtime_ns)
+{
+    return fb_timespec_ns(&sb->st_mtim) < source_mtime_ns;
+}
+
 /* Applies the overwrite policy to an existing target. Returns -1 to go on, 1 if the upload
- * can be skipped (same content), or a handler result after answering. ASK_DIGEST: under
- * if_different without a digest, a regular file of the same size is answered 409 "target":
- * "file" (it may be identical: ask again with the digest) instead of being replaced. */
-static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size, fb_overwrite ow,
-                        const unsigned char *sha256, int ask_digest)
+ * can be skipped (*PREASON says why: "identical" or "newer"), or a handler result after
+ * answering. ASK_DIGEST: under if_different(,older) without a digest, a regular file of the same
+ * size is answered 409 "target": "file" (it may be identical: ask again with the digest) instead
+ * of being replaced. SOURCE_MTIME_NS is required (non-NULL) by the older policies. */
+static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size,
+                        fb_overwrite ow, const unsigned char *sha256, int ask_digest,
+                        const uint64_t *source_mtime_ns, const char **preason)
 {
     struct stat sb;
     unsigned char digest[FB_SHA256_LEN];
-    int fd, same;
+    int fd, same, if_different = ow == FB_OVERWRITE_IF_DIFFERENT || ow == FB_OVERWRITE_IF_DIFFERENT_OLDER;
 
     if (fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
         if (errno == ENOENT)
@@ -500,28 +522,34 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
                                         json_pack("{s:s}", "target", "directory"));
     if (ow == FB_OVERWRITE_NEVER)
         return mod_fallback_problem(req, FB_ERR_EXISTS, NULL);
-    if (ow == FB_OVERWRITE_IF_DIFFERENT && sha256 == NULL && ask_digest && S_ISREG(sb.st_mode) &&
-        (uint64_t)sb.st_size == size)
+    /* The age first: a newer target is kept whatever its content (and is not read). */
+    if (policy_needs_older(ow) && (source_mtime_ns == NULL || !target_is_older(&sb, *source_mtime_ns))) {
+        *preason = "newer";
+        return 1;
+    }
+    if (if_different && sha256 == NULL && ask_digest && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == size)
         return mod_fallback_problem_ext(req, FB_ERR_EXISTS,
                                         "a file of this size is at the target: ask again with the sha256",
                                         json_pack("{s:s}", "target", "file"));
-    if (ow != FB_OVERWRITE_IF_DIFFERENT || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
+    if (!if_different || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
         return -1;
     fd = openat(parent_fd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return -1;
     same = fb_sha256_fd(digest, fd, size) == FB_OK && fb_mem_equal_ct(digest, sha256, FB_SHA256_LEN);
     close(fd);
+    *preason = "identical";
     return same ? 1 : -1;
 }
 
 static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
-                         const unsigned char *sha256, int ask_digest, unsigned mode)
+                         const unsigned char *sha256, int ask_digest, unsigned mode,
+                         const uint64_t *source_mtime_ns)
 {
     request_rec *r = req->r;
     const fb_config *cfg = req->cfg;
     char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
-    const char *base, *partbase, *ckptbase;
+    const char *base, *partbase, *ckptbase, *skip_reason = NULL;
     uint32_t cs = 0, idx = 0;
     uint64_t nchunks;
     fb_checkpoint *cp = NULL;
@@ -556,9 +584,9 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
                       fb_err_message(e));
         return mod_fallback_problem(req, e, "cannot create the target's directory");
     }
-    rc = check_target(req, parent_fd, base, size, ow, sha256, ask_digest);
+    rc = check_target(req, parent_fd, base, size, ow, sha256, ask_digest, source_mtime_ns, &skip_reason);
     if (rc == 1)
-        return reply_skipped(req, relpath, size);
+        return reply_skipped(req, relpath, size, skip_reason);
     if (rc != -1)
         return rc;
 
@@ -678,7 +706,8 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         rc = mod_fallback_problem(req, e, NULL);
         goto leave;
     }
-    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0, sha256, NULL);
+    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0,
+                  sha256, NULL, source_mtime_ns);
     if (e == FB_OK && resumed) {
         uint64_t i;
         for (i = 0; i < nchunks; i++)
@@ -728,6 +757,33 @@ static int parse_mode(unsigned *pmode, const char *s)
     return 1;
 }
 
+/* "mtime" (integer seconds since the epoch, 0 to FB_MTIME_MAX_S) and "mtime_ns" (its
+ * nanoseconds part, 0 to 999999999; only with "mtime"): *PNS in ns, *PHAS 0 when absent.
+ * Returns -1 to go on, or the handler result of a 400 answer. */
+static int parse_source_mtime(mod_fallback_req *req, json_t *doc, uint64_t *pns, int *phas)
+{
+    json_t *v = json_object_get(doc, "mtime"), *vns = json_object_get(doc, "mtime_ns");
+    json_int_t s, ns = 0;
+
+    *phas = 0;
+    if (v == NULL || json_is_null(v)) {
+        if (vns != NULL && !json_is_null(vns))
+            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mtime_ns is only valid with mtime");
+        return -1;
+    }
+    if (!json_is_integer(v) || (s = json_integer_value(v)) < 0 || (uint64_t)s > FB_MTIME_MAX_S)
+        return mod_fallback_problem(
+            req, FB_ERR_BAD_REQUEST,
+            "mtime must be an integer number of seconds since the epoch, 0 to 9999999999");
+    if (vns != NULL && !json_is_null(vns) &&
+        (!json_is_integer(vns) || (ns = json_integer_value(vns)) < 0 || ns > 999999999))
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                    "mtime_ns must be an integer from 0 to 999999999");
+    *pns = (uint64_t)s * 1000000000ull + (uint64_t)ns;
+    *phas = 1;
+    return -1;
+}
+
 int mod_fallback_sessions_create(mod_fallback_req *req)
 {
     char relpath[FB_PATH_MAX + 1];
@@ -738,8 +794,9 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
     const unsigned char *shap = NULL;
     unsigned mode;
     json_int_t size;
+    uint64_t mtime_ns = 0;
     fb_err e;
-    int rc, ask_digest = 0;
+    int rc, ask_digest = 0, has_mtime = 0;
 
     rc = mod_fallback_read_json(req, &doc);
     if (doc == NULL)
@@ -780,9 +837,15 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
             ow = FB_OVERWRITE_ALWAYS;
         else if (strcmp(o, "if_different") == 0)
             ow = FB_OVERWRITE_IF_DIFFERENT;
+        else if (strcmp(o, "older") == 0)
+            ow = FB_OVERWRITE_OLDER;
+        else if (strcmp(o, "if_different,older") == 0)
+            ow = FB_OVERWRITE_IF_DIFFERENT_OLDER;
         else
-            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
-                                        "overwrite must be \"never\", \"always\" or \"if_different\"");
+            return mod_fallback_problem(
+                req, FB_ERR_BAD_REQUEST,
+                "overwrite must be \"never\", \"always\", \"if_different\", \"older\" or "
+                "\"if_different,older\"");
     }
 
     v = json_object_get(doc, "sha256");
@@ -806,7 +869,15 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
             return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mode must be an octal string such as \"0644\"");
     }
 
-    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode);
+    rc = parse_source_mtime(req, doc, &mtime_ns, &has_mtime);
+    if (rc != -1)
+        return rc;
+    if (policy_needs_older(ow) && !has_mtime)
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                    "overwrite \"older\" and \"if_different,older\" need the file's mtime");
+
+    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode,
+                         has_mtime ? &mtime_ns : NULL);
 }
 
 int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)
@@ -905,14 +976,35 @@ static int reply_done(mod_fallback_req *req, const char *id, fb_slot *slot, cons
     return reply_committed(req, id, info, sha);
 }
 
-/* Moves the slot out of FINALISING after a failed commit and answers. */
-static int commit_fail(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code, const char *detail)
+/* Moves the slot out of FINALISING after a failed commit and answers (with EXTRA's members,
+ * whose reference is taken; may be NULL). */
+static int commit_fail_ext(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
+                           const char *detail, json_t *extra)
 {
     if (to == FB_SLOT_FAILED)
         atomic_store(&slot->error_code, (uint32_t)code);
     if (!fb_slot_transition(slot, FB_SLOT_FINALISING, to))
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r, FBLOGNO(00213) "session left FINALISING unexpectedly");
-    return mod_fallback_problem(req, code, detail);
+    return mod_fallback_problem_ext(req, code, detail, extra);
+}
+
+static int commit_fail(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
+                       const char *detail)
+{
+    return commit_fail_ext(req, slot, to, code, detail, NULL);
+}
+
+/* Under the older policies the target may have changed since the session was created: 1 if a
+ * target (other than a directory, which the rename refuses anyway) is there now that is not
+ * older than the upload's source. */
+static int target_now_newer(int parent_fd, const char *base, const fb_slot_info *info)
+{
+    struct stat sb;
+
+    if (!policy_needs_older((fb_overwrite)info->overwrite) ||
+        fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(sb.st_mode))
+        return 0;
+    return !(info->flags & FB_SLOT_FLAG_SOURCE_MTIME) || !target_is_older(&sb, info->source_mtime_ns);
 }
 
 static int rename_into_place(int parent_fd, const char *partbase, const char *base, fb_overwrite ow)
@@ -1026,6 +1118,22 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
     if (fchmod(fd, (mode_t)(info->file_mode & 0777u)) != 0) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r, FBLOGNO(00218) "fchmod of '%s' failed", partrel);
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
+        goto leave;
+    }
+    /* So are its times: the client file's modification time when given, else the commit's. */
+    if (mod_fallback_fd_set_mtime(fd, (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) ? &info->source_mtime_ns
+                                                                                : NULL) != 0) {
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r,
+                      FBLOGNO(00260) "cannot set the times of '%s'", partrel);
+        rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
+        goto leave;
+    }
+    if (target_now_newer(parent_fd, base, info)) {
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
+                      FBLOGNO(00261) "session %s: '%s' is not older than the upload any more: kept", id,
+                      info->relpath);
+        rc = commit_fail_ext(req, slot, FB_SLOT_ACTIVE, FB_ERR_EXISTS,
+                             "the target is not older than the file", json_pack("{s:s}", "reason", "newer"));
         goto leave;
     }
     if (rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {

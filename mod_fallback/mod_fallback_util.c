@@ -7,6 +7,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -78,7 +80,7 @@ static int problem_write(request_rec *r, fb_err code, const char *detail, const 
     r->status = status;
     ap_set_content_type(r, "application/problem+json");
     if (code == FB_ERR_TABLE_FULL)
-        apr_table_setn(r->headers_out, "Retry-After", "30");
+        apr_table_setn(r->headers_out, "Retry-After", "2");
     if (doc == NULL) {
         ap_rprintf(r, "{\"code\":\"%s\",\"status\":%d}\n", fb_err_name(code), status);
         return OK;
@@ -343,4 +345,21 @@ fb_err mod_fallback_sha256_hex_parse(unsigned char out[FB_SHA256_LEN], json_t *v
     if (json_string_length(value) != FB_SHA256_HEX_LEN)
         return FB_ERR_BAD_REQUEST;
     return fb_hex_decode(out, FB_SHA256_LEN, s);
+}
+
+void mod_fallback_json_set_mtime(json_t *obj, const struct timespec *t)
+{
+    json_object_set_new(obj, "mtime", json_integer((json_int_t)t->tv_sec));
+    json_object_set_new(obj, "mtime_ns", json_integer((json_int_t)t->tv_nsec));
+}
+
+int mod_fallback_fd_set_mtime(int fd, const uint64_t *mtime_ns)
+{
+    struct timespec ts[2] = {{.tv_sec = 0, .tv_nsec = UTIME_NOW}, {.tv_sec = 0, .tv_nsec = UTIME_NOW}};
+
+    if (mtime_ns != NULL) {
+        ts[1].tv_sec = (time_t)(*mtime_ns / 1000000000ull);
+        ts[1].tv_nsec = (long)(*mtime_ns % 1000000000ull);
+    }
+    return futimens(fd, ts);
 }

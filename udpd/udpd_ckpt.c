@@ -61,6 +61,7 @@ fb_err udpd_ckpt_run(udpd_ckpt_job *job)
          * resume must expect the same. */
         cp->flags = job->flags;
         memcpy(cp->expected_sha256, job->expected_sha256, sizeof(cp->expected_sha256));
+        cp->source_mtime_ns = job->source_mtime_ns;
         fb_slot_bitmap_copy(cp->bitmap, job->slot);
         if (fdatasync(job->part_fd) != 0)
             e = fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;

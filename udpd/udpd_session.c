@@ -76,6 +76,7 @@ struct sess {
     uint32_t ckpt_flags;  /* FB_CHECKPOINT_FLAG_SHA256 when the session has an expected digest */
     uint32_t slot_cipher; /* the cipher the session fixed (info.cipher), 0 = the client's choice */
     uint8_t expected_sha256[32];
+    uint64_t source_mtime_ns; /* with FB_CHECKPOINT_FLAG_SOURCE_MTIME in ckpt_flags */
     char relpath[FB_RELPATH_MAX];
     char docroot[FB_DOCROOT_MAX];
     uint8_t key[FB_KEY_LEN]; /* the session key: each association derives its own keys from it */
@@ -491,6 +492,7 @@ static void checkpoint(sess *s, uint64_t now, int sync)
     job.chunk_size = s->chunk_size;
     job.flags = s->ckpt_flags;
     memcpy(job.expected_sha256, s->expected_sha256, sizeof(job.expected_sha256));
+    job.source_mtime_ns = s->source_mtime_ns;
     udpd_ckpt_submit(&job, sync);
     s->ckpt_dirty = 0;
     s->since_ckpt_bytes = 0;
@@ -656,6 +658,10 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
         if (info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) {
             s->ckpt_flags = FB_CHECKPOINT_FLAG_SHA256;
             memcpy(s->expected_sha256, info->expected_sha256, sizeof(s->expected_sha256));
+        }
+        if (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) {
+            s->ckpt_flags |= FB_CHECKPOINT_FLAG_SOURCE_MTIME;
+            s->source_mtime_ns = info->source_mtime_ns;
         }
         memcpy(s->relpath, info->relpath, sizeof(s->relpath));
         s->relpath[sizeof(s->relpath) - 1] = '\0';

@@ -293,7 +293,7 @@ test_stop_mid_upload_checkpoints_and_resumes() {
     udpd_stop
     udpd_start
     mkrand "$SRC/$name" "$size"
-    id=$(new_session "udp/$name" "$size")
+    id=$(new_session "udp/$name" "$size" ',"mtime":1234567890,"mtime_ns":5')
     cp "$BODY" "$T_TMP/resume.session.json"
     # 10 MB/s: four seconds for 40 MiB; stop udpd after about one.
     "$UDP_CLIENT" --host 127.0.0.1 --port "$UDP_PORT" --session "$T_TMP/resume.session.json" --upload "$SRC/$name" \
@@ -306,6 +306,10 @@ test_stop_mid_upload_checkpoints_and_resumes() {
     assert_eq 4 "$?" "the client's exit status when udpd is gone (connection lost)"
     grep -q "UD00034: signal 15: stopping" "$UDPD_LOG" || fail "no stop message"
     assert_file_exists "$DOCROOT/udp/.$name.fbpart.ckpt"
+    # udpd's checkpoint records the client file's time too (flag 2, the 8 bytes after the header).
+    assert_eq 2 "$(od -An -tu4 -j36 -N4 "$DOCROOT/udp/.$name.fbpart.ckpt" | tr -d ' ')" "checkpoint flags"
+    assert_eq 1234567890000000005 "$(od -An -tu8 -j40 -N8 "$DOCROOT/udp/.$name.fbpart.ckpt" | tr -d ' ')" \
+        "checkpoint source mtime"
     st=$(api GET "sessions/$id")
     held=$(jq -r .received_bytes "$BODY")
     [ "$held" -ge $((5 * CHUNK)) ] && [ "$held" -lt "$size" ] || fail "received_bytes $held after one second"
@@ -320,6 +324,7 @@ test_stop_mid_upload_checkpoints_and_resumes() {
     st=$(commit "$id" "$(sha "$SRC/$name")")
     assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
     assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+    assert_eq 1234567890.000000005 "$(stat -c %.9Y "$DOCROOT/udp/$name")" "mtime of the committed file"
     assert_no_file "$DOCROOT/udp/.$name.fbpart.ckpt"
 }
 

@@ -339,7 +339,7 @@ START_TEST(test_consistent_digest_but_invalid_fields_is_io_error)
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
 
     h = good_header();
-    h.flags = 2; /* no such flag */
+    h.flags = 8; /* no such flag */
     craft(dfd, "c", &h, words, 2);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
 
@@ -441,7 +441,7 @@ START_TEST(test_version_1_files_still_read)
 
     /* Version 2 crafted by hand, with the digest: the layout is what the header says. */
     h = good_header();
-    ck_assert_uint_eq(h.version, 2);
+    h.version = 2;
     h.flags = FB_CHECKPOINT_FLAG_SHA256;
     craft_sha(dfd, "c", &h, expect, words, 2);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
@@ -453,6 +453,69 @@ START_TEST(test_version_1_files_still_read)
     h.flags = 0;
     craft_sha(dfd, "c", &h, expect, words, 2);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
+    /* Version 2 had no source mtime: the flag is refused there, 8 bytes or not. */
+    h.flags = FB_CHECKPOINT_FLAG_SOURCE_MTIME;
+    craft(dfd, "c", &h, words, 3);
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
+    h.version = 3;
+    craft(dfd, "c", &h, words, 3); /* the same bytes as version 3: read (the 8 bytes are the time) */
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->source_mtime_ns, 9);
+    free(back);
+    close(dfd);
+}
+END_TEST
+
+/* The client file's modification time (version 3) round-trips beside the expected digest, in
+ * that order, is covered by the digest, and takes no space without its flag. */
+START_TEST(test_source_mtime_round_trips)
+{
+    char dir[TPATH];
+    int dfd = test_dirfd(dir);
+    fb_checkpoint *cp = cp_new(100500, 1000), *back = calloc(1, sizeof(*back));
+    unsigned char orig[256], buf[256];
+    size_t len;
+
+    memset(cp->expected_sha256, 0x77, 32);
+    cp->source_mtime_ns = 1700000000123456789ull;
+    cp->flags = FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME;
+    cp_set(cp, 7);
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    len = get_file(dfd, "c", orig, sizeof(orig));
+    ck_assert_uint_eq(len, 40 + 32 + 8 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME);
+    ck_assert_uint_eq(back->source_mtime_ns, 1700000000123456789ull);
+    ck_assert_mem_eq(back->expected_sha256, cp->expected_sha256, 32);
+    ck_assert_mem_eq(back->bitmap, cp->bitmap, sizeof(cp->bitmap));
+    for (size_t i = 40 + 32; i < 40 + 32 + 8; i++) {
+        memcpy(buf, orig, len);
+        buf[i] ^= 0x01;
+        put_file(dfd, "c", buf, len);
+        ck_assert_msg(fb_checkpoint_read(back, dfd, "c") == FB_ERR_IO, "flipped byte %zu accepted", i);
+    }
+
+    /* Only the time; and time 0 is a time like any other. */
+    cp->flags = FB_CHECKPOINT_FLAG_SOURCE_MTIME;
+    cp->source_mtime_ns = 0;
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 8 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SOURCE_MTIME);
+    ck_assert_uint_eq(back->source_mtime_ns, 0);
+    ck_assert_uint_eq(back->expected_sha256[0], 0);
+
+    /* Without the flag nothing is stored and it reads back as 0. */
+    cp->flags = 0;
+    cp->source_mtime_ns = 123;
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->source_mtime_ns, 0);
+    free(cp);
     free(back);
     close(dfd);
 }
@@ -673,6 +736,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, test_consistent_digest_but_invalid_fields_is_io_error);
     tcase_add_test(tc, test_expected_digest_round_trips_and_is_covered);
     tcase_add_test(tc, test_version_1_files_still_read);
+    tcase_add_test(tc, test_source_mtime_round_trips);
     tcase_add_test(tc, test_missing_checkpoint_is_not_found);
     tcase_add_test(tc, test_relname_with_subdirectory);
     tcase_add_test(tc, test_names_outside_the_directory_refused);

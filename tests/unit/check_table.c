@@ -729,34 +729,78 @@ START_TEST(test_full_table_reports_table_full)
 }
 END_TEST
 
-START_TEST(test_done_slot_reused_after_linger)
+/* A finished session never stands in the way of a new one: with no FREE slot left, the DONE or
+ * FAILED slot that finished longest ago is taken at once, inside its linger, and before any idle
+ * ACTIVE session. */
+START_TEST(test_finished_slot_reused_within_linger_oldest_first)
 {
     char dir[TPATH], path[TPATH];
     fb_table *t;
-    uint32_t idx, again;
-    fb_slot *s;
+    uint32_t a, b, c, again;
+    fb_slot *sa, *sb, *sc;
     uint64_t t0;
 
     test_dir(dir, path);
-    t = open_new(path, 1);
-    idx = make_active(t, FB_DIR_UPLOAD, "u", "/d", "f", 100, NULL);
-    s = fb_table_slot(t, idx);
-    ck_assert_int_eq(fb_slot_set_chunk(s, 0), 1);
-    atomic_store(&s->bytes_http, 100);
+    t = open_new(path, 3);
+    a = make_active(t, FB_DIR_UPLOAD, "u", "/d", "a", 100, NULL);
+    b = make_active(t, FB_DIR_UPLOAD, "u", "/d", "b", 100, NULL);
+    c = make_active(t, FB_DIR_UPLOAD, "u", "/d", "c", 100, NULL);
+    sa = fb_table_slot(t, a);
+    sb = fb_table_slot(t, b);
+    sc = fb_table_slot(t, c);
+    ck_assert_int_eq(fb_slot_set_chunk(sb, 0), 1);
+    atomic_store(&sb->bytes_http, 100);
+    /* B finished first (done), A later (failed); C stays ACTIVE and idle. */
+    ck_assert(fb_slot_transition(sb, FB_SLOT_ACTIVE, FB_SLOT_FINALISING));
+    ck_assert(fb_slot_transition(sb, FB_SLOT_FINALISING, FB_SLOT_DONE));
+    ck_assert(fb_slot_transition(sa, FB_SLOT_ACTIVE, FB_SLOT_FAILED));
+    ck_assert_int_eq(atomic_load(&sb->owner_pid), 0);
+    t0 = now_ns();
+    atomic_store(&sb->state_since_ns, t0 - 2 * NS_PER_S);
+    atomic_store(&sa->state_since_ns, t0 - 1 * NS_PER_S);
+    atomic_store(&sc->last_activity_ns, t0 - 1000 * NS_PER_S);
+
+    ck_assert_int_eq(fb_table_claim(t, &again, t0, 60, 300), FB_OK);
+    ck_assert_uint_eq(again, b);
+    ck_assert_uint_eq(atomic_load(&sb->state), FB_SLOT_CLAIMED);
+    /* The new claimer starts clean. */
+    ck_assert_uint_eq(atomic_load(&sb->chunks_done), 0);
+    ck_assert_uint_eq(atomic_load(&sb->bytes_http), 0);
+    ck_assert_uint_eq(atomic_load(&sb->bitmap[0]), 0);
+    ck_assert_str_eq(sb->info.user, "");
+    ck_assert_int_eq(fb_table_claim(t, &again, t0, 60, 300), FB_OK);
+    ck_assert_uint_eq(again, a);
+    ck_assert_uint_eq(atomic_load(&sc->state), FB_SLOT_ACTIVE);
+    /* Only then the idle ACTIVE one, and with no idle timeout nothing is left. */
+    ck_assert_int_eq(fb_table_claim(t, &again, t0, 0, 300), FB_ERR_TABLE_FULL);
+    ck_assert_int_eq(fb_table_claim(t, &again, t0, 60, 300), FB_OK);
+    ck_assert_uint_eq(again, c);
+    ck_assert_int_eq(fb_table_claim(t, &again, t0, 60, 300), FB_ERR_TABLE_FULL);
+    fb_table_close(t);
+}
+END_TEST
+
+/* A FREE slot still comes before a finished one, so a finished session stays visible for its
+ * linger while there is room. */
+START_TEST(test_free_slot_preferred_over_finished_one)
+{
+    char dir[TPATH], path[TPATH];
+    fb_table *t;
+    uint32_t done, again;
+    fb_slot *s;
+
+    test_dir(dir, path);
+    t = open_new(path, 2);
+    done = make_active(t, FB_DIR_UPLOAD, "u", "/d", "f", 100, NULL);
+    s = fb_table_slot(t, done);
     ck_assert(fb_slot_transition(s, FB_SLOT_ACTIVE, FB_SLOT_FINALISING));
     ck_assert(fb_slot_transition(s, FB_SLOT_FINALISING, FB_SLOT_DONE));
-    ck_assert_int_eq(atomic_load(&s->owner_pid), 0);
-    t0 = now_ns();
-    ck_assert_int_eq(fb_table_claim(t, &again, t0, 0, 60), FB_ERR_TABLE_FULL);
-    ck_assert_int_eq(fb_table_claim(t, &again, t0 + 30 * NS_PER_S, 0, 60), FB_ERR_TABLE_FULL);
-    ck_assert_int_eq(fb_table_claim(t, &again, t0 + 61 * NS_PER_S, 0, 60), FB_OK);
-    ck_assert_uint_eq(again, idx);
-    ck_assert_uint_eq(atomic_load(&s->state), FB_SLOT_CLAIMED);
-    /* The new claimer starts clean. */
-    ck_assert_uint_eq(atomic_load(&s->chunks_done), 0);
-    ck_assert_uint_eq(atomic_load(&s->bytes_http), 0);
-    ck_assert_uint_eq(atomic_load(&s->bitmap[0]), 0);
-    ck_assert_str_eq(s->info.user, "");
+    for (int i = 0; i < 8; i++) { /* whatever the cursor says */
+        ck_assert_int_eq(fb_table_claim(t, &again, now_ns(), 0, 300), FB_OK);
+        ck_assert_uint_ne(again, done);
+        ck_assert_uint_eq(atomic_load(&s->state), FB_SLOT_DONE);
+        fb_slot_release(fb_table_slot(t, again));
+    }
     fb_table_close(t);
 }
 END_TEST
@@ -1154,7 +1198,8 @@ static Suite *table_suite(void)
 
     tcase_add_unchecked_fixture(use, top_setup, top_teardown);
     tcase_add_test(use, test_full_table_reports_table_full);
-    tcase_add_test(use, test_done_slot_reused_after_linger);
+    tcase_add_test(use, test_finished_slot_reused_within_linger_oldest_first);
+    tcase_add_test(use, test_free_slot_preferred_over_finished_one);
     tcase_add_test(use, test_failed_slot_reused_at_once_with_zero_linger);
     tcase_add_test(use, test_idle_active_reused_only_after_idle_timeout);
     tcase_add_test(use, test_transition_owner_and_exclusive_finalising);

@@ -351,6 +351,34 @@ START_TEST(test_timespec_ns)
 }
 END_TEST
 
+START_TEST(test_mtime_parse)
+{
+    static const char *const bad[] = {
+        "",    ".",    "1.",           ".5",          "-1",          "+1",   " 1",    "1 ", "1.5 ",
+        "1e9", "0x10", "1.1234567890", "10000000000", "99999999999", "1..2", "1.2.3", "abc"};
+    uint64_t ns = 42;
+
+    ck_assert_int_eq(fb_mtime_parse(&ns, "1700000000"), FB_OK);
+    ck_assert_uint_eq(ns, 1700000000000000000ull);
+    ck_assert_int_eq(fb_mtime_parse(&ns, "1700000000.123456789"), FB_OK);
+    ck_assert_uint_eq(ns, 1700000000123456789ull);
+    ck_assert_int_eq(fb_mtime_parse(&ns, "1.5"), FB_OK); /* a decimal fraction */
+    ck_assert_uint_eq(ns, 1500000000ull);
+    ck_assert_int_eq(fb_mtime_parse(&ns, "0.000000005"), FB_OK);
+    ck_assert_uint_eq(ns, 5);
+    ck_assert_int_eq(fb_mtime_parse(&ns, "0"), FB_OK);
+    ck_assert_uint_eq(ns, 0);
+    ck_assert_int_eq(fb_mtime_parse(&ns, "9999999999.999999999"), FB_OK);
+    ck_assert_uint_eq(ns, 9999999999999999999ull);
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ns = 42;
+        ck_assert_msg(fb_mtime_parse(&ns, bad[i]) == FB_ERR_BAD_REQUEST, "'%s' accepted", bad[i]);
+        ck_assert_uint_eq(ns, 42);
+    }
+    ck_assert_int_eq(fb_mtime_parse(&ns, NULL), FB_ERR_BAD_REQUEST);
+}
+END_TEST
+
 /* A paced TCP socket reports a finite maximum pacing rate (that is what turns the kernel's pacing
  * on); a fresh one reports "unlimited". */
 START_TEST(test_tcp_pacing_is_turned_on)
@@ -404,6 +432,7 @@ static Suite *util_suite(void)
     tcase_add_test(misc, test_rx_arrival_time_from_the_kernel);
     tcase_add_test(misc, test_tcp_pacing_is_turned_on);
     tcase_add_test(misc, test_timespec_ns);
+    tcase_add_test(misc, test_mtime_parse);
     suite_add_tcase(s, misc);
     return s;
 }
