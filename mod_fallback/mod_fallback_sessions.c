@@ -537,6 +537,15 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
     if (fd < 0)
         return -1;
     same = fb_sha256_fd(digest, fd, size) == FB_OK && fb_mem_equal_ct(digest, sha256, FB_SHA256_LEN);
+    if (same && source_mtime_ns != NULL && fb_timespec_ns(&sb.st_mtim) != *source_mtime_ns) {
+        /* identical content with another time: the target takes the source's time, as a copy
+         * that keeps times would give it (rsync -a does the same) */
+        struct timespec ts[2] = {{0, UTIME_OMIT},
+                                 {(time_t)(*source_mtime_ns / 1000000000u), (long)(*source_mtime_ns % 1000000000u)}};
+        if (futimens(fd, ts) != 0)
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, errno, req->r,
+                          FBLOGNO(00262) "cannot give the identical target '%s' the source's time", base);
+    }
     close(fd);
     *preason = "identical";
     return same ? 1 : -1;
