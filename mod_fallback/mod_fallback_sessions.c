@@ -56,9 +56,9 @@ int mod_fallback_session_ended(mod_fallback_req *req, fb_slot *slot, uint32_t ge
     /* The administrator's refusal (fbctl cancel) is the client's final answer, on every route. */
     if (e == FB_ERR_SERVER_REFUSED)
         return mod_fallback_problem(req, e, "the session was cancelled on the server");
-    return mod_fallback_problem(
-        req, FB_ERR_SESSION_STATE,
-        apr_pstrcat(req->r->pool, "the session is ", mod_fallback_state_name(atomic_load(&slot->state)), NULL));
+    return mod_fallback_problem(req, FB_ERR_SESSION_STATE,
+                                apr_pstrcat(req->r->pool, "the session is ",
+                                            mod_fallback_state_name(atomic_load(&slot->state)), NULL));
 }
 
 static const char *direction_name(uint32_t d)

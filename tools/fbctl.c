@@ -147,7 +147,8 @@ static unsigned fbctl_check_docroots(const fb_config *cfg, const char *run_user)
     if (run_user != NULL && run_user[0] != '\0') {
         pw = getpwnam(run_user);
         if (pw == NULL) {
-            fprintf(stderr, "fbctl: warning: no user '%s' (--run-user or APACHE_RUN_USER): docroots not checked\n",
+            fprintf(stderr,
+                    "fbctl: warning: no user '%s' (--run-user or APACHE_RUN_USER): docroots not checked\n",
                     run_user);
             return 1;
         }
@@ -181,24 +182,27 @@ static unsigned fbctl_check_docroots(const fb_config *cfg, const char *run_user)
         else
             snprintf(who, sizeof(who), "default");
         if (stat(d->docroot, &st) != 0) {
-            fprintf(stderr, "fbctl: warning: %s:%ld: docroot %s (%s) %s%s\n", cfg->file, d->line, d->docroot, who,
-                    errno == ENOENT ? "does not exist" : "cannot be examined: ", errno == ENOENT ? "" : strerror(errno));
+            fprintf(stderr, "fbctl: warning: %s:%ld: docroot %s (%s) %s%s\n", cfg->file, d->line, d->docroot,
+                    who, errno == ENOENT ? "does not exist" : "cannot be examined: ",
+                    errno == ENOENT ? "" : strerror(errno));
             warnings++;
         } else if (!S_ISDIR(st.st_mode)) {
-            fprintf(stderr, "fbctl: warning: %s:%ld: docroot %s (%s) is not a directory\n", cfg->file, d->line,
-                    d->docroot, who);
+            fprintf(stderr, "fbctl: warning: %s:%ld: docroot %s (%s) is not a directory\n", cfg->file,
+                    d->line, d->docroot, who);
             warnings++;
         } else {
             int w = fbctl_writable_as(d->docroot, name, uid, gid);
             if (w != 1) {
-                fprintf(stderr, "fbctl: warning: %s:%ld: docroot %s (%s) %s by user %s (Apache's and udpd's)\n",
-                        cfg->file, d->line, d->docroot, who, w == 0 ? "is not writable" : "could not be checked",
-                        name);
+                fprintf(stderr,
+                        "fbctl: warning: %s:%ld: docroot %s (%s) %s by user %s (Apache's and udpd's)\n",
+                        cfg->file, d->line, d->docroot, who,
+                        w == 0 ? "is not writable" : "could not be checked", name);
                 warnings++;
             }
         }
     }
-    printf("docroots checked as user %s: %u warning%s\n", name[0] ? name : "?", warnings, warnings == 1 ? "" : "s");
+    printf("docroots checked as user %s: %u warning%s\n", name[0] ? name : "?", warnings,
+           warnings == 1 ? "" : "s");
     return warnings;
 }
 

@@ -301,8 +301,7 @@ static void reload(udpd *d)
         udpd_log(UDPD_WARN, "UD00031",
                  "the UDP port or address changed (%s port %d): restart udpd to apply it (under Apache's "
                  "FallbackDaemon on, apachectl graceful restarts it)",
-                 ncfg->bind_address,
-                 ncfg->udp_port);
+                 ncfg->bind_address, ncfg->udp_port);
     if (strcmp(ncfg->shm_path, d->cfg->shm_path) != 0)
         udpd_log(UDPD_WARN, "UD00032", "the session table path changed (%s): restart udpd to apply it",
                  ncfg->shm_path);

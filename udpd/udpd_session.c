@@ -943,8 +943,7 @@ static void promote(sess *s, uint64_t now)
         "session %s: %s of '%s' (%llu bytes) from %s: cipher %s, policy %s, rate %llu..%llu B/s, datagram %u",
         s->id, s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath, (unsigned long long)s->size,
         s->cur.peer_str, fb_config_cipher_name(s->cur.cipher), fb_config_policy_name(s->cur.policy),
-        (unsigned long long)s->cur.min_rate,
-        (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
+        (unsigned long long)s->cur.min_rate, (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
 }
 
 /* ---- data phase ------------------------------------------------------------------------------- */
