@@ -78,12 +78,24 @@ set_xml() {
     sed -i "$1" "$XML" || fail "sed $1"
 }
 
-save_xml() {
-    cp "$XML" "$T_TMP/fallback.xml.saved"
-}
+# The generated fallback.xml, as the server started with it: every test begins from it.
+XML_ORIG=$T_TMP/fallback.xml.orig
 
 restore_xml() {
-    cp "$T_TMP/fallback.xml.saved" "$XML"
+    cp "$XML_ORIG" "$XML"
+}
+
+# run_settings_test NAME FUNCTION: run_test, then, whatever the test did or where it stopped, the
+# server is back on the original fallback.xml (so one failure cannot spill into the next test).
+run_settings_test() {
+    run_test "$@"
+    if ! cmp -s "$XML" "$XML_ORIG" || [ "$(grep -c 'UD00016: listening' "$DS_DIR/error.log")" != "$UDPD_STARTS" ]; then
+        restore_xml
+        "$DEVSERVER" graceful --dir "$DS_DIR" --quiet >/dev/null 2>&1
+        wait_for 10 udpd_bound_on "$UDP_PORT" || echo "# udpd not back on port $UDP_PORT"
+        sleep 0.5
+        UDPD_STARTS=$(grep -c 'UD00016: listening' "$DS_DIR/error.log")
+    fi
 }
 
 # Field KEY of the "done" event in the --json output FILE.
@@ -107,7 +119,6 @@ session_of() {
 
 test_enable_http_both_ways() {
     local st
-    save_xml
     # true: plain HTTP works (and answers a key: the admin chose that)
     st=$(post_session_to "$HTTP_URL" settings/http-on)
     assert_eq 201 "$st" "POST sessions over plain HTTP with enable_http true ($(head -c 200 "$BODY"))"
@@ -132,7 +143,6 @@ test_enable_http_both_ways() {
 
 test_enable_https_false_refuses_tls() {
     local st
-    save_xml
     set_xml 's:<enable_https>true</enable_https>:<enable_https>false</enable_https>:'
     graceful_reload
     st=$(post_session_to "$URL" settings/tls-off)
@@ -151,7 +161,6 @@ test_group_docroot_from_system_groups() {
     [ "$(id -u)" = 0 ] || skip "needs root to create a system user and group"
     command -v useradd >/dev/null && command -v groupadd >/dev/null || skip "no useradd/groupadd"
     local gdir=$T_TMP/groupdocroot
-    save_xml
     groupadd "$TEST_GROUP" || fail "groupadd $TEST_GROUP"
     useradd -M -N -g users -G "$TEST_GROUP" -s /usr/sbin/nologin "$TEST_USER" || fail "useradd $TEST_USER"
     "$DEVSERVER" adduser "$TEST_USER" pw-$$ --dir "$DS_DIR" --quiet || fail "devserver adduser"
@@ -176,7 +185,6 @@ test_group_docroot_from_system_groups() {
 
 test_graceful_applies_docroot_and_rate_cap_in_udpd() {
     local before after newroot=$T_TMP/newroot size=$((6 * CHUNK)) rc id line
-    save_xml
     before=$(udpd_pid)
     [ -n "$before" ] || fail "no udpd child of Apache"
     mkdir -p "$newroot"
@@ -227,7 +235,6 @@ test_upload_across_graceful_identical() {
 
 test_new_udp_port_restarts_udpd() {
     local before after newport=$((BASE_PORT + 3))
-    save_xml
     before=$(udpd_pid)
     set_xml "s:<port>$UDP_PORT</port>:<port>$newport</port>:"
     "$DEVSERVER" graceful --dir "$DS_DIR" --quiet || fail "graceful failed"
@@ -283,7 +290,6 @@ EOF
 # and serves the fallback over both schemes, as the block says.
 test_seed_block_loads_in_apache() {
     local st
-    save_xml
     awk -v http="$HTTP_PORT" -v https="$HTTPS_PORT" '
         /<\?xml/ { print "<?xml version='"'"'1.0'"'"' encoding='"'"'UTF-8'"'"'?>"; next }
         /<CONF version/ { print "<CONF version=\"2\">"; next }
@@ -296,7 +302,7 @@ test_seed_block_loads_in_apache() {
             print "    </http_server>"
             next }
         /<\/http_server>/ { skip = 0; next }
-        !skip { print }' "$T_TMP/fallback.xml.saved" >"$XML"
+        !skip { print }' "$XML_ORIG" >"$XML"
     grep -q '<CONF version="2">' "$XML" || fail "the seed's root is missing: $(head -n 3 "$XML")"
     fbctl_ds check >/dev/null 2>"$T_TMP/seed3.err" || fail "fbctl check: $(cat "$T_TMP/seed3.err")"
     graceful_reload
@@ -319,11 +325,10 @@ test_cert_file_refused_pointing_at_mod_ssl() {
     assert_eq "$(exit_code_of config)" "$rc" "fbctl check exit code with cert_file"
     grep -q -E "cert.xml:[0-9]+: Element 'cert_file': not supported here: .*SSLCertificateFile" "$T_TMP/cert.out" ||
         fail "message: $(cat "$T_TMP/cert.out")"
-    cp "$XML" "$T_TMP/fallback.xml.saved"
     cp "$T_TMP/cert.xml" "$XML"
     "$DEVSERVER" configtest --dir "$DS_DIR" >"$T_TMP/cert.apache" 2>&1
     rc=$?
-    cp "$T_TMP/fallback.xml.saved" "$XML"
+    restore_xml
     assert_ne 0 "$rc" "apache2 -t with cert_file"
     grep -q "SSLCertificateFile" "$T_TMP/cert.apache" || fail "apache2 -t output: $(cat "$T_TMP/cert.apache")"
 }
@@ -407,22 +412,24 @@ EOF
 
 ds_start_or_bail "all settings tests" --enable-http --extra-conf "$T_TMP/daemon.conf"
 wait_for 10 udpd_bound_on "$UDP_PORT" || { echo "not ok - udpd did not start"; T_FAILED=1; finish; }
+cp "$XML" "$XML_ORIG"
+UDPD_STARTS=$(grep -c 'UD00016: listening' "$DS_DIR/error.log")
 
-run_test "enable_http true serves plain HTTP; false refuses it (403, setting named, no key)" test_enable_http_both_ways
-run_test "enable_https false refuses HTTPS (403, setting named)" test_enable_https_false_refuses_tls
-run_test "a <group> docroot takes a user of that system group" test_group_docroot_from_system_groups
-run_test "graceful: udpd applies a new <user> docroot and rate cap (same process, UDP only)" \
+run_settings_test "enable_http true serves plain HTTP; false refuses it (403, setting named, no key)" test_enable_http_both_ways
+run_settings_test "enable_https false refuses HTTPS (403, setting named)" test_enable_https_false_refuses_tls
+run_settings_test "a <group> docroot takes a user of that system group" test_group_docroot_from_system_groups
+run_settings_test "graceful: udpd applies a new <user> docroot and rate cap (same process, UDP only)" \
     test_graceful_applies_docroot_and_rate_cap_in_udpd
-run_test "an upload running across a graceful restart ends byte-identical" test_upload_across_graceful_identical
-run_test "graceful with a new UDP port restarts udpd on it" test_new_udp_port_restarts_udpd
-run_test "aspera.conf's <CONF version=2> <http_server> block loads; one port for both is refused" \
+run_settings_test "an upload running across a graceful restart ends byte-identical" test_upload_across_graceful_identical
+run_settings_test "graceful with a new UDP port restarts udpd on it" test_new_udp_port_restarts_udpd
+run_settings_test "aspera.conf's <CONF version=2> <http_server> block loads; one port for both is refused" \
     test_seed_block_loads_in_fbctl
-run_test "aspera.conf's block with this server's ports loads in Apache (graceful) and serves both schemes" \
+run_settings_test "aspera.conf's block with this server's ports loads in Apache (graceful) and serves both schemes" \
     test_seed_block_loads_in_apache
-run_test "cert_file refused in fbctl check and apache2 -t, pointing at SSLCertificateFile" \
+run_settings_test "cert_file refused in fbctl check and apache2 -t, pointing at SSLCertificateFile" \
     test_cert_file_refused_pointing_at_mod_ssl
-run_test "fbctl check warns about a missing or unwritable docroot" test_fbctl_check_warns_about_docroots
-run_test "fbctl cancel: Server refused request over UDP (--fallback never)" test_cancel_over_udp
-run_test "fbctl cancel: Server refused request over UDP (--fallback auto)" test_cancel_over_udp_auto
-run_test "fbctl cancel: Server refused request over HTTPS" test_cancel_over_https
+run_settings_test "fbctl check warns about a missing or unwritable docroot" test_fbctl_check_warns_about_docroots
+run_settings_test "fbctl cancel: Server refused request over UDP (--fallback never)" test_cancel_over_udp
+run_settings_test "fbctl cancel: Server refused request over UDP (--fallback auto)" test_cancel_over_udp_auto
+run_settings_test "fbctl cancel: Server refused request over HTTPS" test_cancel_over_https
 finish
