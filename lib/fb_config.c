@@ -998,39 +998,88 @@ const char *fb_config_cipher_name(unsigned cipher)
 #define CONFIG_NSS_BUF_MAX (1024 * 1024) /* largest getpwnam_r/getgrgid_r buffer tried */
 #define CONFIG_MAX_GROUPS 65536            /* NGROUPS_MAX on Linux */
 
-/* The first <group> entry naming one of GIDS, or NULL. */
-static const char *config_docroot_of_gids(const fb_config *cfg, const gid_t *gids, int n)
+/* Names of the groups GIDS (those NSS knows), as a NULL-terminated malloc'd array of malloc'd
+ * strings; NULL when out of memory. One lookup per group, whatever the number of entries. */
+static char **config_group_names(const gid_t *gids, int n)
 {
     size_t buflen = 4096;
     char *buf = malloc(buflen);
-    const char *found = NULL;
+    char **names = calloc((size_t)n + 1, sizeof(*names));
+    int k, count = 0;
 
-    /* File order decides, so the outer loop is over the entries. */
-    for (unsigned i = 0; i < cfg->ndocroots && found == NULL && buf != NULL; i++) {
-        if (cfg->docroots[i].group == NULL)
-            continue;
-        for (int k = 0; k < n && found == NULL; k++) {
-            struct group gr, *res = NULL;
-            int rc;
+    if (buf == NULL || names == NULL) {
+        free(buf);
+        free(names);
+        return NULL;
+    }
+    for (k = 0; k < n; k++) {
+        struct group gr, *res = NULL;
+        int rc;
 
-            while ((rc = getgrgid_r(gids[k], &gr, buf, buflen, &res)) == ERANGE && buflen < CONFIG_NSS_BUF_MAX) {
-                char *nb = realloc(buf, buflen * 2);
-                if (nb == NULL)
-                    break;
-                buf = nb;
-                buflen *= 2;
-            }
-            if (rc == 0 && res != NULL && strcmp(gr.gr_name, cfg->docroots[i].group) == 0)
-                found = cfg->docroots[i].docroot;
+        while ((rc = getgrgid_r(gids[k], &gr, buf, buflen, &res)) == ERANGE && buflen < CONFIG_NSS_BUF_MAX) {
+            char *nb = realloc(buf, buflen * 2);
+            if (nb == NULL)
+                break;
+            buf = nb;
+            buflen *= 2;
         }
+        if (rc == 0 && res != NULL && (names[count] = strdup(gr.gr_name)) != NULL)
+            count++;
     }
     free(buf);
-    return found;
+    return names;
+}
+
+static void config_free_names(char **names)
+{
+    for (char **p = names; p != NULL && *p != NULL; p++)
+        free(*p);
+    free(names);
+}
+
+/* USER's groups (primary included) from NSS, as config_group_names; NULL if USER is unknown. */
+static char **config_user_groups(const char *user)
+{
+    size_t buflen = 4096;
+    char *buf = malloc(buflen);
+    struct passwd pw, *res = NULL;
+    char **names = NULL;
+    gid_t *gids = NULL;
+    int rc = ENOMEM, n = 64;
+
+    while (buf != NULL && (rc = getpwnam_r(user, &pw, buf, buflen, &res)) == ERANGE &&
+           buflen < CONFIG_NSS_BUF_MAX) {
+        char *nb = realloc(buf, buflen * 2);
+        if (nb == NULL)
+            break;
+        buf = nb;
+        buflen *= 2;
+    }
+    if (rc != 0 || res == NULL)
+        goto out;
+    gids = malloc((size_t)n * sizeof(*gids));
+    /* Too small an array: getgrouplist sets N to the count needed; one more round suffices. */
+    if (gids != NULL && getgrouplist(user, pw.pw_gid, gids, &n) < 0) {
+        gid_t *ng = n > 64 && n <= CONFIG_MAX_GROUPS ? realloc(gids, (size_t)n * sizeof(*gids)) : NULL;
+        if (ng == NULL)
+            goto out;
+        gids = ng;
+        if (getgrouplist(user, pw.pw_gid, gids, &n) < 0)
+            goto out;
+    }
+    if (gids != NULL)
+        names = config_group_names(gids, n);
+out:
+    free(gids);
+    free(buf);
+    return names;
 }
 
 const char *fb_config_docroot_for_user(const fb_config *cfg, const char *user)
 {
     int has_groups = 0;
+    char **groups = NULL;
+    const char *found;
 
     if (cfg == NULL)
         return NULL;
@@ -1039,49 +1088,12 @@ const char *fb_config_docroot_for_user(const fb_config *cfg, const char *user)
             return cfg->docroots[i].docroot;
         has_groups |= cfg->docroots[i].group != NULL;
     }
-    if (has_groups && user != NULL && user[0] != '\0') {
-        size_t buflen = 4096;
-        char *buf = malloc(buflen);
-        struct passwd pw, *res = NULL;
-        int rc = ENOMEM;
-
-        while (buf != NULL && (rc = getpwnam_r(user, &pw, buf, buflen, &res)) == ERANGE &&
-               buflen < CONFIG_NSS_BUF_MAX) {
-            char *nb = realloc(buf, buflen * 2);
-            if (nb == NULL)
-                break;
-            buf = nb;
-            buflen *= 2;
-        }
-        if (rc == 0 && res != NULL) {
-            int n = 64;
-            gid_t *gids = malloc((size_t)n * sizeof(*gids));
-            const char *found = NULL;
-            /* getgrouplist sets N to the count needed when the array is too small: at most two
-             * rounds, and never more than the kernel's limit. */
-            if (gids != NULL && getgrouplist(user, pw.pw_gid, gids, &n) < 0 && n > 64 && n <= CONFIG_MAX_GROUPS) {
-                gid_t *ng = realloc(gids, (size_t)n * sizeof(*gids));
-                if (ng != NULL) {
-                    gids = ng;
-                    if (getgrouplist(user, pw.pw_gid, gids, &n) < 0)
-                        n = 0;
-                } else {
-                    n = 0;
-                }
-            } else if (gids == NULL || n > CONFIG_MAX_GROUPS) {
-                n = 0;
-            }
-            if (n > 0)
-                found = config_docroot_of_gids(cfg, gids, n);
-            free(gids);
-            free(buf);
-            if (found != NULL)
-                return found;
-        } else {
-            free(buf);
-        }
-    }
-    return fb_config_docroot(cfg, NULL, NULL);
+    /* No <user> entry: the first <group> naming one of the user's groups, else <default>. */
+    if (has_groups && user != NULL && user[0] != '\0')
+        groups = config_user_groups(user);
+    found = fb_config_docroot(cfg, NULL, (const char *const *)groups);
+    config_free_names(groups);
+    return found;
 }
 
 static void config_print_list(FILE *out, const char *key, unsigned bits, const char *const *names, unsigned n)
