@@ -122,6 +122,8 @@ fb_err fbcp_move(fbcp_ctx *c, fbcp_xfer *x, const fbcp_ranges *todo0, char *deta
                 break; /* done, or an error no other transport can help with */
             if (sw->mode != FBCP_FALLBACK_AUTO)
                 break; /* --fallback=never: the leg's error stands ("Connection lost", a refusal) */
+            if (sw->reason == FBCP_SW_CLOSED && rv == FB_ERR_SERVER_REFUSED)
+                break; /* udpd closed because the server cancelled the session: HTTP(S) would too */
             fbcp_trace(x->opts, "continuing over HTTP(S): %s", detail);
             fbcp_switch_to_http(sw, fbcp_move_now_us());
             fbcp_event_transport(x, "udp", "http", fbcp_switch_reason_name(sw->reason));

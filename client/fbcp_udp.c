@@ -1048,9 +1048,10 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
             u->gather_end_us = u->rx_reads != reads ? u->last_rx_us + u->rx_gather_us : 0;
         }
         if (answered)
-            fbcp_trace(o, "UDP: %s accepted: cipher %u, policy %u, rate %llu..%llu B/s, datagram %zu",
-                       u->peer, u->ack.cipher, u->ack.policy, (unsigned long long)u->ack.min_rate,
-                       (unsigned long long)u->ack.target_rate, u->max_dgram);
+            fbcp_trace(o, "UDP: %s accepted: cipher %s, policy %s, rate %llu..%llu B/s, datagram %zu",
+                       u->peer, fb_config_cipher_name(u->ack.cipher), fb_config_policy_name(u->ack.policy),
+                       (unsigned long long)u->ack.min_rate, (unsigned long long)u->ack.target_rate,
+                       u->max_dgram);
         if (u->rcv != NULL && (rv = fbcp_udp_publish(u)) != FB_OK) {
             rv = fbcp_udp_io_error(u, detail, detlen);
             break;

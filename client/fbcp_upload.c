@@ -300,6 +300,18 @@ static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id
     if (u->state == NULL)
         return FB_ERR_NOMEM;
     u->done = strcmp(state, "done") == 0;
+    if (strcmp(state, "failed") == 0) {
+        /* the server ended the session: its recorded reason ("server_refused" after the
+         * administrator's fbctl cancel) is the answer, nothing is sent into it any more */
+        const char *why = json_string_value(json_object_get(doc, "error"));
+        fb_err e = why != NULL ? fb_err_from_name(why) : FB_ERR_SESSION_STATE;
+
+        if (e == FB_OK || e == FB_ERR_PROTOCOL)
+            e = FB_ERR_SESSION_STATE;
+        snprintf(detail, detlen, "the server ended the session%s",
+                 e == FB_ERR_SERVER_REFUSED ? " (cancelled on the server)" : "");
+        return e;
+    }
     u->skipped = json_is_true(json_object_get(doc, "skipped"));
     /* why (the server's "reason": identical, newer), for the skip event */
     {

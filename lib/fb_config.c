@@ -10,7 +10,9 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -286,6 +288,43 @@ out:
     return rv;
 }
 
+/* Elements an aspera.conf <http_server> block may carry that this system cannot apply, and where
+ * the setting belongs instead. Reported before schema validation, so the admin reads this rather
+ * than the validator's "This element is not expected". */
+static const struct config_foreign {
+    const char *section, *name, *why;
+} config_foreign[] = {
+    {"http_server", "cert_file",
+     "TLS for the fallback is Apache's: set SSLCertificateFile in the <VirtualHost> of https_port "
+     "(mod_ssl) and remove this element"},
+    {"http_server", "key_file",
+     "TLS for the fallback is Apache's: set SSLCertificateKeyFile in the <VirtualHost> of https_port "
+     "(mod_ssl) and remove this element"},
+};
+
+static int config_check_foreign(xmlDocPtr doc, config_errors *errs)
+{
+    const xmlNode *root = xmlDocGetRootElement(doc);
+    int found = 0;
+
+    for (const xmlNode *sect = root->children; sect != NULL; sect = sect->next) {
+        if (sect->type != XML_ELEMENT_NODE)
+            continue;
+        for (const xmlNode *n = sect->children; n != NULL; n = n->next) {
+            if (n->type != XML_ELEMENT_NODE)
+                continue;
+            for (size_t i = 0; i < sizeof(config_foreign) / sizeof(config_foreign[0]); i++)
+                if (xmlStrcmp(sect->name, (const xmlChar *)config_foreign[i].section) == 0 &&
+                    xmlStrcmp(n->name, (const xmlChar *)config_foreign[i].name) == 0) {
+                    config_error_at(errs, errs->file, xmlGetLineNo((xmlNodePtr)n),
+                                    "Element '%s': not supported here: %s", n->name, config_foreign[i].why);
+                    found = 1;
+                }
+        }
+    }
+    return found;
+}
+
 /* Picks the schema file (see fb_config_load in the header) into OUT. */
 static fb_err config_find_schema(char *out, size_t outlen, const char *path, const char *schema,
                                  config_errors *errs)
@@ -405,7 +444,6 @@ typedef struct config_reader {
     int nomem;
     long http_port_line, https_port_line;
     long enable_http_line, enable_https_line;
-    const xmlNode *cert_node, *key_node;
     long min_rate_line;
     long root_line;
 } config_reader;
@@ -539,12 +577,6 @@ static void config_read_http_server(config_reader *rd, const xmlNode *sect)
         } else if (config_name_is(n, "enable_https")) {
             config_get_bool(rd, n, &cfg->enable_https);
             rd->enable_https_line = xmlGetLineNo(n);
-        } else if (config_name_is(n, "cert_file")) {
-            config_get_string(rd, n, &cfg->cert_file);
-            rd->cert_node = n;
-        } else if (config_name_is(n, "key_file")) {
-            config_get_string(rd, n, &cfg->key_file);
-            rd->key_node = n;
         }
     }
 }
@@ -738,6 +770,7 @@ static void config_read_docroots(config_reader *rd, const xmlNode *sect)
         d->user = is_user ? name : NULL;
         d->group = is_group ? name : NULL;
         d->docroot = dir;
+        d->line = xmlGetLineNo(n);
         nodes[cfg->ndocroots] = n;
         cfg->ndocroots++;
     }
@@ -762,13 +795,10 @@ static void config_check_semantics(config_reader *rd)
                         rd->https_port_line  ? rd->https_port_line
                         : rd->http_port_line ? rd->http_port_line
                                              : rd->root_line,
-                        "http_port and https_port are both %d: one port cannot serve HTTP and HTTPS",
+                        "http_port and https_port are both %d: one port cannot serve plain HTTP and "
+                        "HTTPS; give each its own port (and Apache a Listen for each), or set "
+                        "enable_http to false",
                         cfg->http_port);
-    if ((rd->cert_node != NULL) != (rd->key_node != NULL)) {
-        const xmlNode *given = rd->cert_node != NULL ? rd->cert_node : rd->key_node;
-        config_error_node(errs, given, "Element '%s': cert_file and key_file must be given together",
-                          given->name);
-    }
     if (cfg->target_rate_cap_kbps != 0 && cfg->min_rate_cap_kbps > cfg->target_rate_cap_kbps)
         config_error_at(errs, errs->file, rd->min_rate_line,
                         "min_rate_cap_kbps (%llu) is above target_rate_cap_kbps (%llu)",
@@ -785,10 +815,15 @@ static fb_err config_extract(fb_config *cfg, xmlDocPtr doc, config_errors *errs)
 
     const xmlNode *root = xmlDocGetRootElement(doc);
     if (!config_name_is(root, "CONF")) {
-        config_error_node(errs, root, "the root element must be <CONF version=\"1\">, not <%s>", root->name);
+        config_error_node(errs, root, "the root element must be <CONF version=\"1\"> (or \"2\"), not <%s>", root->name);
         return FB_ERR_CONFIG;
     }
     rd.root_line = xmlGetLineNo(root);
+    {
+        xmlChar *v = xmlGetProp(root, (const xmlChar *)"version");
+        cfg->version = v != NULL && xmlStrcmp(v, (const xmlChar *)"2") == 0 ? 2 : 1; /* the schema allows 1, 2 */
+        xmlFree(v);
+    }
     for (const xmlNode *n = root->children; n != NULL; n = n->next) {
         if (config_name_is(n, "http_server"))
             config_read_http_server(&rd, n);
@@ -818,6 +853,7 @@ void fb_config_defaults(fb_config *cfg)
     cfg->https_port = FB_DEFAULT_HTTPS_PORT;
     cfg->enable_http = 0;
     cfg->enable_https = 1;
+    cfg->version = 1;
     cfg->udp_port = FB_DEFAULT_UDP_PORT;
     cfg->bind_address = (char *)"::";
     cfg->allowed_policies = FB_POLICY_FIXED | FB_POLICY_HIGH | FB_POLICY_FAIR | FB_POLICY_LOW;
@@ -837,8 +873,6 @@ void fb_config_free(fb_config *cfg)
     if (cfg == NULL)
         return;
     free(cfg->file);
-    free(cfg->cert_file);
-    free(cfg->key_file);
     free(cfg->bind_address);
     free(cfg->shm_path);
     for (unsigned i = 0; i < cfg->ndocroots; i++) {
@@ -873,6 +907,10 @@ static fb_err config_load_named(fb_config **pcfg, const char *path, const char *
     rv = config_parse(&doc, path, &errs);
     if (rv != FB_OK)
         goto out;
+    if (config_check_foreign(doc, &errs)) {
+        rv = FB_ERR_CONFIG;
+        goto out;
+    }
     rv = config_validate(doc, schema_path, &errs);
     if (rv != FB_OK)
         goto out;
@@ -941,6 +979,123 @@ const char *fb_config_docroot(const fb_config *cfg, const char *user, const char
     return NULL;
 }
 
+const char *fb_config_policy_name(unsigned policy)
+{
+    for (unsigned i = 0; i < 4; i++)
+        if (policy == 1u << i)
+            return config_policy_names[i];
+    return "unknown";
+}
+
+const char *fb_config_cipher_name(unsigned cipher)
+{
+    for (unsigned i = 0; i < 3; i++)
+        if (cipher == 1u << i)
+            return config_cipher_names[i];
+    return "unknown";
+}
+
+#define CONFIG_NSS_BUF_MAX (1024 * 1024) /* largest getpwnam_r/getgrgid_r buffer tried */
+#define CONFIG_MAX_GROUPS 65536            /* NGROUPS_MAX on Linux */
+
+/* Names of the groups GIDS (those NSS knows), as a NULL-terminated malloc'd array of malloc'd
+ * strings; NULL when out of memory. One lookup per group, whatever the number of entries. */
+static char **config_group_names(const gid_t *gids, int n)
+{
+    size_t buflen = 4096;
+    char *buf = malloc(buflen);
+    char **names = calloc((size_t)n + 1, sizeof(*names));
+    int k, count = 0;
+
+    if (buf == NULL || names == NULL) {
+        free(buf);
+        free(names);
+        return NULL;
+    }
+    for (k = 0; k < n; k++) {
+        struct group gr, *res = NULL;
+        int rc;
+
+        while ((rc = getgrgid_r(gids[k], &gr, buf, buflen, &res)) == ERANGE && buflen < CONFIG_NSS_BUF_MAX) {
+            char *nb = realloc(buf, buflen * 2);
+            if (nb == NULL)
+                break;
+            buf = nb;
+            buflen *= 2;
+        }
+        if (rc == 0 && res != NULL && (names[count] = strdup(gr.gr_name)) != NULL)
+            count++;
+    }
+    free(buf);
+    return names;
+}
+
+static void config_free_names(char **names)
+{
+    for (char **p = names; p != NULL && *p != NULL; p++)
+        free(*p);
+    free(names);
+}
+
+/* USER's groups (primary included) from NSS, as config_group_names; NULL if USER is unknown. */
+static char **config_user_groups(const char *user)
+{
+    size_t buflen = 4096;
+    char *buf = malloc(buflen);
+    struct passwd pw, *res = NULL;
+    char **names = NULL;
+    gid_t *gids = NULL;
+    int rc = ENOMEM, n = 64;
+
+    while (buf != NULL && (rc = getpwnam_r(user, &pw, buf, buflen, &res)) == ERANGE &&
+           buflen < CONFIG_NSS_BUF_MAX) {
+        char *nb = realloc(buf, buflen * 2);
+        if (nb == NULL)
+            break;
+        buf = nb;
+        buflen *= 2;
+    }
+    if (rc != 0 || res == NULL)
+        goto out;
+    gids = malloc((size_t)n * sizeof(*gids));
+    /* Too small an array: getgrouplist sets N to the count needed; one more round suffices. */
+    if (gids != NULL && getgrouplist(user, pw.pw_gid, gids, &n) < 0) {
+        gid_t *ng = n > 64 && n <= CONFIG_MAX_GROUPS ? realloc(gids, (size_t)n * sizeof(*gids)) : NULL;
+        if (ng == NULL)
+            goto out;
+        gids = ng;
+        if (getgrouplist(user, pw.pw_gid, gids, &n) < 0)
+            goto out;
+    }
+    if (gids != NULL)
+        names = config_group_names(gids, n);
+out:
+    free(gids);
+    free(buf);
+    return names;
+}
+
+const char *fb_config_docroot_for_user(const fb_config *cfg, const char *user)
+{
+    int has_groups = 0;
+    char **groups = NULL;
+    const char *found;
+
+    if (cfg == NULL)
+        return NULL;
+    for (unsigned i = 0; i < cfg->ndocroots; i++) {
+        if (user != NULL && cfg->docroots[i].user != NULL && strcmp(cfg->docroots[i].user, user) == 0)
+            return cfg->docroots[i].docroot;
+        has_groups |= cfg->docroots[i].group != NULL;
+    }
+    /* No <user> entry: the first <group> naming one of the user's groups, else <default>. */
+    if (has_groups && user != NULL && user[0] != '\0')
+        groups = config_user_groups(user);
+    found = fb_config_docroot(cfg, NULL, (const char *const *)groups);
+    config_free_names(groups);
+    return found;
+}
+
 static void config_print_list(FILE *out, const char *key, unsigned bits, const char *const *names, unsigned n)
 {
     fprintf(out, "%s = ", key);
@@ -956,12 +1111,11 @@ static void config_print_list(FILE *out, const char *key, unsigned bits, const c
 void fb_config_print(const fb_config *cfg, FILE *out)
 {
     fprintf(out, "file = %s\n", cfg->file != NULL ? cfg->file : "(defaults)");
+    fprintf(out, "version = %d\n", cfg->version);
     fprintf(out, "http_server.http_port = %d\n", cfg->http_port);
     fprintf(out, "http_server.https_port = %d\n", cfg->https_port);
     fprintf(out, "http_server.enable_http = %s\n", cfg->enable_http ? "true" : "false");
     fprintf(out, "http_server.enable_https = %s\n", cfg->enable_https ? "true" : "false");
-    fprintf(out, "http_server.cert_file = %s\n", cfg->cert_file != NULL ? cfg->cert_file : "(none)");
-    fprintf(out, "http_server.key_file = %s\n", cfg->key_file != NULL ? cfg->key_file : "(none)");
     fprintf(out, "udp.port = %d\n", cfg->udp_port);
     fprintf(out, "udp.bind_address = %s\n", cfg->bind_address != NULL ? cfg->bind_address : "::");
     fprintf(out, "transfer.target_rate_cap_kbps = %llu\n", (unsigned long long)cfg->target_rate_cap_kbps);
@@ -1137,7 +1291,7 @@ fb_err fb_config_set_port(const char *path, const char *schema, const char *whic
     rv = FB_ERR_CONFIG;
     xmlNodePtr root = xmlDocGetRootElement(doc);
     if (!config_name_is(root, "CONF")) {
-        config_error_node(&errs, root, "the root element must be <CONF version=\"1\">, not <%s>", root->name);
+        config_error_node(&errs, root, "the root element must be <CONF version=\"1\"> (or \"2\"), not <%s>", root->name);
         goto out;
     }
     xmlNodePtr server = config_find_child(root, "http_server");

@@ -44,18 +44,19 @@ typedef struct fb_docroot {
     char *user;    /* NULL for the default entry */
     char *group;   /* set for a <group> entry instead of <user> */
     char *docroot; /* absolute directory */
+    long line;     /* line of its element in the file (for messages) */
 } fb_docroot;
 
 typedef struct fb_config {
-    char *file; /* path it was read from */
+    char *file;  /* path it was read from */
+    int version; /* <CONF version="N">: 1, or 2 as aspera.conf writes it (the same layout) */
 
-    /* <http_server> */
+    /* <http_server>. TLS itself (certificate, key) is Apache's: mod_ssl's SSLCertificateFile in
+     * the virtual host of https_port; a cert_file or key_file element is refused. */
     int http_port;    /* default 8080 */
     int https_port;   /* default 8443 */
     int enable_http;  /* default 0 */
     int enable_https; /* default 1 */
-    char *cert_file;  /* may be NULL */
-    char *key_file;   /* may be NULL */
 
     /* <udp> */
     int udp_port;       /* default 33001 */
@@ -93,7 +94,9 @@ void fb_config_defaults(fb_config *cfg);
 
 /* Reads PATH, validates it against the schema, then checks what the schema cannot express
  * (repeated <default>/<user>/<group>, '..' in a docroot, min rate above target rate, both
- * listeners disabled, cert_file without key_file, a non-numeric bind address).
+ * listeners disabled, one port for HTTP and HTTPS, a non-numeric bind address). Elements an
+ * aspera.conf <http_server> block may carry but this system cannot apply (cert_file, key_file:
+ * TLS is mod_ssl's) are refused with a message saying where the setting belongs.
  *
  * SCHEMA NULL means: the FB_SCHEMA environment variable if set, else FB_PKGDATADIR/fallback.xsd
  * (the installed copy) if it exists, else fallback.xsd in the directory of PATH.
@@ -113,6 +116,18 @@ void fb_config_free(fb_config *cfg);
  * in file order, whose name is in GROUPS (NULL-terminated, may be NULL); else the <default>.
  * NULL if none applies (the user must then be refused). USER may be NULL (default only). */
 const char *fb_config_docroot(const fb_config *cfg, const char *user, const char *const *groups);
+
+/* Name of one policy bit ("fixed", "high", "fair", "low") or cipher bit ("none", "aes-128-gcm",
+ * "aes-256-gcm"); "unknown" for anything else (0, several bits, out of range). */
+const char *fb_config_policy_name(unsigned policy);
+const char *fb_config_cipher_name(unsigned cipher);
+
+/* Docroot for USER as the module resolves it for an authenticated user: the <user> entry;
+ * else, when the file has <group> entries, the first one naming a group USER belongs to in the
+ * system's group database (NSS: getpwnam_r, getgrouplist with the primary group, getgrgid_r;
+ * so /etc/group, LDAP or sssd alike); else the <default>. A USER unknown to the system can only
+ * get a <user> entry or the default. NULL if nothing applies. Thread-safe. */
+const char *fb_config_docroot_for_user(const fb_config *cfg, const char *user);
 
 /* Writes the effective settings, one "key = value" per line, as fbctl check prints them. */
 void fb_config_print(const fb_config *cfg, FILE *out);

@@ -18,12 +18,19 @@
 #include "apr_strings.h"
 
 #include "ap_listen.h"
+#include "ap_mmn.h"
 #include "http_core.h"
 #include "http_main.h"
 #include "http_protocol.h"
 #include "http_request.h"
 #include "unixd.h"
 #include "util_cfgtree.h"
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 102)
+#include "http_ssl.h" /* ap_ssl_conn_is_ssl, 2.4.47 and later */
+#else
+#include "apr_optional.h"
+APR_DECLARE_OPTIONAL_FN(int, ssl_is_https, (conn_rec *));
+#endif
 
 extern module AP_MODULE_DECLARE_DATA fallback_module;
 
@@ -606,6 +613,40 @@ static int route(mod_fallback_req *req, const char *rem)
     return mod_fallback_files_get(req, rem[5] == '/' ? rem + 6 : rem + 5);
 }
 
+/* Whether R came over TLS, as mod_ssl (or any TLS module hooked into ap_ssl_conn_is_ssl) says. */
+static int request_is_tls(request_rec *r)
+{
+#if AP_MODULE_MAGIC_AT_LEAST(20120211, 102)
+    return ap_ssl_conn_is_ssl(r->connection);
+#else
+    APR_OPTIONAL_FN_TYPE(ssl_is_https) *is_https = APR_RETRIEVE_OPTIONAL_FN(ssl_is_https);
+    return is_https != NULL && is_https(r->connection);
+#endif
+}
+
+/* enable_http / enable_https: a request over a scheme the configuration turned off is refused
+ * before any route runs, so nothing (above all no session key) is ever answered over it, on
+ * whatever port or virtual host it arrived. Returns 1 after answering the refusal. */
+static int refuse_disabled_scheme(mod_fallback_req *req)
+{
+    int tls = request_is_tls(req->r);
+    const char *setting;
+
+    if (tls ? req->cfg->enable_https : req->cfg->enable_http)
+        return 0;
+    setting = tls ? "enable_https" : "enable_http";
+    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, req->r,
+                  FBLOGNO(00022) "request over %s refused: %s is false in %s", tls ? "HTTPS" : "plain HTTP",
+                  setting, req->state->config_file);
+    (void)mod_fallback_problem_ext(
+        req, FB_ERR_PERMISSION,
+        apr_psprintf(req->r->pool, "%s is not served here: %s is false in the server's fallback.xml%s",
+                     tls ? "HTTPS" : "plain HTTP", setting,
+                     tls ? "" : "; use https:// (session keys never cross plain HTTP)"),
+        json_pack("{s:s}", "setting", setting));
+    return 1;
+}
+
 static int fallback_handler(request_rec *r)
 {
     mod_fallback_server_conf *conf;
@@ -629,6 +670,8 @@ static int fallback_handler(request_rec *r)
     req->state = conf->state;
     req->cfg = conf->state->cfg;
     req->table = conf->state->table;
+    if (refuse_disabled_scheme(req))
+        return OK;
 
     req->base = find_base(r, &rem);
     if (req->base == NULL)

@@ -11,8 +11,11 @@
  *    second;
  *  - graceful restart (SIGUSR1): pconf is cleared and this module unloaded and loaded again, so
  *    the pid lives in retained data (ap_retained_data_create); the pconf cleanup leaves udpd
- *    running and the next generation registers the same pid again (or starts it anew if its
- *    FallbackDaemon* settings or FallbackConfig changed, or it died meanwhile);
+ *    running and the next generation registers the same pid again and sends it SIGHUP, so udpd
+ *    reads fallback.xml again (docroots, rate caps, policies, ciphers: what it applies to each
+ *    new association) while its transfers go on. It is started anew instead if what udpd cannot
+ *    change live differs: its FallbackDaemon* settings or FallbackConfig, or in fallback.xml its
+ *    UDP port, bind address or session table (the "signature"); or if it died meanwhile;
  *  - stop, graceful-stop, hard restart (SIGHUP), a startup that fails after us: the pconf
  *    cleanup sends SIGTERM, waits up to 5 s, then SIGKILL; a hard restart then starts a new one.
  * The cleanup tells a graceful restart from the rest by ap_state_query (EXITING when the parent
@@ -146,7 +149,7 @@ static void child_exec(char *const *argv, apr_interval_time_t delay, pid_t paren
 static void child_exec(char *const *argv, apr_interval_time_t delay, pid_t parent)
 {
     struct sigaction sa;
-    sigset_t none;
+    sigset_t none; /* all but SIGHUP, see below */
     int sig, n = 0;
 
     /* Apache's handlers (SIGTERM -> "shut down gracefully") would make a delayed child
@@ -157,7 +160,10 @@ static void child_exec(char *const *argv, apr_interval_time_t delay, pid_t paren
     for (sig = 1; sig < NSIG; sig++)
         if (sig != SIGKILL && sig != SIGSTOP)
             (void)sigaction(sig, &sa, NULL);
+    /* SIGHUP stays blocked: a reload sent while this child waits or before udpd's loop runs
+     * stays pending for udpd's signalfd instead of killing it. */
     sigemptyset(&none);
+    sigaddset(&none, SIGHUP);
     (void)sigprocmask(SIG_SETMASK, &none, NULL);
     /* Its own process group: signals Apache sends to its group (prefork's restart) or a
      * terminal's ^C to a foreground httpd reach udpd only through the parent's cleanup. */
@@ -409,6 +415,7 @@ static void command_line(apr_pool_t *p, const mod_fallback_server_conf *conf)
 {
     apr_array_header_t *a = apr_array_make(p, 8, sizeof(char *));
     const char *user = conf->daemon_user;
+    const fb_config *cfg = conf->state != NULL ? conf->state->cfg : NULL;
     unsigned int len = 0;
     int i;
     EVP_MD_CTX *md = EVP_MD_CTX_new();
@@ -425,10 +432,16 @@ static void command_line(apr_pool_t *p, const mod_fallback_server_conf *conf)
         APR_ARRAY_PUSH(a, char *) = apr_pstrdup(p, user);
     }
     gen.cmdline = apr_array_pstrcat(p, a, ' ');
-    /* The signature tells a graceful restart whether the running udpd still fits. */
+    /* The signature tells a graceful restart whether the running udpd still fits: its command
+     * line, and what of fallback.xml udpd reads only at its start (a SIGHUP applies the rest). */
     if (md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1) {
         for (i = 0; i < a->nelts; i++)
             EVP_DigestUpdate(md, APR_ARRAY_IDX(a, i, char *), strlen(APR_ARRAY_IDX(a, i, char *)) + 1);
+        if (cfg != NULL) {
+            const char *fixed = apr_psprintf(p, "udp %s port %d table %s slots %u", cfg->bind_address,
+                                             cfg->udp_port, cfg->shm_path, (unsigned)cfg->max_sessions);
+            EVP_DigestUpdate(md, fixed, strlen(fixed) + 1);
+        }
     }
     APR_ARRAY_PUSH(a, char *) = NULL;
     gen.argv = (char **)a->elts;
@@ -484,9 +497,16 @@ int mod_fallback_daemon_post_config(apr_pool_t *pconf, apr_pool_t *ptemp, server
             daemon_stop(s, "its settings changed");
         } else {
             daemon_register();
+            /* udpd blocks SIGHUP from its first instruction (and this module's child before
+             * exec), so this never ends it: it re-reads fallback.xml at its next loop turn. */
+            if (kill(r->pid, SIGHUP) != 0)
+                ap_log_error(APLOG_MARK, APLOG_WARNING, APR_FROM_OS_ERROR(errno), s,
+                             FBLOGNO(00722) "mod_fallback: cannot tell udpd (pid %d) to reload %s",
+                             (int)r->pid, config_path(conf));
             ap_log_error(APLOG_MARK, APLOG_INFO, 0, s,
-                         FBLOGNO(00704) "mod_fallback: udpd (pid %d) kept across the graceful restart",
-                         (int)r->pid);
+                         FBLOGNO(00704) "mod_fallback: udpd (pid %d) kept across the graceful restart; told "
+                                        "to reload %s (SIGHUP)",
+                         (int)r->pid, config_path(conf));
             return OK;
         }
     }

@@ -295,9 +295,7 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     if (info->chunk_size == 0)
         return mod_fallback_problem(req, FB_ERR_INTERNAL, "session without a chunk size");
     if (atomic_load(&slot->state) != FB_SLOT_ACTIVE)
-        return mod_fallback_problem(req, FB_ERR_SESSION_STATE,
-                                    apr_pstrcat(r->pool, "the session is ",
-                                                mod_fallback_state_name(atomic_load(&slot->state)), NULL));
+        return mod_fallback_session_ended(req, slot, gen);
 
     cr = apr_table_get(r->headers_in, "Content-Range");
     if (cr == NULL)
@@ -374,13 +372,17 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     atomic_fetch_add(&slot->writers, 1);
     if (!slot_still_ours(c)) {
         atomic_fetch_sub(&slot->writers, 1);
-        return mod_fallback_problem(req, FB_ERR_SESSION_STATE, "the session is no longer active");
+        return mod_fallback_session_ended(req, slot, gen);
     }
     e = stream_body(c, &detail, &rv);
     req->body_read = 1;
     (void)checkpoint_save(c);
     atomic_fetch_sub(&slot->writers, 1);
 
+    if (e == FB_ERR_SESSION_STATE && mod_fallback_session_error(slot, gen) == FB_ERR_SERVER_REFUSED) {
+        e = FB_ERR_SERVER_REFUSED; /* cancelled by the administrator while the body streamed */
+        detail = "the session was cancelled on the server";
+    }
     if (e != FB_OK) {
         ap_log_rerror(APLOG_MARK, e == FB_ERR_DISK_FULL || e == FB_ERR_IO ? APLOG_ERR : APLOG_INFO, rv, r,
                       FBLOGNO(00401) "session %s: PUT %" APR_UINT64_T_FMT "-%" APR_UINT64_T_FMT

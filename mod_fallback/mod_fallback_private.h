@@ -102,6 +102,11 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id);
  * The caller wipes info->key when done. */
 int mod_fallback_session_lookup(mod_fallback_req *req, const char *id, uint32_t *pindex, fb_slot **pslot,
                                 uint32_t *pgen, fb_slot_info *info);
+/* The error recorded with a FAILED session of generation GEN (FB_OK: none, or not FAILED). */
+fb_err mod_fallback_session_error(fb_slot *slot, uint32_t gen);
+/* Answers a request on a session that is no longer ACTIVE: the administrator's refusal
+ * (fbctl cancel) as server_refused, anything else as session_state naming the state. */
+int mod_fallback_session_ended(mod_fallback_req *req, fb_slot *slot, uint32_t gen);
 /* "active", "finalising", "done", "failed" */
 const char *mod_fallback_state_name(uint32_t state);
 

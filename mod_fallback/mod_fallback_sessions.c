@@ -39,6 +39,28 @@ const char *mod_fallback_state_name(uint32_t state)
     return fb_slot_state_name(state == FB_SLOT_CLAIMED ? FB_SLOT_ACTIVE : state);
 }
 
+fb_err mod_fallback_session_error(fb_slot *slot, uint32_t gen)
+{
+    uint32_t code = atomic_load(&slot->error_code);
+
+    if (atomic_load(&slot->state) != FB_SLOT_FAILED || atomic_load(&slot->generation) != gen ||
+        code >= (uint32_t)FB_ERR__COUNT)
+        return FB_OK;
+    return (fb_err)code;
+}
+
+int mod_fallback_session_ended(mod_fallback_req *req, fb_slot *slot, uint32_t gen)
+{
+    fb_err e = mod_fallback_session_error(slot, gen);
+
+    /* The administrator's refusal (fbctl cancel) is the client's final answer, on every route. */
+    if (e == FB_ERR_SERVER_REFUSED)
+        return mod_fallback_problem(req, e, "the session was cancelled on the server");
+    return mod_fallback_problem(req, FB_ERR_SESSION_STATE,
+                                apr_pstrcat(req->r->pool, "the session is ",
+                                            mod_fallback_state_name(atomic_load(&slot->state)), NULL));
+}
+
 static const char *direction_name(uint32_t d)
 {
     return d == FB_DIR_DOWNLOAD ? "download" : "upload";
@@ -133,6 +155,15 @@ static json_t *session_doc(mod_fallback_req *req, uint32_t idx, const fb_slot_in
     return doc;
 }
 
+/* A failed session says why, when that was recorded ("server_refused" after fbctl cancel). */
+static void add_error(json_t *doc, fb_slot *slot, uint32_t state)
+{
+    uint32_t code = atomic_load(&slot->error_code);
+
+    if (doc != NULL && state == FB_SLOT_FAILED && code != FB_OK && code < (uint32_t)FB_ERR__COUNT)
+        json_object_set_new(doc, "error", json_string(fb_err_name((fb_err)code)));
+}
+
 /* received_bytes, missing (at most MOD_FALLBACK_MAX_MISSING_RANGES), missing_bytes. */
 static int add_progress(json_t *doc, fb_slot *slot, const fb_slot_info *info, apr_pool_t *p)
 {
@@ -176,6 +207,7 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
 
     fb_slot_info_read(info, slot);
     doc = session_doc(req, idx, info, state);
+    add_error(doc, slot, state);
     if (doc == NULL) {
         wipe_info(info);
         return mod_fallback_json_reply(req, status, NULL, 0);
@@ -1065,7 +1097,7 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
     if (!fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FINALISING)) {
         if (atomic_load(&slot->state) == FB_SLOT_DONE && atomic_load(&slot->generation) == gen)
             return reply_done(req, id, slot, sha);
-        return mod_fallback_problem(req, FB_ERR_SESSION_STATE, NULL);
+        return mod_fallback_session_ended(req, slot, gen);
     }
     /* From here on this request owns the slot: every path leaves FINALISING. PUTs that started
      * before the transition may still be writing their last buffer: wait for them (bounded: a

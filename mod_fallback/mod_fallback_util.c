@@ -274,8 +274,10 @@ int mod_fallback_docroot_open(mod_fallback_req *req)
 
     if (req->docroot_fd >= 0)
         return OK;
-    /* Groups are not resolved yet: a user matches by name or gets the default docroot. */
-    req->docroot = fb_config_docroot(req->cfg, req->user, NULL);
+    /* <user>, else the first <group> the user belongs to in the system's group database (NSS),
+     * else <default>: the same answer on every request, so a session keeps its docroot. udpd
+     * takes the docroot from the session's slot and never resolves it itself. */
+    req->docroot = fb_config_docroot_for_user(req->cfg, req->user);
     if (req->docroot == NULL) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00105) "no docroot for user '%s' in %s", req->user,
                       req->state->config_file);

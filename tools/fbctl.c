@@ -1,6 +1,7 @@
 /* fbctl: the admin tool of the fallback transfer system, on libfb.
  *
- *   fbctl [-c FILE] check                  validate fallback.xml, print the effective settings
+ *   fbctl [-c FILE] check [--run-user U]   validate fallback.xml, print the effective settings,
+ *                                          warn about docroots U cannot write
  *   fbctl [-c FILE] set-port http|https N  change a fallback port in place (validated, atomic)
  *   fbctl [-c FILE] sessions [--json]      list the sessions in the shared table
  *   fbctl [-c FILE] cancel ID              fail an active session (clients see server_refused)
@@ -10,12 +11,15 @@
 
 #include <errno.h>
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -29,8 +33,9 @@
 #define FBCTL_ERRLEN 4096
 
 typedef struct fbctl_opts {
-    const char *config; /* -c, else $FALLBACK_CONFIG, else FB_DEFAULT_CONFIG_FILE */
-    const char *schema; /* --schema, else fb_config_load's own search */
+    const char *config;   /* -c, else $FALLBACK_CONFIG, else FB_DEFAULT_CONFIG_FILE */
+    const char *schema;   /* --schema, else fb_config_load's own search */
+    const char *run_user; /* check --run-user, else $APACHE_RUN_USER, else who runs fbctl */
 } fbctl_opts;
 
 static void fbctl_usage(FILE *out)
@@ -41,7 +46,10 @@ static void fbctl_usage(FILE *out)
             "Administer the fallback file transfer system (mod_fallback and udpd).\n"
             "\n"
             "Commands:\n"
-            "  check                    validate the configuration and print the effective settings\n"
+            "  check [--run-user USER]  validate the configuration, print the effective settings, and\n"
+            "                           warn about a docroot that is missing or that USER (the user\n"
+            "                           Apache and udpd run as; default $APACHE_RUN_USER, else the\n"
+            "                           user running fbctl; another user needs root) cannot write\n"
             "  set-port http|https N    set <http_server>/<http_port> or <https_port> to N, keeping\n"
             "                           comments; the file is replaced only if the result is valid\n"
             "  sessions [--json]        list the sessions in the shared session table\n"
@@ -102,6 +110,102 @@ static fb_err fbctl_load(fb_config **pcfg, const fbctl_opts *opts)
 
 /* ---- check, set-port ------------------------------------------------------------------- */
 
+/* Whether UID/GID (with NAME's supplementary groups) may create files in DIR: checked in a child
+ * that becomes that user, so ACLs, groups and read-only mounts all count as the kernel sees them.
+ * 1 yes, 0 no, -1 the check could not be made. */
+static int fbctl_writable_as(const char *dir, const char *name, uid_t uid, gid_t gid)
+{
+    if (uid == geteuid())
+        return access(dir, W_OK | X_OK) == 0;
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        if (initgroups(name, gid) != 0 || setgid(gid) != 0 || setuid(uid) != 0)
+            _exit(2);
+        _exit(access(dir, W_OK | X_OK) == 0 ? 0 : 1);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            return -1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) > 1)
+        return -1;
+    return WEXITSTATUS(status) == 0;
+}
+
+/* Warns (stderr, "fbctl: warning: FILE:LINE: ...") about each docroot that does not exist, is not
+ * a directory, or is not writable by the user Apache and udpd run as. Returns the count. */
+static unsigned fbctl_check_docroots(const fb_config *cfg, const char *run_user)
+{
+    unsigned warnings = 0;
+    struct passwd *pw = NULL;
+    uid_t uid = geteuid();
+    gid_t gid = getegid();
+    char name[256] = "";
+
+    if (run_user != NULL && run_user[0] != '\0') {
+        pw = getpwnam(run_user);
+        if (pw == NULL) {
+            fprintf(stderr,
+                    "fbctl: warning: no user '%s' (--run-user or APACHE_RUN_USER): docroots not checked\n",
+                    run_user);
+            return 1;
+        }
+    } else {
+        pw = getpwuid(uid);
+    }
+    if (pw != NULL) {
+        snprintf(name, sizeof(name), "%s", pw->pw_name);
+        if (pw->pw_uid != uid && geteuid() != 0) {
+            fprintf(stderr,
+                    "fbctl: warning: only root can check the docroots as '%s': checked as the user running "
+                    "fbctl\n",
+                    name);
+            warnings++;
+            pw = getpwuid(uid);
+            snprintf(name, sizeof(name), "%s", pw != NULL ? pw->pw_name : "?");
+        } else {
+            uid = pw->pw_uid;
+            gid = pw->pw_gid;
+        }
+    }
+    for (unsigned i = 0; i < cfg->ndocroots; i++) {
+        const fb_docroot *d = &cfg->docroots[i];
+        char who[300];
+        struct stat st;
+
+        if (d->user != NULL)
+            snprintf(who, sizeof(who), "user %s", d->user);
+        else if (d->group != NULL)
+            snprintf(who, sizeof(who), "group %s", d->group);
+        else
+            snprintf(who, sizeof(who), "default");
+        if (stat(d->docroot, &st) != 0) {
+            fprintf(stderr, "fbctl: warning: %s:%ld: docroot %s (%s) %s%s\n", cfg->file, d->line, d->docroot,
+                    who, errno == ENOENT ? "does not exist" : "cannot be examined: ",
+                    errno == ENOENT ? "" : strerror(errno));
+            warnings++;
+        } else if (!S_ISDIR(st.st_mode)) {
+            fprintf(stderr, "fbctl: warning: %s:%ld: docroot %s (%s) is not a directory\n", cfg->file,
+                    d->line, d->docroot, who);
+            warnings++;
+        } else {
+            int w = fbctl_writable_as(d->docroot, name, uid, gid);
+            if (w != 1) {
+                fprintf(stderr,
+                        "fbctl: warning: %s:%ld: docroot %s (%s) %s by user %s (Apache's and udpd's)\n",
+                        cfg->file, d->line, d->docroot, who,
+                        w == 0 ? "is not writable" : "could not be checked", name);
+                warnings++;
+            }
+        }
+    }
+    printf("docroots checked as user %s: %u warning%s\n", name[0] ? name : "?", warnings,
+           warnings == 1 ? "" : "s");
+    return warnings;
+}
+
 static int fbctl_check(const fbctl_opts *opts)
 {
     fb_config *cfg = NULL;
@@ -109,6 +213,8 @@ static int fbctl_check(const fbctl_opts *opts)
     if (rc != FB_OK)
         return fb_err_exit_code(rc);
     fb_config_print(cfg, stdout);
+    fflush(stdout);
+    (void)fbctl_check_docroots(cfg, opts->run_user != NULL ? opts->run_user : getenv("APACHE_RUN_USER"));
     printf("OK\n");
     fb_config_free(cfg);
     return 0;
@@ -496,6 +602,10 @@ int main(int argc, char **argv)
         {"json", no_argument, NULL, 'j'},
         {NULL, 0, NULL, 0},
     };
+    static const struct option check_opts[] = {
+        {"run-user", required_argument, NULL, 'u'},
+        {NULL, 0, NULL, 0},
+    };
     fbctl_opts opts;
     int c;
 
@@ -533,10 +643,14 @@ int main(int argc, char **argv)
     int json = 0;
     optind = 0; /* GNU getopt: restart on the command's arguments */
     opterr = 0; /* our own message names fbctl and the command */
-    while ((c = getopt_long(sub_argc, sub_argv, "+",
-                            strcmp(cmd, "sessions") == 0 ? sessions_opts : sessions_opts + 1, NULL)) != -1) {
+    const struct option *cmd_opts = strcmp(cmd, "sessions") == 0 ? sessions_opts
+                                    : strcmp(cmd, "check") == 0  ? check_opts
+                                                                 : sessions_opts + 1;
+    while ((c = getopt_long(sub_argc, sub_argv, "+", cmd_opts, NULL)) != -1) {
         if (c == 'j') {
             json = 1;
+        } else if (c == 'u') {
+            opts.run_user = optarg;
         } else {
             return fbctl_fail_usage("%s: unknown option '%s'", cmd, sub_argv[optind - 1]);
         }

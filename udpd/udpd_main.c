@@ -258,6 +258,35 @@ static void heartbeat(udpd *d, uint64_t now)
     d->last_heartbeat_us = now;
 }
 
+/* NAMES of the bits set in BITS, comma-separated, into BUF. */
+static void bit_names(char *buf, size_t len, unsigned bits, const char *(*name)(unsigned))
+{
+    size_t used = 0;
+
+    buf[0] = '\0';
+    for (unsigned i = 0; i < 8 && used < len; i++)
+        if (bits & (1u << i)) {
+            int n = snprintf(buf + used, len - used, "%s%s", used ? "," : "", name(1u << i));
+            if (n < 0)
+                break;
+            used += (size_t)n;
+        }
+}
+
+/* The settings udpd applies to each new association, as one line (after a start or reload). */
+static void log_settings(const udpd *d, const char *tag, const char *what)
+{
+    char policies[64], ciphers[64];
+
+    bit_names(policies, sizeof(policies), d->cfg->allowed_policies, fb_config_policy_name);
+    bit_names(ciphers, sizeof(ciphers), d->cfg->allowed_ciphers, fb_config_cipher_name);
+    udpd_log(UDPD_INFO, tag,
+             "configuration %s %s: target_rate_cap_kbps %llu, min_rate_cap_kbps %llu, policies %s, "
+             "ciphers %s, %u docroots",
+             d->config_file, what, (unsigned long long)d->cfg->target_rate_cap_kbps,
+             (unsigned long long)d->cfg->min_rate_cap_kbps, policies, ciphers, d->cfg->ndocroots);
+}
+
 static void reload(udpd *d)
 {
     fb_config *ncfg = NULL;
@@ -270,17 +299,15 @@ static void reload(udpd *d)
     }
     if (ncfg->udp_port != d->cfg->udp_port || strcmp(ncfg->bind_address, d->cfg->bind_address) != 0)
         udpd_log(UDPD_WARN, "UD00031",
-                 "the UDP port or address changed (%s port %d): restart udpd to apply it", ncfg->bind_address,
-                 ncfg->udp_port);
+                 "the UDP port or address changed (%s port %d): restart udpd to apply it (under Apache's "
+                 "FallbackDaemon on, apachectl graceful restarts it)",
+                 ncfg->bind_address, ncfg->udp_port);
     if (strcmp(ncfg->shm_path, d->cfg->shm_path) != 0)
         udpd_log(UDPD_WARN, "UD00032", "the session table path changed (%s): restart udpd to apply it",
                  ncfg->shm_path);
     fb_config_free(d->cfg);
     d->cfg = ncfg;
-    udpd_log(UDPD_INFO, "UD00033",
-             "configuration %s reloaded (rate caps, policies, ciphers, docroots apply to new "
-             "associations)",
-             d->config_file);
+    log_settings(d, "UD00033", "reloaded; they apply to new associations");
 }
 
 static void handle_signals(udpd *d)
@@ -470,7 +497,13 @@ int main(int argc, char **argv)
     int rc, status = 1, pidfile_written = 0;
     size_t bufsize;
     fb_err e;
+    sigset_t hup;
 
+    /* A reload asked for before the loop runs (apachectl graceful just after the start) waits
+     * for the signalfd instead of ending udpd by SIGHUP's default action. */
+    sigemptyset(&hup);
+    sigaddset(&hup, SIGHUP);
+    (void)sigprocmask(SIG_BLOCK, &hup, NULL);
     rc = parse_options(&o, argc, argv);
     if (rc >= 0)
         return rc;
@@ -557,6 +590,7 @@ int main(int argc, char **argv)
              "GSO %s)",
              d.cfg->bind_address, d.cfg->udp_port, (long)geteuid(), d.cfg->shm_path, fb_table_nslots(d.table),
              d.sock.rcvbuf, d.sock.sndbuf, d.sock.gro ? "on" : "off", d.sock.gso ? "on" : "off");
+    log_settings(&d, "UD00071", "loaded");
     if ((size_t)d.sock.rcvbuf < bufsize / 4)
         udpd_log(
             UDPD_WARN, "UD00017",

@@ -244,6 +244,15 @@ static int slot_still_ours(const sess *s)
            atomic_load(&s->slot->state) == FB_SLOT_ACTIVE;
 }
 
+/* Whether the session was refused by the administrator (fbctl cancel: FAILED with server_refused,
+ * same generation): its client is told so in the CLOSE, the seed's "Server refused request". */
+static int slot_refused(const sess *s)
+{
+    return atomic_load(&s->slot->generation) == s->generation &&
+           atomic_load(&s->slot->state) == FB_SLOT_FAILED &&
+           atomic_load(&s->slot->error_code) == (uint32_t)FB_ERR_SERVER_REFUSED;
+}
+
 /* Whether ST is the file the session was created for: the same inode with the same
  * modification and change times as the module saw (the slot's file identity; unknown = no). A
  * path that now names another file (a symlink or a directory swapped, a file renamed over it)
@@ -611,6 +620,17 @@ static void sess_destroy(sess *s, uint64_t now, const char *why)
     free(s);
 }
 
+/* The slot left ACTIVE under the session (commit, cancel, reuse): drop it, telling a client the
+ * administrator refused (fbctl cancel) why, so it stops instead of continuing over HTTPS. */
+static void sess_ended(sess *s, uint64_t now)
+{
+    if (slot_refused(s)) {
+        udpd_log(UDPD_INFO, "UD00070", "session %s: cancelled on the server; closing its association", s->id);
+        send_close(s, FB_ERR_SERVER_REFUSED, 0);
+    }
+    sess_destroy(s, now, "the session is no longer active");
+}
+
 /* The slot's session, if the random part matches; with its key. NULL if not a live session. */
 static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_WIRE_SID_LEN], uint64_t now)
 {
@@ -719,6 +739,8 @@ static fb_err engines_prepare(sess *s, uint64_t now)
  * its next HELLO (from the shared bitmap, which holds only written chunks). */
 static void upload_fail(sess *s, fb_err e, uint64_t now)
 {
+    if (e == FB_ERR_SESSION_STATE && slot_refused(s))
+        e = FB_ERR_SERVER_REFUSED;
     udpd_ctr.write_errors++;
     udpd_log(e == FB_ERR_SESSION_STATE ? UDPD_INFO : UDPD_ERROR, "UD00022",
              "session %s: writing '%s' failed: %s; UDP transfer stopped (the client continues over HTTPS)",
@@ -924,10 +946,10 @@ static void promote(sess *s, uint64_t now)
     }
     udpd_log(
         UDPD_INFO, "UD00025",
-        "session %s: %s of '%s' (%llu bytes) from %s: cipher %u, policy %u, rate %llu..%llu B/s, datagram %u",
+        "session %s: %s of '%s' (%llu bytes) from %s: cipher %s, policy %s, rate %llu..%llu B/s, datagram %u",
         s->id, s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath, (unsigned long long)s->size,
-        s->cur.peer_str, s->cur.cipher, s->cur.policy, (unsigned long long)s->cur.min_rate,
-        (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
+        s->cur.peer_str, fb_config_cipher_name(s->cur.cipher), fb_config_policy_name(s->cur.policy),
+        (unsigned long long)s->cur.min_rate, (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
 }
 
 /* ---- data phase ------------------------------------------------------------------------------- */
@@ -1134,7 +1156,7 @@ void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd
     }
     s = ss->by_index[idx];
     if (s != NULL && !slot_still_ours(s)) {
-        sess_destroy(s, now, "the session is no longer active");
+        sess_ended(s, now);
         s = NULL;
     }
     if (s == NULL) {
@@ -1258,7 +1280,7 @@ static void housekeeping(udpd_sessions *ss, uint64_t now)
         if (s == NULL)
             continue;
         if (!slot_still_ours(s)) {
-            sess_destroy(s, now, "the session is no longer active");
+            sess_ended(s, now);
             continue;
         }
         if (s->pend.live && now - s->pend.last_rx_us > ASSOC_IDLE_US)

@@ -3,7 +3,9 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -92,8 +94,7 @@ START_TEST(test_defaults_when_elements_absent)
     ck_assert_int_eq(cfg->https_port, 8443);
     ck_assert_int_eq(cfg->enable_http, 0);
     ck_assert_int_eq(cfg->enable_https, 1);
-    ck_assert_ptr_null(cfg->cert_file);
-    ck_assert_ptr_null(cfg->key_file);
+    ck_assert_int_eq(cfg->version, 1);
     ck_assert_int_eq(cfg->udp_port, 33001);
     ck_assert_str_eq(cfg->bind_address, "::");
     ck_assert_uint_eq(cfg->target_rate_cap_kbps, 0);
@@ -156,7 +157,6 @@ START_TEST(test_all_values_read)
                           "  <http_server>\n"
                           "    <http_port> 81 </http_port><https_port>444</https_port>\n"
                           "    <enable_http>yes</enable_http><enable_https>no</enable_https>\n"
-                          "    <cert_file>/etc/c.pem</cert_file><key_file>/etc/k.pem</key_file>\n"
                           "  </http_server>\n"
                           "  <udp><port>40000</port><bind_address>127.0.0.1</bind_address></udp>\n"
                           "  <transfer>\n"
@@ -177,8 +177,6 @@ START_TEST(test_all_values_read)
     ck_assert_int_eq(cfg->https_port, 444);
     ck_assert_int_eq(cfg->enable_http, 1);
     ck_assert_int_eq(cfg->enable_https, 0);
-    ck_assert_str_eq(cfg->cert_file, "/etc/c.pem");
-    ck_assert_str_eq(cfg->key_file, "/etc/k.pem");
     ck_assert_int_eq(cfg->udp_port, 40000);
     ck_assert_str_eq(cfg->bind_address, "127.0.0.1");
     ck_assert_uint_eq(cfg->target_rate_cap_kbps, 100000);
@@ -355,8 +353,100 @@ END_TEST
 START_TEST(test_wrong_root_or_version_rejected)
 {
     expect_error("<config version=\"1\"/>\n", 1, "config");
-    expect_error("\n<CONF version=\"2\"/>\n", 2, "version");
+    expect_error("\n<CONF version=\"3\"/>\n", 2, "version");
     expect_error("<CONF/>\n", 1, "version");
+}
+END_TEST
+
+/* The block of the seed text (docs: "Configuring HTTP and HTTPS Fallback"), pasted as it is. */
+START_TEST(test_aspera_conf_version_2_block_loads)
+{
+    fb_config *cfg = NULL;
+    fb_err rv = load_text(&cfg, "<?xml version='1.0' encoding='UTF-8'?>\n"
+                                "<CONF version=\"2\">\n"
+                                "    <http_server>\n"
+                                "        <http_port>8080</http_port>\n"
+                                "        <enable_http>1</enable_http>\n"
+                                "        <https_port>8443</https_port>\n"
+                                "        <enable_https>1</enable_https>\n"
+                                "    </http_server>\n"
+                                "</CONF>\n");
+    ck_assert_msg(rv == FB_OK, "%s", errbuf);
+    ck_assert_int_eq(cfg->version, 2);
+    ck_assert_int_eq(cfg->http_port, 8080);
+    ck_assert_int_eq(cfg->https_port, 8443);
+    ck_assert_int_eq(cfg->enable_http, 1);
+    ck_assert_int_eq(cfg->enable_https, 1);
+    fb_config_free(cfg);
+    /* The seed's second block: one number for both ports cannot apply. */
+    expect_error("<?xml version='1.0' encoding='UTF-8'?>\n<CONF version=\"2\">\n<http_server>\n"
+                 "    <http_port>1234</http_port>\n    <https_port>1234</https_port>\n"
+                 "    <enable_http>true</enable_http>\n    <enable_https>true</enable_https>\n"
+                 "</http_server>\n</CONF>\n",
+                 5, "http_port and https_port are both 1234: one port cannot serve plain HTTP and HTTPS");
+}
+END_TEST
+
+/* cert_file/key_file from aspera.conf: refused, pointing at mod_ssl, each with its line. */
+START_TEST(test_cert_and_key_file_refused_pointing_at_mod_ssl)
+{
+    expect_error(HEAD "  <http_server>\n    <cert_file>/c.pem</cert_file>\n  </http_server>\n</CONF>\n", 4,
+                 "Element 'cert_file': not supported here: TLS for the fallback is Apache's: set "
+                 "SSLCertificateFile");
+    expect_error(HEAD "  <http_server>\n\n    <key_file>/k.pem</key_file>\n  </http_server>\n</CONF>\n", 5,
+                 "SSLCertificateKeyFile");
+    char second[PATH_MAX + 64];
+    fb_config *cfg = NULL;
+    ck_assert_int_eq(load_text(&cfg, HEAD "  <http_server>\n    <cert_file>/c.pem</cert_file>\n"
+                                          "    <key_file>/k.pem</key_file>\n  </http_server>\n</CONF>\n"),
+                     FB_ERR_CONFIG);
+    snprintf(second, sizeof(second), "\n%s:5: Element 'key_file'", conf_path);
+    ck_assert_msg(strstr(errbuf, second) != NULL, "expected '%s' in '%s'", second, errbuf);
+}
+END_TEST
+
+START_TEST(test_policy_and_cipher_names)
+{
+    ck_assert_str_eq(fb_config_policy_name(FB_POLICY_FIXED), "fixed");
+    ck_assert_str_eq(fb_config_policy_name(FB_POLICY_LOW), "low");
+    ck_assert_str_eq(fb_config_policy_name(0), "unknown");
+    ck_assert_str_eq(fb_config_policy_name(FB_POLICY_FAIR | FB_POLICY_LOW), "unknown");
+    ck_assert_str_eq(fb_config_cipher_name(FB_CIPHER_AES128_GCM), "aes-128-gcm");
+    ck_assert_str_eq(fb_config_cipher_name(FB_CIPHER_AES256_GCM), "aes-256-gcm");
+    ck_assert_str_eq(fb_config_cipher_name(FB_CIPHER_NONE), "none");
+    ck_assert_str_eq(fb_config_cipher_name(64), "unknown");
+}
+END_TEST
+
+/* Groups come from the system (NSS): the current user's primary group picks its <group> entry;
+ * a user the system does not know gets the default; a <user> entry wins over any group. */
+START_TEST(test_docroot_for_user_resolves_system_groups)
+{
+    struct passwd *pw = getpwuid(geteuid());
+    ck_assert_ptr_nonnull(pw);
+    char user[256];
+    snprintf(user, sizeof(user), "%s", pw->pw_name);
+    struct group *gr = getgrgid(pw->pw_gid);
+    ck_assert_ptr_nonnull(gr);
+    char text[2048];
+    snprintf(text, sizeof(text),
+             HEAD "<docroots>\n  <group name=\"no-such-group-fbtest\">/srv/none</group>\n"
+                  "  <group name=\"%s\">/srv/mine</group>\n  <default>/srv/all</default>\n</docroots></CONF>\n",
+             gr->gr_name);
+    fb_config *cfg = NULL;
+    ck_assert_msg(load_text(&cfg, text) == FB_OK, "%s", errbuf);
+    ck_assert_str_eq(fb_config_docroot_for_user(cfg, user), "/srv/mine");
+    ck_assert_str_eq(fb_config_docroot_for_user(cfg, "no-such-user-fbtest"), "/srv/all");
+    ck_assert_str_eq(fb_config_docroot_for_user(cfg, ""), "/srv/all");
+    fb_config_free(cfg);
+    snprintf(text, sizeof(text),
+             HEAD "<docroots>\n  <group name=\"%s\">/srv/mine</group>\n  <user name=\"%s\">/srv/me</user>\n"
+                  "</docroots></CONF>\n",
+             gr->gr_name, user);
+    ck_assert_msg(load_text(&cfg, text) == FB_OK, "%s", errbuf);
+    ck_assert_str_eq(fb_config_docroot_for_user(cfg, user), "/srv/me");
+    ck_assert_ptr_null(fb_config_docroot_for_user(cfg, "no-such-user-fbtest"));
+    fb_config_free(cfg);
 }
 END_TEST
 
@@ -384,8 +474,6 @@ START_TEST(test_semantic_rules_reported_with_line)
     expect_error(HEAD "  <http_server>\n    <enable_http>1</enable_http>\n    <https_port>8080</https_port>\n"
                       "  </http_server>\n</CONF>\n",
                  5, "both 8080");
-    expect_error(HEAD "  <http_server>\n    <cert_file>/c.pem</cert_file>\n  </http_server>\n</CONF>\n", 4,
-                 "given together");
     expect_error(HEAD "  <udp>\n    <bind_address>1.2.3.4.5</bind_address>\n  </udp>\n</CONF>\n", 4,
                  "not a numeric IPv4 or IPv6 address");
 }
@@ -651,6 +739,10 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_missing_file_reported);
     tcase_add_test(tc, test_wrong_root_or_version_rejected);
     tcase_add_test(tc, test_doctype_rejected);
+    tcase_add_test(tc, test_aspera_conf_version_2_block_loads);
+    tcase_add_test(tc, test_cert_and_key_file_refused_pointing_at_mod_ssl);
+    tcase_add_test(tc, test_policy_and_cipher_names);
+    tcase_add_test(tc, test_docroot_for_user_resolves_system_groups);
     tcase_add_test(tc, test_semantic_rules_reported_with_line);
     tcase_add_test(tc, test_several_errors_each_on_a_line);
     tcase_add_test(tc, test_small_errbuf_truncates_safely);
