@@ -15,7 +15,7 @@
 #   - fbctl check warns about a missing or unwritable docroot;
 #   - fbctl cancel ends fbcp with "Server refused request" (exit code 5) over UDP and over HTTPS.
 # shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
-T_INDEX=33
+T_INDEX=34
 # shellcheck source=tests/integration/lib.sh
 . "$(dirname "$0")/lib.sh"
 
