@@ -1,10 +1,12 @@
 /* fb_checkpoint: the progress sidecar beside a partial file (DESIGN.md section 5).
  *
  * File layout (host byte order: the sidecar never leaves the machine that wrote it):
- *   ckpt_header (40 bytes); in version 2 with FB_CHECKPOINT_FLAG_SHA256 in header.flags, the
- *   session's expected SHA-256 (32 bytes); then bitmap_words_used 64-bit words
- *   (ceil(nchunks / 64)); then SHA-256 over every preceding byte.
- * Version 1 is the same without the optional digest, its flags word being a reserved 0.
+ *   ckpt_header (40 bytes); the identity block (48 bytes: the partial file's st_dev and st_ino,
+ *   the source identity); with FB_CHECKPOINT_FLAG_SHA256 in header.flags, the session's
+ *   expected SHA-256 (32 bytes); then bitmap_words_used 64-bit words (ceil(nchunks / 64)); then
+ *   SHA-256 over every preceding byte.
+ * Versions 1 (no flags, no identity) and 2 (no identity) are no longer read: their chunks cannot
+ * be tied to a partial inode and a source, so the upload starts over.
  * Writers serialise on an flock of RELNAME.tmp (several Apache children and udpd may checkpoint
  * the same session at once), write and fdatasync it, and rename it over RELNAME, then fsync the
  * directory. A stale RELNAME.tmp left by a crash is simply reused. Readers validate every length
@@ -47,13 +49,21 @@ _Static_assert(offsetof(ckpt_header, version) == 8 && offsetof(ckpt_header, chun
                    offsetof(ckpt_header, bitmap_words_used) == 32 && sizeof(ckpt_header) == 40,
                "checkpoint header layout");
 
-#define CKPT_VERSION_1 1
+typedef struct ckpt_identity {
+    uint64_t part_dev;
+    uint64_t part_ino;
+    uint8_t source_id[32];
+} ckpt_identity;
+
+_Static_assert(sizeof(ckpt_identity) == 48 && offsetof(ckpt_identity, source_id) == 16, "checkpoint identity layout");
+_Static_assert(sizeof(((fb_checkpoint *)0)->source_id) == 32, "source identity is 32 bytes");
+
 #define CKPT_KNOWN_FLAGS FB_CHECKPOINT_FLAG_SHA256
 #define CKPT_SHA_LEN 32
 _Static_assert(sizeof(((fb_checkpoint *)0)->expected_sha256) == CKPT_SHA_LEN, "expected digest is 32 bytes");
 
 #define CKPT_MAX_LEN                                                                                         \
-    (sizeof(ckpt_header) + CKPT_SHA_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) + CKPT_DIGEST_LEN)
+    (sizeof(ckpt_header) + sizeof(ckpt_identity) + CKPT_SHA_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) + CKPT_DIGEST_LEN)
 
 /* Splits RELNAME into its directory part (or ".") and its last component, refusing absolute
  * names, empty, "." and ".." components: the name must stay beneath DIRFD. */
@@ -164,6 +174,7 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     const char *base;
     unsigned char *buf = NULL;
     ckpt_header hdr;
+    ckpt_identity ident;
     size_t words, len, shalen, bitmap_off;
     int pfd = -1, fd = -1, n;
     fb_err rc;
@@ -180,7 +191,7 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
 
     words = ckpt_words(cp->nchunks);
     shalen = (cp->flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
-    bitmap_off = sizeof(hdr) + shalen;
+    bitmap_off = sizeof(hdr) + sizeof(ident) + shalen;
     len = bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN;
     buf = calloc(1, len);
     if (buf == NULL)
@@ -194,8 +205,13 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     hdr.bitmap_words_used = (uint32_t)words;
     hdr.flags = cp->flags;
     memcpy(buf, &hdr, sizeof(hdr));
+    memset(&ident, 0, sizeof(ident));
+    ident.part_dev = cp->part_dev;
+    ident.part_ino = cp->part_ino;
+    memcpy(ident.source_id, cp->source_id, sizeof(ident.source_id));
+    memcpy(buf + sizeof(hdr), &ident, sizeof(ident));
     if (shalen > 0)
-        memcpy(buf + sizeof(hdr), cp->expected_sha256, CKPT_SHA_LEN);
+        memcpy(buf + sizeof(hdr) + sizeof(ident), cp->expected_sha256, CKPT_SHA_LEN);
     memcpy(buf + bitmap_off, cp->bitmap, words * sizeof(uint64_t));
     if (words > 0) { /* bits past the last chunk mean nothing: store them as 0 */
         uint64_t last;
@@ -291,6 +307,7 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     unsigned char *buf = NULL;
     unsigned char digest[CKPT_DIGEST_LEN];
     ckpt_header hdr;
+    ckpt_identity ident;
     struct stat st;
     size_t len, words, shalen, bitmap_off, done = 0;
     int pfd = -1, fd = -1;
@@ -310,7 +327,7 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     rc = FB_ERR_IO;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
         goto out;
-    if ((uint64_t)st.st_size < sizeof(hdr) + CKPT_DIGEST_LEN || (uint64_t)st.st_size > CKPT_MAX_LEN)
+    if ((uint64_t)st.st_size < sizeof(hdr) + sizeof(ident) + CKPT_DIGEST_LEN || (uint64_t)st.st_size > CKPT_MAX_LEN)
         goto out;
     len = (size_t)st.st_size;
     buf = malloc(len);
@@ -333,14 +350,13 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
         goto out;
     memcpy(&hdr, buf, sizeof(hdr));
     if (memcmp(hdr.magic, FB_CHECKPOINT_MAGIC, sizeof(hdr.magic)) != 0 ||
-        (hdr.version != FB_CHECKPOINT_VERSION && hdr.version != CKPT_VERSION_1) ||
-        (hdr.version == CKPT_VERSION_1 && hdr.flags != 0) || (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 ||
+        hdr.version != FB_CHECKPOINT_VERSION || (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 ||
         hdr.chunk_size == 0 || hdr.nchunks > FB_BITMAP_BITS ||
         hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
         goto out;
     words = ckpt_words(hdr.nchunks);
     shalen = (hdr.flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
-    bitmap_off = sizeof(hdr) + shalen;
+    bitmap_off = sizeof(hdr) + sizeof(ident) + shalen;
     if (hdr.bitmap_words_used != words || len != bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN)
         goto out;
 
@@ -349,8 +365,12 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     cp->chunk_size = hdr.chunk_size;
     cp->nchunks = hdr.nchunks;
     cp->flags = hdr.flags;
+    memcpy(&ident, buf + sizeof(hdr), sizeof(ident));
+    cp->part_dev = ident.part_dev;
+    cp->part_ino = ident.part_ino;
+    memcpy(cp->source_id, ident.source_id, sizeof(cp->source_id));
     if (shalen > 0)
-        memcpy(cp->expected_sha256, buf + sizeof(hdr), CKPT_SHA_LEN);
+        memcpy(cp->expected_sha256, buf + sizeof(hdr) + sizeof(ident), CKPT_SHA_LEN);
     memcpy(cp->bitmap, buf + bitmap_off, words * sizeof(uint64_t));
     if (words > 0 && (cp->bitmap[words - 1] & ~ckpt_last_word_mask(hdr.nchunks)) != 0) {
         memset(cp, 0, sizeof(*cp));

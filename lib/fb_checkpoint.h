@@ -15,7 +15,9 @@
 #include "fb_table.h"
 
 #define FB_CHECKPOINT_MAGIC "FBCKPT\0\0"
-#define FB_CHECKPOINT_VERSION 2 /* written; version-1 files (no flags, no digest) are still read */
+/* 3: the partial file's identity and the source's identity. Versions 1 and 2 are refused (read
+ * as damaged): they cannot say which content their chunks hold, so such an upload starts over. */
+#define FB_CHECKPOINT_VERSION 3
 
 #define FB_CHECKPOINT_FLAG_SHA256 1u /* expected_sha256 is set */
 
@@ -30,6 +32,13 @@ typedef struct fb_checkpoint {
     /* The digest the upload was created with (POST sessions "sha256"), if FLAG_SHA256: a resume
      * joins this checkpoint only with the same expectation. All zero otherwise. */
     uint8_t expected_sha256[32];
+    /* The partial file the chunks were written to (st_dev, st_ino, taken from the descriptor the
+     * writer synced): a resume joins only the same inode, so a partial file deleted or replaced
+     * since is never credited with chunks it does not hold. */
+    uint64_t part_dev, part_ino;
+    /* The upload's source identity (POST sessions "source_id", fb_slot_info.source_id; all 0
+     * when none was given): a resume joins only the same identity. */
+    uint8_t source_id[32];
     uint64_t bitmap[FB_BITMAP_WORDS];
 } fb_checkpoint;
 
@@ -40,12 +49,12 @@ typedef struct fb_checkpoint {
  * RELNAME.tmp is reused. The file gets mode 0660 (Apache and udpd may share only a group).
  * Bits past NCHUNKS are stored as 0. FB_ERR_INTERNAL if CP is inconsistent (chunk_size 0,
  * nchunks not ceil(size / chunk_size), more than FB_BITMAP_BITS, or unknown FLAGS bits).
- * Always writes version 2; expected_sha256 is stored only with FB_CHECKPOINT_FLAG_SHA256. */
+ * Always writes version 3; expected_sha256 is stored only with FB_CHECKPOINT_FLAG_SHA256. */
 fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *cp);
 
-/* Reads and validates (every length, the field consistency and the SHA-256). Version-1 and
- * version-2 files; a version-1 file reads as FLAGS 0. FB_ERR_NOT_FOUND if absent; FB_ERR_IO if
- * damaged, of an unknown version or with unknown flags, or a symlink. */
+/* Reads and validates (every length, the field consistency and the SHA-256). Version 3 only.
+ * FB_ERR_NOT_FOUND if absent; FB_ERR_IO if damaged, of another version (older ones included) or
+ * with unknown flags, or a symlink. */
 fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname);
 
 /* Removes the checkpoint and any stale RELNAME.tmp (missing is not an error). */
