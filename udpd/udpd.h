@@ -115,6 +115,7 @@ typedef struct udpd_ckpt_job {
     uint32_t chunk_size;
     uint32_t flags;              /* FB_CHECKPOINT_FLAG_* from the session */
     uint8_t expected_sha256[32]; /* the session's, with FB_CHECKPOINT_FLAG_SHA256 */
+    uint8_t source_id[32];       /* the session's source identity (all 0: none) */
 } udpd_ckpt_job;
 
 fb_err udpd_ckpt_start(void);

@@ -1,0 +1,177 @@
+#!/bin/bash
+# t_resume_identity: a resume continues the same content only (issue 19, item 6).
+# An upload of A is killed with SIGKILL mid-transfer (slowed with --limit-rate), then another
+# upload goes to the same name: a different file B of the same size, B differing from A only in
+# its middle MiB with A's mtime (touch -r), A again after its partial file was deleted or
+# truncated on the server: each time the second fbcp run lands the new content byte-identical on
+# its first try, over UDP (a real udpd) and over HTTPS (--fallback force). And A again after a
+# received chunk of the server's partial file was changed in place: the commit fails its digest
+# and fbcp starts over once by itself, naming the cause.
+# shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
+T_INDEX=27
+# shellcheck source=tests/integration/lib.sh
+. "$(dirname "$0")/lib.sh"
+
+UDPD=${UDPD:-$SRCDIR/udpd/udpd}
+UDPD_LOG=$T_TMP/udpd.log
+UDPD_PIDFILE=$T_TMP/udpd.pid
+SRC=$T_TMP/src
+mkdir -p "$SRC"
+SIZE=$((20 * CHUNK))
+T_CLEANUP_EXTRA='udpd_kill'
+
+# udpd_start: udpd on the devserver's fallback.xml (as Apache's user when run as root); waits for
+# its "listening" line.
+udpd_start() {
+    local user_opt=() pid
+    if [ "$(id -u)" = 0 ] && getent passwd www-data >/dev/null; then user_opt=(--user www-data); fi
+    FB_SCHEMA=$DS_DIR/fallback.xsd "$UDPD" -c "$DS_DIR/fallback.xml" -f "${user_opt[@]}" >>"$UDPD_LOG" 2>&1 &
+    pid=$!
+    disown "$pid"
+    echo "$pid" >"$UDPD_PIDFILE"
+    T_BG_PIDS+=("$pid")
+    wait_for 10 grep -q "UD00016: listening" "$UDPD_LOG" || fail "udpd did not start: $(tail -n 5 "$UDPD_LOG")"
+}
+
+udpd_kill() {
+    local pid i
+    pid=$(cat "$UDPD_PIDFILE" 2>/dev/null)
+    [ -n "$pid" ] || return 0
+    kill -KILL "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$UDPD_PIDFILE"
+}
+
+# transport_args MODE: fbcp options for "udp" (UDP first, as by default) or "https" (forced).
+transport_args() {
+    if [ "$1" = https ]; then echo "--fallback force"; else echo "--fallback auto"; fi
+}
+
+# interrupt FILE NAME MODE: uploads FILE to NAME slowly and kills fbcp with SIGKILL after part of
+# it arrived (the partial file and some progress stay on the server).
+interrupt() {
+    local file=$1 name=$2 mode=$3 pid
+    fbcp_bg "$T_TMP/$name.1.json" "$T_TMP/$name.1.err" --json $(transport_args "$mode") --limit-rate 4M \
+        "$file" "$URL/$name"
+    pid=$FBCP_PID
+    sleep 2.5
+    kill -0 "$pid" 2>/dev/null || fail "fbcp ended before the kill: $(cat "$T_TMP/$name.1.err")"
+    kill -KILL "$pid"
+    wait "$pid" 2>/dev/null
+    sleep 0.5 # let Apache and udpd notice and checkpoint
+    assert_no_file "$DOCROOT/$name"
+    assert_file_exists "$DOCROOT/.$name.fbpart"
+    if [ "$mode" = udp ]; then
+        [ "$(jq -s '[.[] | select(.event == "progress" or .event == "transport") | .bytes_udp // 0] | max // 0' \
+            "$T_TMP/$name.1.json")" -gt 0 ] || note "no UDP progress event before the kill (UDP may have been slow to start)"
+    fi
+}
+
+# rerun FILE NAME MODE: the second run; it must succeed on its first try, byte-identical, without
+# having to start over after a failed commit (unless ALLOW_RESTART=1), and leave no partial file.
+rerun() {
+    local file=$1 name=$2 mode=$3 rc
+    fbcp --json $(transport_args "$mode") "$file" "$URL/$name" >"$T_TMP/$name.2.json" 2>"$T_TMP/$name.2.err"
+    rc=$?
+    assert_eq 0 "$rc" "second run exit code ($(tail -n 3 "$T_TMP/$name.2.err"))"
+    assert_file_same "$file" "$DOCROOT/$name"
+    if [ "${ALLOW_RESTART:-0}" != 1 ] && grep -q "did not match" "$T_TMP/$name.2.err"; then
+        fail "the upload needed a commit failure to start over: $(cat "$T_TMP/$name.2.err")"
+    fi
+    assert_no_file "$DOCROOT/.$name.fbpart"
+    assert_no_file "$DOCROOT/.$name.fbpart.ckpt"
+}
+
+# other_file_same_size MODE: A interrupted, then a different B of the same size to the same name.
+other_file_same_size() {
+    local mode=$1 name=ab-$1.bin
+    mkrand "$SRC/a-$mode" "$SIZE"
+    mkrand "$SRC/b-$mode" "$SIZE"
+    interrupt "$SRC/a-$mode" "$name" "$mode"
+    rerun "$SRC/b-$mode" "$name" "$mode"
+    assert_ne true "$(jq -r 'select(.event == "start") | .resumed' "$T_TMP/$name.2.json" | head -n1)" \
+        "the upload of B did not resume A's progress"
+}
+
+test_other_file_udp() { other_file_same_size udp; }
+test_other_file_https() { other_file_same_size https; }
+
+# middle_mib_changed MODE: A interrupted, then the same local file with only its middle MiB
+# rewritten in place and its modification time set back (touch -r): same path, inode, size and
+# mtime. Its change time differs, so its identity does.
+middle_mib_changed() {
+    local mode=$1 name=mid-$1.bin f=$SRC/mid-$1
+    mkrand "$f" "$SIZE"
+    touch -r "$f" "$T_TMP/mid-$mode.ref"
+    interrupt "$f" "$name" "$mode"
+    head -c "$CHUNK" /dev/urandom | dd of="$f" bs="$CHUNK" seek=10 conv=notrunc status=none
+    touch -r "$T_TMP/mid-$mode.ref" "$f"
+    assert_eq "$(stat -c %Y.%y "$T_TMP/mid-$mode.ref")" "$(stat -c %Y.%y "$f")" "mtime set back"
+    rerun "$f" "$name" "$mode"
+}
+
+test_middle_mib_udp() { middle_mib_changed udp; }
+test_middle_mib_https() { middle_mib_changed https; }
+
+# partial_lost MODE HOW: A interrupted, its partial file deleted or truncated on the server, then A
+# again: byte-identical.
+partial_lost() {
+    local mode=$1 how=$2 name=lost-$2-$1.bin
+    mkrand "$SRC/$name" "$SIZE"
+    interrupt "$SRC/$name" "$name" "$mode"
+    if [ "$how" = deleted ]; then
+        rm -f "$DOCROOT/.$name.fbpart"
+    else
+        truncate -s "$CHUNK" "$DOCROOT/.$name.fbpart"
+    fi
+    rerun "$SRC/$name" "$name" "$mode"
+}
+
+test_partial_deleted_udp() { partial_lost udp deleted; }
+test_partial_truncated_udp() { partial_lost udp truncated; }
+test_partial_deleted_https() { partial_lost https deleted; }
+test_partial_truncated_https() { partial_lost https truncated; }
+
+# changed_in_place: A interrupted over HTTPS (four connections: chunks complete past the first
+# gap), then one chunk the session counts as received, past that gap, overwritten in place on the
+# server (same inode, same size): nothing the identity or the partial-file checks can see. The
+# commit fails its digest and fbcp starts over once by itself, saying why. (Within the completed
+# front, which the server's running digest has already folded in, such a change would not be seen
+# by the commit at all; past the gap the commit reads the chunk.)
+test_changed_in_place_https() {
+    local name=inplace.bin id st chunk
+    require_fbctl
+    mkrand "$SRC/$name" "$SIZE"
+    interrupt "$SRC/$name" "$name" https
+    id=$("$FBCTL" -c "$DS_DIR/fallback.xml" sessions --json 2>/dev/null |
+        jq -r --arg p "$name" '(if type == "array" then .[] else (.sessions[]? // .) end)
+            | select(.path == $p and .state == "active") | .id' 2>/dev/null | head -n1)
+    [ -n "$id" ] || fail "no active session for $name in fbctl sessions"
+    st=$(api GET "sessions/$id")
+    assert_eq 200 "$st" "GET sessions/$id"
+    # the first chunk after the first missing range, if it is not missing itself
+    chunk=$(jq -r --argjson c "$CHUNK" --argjson n "$SIZE" '(.missing[0] | .[0] + .[1]) as $e
+        | if $e < $n and ([.missing[] | select(.[0] <= $e and $e < .[0] + .[1])] | length) == 0
+          then ($e / $c | floor) else empty end' "$BODY")
+    [ -n "$chunk" ] || fail "no received chunk past the first gap: $(jq -c .missing "$BODY")"
+    note "overwriting received chunk $chunk of the server's partial file"
+    head -c "$CHUNK" /dev/urandom | dd of="$DOCROOT/.$name.fbpart" bs="$CHUNK" seek="$chunk" conv=notrunc status=none
+    ALLOW_RESTART=1 rerun "$SRC/$name" "$name" https
+    grep -q "the data on the server did not match the local file; starting over" "$T_TMP/$name.2.err" ||
+        fail "no message naming the cause: $(cat "$T_TMP/$name.2.err")"
+}
+
+ds_start_or_bail "all resume identity tests"
+require_fbcp
+udpd_start
+
+run_test "A interrupted, B of the same size to the same name lands identical (UDP)" test_other_file_udp
+run_test "A interrupted, B of the same size to the same name lands identical (HTTPS)" test_other_file_https
+run_test "only the middle MiB changed, mtime set back: lands identical (UDP)" test_middle_mib_udp
+run_test "only the middle MiB changed, mtime set back: lands identical (HTTPS)" test_middle_mib_https
+run_test "partial file deleted on the server: the rerun completes identical (UDP)" test_partial_deleted_udp
+run_test "partial file truncated on the server: the rerun completes identical (UDP)" test_partial_truncated_udp
+run_test "partial file deleted on the server: the rerun completes identical (HTTPS)" test_partial_deleted_https
+run_test "partial file truncated on the server: the rerun completes identical (HTTPS)" test_partial_truncated_https
+run_test "partial file changed in place: the commit fails, fbcp starts over once and says why" test_changed_in_place_https
+finish
