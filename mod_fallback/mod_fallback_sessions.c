@@ -29,6 +29,7 @@
 
 #include "fb_checkpoint.h"
 #include "fb_digest.h"
+#include "fb_filesum.h"
 #include "fb_path.h"
 #include "fb_range.h"
 #include "fb_util.h"
@@ -195,9 +196,21 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
         const char *etag = NULL;
         apr_time_t mtime = 0;
 
+        unsigned char sha[FB_SHA256_LEN];
+        int have_sha = 0;
+
         if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0) == FB_OK) {
             file_validators(req, fd, &etag, &mtime);
+            have_sha = fb_filesum_get(sha, fd);
             close(fd);
+        }
+        /* The file's SHA-256 when the server knows it (kept at commit, still valid): the client
+         * checks what it wrote against it, as files/ gives it in Repr-Digest. */
+        if (have_sha) {
+            char hex[FB_SHA256_HEX_LEN + 1];
+
+            fb_hex_encode(hex, sha, FB_SHA256_LEN);
+            json_object_set_new(doc, "sha256", json_string(hex));
         }
         if (etag != NULL) {
             json_object_set_new(doc, "etag", json_string(etag));
@@ -1139,6 +1152,14 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
         goto leave;
     }
+    /* The verified digest stays with the file (fb_filesum.h), for Repr-Digest on files/ and
+     * "sha256" in download sessions. Last before the rename: any later change of the file's data,
+     * mode or times (set them before this) would leave it invalid. Not fatal: without user
+     * extended attributes the file is simply served without a digest. */
+    e = fb_filesum_set(fd, digest);
+    if (e != FB_OK)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, APR_FROM_OS_ERROR(errno), r,
+                      FBLOGNO(00242) "cannot keep the digest of '%s' with it: %s", info->relpath, fb_err_message(e));
     if (rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {
         int err = errno;
         if (err == EEXIST || err == EISDIR || err == ENOTEMPTY || err == ENOTDIR) {
