@@ -298,6 +298,7 @@ typedef struct fbcp_http_answer {
     char *etag;
     char *last_modified;
     char *content_range;
+    char *repr_digest; /* Repr-Digest (RFC 9530), NULL if absent */
     int64_t filetime;  /* Last-Modified as time_t, -1 if absent */
     int64_t length;    /* Content-Length, -1 if absent */
     int accept_ranges; /* "Accept-Ranges: bytes" was present */

@@ -12,7 +12,11 @@
  * and UDP port: the data comes over UDP first (fbcp_move), into the same partial file and
  * sidecar, and over HTTP(S) when UDP is blocked or lost. UDP has no per-answer validator, so a
  * file that got data over UDP is checked with one more HEAD at the end (a different ETag or
- * Last-Modified is "changed", as over HTTP). The session is deleted when the file is done. */
+ * Last-Modified is "changed", as over HTTP). The session is deleted when the file is done.
+ *
+ * End to end: when the server knows the file's SHA-256 (Repr-Digest on HEAD, "sha256" in the
+ * session answer), the file written must have it before it is renamed into place; otherwise the
+ * partial file and sidecar are removed and the download fails with digest_mismatch. */
 #include "fbcp.h"
 
 #include <errno.h>
@@ -30,6 +34,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "fb_filesum.h"
 #include "fb_wire.h"
 
 typedef struct fbcp_download {
@@ -47,6 +52,8 @@ typedef struct fbcp_download {
     struct fbcp_dl_hash *hash; /* the digest of what is on disk, beside the transfer */
     struct fbcp_dl_ckpt *ckpt; /* the checkpoint being written, or NULL */
     int etag_checked; /* the session's ETag was compared with HEAD's, and equal (both present) */
+    int have_expect_sha; /* the server gave the file's SHA-256 (EXPECT_SHA) */
+    unsigned char expect_sha[FB_SHA256_LEN];
 } fbcp_download;
 
 /* The file's SHA-256, computed by a thread beside the transfer: it reads back and hashes the
@@ -498,6 +505,7 @@ static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *deta
     if (rv == FB_OK) {
         d->x.size = (uint64_t)a.length;
         d->filetime = a.filetime;
+        d->have_expect_sha = a.repr_digest != NULL && fb_repr_digest_parse(d->expect_sha, a.repr_digest);
         free(d->x.if_range);
         free(d->x.etag);
         free(d->x.last_modified);
@@ -591,6 +599,12 @@ static int fbcp_download_adopt(fbcp_download *d, json_t *ans, char **pvalidator)
     d->x.if_range = d->x.last_modified = NULL;
     d->x.size = (uint64_t)json_integer_value(size);
     d->filetime = (int64_t)json_integer_value(mtime);
+    {
+        const char *sha = json_string_value(json_object_get(ans, "sha256"));
+
+        d->have_expect_sha = sha != NULL && strlen(sha) == FB_SHA256_HEX_LEN &&
+                             fb_hex_decode(d->expect_sha, FB_SHA256_LEN, sha) == FB_OK;
+    }
     if (strncmp(etag, "W/", 2) != 0)
         d->x.if_range = strdup(etag);
     d->x.etag = strdup(strncmp(etag, "W/", 2) == 0 ? etag + 2 : etag);
@@ -727,6 +741,18 @@ static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail
         return FB_ERR_LOCAL_IO;
     }
     fb_hex_encode(sha_hex, digest, FB_SHA256_LEN);
+    if (d->have_expect_sha && CRYPTO_memcmp(digest, d->expect_sha, FB_SHA256_LEN) != 0) {
+        char want[FB_SHA256_HEX_LEN + 1];
+
+        /* nothing wrong lands at the target, and nothing of it is resumed later */
+        fb_hex_encode(want, d->expect_sha, FB_SHA256_LEN);
+        unlink(d->partial);
+        unlink(d->sidecar_path);
+        snprintf(detail, detlen, "the file written has SHA-256 %s, the server's file %s (Repr-Digest): not kept",
+                 sha_hex, want);
+        sha_hex[0] = '\0';
+        return FB_ERR_DIGEST_MISMATCH;
+    }
     if (d->c->opts->overwrite == FBCP_OVERWRITE_NEVER)
         rc = renameat2(AT_FDCWD, d->partial, AT_FDCWD, d->x.local, RENAME_NOREPLACE);
     else

@@ -161,6 +161,60 @@ test_changed_in_place_https() {
         fail "no message naming the cause: $(cat "$T_TMP/$name.2.err")"
 }
 
+# repr_digest_of FILE: the Repr-Digest value (RFC 9530) for FILE's bytes.
+repr_digest_of() {
+    printf 'sha-256=:%s:' "$(openssl dgst -sha256 -binary "$1" | base64 -w0)"
+}
+
+# Repr-Digest: kept at commit, served by files/ (HEAD and GET) while the file is unchanged; fbcp
+# refuses a download whose bytes do not match it (over HTTPS and UDP), and a file changed later
+# (even with its mtime set back) is served without one.
+test_repr_digest() {
+    local name=dg.bin st want rc mode
+    mkrand "$SRC/$name" $((3 * CHUNK))
+    fbcp --fallback force "$SRC/$name" "$URL/$name" 2>"$T_TMP/dg.err" || fail "upload: $(cat "$T_TMP/dg.err")"
+    want=$(repr_digest_of "$SRC/$name")
+    st=$(api HEAD "files/$name" -I)
+    assert_eq 200 "$st" "HEAD files/$name"
+    assert_eq "$want" "$(header Repr-Digest)" "Repr-Digest on HEAD"
+    st=$(api GET "files/$name" -r 0-99)
+    assert_eq 206 "$st" "ranged GET files/$name"
+    assert_eq "$want" "$(header Repr-Digest)" "Repr-Digest on a ranged GET"
+    # A download checks the file it wrote against it and succeeds.
+    fbcp --fallback force "$URL/$name" "$T_TMP/dg-ok" 2>"$T_TMP/dg-ok.err" || fail "download: $(cat "$T_TMP/dg-ok.err")"
+    assert_file_same "$SRC/$name" "$T_TMP/dg-ok"
+
+    # Changed in place behind the module's back, mtime set back, within the moment after the
+    # commit that the kept digest allows: the digest is stale but still served; fbcp refuses.
+    mkrand "$SRC/c.bin" $((3 * CHUNK))
+    fbcp --fallback force "$SRC/c.bin" "$URL/c.bin" 2>"$T_TMP/c.err" || fail "upload: $(cat "$T_TMP/c.err")"
+    touch -r "$DOCROOT/c.bin" "$T_TMP/c.ref"
+    head -c 4096 /dev/urandom | dd of="$DOCROOT/c.bin" bs=4096 seek=100 conv=notrunc status=none
+    touch -r "$T_TMP/c.ref" "$DOCROOT/c.bin"
+    api HEAD "files/c.bin" -I >/dev/null
+    assert_eq "$(repr_digest_of "$SRC/c.bin")" "$(header Repr-Digest)" "the stale digest (within the commit's moment)"
+    for mode in https udp; do
+        fbcp $(transport_args "$mode") "$URL/c.bin" "$T_TMP/c-$mode" 2>"$T_TMP/c-$mode.err"
+        rc=$?
+        assert_eq "$(exit_code_of digest_mismatch)" "$rc" "exit code of a download not matching Repr-Digest ($mode)"
+        grep -q "Repr-Digest" "$T_TMP/c-$mode.err" || fail "message does not name the digest: $(cat "$T_TMP/c-$mode.err")"
+        assert_no_file "$T_TMP/c-$mode"
+        assert_no_file "$T_TMP/.c-$mode.fbpart"
+        assert_no_file "$T_TMP/.c-$mode.fbpart.json"
+    done
+
+    # Changed later (mtime set back again): its change time gives it away; no digest is served,
+    # and the download (nothing to check against) is the server's file.
+    sleep 2.5
+    head -c 4096 /dev/urandom | dd of="$DOCROOT/$name" bs=4096 seek=3 conv=notrunc status=none
+    touch -r "$SRC/$name" "$DOCROOT/$name" 2>/dev/null || true
+    st=$(api HEAD "files/$name" -I)
+    assert_eq 200 "$st" "HEAD files/$name after the change"
+    assert_eq "" "$(header Repr-Digest)" "no Repr-Digest for a file changed after its commit"
+    fbcp --fallback force "$URL/$name" "$T_TMP/dg-later" 2>"$T_TMP/dg-later.err" || fail "download: $(cat "$T_TMP/dg-later.err")"
+    assert_file_same "$DOCROOT/$name" "$T_TMP/dg-later"
+}
+
 ds_start_or_bail "all resume identity tests"
 require_fbcp
 udpd_start
@@ -174,4 +228,5 @@ run_test "partial file truncated on the server: the rerun completes identical (U
 run_test "partial file deleted on the server: the rerun completes identical (HTTPS)" test_partial_deleted_https
 run_test "partial file truncated on the server: the rerun completes identical (HTTPS)" test_partial_truncated_https
 run_test "partial file changed in place: the commit fails, fbcp starts over once and says why" test_changed_in_place_https
+run_test "Repr-Digest served for committed files, stale ones not; fbcp refuses bytes that do not match" test_repr_digest
 finish
