@@ -177,22 +177,29 @@ fb_err fbcp_parse_seconds_ms(uint32_t *out, const char *text, uint32_t min_ms, u
 /* Parses "Content-Range: bytes FIRST-LAST/SIZE" values as answered in a 206 (strict). */
 fb_err fbcp_parse_content_range(uint64_t *first, uint64_t *last, uint64_t *complete, const char *value);
 
-/* The download sidecar ".<name>.fbpart.json": which chunks of the partial file are on disk. */
-#define FBCP_SIDECAR_VERSION 1
+/* The download sidecar ".<name>.fbpart.json": which chunks of the partial file are on disk, and
+ * the SHA-256 of each of the first NHASHED chunks as they were written (a resume keeps a claimed
+ * chunk only if it still has that digest). Version 2; a version-1 sidecar is refused (start over). */
+#define FBCP_SIDECAR_VERSION 2
 typedef struct fbcp_sidecar {
     char *url;
     uint64_t size;
     char *etag; /* "" when the server gave none */
     uint32_t chunk_size;
     fbcp_ranges done;
+    uint64_t nhashed;       /* chunks [0, nhashed) have their digest in CHUNK_SHA */
+    unsigned char *chunk_sha; /* nhashed * 32 bytes (malloc), NULL when nhashed is 0 */
 } fbcp_sidecar;
 
 void fbcp_sidecar_init(fbcp_sidecar *s);
 void fbcp_sidecar_free(fbcp_sidecar *s);
 /* Atomic write: PATH.tmp, fsync, rename over PATH. */
 fb_err fbcp_sidecar_write(const char *path, const fbcp_sidecar *s);
-/* FB_ERR_NOT_FOUND if absent; FB_ERR_LOCAL_IO if unreadable or damaged (callers start over). */
+/* FB_ERR_NOT_FOUND if absent; FB_ERR_LOCAL_IO if unreadable or damaged, of another version, or
+ * with more chunk digests than the file has chunks (callers start over). */
 fb_err fbcp_sidecar_read(fbcp_sidecar *s, const char *path);
+/* Copies the first N chunk digests SHA (N * 32 bytes) into S, replacing what it had. */
+fb_err fbcp_sidecar_set_hashes(fbcp_sidecar *s, const unsigned char *sha, uint64_t n);
 
 /* ---- progress, messages, events (fbcp_progress.c) ---- */
 

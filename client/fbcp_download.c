@@ -4,7 +4,8 @@
  * beside the target, ".<name>.fbpart"; the chunks known to be on disk are recorded in the sidecar
  * ".<name>.fbpart.json" (written after fdatasync, atomically, at most every 64 MiB and when the
  * transfer stops), so a re-run fetches only what is missing if the remote file is unchanged
- * (same URL, size and ETag). The transport GETs ranges with If-Range; a 200 instead of 206 means
+ * (same URL, size and ETag) and each chunk it claims still has the SHA-256 recorded when it was
+ * written (chunks that differ, or were never hashed, are fetched again). The transport GETs ranges with If-Range; a 200 instead of 206 means
  * the file changed: start over once, then give up with FB_ERR_CHANGED. At the end: fsync, mtime
  * from Last-Modified, rename into place (RENAME_NOREPLACE under --overwrite never).
  *
@@ -60,8 +61,10 @@ typedef struct fbcp_download {
  * prefix of the partial file that is complete on disk (the sidecar's first done range), while
  * the main thread receives and writes, so on two cores the hashing costs little time and the
  * finish only waits for the last piece. Data is hashed only once it is marked done (written,
- * never written again), so the digest is always that of the file on disk. */
-#define FBCP_DL_HASH_BLOCK (1024u * 1024u)
+ * never written again), so the digest is always that of the file on disk. The same read gives
+ * each chunk's own SHA-256 for the sidecar, so that a resume can tell whether a chunk it claims
+ * still holds what was written (whole chunks only: the thread waits for a chunk to complete). */
+#define FBCP_DL_HASH_BLOCK FBCP_DOWNLOAD_CHUNK
 
 typedef struct fbcp_dl_hash {
     pthread_t thread;
@@ -72,6 +75,8 @@ typedef struct fbcp_dl_hash {
     uint64_t size;
     uint64_t pos;   /* hashed */
     uint64_t ready; /* [0, ready) is complete on disk */
+    unsigned char *chunk_sha; /* the SHA-256 of each chunk hashed so far */
+    uint64_t nhashed;         /* chunks in CHUNK_SHA */
     int stop;
     fb_err rv;
     unsigned char digest[FB_SHA256_LEN];
@@ -88,24 +93,30 @@ static void *fbcp_dl_hash_main(void *p)
         h->rv = FB_ERR_NOMEM;
     /* bounded: each pass hashes a block or waits at most 50 ms for more, and stops on STOP */
     while (h->rv == FB_OK && h->pos < h->size && !h->stop) {
-        uint64_t at = h->pos, n;
+        uint64_t at = h->pos, n = h->size - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->size - at;
+        unsigned char chunk_sha[FB_SHA256_LEN];
+        unsigned int clen = 0;
         int fail = 0;
 
-        if (h->ready <= at) {
+        if (h->ready < at + n) { /* whole chunks (POS stays chunk-aligned) */
             fbcp_cond_wait_ms(&h->cv, &h->mu, 50);
             continue;
         }
-        n = h->ready - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->ready - at;
         pthread_mutex_unlock(&h->mu);
         /* shorter than at the start: its digest would be meaningless */
         fail = fb_pread_all(h->fd, buf, (size_t)n, at) != FB_OK;
         if (!fail && EVP_DigestUpdate(h->md, buf, (size_t)n) != 1)
             fail = 1;
+        if (!fail && (EVP_Digest(buf, (size_t)n, chunk_sha, &clen, EVP_sha256(), NULL) != 1 || clen != FB_SHA256_LEN))
+            fail = 1;
         pthread_mutex_lock(&h->mu);
-        if (fail)
+        if (fail) {
             h->rv = FB_ERR_IO;
-        else
+        } else {
             h->pos = at + n;
+            memcpy(h->chunk_sha + h->nhashed * FB_SHA256_LEN, chunk_sha, FB_SHA256_LEN);
+            h->nhashed++;
+        }
     }
     if (h->rv == FB_OK && h->pos == h->size &&
         (EVP_DigestFinal_ex(h->md, h->digest, &outlen) != 1 || outlen != FB_SHA256_LEN))
@@ -140,6 +151,7 @@ static fb_err fbcp_download_hash_end(fbcp_download *d, int stop, unsigned char o
         pthread_mutex_destroy(&h->mu);
         EVP_MD_CTX_free(h->md);
         OPENSSL_cleanse(h->digest, sizeof(h->digest));
+        free(h->chunk_sha);
         free(h);
         d->hash = NULL;
     }
@@ -170,6 +182,7 @@ static void fbcp_download_hash_ready(fbcp_download *d)
 static void fbcp_download_hash_start(fbcp_download *d)
 {
     fbcp_dl_hash *h;
+    int have_mu = 0, have_cv = 0;
 
     (void)fbcp_download_hash_end(d, 1, NULL);
     h = calloc(1, sizeof(*h));
@@ -178,26 +191,77 @@ static void fbcp_download_hash_start(fbcp_download *d)
     h->fd = d->x.fd;
     h->size = d->x.size;
     h->md = EVP_MD_CTX_new();
-    if (h->md == NULL || EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1 || pthread_mutex_init(&h->mu, NULL) != 0) {
-        EVP_MD_CTX_free(h->md);
-        free(h);
-        return;
-    }
-    if (pthread_cond_init(&h->cv, NULL) != 0) {
-        pthread_mutex_destroy(&h->mu);
-        EVP_MD_CTX_free(h->md);
-        free(h);
-        return;
-    }
-    if (pthread_create(&h->thread, NULL, fbcp_dl_hash_main, h) != 0) {
-        pthread_cond_destroy(&h->cv);
-        pthread_mutex_destroy(&h->mu);
-        EVP_MD_CTX_free(h->md);
-        free(h);
-        return;
-    }
+    h->chunk_sha = malloc((size_t)((d->x.size + FBCP_DOWNLOAD_CHUNK - 1) / FBCP_DOWNLOAD_CHUNK + 1) * FB_SHA256_LEN);
+    if (h->md == NULL || h->chunk_sha == NULL || EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1)
+        goto fail;
+    have_mu = pthread_mutex_init(&h->mu, NULL) == 0;
+    have_cv = have_mu && pthread_cond_init(&h->cv, NULL) == 0;
+    if (!have_cv || pthread_create(&h->thread, NULL, fbcp_dl_hash_main, h) != 0)
+        goto fail;
     d->hash = h;
     fbcp_download_hash_ready(d);
+    return;
+fail:
+    if (have_cv)
+        pthread_cond_destroy(&h->cv);
+    if (have_mu)
+        pthread_mutex_destroy(&h->mu);
+    EVP_MD_CTX_free(h->md);
+    free(h->chunk_sha);
+    free(h);
+}
+
+/* The chunk digests the thread has so far, into S (for the sidecar). */
+static fb_err fbcp_download_hashes_into(fbcp_download *d, fbcp_sidecar *s)
+{
+    fbcp_dl_hash *h = d->hash;
+    fb_err rv;
+
+    if (h == NULL)
+        return fbcp_sidecar_set_hashes(s, NULL, 0);
+    pthread_mutex_lock(&h->mu);
+    rv = fbcp_sidecar_set_hashes(s, h->chunk_sha, h->nhashed);
+    pthread_mutex_unlock(&h->mu);
+    return rv;
+}
+
+/* A resume keeps of OLD's done ranges only the whole chunks that still have the digest recorded
+ * when they were written: the partial file may have been changed since (by anyone), and a chunk
+ * that was never hashed cannot be vouched for. OUT gets what is kept; the rest is fetched again. */
+static fb_err fbcp_download_keep_verified(fbcp_download *d, const fbcp_sidecar *old, fbcp_ranges *out)
+{
+    unsigned char *buf = malloc(FBCP_DOWNLOAD_CHUNK);
+    unsigned char sha[FB_SHA256_LEN];
+    fbcp_ranges in;
+    uint64_t dropped = 0;
+    fb_err rv = buf == NULL ? FB_ERR_NOMEM : FB_OK;
+
+    fbcp_ranges_init(&in);
+    fbcp_ranges_clear(out);
+    for (uint64_t i = 0; rv == FB_OK && i < old->nhashed; i++) {
+        uint64_t off = i * FBCP_DOWNLOAD_CHUNK, len = old->size - off;
+        unsigned int slen = 0;
+
+        if (off >= old->size)
+            break;
+        if (len > FBCP_DOWNLOAD_CHUNK)
+            len = FBCP_DOWNLOAD_CHUNK;
+        rv = fbcp_ranges_intersect(&in, &old->done, off, len);
+        if (rv != FB_OK || fbcp_ranges_total(&in) != len)
+            continue; /* not claimed whole */
+        if (fb_pread_all(d->x.fd, buf, (size_t)len, off) == FB_OK &&
+            EVP_Digest(buf, (size_t)len, sha, &slen, EVP_sha256(), NULL) == 1 && slen == FB_SHA256_LEN &&
+            memcmp(sha, old->chunk_sha + i * FB_SHA256_LEN, FB_SHA256_LEN) == 0)
+            rv = fbcp_ranges_add(out, off, len);
+        else
+            dropped += len;
+    }
+    if (dropped > 0)
+        fbcp_warn("%s: %llu bytes of the partial file changed since they were written: fetching them again",
+                  d->x.local, (unsigned long long)dropped);
+    fbcp_ranges_free(&in);
+    free(buf);
+    return rv;
 }
 
 int fbcp_err_stops_run(fb_err e)
@@ -351,7 +415,7 @@ static fb_err fbcp_download_checkpoint(fbcp_download *d)
     if (fdatasync(d->x.fd) != 0)
         return FB_ERR_LOCAL_IO;
     d->since_ckpt = 0;
-    if (fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK)
+    if (fbcp_download_hashes_into(d, &d->sc) != FB_OK || fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK)
         fbcp_download_sidecar_failed(d, errno);
     return FB_OK;
 }
@@ -380,7 +444,7 @@ static fb_err fbcp_download_checkpoint_behind(fbcp_download *d)
     k->snap.chunk_size = d->sc.chunk_size;
     atomic_init(&k->finished, 0);
     if (k->snap.url == NULL || k->snap.etag == NULL || fbcp_ranges_copy(&k->snap.done, &d->sc.done) != FB_OK ||
-        pthread_create(&k->thread, NULL, fbcp_dl_ckpt_main, k) != 0) {
+        fbcp_download_hashes_into(d, &k->snap) != FB_OK || pthread_create(&k->thread, NULL, fbcp_dl_ckpt_main, k) != 0) {
         fbcp_sidecar_free(&k->snap);
         free(k);
         return fbcp_download_checkpoint(d);
@@ -419,11 +483,10 @@ static fb_err fbcp_download_open(fbcp_download *d, const char *validator, char *
                     strcmp(old.etag, validator) == 0 && old.chunk_size == FBCP_DOWNLOAD_CHUNK;
         if (resumable) {
             d->x.fd = open(d->partial, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-            if (d->x.fd >= 0) {
-                fbcp_ranges_free(&d->sc.done);
-                d->sc.done = old.done;
-                fbcp_ranges_init(&old.done);
-            } else {
+            if (d->x.fd < 0 || fbcp_download_keep_verified(d, &old, &d->sc.done) != FB_OK) {
+                if (d->x.fd >= 0)
+                    close(d->x.fd);
+                d->x.fd = -1;
                 resumable = 0;
             }
         }

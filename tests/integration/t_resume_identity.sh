@@ -215,6 +215,44 @@ test_repr_digest() {
     assert_file_same "$DOCROOT/$name" "$T_TMP/dg-later"
 }
 
+# download_changed_partial MODE: a download interrupted (SIGINT: fbcp writes its sidecar with
+# each written chunk's SHA-256), then its local partial file changed in a chunk the sidecar
+# claims; the rerun fetches that chunk again and the result is the server's file.
+download_changed_partial() {
+    local mode=$1 name=dlc-$1.bin pid rc sent
+    mkdir -p "$DOCROOT/dl" "$T_TMP/back"
+    mkrand "$DOCROOT/dl/$name" "$SIZE"
+    touch -d '-1 min' "$DOCROOT/dl/$name" # settled: a strong ETag
+    docroot_chown "$DOCROOT/dl"
+    fbcp_bg "$T_TMP/$name.1.json" "$T_TMP/$name.1.err" --json $(transport_args "$mode") --limit-rate 4M \
+        "$URL/dl/$name" "$T_TMP/back/$name"
+    pid=$FBCP_PID
+    sleep 2.5
+    kill -0 "$pid" 2>/dev/null || fail "download ended before the interrupt: $(cat "$T_TMP/$name.1.err")"
+    kill -INT "$pid"
+    wait "$pid"
+    rc=$?
+    assert_eq 130 "$rc" "exit code after SIGINT"
+    assert_file_exists "$T_TMP/back/.$name.fbpart.json"
+    [ "$(jq -r '.chunk_sha256 | length' "$T_TMP/back/.$name.fbpart.json")" -ge 64 ] ||
+        fail "the sidecar records no chunk digest: $(head -c 300 "$T_TMP/back/.$name.fbpart.json")"
+    # chunk 0 is claimed (the first chunk always arrives first): change it
+    head -c "$CHUNK" /dev/urandom | dd of="$T_TMP/back/.$name.fbpart" bs="$CHUNK" conv=notrunc status=none
+    fbcp --json $(transport_args "$mode") "$URL/dl/$name" "$T_TMP/back/$name" >"$T_TMP/$name.2.json" 2>"$T_TMP/$name.2.err"
+    rc=$?
+    assert_eq 0 "$rc" "second download ($(tail -n 3 "$T_TMP/$name.2.err"))"
+    assert_file_same "$DOCROOT/dl/$name" "$T_TMP/back/$name"
+    grep -q "changed since they were written: fetching them again" "$T_TMP/$name.2.err" ||
+        fail "no word of the changed chunk: $(cat "$T_TMP/$name.2.err")"
+    assert_eq true "$(jq -r 'select(.event == "start") | .resumed' "$T_TMP/$name.2.json" | head -n1)" \
+        "the rest was resumed"
+    assert_no_file "$T_TMP/back/.$name.fbpart"
+    assert_no_file "$T_TMP/back/.$name.fbpart.json"
+}
+
+test_download_changed_partial_udp() { download_changed_partial udp; }
+test_download_changed_partial_https() { download_changed_partial https; }
+
 ds_start_or_bail "all resume identity tests"
 require_fbcp
 udpd_start
@@ -229,4 +267,6 @@ run_test "partial file deleted on the server: the rerun completes identical (HTT
 run_test "partial file truncated on the server: the rerun completes identical (HTTPS)" test_partial_truncated_https
 run_test "partial file changed in place: the commit fails, fbcp starts over once and says why" test_changed_in_place_https
 run_test "Repr-Digest served for committed files, stale ones not; fbcp refuses bytes that do not match" test_repr_digest
+run_test "a download resumed into a changed local partial file ends identical (UDP)" test_download_changed_partial_udp
+run_test "a download resumed into a changed local partial file ends identical (HTTPS)" test_download_changed_partial_https
 finish
