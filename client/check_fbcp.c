@@ -401,7 +401,8 @@ START_TEST(sidecar_round_trip_and_damage)
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
     /* version 1 (no chunk digests: nothing it claims can be verified) is refused: start over */
     {
-        static const char v1[] = "{\"version\":1,\"url\":\"u\",\"size\":1,\"etag\":\"e\",\"chunk_size\":1,\"done\":[[0,1]]}";
+        static const char v1[] =
+            "{\"version\":1,\"url\":\"u\",\"size\":1,\"etag\":\"e\",\"chunk_size\":1,\"done\":[[0,1]]}";
         static const char half[] = "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"e\",\"chunk_size\":1,"
                                    "\"done\":[[0,1]],\"chunk_sha256\":\"00ff\"}";
         char more[512];

@@ -187,7 +187,7 @@ typedef struct fbcp_sidecar {
     char *etag; /* "" when the server gave none */
     uint32_t chunk_size;
     fbcp_ranges done;
-    uint64_t nhashed;       /* chunks [0, nhashed) have their digest in CHUNK_SHA */
+    uint64_t nhashed;         /* chunks [0, nhashed) have their digest in CHUNK_SHA */
     unsigned char *chunk_sha; /* nhashed * 32 bytes (malloc), NULL when nhashed is 0 */
 } fbcp_sidecar;
 

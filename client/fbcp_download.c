@@ -5,9 +5,10 @@
  * ".<name>.fbpart.json" (written after fdatasync, atomically, at most every 64 MiB and when the
  * transfer stops), so a re-run fetches only what is missing if the remote file is unchanged
  * (same URL, size and ETag) and each chunk it claims still has the SHA-256 recorded when it was
- * written (chunks that differ, or were never hashed, are fetched again). The transport GETs ranges with If-Range; a 200 instead of 206 means
- * the file changed: start over once, then give up with FB_ERR_CHANGED. At the end: fsync, mtime
- * from Last-Modified, rename into place (RENAME_NOREPLACE under --overwrite never).
+ * written (chunks that differ, or were never hashed, are fetched again). The transport GETs
+ * ranges with If-Range; a 200 instead of 206 means the file changed: start over once, then give
+ * up with FB_ERR_CHANGED. At the end: fsync, mtime from Last-Modified, rename into place
+ * (RENAME_NOREPLACE under --overwrite never).
  *
  * Unless --fallback=force, a download session (POST sessions, direction download) gives the key
  * and UDP port: the data comes over UDP first (fbcp_move), into the same partial file and
@@ -107,7 +108,8 @@ static void *fbcp_dl_hash_main(void *p)
         fail = fb_pread_all(h->fd, buf, (size_t)n, at) != FB_OK;
         if (!fail && EVP_DigestUpdate(h->md, buf, (size_t)n) != 1)
             fail = 1;
-        if (!fail && (EVP_Digest(buf, (size_t)n, chunk_sha, &clen, EVP_sha256(), NULL) != 1 || clen != FB_SHA256_LEN))
+        if (!fail &&
+            (EVP_Digest(buf, (size_t)n, chunk_sha, &clen, EVP_sha256(), NULL) != 1 || clen != FB_SHA256_LEN))
             fail = 1;
         pthread_mutex_lock(&h->mu);
         if (fail) {
@@ -191,7 +193,8 @@ static void fbcp_download_hash_start(fbcp_download *d)
     h->fd = d->x.fd;
     h->size = d->x.size;
     h->md = EVP_MD_CTX_new();
-    h->chunk_sha = malloc((size_t)((d->x.size + FBCP_DOWNLOAD_CHUNK - 1) / FBCP_DOWNLOAD_CHUNK + 1) * FB_SHA256_LEN);
+    h->chunk_sha =
+        malloc((size_t)((d->x.size + FBCP_DOWNLOAD_CHUNK - 1) / FBCP_DOWNLOAD_CHUNK + 1) * FB_SHA256_LEN);
     if (h->md == NULL || h->chunk_sha == NULL || EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1)
         goto fail;
     have_mu = pthread_mutex_init(&h->mu, NULL) == 0;
@@ -443,8 +446,10 @@ static fb_err fbcp_download_checkpoint_behind(fbcp_download *d)
     k->snap.size = d->sc.size;
     k->snap.chunk_size = d->sc.chunk_size;
     atomic_init(&k->finished, 0);
-    if (k->snap.url == NULL || k->snap.etag == NULL || fbcp_ranges_copy(&k->snap.done, &d->sc.done) != FB_OK ||
-        fbcp_download_hashes_into(d, &k->snap) != FB_OK || pthread_create(&k->thread, NULL, fbcp_dl_ckpt_main, k) != 0) {
+    if (k->snap.url == NULL || k->snap.etag == NULL ||
+        fbcp_ranges_copy(&k->snap.done, &d->sc.done) != FB_OK ||
+        fbcp_download_hashes_into(d, &k->snap) != FB_OK ||
+        pthread_create(&k->thread, NULL, fbcp_dl_ckpt_main, k) != 0) {
         fbcp_sidecar_free(&k->snap);
         free(k);
         return fbcp_download_checkpoint(d);
@@ -811,8 +816,9 @@ static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail
         fb_hex_encode(want, d->expect_sha, FB_SHA256_LEN);
         unlink(d->partial);
         unlink(d->sidecar_path);
-        snprintf(detail, detlen, "the file written has SHA-256 %s, the server's file %s (Repr-Digest): not kept",
-                 sha_hex, want);
+        snprintf(detail, detlen,
+                 "the file written has SHA-256 %s, the server's file %s (Repr-Digest): not kept", sha_hex,
+                 want);
         sha_hex[0] = '\0';
         return FB_ERR_DIGEST_MISMATCH;
     }

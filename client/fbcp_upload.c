@@ -587,8 +587,8 @@ static fb_err fbcp_upload_delete(fbcp_upload *u, char *detail, size_t detlen)
  * the change time: then the upload starts over, which costs time but never correctness. */
 static void fbcp_upload_source_id(char hex[FB_SHA256_HEX_LEN + 1], const struct stat *st)
 {
-    uint64_t v[5] = {(uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size, fb_timespec_ns(&st->st_mtim),
-                     fb_timespec_ns(&st->st_ctim)};
+    uint64_t v[5] = {(uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size,
+                     fb_timespec_ns(&st->st_mtim), fb_timespec_ns(&st->st_ctim)};
     unsigned char buf[sizeof(v)], digest[FB_SHA256_LEN];
     unsigned int outlen = 0;
 
@@ -656,7 +656,8 @@ static fb_err fbcp_upload_start_over(fbcp_upload *u, fbcp_hash_job *hash, char *
     if (rv == FB_OK)
         rv = fbcp_upload_send_and_commit(u, hash, detail, detlen);
     if (rv == FB_ERR_DIGEST_MISMATCH)
-        snprintf(detail, detlen, "the local file changed while it was read (sent twice, its digest differed each time)");
+        snprintf(detail, detlen,
+                 "the local file changed while it was read (sent twice, its digest differed each time)");
     else if (rv == FB_OK)
         fbcp_warn("%s: started over after a digest mismatch on the server; now committed", u->x.local);
     return rv;

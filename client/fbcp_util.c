@@ -710,8 +710,8 @@ fb_err fbcp_sidecar_write(const char *path, const fbcp_sidecar *s)
     hex[0] = '\0';
     for (uint64_t i = 0; i < s->nhashed; i++)
         fb_hex_encode(hex + i * 64, s->chunk_sha + i * 32, 32);
-    doc = json_pack("{s:i, s:s, s:I, s:s, s:I, s:o, s:s}", "version", FBCP_SIDECAR_VERSION, "url", s->url, "size",
-                    (json_int_t)s->size, "etag", s->etag != NULL ? s->etag : "", "chunk_size",
+    doc = json_pack("{s:i, s:s, s:I, s:s, s:I, s:o, s:s}", "version", FBCP_SIDECAR_VERSION, "url", s->url,
+                    "size", (json_int_t)s->size, "etag", s->etag != NULL ? s->etag : "", "chunk_size",
                     (json_int_t)s->chunk_size, "done", done, "chunk_sha256", hex);
     done = NULL; /* owned by doc now (or freed by json_pack on failure) */
     if (doc == NULL)
@@ -786,9 +786,9 @@ fb_err fbcp_sidecar_read(fbcp_sidecar *s, const char *path)
         off += (size_t)n;
     }
     doc = json_loadb(buf, off, 0, NULL);
-    if (doc == NULL || json_unpack(doc, "{s:I, s:s, s:I, s:s, s:I, s:o, s:s}", "version", &version, "url", &url,
-                                   "size", &size, "etag", &etag, "chunk_size", &chunk, "done", &done,
-                                   "chunk_sha256", &hex) != 0)
+    if (doc == NULL ||
+        json_unpack(doc, "{s:I, s:s, s:I, s:s, s:I, s:o, s:s}", "version", &version, "url", &url, "size",
+                    &size, "etag", &etag, "chunk_size", &chunk, "done", &done, "chunk_sha256", &hex) != 0)
         goto out;
     if (version != FBCP_SIDECAR_VERSION || size < 0 || chunk <= 0 || chunk > (json_int_t)UINT32_MAX)
         goto out;

@@ -55,7 +55,8 @@ typedef struct ckpt_identity {
     uint8_t source_id[32];
 } ckpt_identity;
 
-_Static_assert(sizeof(ckpt_identity) == 48 && offsetof(ckpt_identity, source_id) == 16, "checkpoint identity layout");
+_Static_assert(sizeof(ckpt_identity) == 48 && offsetof(ckpt_identity, source_id) == 16,
+               "checkpoint identity layout");
 _Static_assert(sizeof(((fb_checkpoint *)0)->source_id) == 32, "source identity is 32 bytes");
 
 #define CKPT_KNOWN_FLAGS FB_CHECKPOINT_FLAG_SHA256
@@ -63,7 +64,8 @@ _Static_assert(sizeof(((fb_checkpoint *)0)->source_id) == 32, "source identity i
 _Static_assert(sizeof(((fb_checkpoint *)0)->expected_sha256) == CKPT_SHA_LEN, "expected digest is 32 bytes");
 
 #define CKPT_MAX_LEN                                                                                         \
-    (sizeof(ckpt_header) + sizeof(ckpt_identity) + CKPT_SHA_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) + CKPT_DIGEST_LEN)
+    (sizeof(ckpt_header) + sizeof(ckpt_identity) + CKPT_SHA_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) +       \
+     CKPT_DIGEST_LEN)
 
 /* Splits RELNAME into its directory part (or ".") and its last component, refusing absolute
  * names, empty, "." and ".." components: the name must stay beneath DIRFD. */
@@ -327,7 +329,8 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     rc = FB_ERR_IO;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
         goto out;
-    if ((uint64_t)st.st_size < sizeof(hdr) + sizeof(ident) + CKPT_DIGEST_LEN || (uint64_t)st.st_size > CKPT_MAX_LEN)
+    if ((uint64_t)st.st_size < sizeof(hdr) + sizeof(ident) + CKPT_DIGEST_LEN ||
+        (uint64_t)st.st_size > CKPT_MAX_LEN)
         goto out;
     len = (size_t)st.st_size;
     buf = malloc(len);
@@ -350,9 +353,8 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
         goto out;
     memcpy(&hdr, buf, sizeof(hdr));
     if (memcmp(hdr.magic, FB_CHECKPOINT_MAGIC, sizeof(hdr.magic)) != 0 ||
-        hdr.version != FB_CHECKPOINT_VERSION || (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 ||
-        hdr.chunk_size == 0 || hdr.nchunks > FB_BITMAP_BITS ||
-        hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
+        hdr.version != FB_CHECKPOINT_VERSION || (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 || hdr.chunk_size == 0 ||
+        hdr.nchunks > FB_BITMAP_BITS || hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
         goto out;
     words = ckpt_words(hdr.nchunks);
     shalen = (hdr.flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;

@@ -14,15 +14,16 @@
 
 #define FILESUM_VERSION "1"
 
-size_t fb_filesum_format(char *out, size_t outlen, const uint8_t sha[32], const struct stat *st, uint64_t set_ns)
+size_t fb_filesum_format(char *out, size_t outlen, const uint8_t sha[32], const struct stat *st,
+                         uint64_t set_ns)
 {
     char hex[65];
     int n;
 
     fb_hex_encode(hex, sha, 32);
-    n = snprintf(out, outlen, FILESUM_VERSION " %s %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64, hex,
-                 (uint64_t)st->st_size, fb_timespec_ns(&st->st_mtim), (uint64_t)st->st_dev, (uint64_t)st->st_ino,
-                 set_ns);
+    n = snprintf(out, outlen, FILESUM_VERSION " %s %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64 " %" PRIu64,
+                 hex, (uint64_t)st->st_size, fb_timespec_ns(&st->st_mtim), (uint64_t)st->st_dev,
+                 (uint64_t)st->st_ino, set_ns);
     return n < 0 || (size_t)n >= outlen ? 0 : (size_t)n;
 }
 
@@ -66,13 +67,14 @@ int fb_filesum_parse(uint8_t sha[32], const char *value, size_t len, const struc
     if (p >= end || *p != ' ')
         return 0;
     p++;
-    if (!filesum_number(&size, &p, end) || !filesum_number(&mtime, &p, end) || !filesum_number(&dev, &p, end) ||
-        !filesum_number(&ino, &p, end) || !filesum_number(&set_ns, &p, end) || p != end)
+    if (!filesum_number(&size, &p, end) || !filesum_number(&mtime, &p, end) ||
+        !filesum_number(&dev, &p, end) || !filesum_number(&ino, &p, end) ||
+        !filesum_number(&set_ns, &p, end) || p != end)
         return 0;
     ctime = fb_timespec_ns(&st->st_ctim);
-    if (size != (uint64_t)st->st_size || mtime != fb_timespec_ns(&st->st_mtim) || dev != (uint64_t)st->st_dev ||
-        ino != (uint64_t)st->st_ino || ctime + FB_FILESUM_CTIME_EARLY_NS < set_ns ||
-        ctime > set_ns + FB_FILESUM_CTIME_WINDOW_NS)
+    if (size != (uint64_t)st->st_size || mtime != fb_timespec_ns(&st->st_mtim) ||
+        dev != (uint64_t)st->st_dev || ino != (uint64_t)st->st_ino ||
+        ctime + FB_FILESUM_CTIME_EARLY_NS < set_ns || ctime > set_ns + FB_FILESUM_CTIME_WINDOW_NS)
         return 0;
     return fb_hex_decode(sha, 32, hex) == FB_OK;
 }

@@ -30,7 +30,8 @@
 
 /* The attribute value for SHA on the file described by ST, set at SET_NS (CLOCK_REALTIME, ns).
  * Returns the length written (without NUL), 0 if OUTLEN is too small. */
-size_t fb_filesum_format(char *out, size_t outlen, const uint8_t sha[32], const struct stat *st, uint64_t set_ns);
+size_t fb_filesum_format(char *out, size_t outlen, const uint8_t sha[32], const struct stat *st,
+                         uint64_t set_ns);
 
 /* Parses an attribute value of LEN bytes (no NUL needed) and checks it against ST, the file as it
  * is now. 1 with the digest in SHA if well formed and still valid; 0 otherwise. */

@@ -373,7 +373,8 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
         struct stat sb;
 
         mod_fallback_fd_close_on_cleanup(r->pool, c->fd);
-        if (fstat(c->fd, &sb) != 0 || (uint64_t)sb.st_ino != info->file_ino || (uint64_t)sb.st_dev != info->file_dev)
+        if (fstat(c->fd, &sb) != 0 || (uint64_t)sb.st_ino != info->file_ino ||
+            (uint64_t)sb.st_dev != info->file_dev)
             e = FB_ERR_CHANGED;
     }
     if (e != FB_OK)

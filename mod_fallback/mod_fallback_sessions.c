@@ -232,9 +232,10 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
 /* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE.
  * FILE: a download's file as opened now, or an upload's partial file (only its st_dev and st_ino
  * are kept then). SOURCE_ID: an upload's source identity (NULL: none given). */
-static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath, uint64_t size,
-                        uint32_t chunk_size, fb_overwrite overwrite, unsigned mode, uint32_t flags,
-                        const unsigned char *sha256, const struct stat *file, const unsigned char *source_id)
+static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath,
+                        uint64_t size, uint32_t chunk_size, fb_overwrite overwrite, unsigned mode,
+                        uint32_t flags, const unsigned char *sha256, const struct stat *file,
+                        const unsigned char *source_id)
 {
     fb_slot_info *info = &slot->info;
     fb_err e;
@@ -380,8 +381,8 @@ static int create_download(mod_fallback_req *req, const char *relpath)
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, FBLOGNO(00201) "no free session slot: %s", fb_err_message(e));
         return mod_fallback_problem(req, e, NULL);
     }
-    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0, NULL, &sb,
-                  NULL);
+    e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0,
+                  NULL, &sb, NULL);
     if (e != FB_OK || !publish_slot(slot)) {
         fb_slot_release(slot);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00202) "cannot set up download session");
@@ -505,8 +506,9 @@ static int same_source(const unsigned char *source_id, const uint8_t has[32])
  * partial file deleted (a new one is another inode), replaced or truncated since fails this. */
 static int partial_is_the_sessions(const struct stat *sb, const fb_slot_info *info)
 {
-    return info->file_ino != 0 && (uint64_t)sb->st_dev == info->file_dev && (uint64_t)sb->st_ino == info->file_ino &&
-           S_ISREG(sb->st_mode) && (uint64_t)sb->st_size == info->size;
+    return info->file_ino != 0 && (uint64_t)sb->st_dev == info->file_dev &&
+           (uint64_t)sb->st_ino == info->file_ino && S_ISREG(sb->st_mode) &&
+           (uint64_t)sb->st_size == info->size;
 }
 
 static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size)
@@ -555,7 +557,8 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
 }
 
 static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
-                         const unsigned char *sha256, int ask_digest, unsigned mode, const unsigned char *source_id)
+                         const unsigned char *sha256, int ask_digest, unsigned mode,
+                         const unsigned char *source_id)
 {
     request_rec *r = req->r;
     const fb_config *cfg = req->cfg;
@@ -660,10 +663,11 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
                 if (fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED)) {
                     atomic_store(&slot->error_code, (uint32_t)FB_ERR_CHANGED);
                     superseded = 1;
-                    ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                                  FBLOGNO(00240) "upload of '%s' starts over: session %s %s", relpath, id,
-                                  !same ? "was for another source file (source_id differs)"
-                                        : "lost its partial file (deleted, replaced or truncated on the server)");
+                    ap_log_rerror(
+                        APLOG_MARK, APLOG_INFO, 0, r,
+                        FBLOGNO(00240) "upload of '%s' starts over: session %s %s", relpath, id,
+                        !same ? "was for another source file (source_id differs)"
+                              : "lost its partial file (deleted, replaced or truncated on the server)");
                 }
                 slot = NULL;
                 goto supersede_rest;
@@ -719,12 +723,12 @@ supersede_rest:
         same_source(source_id, cp->source_id) &&
         same_expectation(sha256, cp->flags & FB_CHECKPOINT_FLAG_SHA256, cp->expected_sha256)) {
         resumed = 1;
-    }
-    else {
+    } else {
         if (e == FB_OK)
             ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                           FBLOGNO(00224) "checkpoint of '%s' does not fit this upload (size, chunk size, "
-                          "expected sha256, source_id, or a partial file changed on the server): starting over",
+                                         "expected sha256, source_id, or a partial file changed on the "
+                                         "server): starting over",
                           relpath);
         if (e != FB_ERR_NOT_FOUND)
             (void)fb_checkpoint_remove(parent_fd, ckptbase);
@@ -750,8 +754,8 @@ supersede_rest:
         rc = mod_fallback_problem(req, e, NULL);
         goto leave;
     }
-    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0, sha256,
-                  &sb, source_id);
+    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0,
+                  sha256, &sb, source_id);
     if (e == FB_OK && resumed) {
         uint64_t i;
         for (i = 0; i < nchunks; i++)
@@ -936,13 +940,15 @@ int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)
     wipe_info(info);
     if (info->direction == FB_DIR_UPLOAD && atomic_load(&slot->state) == FB_SLOT_ACTIVE &&
         !upload_partial_intact(req, info) && fail_changed(slot, gen)) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, req->r,
-                      FBLOGNO(00241) "session %s: the partial file of '%s' was deleted, replaced or truncated on the "
-                      "server: session failed, the upload starts over when created again",
-                      id, info->relpath);
-        return mod_fallback_problem(req, FB_ERR_CHANGED,
-                                    "the partial file on the server was deleted or changed: create the session again "
-                                    "to start over");
+        ap_log_rerror(
+            APLOG_MARK, APLOG_INFO, 0, req->r,
+            FBLOGNO(00241) "session %s: the partial file of '%s' was deleted, replaced or truncated on the "
+                           "server: session failed, the upload starts over when created again",
+            id, info->relpath);
+        return mod_fallback_problem(
+            req, FB_ERR_CHANGED,
+            "the partial file on the server was deleted or changed: create the session again "
+            "to start over");
     }
     return reply_session(req, HTTP_OK, idx, slot, 0, 1, 0);
 }
@@ -1159,7 +1165,8 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
     e = fb_filesum_set(fd, digest);
     if (e != FB_OK)
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, APR_FROM_OS_ERROR(errno), r,
-                      FBLOGNO(00242) "cannot keep the digest of '%s' with it: %s", info->relpath, fb_err_message(e));
+                      FBLOGNO(00242) "cannot keep the digest of '%s' with it: %s", info->relpath,
+                      fb_err_message(e));
     if (rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {
         int err = errno;
         if (err == EEXIST || err == EISDIR || err == ENOTEMPTY || err == ENOTDIR) {

@@ -265,7 +265,7 @@ START_TEST(test_filesum_round_trip_and_validity)
     ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 0);
 
     /* malformed values */
-    ck_assert_int_eq(fb_filesum_parse(back, v, n - 1, &st), 0);  /* last number cut short */
+    ck_assert_int_eq(fb_filesum_parse(back, v, n - 1, &st), 0); /* last number cut short */
     ck_assert_int_eq(fb_filesum_parse(back, v, 10, &st), 0);
     ck_assert_int_eq(fb_filesum_parse(back, "", 0, &st), 0);
     v[0] = '2'; /* unknown version */
@@ -303,7 +303,8 @@ START_TEST(test_repr_digest_format_and_parse)
     ck_assert_int_eq(fb_repr_digest_parse(back, "sha-256=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="), 0);
     ck_assert_int_eq(fb_repr_digest_parse(back, "sha-256=:AAAA:"), 0);
     ck_assert_int_eq(fb_repr_digest_parse(back, "sha-256=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAF***:"), 0);
-    ck_assert_int_eq(fb_repr_digest_parse(back, "sha-2567=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=:"), 0);
+    ck_assert_int_eq(fb_repr_digest_parse(back, "sha-2567=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=:"),
+                     0);
     ck_assert_int_eq(fb_repr_digest_parse(back, ""), 0);
 }
 END_TEST
