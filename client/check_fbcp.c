@@ -210,6 +210,31 @@ START_TEST(ranges_intersect_and_complement)
 }
 END_TEST
 
+START_TEST(ranges_covers_only_whole_spans)
+{
+    fbcp_ranges r;
+
+    fbcp_ranges_init(&r);
+    ck_assert(!fbcp_ranges_covers(&r, 0, 1));
+    fbcp_ranges_add(&r, 10, 10); /* [10, 20) */
+    fbcp_ranges_add(&r, 30, 5);  /* [30, 35) */
+    fbcp_ranges_add(&r, 100, 50); /* [100, 150) */
+    ck_assert(fbcp_ranges_covers(&r, 10, 10));
+    ck_assert(fbcp_ranges_covers(&r, 12, 3));
+    ck_assert(fbcp_ranges_covers(&r, 30, 5));
+    ck_assert(fbcp_ranges_covers(&r, 100, 50));
+    ck_assert(fbcp_ranges_covers(&r, 149, 1));
+    ck_assert(!fbcp_ranges_covers(&r, 9, 2));   /* starts before */
+    ck_assert(!fbcp_ranges_covers(&r, 15, 10)); /* runs past, across a gap */
+    ck_assert(!fbcp_ranges_covers(&r, 20, 1));  /* the gap */
+    ck_assert(!fbcp_ranges_covers(&r, 0, 5));
+    ck_assert(!fbcp_ranges_covers(&r, 150, 1));
+    ck_assert(!fbcp_ranges_covers(&r, 12, 0)); /* nothing is not covered */
+    ck_assert(!fbcp_ranges_covers(&r, UINT64_MAX, 2));
+    fbcp_ranges_free(&r);
+}
+END_TEST
+
 START_TEST(ranges_split_stays_chunk_aligned)
 {
     fbcp_ranges r, out;
@@ -704,6 +729,7 @@ static Suite *fbcp_suite(void)
     tcase_add_test(tc, listing_names_must_be_one_component);
     tcase_add_test(tc, ranges_merge_on_add);
     tcase_add_test(tc, ranges_intersect_and_complement);
+    tcase_add_test(tc, ranges_covers_only_whole_spans);
     tcase_add_test(tc, ranges_split_stays_chunk_aligned);
     tcase_add_test(tc, request_share_shrinks_towards_the_end);
     tcase_add_test(tc, ranges_json_checked_against_size);

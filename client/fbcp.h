@@ -152,6 +152,8 @@ fb_err fbcp_ranges_intersect(fbcp_ranges *out, const fbcp_ranges *r, uint64_t of
 /* OUT = [0, size) minus R. */
 fb_err fbcp_ranges_complement(fbcp_ranges *out, const fbcp_ranges *r, uint64_t size);
 fb_err fbcp_ranges_copy(fbcp_ranges *out, const fbcp_ranges *r);
+/* 1 if [off, off+len) lies wholly inside one range of R (binary search); 0 otherwise. */
+int fbcp_ranges_covers(const fbcp_ranges *r, uint64_t off, uint64_t len);
 /* Splits R into requests of at most MAX_LEN bytes (MAX_LEN rounded down to a multiple of
  * CHUNK, at least one chunk) whose starts stay chunk-aligned when R's are. */
 fb_err fbcp_ranges_split(fbcp_ranges *out, const fbcp_ranges *r, uint64_t max_len, uint32_t chunk);
@@ -178,8 +180,9 @@ fb_err fbcp_parse_seconds_ms(uint32_t *out, const char *text, uint32_t min_ms, u
 fb_err fbcp_parse_content_range(uint64_t *first, uint64_t *last, uint64_t *complete, const char *value);
 
 /* The download sidecar ".<name>.fbpart.json": which chunks of the partial file are on disk, and
- * the SHA-256 of each of the first NHASHED chunks as they were written (a resume keeps a claimed
- * chunk only if it still has that digest). Version 2; a version-1 sidecar is refused (start over). */
+ * the SHA-256 of chunks as they were written, for chunks [0, NHASHED) (all zero: not known; a
+ * resume keeps a claimed chunk only if it still has its digest). Version 2; a version-1 sidecar
+ * is refused (start over). */
 #define FBCP_SIDECAR_VERSION 2
 typedef struct fbcp_sidecar {
     char *url;
@@ -187,7 +190,7 @@ typedef struct fbcp_sidecar {
     char *etag; /* "" when the server gave none */
     uint32_t chunk_size;
     fbcp_ranges done;
-    uint64_t nhashed;         /* chunks [0, nhashed) have their digest in CHUNK_SHA */
+    uint64_t nhashed;         /* CHUNK_SHA covers chunks [0, nhashed) (all-zero entries: unknown) */
     unsigned char *chunk_sha; /* nhashed * 32 bytes (malloc), NULL when nhashed is 0 */
 } fbcp_sidecar;
 

@@ -64,7 +64,9 @@ typedef struct fbcp_download {
  * finish only waits for the last piece. Data is hashed only once it is marked done (written,
  * never written again), so the digest is always that of the file on disk. The same read gives
  * each chunk's own SHA-256 for the sidecar, so that a resume can tell whether a chunk it claims
- * still holds what was written (whole chunks only: the thread waits for a chunk to complete). */
+ * still holds what was written; while the prefix waits for a chunk, the thread reads and hashes
+ * chunks already complete further on (parallel connections and UDP complete them out of order),
+ * so a checkpoint can vouch for them too. Whole chunks only. */
 #define FBCP_DL_HASH_BLOCK FBCP_DOWNLOAD_CHUNK
 
 typedef struct fbcp_dl_hash {
@@ -76,12 +78,53 @@ typedef struct fbcp_dl_hash {
     uint64_t size;
     uint64_t pos;   /* hashed */
     uint64_t ready; /* [0, ready) is complete on disk */
-    unsigned char *chunk_sha; /* the SHA-256 of each chunk hashed so far */
-    uint64_t nhashed;         /* chunks in CHUNK_SHA */
+    uint64_t nchunks;
+    unsigned char *chunk_sha; /* the SHA-256 of each chunk (all zero until known) */
+    uint64_t *complete;       /* bitmap: chunk written whole (set by the main thread) */
+    uint64_t *have;           /* bitmap: chunk's digest is in CHUNK_SHA */
+    uint64_t nhashed;         /* 1 + the highest chunk with a digest */
     int stop;
     fb_err rv;
     unsigned char digest[FB_SHA256_LEN];
 } fbcp_dl_hash;
+
+static int fbcp_bit(const uint64_t *map, uint64_t i)
+{
+    return (map[i / 64] >> (i % 64)) & 1u;
+}
+
+/* A chunk past FROM that is complete and has no digest yet; 0 if none (chunk 0 is never past). */
+static uint64_t fbcp_dl_hash_next_out_of_order(const fbcp_dl_hash *h, uint64_t from)
+{
+    for (uint64_t w = from / 64; w < (h->nchunks + 63) / 64; w++) {
+        uint64_t bits = h->complete[w] & ~h->have[w];
+
+        if (w == from / 64)
+            bits &= from % 64 == 63 ? 0 : ~((UINT64_C(2) << (from % 64)) - 1);
+        if (bits != 0)
+            return w * 64 + (uint64_t)__builtin_ctzll(bits);
+    }
+    return 0;
+}
+
+/* Stores chunk I's digest (under the lock). */
+static void fbcp_dl_hash_keep(fbcp_dl_hash *h, uint64_t i, const unsigned char sha[FB_SHA256_LEN])
+{
+    memcpy(h->chunk_sha + i * FB_SHA256_LEN, sha, FB_SHA256_LEN);
+    h->have[i / 64] |= UINT64_C(1) << (i % 64);
+    if (i + 1 > h->nhashed)
+        h->nhashed = i + 1;
+}
+
+/* Reads chunk I (N bytes at AT) into BUF and its digest into SHA; 0 on failure. */
+static int fbcp_dl_chunk_digest(const fbcp_dl_hash *h, unsigned char *buf, uint64_t at, uint64_t n,
+                                unsigned char sha[FB_SHA256_LEN])
+{
+    unsigned int len = 0;
+
+    return fb_pread_all(h->fd, buf, (size_t)n, at) == FB_OK &&
+           EVP_Digest(buf, (size_t)n, sha, &len, EVP_sha256(), NULL) == 1 && len == FB_SHA256_LEN;
+}
 
 static void *fbcp_dl_hash_main(void *p)
 {
@@ -95,29 +138,47 @@ static void *fbcp_dl_hash_main(void *p)
     /* bounded: each pass hashes a block or waits at most 50 ms for more, and stops on STOP */
     while (h->rv == FB_OK && h->pos < h->size && !h->stop) {
         uint64_t at = h->pos, n = h->size - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->size - at;
+        uint64_t ci = at / FBCP_DL_HASH_BLOCK, oo;
         unsigned char chunk_sha[FB_SHA256_LEN];
-        unsigned int clen = 0;
-        int fail = 0;
+        int fail = 0, have;
 
         if (h->ready < at + n) { /* whole chunks (POS stays chunk-aligned) */
-            fbcp_cond_wait_ms(&h->cv, &h->mu, 50);
+            oo = fbcp_dl_hash_next_out_of_order(h, ci);
+            if (oo == 0) {
+                fbcp_cond_wait_ms(&h->cv, &h->mu, 50);
+                continue;
+            }
+            /* meanwhile, a chunk complete further on: its own digest only (the main thread
+             * never writes a complete chunk again) */
+            at = oo * FBCP_DL_HASH_BLOCK;
+            n = h->size - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->size - at;
+            pthread_mutex_unlock(&h->mu);
+            fail = !fbcp_dl_chunk_digest(h, buf, at, n, chunk_sha);
+            pthread_mutex_lock(&h->mu);
+            if (fail)
+                h->rv = FB_ERR_IO;
+            else
+                fbcp_dl_hash_keep(h, oo, chunk_sha);
             continue;
         }
+        have = fbcp_bit(h->have, ci);
         pthread_mutex_unlock(&h->mu);
         /* shorter than at the start: its digest would be meaningless */
         fail = fb_pread_all(h->fd, buf, (size_t)n, at) != FB_OK;
         if (!fail && EVP_DigestUpdate(h->md, buf, (size_t)n) != 1)
             fail = 1;
-        if (!fail &&
-            (EVP_Digest(buf, (size_t)n, chunk_sha, &clen, EVP_sha256(), NULL) != 1 || clen != FB_SHA256_LEN))
-            fail = 1;
+        if (!fail && !have) {
+            unsigned int clen = 0;
+
+            fail = EVP_Digest(buf, (size_t)n, chunk_sha, &clen, EVP_sha256(), NULL) != 1 || clen != FB_SHA256_LEN;
+        }
         pthread_mutex_lock(&h->mu);
         if (fail) {
             h->rv = FB_ERR_IO;
         } else {
             h->pos = at + n;
-            memcpy(h->chunk_sha + h->nhashed * FB_SHA256_LEN, chunk_sha, FB_SHA256_LEN);
-            h->nhashed++;
+            if (!have)
+                fbcp_dl_hash_keep(h, ci, chunk_sha);
         }
     }
     if (h->rv == FB_OK && h->pos == h->size &&
@@ -154,6 +215,8 @@ static fb_err fbcp_download_hash_end(fbcp_download *d, int stop, unsigned char o
         EVP_MD_CTX_free(h->md);
         OPENSSL_cleanse(h->digest, sizeof(h->digest));
         free(h->chunk_sha);
+        free(h->complete);
+        free(h->have);
         free(h);
         d->hash = NULL;
     }
@@ -164,19 +227,32 @@ static fb_err fbcp_download_hash_end(fbcp_download *d, int stop, unsigned char o
     return rv;
 }
 
-/* Tells the thread how far the file is complete on disk: the end of the done range at 0. */
-static void fbcp_download_hash_ready(fbcp_download *d)
+/* Tells the thread how far the file is complete on disk (the end of the done range at 0) and
+ * which of the chunks touched by [OFF, OFF+LEN) are now complete (LEN 0: none). */
+static void fbcp_download_hash_ready(fbcp_download *d, uint64_t off, uint64_t len)
 {
     fbcp_dl_hash *h = d->hash;
     uint64_t ready = d->sc.done.n > 0 && d->sc.done.v[0].offset == 0 ? d->sc.done.v[0].length : 0;
+    int wake = 0;
 
     if (h == NULL)
         return;
     pthread_mutex_lock(&h->mu);
+    for (uint64_t c = off / FBCP_DL_HASH_BLOCK; len > 0 && c <= (off + len - 1) / FBCP_DL_HASH_BLOCK && c < h->nchunks;
+         c++) {
+        uint64_t at = c * FBCP_DL_HASH_BLOCK, n = h->size - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->size - at;
+
+        if (!fbcp_bit(h->complete, c) && fbcp_ranges_covers(&d->sc.done, at, n)) {
+            h->complete[c / 64] |= UINT64_C(1) << (c % 64);
+            wake = 1;
+        }
+    }
     if (ready > h->ready) {
         h->ready = ready;
-        pthread_cond_broadcast(&h->cv);
+        wake = 1;
     }
+    if (wake)
+        pthread_cond_broadcast(&h->cv);
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -193,16 +269,22 @@ static void fbcp_download_hash_start(fbcp_download *d)
     h->fd = d->x.fd;
     h->size = d->x.size;
     h->md = EVP_MD_CTX_new();
-    h->chunk_sha =
-        malloc((size_t)((d->x.size + FBCP_DOWNLOAD_CHUNK - 1) / FBCP_DOWNLOAD_CHUNK + 1) * FB_SHA256_LEN);
-    if (h->md == NULL || h->chunk_sha == NULL || EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1)
+    h->nchunks = (d->x.size + FBCP_DOWNLOAD_CHUNK - 1) / FBCP_DOWNLOAD_CHUNK;
+    h->chunk_sha = calloc((size_t)h->nchunks + 1, FB_SHA256_LEN);
+    h->complete = calloc((size_t)(h->nchunks + 63) / 64 + 1, sizeof(uint64_t));
+    h->have = calloc((size_t)(h->nchunks + 63) / 64 + 1, sizeof(uint64_t));
+    if (h->md == NULL || h->chunk_sha == NULL || h->complete == NULL || h->have == NULL ||
+        EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1)
         goto fail;
     have_mu = pthread_mutex_init(&h->mu, NULL) == 0;
     have_cv = have_mu && pthread_cond_init(&h->cv, NULL) == 0;
     if (!have_cv || pthread_create(&h->thread, NULL, fbcp_dl_hash_main, h) != 0)
         goto fail;
     d->hash = h;
-    fbcp_download_hash_ready(d);
+    /* what a resume kept is complete already */
+    for (size_t i = 0; i < d->sc.done.n; i++)
+        fbcp_download_hash_ready(d, d->sc.done.v[i].offset, d->sc.done.v[i].length);
+    fbcp_download_hash_ready(d, 0, 0);
     return;
 fail:
     if (have_cv)
@@ -211,6 +293,8 @@ fail:
         pthread_mutex_destroy(&h->mu);
     EVP_MD_CTX_free(h->md);
     free(h->chunk_sha);
+    free(h->complete);
+    free(h->have);
     free(h);
 }
 
@@ -228,6 +312,13 @@ static fb_err fbcp_download_hashes_into(fbcp_download *d, fbcp_sidecar *s)
     return rv;
 }
 
+static int fbcp_digest_unknown(const unsigned char *sha)
+{
+    static const unsigned char zero[FB_SHA256_LEN];
+
+    return memcmp(sha, zero, FB_SHA256_LEN) == 0;
+}
+
 /* A resume keeps of OLD's done ranges only the whole chunks that still have the digest recorded
  * when they were written: the partial file may have been changed since (by anyone), and a chunk
  * that was never hashed cannot be vouched for. OUT gets what is kept; the rest is fetched again. */
@@ -236,7 +327,7 @@ static fb_err fbcp_download_keep_verified(fbcp_download *d, const fbcp_sidecar *
     unsigned char *buf = malloc(FBCP_DOWNLOAD_CHUNK);
     unsigned char sha[FB_SHA256_LEN];
     fbcp_ranges in;
-    uint64_t dropped = 0;
+    uint64_t dropped = 0, unhashed = 0;
     fb_err rv = buf == NULL ? FB_ERR_NOMEM : FB_OK;
 
     fbcp_ranges_init(&in);
@@ -252,6 +343,10 @@ static fb_err fbcp_download_keep_verified(fbcp_download *d, const fbcp_sidecar *
         rv = fbcp_ranges_intersect(&in, &old->done, off, len);
         if (rv != FB_OK || fbcp_ranges_total(&in) != len)
             continue; /* not claimed whole */
+        if (fbcp_digest_unknown(old->chunk_sha + i * FB_SHA256_LEN)) {
+            unhashed += len; /* never hashed: cannot be vouched for */
+            continue;
+        }
         if (fb_pread_all(d->x.fd, buf, (size_t)len, off) == FB_OK &&
             EVP_Digest(buf, (size_t)len, sha, &slen, EVP_sha256(), NULL) == 1 && slen == FB_SHA256_LEN &&
             memcmp(sha, old->chunk_sha + i * FB_SHA256_LEN, FB_SHA256_LEN) == 0)
@@ -259,6 +354,9 @@ static fb_err fbcp_download_keep_verified(fbcp_download *d, const fbcp_sidecar *
         else
             dropped += len;
     }
+    if (unhashed > 0)
+        fbcp_trace(d->c->opts, "%llu bytes the sidecar claims were never hashed: fetching them again",
+                   (unsigned long long)unhashed);
     if (dropped > 0)
         fbcp_warn("%s: %llu bytes of the partial file changed since they were written: fetching them again",
                   d->x.local, (unsigned long long)dropped);
@@ -466,7 +564,7 @@ static fb_err fbcp_download_range_done(fbcp_xfer *x, uint64_t off, uint64_t len)
 
     if (rv != FB_OK)
         return rv;
-    fbcp_download_hash_ready(d);
+    fbcp_download_hash_ready(d, off, len);
     d->since_ckpt += len;
     if (d->since_ckpt >= FBCP_CHECKPOINT_EVERY)
         return fbcp_download_checkpoint_behind(d);

@@ -426,6 +426,24 @@ fb_err fbcp_ranges_intersect(fbcp_ranges *out, const fbcp_ranges *r, uint64_t of
     return FB_OK;
 }
 
+int fbcp_ranges_covers(const fbcp_ranges *r, uint64_t off, uint64_t len)
+{
+    size_t lo = 0, hi = r->n;
+
+    if (len == 0 || off > UINT64_MAX - len)
+        return 0;
+    /* the last range starting at or before OFF (ranges are sorted and disjoint) */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (r->v[mid].offset <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && r->v[lo - 1].offset + r->v[lo - 1].length >= off + len;
+}
+
 fb_err fbcp_ranges_complement(fbcp_ranges *out, const fbcp_ranges *r, uint64_t size)
 {
     uint64_t pos = 0;
