@@ -298,15 +298,38 @@ fail:
     free(h);
 }
 
-/* The chunk digests the thread has so far, into S (for the sidecar). */
-static fb_err fbcp_download_hashes_into(fbcp_download *d, fbcp_sidecar *s)
+/* 1 if every whole chunk in DONE has its digest (under H's lock). */
+static int fbcp_dl_hash_covers(const fbcp_dl_hash *h, const fbcp_ranges *done)
 {
-    fbcp_dl_hash *h = d->hash;
+    for (size_t i = 0; i < done->n; i++) {
+        uint64_t end = done->v[i].offset + done->v[i].length;
+
+        for (uint64_t c = (done->v[i].offset + FBCP_DL_HASH_BLOCK - 1) / FBCP_DL_HASH_BLOCK; c < h->nchunks; c++) {
+            uint64_t cend = (c + 1) * FBCP_DL_HASH_BLOCK < h->size ? (c + 1) * FBCP_DL_HASH_BLOCK : h->size;
+
+            if (cend > end)
+                break;
+            if (!fbcp_bit(h->have, c))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* The chunk digests of H into S (for the sidecar), once the thread has hashed every whole chunk
+ * S->done claims: it trails the writes by a few chunks, and a checkpoint should vouch for all it
+ * lists. Bounded: at most FBCP_DL_HASH_CATCHUP_MS; then what there is. H NULL: no digests. */
+#define FBCP_DL_HASH_CATCHUP_MS 1000
+static fb_err fbcp_dl_hash_take(fbcp_dl_hash *h, fbcp_sidecar *s)
+{
     fb_err rv;
 
     if (h == NULL)
         return fbcp_sidecar_set_hashes(s, NULL, 0);
     pthread_mutex_lock(&h->mu);
+    for (int i = 0; i < FBCP_DL_HASH_CATCHUP_MS / 10 && h->rv == FB_OK && !h->stop && !fbcp_dl_hash_covers(h, &s->done);
+         i++)
+        fbcp_cond_wait_ms(&h->cv, &h->mu, 10);
     rv = fbcp_sidecar_set_hashes(s, h->chunk_sha, h->nhashed);
     pthread_mutex_unlock(&h->mu);
     return rv;
@@ -455,6 +478,7 @@ fb_err fbcp_remote_stat(fbcp_ctx *c, const fbcp_url *url, const char *remote, in
 typedef struct fbcp_dl_ckpt {
     pthread_t thread;
     int fd;
+    fbcp_dl_hash *hash; /* the chunk digests come from it after the sync (outlives this thread) */
     const char *path;
     fbcp_sidecar snap;
     fb_err rv;         /* FB_ERR_LOCAL_IO when fdatasync failed */
@@ -469,7 +493,7 @@ static void *fbcp_dl_ckpt_main(void *p)
     /* a full local disk is a local_io_error: "disk_full" names the server's disk */
     if (fdatasync(k->fd) != 0)
         k->rv = FB_ERR_LOCAL_IO;
-    else if (fbcp_sidecar_write(k->path, &k->snap) != FB_OK)
+    else if (fbcp_dl_hash_take(k->hash, &k->snap) != FB_OK || fbcp_sidecar_write(k->path, &k->snap) != FB_OK)
         k->sidecar_errno = errno ? errno : EIO;
     atomic_store(&k->finished, 1);
     return NULL;
@@ -516,7 +540,7 @@ static fb_err fbcp_download_checkpoint(fbcp_download *d)
     if (fdatasync(d->x.fd) != 0)
         return FB_ERR_LOCAL_IO;
     d->since_ckpt = 0;
-    if (fbcp_download_hashes_into(d, &d->sc) != FB_OK || fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK)
+    if (fbcp_dl_hash_take(d->hash, &d->sc) != FB_OK || fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK)
         fbcp_download_sidecar_failed(d, errno);
     return FB_OK;
 }
@@ -537,6 +561,7 @@ static fb_err fbcp_download_checkpoint_behind(fbcp_download *d)
     if (k == NULL)
         return fbcp_download_checkpoint(d);
     k->fd = d->x.fd;
+    k->hash = d->hash;
     k->path = d->sidecar_path;
     fbcp_sidecar_init(&k->snap);
     k->snap.url = strdup(d->sc.url != NULL ? d->sc.url : "");
@@ -546,7 +571,6 @@ static fb_err fbcp_download_checkpoint_behind(fbcp_download *d)
     atomic_init(&k->finished, 0);
     if (k->snap.url == NULL || k->snap.etag == NULL ||
         fbcp_ranges_copy(&k->snap.done, &d->sc.done) != FB_OK ||
-        fbcp_download_hashes_into(d, &k->snap) != FB_OK ||
         pthread_create(&k->thread, NULL, fbcp_dl_ckpt_main, k) != 0) {
         fbcp_sidecar_free(&k->snap);
         free(k);
@@ -1116,8 +1140,8 @@ out:
         fbcp_report_error(&d.x, local, rv, detail);
     fbcp_download_session_end(&d);
     fbcp_move_cleanup(&d.x);
+    (void)fbcp_download_ckpt_join(&d); /* before the hash thread it takes digests from ends */
     (void)fbcp_download_hash_end(&d, 1, NULL);
-    (void)fbcp_download_ckpt_join(&d);
     if (d.x.fd >= 0)
         close(d.x.fd);
     free(validator);

@@ -253,6 +253,101 @@ download_changed_partial() {
 test_download_changed_partial_udp() { download_changed_partial udp; }
 test_download_changed_partial_https() { download_changed_partial https; }
 
+# ---- the server's rules, driven with curl (docs/HTTP-API.md, "Resuming") ----
+
+SRC_A=$(printf 'a%.0s' {1..64})
+SRC_B=$(printf 'b%.0s' {1..64})
+
+# api_session NAME SOURCE_ID: POST sessions for a 4 MiB upload of NAME with that source_id; prints
+# the HTTP status (the answer is in $BODY).
+api_session() {
+    api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"$1\",\"size\":$((4 * CHUNK)),\"source_id\":\"$2\"}"
+}
+
+# two_chunks NAME: a session of NAME (source A) with its first two chunks received; prints its id.
+two_chunks() {
+    local name=$1 id st
+    mkrand "$SRC/$name" $((4 * CHUNK))
+    st=$(api_session "$name" "$SRC_A")
+    assert_eq 201 "$st" "POST sessions $name ($(head -c 200 "$BODY"))"
+    id=$(jbody .id)
+    st=$(put_range "$id" "$SRC/$name" 0 $((2 * CHUNK - 1)))
+    assert_eq 200 "$st" "PUT of the first two chunks"
+    printf '%s' "$id"
+}
+
+# cancelled_two_chunks NAME: the same, then the session failed by the admin (fbctl cancel keeps
+# the partial file and its checkpoint), so only the checkpoint can resume it.
+cancelled_two_chunks() {
+    local id
+    id=$(two_chunks "$1")
+    "$FBCTL" -c "$DS_DIR/fallback.xml" cancel "$id" >/dev/null || fail "fbctl cancel $id"
+    assert_file_exists "$DOCROOT/.$1.fbpart.ckpt"
+}
+
+assert_fresh() {
+    assert_eq 201 "$1" "a fresh session ($(head -c 200 "$BODY"))"
+    assert_eq false "$(jq -r .resumed "$BODY")" "resumed"
+    assert_eq $((4 * CHUNK)) "$(missing_bytes)" "missing bytes: everything"
+}
+
+test_checkpoint_resumes_only_the_same_source_and_inode() {
+    local st
+    require_fbctl
+    st=$(api_session bad.bin xyz)
+    assert_problem 400 bad_request "$st"
+
+    cancelled_two_chunks cp-same.bin
+    st=$(api_session cp-same.bin "$SRC_A")
+    assert_eq 200 "$st" "the same source resumes the checkpoint ($(head -c 200 "$BODY"))"
+    assert_eq true "$(jq -r .resumed "$BODY")" "resumed"
+    assert_eq $((2 * CHUNK)) "$(missing_bytes)" "missing bytes after the resume"
+
+    cancelled_two_chunks cp-other.bin
+    assert_fresh "$(api_session cp-other.bin "$SRC_B")"
+
+    cancelled_two_chunks cp-none.bin
+    st=$(api POST sessions -H 'Content-Type: application/json' \
+        --data-binary "{\"direction\":\"upload\",\"path\":\"cp-none.bin\",\"size\":$((4 * CHUNK))}")
+    assert_fresh "$st"
+
+    cancelled_two_chunks cp-deleted.bin
+    rm -f "$DOCROOT/.cp-deleted.bin.fbpart"
+    assert_fresh "$(api_session cp-deleted.bin "$SRC_A")"
+
+    cancelled_two_chunks cp-replaced.bin
+    cp -p "$DOCROOT/.cp-replaced.bin.fbpart" "$DOCROOT/.cp-replaced.copy" # owner and mode kept
+    mv "$DOCROOT/.cp-replaced.copy" "$DOCROOT/.cp-replaced.bin.fbpart" # the same bytes, another inode
+    assert_fresh "$(api_session cp-replaced.bin "$SRC_A")"
+}
+
+test_live_session_resumes_only_the_same_source_and_partial() {
+    local id st
+    id=$(two_chunks live-same.bin)
+    st=$(api_session live-same.bin "$SRC_A")
+    assert_eq 200 "$st" "the same source joins the live session"
+    assert_eq "$id" "$(jbody .id)" "the same session"
+
+    id=$(two_chunks live-other.bin)
+    assert_fresh "$(api_session live-other.bin "$SRC_B")"
+    assert_ne "$id" "$(jbody .id)" "a new session"
+    api GET "sessions/$id" >/dev/null
+    assert_eq failed "$(jbody .state)" "the superseded session"
+
+    id=$(two_chunks live-deleted.bin)
+    rm -f "$DOCROOT/.live-deleted.bin.fbpart"
+    st=$(api GET "sessions/$id")
+    assert_problem 412 changed "$st"
+    assert_fresh "$(api_session live-deleted.bin "$SRC_A")"
+
+    id=$(two_chunks live-truncated.bin)
+    truncate -s "$CHUNK" "$DOCROOT/.live-truncated.bin.fbpart"
+    assert_fresh "$(api_session live-truncated.bin "$SRC_A")"
+    api GET "sessions/$id" >/dev/null
+    assert_eq failed "$(jbody .state)" "the session whose partial file was truncated"
+}
+
 ds_start_or_bail "all resume identity tests"
 require_fbcp
 udpd_start
@@ -266,6 +361,8 @@ run_test "partial file truncated on the server: the rerun completes identical (U
 run_test "partial file deleted on the server: the rerun completes identical (HTTPS)" test_partial_deleted_https
 run_test "partial file truncated on the server: the rerun completes identical (HTTPS)" test_partial_truncated_https
 run_test "partial file changed in place: the commit fails, fbcp starts over once and says why" test_changed_in_place_https
+run_test "POST sessions: a checkpoint resumes only for the same source_id and partial inode" test_checkpoint_resumes_only_the_same_source_and_inode
+run_test "POST/GET sessions: a live session continues only with the same source_id and partial file" test_live_session_resumes_only_the_same_source_and_partial
 run_test "Repr-Digest served for committed files, stale ones not; fbcp refuses bytes that do not match" test_repr_digest
 run_test "a download resumed into a changed local partial file ends identical (UDP)" test_download_changed_partial_udp
 run_test "a download resumed into a changed local partial file ends identical (HTTPS)" test_download_changed_partial_https
