@@ -210,6 +210,31 @@ START_TEST(ranges_intersect_and_complement)
 }
 END_TEST
 
+START_TEST(ranges_covers_only_whole_spans)
+{
+    fbcp_ranges r;
+
+    fbcp_ranges_init(&r);
+    ck_assert(!fbcp_ranges_covers(&r, 0, 1));
+    fbcp_ranges_add(&r, 10, 10); /* [10, 20) */
+    fbcp_ranges_add(&r, 30, 5);  /* [30, 35) */
+    fbcp_ranges_add(&r, 100, 50); /* [100, 150) */
+    ck_assert(fbcp_ranges_covers(&r, 10, 10));
+    ck_assert(fbcp_ranges_covers(&r, 12, 3));
+    ck_assert(fbcp_ranges_covers(&r, 30, 5));
+    ck_assert(fbcp_ranges_covers(&r, 100, 50));
+    ck_assert(fbcp_ranges_covers(&r, 149, 1));
+    ck_assert(!fbcp_ranges_covers(&r, 9, 2));   /* starts before */
+    ck_assert(!fbcp_ranges_covers(&r, 15, 10)); /* runs past, across a gap */
+    ck_assert(!fbcp_ranges_covers(&r, 20, 1));  /* the gap */
+    ck_assert(!fbcp_ranges_covers(&r, 0, 5));
+    ck_assert(!fbcp_ranges_covers(&r, 150, 1));
+    ck_assert(!fbcp_ranges_covers(&r, 12, 0)); /* nothing is not covered */
+    ck_assert(!fbcp_ranges_covers(&r, UINT64_MAX, 2));
+    fbcp_ranges_free(&r);
+}
+END_TEST
+
 START_TEST(ranges_split_stays_chunk_aligned)
 {
     fbcp_ranges r, out;
@@ -362,6 +387,13 @@ START_TEST(sidecar_round_trip_and_damage)
     s.chunk_size = 1024 * 1024;
     fbcp_ranges_add(&s.done, 0, 2 * 1024 * 1024);
     fbcp_ranges_add(&s.done, 4u * 1024 * 1024, 1024 * 1024 + 3);
+    {
+        unsigned char sha[3 * 32];
+
+        for (size_t i = 0; i < sizeof(sha); i++)
+            sha[i] = (unsigned char)(i * 5 + 1);
+        ck_assert_int_eq(fbcp_sidecar_set_hashes(&s, sha, 3), FB_OK);
+    }
     ck_assert_int_eq(fbcp_sidecar_write(path, &s), FB_OK);
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_OK);
     ck_assert_str_eq(r.url, s.url);
@@ -370,6 +402,14 @@ START_TEST(sidecar_round_trip_and_damage)
     ck_assert_uint_eq(r.chunk_size, s.chunk_size);
     ck_assert_uint_eq(r.done.n, 2);
     ck_assert_uint_eq(fbcp_ranges_total(&r.done), fbcp_ranges_total(&s.done));
+    ck_assert_uint_eq(r.nhashed, 3);
+    ck_assert_mem_eq(r.chunk_sha, s.chunk_sha, 3 * 32);
+    fbcp_sidecar_free(&r);
+    /* no digests at all is fine too */
+    ck_assert_int_eq(fbcp_sidecar_set_hashes(&s, NULL, 0), FB_OK);
+    ck_assert_int_eq(fbcp_sidecar_write(path, &s), FB_OK);
+    ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_OK);
+    ck_assert_uint_eq(r.nhashed, 0);
     fbcp_sidecar_free(&r);
 
     /* a torn or foreign file is refused, not trusted */
@@ -380,16 +420,43 @@ START_TEST(sidecar_round_trip_and_damage)
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
     fd = open(path, O_WRONLY | O_TRUNC);
     ck_assert_int_eq(
-        write(fd, "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[]}", 67),
+        write(fd, "{\"version\":3,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[]}", 67),
         67);
     close(fd);
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
+    /* version 1 (no chunk digests: nothing it claims can be verified) is refused: start over */
+    {
+        static const char v1[] =
+            "{\"version\":1,\"url\":\"u\",\"size\":1,\"etag\":\"e\",\"chunk_size\":1,\"done\":[[0,1]]}";
+        static const char half[] = "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"e\",\"chunk_size\":1,"
+                                   "\"done\":[[0,1]],\"chunk_sha256\":\"00ff\"}";
+        char more[512];
+        int n = snprintf(more, sizeof(more),
+                         "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"e\",\"chunk_size\":1,"
+                         "\"done\":[[0,1]],\"chunk_sha256\":\"%0128d\"}",
+                         0); /* two digests for a one-chunk file */
+
+        fd = open(path, O_WRONLY | O_TRUNC);
+        ck_assert_int_eq(write(fd, v1, sizeof(v1) - 1), (ssize_t)sizeof(v1) - 1);
+        close(fd);
+        ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
+        fd = open(path, O_WRONLY | O_TRUNC);
+        ck_assert_int_eq(write(fd, half, sizeof(half) - 1), (ssize_t)sizeof(half) - 1);
+        close(fd);
+        ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
+        fd = open(path, O_WRONLY | O_TRUNC);
+        ck_assert_int_eq(write(fd, more, (size_t)n), n);
+        close(fd);
+        ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
+    }
     /* done ranges beyond the size are refused */
     fd = open(path, O_WRONLY | O_TRUNC);
     ck_assert_int_eq(
-        write(fd, "{\"version\":1,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[[0,2]]}",
-              72),
-        72);
+        write(fd,
+              "{\"version\":2,\"url\":\"u\",\"size\":1,\"etag\":\"\",\"chunk_size\":1,\"done\":[[0,2]],"
+              "\"chunk_sha256\":\"\"}",
+              90),
+        90);
     close(fd);
     ck_assert_int_eq(fbcp_sidecar_read(&r, path), FB_ERR_LOCAL_IO);
 
@@ -662,6 +729,7 @@ static Suite *fbcp_suite(void)
     tcase_add_test(tc, listing_names_must_be_one_component);
     tcase_add_test(tc, ranges_merge_on_add);
     tcase_add_test(tc, ranges_intersect_and_complement);
+    tcase_add_test(tc, ranges_covers_only_whole_spans);
     tcase_add_test(tc, ranges_split_stays_chunk_aligned);
     tcase_add_test(tc, request_share_shrinks_towards_the_end);
     tcase_add_test(tc, ranges_json_checked_against_size);

@@ -166,6 +166,8 @@ fb_err fbcp_ranges_intersect(fbcp_ranges *out, const fbcp_ranges *r, uint64_t of
 /* OUT = [0, size) minus R. */
 fb_err fbcp_ranges_complement(fbcp_ranges *out, const fbcp_ranges *r, uint64_t size);
 fb_err fbcp_ranges_copy(fbcp_ranges *out, const fbcp_ranges *r);
+/* 1 if [off, off+len) lies wholly inside one range of R (binary search); 0 otherwise. */
+int fbcp_ranges_covers(const fbcp_ranges *r, uint64_t off, uint64_t len);
 /* Splits R into requests of at most MAX_LEN bytes (MAX_LEN rounded down to a multiple of
  * CHUNK, at least one chunk) whose starts stay chunk-aligned when R's are. */
 fb_err fbcp_ranges_split(fbcp_ranges *out, const fbcp_ranges *r, uint64_t max_len, uint32_t chunk);
@@ -191,22 +193,30 @@ fb_err fbcp_parse_seconds_ms(uint32_t *out, const char *text, uint32_t min_ms, u
 /* Parses "Content-Range: bytes FIRST-LAST/SIZE" values as answered in a 206 (strict). */
 fb_err fbcp_parse_content_range(uint64_t *first, uint64_t *last, uint64_t *complete, const char *value);
 
-/* The download sidecar ".<name>.fbpart.json": which chunks of the partial file are on disk. */
-#define FBCP_SIDECAR_VERSION 1
+/* The download sidecar ".<name>.fbpart.json": which chunks of the partial file are on disk, and
+ * the SHA-256 of chunks as they were written, for chunks [0, NHASHED) (all zero: not known; a
+ * resume keeps a claimed chunk only if it still has its digest). Version 2; a version-1 sidecar
+ * is refused (start over). */
+#define FBCP_SIDECAR_VERSION 2
 typedef struct fbcp_sidecar {
     char *url;
     uint64_t size;
     char *etag; /* "" when the server gave none */
     uint32_t chunk_size;
     fbcp_ranges done;
+    uint64_t nhashed;         /* CHUNK_SHA covers chunks [0, nhashed) (all-zero entries: unknown) */
+    unsigned char *chunk_sha; /* nhashed * 32 bytes (malloc), NULL when nhashed is 0 */
 } fbcp_sidecar;
 
 void fbcp_sidecar_init(fbcp_sidecar *s);
 void fbcp_sidecar_free(fbcp_sidecar *s);
 /* Atomic write: PATH.tmp, fsync, rename over PATH. */
 fb_err fbcp_sidecar_write(const char *path, const fbcp_sidecar *s);
-/* FB_ERR_NOT_FOUND if absent; FB_ERR_LOCAL_IO if unreadable or damaged (callers start over). */
+/* FB_ERR_NOT_FOUND if absent; FB_ERR_LOCAL_IO if unreadable or damaged, of another version, or
+ * with more chunk digests than the file has chunks (callers start over). */
 fb_err fbcp_sidecar_read(fbcp_sidecar *s, const char *path);
+/* Copies the first N chunk digests SHA (N * 32 bytes) into S, replacing what it had. */
+fb_err fbcp_sidecar_set_hashes(fbcp_sidecar *s, const unsigned char *sha, uint64_t n);
 
 /* ---- progress, messages, events (fbcp_progress.c) ---- */
 
@@ -312,6 +322,7 @@ typedef struct fbcp_http_answer {
     char *etag;
     char *last_modified;
     char *content_range;
+    char *repr_digest; /* Repr-Digest (RFC 9530), NULL if absent */
     int64_t filetime;  /* Last-Modified as time_t, -1 if absent */
     int64_t length;    /* Content-Length, -1 if absent */
     int accept_ranges; /* "Accept-Ranges: bytes" was present */

@@ -4,15 +4,21 @@
  * beside the target, ".<name>.fbpart"; the chunks known to be on disk are recorded in the sidecar
  * ".<name>.fbpart.json" (written after fdatasync, atomically, at most every 64 MiB and when the
  * transfer stops), so a re-run fetches only what is missing if the remote file is unchanged
- * (same URL, size and ETag). The transport GETs ranges with If-Range; a 200 instead of 206 means
- * the file changed: start over once, then give up with FB_ERR_CHANGED. At the end: fsync, mtime
- * from Last-Modified, rename into place (RENAME_NOREPLACE under --overwrite never).
+ * (same URL, size and ETag) and each chunk it claims still has the SHA-256 recorded when it was
+ * written (chunks that differ, or were never hashed, are fetched again). The transport GETs
+ * ranges with If-Range; a 200 instead of 206 means the file changed: start over once, then give
+ * up with FB_ERR_CHANGED. At the end: fsync, mtime from Last-Modified, rename into place
+ * (RENAME_NOREPLACE under --overwrite never).
  *
  * Unless --fallback=force, a download session (POST sessions, direction download) gives the key
  * and UDP port: the data comes over UDP first (fbcp_move), into the same partial file and
  * sidecar, and over HTTP(S) when UDP is blocked or lost. UDP has no per-answer validator, so a
  * file that got data over UDP is checked with one more HEAD at the end (a different ETag or
- * Last-Modified is "changed", as over HTTP). The session is deleted when the file is done. */
+ * Last-Modified is "changed", as over HTTP). The session is deleted when the file is done.
+ *
+ * End to end: when the server knows the file's SHA-256 (Repr-Digest on HEAD, "sha256" in the
+ * session answer), the file written must have it before it is renamed into place; otherwise the
+ * partial file and sidecar are removed and the download fails with digest_mismatch. */
 #include "fbcp.h"
 
 #include <errno.h>
@@ -30,6 +36,7 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
+#include "fb_filesum.h"
 #include "fb_wire.h"
 
 typedef struct fbcp_download {
@@ -47,14 +54,20 @@ typedef struct fbcp_download {
     struct fbcp_dl_hash *hash; /* the digest of what is on disk, beside the transfer */
     struct fbcp_dl_ckpt *ckpt; /* the checkpoint being written, or NULL */
     int etag_checked; /* the session's ETag was compared with HEAD's, and equal (both present) */
+    int have_expect_sha; /* the server gave the file's SHA-256 (EXPECT_SHA) */
+    unsigned char expect_sha[FB_SHA256_LEN];
 } fbcp_download;
 
 /* The file's SHA-256, computed by a thread beside the transfer: it reads back and hashes the
  * prefix of the partial file that is complete on disk (the sidecar's first done range), while
  * the main thread receives and writes, so on two cores the hashing costs little time and the
  * finish only waits for the last piece. Data is hashed only once it is marked done (written,
- * never written again), so the digest is always that of the file on disk. */
-#define FBCP_DL_HASH_BLOCK (1024u * 1024u)
+ * never written again), so the digest is always that of the file on disk. The same read gives
+ * each chunk's own SHA-256 for the sidecar, so that a resume can tell whether a chunk it claims
+ * still holds what was written; while the prefix waits for a chunk, the thread reads and hashes
+ * chunks already complete further on (parallel connections and UDP complete them out of order),
+ * so a checkpoint can vouch for them too. Whole chunks only. */
+#define FBCP_DL_HASH_BLOCK FBCP_DOWNLOAD_CHUNK
 
 typedef struct fbcp_dl_hash {
     pthread_t thread;
@@ -65,10 +78,53 @@ typedef struct fbcp_dl_hash {
     uint64_t size;
     uint64_t pos;   /* hashed */
     uint64_t ready; /* [0, ready) is complete on disk */
+    uint64_t nchunks;
+    unsigned char *chunk_sha; /* the SHA-256 of each chunk (all zero until known) */
+    uint64_t *complete;       /* bitmap: chunk written whole (set by the main thread) */
+    uint64_t *have;           /* bitmap: chunk's digest is in CHUNK_SHA */
+    uint64_t nhashed;         /* 1 + the highest chunk with a digest */
     int stop;
     fb_err rv;
     unsigned char digest[FB_SHA256_LEN];
 } fbcp_dl_hash;
+
+static int fbcp_bit(const uint64_t *map, uint64_t i)
+{
+    return (map[i / 64] >> (i % 64)) & 1u;
+}
+
+/* A chunk past FROM that is complete and has no digest yet; 0 if none (chunk 0 is never past). */
+static uint64_t fbcp_dl_hash_next_out_of_order(const fbcp_dl_hash *h, uint64_t from)
+{
+    for (uint64_t w = from / 64; w < (h->nchunks + 63) / 64; w++) {
+        uint64_t bits = h->complete[w] & ~h->have[w];
+
+        if (w == from / 64)
+            bits &= from % 64 == 63 ? 0 : ~((UINT64_C(2) << (from % 64)) - 1);
+        if (bits != 0)
+            return w * 64 + (uint64_t)__builtin_ctzll(bits);
+    }
+    return 0;
+}
+
+/* Stores chunk I's digest (under the lock). */
+static void fbcp_dl_hash_keep(fbcp_dl_hash *h, uint64_t i, const unsigned char sha[FB_SHA256_LEN])
+{
+    memcpy(h->chunk_sha + i * FB_SHA256_LEN, sha, FB_SHA256_LEN);
+    h->have[i / 64] |= UINT64_C(1) << (i % 64);
+    if (i + 1 > h->nhashed)
+        h->nhashed = i + 1;
+}
+
+/* Reads chunk I (N bytes at AT) into BUF and its digest into SHA; 0 on failure. */
+static int fbcp_dl_chunk_digest(const fbcp_dl_hash *h, unsigned char *buf, uint64_t at, uint64_t n,
+                                unsigned char sha[FB_SHA256_LEN])
+{
+    unsigned int len = 0;
+
+    return fb_pread_all(h->fd, buf, (size_t)n, at) == FB_OK &&
+           EVP_Digest(buf, (size_t)n, sha, &len, EVP_sha256(), NULL) == 1 && len == FB_SHA256_LEN;
+}
 
 static void *fbcp_dl_hash_main(void *p)
 {
@@ -81,24 +137,49 @@ static void *fbcp_dl_hash_main(void *p)
         h->rv = FB_ERR_NOMEM;
     /* bounded: each pass hashes a block or waits at most 50 ms for more, and stops on STOP */
     while (h->rv == FB_OK && h->pos < h->size && !h->stop) {
-        uint64_t at = h->pos, n;
-        int fail = 0;
+        uint64_t at = h->pos, n = h->size - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->size - at;
+        uint64_t ci = at / FBCP_DL_HASH_BLOCK, oo;
+        unsigned char chunk_sha[FB_SHA256_LEN];
+        int fail = 0, have;
 
-        if (h->ready <= at) {
-            fbcp_cond_wait_ms(&h->cv, &h->mu, 50);
+        if (h->ready < at + n) { /* whole chunks (POS stays chunk-aligned) */
+            oo = fbcp_dl_hash_next_out_of_order(h, ci);
+            if (oo == 0) {
+                fbcp_cond_wait_ms(&h->cv, &h->mu, 50);
+                continue;
+            }
+            /* meanwhile, a chunk complete further on: its own digest only (the main thread
+             * never writes a complete chunk again) */
+            at = oo * FBCP_DL_HASH_BLOCK;
+            n = h->size - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->size - at;
+            pthread_mutex_unlock(&h->mu);
+            fail = !fbcp_dl_chunk_digest(h, buf, at, n, chunk_sha);
+            pthread_mutex_lock(&h->mu);
+            if (fail)
+                h->rv = FB_ERR_IO;
+            else
+                fbcp_dl_hash_keep(h, oo, chunk_sha);
             continue;
         }
-        n = h->ready - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->ready - at;
+        have = fbcp_bit(h->have, ci);
         pthread_mutex_unlock(&h->mu);
         /* shorter than at the start: its digest would be meaningless */
         fail = fb_pread_all(h->fd, buf, (size_t)n, at) != FB_OK;
         if (!fail && EVP_DigestUpdate(h->md, buf, (size_t)n) != 1)
             fail = 1;
+        if (!fail && !have) {
+            unsigned int clen = 0;
+
+            fail = EVP_Digest(buf, (size_t)n, chunk_sha, &clen, EVP_sha256(), NULL) != 1 || clen != FB_SHA256_LEN;
+        }
         pthread_mutex_lock(&h->mu);
-        if (fail)
+        if (fail) {
             h->rv = FB_ERR_IO;
-        else
+        } else {
             h->pos = at + n;
+            if (!have)
+                fbcp_dl_hash_keep(h, ci, chunk_sha);
+        }
     }
     if (h->rv == FB_OK && h->pos == h->size &&
         (EVP_DigestFinal_ex(h->md, h->digest, &outlen) != 1 || outlen != FB_SHA256_LEN))
@@ -133,6 +214,9 @@ static fb_err fbcp_download_hash_end(fbcp_download *d, int stop, unsigned char o
         pthread_mutex_destroy(&h->mu);
         EVP_MD_CTX_free(h->md);
         OPENSSL_cleanse(h->digest, sizeof(h->digest));
+        free(h->chunk_sha);
+        free(h->complete);
+        free(h->have);
         free(h);
         d->hash = NULL;
     }
@@ -143,19 +227,32 @@ static fb_err fbcp_download_hash_end(fbcp_download *d, int stop, unsigned char o
     return rv;
 }
 
-/* Tells the thread how far the file is complete on disk: the end of the done range at 0. */
-static void fbcp_download_hash_ready(fbcp_download *d)
+/* Tells the thread how far the file is complete on disk (the end of the done range at 0) and
+ * which of the chunks touched by [OFF, OFF+LEN) are now complete (LEN 0: none). */
+static void fbcp_download_hash_ready(fbcp_download *d, uint64_t off, uint64_t len)
 {
     fbcp_dl_hash *h = d->hash;
     uint64_t ready = d->sc.done.n > 0 && d->sc.done.v[0].offset == 0 ? d->sc.done.v[0].length : 0;
+    int wake = 0;
 
     if (h == NULL)
         return;
     pthread_mutex_lock(&h->mu);
+    for (uint64_t c = off / FBCP_DL_HASH_BLOCK; len > 0 && c <= (off + len - 1) / FBCP_DL_HASH_BLOCK && c < h->nchunks;
+         c++) {
+        uint64_t at = c * FBCP_DL_HASH_BLOCK, n = h->size - at > FBCP_DL_HASH_BLOCK ? FBCP_DL_HASH_BLOCK : h->size - at;
+
+        if (!fbcp_bit(h->complete, c) && fbcp_ranges_covers(&d->sc.done, at, n)) {
+            h->complete[c / 64] |= UINT64_C(1) << (c % 64);
+            wake = 1;
+        }
+    }
     if (ready > h->ready) {
         h->ready = ready;
-        pthread_cond_broadcast(&h->cv);
+        wake = 1;
     }
+    if (wake)
+        pthread_cond_broadcast(&h->cv);
     pthread_mutex_unlock(&h->mu);
 }
 
@@ -163,6 +260,7 @@ static void fbcp_download_hash_ready(fbcp_download *d)
 static void fbcp_download_hash_start(fbcp_download *d)
 {
     fbcp_dl_hash *h;
+    int have_mu = 0, have_cv = 0;
 
     (void)fbcp_download_hash_end(d, 1, NULL);
     h = calloc(1, sizeof(*h));
@@ -171,26 +269,123 @@ static void fbcp_download_hash_start(fbcp_download *d)
     h->fd = d->x.fd;
     h->size = d->x.size;
     h->md = EVP_MD_CTX_new();
-    if (h->md == NULL || EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1 || pthread_mutex_init(&h->mu, NULL) != 0) {
-        EVP_MD_CTX_free(h->md);
-        free(h);
-        return;
-    }
-    if (pthread_cond_init(&h->cv, NULL) != 0) {
-        pthread_mutex_destroy(&h->mu);
-        EVP_MD_CTX_free(h->md);
-        free(h);
-        return;
-    }
-    if (pthread_create(&h->thread, NULL, fbcp_dl_hash_main, h) != 0) {
-        pthread_cond_destroy(&h->cv);
-        pthread_mutex_destroy(&h->mu);
-        EVP_MD_CTX_free(h->md);
-        free(h);
-        return;
-    }
+    h->nchunks = (d->x.size + FBCP_DOWNLOAD_CHUNK - 1) / FBCP_DOWNLOAD_CHUNK;
+    h->chunk_sha = calloc((size_t)h->nchunks + 1, FB_SHA256_LEN);
+    h->complete = calloc((size_t)(h->nchunks + 63) / 64 + 1, sizeof(uint64_t));
+    h->have = calloc((size_t)(h->nchunks + 63) / 64 + 1, sizeof(uint64_t));
+    if (h->md == NULL || h->chunk_sha == NULL || h->complete == NULL || h->have == NULL ||
+        EVP_DigestInit_ex(h->md, EVP_sha256(), NULL) != 1)
+        goto fail;
+    have_mu = pthread_mutex_init(&h->mu, NULL) == 0;
+    have_cv = have_mu && pthread_cond_init(&h->cv, NULL) == 0;
+    if (!have_cv || pthread_create(&h->thread, NULL, fbcp_dl_hash_main, h) != 0)
+        goto fail;
     d->hash = h;
-    fbcp_download_hash_ready(d);
+    /* what a resume kept is complete already */
+    for (size_t i = 0; i < d->sc.done.n; i++)
+        fbcp_download_hash_ready(d, d->sc.done.v[i].offset, d->sc.done.v[i].length);
+    fbcp_download_hash_ready(d, 0, 0);
+    return;
+fail:
+    if (have_cv)
+        pthread_cond_destroy(&h->cv);
+    if (have_mu)
+        pthread_mutex_destroy(&h->mu);
+    EVP_MD_CTX_free(h->md);
+    free(h->chunk_sha);
+    free(h->complete);
+    free(h->have);
+    free(h);
+}
+
+/* 1 if every whole chunk in DONE has its digest (under H's lock). */
+static int fbcp_dl_hash_covers(const fbcp_dl_hash *h, const fbcp_ranges *done)
+{
+    for (size_t i = 0; i < done->n; i++) {
+        uint64_t end = done->v[i].offset + done->v[i].length;
+
+        for (uint64_t c = (done->v[i].offset + FBCP_DL_HASH_BLOCK - 1) / FBCP_DL_HASH_BLOCK; c < h->nchunks; c++) {
+            uint64_t cend = (c + 1) * FBCP_DL_HASH_BLOCK < h->size ? (c + 1) * FBCP_DL_HASH_BLOCK : h->size;
+
+            if (cend > end)
+                break;
+            if (!fbcp_bit(h->have, c))
+                return 0;
+        }
+    }
+    return 1;
+}
+
+/* The chunk digests of H into S (for the sidecar), once the thread has hashed every whole chunk
+ * S->done claims: it trails the writes by a few chunks, and a checkpoint should vouch for all it
+ * lists. Bounded: at most FBCP_DL_HASH_CATCHUP_MS; then what there is. H NULL: no digests. */
+#define FBCP_DL_HASH_CATCHUP_MS 1000
+static fb_err fbcp_dl_hash_take(fbcp_dl_hash *h, fbcp_sidecar *s)
+{
+    fb_err rv;
+
+    if (h == NULL)
+        return fbcp_sidecar_set_hashes(s, NULL, 0);
+    pthread_mutex_lock(&h->mu);
+    for (int i = 0; i < FBCP_DL_HASH_CATCHUP_MS / 10 && h->rv == FB_OK && !h->stop && !fbcp_dl_hash_covers(h, &s->done);
+         i++)
+        fbcp_cond_wait_ms(&h->cv, &h->mu, 10);
+    rv = fbcp_sidecar_set_hashes(s, h->chunk_sha, h->nhashed);
+    pthread_mutex_unlock(&h->mu);
+    return rv;
+}
+
+static int fbcp_digest_unknown(const unsigned char *sha)
+{
+    static const unsigned char zero[FB_SHA256_LEN];
+
+    return memcmp(sha, zero, FB_SHA256_LEN) == 0;
+}
+
+/* A resume keeps of OLD's done ranges only the whole chunks that still have the digest recorded
+ * when they were written: the partial file may have been changed since (by anyone), and a chunk
+ * that was never hashed cannot be vouched for. OUT gets what is kept; the rest is fetched again. */
+static fb_err fbcp_download_keep_verified(fbcp_download *d, const fbcp_sidecar *old, fbcp_ranges *out)
+{
+    unsigned char *buf = malloc(FBCP_DOWNLOAD_CHUNK);
+    unsigned char sha[FB_SHA256_LEN];
+    fbcp_ranges in;
+    uint64_t dropped = 0, unhashed = 0;
+    fb_err rv = buf == NULL ? FB_ERR_NOMEM : FB_OK;
+
+    fbcp_ranges_init(&in);
+    fbcp_ranges_clear(out);
+    for (uint64_t i = 0; rv == FB_OK && i < old->nhashed; i++) {
+        uint64_t off = i * FBCP_DOWNLOAD_CHUNK, len = old->size - off;
+        unsigned int slen = 0;
+
+        if (off >= old->size)
+            break;
+        if (len > FBCP_DOWNLOAD_CHUNK)
+            len = FBCP_DOWNLOAD_CHUNK;
+        rv = fbcp_ranges_intersect(&in, &old->done, off, len);
+        if (rv != FB_OK || fbcp_ranges_total(&in) != len)
+            continue; /* not claimed whole */
+        if (fbcp_digest_unknown(old->chunk_sha + i * FB_SHA256_LEN)) {
+            unhashed += len; /* never hashed: cannot be vouched for */
+            continue;
+        }
+        if (fb_pread_all(d->x.fd, buf, (size_t)len, off) == FB_OK &&
+            EVP_Digest(buf, (size_t)len, sha, &slen, EVP_sha256(), NULL) == 1 && slen == FB_SHA256_LEN &&
+            memcmp(sha, old->chunk_sha + i * FB_SHA256_LEN, FB_SHA256_LEN) == 0)
+            rv = fbcp_ranges_add(out, off, len);
+        else
+            dropped += len;
+    }
+    if (unhashed > 0)
+        fbcp_trace(d->c->opts, "%llu bytes the sidecar claims were never hashed: fetching them again",
+                   (unsigned long long)unhashed);
+    if (dropped > 0)
+        fbcp_warn("%s: %llu bytes of the partial file changed since they were written: fetching them again",
+                  d->x.local, (unsigned long long)dropped);
+    fbcp_ranges_free(&in);
+    free(buf);
+    return rv;
 }
 
 int fbcp_err_stops_run(fb_err e)
@@ -283,6 +478,7 @@ fb_err fbcp_remote_stat(fbcp_ctx *c, const fbcp_url *url, const char *remote, in
 typedef struct fbcp_dl_ckpt {
     pthread_t thread;
     int fd;
+    fbcp_dl_hash *hash; /* the chunk digests come from it after the sync (outlives this thread) */
     const char *path;
     fbcp_sidecar snap;
     fb_err rv;         /* FB_ERR_LOCAL_IO when fdatasync failed */
@@ -297,7 +493,7 @@ static void *fbcp_dl_ckpt_main(void *p)
     /* a full local disk is a local_io_error: "disk_full" names the server's disk */
     if (fdatasync(k->fd) != 0)
         k->rv = FB_ERR_LOCAL_IO;
-    else if (fbcp_sidecar_write(k->path, &k->snap) != FB_OK)
+    else if (fbcp_dl_hash_take(k->hash, &k->snap) != FB_OK || fbcp_sidecar_write(k->path, &k->snap) != FB_OK)
         k->sidecar_errno = errno ? errno : EIO;
     atomic_store(&k->finished, 1);
     return NULL;
@@ -344,7 +540,7 @@ static fb_err fbcp_download_checkpoint(fbcp_download *d)
     if (fdatasync(d->x.fd) != 0)
         return FB_ERR_LOCAL_IO;
     d->since_ckpt = 0;
-    if (fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK)
+    if (fbcp_dl_hash_take(d->hash, &d->sc) != FB_OK || fbcp_sidecar_write(d->sidecar_path, &d->sc) != FB_OK)
         fbcp_download_sidecar_failed(d, errno);
     return FB_OK;
 }
@@ -365,6 +561,7 @@ static fb_err fbcp_download_checkpoint_behind(fbcp_download *d)
     if (k == NULL)
         return fbcp_download_checkpoint(d);
     k->fd = d->x.fd;
+    k->hash = d->hash;
     k->path = d->sidecar_path;
     fbcp_sidecar_init(&k->snap);
     k->snap.url = strdup(d->sc.url != NULL ? d->sc.url : "");
@@ -372,7 +569,8 @@ static fb_err fbcp_download_checkpoint_behind(fbcp_download *d)
     k->snap.size = d->sc.size;
     k->snap.chunk_size = d->sc.chunk_size;
     atomic_init(&k->finished, 0);
-    if (k->snap.url == NULL || k->snap.etag == NULL || fbcp_ranges_copy(&k->snap.done, &d->sc.done) != FB_OK ||
+    if (k->snap.url == NULL || k->snap.etag == NULL ||
+        fbcp_ranges_copy(&k->snap.done, &d->sc.done) != FB_OK ||
         pthread_create(&k->thread, NULL, fbcp_dl_ckpt_main, k) != 0) {
         fbcp_sidecar_free(&k->snap);
         free(k);
@@ -390,7 +588,7 @@ static fb_err fbcp_download_range_done(fbcp_xfer *x, uint64_t off, uint64_t len)
 
     if (rv != FB_OK)
         return rv;
-    fbcp_download_hash_ready(d);
+    fbcp_download_hash_ready(d, off, len);
     d->since_ckpt += len;
     if (d->since_ckpt >= FBCP_CHECKPOINT_EVERY)
         return fbcp_download_checkpoint_behind(d);
@@ -412,11 +610,10 @@ static fb_err fbcp_download_open(fbcp_download *d, const char *validator, char *
                     strcmp(old.etag, validator) == 0 && old.chunk_size == FBCP_DOWNLOAD_CHUNK;
         if (resumable) {
             d->x.fd = open(d->partial, O_RDWR | O_CLOEXEC | O_NOFOLLOW);
-            if (d->x.fd >= 0) {
-                fbcp_ranges_free(&d->sc.done);
-                d->sc.done = old.done;
-                fbcp_ranges_init(&old.done);
-            } else {
+            if (d->x.fd < 0 || fbcp_download_keep_verified(d, &old, &d->sc.done) != FB_OK) {
+                if (d->x.fd >= 0)
+                    close(d->x.fd);
+                d->x.fd = -1;
                 resumable = 0;
             }
         }
@@ -498,6 +695,7 @@ static fb_err fbcp_download_head(fbcp_download *d, char **pvalidator, char *deta
     if (rv == FB_OK) {
         d->x.size = (uint64_t)a.length;
         d->filetime = a.filetime;
+        d->have_expect_sha = a.repr_digest != NULL && fb_repr_digest_parse(d->expect_sha, a.repr_digest);
         free(d->x.if_range);
         free(d->x.etag);
         free(d->x.last_modified);
@@ -591,6 +789,12 @@ static int fbcp_download_adopt(fbcp_download *d, json_t *ans, char **pvalidator)
     d->x.if_range = d->x.last_modified = NULL;
     d->x.size = (uint64_t)json_integer_value(size);
     d->filetime = (int64_t)json_integer_value(mtime);
+    {
+        const char *sha = json_string_value(json_object_get(ans, "sha256"));
+
+        d->have_expect_sha = sha != NULL && strlen(sha) == FB_SHA256_HEX_LEN &&
+                             fb_hex_decode(d->expect_sha, FB_SHA256_LEN, sha) == FB_OK;
+    }
     if (strncmp(etag, "W/", 2) != 0)
         d->x.if_range = strdup(etag);
     d->x.etag = strdup(strncmp(etag, "W/", 2) == 0 ? etag + 2 : etag);
@@ -727,6 +931,19 @@ static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail
         return FB_ERR_LOCAL_IO;
     }
     fb_hex_encode(sha_hex, digest, FB_SHA256_LEN);
+    if (d->have_expect_sha && CRYPTO_memcmp(digest, d->expect_sha, FB_SHA256_LEN) != 0) {
+        char want[FB_SHA256_HEX_LEN + 1];
+
+        /* nothing wrong lands at the target, and nothing of it is resumed later */
+        fb_hex_encode(want, d->expect_sha, FB_SHA256_LEN);
+        unlink(d->partial);
+        unlink(d->sidecar_path);
+        snprintf(detail, detlen,
+                 "the file written has SHA-256 %s, the server's file %s (Repr-Digest): not kept", sha_hex,
+                 want);
+        sha_hex[0] = '\0';
+        return FB_ERR_DIGEST_MISMATCH;
+    }
     if (d->c->opts->overwrite == FBCP_OVERWRITE_NEVER)
         rc = renameat2(AT_FDCWD, d->partial, AT_FDCWD, d->x.local, RENAME_NOREPLACE);
     else
@@ -931,8 +1148,8 @@ out:
         fbcp_report_error(&d.x, local, rv, detail);
     fbcp_download_session_end(&d);
     fbcp_move_cleanup(&d.x);
+    (void)fbcp_download_ckpt_join(&d); /* before the hash thread it takes digests from ends */
     (void)fbcp_download_hash_end(&d, 1, NULL);
-    (void)fbcp_download_ckpt_join(&d);
     if (d.x.fd >= 0)
         close(d.x.fd);
     free(validator);

@@ -330,6 +330,7 @@ void fbcp_http_answer_free(fbcp_http_answer *a)
     free(a->etag);
     free(a->last_modified);
     free(a->content_range);
+    free(a->repr_digest);
     memset(a, 0, sizeof(*a));
 }
 
@@ -461,6 +462,7 @@ fb_err fbcp_http_request_hdr(fbcp_http *h, fbcp_http_answer *a, const char *meth
             a->etag = fbcp_header_dup(e, "ETag");
             a->last_modified = fbcp_header_dup(e, "Last-Modified");
             a->content_range = fbcp_header_dup(e, "Content-Range");
+            a->repr_digest = fbcp_header_dup(e, "Repr-Digest");
             if (curl_easy_getinfo(e, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &len) == CURLE_OK)
                 a->length = len;
             if (curl_easy_getinfo(e, CURLINFO_FILETIME_T, &ft) == CURLE_OK)

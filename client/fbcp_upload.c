@@ -8,6 +8,11 @@
  * The missing ranges go over UDP first (fbcp_move: the session's key and UDP port come with the
  * POST answer) and over HTTP(S) when UDP is blocked or lost; the commit is always HTTPS.
  *
+ * The POST carries the file's identity ("source_id": SHA-256 over its st_dev, st_ino, size and
+ * modification and change times): the server resumes progress only for the same identity and
+ * otherwise starts over (docs/HTTP-API.md, "Resuming"). Should a commit still fail its digest,
+ * the upload starts over once by itself (DELETE, POST, everything sent and hashed again).
+ *
  * The SHA-256 of the file is computed while the data goes out, except with --overwrite
  * if_different when a file of the same size is at the target (the server says so), where the
  * server needs it in the POST to decide whether the target is already identical: then the file
@@ -63,8 +68,10 @@ typedef struct fbcp_upload {
     fbcp_ctx *c;
     fbcp_xfer x;
     mode_t mode;
-    struct timespec mtime; /* the source's modification time */
+    struct stat source_st; /* the local file when the upload began (its time; unchanged at commit) */
+    int local_changed;     /* the local file changed while it was read: nothing to start over */
     char sha_hex[FB_SHA256_HEX_LEN + 1]; /* "" until known */
+    char source_hex[FB_SHA256_HEX_LEN + 1]; /* the file's identity (fbcp_upload_source_id) */
     fbcp_ranges missing;                 /* from the last session document */
     int done;                            /* the server says the session is done */
     int skipped;                         /* ... because the target is identical (or newer) */
@@ -396,9 +403,11 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
                      (json_int_t)u->x.size, "overwrite", fbcp_overwrite_names[u->c->opts->overwrite], "mode", mode);
     if (body != NULL && (u->c->opts->preserve_times || u->c->opts->overwrite >= FBCP_OVERWRITE_OLDER)) {
         /* the target gets the source's time; the "older" policies compare it */
-        json_object_set_new(body, "mtime", json_integer((json_int_t)u->mtime.tv_sec));
-        json_object_set_new(body, "mtime_ns", json_integer((json_int_t)u->mtime.tv_nsec));
+        json_object_set_new(body, "mtime", json_integer((json_int_t)u->source_st.st_mtim.tv_sec));
+        json_object_set_new(body, "mtime_ns", json_integer((json_int_t)u->source_st.st_mtim.tv_nsec));
     }
+    if (body != NULL && u->source_hex[0] != '\0')
+        json_object_set_new(body, "source_id", json_string(u->source_hex));
     if (body != NULL && u->sha_hex[0] != '\0')
         json_object_set_new(body, "sha256", json_string(u->sha_hex));
     else if (body != NULL && u->ask_digest)
@@ -447,6 +456,12 @@ static fb_err fbcp_upload_status(fbcp_upload *u, int retries, char *detail, size
         rv = fbcp_upload_parse_session(u, a.json, 0, detail, detlen);
     } else if (a.status == 404) {
         fbcp_trace(u->c->opts, "session %s is gone: creating it again", u->x.session_id);
+        rv = fbcp_upload_create(u, retries, detail, detlen);
+    } else if (fbcp_http_problem(&a, detail, detlen) == FB_ERR_CHANGED) {
+        /* the server lost the partial file (deleted or truncated there): a new session starts
+         * over, sending everything again */
+        fbcp_warn("%s: the partial file on the server was deleted or changed: starting over", u->x.local);
+        detail[0] = '\0';
         rv = fbcp_upload_create(u, retries, detail, detlen);
     } else {
         rv = fbcp_http_problem(&a, detail, detlen);
@@ -534,9 +549,7 @@ static fb_err fbcp_upload_commit(fbcp_upload *u, char *detail, size_t detlen)
         pe = fbcp_http_problem(&a, detail, detlen);
         fbcp_http_answer_free(&a);
         if (pe == FB_ERR_DIGEST_MISMATCH) {
-            size_t l = strlen(detail);
-            snprintf(detail + l, detlen - l, "%sdid the local file change during the upload?", l ? "; " : "");
-            rv = pe;
+            rv = pe; /* the caller starts over once, then names the cause */
             break;
         }
         if (pe == FB_ERR_INCOMPLETE || pe == FB_ERR_NOT_FOUND || pe == FB_ERR_SESSION_STATE) {
@@ -591,6 +604,103 @@ static fb_err fbcp_upload_delete(fbcp_upload *u, char *detail, size_t detlen)
     return rv;
 }
 
+/* The file's identity for POST sessions "source_id": SHA-256 over its st_dev, st_ino, size,
+ * modification and change times (five little-endian 64-bit numbers). Another file, or this one
+ * written since (even with its mtime set back: the change time cannot be), has another identity,
+ * so the server does not resume progress made for other bytes. A chmod or rename also changes
+ * the change time: then the upload starts over, which costs time but never correctness. */
+static void fbcp_upload_source_id(char hex[FB_SHA256_HEX_LEN + 1], const struct stat *st)
+{
+    uint64_t v[5] = {(uint64_t)st->st_dev, (uint64_t)st->st_ino, (uint64_t)st->st_size,
+                     fb_timespec_ns(&st->st_mtim), fb_timespec_ns(&st->st_ctim)};
+    unsigned char buf[sizeof(v)], digest[FB_SHA256_LEN];
+    unsigned int outlen = 0;
+
+    for (size_t i = 0; i < 5; i++)
+        for (size_t b = 0; b < 8; b++)
+            buf[i * 8 + b] = (unsigned char)(v[i] >> (8 * b));
+    if (EVP_Digest(buf, sizeof(buf), digest, &outlen, EVP_sha256(), NULL) == 1 && outlen == FB_SHA256_LEN)
+        fb_hex_encode(hex, digest, FB_SHA256_LEN);
+    else
+        hex[0] = '\0'; /* no identity: the server resumes only another upload without one */
+}
+
+/* Sends what the server misses, finishes the digest (HASH, when it runs beside the upload) and
+ * commits. */
+static fb_err fbcp_upload_send_and_commit(fbcp_upload *u, fbcp_hash_job *hash, char *detail, size_t detlen)
+{
+    fb_err rv = fbcp_upload_send_missing(u, detail, detlen);
+    struct stat now;
+
+    if (rv != FB_OK)
+        return rv;
+    if (hash->started) {
+        fbcp_hash_finish(hash, 0);
+        u->hash = NULL;
+        fbcp_trace(u->c->opts, "sha256: %llu of %llu bytes hashed as they were sent, the rest read again",
+                   (unsigned long long)hash->inline_bytes, (unsigned long long)u->x.size);
+        if (hash->rv != FB_OK) {
+            snprintf(detail, detlen, "cannot read the file to hash it");
+            return FB_ERR_LOCAL_IO;
+        }
+        fb_hex_encode(u->sha_hex, hash->digest, FB_SHA256_LEN);
+    }
+    /* The digest only covers what was read: a file written meanwhile could land as a mix of two
+     * versions with a matching digest. Like tar's "file changed as we read it", but an error:
+     * the target is left as it was and the session is cancelled. */
+    if (fstat(u->x.fd, &now) != 0 || now.st_size != u->source_st.st_size ||
+        now.st_mtim.tv_sec != u->source_st.st_mtim.tv_sec || now.st_mtim.tv_nsec != u->source_st.st_mtim.tv_nsec ||
+        now.st_ctim.tv_sec != u->source_st.st_ctim.tv_sec || now.st_ctim.tv_nsec != u->source_st.st_ctim.tv_nsec) {
+        char ignored[FBCP_DETAIL_LEN];
+
+        u->local_changed = 1;
+        snprintf(detail, detlen, "the local file changed while it was read; not committed");
+        fbcp_upload_delete(u, ignored, sizeof(ignored));
+        return FB_ERR_DIGEST_MISMATCH;
+    }
+    return fbcp_upload_commit(u, detail, detlen);
+}
+
+/* The commit failed its digest: what the server holds is not what was read here. Either the
+ * server's partial file held other bytes than its progress claimed (changed there, or progress of
+ * another file), or the local file changed while it was read. Start over once: cancel the session
+ * (the server drops its partial file and checkpoint), create it afresh, send and hash everything
+ * again. A second mismatch can only be the local file changing under us. */
+static fb_err fbcp_upload_start_over(fbcp_upload *u, fbcp_hash_job *hash, char *detail, size_t detlen)
+{
+    fb_err rv;
+
+    fbcp_warn("%s: the data on the server did not match the local file; starting over", u->x.local);
+    detail[0] = '\0';
+    rv = fbcp_upload_delete(u, detail, detlen);
+    if (rv != FB_OK)
+        return rv;
+    fbcp_hash_finish(hash, 1);
+    memset(hash, 0, sizeof(*hash));
+    hash->fd = u->x.fd;
+    hash->size = u->x.size;
+    u->sha_hex[0] = '\0';
+    if (fbcp_hash_start(hash) == FB_OK) {
+        u->hash = hash;
+    } else {
+        rv = fb_sha256_fd(hash->digest, u->x.fd, u->x.size);
+        if (rv != FB_OK)
+            return rv;
+        fb_hex_encode(u->sha_hex, hash->digest, FB_SHA256_LEN);
+    }
+    rv = fbcp_upload_create(u, FBCP_RETRIES_DEFAULT, detail, detlen);
+    if (rv == FB_OK && u->done)
+        return FB_OK;
+    if (rv == FB_OK)
+        rv = fbcp_upload_send_and_commit(u, hash, detail, detlen);
+    if (rv == FB_ERR_DIGEST_MISMATCH)
+        snprintf(detail, detlen,
+                 "the local file changed while it was read (sent twice, its digest differed each time)");
+    else if (rv == FB_OK)
+        fbcp_warn("%s: started over after a digest mismatch on the server; now committed", u->x.local);
+    return rv;
+}
+
 fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int into_dir)
 {
     fbcp_upload u;
@@ -628,7 +738,8 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     }
     u.x.size = (uint64_t)st.st_size;
     u.mode = st.st_mode;
-    u.mtime = st.st_mtim;
+    u.source_st = st;
+    fbcp_upload_source_id(u.source_hex, &st);
     hash.fd = u.x.fd;
     hash.size = u.x.size;
 
@@ -705,38 +816,9 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     }
     fbcp_event_start(&u.x);
 
-    rv = fbcp_upload_send_missing(&u, detail, sizeof(detail));
-    if (rv != FB_OK)
-        goto out;
-    if (hash.started) {
-        fbcp_hash_finish(&hash, 0);
-        fbcp_trace(c->opts, "sha256: %llu of %llu bytes hashed as they were sent, the rest read again",
-                   (unsigned long long)hash.inline_bytes, (unsigned long long)u.x.size);
-        if (hash.rv != FB_OK) {
-            rv = FB_ERR_LOCAL_IO;
-            snprintf(detail, sizeof(detail), "cannot read the file to hash it");
-            goto out;
-        }
-        fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
-    }
-    /* The digest only covers what was read: a file written meanwhile could land as a mix of
-     * two versions with a matching digest. Like tar's "file changed as we read it", but an
-     * error: the target is left as it was and the session is cancelled. */
-    {
-        struct stat now;
-        if (fstat(u.x.fd, &now) != 0 || now.st_size != st.st_size || now.st_mtim.tv_sec != st.st_mtim.tv_sec ||
-            now.st_mtim.tv_nsec != st.st_mtim.tv_nsec || now.st_ctim.tv_sec != st.st_ctim.tv_sec ||
-            now.st_ctim.tv_nsec != st.st_ctim.tv_nsec) {
-            rv = FB_ERR_DIGEST_MISMATCH;
-            snprintf(detail, sizeof(detail), "the local file changed while it was read; not committed");
-            {
-                char ignored[FBCP_DETAIL_LEN];
-                fbcp_upload_delete(&u, ignored, sizeof(ignored));
-            }
-            goto out;
-        }
-    }
-    rv = fbcp_upload_commit(&u, detail, sizeof(detail));
+    rv = fbcp_upload_send_and_commit(&u, &hash, detail, sizeof(detail));
+    if (rv == FB_ERR_DIGEST_MISMATCH && !u.local_changed && !fbcp_interrupted)
+        rv = fbcp_upload_start_over(&u, &hash, detail, sizeof(detail));
     if (rv != FB_OK)
         goto out;
     fbcp_event_done(&u.x, u.sha_hex);

@@ -426,6 +426,24 @@ fb_err fbcp_ranges_intersect(fbcp_ranges *out, const fbcp_ranges *r, uint64_t of
     return FB_OK;
 }
 
+int fbcp_ranges_covers(const fbcp_ranges *r, uint64_t off, uint64_t len)
+{
+    size_t lo = 0, hi = r->n;
+
+    if (len == 0 || off > UINT64_MAX - len)
+        return 0;
+    /* the last range starting at or before OFF (ranges are sorted and disjoint) */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+
+        if (r->v[mid].offset <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && r->v[lo - 1].offset + r->v[lo - 1].length >= off + len;
+}
+
 fb_err fbcp_ranges_complement(fbcp_ranges *out, const fbcp_ranges *r, uint64_t size)
 {
     uint64_t pos = 0;
@@ -671,23 +689,48 @@ void fbcp_sidecar_free(fbcp_sidecar *s)
 {
     free(s->url);
     free(s->etag);
+    free(s->chunk_sha);
     fbcp_ranges_free(&s->done);
     memset(s, 0, sizeof(*s));
+}
+
+fb_err fbcp_sidecar_set_hashes(fbcp_sidecar *s, const unsigned char *sha, uint64_t n)
+{
+    unsigned char *copy = NULL;
+
+    if (n > 0) {
+        if (n > SIZE_MAX / 32 || (copy = malloc((size_t)n * 32)) == NULL)
+            return FB_ERR_NOMEM;
+        memcpy(copy, sha, (size_t)n * 32);
+    }
+    free(s->chunk_sha);
+    s->chunk_sha = copy;
+    s->nhashed = n;
+    return FB_OK;
 }
 
 fb_err fbcp_sidecar_write(const char *path, const fbcp_sidecar *s)
 {
     json_t *doc = NULL, *done = fbcp_ranges_to_json(&s->done);
-    char *text = NULL, *tmp = NULL;
+    char *text = NULL, *tmp = NULL, *hex = NULL;
     size_t len, off = 0, tl = strlen(path) + 8;
     int fd = -1;
     fb_err rv = FB_ERR_NOMEM;
 
     if (done == NULL)
         goto out;
-    doc = json_pack("{s:i, s:s, s:I, s:s, s:I, s:o}", "version", FBCP_SIDECAR_VERSION, "url", s->url, "size",
-                    (json_int_t)s->size, "etag", s->etag != NULL ? s->etag : "", "chunk_size",
-                    (json_int_t)s->chunk_size, "done", done);
+    /* the chunk digests as one hex string, chunk 0 first */
+    hex = malloc((size_t)s->nhashed * 64 + 1);
+    if (hex == NULL) {
+        json_decref(done);
+        goto out;
+    }
+    hex[0] = '\0';
+    for (uint64_t i = 0; i < s->nhashed; i++)
+        fb_hex_encode(hex + i * 64, s->chunk_sha + i * 32, 32);
+    doc = json_pack("{s:i, s:s, s:I, s:s, s:I, s:o, s:s}", "version", FBCP_SIDECAR_VERSION, "url", s->url,
+                    "size", (json_int_t)s->size, "etag", s->etag != NULL ? s->etag : "", "chunk_size",
+                    (json_int_t)s->chunk_size, "done", done, "chunk_sha256", hex);
     done = NULL; /* owned by doc now (or freed by json_pack on failure) */
     if (doc == NULL)
         goto out;
@@ -726,6 +769,7 @@ out:
         unlink(tmp);
     free(tmp);
     free(text);
+    free(hex);
     json_decref(doc);
     return rv;
 }
@@ -738,9 +782,10 @@ fb_err fbcp_sidecar_read(fbcp_sidecar *s, const char *path)
     size_t off = 0;
     json_t *doc = NULL;
     json_int_t version = 0, size = -1, chunk = 0;
-    const char *url = NULL, *etag = NULL;
+    const char *url = NULL, *etag = NULL, *hex = NULL;
     json_t *done = NULL;
     fb_err rv = FB_ERR_LOCAL_IO;
+    size_t hexlen;
 
     fbcp_sidecar_init(s);
     if (fd < 0)
@@ -759,11 +804,30 @@ fb_err fbcp_sidecar_read(fbcp_sidecar *s, const char *path)
         off += (size_t)n;
     }
     doc = json_loadb(buf, off, 0, NULL);
-    if (doc == NULL || json_unpack(doc, "{s:I, s:s, s:I, s:s, s:I, s:o}", "version", &version, "url", &url,
-                                   "size", &size, "etag", &etag, "chunk_size", &chunk, "done", &done) != 0)
+    if (doc == NULL ||
+        json_unpack(doc, "{s:I, s:s, s:I, s:s, s:I, s:o, s:s}", "version", &version, "url", &url, "size",
+                    &size, "etag", &etag, "chunk_size", &chunk, "done", &done, "chunk_sha256", &hex) != 0)
         goto out;
     if (version != FBCP_SIDECAR_VERSION || size < 0 || chunk <= 0 || chunk > (json_int_t)UINT32_MAX)
         goto out;
+    /* whole digests, no more than the file has chunks */
+    hexlen = strlen(hex);
+    if (hexlen % 64 != 0 || hexlen / 64 > ((uint64_t)size + (uint64_t)chunk - 1) / (uint64_t)chunk)
+        goto out;
+    s->nhashed = hexlen / 64;
+    if (s->nhashed > 0) {
+        s->chunk_sha = malloc((size_t)s->nhashed * 32);
+        if (s->chunk_sha == NULL)
+            goto out;
+        for (uint64_t i = 0; i < s->nhashed; i++) {
+            char one[65];
+
+            memcpy(one, hex + i * 64, 64);
+            one[64] = '\0';
+            if (fb_hex_decode(s->chunk_sha + i * 32, 32, one) != FB_OK)
+                goto out;
+        }
+    }
     s->size = (uint64_t)size;
     s->chunk_size = (uint32_t)chunk;
     s->url = strdup(url);

@@ -1,12 +1,13 @@
 /* fb_checkpoint: the progress sidecar beside a partial file (DESIGN.md section 5).
  *
  * File layout (host byte order: the sidecar never leaves the machine that wrote it):
- *   ckpt_header (40 bytes); with FB_CHECKPOINT_FLAG_SHA256 in header.flags, the session's
+ *   ckpt_header (40 bytes); the identity block (48 bytes: the partial file's st_dev and st_ino,
+ *   the source identity); with FB_CHECKPOINT_FLAG_SHA256 in header.flags, the session's
  *   expected SHA-256 (32 bytes); with FB_CHECKPOINT_FLAG_SOURCE_MTIME, the client file's
  *   modification time (uint64_t ns); then bitmap_words_used 64-bit words (ceil(nchunks / 64));
  *   then SHA-256 over every preceding byte.
- * Version 2 is the same without the source mtime; version 1 also without the optional digest,
- * its flags word being a reserved 0.
+ * Versions 1 to 3 are no longer read: their chunks cannot be tied to a partial inode and a
+ * source, so the upload starts over.
  * Writers serialise on an flock of RELNAME.tmp (several Apache children and udpd may checkpoint
  * the same session at once), write and fdatasync it, and rename it over RELNAME, then fsync the
  * directory. A stale RELNAME.tmp left by a crash is simply reused. Readers validate every length
@@ -49,18 +50,26 @@ _Static_assert(offsetof(ckpt_header, version) == 8 && offsetof(ckpt_header, chun
                    offsetof(ckpt_header, bitmap_words_used) == 32 && sizeof(ckpt_header) == 40,
                "checkpoint header layout");
 
-#define CKPT_VERSION_1 1
-#define CKPT_VERSION_2 2
+typedef struct ckpt_identity {
+    uint64_t part_dev;
+    uint64_t part_ino;
+    uint8_t source_id[32];
+} ckpt_identity;
+
+_Static_assert(sizeof(ckpt_identity) == 48 && offsetof(ckpt_identity, source_id) == 16,
+               "checkpoint identity layout");
+_Static_assert(sizeof(((fb_checkpoint *)0)->source_id) == 32, "source identity is 32 bytes");
+
 #define CKPT_KNOWN_FLAGS (FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME)
 #define CKPT_MTIME_LEN 8
 #define CKPT_SHA_LEN 32
 _Static_assert(sizeof(((fb_checkpoint *)0)->expected_sha256) == CKPT_SHA_LEN, "expected digest is 32 bytes");
 
 #define CKPT_MAX_LEN                                                                                         \
-    (sizeof(ckpt_header) + CKPT_SHA_LEN + CKPT_MTIME_LEN + FB_BITMAP_WORDS * sizeof(uint64_t) +              \
-     CKPT_DIGEST_LEN)
+    (sizeof(ckpt_header) + sizeof(ckpt_identity) + CKPT_SHA_LEN + CKPT_MTIME_LEN +                          \
+     FB_BITMAP_WORDS * sizeof(uint64_t) + CKPT_DIGEST_LEN)
 
-/* Bytes between the header and the bitmap for FLAGS. */
+/* Bytes between the identity block and the bitmap for FLAGS. */
 static size_t ckpt_optional_len(uint32_t flags)
 {
     return ((flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0) +
@@ -176,6 +185,7 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     const char *base;
     unsigned char *buf = NULL;
     ckpt_header hdr;
+    ckpt_identity ident;
     size_t words, len, shalen, bitmap_off;
     int pfd = -1, fd = -1, n;
     fb_err rc;
@@ -192,7 +202,7 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
 
     words = ckpt_words(cp->nchunks);
     shalen = (cp->flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
-    bitmap_off = sizeof(hdr) + ckpt_optional_len(cp->flags);
+    bitmap_off = sizeof(hdr) + sizeof(ident) + ckpt_optional_len(cp->flags);
     len = bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN;
     buf = calloc(1, len);
     if (buf == NULL)
@@ -206,10 +216,15 @@ fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *
     hdr.bitmap_words_used = (uint32_t)words;
     hdr.flags = cp->flags;
     memcpy(buf, &hdr, sizeof(hdr));
+    memset(&ident, 0, sizeof(ident));
+    ident.part_dev = cp->part_dev;
+    ident.part_ino = cp->part_ino;
+    memcpy(ident.source_id, cp->source_id, sizeof(ident.source_id));
+    memcpy(buf + sizeof(hdr), &ident, sizeof(ident));
     if (shalen > 0)
-        memcpy(buf + sizeof(hdr), cp->expected_sha256, CKPT_SHA_LEN);
+        memcpy(buf + sizeof(hdr) + sizeof(ident), cp->expected_sha256, CKPT_SHA_LEN);
     if (cp->flags & FB_CHECKPOINT_FLAG_SOURCE_MTIME)
-        memcpy(buf + sizeof(hdr) + shalen, &cp->source_mtime_ns, CKPT_MTIME_LEN);
+        memcpy(buf + sizeof(hdr) + sizeof(ident) + shalen, &cp->source_mtime_ns, CKPT_MTIME_LEN);
     memcpy(buf + bitmap_off, cp->bitmap, words * sizeof(uint64_t));
     if (words > 0) { /* bits past the last chunk mean nothing: store them as 0 */
         uint64_t last;
@@ -305,6 +320,7 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     unsigned char *buf = NULL;
     unsigned char digest[CKPT_DIGEST_LEN];
     ckpt_header hdr;
+    ckpt_identity ident;
     struct stat st;
     size_t len, words, shalen, bitmap_off, done = 0;
     int pfd = -1, fd = -1;
@@ -324,7 +340,8 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     rc = FB_ERR_IO;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
         goto out;
-    if ((uint64_t)st.st_size < sizeof(hdr) + CKPT_DIGEST_LEN || (uint64_t)st.st_size > CKPT_MAX_LEN)
+    if ((uint64_t)st.st_size < sizeof(hdr) + sizeof(ident) + CKPT_DIGEST_LEN ||
+        (uint64_t)st.st_size > CKPT_MAX_LEN)
         goto out;
     len = (size_t)st.st_size;
     buf = malloc(len);
@@ -347,16 +364,12 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
         goto out;
     memcpy(&hdr, buf, sizeof(hdr));
     if (memcmp(hdr.magic, FB_CHECKPOINT_MAGIC, sizeof(hdr.magic)) != 0 ||
-        (hdr.version != FB_CHECKPOINT_VERSION && hdr.version != CKPT_VERSION_2 &&
-         hdr.version != CKPT_VERSION_1) ||
-        (hdr.version == CKPT_VERSION_1 && hdr.flags != 0) ||
-        (hdr.version == CKPT_VERSION_2 && (hdr.flags & FB_CHECKPOINT_FLAG_SOURCE_MTIME) != 0) ||
-        (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 || hdr.chunk_size == 0 || hdr.nchunks > FB_BITMAP_BITS ||
-        hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
+        hdr.version != FB_CHECKPOINT_VERSION || (hdr.flags & ~CKPT_KNOWN_FLAGS) != 0 || hdr.chunk_size == 0 ||
+        hdr.nchunks > FB_BITMAP_BITS || hdr.nchunks != fb_table_nchunks_for(hdr.size, hdr.chunk_size))
         goto out;
     words = ckpt_words(hdr.nchunks);
     shalen = (hdr.flags & FB_CHECKPOINT_FLAG_SHA256) ? CKPT_SHA_LEN : 0;
-    bitmap_off = sizeof(hdr) + ckpt_optional_len(hdr.flags);
+    bitmap_off = sizeof(hdr) + sizeof(ident) + ckpt_optional_len(hdr.flags);
     if (hdr.bitmap_words_used != words || len != bitmap_off + words * sizeof(uint64_t) + CKPT_DIGEST_LEN)
         goto out;
 
@@ -365,10 +378,14 @@ fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname)
     cp->chunk_size = hdr.chunk_size;
     cp->nchunks = hdr.nchunks;
     cp->flags = hdr.flags;
+    memcpy(&ident, buf + sizeof(hdr), sizeof(ident));
+    cp->part_dev = ident.part_dev;
+    cp->part_ino = ident.part_ino;
+    memcpy(cp->source_id, ident.source_id, sizeof(cp->source_id));
     if (shalen > 0)
-        memcpy(cp->expected_sha256, buf + sizeof(hdr), CKPT_SHA_LEN);
+        memcpy(cp->expected_sha256, buf + sizeof(hdr) + sizeof(ident), CKPT_SHA_LEN);
     if (hdr.flags & FB_CHECKPOINT_FLAG_SOURCE_MTIME)
-        memcpy(&cp->source_mtime_ns, buf + sizeof(hdr) + shalen, CKPT_MTIME_LEN);
+        memcpy(&cp->source_mtime_ns, buf + sizeof(hdr) + sizeof(ident) + shalen, CKPT_MTIME_LEN);
     memcpy(cp->bitmap, buf + bitmap_off, words * sizeof(uint64_t));
     if (words > 0 && (cp->bitmap[words - 1] & ~ckpt_last_word_mask(hdr.nchunks)) != 0) {
         memset(cp, 0, sizeof(*cp));

@@ -15,11 +15,13 @@
 #include "fb_table.h"
 
 #define FB_CHECKPOINT_MAGIC "FBCKPT\0\0"
-/* Written; versions 1 (no flags, no digest) and 2 (no source mtime) are still read. */
-#define FB_CHECKPOINT_VERSION 3
+/* 4: the partial file's identity, the source's identity and (with FLAG_SOURCE_MTIME) the
+ * source's modification time. Versions 1 to 3 are refused (read as damaged): they cannot say
+ * which content their chunks hold, so such an upload starts over. */
+#define FB_CHECKPOINT_VERSION 4
 
 #define FB_CHECKPOINT_FLAG_SHA256 1u       /* expected_sha256 is set */
-#define FB_CHECKPOINT_FLAG_SOURCE_MTIME 2u /* source_mtime_ns is set (version 3) */
+#define FB_CHECKPOINT_FLAG_SOURCE_MTIME 2u /* source_mtime_ns is set */
 
 typedef struct fb_checkpoint {
     uint64_t size;
@@ -36,6 +38,13 @@ typedef struct fb_checkpoint {
      * FLAG_SOURCE_MTIME; 0 otherwise. Kept so that what the partial file was written for is on
      * record with it. */
     uint64_t source_mtime_ns;
+    /* The partial file the chunks were written to (st_dev, st_ino, taken from the descriptor the
+     * writer synced): a resume joins only the same inode, so a partial file deleted or replaced
+     * since is never credited with chunks it does not hold. */
+    uint64_t part_dev, part_ino;
+    /* The upload's source identity (POST sessions "source_id", fb_slot_info.source_id; all 0
+     * when none was given): a resume joins only the same identity. */
+    uint8_t source_id[32];
     uint64_t bitmap[FB_BITMAP_WORDS];
 } fb_checkpoint;
 
@@ -46,13 +55,13 @@ typedef struct fb_checkpoint {
  * RELNAME.tmp is reused. The file gets mode 0660 (Apache and udpd may share only a group).
  * Bits past NCHUNKS are stored as 0. FB_ERR_INTERNAL if CP is inconsistent (chunk_size 0,
  * nchunks not ceil(size / chunk_size), more than FB_BITMAP_BITS, or unknown FLAGS bits).
- * Always writes version 3; expected_sha256 is stored only with FB_CHECKPOINT_FLAG_SHA256,
+ * Always writes version 4; expected_sha256 is stored only with FB_CHECKPOINT_FLAG_SHA256,
  * source_mtime_ns only with FB_CHECKPOINT_FLAG_SOURCE_MTIME. */
 fb_err fb_checkpoint_write(int dirfd, const char *relname, const fb_checkpoint *cp);
 
-/* Reads and validates (every length, the field consistency and the SHA-256). Version-1, -2 and
- * -3 files; a version-1 file reads as FLAGS 0, FLAG_SOURCE_MTIME only in version 3. FB_ERR_NOT_FOUND if
- * absent; FB_ERR_IO if damaged, of an unknown version or with unknown flags, or a symlink. */
+/* Reads and validates (every length, the field consistency and the SHA-256). Version 4 only.
+ * FB_ERR_NOT_FOUND if absent; FB_ERR_IO if damaged, of another version (older ones included) or
+ * with unknown flags, or a symlink. */
 fb_err fb_checkpoint_read(fb_checkpoint *cp, int dirfd, const char *relname);
 
 /* Removes the checkpoint and any stale RELNAME.tmp (missing is not an error). */

@@ -94,7 +94,9 @@ typedef struct fb_slot_info {
     char docroot[FB_DOCROOT_MAX];
     /* Download: the file as the session was created (st_dev, st_ino, modification and change
      * times in ns since the epoch): udpd only vouches for a file that is still this one
-     * (PROTOCOL.md 8.5). All 0 for an upload. */
+     * (PROTOCOL.md 8.5). Upload: FILE_DEV and FILE_INO are the partial file the session created
+     * (the times 0): the module's PUT, udpd and a resume use only that inode, so a partial file
+     * deleted or replaced on the server is never credited with the session's chunks. */
     uint64_t file_dev, file_ino, file_mtime_ns, file_ctime_ns;
     /* Upload: the modification time of the client's file (ns since the epoch; given when
      * FB_SLOT_FLAG_SOURCE_MTIME is set), applied to the target at commit and compared under the

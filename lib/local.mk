@@ -8,6 +8,7 @@ lib_libfb_la_SOURCES = \
 	lib/fb_config.c lib/fb_config.h \
 	lib/fb_table.c lib/fb_table.h \
 	lib/fb_checkpoint.c lib/fb_checkpoint.h \
-	lib/fb_digest.c lib/fb_digest.h
+	lib/fb_digest.c lib/fb_digest.h \
+	lib/fb_filesum.c lib/fb_filesum.h
 lib_libfb_la_CFLAGS = $(AM_CFLAGS) $(XML_CFLAGS) $(OPENSSL_CFLAGS) $(JANSSON_CFLAGS)
 lib_libfb_la_LIBADD = $(XML_LIBS) $(OPENSSL_LIBS) $(JANSSON_LIBS) -lpthread

@@ -83,6 +83,7 @@ static void mark_chunks(put_ctx *c)
  * checkpoint. Only chunks in the snapshot, all synced, are recorded. */
 static fb_err checkpoint_save(put_ctx *c)
 {
+    struct stat sb = {0};
     fb_err e = FB_OK;
     int tries = 0;
 
@@ -97,9 +98,14 @@ static fb_err checkpoint_save(put_ctx *c)
         c->cp->chunk_size = c->chunk_size;
         c->cp->nchunks = fb_chunk_count(c->size, c->chunk_size);
         fb_slot_bitmap_copy(c->cp->bitmap, c->slot);
-        if (fdatasync(c->fd) != 0)
+        /* The inode the chunks are in: a resume joins only this partial file. */
+        if (fstat(c->fd, &sb) != 0)
+            e = FB_ERR_IO;
+        c->cp->part_dev = (uint64_t)sb.st_dev;
+        c->cp->part_ino = (uint64_t)sb.st_ino;
+        if (e == FB_OK && fdatasync(c->fd) != 0)
             e = fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;
-        else
+        else if (e == FB_OK)
             e = fb_checkpoint_write(c->parent_fd, c->ckpt_base, c->cp);
     }
     flock(c->fd, LOCK_UN);
@@ -356,15 +362,26 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
         c->cp->flags |= FB_CHECKPOINT_FLAG_SOURCE_MTIME;
         c->cp->source_mtime_ns = info->source_mtime_ns;
     }
+    /* And its source identity: a resume must come from the same source file. */
+    memcpy(c->cp->source_id, info->source_id, sizeof(c->cp->source_id));
     e = mod_fallback_open_parent(&c->parent_fd, req, info->relpath);
     if (e == FB_OK) {
         c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC); /* read: digest */
         if (c->fd < 0)
             e = FB_ERR_NOT_FOUND;
     }
+    /* Only the partial file this session created (its inode is in the slot): one deleted or
+     * replaced on the server must not be written into as if it held the session's chunks. */
+    if (e == FB_OK) {
+        struct stat sb;
+
+        mod_fallback_fd_close_on_cleanup(r->pool, c->fd);
+        if (fstat(c->fd, &sb) != 0 || (uint64_t)sb.st_ino != info->file_ino ||
+            (uint64_t)sb.st_dev != info->file_dev)
+            e = FB_ERR_CHANGED;
+    }
     if (e != FB_OK)
         return mod_fallback_problem(req, FB_ERR_SESSION_STATE, "the partial file is gone");
-    mod_fallback_fd_close_on_cleanup(r->pool, c->fd);
     /* Checked after the open: a new session of the same path fails this one before replacing
      * the file, so a file opened by name here belongs to this session if it is still active. */
     /* Counted as a writer before the state check: a commit that moved the session on waits for

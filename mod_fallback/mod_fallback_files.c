@@ -24,6 +24,7 @@
 #include "http_request.h"
 #include "util_filter.h"
 
+#include "fb_filesum.h"
 #include "fb_path.h"
 #include "fb_util.h"
 
@@ -97,6 +98,17 @@ static int send_file(mod_fallback_req *req, int fd)
     ap_set_etag_fd(r, f);
     ap_set_accept_ranges(r);
     ap_set_content_length(r, r->finfo.size);
+    {
+        /* RFC 9530: the whole file's SHA-256, when kept at commit and still valid for the file
+         * as it is (fb_filesum.h); on ranged answers too, as it describes the representation. */
+        uint8_t sha[32];
+        char *value = apr_palloc(r->pool, FB_REPR_DIGEST_LEN);
+
+        if (fb_filesum_get(sha, fd)) {
+            fb_repr_digest_format(value, sha);
+            apr_table_setn(r->headers_out, "Repr-Digest", value);
+        }
+    }
     /* User-supplied content is never rendered by a browser on the API's origin. */
     ap_set_content_type(r, "application/octet-stream");
     apr_table_setn(r->headers_out, "X-Content-Type-Options", "nosniff");

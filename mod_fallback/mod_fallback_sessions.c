@@ -4,8 +4,10 @@
  *
  * Creating an upload is serialised per target path by flock on the hidden partial file, so two
  * requests for one path cannot both claim a slot; resuming picks up a live session of the same
- * user, path, size and expected sha256, or the checkpoint sidecar beside the partial file when it
- * was written for the same size and expected sha256. */
+ * user, path, size, expected sha256 and source identity whose partial file is still the one it
+ * wrote, or the checkpoint sidecar beside the partial file when it was written for the same size,
+ * expected sha256, source identity and partial inode. Anything else starts over: a resume never
+ * credits chunks to content they were not written for (docs/HTTP-API.md, "Resuming"). */
 
 #include "mod_fallback_private.h"
 
@@ -27,6 +29,7 @@
 
 #include "fb_checkpoint.h"
 #include "fb_digest.h"
+#include "fb_filesum.h"
 #include "fb_path.h"
 #include "fb_range.h"
 #include "fb_util.h"
@@ -223,11 +226,23 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
         const char *etag = NULL;
         struct stat sb;
 
+        unsigned char sha[FB_SHA256_LEN];
+        int have_sha = 0;
+
         if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_NONBLOCK | O_CLOEXEC, 0) == FB_OK) {
             file_validators(req, fd, &etag);
             if (etag != NULL && fstat(fd, &sb) != 0)
                 etag = NULL;
+            have_sha = fb_filesum_get(sha, fd);
             close(fd);
+        }
+        /* The file's SHA-256 when the server knows it (kept at commit, still valid): the client
+         * checks what it wrote against it, as files/ gives it in Repr-Digest. */
+        if (have_sha) {
+            char hex[FB_SHA256_HEX_LEN + 1];
+
+            fb_hex_encode(hex, sha, FB_SHA256_LEN);
+            json_object_set_new(doc, "sha256", json_string(hex));
         }
         if (etag != NULL) {
             json_object_set_new(doc, "etag", json_string(etag));
@@ -246,13 +261,14 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
     return mod_fallback_json_reply(req, status, doc, with_key);
 }
 
-/* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE. */
-/* FILE: a download's file as opened now (NULL for an upload). SOURCE_MTIME_NS: an upload's
- * client file time (NULL: not given). */
+/* Fills a CLAIMED slot's descriptive fields; the caller publishes it as ACTIVE.
+ * FILE: a download's file as opened now, or an upload's partial file (only its st_dev and st_ino
+ * are kept then). SOURCE_ID: an upload's source identity (NULL: none given). SOURCE_MTIME_NS: an
+ * upload's client file time (NULL: not given). */
 static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction, const char *relpath,
                         uint64_t size, uint32_t chunk_size, fb_overwrite overwrite, unsigned mode,
                         uint32_t flags, const unsigned char *sha256, const struct stat *file,
-                        const uint64_t *source_mtime_ns)
+                        const unsigned char *source_id, const uint64_t *source_mtime_ns)
 {
     fb_slot_info *info = &slot->info;
     fb_err e;
@@ -280,8 +296,12 @@ static fb_err fill_slot(fb_slot *slot, mod_fallback_req *req, uint32_t direction
     apr_cpystrn(info->docroot, req->docroot, sizeof(info->docroot));
     info->file_dev = file != NULL ? (uint64_t)file->st_dev : 0;
     info->file_ino = file != NULL ? (uint64_t)file->st_ino : 0;
-    info->file_mtime_ns = file != NULL ? fb_timespec_ns(&file->st_mtim) : 0;
-    info->file_ctime_ns = file != NULL ? fb_timespec_ns(&file->st_ctim) : 0;
+    info->file_mtime_ns = file != NULL && direction == FB_DIR_DOWNLOAD ? fb_timespec_ns(&file->st_mtim) : 0;
+    info->file_ctime_ns = file != NULL && direction == FB_DIR_DOWNLOAD ? fb_timespec_ns(&file->st_ctim) : 0;
+    if (source_id != NULL)
+        memcpy(info->source_id, source_id, sizeof(info->source_id));
+    else
+        memset(info->source_id, 0, sizeof(info->source_id));
     info->source_mtime_ns = source_mtime_ns != NULL ? *source_mtime_ns : 0;
     if (source_mtime_ns != NULL)
         info->flags |= FB_SLOT_FLAG_SOURCE_MTIME;
@@ -398,7 +418,7 @@ static int create_download(mod_fallback_req *req, const char *relpath)
         return mod_fallback_problem(req, e, NULL);
     }
     e = fill_slot(slot, req, FB_DIR_DOWNLOAD, relpath, (uint64_t)sb.st_size, cs, FB_OVERWRITE_NEVER, 0, 0,
-                  NULL, &sb, NULL);
+                  NULL, &sb, NULL, NULL);
     if (e != FB_OK || !publish_slot(slot)) {
         fb_slot_release(slot);
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00202) "cannot set up download session");
@@ -508,6 +528,25 @@ static int same_expectation(const unsigned char *expected, uint32_t has, const u
     return has && fb_mem_equal_ct(sha, expected, FB_SHA256_LEN);
 }
 
+/* 1 if an upload identified as SOURCE_ID (NULL: none given) may continue progress recorded for
+ * HAS (all zero: none given): the same 32 bytes. Not a secret: a plain compare. */
+static int same_source(const unsigned char *source_id, const uint8_t has[32])
+{
+    static const uint8_t none[32];
+
+    return memcmp(source_id != NULL ? source_id : none, has, 32) == 0;
+}
+
+/* 1 if SB (the partial file as opened now) is still the partial file the live upload INFO wrote:
+ * the same inode (kept in file_dev/file_ino at create), a regular file of the session's size. A
+ * partial file deleted (a new one is another inode), replaced or truncated since fails this. */
+static int partial_is_the_sessions(const struct stat *sb, const fb_slot_info *info)
+{
+    return info->file_ino != 0 && (uint64_t)sb->st_dev == info->file_dev &&
+           (uint64_t)sb->st_ino == info->file_ino && S_ISREG(sb->st_mode) &&
+           (uint64_t)sb->st_size == info->size;
+}
+
 /* REASON: "identical" (if_different) or "newer" (the older policies). */
 static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t size, const char *reason)
 {
@@ -585,7 +624,7 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
 
 static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
                          const unsigned char *sha256, int ask_digest, unsigned mode,
-                         const uint64_t *source_mtime_ns)
+                         const unsigned char *source_id, const uint64_t *source_mtime_ns)
 {
     request_rec *r = req->r;
     const fb_config *cfg = req->cfg;
@@ -660,8 +699,11 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
     }
 
     /* 1. A live session of this user for the same file: hand it out again (same id and key),
-     * but only to a request expecting the same content; never supersede a live upload of
-     * other content. */
+     * but only to a request with the same source identity and expected digest, and only while
+     * its partial file is still the one it wrote. Another source identity, or a partial file
+     * deleted, replaced or truncated on the server: the same user uploads anew, so that session
+     * is superseded and the upload starts over. The same identity with another expected digest
+     * is refused, as before (a live upload of other content is not silently replaced). */
     if (fb_table_find_upload(req->table, &idx, req->user, req->docroot, relpath, size) == FB_OK) {
         fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
 
@@ -673,12 +715,29 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
             strcmp(info->user, req->user) == 0 && strcmp(info->docroot, req->docroot) == 0 &&
             strcmp(info->relpath, relpath) == 0) {
             char id[FB_SESSION_ID_LEN + 1];
+            struct stat psb;
+            int intact = fstat(part_fd, &psb) == 0 && partial_is_the_sessions(&psb, info);
+            int same = same_source(source_id, info->source_id);
 
-            if (same_expectation(sha256, info->flags & FB_SLOT_FLAG_EXPECTED_SHA256, info->expected_sha256)) {
+            fb_session_id_format(id, idx, info->id_random);
+            if (same && intact &&
+                same_expectation(sha256, info->flags & FB_SLOT_FLAG_EXPECTED_SHA256, info->expected_sha256)) {
                 rc = reply_session(req, HTTP_OK, idx, slot, 1, 0, 1);
                 goto leave;
             }
-            fb_session_id_format(id, idx, info->id_random);
+            if (!same || !intact) {
+                if (fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED)) {
+                    atomic_store(&slot->error_code, (uint32_t)FB_ERR_CHANGED);
+                    superseded = 1;
+                    ap_log_rerror(
+                        APLOG_MARK, APLOG_INFO, 0, r,
+                        FBLOGNO(00240) "upload of '%s' starts over: session %s %s", relpath, id,
+                        !same ? "was for another source file (source_id differs)"
+                              : "lost its partial file (deleted, replaced or truncated on the server)");
+                }
+                slot = NULL;
+                goto supersede_rest;
+            }
             ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                           FBLOGNO(00223) "upload of '%s' refused: session %s of the same path and size expects "
                           "other content",
@@ -696,8 +755,13 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         slot = NULL;
     }
 
+supersede_rest:
     /* 2. Nobody else may be writing this partial file. */
-    e = supersede_others(&superseded, req, relpath, size);
+    {
+        int others = 0;
+        e = supersede_others(&others, req, relpath, size);
+        superseded |= others;
+    }
     if (e != FB_OK) {
         rc = mod_fallback_problem(req, e, "another session is uploading this path");
         goto leave;
@@ -715,19 +779,22 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         (void)fb_checkpoint_remove(parent_fd, ckptbase);
     }
 
-    /* 3. A checkpoint of the same geometry: resume from it. */
+    /* 3. A checkpoint of the same geometry, source and partial inode: resume from it. (A partial
+     * file deleted since was created anew by lock_partial: another inode.) */
     cp = apr_palloc(r->pool, sizeof(*cp));
     e = superseded ? FB_ERR_NOT_FOUND : fb_checkpoint_read(cp, parent_fd, ckptbase);
     if (e == FB_OK && fstat(part_fd, &sb) == 0 && (uint64_t)sb.st_size == size && cp->size == size &&
-        cp->chunk_size == cs && cp->nchunks == nchunks &&
+        cp->chunk_size == cs && cp->nchunks == nchunks && cp->part_ino != 0 &&
+        cp->part_dev == (uint64_t)sb.st_dev && cp->part_ino == (uint64_t)sb.st_ino &&
+        same_source(source_id, cp->source_id) &&
         same_expectation(sha256, cp->flags & FB_CHECKPOINT_FLAG_SHA256, cp->expected_sha256)) {
         resumed = 1;
-    }
-    else {
+    } else {
         if (e == FB_OK)
             ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                          FBLOGNO(00224) "checkpoint of '%s' does not fit this upload (size, chunk size or "
-                          "expected sha256): starting over",
+                          FBLOGNO(00224) "checkpoint of '%s' does not fit this upload (size, chunk size, "
+                                         "expected sha256, source_id, or a partial file changed on the "
+                                         "server): starting over",
                           relpath);
         if (e != FB_ERR_NOT_FOUND)
             (void)fb_checkpoint_remove(parent_fd, ckptbase);
@@ -741,6 +808,12 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         }
     }
 
+    /* The partial file as it is now (sized above): the slot keeps its inode (see
+     * partial_is_the_sessions). */
+    if (fstat(part_fd, &sb) != 0) {
+        rc = mod_fallback_problem(req, FB_ERR_IO, NULL);
+        goto leave;
+    }
     e = claim_slot(&idx, &slot, req);
     if (e != FB_OK) {
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, r, FBLOGNO(00208) "no free session slot: %s", fb_err_message(e));
@@ -748,7 +821,7 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         goto leave;
     }
     e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0,
-                  sha256, NULL, source_mtime_ns);
+                  sha256, &sb, source_id, source_mtime_ns);
     if (e == FB_OK && resumed) {
         uint64_t i;
         for (i = 0; i < nchunks; i++)
@@ -831,8 +904,8 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
     json_t *doc = NULL, *v;
     const char *dir, *path;
     fb_overwrite ow = FB_OVERWRITE_ALWAYS;
-    unsigned char sha[FB_SHA256_LEN];
-    const unsigned char *shap = NULL;
+    unsigned char sha[FB_SHA256_LEN], source[FB_SHA256_LEN];
+    const unsigned char *shap = NULL, *sourcep = NULL;
     unsigned mode;
     json_int_t size;
     uint64_t mtime_ns = 0;
@@ -896,6 +969,18 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
         shap = sha;
     }
 
+    /* What identifies the client's file (docs/HTTP-API.md, "Resuming"): progress is resumed only
+     * for the same identity. 64 hex digits; all zero is the same as none. */
+    v = json_object_get(doc, "source_id");
+    if (v != NULL && !json_is_null(v)) {
+        static const unsigned char none[FB_SHA256_LEN];
+
+        if (mod_fallback_sha256_hex_parse(source, v) != FB_OK)
+            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "source_id must be 64 hex digits");
+        if (memcmp(source, none, sizeof(source)) != 0)
+            sourcep = source;
+    }
+
     v = json_object_get(doc, "ask_digest");
     if (v != NULL && !json_is_null(v)) {
         if (!json_is_boolean(v))
@@ -917,8 +1002,37 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
         return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
                                     "overwrite \"older\" and \"if_different,older\" need the file's mtime");
 
-    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode,
+    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode, sourcep,
                          has_mtime ? &mtime_ns : NULL);
+}
+
+/* 1 if the live upload INFO's partial file is still the one it wrote (partial_is_the_sessions);
+ * 0 if it is gone or changed. Errors other than a missing file count as intact: only what is
+ * known to be lost fails a session. */
+static int upload_partial_intact(mod_fallback_req *req, const fb_slot_info *info)
+{
+    char partrel[FB_RELPATH_MAX + 32];
+    int parent_fd = -1, fd, intact;
+    struct stat sb;
+
+    if (fb_path_partial_name(partrel, sizeof(partrel), info->relpath) != FB_OK ||
+        mod_fallback_open_parent(&parent_fd, req, info->relpath) != FB_OK)
+        return 1;
+    fd = openat(parent_fd, mod_fallback_basename(partrel), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0)
+        return errno != ENOENT;
+    intact = fstat(fd, &sb) != 0 || partial_is_the_sessions(&sb, info);
+    close(fd);
+    return intact;
+}
+
+/* ACTIVE -> FAILED ("changed") for the session of generation GEN; 1 if this call did it. */
+static int fail_changed(fb_slot *slot, uint32_t gen)
+{
+    if (atomic_load(&slot->generation) != gen || !fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FAILED))
+        return 0;
+    atomic_store(&slot->error_code, (uint32_t)FB_ERR_CHANGED);
+    return 1;
 }
 
 int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)
@@ -932,6 +1046,18 @@ int mod_fallback_sessions_get(mod_fallback_req *req, const char *id)
     if (slot == NULL)
         return rc;
     wipe_info(info);
+    if (info->direction == FB_DIR_UPLOAD && atomic_load(&slot->state) == FB_SLOT_ACTIVE &&
+        !upload_partial_intact(req, info) && fail_changed(slot, gen)) {
+        ap_log_rerror(
+            APLOG_MARK, APLOG_INFO, 0, req->r,
+            FBLOGNO(00241) "session %s: the partial file of '%s' was deleted, replaced or truncated on the "
+                           "server: session failed, the upload starts over when created again",
+            id, info->relpath);
+        return mod_fallback_problem(
+            req, FB_ERR_CHANGED,
+            "the partial file on the server was deleted or changed: create the session again "
+            "to start over");
+    }
     return reply_session(req, HTTP_OK, idx, slot, 0, 1, 0);
 }
 
@@ -1177,6 +1303,15 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
                              "the target is not older than the file", json_pack("{s:s}", "reason", "newer"));
         goto leave;
     }
+    /* The verified digest stays with the file (fb_filesum.h), for Repr-Digest on files/ and
+     * "sha256" in download sessions. Last before the rename: any later change of the file's data,
+     * mode or times (set them before this) would leave it invalid. Not fatal: without user
+     * extended attributes the file is simply served without a digest. */
+    e = fb_filesum_set(fd, digest);
+    if (e != FB_OK)
+        ap_log_rerror(APLOG_MARK, APLOG_DEBUG, APR_FROM_OS_ERROR(errno), r,
+                      FBLOGNO(00242) "cannot keep the digest of '%s' with it: %s", info->relpath,
+                      fb_err_message(e));
     if (rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {
         int err = errno;
         if (err == EEXIST || err == EISDIR || err == ENOTEMPTY || err == ENOTDIR) {

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "fb_checkpoint.h"
@@ -35,6 +36,7 @@ static struct {
 fb_err udpd_ckpt_run(udpd_ckpt_job *job)
 {
     fb_checkpoint *cp = calloc(1, sizeof(*cp));
+    struct stat st = {0};
     fb_err e = FB_OK;
     int tries = 0;
 
@@ -62,10 +64,16 @@ fb_err udpd_ckpt_run(udpd_ckpt_job *job)
         cp->flags = job->flags;
         memcpy(cp->expected_sha256, job->expected_sha256, sizeof(cp->expected_sha256));
         cp->source_mtime_ns = job->source_mtime_ns;
+        /* and which source and which partial inode the chunks belong to (fb_checkpoint.h) */
+        memcpy(cp->source_id, job->source_id, sizeof(cp->source_id));
         fb_slot_bitmap_copy(cp->bitmap, job->slot);
-        if (fdatasync(job->part_fd) != 0)
+        if (fstat(job->part_fd, &st) != 0)
+            e = FB_ERR_IO;
+        cp->part_dev = (uint64_t)st.st_dev;
+        cp->part_ino = (uint64_t)st.st_ino;
+        if (e == FB_OK && fdatasync(job->part_fd) != 0)
             e = fb_err_from_errno(errno) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO;
-        else
+        else if (e == FB_OK)
             e = fb_checkpoint_write(job->parent_fd, job->base, cp);
     }
     flock(job->part_fd, LOCK_UN);

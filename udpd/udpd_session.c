@@ -77,6 +77,7 @@ struct sess {
     uint32_t slot_cipher; /* the cipher the session fixed (info.cipher), 0 = the client's choice */
     uint8_t expected_sha256[32];
     uint64_t source_mtime_ns; /* with FB_CHECKPOINT_FLAG_SOURCE_MTIME in ckpt_flags */
+    uint8_t source_id[32]; /* an upload's source identity, for its checkpoints */
     char relpath[FB_RELPATH_MAX];
     char docroot[FB_DOCROOT_MAX];
     uint8_t key[FB_KEY_LEN]; /* the session key: each association derives its own keys from it */
@@ -350,8 +351,11 @@ static fb_err open_files(sess *s)
     e = fb_path_open_beneath(&s->part_fd, s->parent_fd, base, O_RDWR | O_NOFOLLOW | O_NONBLOCK, 0);
     if (e == FB_ERR_NOT_FOUND)
         e = FB_ERR_SESSION_STATE;
+    /* Only the partial file the session created (the slot keeps its inode, as the module's
+     * PUT checks it): one deleted, replaced or truncated on the server is not written into. */
     if (e == FB_OK &&
-        (fstat(s->part_fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != s->size))
+        (fstat(s->part_fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != s->size ||
+         (uint64_t)sb.st_ino != s->file_ino || (uint64_t)sb.st_dev != s->file_dev))
         e = FB_ERR_SESSION_STATE;
     base = strrchr(ckpt, '/');
     snprintf(s->ckpt_base, sizeof(s->ckpt_base), "%s", base ? base + 1 : ckpt);
@@ -502,6 +506,7 @@ static void checkpoint(sess *s, uint64_t now, int sync)
     job.flags = s->ckpt_flags;
     memcpy(job.expected_sha256, s->expected_sha256, sizeof(job.expected_sha256));
     job.source_mtime_ns = s->source_mtime_ns;
+    memcpy(job.source_id, s->source_id, sizeof(job.source_id));
     udpd_ckpt_submit(&job, sync);
     s->ckpt_dirty = 0;
     s->since_ckpt_bytes = 0;
@@ -683,6 +688,7 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
             s->ckpt_flags |= FB_CHECKPOINT_FLAG_SOURCE_MTIME;
             s->source_mtime_ns = info->source_mtime_ns;
         }
+        memcpy(s->source_id, info->source_id, sizeof(s->source_id));
         memcpy(s->relpath, info->relpath, sizeof(s->relpath));
         s->relpath[sizeof(s->relpath) - 1] = '\0';
         memcpy(s->docroot, info->docroot, sizeof(s->docroot));

@@ -1,5 +1,6 @@
 /* Unit tests for fb_checkpoint: the progress sidecar. Round trips (with and without the
- * session's expected digest), version-1 files still read, every kind of damage read back as
+ * session's expected digest, with the partial file's and the source's identity), older versions
+ * refused, every kind of damage read back as
  * FB_ERR_IO, names beneath the directory only, atomic replacement with a stale or concurrent
  * temporary file. Each test works in a mkdtemp directory that the unchecked fixture
  * removes afterwards. */
@@ -30,9 +31,13 @@ struct disk_header {
     uint64_t size;
     uint64_t nchunks;
     uint32_t bitmap_words_used;
-    uint32_t flags; /* version 1: reserved, 0 */
+    uint32_t flags;
 };
 _Static_assert(sizeof(struct disk_header) == 40, "checkpoint header is 40 bytes");
+#define IDENT_LEN 48 /* version 3: partial st_dev, st_ino (8 each), source identity (32) */
+#define CRAFT_DEV 0x0102030405060708ull
+#define CRAFT_INO 0x1112131415161718ull
+#define CRAFT_SOURCE_BYTE 0x33
 
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
@@ -124,14 +129,18 @@ static size_t get_file(int dirfd, const char *name, unsigned char *buf, size_t c
 static void craft_sha(int dirfd, const char *name, const struct disk_header *hdr, const unsigned char *expect,
                       const uint64_t *words, size_t nwords)
 {
-    unsigned char buf[sizeof(*hdr) + 32 + 16 * 8 + 32];
-    size_t off = sizeof(*hdr) + (expect != NULL ? 32 : 0), len = off + nwords * 8;
+    unsigned char buf[sizeof(*hdr) + IDENT_LEN + 32 + 16 * 8 + 32];
+    size_t off = sizeof(*hdr) + IDENT_LEN + (expect != NULL ? 32 : 0), len = off + nwords * 8;
     unsigned int mdlen = 0;
+    uint64_t dev = CRAFT_DEV, ino = CRAFT_INO;
 
     ck_assert_uint_le(nwords, 16);
     memcpy(buf, hdr, sizeof(*hdr));
+    memcpy(buf + sizeof(*hdr), &dev, 8);
+    memcpy(buf + sizeof(*hdr) + 8, &ino, 8);
+    memset(buf + sizeof(*hdr) + 16, CRAFT_SOURCE_BYTE, 32);
     if (expect != NULL)
-        memcpy(buf + sizeof(*hdr), expect, 32);
+        memcpy(buf + sizeof(*hdr) + IDENT_LEN, expect, 32);
     memcpy(buf + off, words, nwords * 8);
     ck_assert_int_eq(EVP_Digest(buf, len, buf + len, &mdlen, EVP_sha256(), NULL), 1);
     put_file(dirfd, name, buf, len + 32);
@@ -169,7 +178,7 @@ START_TEST(test_round_trip_keeps_every_field)
     cp_set(cp, 10);
     memset(back, 0x5a, sizeof(*back));
     ck_assert_int_eq(fb_checkpoint_write(dfd, ".f.fbpart.ckpt", cp), FB_OK);
-    ck_assert_uint_eq(file_size(dfd, ".f.fbpart.ckpt"), 40 + 8 + 32);
+    ck_assert_uint_eq(file_size(dfd, ".f.fbpart.ckpt"), 40 + IDENT_LEN + 8 + 32);
     ck_assert(!exists(dfd, ".f.fbpart.ckpt.tmp"));
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, ".f.fbpart.ckpt"), FB_OK);
     ck_assert_uint_eq(back->size, cp->size);
@@ -190,7 +199,7 @@ START_TEST(test_round_trip_empty_file_and_full_bitmap)
 
     ck_assert_uint_eq(cp->nchunks, 0);
     ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
-    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 32);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + IDENT_LEN + 32);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
     ck_assert_uint_eq(back->nchunks, 0);
     ck_assert_uint_eq(back->size, 0);
@@ -200,7 +209,7 @@ START_TEST(test_round_trip_empty_file_and_full_bitmap)
     ck_assert_uint_eq(cp->nchunks, FB_BITMAP_BITS);
     memset(cp->bitmap, 0xff, sizeof(cp->bitmap));
     ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
-    ck_assert_uint_eq(file_size(dfd, "c"), 40 + FB_BITMAP_WORDS * 8 + 32);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + IDENT_LEN + FB_BITMAP_WORDS * 8 + 32);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
     ck_assert_mem_eq(back->bitmap, cp->bitmap, sizeof(cp->bitmap));
     free(cp);
@@ -251,7 +260,7 @@ START_TEST(test_any_damaged_byte_is_io_error)
     cp_set(cp, 100);
     ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
     len = get_file(dfd, "c", orig, sizeof(orig));
-    ck_assert_uint_eq(len, 40 + 16 + 32);
+    ck_assert_uint_eq(len, 40 + IDENT_LEN + 16 + 32);
     /* Every byte, header, bitmap or digest, is covered. */
     for (size_t i = 0; i < len; i++) {
         memcpy(buf, orig, len);
@@ -274,12 +283,12 @@ START_TEST(test_truncated_or_extended_file_is_io_error)
     fb_checkpoint *cp = cp_new(100500, 1000), *back = calloc(1, sizeof(*back));
     unsigned char orig[256];
     size_t len;
-    static const size_t cuts[] = {0, 1, 39, 40, 41, 56, 71, 72, 87};
+    static const size_t cuts[] = {0, 1, 39, 40, 41, 56, 87, 88, 104, 119, 120, 135};
 
     cp_set(cp, 7);
     ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
     len = get_file(dfd, "c", orig, sizeof(orig));
-    ck_assert_uint_eq(len, 88);
+    ck_assert_uint_eq(len, 40 + IDENT_LEN + 16 + 32);
     for (size_t i = 0; i < sizeof(cuts) / sizeof(cuts[0]); i++) {
         put_file(dfd, "c", orig, cuts[i]);
         ck_assert_msg(fb_checkpoint_read(back, dfd, "c") == FB_ERR_IO, "length %zu accepted", cuts[i]);
@@ -375,7 +384,7 @@ START_TEST(test_expected_digest_round_trips_and_is_covered)
     cp_set(cp, 100);
     ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
     len = get_file(dfd, "c", orig, sizeof(orig));
-    ck_assert_uint_eq(len, 40 + 32 + 16 + 32);
+    ck_assert_uint_eq(len, 40 + IDENT_LEN + 32 + 16 + 32);
     memset(back, 0x5a, sizeof(*back));
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
     ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SHA256);
@@ -394,7 +403,7 @@ START_TEST(test_expected_digest_round_trips_and_is_covered)
     /* Without the flag nothing of expected_sha256 is stored, and it reads back as zeros. */
     cp->flags = 0;
     ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
-    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 16 + 32);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + IDENT_LEN + 16 + 32);
     memset(back, 0x5a, sizeof(*back));
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
     ck_assert_uint_eq(back->flags, 0);
@@ -411,40 +420,39 @@ START_TEST(test_expected_digest_round_trips_and_is_covered)
 }
 END_TEST
 
-START_TEST(test_version_1_files_still_read)
+START_TEST(test_identity_round_trips_and_older_versions_are_refused)
 {
     char dir[TPATH];
     int dfd = test_dirfd(dir);
-    fb_checkpoint *back = calloc(1, sizeof(*back));
+    fb_checkpoint *cp = cp_new(100500, 1000), *back = calloc(1, sizeof(*back));
     uint64_t words[16] = {9, 1};
     unsigned char expect[32];
     struct disk_header h;
 
-    memset(expect, 0x11, sizeof(expect));
-    h = good_header();
-    h.version = 1;
-    craft(dfd, "c", &h, words, 2);
+    /* The identity written is the identity read. */
+    cp->part_dev = 77;
+    cp->part_ino = 123456789;
+    for (int i = 0; i < 32; i++)
+        cp->source_id[i] = (uint8_t)(i * 7 + 1);
+    cp_set(cp, 5);
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
     memset(back, 0x5a, sizeof(*back));
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
-    ck_assert_uint_eq(back->flags, 0);
-    ck_assert_uint_eq(back->expected_sha256[0], 0);
-    ck_assert_uint_eq(back->size, 100500);
-    ck_assert_uint_eq(back->bitmap[0], 9);
-    ck_assert_uint_eq(back->bitmap[1], 1);
+    ck_assert_uint_eq(back->part_dev, 77);
+    ck_assert_uint_eq(back->part_ino, 123456789);
+    ck_assert_mem_eq(back->source_id, cp->source_id, 32);
 
-    /* Version 1 had no flags: its reserved word must stay 0, with or without a digest block. */
-    h.flags = FB_CHECKPOINT_FLAG_SHA256;
-    craft_sha(dfd, "c", &h, expect, words, 2);
-    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
-    craft(dfd, "c", &h, words, 2);
-    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
-
-    /* Version 2 crafted by hand, with the digest: the layout is what the header says. */
+    /* Crafted by hand: the identity block sits right after the header. */
+    memset(expect, 0x11, sizeof(expect));
     h = good_header();
-    h.version = 2;
+    ck_assert_uint_eq(h.version, 4);
     h.flags = FB_CHECKPOINT_FLAG_SHA256;
     craft_sha(dfd, "c", &h, expect, words, 2);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->part_dev, CRAFT_DEV);
+    ck_assert_uint_eq(back->part_ino, CRAFT_INO);
+    ck_assert_uint_eq(back->source_id[0], CRAFT_SOURCE_BYTE);
+    ck_assert_uint_eq(back->source_id[31], CRAFT_SOURCE_BYTE);
     ck_assert_mem_eq(back->expected_sha256, expect, 32);
     ck_assert_uint_eq(back->bitmap[0], 9);
     /* The flag without the digest block, or the block without the flag: wrong length. */
@@ -453,68 +461,14 @@ START_TEST(test_version_1_files_still_read)
     h.flags = 0;
     craft_sha(dfd, "c", &h, expect, words, 2);
     ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
-    /* Version 2 had no source mtime: the flag is refused there, 8 bytes or not. */
-    h.flags = FB_CHECKPOINT_FLAG_SOURCE_MTIME;
-    craft(dfd, "c", &h, words, 3);
-    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
-    h.version = 3;
-    craft(dfd, "c", &h, words, 3); /* the same bytes as version 3: read (the 8 bytes are the time) */
-    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
-    ck_assert_uint_eq(back->source_mtime_ns, 9);
-    free(back);
-    close(dfd);
-}
-END_TEST
 
-/* The client file's modification time (version 3) round-trips beside the expected digest, in
- * that order, is covered by the digest, and takes no space without its flag. */
-START_TEST(test_source_mtime_round_trips)
-{
-    char dir[TPATH];
-    int dfd = test_dirfd(dir);
-    fb_checkpoint *cp = cp_new(100500, 1000), *back = calloc(1, sizeof(*back));
-    unsigned char orig[256], buf[256];
-    size_t len;
-
-    memset(cp->expected_sha256, 0x77, 32);
-    cp->source_mtime_ns = 1700000000123456789ull;
-    cp->flags = FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME;
-    cp_set(cp, 7);
-    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
-    len = get_file(dfd, "c", orig, sizeof(orig));
-    ck_assert_uint_eq(len, 40 + 32 + 8 + 16 + 32);
-    memset(back, 0x5a, sizeof(*back));
-    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
-    ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME);
-    ck_assert_uint_eq(back->source_mtime_ns, 1700000000123456789ull);
-    ck_assert_mem_eq(back->expected_sha256, cp->expected_sha256, 32);
-    ck_assert_mem_eq(back->bitmap, cp->bitmap, sizeof(cp->bitmap));
-    for (size_t i = 40 + 32; i < 40 + 32 + 8; i++) {
-        memcpy(buf, orig, len);
-        buf[i] ^= 0x01;
-        put_file(dfd, "c", buf, len);
-        ck_assert_msg(fb_checkpoint_read(back, dfd, "c") == FB_ERR_IO, "flipped byte %zu accepted", i);
+    /* Versions 1 to 3 cannot tie their chunks to a partial file, a source and its time: refused. */
+    for (uint32_t v = 1; v <= 3; v++) {
+        h = good_header();
+        h.version = v;
+        craft(dfd, "c", &h, words, 2);
+        ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_ERR_IO);
     }
-
-    /* Only the time; and time 0 is a time like any other. */
-    cp->flags = FB_CHECKPOINT_FLAG_SOURCE_MTIME;
-    cp->source_mtime_ns = 0;
-    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
-    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 8 + 16 + 32);
-    memset(back, 0x5a, sizeof(*back));
-    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
-    ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SOURCE_MTIME);
-    ck_assert_uint_eq(back->source_mtime_ns, 0);
-    ck_assert_uint_eq(back->expected_sha256[0], 0);
-
-    /* Without the flag nothing is stored and it reads back as 0. */
-    cp->flags = 0;
-    cp->source_mtime_ns = 123;
-    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
-    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 16 + 32);
-    memset(back, 0x5a, sizeof(*back));
-    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
-    ck_assert_uint_eq(back->source_mtime_ns, 0);
     free(cp);
     free(back);
     close(dfd);
@@ -721,6 +675,61 @@ START_TEST(test_concurrent_writers_never_leave_a_torn_checkpoint)
 }
 END_TEST
 
+/* The client file's modification time  round-trips beside the expected digest, in
+ * that order, is covered by the digest, and takes no space without its flag. */
+START_TEST(test_source_mtime_round_trips)
+{
+    char dir[TPATH];
+    int dfd = test_dirfd(dir);
+    fb_checkpoint *cp = cp_new(100500, 1000), *back = calloc(1, sizeof(*back));
+    unsigned char orig[256], buf[256];
+    size_t len;
+
+    memset(cp->expected_sha256, 0x77, 32);
+    cp->source_mtime_ns = 1700000000123456789ull;
+    cp->flags = FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME;
+    cp_set(cp, 7);
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    len = get_file(dfd, "c", orig, sizeof(orig));
+    ck_assert_uint_eq(len, 40 + 48 + 32 + 8 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SHA256 | FB_CHECKPOINT_FLAG_SOURCE_MTIME);
+    ck_assert_uint_eq(back->source_mtime_ns, 1700000000123456789ull);
+    ck_assert_mem_eq(back->expected_sha256, cp->expected_sha256, 32);
+    ck_assert_mem_eq(back->bitmap, cp->bitmap, sizeof(cp->bitmap));
+    for (size_t i = 40 + 48 + 32; i < 40 + 48 + 32 + 8; i++) {
+        memcpy(buf, orig, len);
+        buf[i] ^= 0x01;
+        put_file(dfd, "c", buf, len);
+        ck_assert_msg(fb_checkpoint_read(back, dfd, "c") == FB_ERR_IO, "flipped byte %zu accepted", i);
+    }
+
+    /* Only the time; and time 0 is a time like any other. */
+    cp->flags = FB_CHECKPOINT_FLAG_SOURCE_MTIME;
+    cp->source_mtime_ns = 0;
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 48 + 8 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->flags, FB_CHECKPOINT_FLAG_SOURCE_MTIME);
+    ck_assert_uint_eq(back->source_mtime_ns, 0);
+    ck_assert_uint_eq(back->expected_sha256[0], 0);
+
+    /* Without the flag nothing is stored and it reads back as 0. */
+    cp->flags = 0;
+    cp->source_mtime_ns = 123;
+    ck_assert_int_eq(fb_checkpoint_write(dfd, "c", cp), FB_OK);
+    ck_assert_uint_eq(file_size(dfd, "c"), 40 + 48 + 16 + 32);
+    memset(back, 0x5a, sizeof(*back));
+    ck_assert_int_eq(fb_checkpoint_read(back, dfd, "c"), FB_OK);
+    ck_assert_uint_eq(back->source_mtime_ns, 0);
+    free(cp);
+    free(back);
+    close(dfd);
+}
+END_TEST
+
 static Suite *checkpoint_suite(void)
 {
     Suite *s = suite_create("fb_checkpoint");
@@ -735,7 +744,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, test_truncated_or_extended_file_is_io_error);
     tcase_add_test(tc, test_consistent_digest_but_invalid_fields_is_io_error);
     tcase_add_test(tc, test_expected_digest_round_trips_and_is_covered);
-    tcase_add_test(tc, test_version_1_files_still_read);
+    tcase_add_test(tc, test_identity_round_trips_and_older_versions_are_refused);
     tcase_add_test(tc, test_source_mtime_round_trips);
     tcase_add_test(tc, test_missing_checkpoint_is_not_found);
     tcase_add_test(tc, test_relname_with_subdirectory);

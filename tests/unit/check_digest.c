@@ -11,6 +11,7 @@
 #include <openssl/evp.h>
 
 #include "fb_digest.h"
+#include "fb_filesum.h"
 #include "fb_range.h"
 #include "fb_table.h"
 #include "fb_util.h"
@@ -203,6 +204,111 @@ START_TEST(test_owner_killed_mid_digest_is_recovered)
 }
 END_TEST
 
+/* ---- fb_filesum: the committed file's digest kept with it, and Repr-Digest ---- */
+
+static struct stat filesum_stat(void)
+{
+    struct stat st;
+
+    memset(&st, 0, sizeof(st));
+    st.st_size = 3000000;
+    st.st_mtim.tv_sec = 1700000000;
+    st.st_mtim.tv_nsec = 123456789;
+    st.st_dev = 2049;
+    st.st_ino = 987654;
+    st.st_ctim.tv_sec = 1700000100;
+    st.st_ctim.tv_nsec = 5;
+    return st;
+}
+
+START_TEST(test_filesum_round_trip_and_validity)
+{
+    uint8_t sha[32], back[32];
+    struct stat st = filesum_stat(), other;
+    uint64_t set_ns = 1700000100ull * 1000000000ull;
+    char v[FB_FILESUM_MAX];
+    size_t n;
+
+    for (int i = 0; i < 32; i++)
+        sha[i] = (uint8_t)(i * 9 + 3);
+    n = fb_filesum_format(v, sizeof(v), sha, &st, set_ns);
+    ck_assert_uint_gt(n, 66);
+    ck_assert(strncmp(v, "1 030c151e27303942", 18) == 0);
+    ck_assert(strstr(v, " 3000000 1700000000123456789 2049 987654 1700000100000000000") != NULL);
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &st), 1);
+    ck_assert_mem_eq(back, sha, 32);
+    /* too small a buffer: nothing */
+    ck_assert_uint_eq(fb_filesum_format(v, 20, sha, &st, set_ns), 0);
+    n = fb_filesum_format(v, sizeof(v), sha, &st, set_ns);
+
+    /* any change the file can go through makes it invalid */
+    other = st;
+    other.st_size++;
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 0);
+    other = st;
+    other.st_mtim.tv_nsec++;
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 0);
+    other = st;
+    other.st_ino++;
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 0);
+    other = st;
+    other.st_dev++;
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 0);
+    /* the change time: within the window after the digest was set (the rename), not later */
+    other = st;
+    other.st_ctim.tv_sec += 1;
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 1);
+    other.st_ctim.tv_sec += 2; /* 3 s after */
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 0);
+    other = st;
+    other.st_ctim.tv_sec -= 2; /* well before it was set: not this file's history */
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &other), 0);
+
+    /* malformed values */
+    ck_assert_int_eq(fb_filesum_parse(back, v, n - 1, &st), 0); /* last number cut short */
+    ck_assert_int_eq(fb_filesum_parse(back, v, 10, &st), 0);
+    ck_assert_int_eq(fb_filesum_parse(back, "", 0, &st), 0);
+    v[0] = '2'; /* unknown version */
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &st), 0);
+    v[0] = '1';
+    v[5] = 'x'; /* not hex */
+    ck_assert_int_eq(fb_filesum_parse(back, v, n, &st), 0);
+    {
+        static const char huge[] = "1 0000000000000000000000000000000000000000000000000000000000000000 "
+                                   "99999999999999999999999 1 1 1 1";
+        ck_assert_int_eq(fb_filesum_parse(back, huge, sizeof(huge) - 1, &st), 0);
+    }
+}
+END_TEST
+
+START_TEST(test_repr_digest_format_and_parse)
+{
+    uint8_t sha[32], back[32];
+    unsigned int len = 0;
+    char v[FB_REPR_DIGEST_LEN], list[256];
+
+    /* SHA-256("abc"), RFC 9530 style: base64 between colons */
+    ck_assert_int_eq(EVP_Digest("abc", 3, sha, &len, EVP_sha256(), NULL), 1);
+    fb_repr_digest_format(v, sha);
+    ck_assert_str_eq(v, "sha-256=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=:");
+    ck_assert_int_eq(fb_repr_digest_parse(back, v), 1);
+    ck_assert_mem_eq(back, sha, 32);
+    /* among other members, with spaces and parameters */
+    snprintf(list, sizeof(list), "sha-512=:AAAA:, unixsum=:1:;x=1,  %s", v);
+    memset(back, 0, sizeof(back));
+    ck_assert_int_eq(fb_repr_digest_parse(back, list), 1);
+    ck_assert_mem_eq(back, sha, 32);
+    /* absent, truncated, wrong length or not base64 */
+    ck_assert_int_eq(fb_repr_digest_parse(back, "sha-512=:AAAA:"), 0);
+    ck_assert_int_eq(fb_repr_digest_parse(back, "sha-256=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0="), 0);
+    ck_assert_int_eq(fb_repr_digest_parse(back, "sha-256=:AAAA:"), 0);
+    ck_assert_int_eq(fb_repr_digest_parse(back, "sha-256=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAF***:"), 0);
+    ck_assert_int_eq(fb_repr_digest_parse(back, "sha-2567=:ungWv48Bz+pBQUDeXa4iI7ADYaOWF3qctBD/YfIAFa0=:"),
+                     0);
+    ck_assert_int_eq(fb_repr_digest_parse(back, ""), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("fb_digest");
@@ -217,6 +323,10 @@ int main(void)
     tcase_add_test(tc, test_empty_file_digest);
     tcase_add_test(tc, test_reused_slot_is_refused);
     tcase_add_test(tc, test_owner_killed_mid_digest_is_recovered);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("filesum");
+    tcase_add_test(tc, test_filesum_round_trip_and_validity);
+    tcase_add_test(tc, test_repr_digest_format_and_parse);
     suite_add_tcase(s, tc);
     sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
