@@ -289,7 +289,7 @@ static fb_err fbcp_list_remote(fbcp_tree *t, fbcp_ctx *c, const fbcp_job *dir, f
     struct stat st;
     int isdir = 0;
     size_t i;
-    fb_err rv;
+    fb_err rv, e;
 
     if (dir->depth > FBCP_MAX_DEPTH) {
         fbcp_report_error(NULL, dir->local, FB_ERR_USAGE, "directory tree too deep");
@@ -312,6 +312,13 @@ static fb_err fbcp_list_remote(fbcp_tree *t, fbcp_ctx *c, const fbcp_job *dir, f
         return FB_ERR_LOCAL_IO;
     }
     entries = json_object_get(listing, "entries");
+    if (json_is_true(json_object_get(listing, "truncated"))) {
+        /* the server lists at most so many entries of one directory: the rest cannot be named */
+        snprintf(detail, sizeof(detail), "the server listed only the first %zu entries of this directory",
+                 json_array_size(entries));
+        fbcp_report_error(NULL, dir->local, FB_ERR_TOO_LARGE, detail);
+        rv = FB_ERR_TOO_LARGE;
+    }
     json_array_foreach(entries, i, ent)
     {
         const char *name = json_string_value(json_object_get(ent, "name"));
@@ -345,11 +352,12 @@ static fb_err fbcp_list_remote(fbcp_tree *t, fbcp_ctx *c, const fbcp_job *dir, f
             j.size = (uint64_t)json_integer_value(size);
         j.remote = fbcp_path_join(dir->remote, name);
         j.local = fbcp_path_join(dir->local, name);
-        rv = j.remote != NULL && j.local != NULL ? fbcp_jobs_push(out, &j) : FB_ERR_NOMEM;
+        e = j.remote != NULL && j.local != NULL ? fbcp_jobs_push(out, &j) : FB_ERR_NOMEM;
         free(j.remote);
         free(j.local);
-        if (rv != FB_OK) {
-            fbcp_report_error(NULL, dir->local, rv, NULL);
+        if (e != FB_OK) {
+            fbcp_report_error(NULL, dir->local, e, NULL);
+            rv = e;
             break;
         }
     }
@@ -424,10 +432,14 @@ static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
         rv = t->direction == FBCP_UPLOAD ? fbcp_list_local(t, j, &found)
                                          : fbcp_list_remote(t, &w->c, j, &found);
         pthread_mutex_lock(&t->mu);
-        if (rv == FB_OK)
-            rv = fbcp_tree_remember_dir(t, j);
-        for (size_t i = 0; rv == FB_OK && i < found.n; i++)
-            rv = fbcp_jobs_push(&t->queue, &found.v[i]);
+        /* what was found is copied even when the listing was incomplete (that error stands) */
+        fb_err e = found.n > 0 || rv == FB_OK ? fbcp_tree_remember_dir(t, j) : FB_OK;
+        for (size_t i = 0; e == FB_OK && i < found.n; i++)
+            e = fbcp_jobs_push(&t->queue, &found.v[i]);
+        if (e != FB_OK) {
+            fbcp_report_error(NULL, j->local, e, NULL);
+            rv = e;
+        }
         pthread_cond_broadcast(&t->cv);
         pthread_mutex_unlock(&t->mu);
         fbcp_progress_tree_dir();
