@@ -118,16 +118,7 @@ fb_err fbcp_tree_new(fbcp_tree **pt, const fbcp_opts *o, fbcp_direction directio
     t->opts = o;
     t->direction = direction;
     t->nworkers = o->transfers > 0 ? o->transfers : 1;
-    /* the run's limits are totals: every worker gets its share */
     t->worker_opts = *o;
-    if (o->limit_rate > 0)
-        t->worker_opts.limit_rate = o->limit_rate / (uint64_t)t->nworkers + 1;
-    if (o->target_rate > 0)
-        t->worker_opts.target_rate = o->target_rate / (uint64_t)t->nworkers + 1;
-    if (o->min_rate > 0)
-        t->worker_opts.min_rate = o->min_rate / (uint64_t)t->nworkers;
-    if (t->worker_opts.min_rate == 0 && o->min_rate > 0)
-        t->worker_opts.min_rate = 1;
     if (pthread_mutex_init(&t->mu, NULL) != 0) {
         free(t);
         return FB_ERR_NOMEM;
@@ -554,11 +545,37 @@ static fb_err fbcp_tree_pass(fbcp_tree *t, fbcp_worker *ws, int time_pass)
     return FB_OK;
 }
 
+/* As many workers as --transfers, but no more than there are files when no directory is to be
+ * listed (one file is moved by one thread, as before there were workers); the run's limits are
+ * totals, so every worker gets its share of them. */
+static void fbcp_tree_size_workers(fbcp_tree *t)
+{
+    const fbcp_opts *o = t->opts;
+    int lists = 0;
+
+    for (size_t i = t->head; i < t->queue.n; i++)
+        lists |= t->queue.v[i].kind == FBCP_JOB_LIST;
+    if (!lists && t->queue.n - t->head < (size_t)t->nworkers)
+        t->nworkers = t->queue.n - t->head > 0 ? (int)(t->queue.n - t->head) : 1;
+    if (o->limit_rate > 0)
+        t->worker_opts.limit_rate = o->limit_rate / (uint64_t)t->nworkers + (t->nworkers > 1);
+    if (o->target_rate > 0)
+        t->worker_opts.target_rate = o->target_rate / (uint64_t)t->nworkers + (t->nworkers > 1);
+    if (o->min_rate > 0)
+        t->worker_opts.min_rate = o->min_rate / (uint64_t)t->nworkers;
+    if (t->worker_opts.min_rate == 0 && o->min_rate > 0)
+        t->worker_opts.min_rate = 1;
+}
+
 fb_err fbcp_tree_run(fbcp_tree *t)
 {
-    fbcp_worker *ws = calloc((size_t)t->nworkers, sizeof(*ws));
-    fb_err rv = ws != NULL ? FB_OK : FB_ERR_NOMEM;
+    fbcp_worker *ws;
+    fb_err rv;
     int n = 0;
+
+    fbcp_tree_size_workers(t);
+    ws = calloc((size_t)t->nworkers, sizeof(*ws));
+    rv = ws != NULL ? FB_OK : FB_ERR_NOMEM;
 
     for (; rv == FB_OK && n < t->nworkers; n++)
         rv = fbcp_worker_init(&ws[n], t);

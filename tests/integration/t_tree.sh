@@ -195,6 +195,10 @@ test_small_table() {
         assert_eq 0 "$rc" "$mode: exit code ($(tail -n 3 "$T_TMP/many.err"))"
         assert_same_tree "$src" "$DOCROOT/many-$mode/many"
     done
+    # the table was full at times (32 files for 16 slots): those requests were answered 503 with
+    # Retry-After, waited for, and asked again
+    access_log_settled
+    assert_ge "$(grep -c '"POST [^"]*/sessions HTTP/1.1" 503 ' "$DS_DIR/access.log")" 1 "503 answers to POST sessions"
 }
 
 if [ ! -x "$UDPD_BUILT" ]; then
