@@ -582,7 +582,8 @@ fb_err fbcp_tree_run(fbcp_tree *t)
     if (rv != FB_OK) {
         fbcp_report_error(NULL, NULL, rv, "cannot set up the transfer workers");
     } else {
-        fbcp_progress_tree_begin();
+        if (t->nworkers > 1)
+            fbcp_progress_tree_begin(); /* several files at once: the bar shows the run */
         fbcp_tree_pass(t, ws, 0);
         /* the directories' times, once every file in them has landed */
         if (t->opts->preserve_times && !t->stop && !fbcp_interrupted && t->dirs.n > 0 && !t->mkcol_missing) {
