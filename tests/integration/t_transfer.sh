@@ -81,45 +81,54 @@ test_tree() {
     assert_tree_same "$SRC/tree" "$BACK/tree"
 }
 
-# The default policy, if_different, without a HEAD first: the session request (ask_digest)
-# answers "target": "file" when a file of the same size is there; only then fbcp hashes its file
-# before asking again, and the server skips an identical one. Another size is simply replaced.
+# The default policy, if_different, without a HEAD first: a file of more than 1 MiB is hashed
+# while it is sent, so the session request (ask_digest) answers "target": "file" when a file of
+# the same size is there; only then fbcp hashes its file before asking again, and the server skips
+# an identical one. Another size is simply replaced. A file of at most 1 MiB is hashed before the
+# first request, which carries the digest: an identical one is skipped in one request.
 test_upload_again_is_idempotent() {
-    local rc heads puts
+    local rc heads puts posts
     require_fbcp
     heads=$(access_count HEAD /files/)
     puts=$(access_count PUT /data)
     # Same content again: identical, skipped, no data sent, exit 0.
-    fbcp -v --json "$SRC/c.bin" "$URL/sizes/c.bin" >"$T_TMP/again.json" 2>"$T_TMP/again.err"
+    fbcp -v --json "$SRC/cp1.bin" "$URL/sizes/cp1.bin" >"$T_TMP/again.json" 2>"$T_TMP/again.err"
     rc=$?
     assert_eq 0 "$rc" "second upload ($(tail -n 2 "$T_TMP/again.err"))"
-    assert_file_same "$SRC/c.bin" "$DOCROOT/sizes/c.bin"
+    assert_file_same "$SRC/cp1.bin" "$DOCROOT/sizes/cp1.bin"
     assert_eq identical "$(jq -r 'select(.event == "skip") | .reason' "$T_TMP/again.json")" "skip event"
-    grep -q "a file of this size is at sizes/c.bin: hashing before asking again" "$T_TMP/again.err" ||
+    grep -q "a file of this size is at sizes/cp1.bin: hashing before asking again" "$T_TMP/again.err" ||
         fail "no digest asked for: $(grep -i -e hash -e session "$T_TMP/again.err" | head -n 5)"
     assert_eq "$puts" "$(access_count PUT /data)" "PUT requests (no data for an identical file)"
+    # A small file: one session request with the digest, skipped.
+    posts=$(access_count POST /sessions)
+    fbcp -v --json "$SRC/c.bin" "$URL/sizes/c.bin" >"$T_TMP/again1.json" 2>"$T_TMP/again1.err"
+    rc=$?
+    assert_eq 0 "$rc" "small file again ($(tail -n 2 "$T_TMP/again1.err"))"
+    assert_eq identical "$(jq -r 'select(.event == "skip") | .reason' "$T_TMP/again1.json")" "skip event (small)"
+    assert_eq $((posts + 1)) "$(access_count POST /sessions)" "session requests for a small identical file"
     # The same size, other content: hashed first, then replaced.
-    mkrand "$SRC/c2.bin" "$(stat -c %s "$SRC/c.bin")"
-    fbcp -v "$SRC/c2.bin" "$URL/sizes/c.bin" 2>"$T_TMP/again2.err"
+    mkrand "$SRC/c2.bin" "$(stat -c %s "$SRC/cp1.bin")"
+    fbcp -v "$SRC/c2.bin" "$URL/sizes/cp1.bin" 2>"$T_TMP/again2.err"
     rc=$?
     assert_eq 0 "$rc" "same size, other content ($(tail -n 2 "$T_TMP/again2.err"))"
-    assert_file_same "$SRC/c2.bin" "$DOCROOT/sizes/c.bin"
+    assert_file_same "$SRC/c2.bin" "$DOCROOT/sizes/cp1.bin"
     grep -q "hashing before asking again" "$T_TMP/again2.err" || fail "the digest was not asked for"
     # Another size: nothing to compare, replaced without hashing first.
-    mkrand "$SRC/c3.bin" 5000
-    fbcp -v "$SRC/c3.bin" "$URL/sizes/c.bin" 2>"$T_TMP/again3.err"
+    mkrand "$SRC/c3.bin" $((CHUNK + 5000))
+    fbcp -v "$SRC/c3.bin" "$URL/sizes/cp1.bin" 2>"$T_TMP/again3.err"
     rc=$?
     assert_eq 0 "$rc" "another size ($(tail -n 2 "$T_TMP/again3.err"))"
-    assert_file_same "$SRC/c3.bin" "$DOCROOT/sizes/c.bin"
+    assert_file_same "$SRC/c3.bin" "$DOCROOT/sizes/cp1.bin"
     if grep -q "hashing before asking again" "$T_TMP/again3.err"; then fail "hashed first for another size"; fi
     assert_eq "$heads" "$(access_count HEAD /files/)" "HEAD requests (none)"
-    cp "$SRC/c.bin" "$DOCROOT/sizes/c.bin" # as before, for the tests after this one
+    cp "$SRC/cp1.bin" "$DOCROOT/sizes/cp1.bin" # as before, for the tests after this one
 }
 
 # One file to a name without a trailing slash: no HEAD first, the session request finds out
 # whether the name is a directory; onto an existing remote directory the file lands under its own
 # name, like cp, also with the default policy (if_different), and there an identical file of the
-# same size is skipped: into the directory first, then the digest asked for.
+# same size is skipped: into the directory first, the small file's digest with that request.
 test_upload_to_a_name_or_a_directory() {
     local heads rc
     require_fbcp
@@ -149,8 +158,8 @@ test_upload_to_a_name_or_a_directory() {
     assert_eq 0 "$rc" "the same file onto the directory again ($(tail -n 3 "$T_TMP/named.same.err"))"
     grep -q "named is a remote directory: uploading into it as named/named.bin" "$T_TMP/named.same.err" ||
         fail "not into the directory: $(head -n 5 "$T_TMP/named.same.err")"
-    grep -q "a file of this size is at named/named.bin: hashing before asking again" "$T_TMP/named.same.err" ||
-        fail "the digest was not asked for: $(head -n 5 "$T_TMP/named.same.err")"
+    # a small file: its digest went with the session request, so no question about it
+    if grep -q "hashing before asking again" "$T_TMP/named.same.err"; then fail "a small file hashed twice"; fi
     assert_eq identical "$(jq -r 'select(.event == "skip") | .reason' "$T_TMP/named.same.json")" "skip event"
     assert_eq "$heads" "$(access_count HEAD /files/)" "HEAD requests"
 }

@@ -306,9 +306,10 @@ test_stop_mid_upload_checkpoints_and_resumes() {
     assert_eq 4 "$?" "the client's exit status when udpd is gone (connection lost)"
     grep -q "UD00034: signal 15: stopping" "$UDPD_LOG" || fail "no stop message"
     assert_file_exists "$DOCROOT/udp/.$name.fbpart.ckpt"
-    # udpd's checkpoint records the client file's time too (flag 2, the 8 bytes after the header).
+    # udpd's checkpoint records the client file's time too (flag 2, the 8 bytes after the header
+    # and the 48-byte identity block).
     assert_eq 2 "$(od -An -tu4 -j36 -N4 "$DOCROOT/udp/.$name.fbpart.ckpt" | tr -d ' ')" "checkpoint flags"
-    assert_eq 1234567890000000005 "$(od -An -tu8 -j40 -N8 "$DOCROOT/udp/.$name.fbpart.ckpt" | tr -d ' ')" \
+    assert_eq 1234567890000000005 "$(od -An -tu8 -j88 -N8 "$DOCROOT/udp/.$name.fbpart.ckpt" | tr -d ' ')" \
         "checkpoint source mtime"
     st=$(api GET "sessions/$id")
     held=$(jq -r .received_bytes "$BODY")
