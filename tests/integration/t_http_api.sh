@@ -32,6 +32,31 @@ test_upload_chunk_plus_1() { upload_and_check $((CHUNK + 1)) cp1.bin; }
 test_upload_one_put() { upload_and_check $((5 * CHUNK + 3)) whole.bin $((64 * CHUNK)); }
 test_upload_two_chunk_puts() { upload_and_check $((5 * CHUNK + 3)) two.bin $((2 * CHUNK)); }
 
+# The PUT that completes a file writes no checkpoint (the commit follows and makes the file
+# durable); a PUT that leaves data missing does.
+test_complete_put_writes_no_checkpoint() {
+    local id st size=$((CHUNK + 5000))
+    mkrand "$SRC/nock.bin" "$size"
+    id=$(new_session nock.bin "$size")
+    st=$(put_range "$id" "$SRC/nock.bin" 0 $((size - 1)))
+    assert_eq 200 "$st" "PUT the whole file"
+    assert_eq true "$(jq -r .complete "$BODY")" "complete in PUT answer"
+    assert_no_file "$DOCROOT/.nock.bin.fbpart.ckpt"
+    st=$(commit "$id" "$(sha "$SRC/nock.bin")")
+    assert_eq 200 "$st" "commit"
+    assert_file_same "$SRC/nock.bin" "$DOCROOT/nock.bin"
+    id=$(new_session nock2.bin "$size")
+    st=$(put_range "$id" "$SRC/nock.bin" 0 $((CHUNK - 1)))
+    assert_eq 200 "$st" "PUT the first chunk"
+    assert_file_exists "$DOCROOT/.nock2.bin.fbpart.ckpt"
+    st=$(put_range "$id" "$SRC/nock.bin" "$CHUNK" $((size - 1)))
+    assert_eq 200 "$st" "PUT the rest"
+    st=$(commit "$id" "$(sha "$SRC/nock.bin")")
+    assert_eq 200 "$st" "commit"
+    assert_no_file "$DOCROOT/.nock2.bin.fbpart.ckpt"
+    assert_file_same "$SRC/nock.bin" "$DOCROOT/nock2.bin"
+}
+
 test_session_document() {
     local id st size=$((3 * CHUNK + 10))
     mkrand "$SRC/doc.bin" "$size"
@@ -353,6 +378,7 @@ run_test "curl upload chunk B" test_upload_chunk
 run_test "curl upload chunk+1 B" test_upload_chunk_plus_1
 run_test "curl upload 5 MiB+3 in one PUT" test_upload_one_put
 run_test "curl upload 5 MiB+3 in 2 MiB PUTs" test_upload_two_chunk_puts
+run_test "a PUT that completes the file writes no checkpoint; one that leaves data missing does" test_complete_put_writes_no_checkpoint
 run_test "session document, progress, incomplete commit, resume, idempotent commit" test_session_document
 run_test "PUT with chunked transfer coding" test_chunked_put
 run_test "four PUTs of disjoint ranges at once" test_parallel_puts
