@@ -60,6 +60,10 @@ extern const char *const fbcp_overwrite_names[5];
 #define FBCP_MAX_TRANSFERS 128
 #define FBCP_BIG_FILE (64ull * 1024 * 1024) /* files this big move one at a time */
 #define FBCP_HASH_FIRST_MAX (1024u * 1024u) /* files up to this size are hashed before sending */
+/* Under --fallback=auto, files up to this size move over the HTTP(S) connection already open
+ * instead of UDP: a UDP association (socket, HELLO, feedback, CLOSE) costs more than the data of
+ * a few datagrams (docs/fbcp.md, "Small files"). */
+#define FBCP_UDP_MIN_SIZE (64u * 1024u)
 
 typedef enum fbcp_fallback {
     FBCP_FALLBACK_AUTO,  /* UDP first, HTTP(S) when UDP is unavailable or lost, back to UDP later */
