@@ -267,6 +267,11 @@ struct fbcp_xfer {
      * used by fbcp_move after a change of transport. */
     fb_err (*missing)(fbcp_xfer *x, fbcp_ranges *out, char *detail, size_t detlen);
     void *ctx; /* owner's state for the hooks */
+    /* Upload: the file's SHA-256 (hex) when known before the data moves. A request that carries
+     * the whole file then asks the server to commit it too (Fallback-Commit), and COMMITTED is
+     * set when the answer says it did. */
+    const char *commit_sha;
+    int committed;
 
     /* The session as the UDP transport needs it (upload: created by POST sessions; download:
      * POST sessions with direction download). SESSION_GEN changes whenever the id and key do

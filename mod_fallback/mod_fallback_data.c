@@ -295,7 +295,8 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     request_rec *r = req->r;
     fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
     char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
-    const char *cr, *cl, *detail = NULL;
+    const char *cr, *cl, *fc, *detail = NULL;
+    unsigned char commit_sha[FB_SHA256_LEN];
     uint64_t first = 0, last = 0, complete = 0, len, c0, ci, missing_bytes = 0;
     fb_range dummy;
     put_ctx *c;
@@ -340,6 +341,13 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     } else if (apr_table_get(r->headers_in, "Transfer-Encoding") == NULL) {
         return mod_fallback_problem(req, FB_ERR_BAD_RANGE, "the request has no body");
     }
+    /* "Commit when this completes the file" (docs/HTTP-API.md): saves a small file's client the
+     * commit request. */
+    fc = apr_table_get(r->headers_in, "Fallback-Commit");
+    if (fc != NULL && (strncmp(fc, "sha256=", 7) != 0 || strlen(fc + 7) != FB_SHA256_HEX_LEN ||
+                       fb_hex_decode(commit_sha, FB_SHA256_LEN, fc + 7) != FB_OK))
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                    "Fallback-Commit must be sha256= and 64 hex digits");
     /* Every chunk the range touches must still be missing. */
     c0 = first / info->chunk_size;
     for (ci = c0; ci <= last / info->chunk_size; ci++) {
@@ -434,6 +442,8 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
                   FBLOGNO(00402) "session %s: wrote %" APR_UINT64_T_FMT "-%" APR_UINT64_T_FMT
                                  ", %" APR_UINT64_T_FMT " bytes missing",
                   id, (apr_uint64_t)first, (apr_uint64_t)last, (apr_uint64_t)missing_bytes);
+    if (fc != NULL && missing_bytes == 0)
+        return mod_fallback_sessions_commit_sha(req, id, commit_sha);
     return mod_fallback_json_reply(req, HTTP_OK,
                                    json_pack("{s:I, s:I, s:b}", "received_bytes",
                                              (json_int_t)(info->size - missing_bytes), "missing_bytes",
