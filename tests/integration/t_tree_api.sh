@@ -91,14 +91,15 @@ test_mtime_kept_on_commit() {
     st=$(commit "$id" "$(sha "$SRC/late.bin")")
     assert_eq 200 "$st" "commit late.bin"
     assert_ge "$(stat -c %Y "$DOCROOT/late.bin")" "$before" "mtime of a file committed without mtime"
-    # The checkpoint records the time (version 3, flag 2, the 8 bytes after the header).
+    # The checkpoint records the time (version 4, flag 2, the 8 bytes after the header and the
+    # 48-byte identity block).
     mkrand "$SRC/ck.bin" "$size"
     id=$(new_session ck.bin "$size" ',"mtime":1500000000,"mtime_ns":7')
     st=$(put_range "$id" "$SRC/ck.bin" 0 $((CHUNK - 1)))
     assert_eq 200 "$st" "PUT the first chunk of ck.bin"
-    assert_eq 3 "$(od -An -tu4 -j8 -N4 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" "checkpoint version"
+    assert_eq 4 "$(od -An -tu4 -j8 -N4 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" "checkpoint version"
     assert_eq 2 "$(od -An -tu4 -j36 -N4 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" "checkpoint flags"
-    assert_eq 1500000000000000007 "$(od -An -tu8 -j40 -N8 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" \
+    assert_eq 1500000000000000007 "$(od -An -tu8 -j88 -N8 "$DOCROOT/.ck.bin.fbpart.ckpt" | tr -d ' ')" \
         "checkpoint source mtime"
     api DELETE "sessions/$id" >/dev/null
 }
