@@ -60,6 +60,10 @@ extern const char *const fbcp_overwrite_names[5];
 #define FBCP_MAX_TRANSFERS 128
 #define FBCP_BIG_FILE (64ull * 1024 * 1024) /* files this big move one at a time */
 #define FBCP_HASH_FIRST_MAX (1024u * 1024u) /* files up to this size are hashed before sending */
+/* Under --fallback=auto, files up to this size move over the HTTP(S) connection already open
+ * instead of UDP: a UDP association (socket, HELLO, feedback, CLOSE) costs more than the data of
+ * a few datagrams (docs/fbcp.md, "Small files"). */
+#define FBCP_UDP_MIN_SIZE (64u * 1024u)
 
 typedef enum fbcp_fallback {
     FBCP_FALLBACK_AUTO,  /* UDP first, HTTP(S) when UDP is unavailable or lost, back to UDP later */
@@ -263,6 +267,11 @@ struct fbcp_xfer {
      * used by fbcp_move after a change of transport. */
     fb_err (*missing)(fbcp_xfer *x, fbcp_ranges *out, char *detail, size_t detlen);
     void *ctx; /* owner's state for the hooks */
+    /* Upload: the file's SHA-256 (hex) when known before the data moves. A request that carries
+     * the whole file then asks the server to commit it too (Fallback-Commit), and COMMITTED is
+     * set when the answer says it did. */
+    const char *commit_sha;
+    int committed;
 
     /* The session as the UDP transport needs it (upload: created by POST sessions; download:
      * POST sessions with direction download). SESSION_GEN changes whenever the id and key do

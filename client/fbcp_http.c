@@ -831,6 +831,25 @@ static curl_off_t fbcp_engine_share(const fbcp_engine *g)
     return (curl_off_t)(per > 0 ? per : 1);
 }
 
+/* True if the upload request R carries the whole file and asks the server to commit it. */
+static int fbcp_slot_commits(const fbcp_xfer *x, const fbcp_req *r)
+{
+    return x->direction == FBCP_UPLOAD && x->commit_sha != NULL && x->commit_sha[0] != '\0' && r->off == 0 &&
+           r->len == x->size;
+}
+
+/* True if the answer to an upload request is a commit document with state "done". */
+static int fbcp_slot_says_done(const fbcp_slot *s)
+{
+    json_t *doc =
+        s->body.len > 0 && !s->body.overflow ? json_loadb(s->body.data, s->body.len, 0, NULL) : NULL;
+    const char *state = json_string_value(json_object_get(doc, "state"));
+    int done = state != NULL && strcmp(state, "done") == 0;
+
+    json_decref(doc);
+    return done;
+}
+
 static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
 {
     fbcp_xfer *x = g->x;
@@ -867,6 +886,11 @@ static fb_err fbcp_slot_start(fbcp_engine *g, fbcp_slot *s, const fbcp_req *r)
         s->hdrs = curl_slist_append(s->hdrs, hdr);
         s->hdrs = curl_slist_append(s->hdrs, "Content-Type: application/octet-stream");
         s->hdrs = curl_slist_append(s->hdrs, "Expect:");
+        if (fbcp_slot_commits(x, r)) {
+            /* the whole file in one request: the server commits it too (no commit round trip) */
+            snprintf(hdr, sizeof(hdr), "Fallback-Commit: sha256=%s", x->commit_sha);
+            s->hdrs = curl_slist_append(s->hdrs, hdr);
+        }
         curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE, (curl_off_t)r->len);
         curl_easy_setopt(e, CURLOPT_READFUNCTION, fbcp_upload_read);
@@ -982,6 +1006,8 @@ static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
     if (status >= 200 && status < 300 && s->state == FBCP_SLOT_OK) {
         if (x->direction == FBCP_UPLOAD) {
             x->bytes_done += s->req.len;
+            if (fbcp_slot_commits(x, &s->req))
+                x->committed = fbcp_slot_says_done(s);
             if (x->range_done != NULL && x->range_done(x, s->req.off, s->req.len) != FB_OK)
                 fbcp_engine_fail(g, FB_ERR_LOCAL_IO, NULL);
             return;
@@ -998,6 +1024,15 @@ static void fbcp_slot_finish(fbcp_engine *g, fbcp_slot *s, CURLcode c)
         json_t *doc = s->body.len > 0 ? json_loadb(s->body.data, s->body.len, 0, NULL) : NULL;
         e = fbcp_problem_from(status, doc, detail, sizeof(detail));
         json_decref(doc);
+    }
+    if (status == 409 && e == FB_ERR_SESSION_STATE && fbcp_slot_commits(x, &s->req)) {
+        /* the session is not active any more: an earlier attempt of this request wrote the data
+         * and committed (or is committing) it, and its answer was lost. POST commit, which
+         * follows, says how it ended (done: the same answer again). */
+        x->bytes_done += s->req.len;
+        if (x->range_done != NULL && x->range_done(x, s->req.off, s->req.len) != FB_OK)
+            fbcp_engine_fail(g, FB_ERR_LOCAL_IO, NULL);
+        return;
     }
     if (x->direction == FBCP_UPLOAD && (status == 416 || status == 404)) {
         /* chunks of this range completed meanwhile (416), or the server lost the session (404):

@@ -28,7 +28,12 @@ fb_err fbcp_move_setup(fbcp_ctx *c, fbcp_xfer *x, fbcp_switch *sw, char *detail,
     x->sw = sw;
     x->poll_fd = -1;
     x->yield_check = NULL;
-    if (o->fallback != FBCP_FALLBACK_FORCE && x->udp == NULL) {
+    if (o->fallback == FBCP_FALLBACK_AUTO && x->udp == NULL && x->size <= FBCP_UDP_MIN_SIZE) {
+        /* a small file: HTTP(S) only, and no UDP probe either */
+        fbcp_trace(o, "%llu bytes: over HTTP(S) (files up to %u bytes do not use UDP)",
+                   (unsigned long long)x->size, FBCP_UDP_MIN_SIZE);
+        fbcp_switch_to_http(sw, fbcp_move_now_us());
+    } else if (o->fallback != FBCP_FALLBACK_FORCE && x->udp == NULL) {
         if (c->udp == NULL || !x->have_key || x->udp_port <= 0) {
             /* the module names the UDP port only while udpd runs */
             e = FB_ERR_CONNECTION_LOST;

@@ -634,6 +634,14 @@ static fb_err fbcp_upload_send_and_commit(fbcp_upload *u, fbcp_hash_job *hash, c
 
     if (rv != FB_OK)
         return rv;
+    if (u->x.committed) {
+        /* The request that carried the whole file committed it (Fallback-Commit): its digest was
+         * computed before the data was read again to be sent, so the server's check against it
+         * leaves no room for a mix of two versions; a change after both reads lands as cp's
+         * would, as the version that was read. */
+        fbcp_trace(u->c->opts, "session %s: committed with its data", u->x.session_id);
+        return FB_OK;
+    }
     if (hash->started) {
         fbcp_hash_finish(hash, 0);
         u->hash = NULL;
@@ -680,6 +688,8 @@ static fb_err fbcp_upload_start_over(fbcp_upload *u, fbcp_hash_job *hash, char *
     hash->fd = u->x.fd;
     hash->size = u->x.size;
     u->sha_hex[0] = '\0';
+    u->x.commit_sha = NULL; /* sent and committed apart from here on */
+    u->x.committed = 0;
     if (fbcp_hash_start(hash) == FB_OK) {
         u->hash = hash;
     } else {
@@ -754,6 +764,7 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
         if (rv != FB_OK)
             goto out;
         fb_hex_encode(u.sha_hex, hash.digest, FB_SHA256_LEN);
+        u.x.commit_sha = u.sha_hex; /* known before the data moves: committed with it */
     }
 
     /* Only these first requests ask: a session re-created later (the server lost it) must not

@@ -52,6 +52,7 @@ typedef struct put_ctx {
     fb_checkpoint *cp;     /* reused buffer for snapshots */
     char *gather;          /* body bytes received, not yet written: they belong at pos */
     apr_size_t gathered;
+    uint64_t since_ckpt;   /* body bytes received since this request's last checkpoint */
 } put_ctx;
 
 static int slot_still_ours(const put_ctx *c)
@@ -113,6 +114,19 @@ static fb_err checkpoint_save(put_ctx *c)
         ap_log_rerror(APLOG_MARK, APLOG_WARNING, 0, c->r, FBLOGNO(00400) "checkpoint of '%s' not written: %s",
                       c->ckpt_base, fb_err_message(e));
     return e;
+}
+
+/* True when the checkpoint at the end of a PUT would be wasted: the body arrived whole, the file
+ * is complete, so the commit comes next and makes it durable (fsync before the rename), and this
+ * request wrote less than CHECKPOINT_EVERY since its last checkpoint. If the commit never comes
+ * (the client or the machine dies first), a resume sends again at most that much, which is what
+ * a crash between two periodic checkpoints costs anyway; an earlier checkpoint stays valid (its
+ * chunks were synced before it was written). For a small file this saves the fdatasync of the
+ * partial file, the sidecar's creation, fdatasync and rename, and a directory fsync. */
+static int final_checkpoint_superfluous(const put_ctx *c, fb_err e)
+{
+    return e == FB_OK && c->since_ckpt < CHECKPOINT_EVERY && slot_still_ours(c) &&
+           atomic_load(&c->slot->chunks_done) == fb_chunk_count(c->size, c->chunk_size);
 }
 
 static fb_err write_all(put_ctx *c, const char *data, apr_size_t len)
@@ -178,7 +192,6 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
 {
     request_rec *r = c->r;
     apr_bucket_brigade *bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
-    uint64_t since_ckpt = 0;
     uint64_t passes, max_passes;
     int seen_eos = 0;
     fb_err e = FB_OK;
@@ -217,7 +230,7 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
                 e = FB_ERR_BAD_RANGE;
                 break;
             }
-            since_ckpt += n;
+            c->since_ckpt += n;
             while (n > 0 && e == FB_OK) {
                 /* room left in the range, past what is already gathered */
                 uint64_t in_range = c->end - c->pos - c->gathered;
@@ -249,8 +262,8 @@ static fb_err stream_body(put_ctx *c, const char **pdetail, apr_status_t *prv)
             *pdetail = "the session was cancelled or committed";
             e = FB_ERR_SESSION_STATE;
         }
-        if (e == FB_OK && since_ckpt >= CHECKPOINT_EVERY) {
-            since_ckpt = 0;
+        if (e == FB_OK && c->since_ckpt >= CHECKPOINT_EVERY) {
+            c->since_ckpt = 0;
             if (checkpoint_save(c) == FB_ERR_DISK_FULL)
                 e = FB_ERR_DISK_FULL;
         }
@@ -282,7 +295,8 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     request_rec *r = req->r;
     fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
     char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
-    const char *cr, *cl, *detail = NULL;
+    const char *cr, *cl, *fc, *detail = NULL;
+    unsigned char commit_sha[FB_SHA256_LEN];
     uint64_t first = 0, last = 0, complete = 0, len, c0, ci, missing_bytes = 0;
     fb_range dummy;
     put_ctx *c;
@@ -312,9 +326,9 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     if (e != FB_OK)
         return mod_fallback_problem(req, FB_ERR_BAD_RANGE, "Content-Range must be \"bytes FIRST-LAST/SIZE\"");
     if (complete != info->size)
-        return mod_fallback_problem(req, FB_ERR_RANGE_NOT_SATISFIABLE,
-                                    apr_psprintf(r->pool, "the session size is %" APR_UINT64_T_FMT,
-                                                 (apr_uint64_t)info->size));
+        return mod_fallback_problem(
+            req, FB_ERR_RANGE_NOT_SATISFIABLE,
+            apr_psprintf(r->pool, "the session size is %" APR_UINT64_T_FMT, (apr_uint64_t)info->size));
     if (last >= info->size || first > last)
         return mod_fallback_problem(req, FB_ERR_RANGE_NOT_SATISFIABLE, NULL);
     len = last - first + 1;
@@ -322,18 +336,25 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     if (cl != NULL) {
         uint64_t n = 0;
         if (!fb_decimal_parse(&n, cl) || n != len)
-            return mod_fallback_problem(req, FB_ERR_BAD_RANGE, "Content-Length differs from the Content-Range");
-    }
-    else if (apr_table_get(r->headers_in, "Transfer-Encoding") == NULL) {
+            return mod_fallback_problem(req, FB_ERR_BAD_RANGE,
+                                        "Content-Length differs from the Content-Range");
+    } else if (apr_table_get(r->headers_in, "Transfer-Encoding") == NULL) {
         return mod_fallback_problem(req, FB_ERR_BAD_RANGE, "the request has no body");
     }
+    /* "Commit when this completes the file" (docs/HTTP-API.md): saves a small file's client the
+     * commit request. */
+    fc = apr_table_get(r->headers_in, "Fallback-Commit");
+    if (fc != NULL && (strncmp(fc, "sha256=", 7) != 0 || strlen(fc + 7) != FB_SHA256_HEX_LEN ||
+                       fb_hex_decode(commit_sha, FB_SHA256_LEN, fc + 7) != FB_OK))
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
+                                    "Fallback-Commit must be sha256= and 64 hex digits");
     /* Every chunk the range touches must still be missing. */
     c0 = first / info->chunk_size;
     for (ci = c0; ci <= last / info->chunk_size; ci++) {
         if (fb_slot_chunk_done(slot, ci))
-            return mod_fallback_problem(req, FB_ERR_RANGE_NOT_SATISFIABLE,
-                                        apr_psprintf(r->pool, "chunk %" APR_UINT64_T_FMT " is already complete",
-                                                     (apr_uint64_t)ci));
+            return mod_fallback_problem(
+                req, FB_ERR_RANGE_NOT_SATISFIABLE,
+                apr_psprintf(r->pool, "chunk %" APR_UINT64_T_FMT " is already complete", (apr_uint64_t)ci));
     }
 
     if (fb_path_partial_name(partrel, sizeof(partrel), info->relpath) != FB_OK ||
@@ -366,7 +387,8 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     memcpy(c->cp->source_id, info->source_id, sizeof(c->cp->source_id));
     e = mod_fallback_open_parent(&c->parent_fd, req, info->relpath);
     if (e == FB_OK) {
-        c->fd = openat(c->parent_fd, mod_fallback_basename(partrel), O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC); /* read: digest */
+        c->fd = openat(c->parent_fd, mod_fallback_basename(partrel),
+                       O_RDWR | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC); /* read: digest */
         if (c->fd < 0)
             e = FB_ERR_NOT_FOUND;
     }
@@ -393,7 +415,8 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     }
     e = stream_body(c, &detail, &rv);
     req->body_read = 1;
-    (void)checkpoint_save(c);
+    if (!final_checkpoint_superfluous(c, e))
+        (void)checkpoint_save(c);
     atomic_fetch_sub(&slot->writers, 1);
 
     if (e == FB_ERR_SESSION_STATE && mod_fallback_session_error(slot, gen) == FB_ERR_SERVER_REFUSED) {
@@ -403,7 +426,7 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     if (e != FB_OK) {
         ap_log_rerror(APLOG_MARK, e == FB_ERR_DISK_FULL || e == FB_ERR_IO ? APLOG_ERR : APLOG_INFO, rv, r,
                       FBLOGNO(00401) "session %s: PUT %" APR_UINT64_T_FMT "-%" APR_UINT64_T_FMT
-                      " stopped at %" APR_UINT64_T_FMT ": %s%s%s",
+                                     " stopped at %" APR_UINT64_T_FMT ": %s%s%s",
                       id, (apr_uint64_t)first, (apr_uint64_t)last, (apr_uint64_t)c->pos, fb_err_message(e),
                       detail ? ": " : "", detail ? detail : "");
         /* The rest of a broken body is not worth reading. */
@@ -416,8 +439,11 @@ int mod_fallback_data_put(mod_fallback_req *req, const char *id)
     fb_slot_bitmap_copy(c->cp->bitmap, slot);
     fb_bitmap_missing(&dummy, 0, &missing_bytes, c->cp->bitmap, info->size, info->chunk_size);
     ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, r,
-                  FBLOGNO(00402) "session %s: wrote %" APR_UINT64_T_FMT "-%" APR_UINT64_T_FMT ", %" APR_UINT64_T_FMT
-                  " bytes missing", id, (apr_uint64_t)first, (apr_uint64_t)last, (apr_uint64_t)missing_bytes);
+                  FBLOGNO(00402) "session %s: wrote %" APR_UINT64_T_FMT "-%" APR_UINT64_T_FMT
+                                 ", %" APR_UINT64_T_FMT " bytes missing",
+                  id, (apr_uint64_t)first, (apr_uint64_t)last, (apr_uint64_t)missing_bytes);
+    if (fc != NULL && missing_bytes == 0)
+        return mod_fallback_sessions_commit_sha(req, id, commit_sha);
     return mod_fallback_json_reply(req, HTTP_OK,
                                    json_pack("{s:I, s:I, s:b}", "received_bytes",
                                              (json_int_t)(info->size - missing_bytes), "missing_bytes",

@@ -96,6 +96,9 @@ int mod_fallback_sessions_create(mod_fallback_req *req);
 int mod_fallback_sessions_get(mod_fallback_req *req, const char *id);
 int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id);
 int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id);
+/* The commit with the file digest SHA (32 bytes) already known: for POST .../commit and for a PUT
+ * with Fallback-Commit that completes the file. */
+int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, const unsigned char *sha);
 /* Finds session ID of the request's user and docroot (opening the docroot). When it is not
  * found (or belongs to someone else: the same answer) it answers 404 and leaves *PSLOT NULL.
  * *PGEN is the slot generation seen before INFO was read: compare it later to detect reuse.

@@ -1190,24 +1190,31 @@ static int rename_into_place(int parent_fd, const char *partbase, const char *ba
 
 int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id)
 {
-    request_rec *r = req->r;
-    fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
-    char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
-    const char *partbase, *ckptbase, *base;
-    unsigned char sha[FB_SHA256_LEN], digest[FB_SHA256_LEN];
+    unsigned char sha[FB_SHA256_LEN];
     json_t *doc = NULL;
-    fb_slot *slot = NULL;
-    uint32_t idx = 0, gen = 0, st;
-    int rc, parent_fd = -1, fd = -1, tries = 0;
-    uint64_t done;
-    struct stat sb;
-    fb_err e;
+    int rc;
 
     rc = mod_fallback_read_json(req, &doc);
     if (doc == NULL)
         return rc;
     if (mod_fallback_sha256_hex_parse(sha, json_object_get(doc, "sha256")) != FB_OK)
         return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "sha256 must be 64 hex digits");
+    return mod_fallback_sessions_commit_sha(req, id, sha);
+}
+
+int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, const unsigned char *sha)
+{
+    request_rec *r = req->r;
+    fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
+    char partrel[FB_RELPATH_MAX + 32], ckptrel[FB_RELPATH_MAX + 32];
+    const char *partbase, *ckptbase, *base;
+    unsigned char digest[FB_SHA256_LEN];
+    fb_slot *slot = NULL;
+    uint32_t idx = 0, gen = 0, st;
+    int rc, parent_fd = -1, fd = -1, tries = 0;
+    uint64_t done;
+    struct stat sb;
+    fb_err e;
 
     rc = mod_fallback_session_lookup(req, id, &idx, &slot, &gen, info);
     if (slot == NULL)

@@ -117,6 +117,7 @@ typedef struct udpd_ckpt_job {
     uint8_t expected_sha256[32]; /* the session's, with FB_CHECKPOINT_FLAG_SHA256 */
     uint64_t source_mtime_ns;    /* the session's, with FB_CHECKPOINT_FLAG_SOURCE_MTIME */
     uint8_t source_id[32];       /* the session's source identity (all 0: none) */
+    int digest_only;             /* only fold the file into the running digest: no checkpoint */
 } udpd_ckpt_job;
 
 fb_err udpd_ckpt_start(void);

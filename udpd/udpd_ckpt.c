@@ -48,6 +48,8 @@ fb_err udpd_ckpt_run(udpd_ckpt_job *job)
      * the page cache, so the commit does not read it all again (returns at once if another
      * process is at it, or if the front chunk is not complete). */
     fb_slot_digest_advance(job->slot, job->generation, job->part_fd, 0);
+    if (job->digest_only)
+        goto out;
     while (flock(job->part_fd, LOCK_EX) != 0) {
         if (errno != EINTR || tries++ > 1000) {
             e = FB_ERR_IO;
@@ -82,6 +84,8 @@ out:
     close(job->part_fd);
     close(job->parent_fd);
     job->part_fd = job->parent_fd = -1;
+    if (job->digest_only && e == FB_OK)
+        return e;
     if (e == FB_OK) {
         __atomic_fetch_add(&udpd_ctr.checkpoints, 1, __ATOMIC_RELAXED);
     } else {

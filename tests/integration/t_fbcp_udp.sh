@@ -149,19 +149,42 @@ mkdata() {
 
 # ---- tests ----------------------------------------------------------------------------------------
 
+# --fallback never: under auto, files up to 64 KiB do not use UDP (see the next test).
 test_udp_small_sizes() {
     local size name
     for size in 0 1 $((CHUNK - 1)) $((CHUNK + 1)); do
         name=s$size
         mkdata "$name" "$size"
-        up "$name" "udp/$name"
+        up "$name" "udp/$name" --fallback never
         assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
         assert_over_udp "$OUT/$name.up.json" "$size"
         assert_eq "$(sha "$SRC/$name")" "$(done_of "$OUT/$name.up.json" sha256)" "sha256 of the done event"
-        down "udp/$name" "$name"
+        down "udp/$name" "$name" --fallback never
         assert_file_same "$SRC/$name" "$OUT/$name"
         assert_over_udp "$OUT/$name.down.json" "$size"
     done
+}
+
+# docs/fbcp.md "Small files": under --fallback auto a file of at most 64 KiB moves over HTTPS
+# (no UDP association, no transport event), a bigger one over UDP.
+test_auto_small_files_over_https() {
+    local name=k64 size=65536
+    mkdata "$name" "$size"
+    up "$name" "udp/$name"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+    assert_eq 0 "$(done_of "$OUT/$name.up.json" bytes_udp)" "$name up: bytes_udp"
+    assert_eq "$size" "$(done_of "$OUT/$name.up.json" bytes_http)" "$name up: bytes_http"
+    assert_eq http "$(jq -r 'select(.event == "start") | .transport' "$OUT/$name.up.json")" "$name up: transport at start"
+    assert_eq "" "$(switches_of "$OUT/$name.up.json")" "$name up: transport events"
+    down "udp/$name" "$name"
+    assert_file_same "$SRC/$name" "$OUT/$name"
+    assert_eq 0 "$(done_of "$OUT/$name.down.json" bytes_udp)" "$name down: bytes_udp"
+    name=k64p1
+    mkdata "$name" $((size + 1))
+    up "$name" "udp/$name"
+    assert_over_udp "$OUT/$name.up.json" $((size + 1))
+    down "udp/$name" "$name"
+    assert_over_udp "$OUT/$name.down.json" $((size + 1))
 }
 
 test_udp_200m() {
@@ -633,6 +656,7 @@ require_fbcp
 udpd_start
 
 run_test "UDP upload and download of 0 B, 1 B, chunk size -1 and +1" test_udp_small_sizes
+run_test "--fallback auto: 64 KiB over HTTPS, 64 KiB + 1 over UDP" test_auto_small_files_over_https
 run_test "UDP upload and download of 200 MiB" test_udp_200m
 run_test "a paced UDP download reads its datagrams in batches" test_udp_download_gathers_datagrams
 run_test "a paced UDP upload sends its datagrams in batches" test_udp_upload_sends_in_batches

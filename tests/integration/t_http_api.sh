@@ -32,6 +32,75 @@ test_upload_chunk_plus_1() { upload_and_check $((CHUNK + 1)) cp1.bin; }
 test_upload_one_put() { upload_and_check $((5 * CHUNK + 3)) whole.bin $((64 * CHUNK)); }
 test_upload_two_chunk_puts() { upload_and_check $((5 * CHUNK + 3)) two.bin $((2 * CHUNK)); }
 
+# The PUT that completes a file writes no checkpoint (the commit follows and makes the file
+# durable); a PUT that leaves data missing does.
+test_complete_put_writes_no_checkpoint() {
+    local id st size=$((CHUNK + 5000))
+    mkrand "$SRC/nock.bin" "$size"
+    id=$(new_session nock.bin "$size")
+    st=$(put_range "$id" "$SRC/nock.bin" 0 $((size - 1)))
+    assert_eq 200 "$st" "PUT the whole file"
+    assert_eq true "$(jq -r .complete "$BODY")" "complete in PUT answer"
+    assert_no_file "$DOCROOT/.nock.bin.fbpart.ckpt"
+    st=$(commit "$id" "$(sha "$SRC/nock.bin")")
+    assert_eq 200 "$st" "commit"
+    assert_file_same "$SRC/nock.bin" "$DOCROOT/nock.bin"
+    id=$(new_session nock2.bin "$size")
+    st=$(put_range "$id" "$SRC/nock.bin" 0 $((CHUNK - 1)))
+    assert_eq 200 "$st" "PUT the first chunk"
+    assert_file_exists "$DOCROOT/.nock2.bin.fbpart.ckpt"
+    st=$(put_range "$id" "$SRC/nock.bin" "$CHUNK" $((size - 1)))
+    assert_eq 200 "$st" "PUT the rest"
+    st=$(commit "$id" "$(sha "$SRC/nock.bin")")
+    assert_eq 200 "$st" "commit"
+    assert_no_file "$DOCROOT/.nock2.bin.fbpart.ckpt"
+    assert_file_same "$SRC/nock.bin" "$DOCROOT/nock2.bin"
+}
+
+# PUT with Fallback-Commit: the request that completes the file commits it too, with the same
+# checks as POST commit; one that leaves data missing is an ordinary PUT.
+test_put_with_commit() {
+    local id st size=$((CHUNK + 5000)) good
+    mkrand "$SRC/pc.bin" "$size"
+    good=$(sha "$SRC/pc.bin")
+    id=$(new_session pc/one.bin "$size")
+    st=$(put_range "$id" "$SRC/pc.bin" 0 $((size - 1)) -H "Fallback-Commit: sha256=$good")
+    assert_eq 200 "$st" "PUT the whole file with Fallback-Commit: $(head -c 300 "$BODY")"
+    assert_eq done "$(jbody .state)" "state in the PUT answer"
+    assert_eq "$good" "$(jbody .sha256)" "sha256 in the PUT answer"
+    assert_file_same "$SRC/pc.bin" "$DOCROOT/pc/one.bin"
+    assert_no_file "$DOCROOT/pc/.one.bin.fbpart"
+    st=$(commit "$id" "$good")
+    assert_eq 200 "$st" "a commit after it is idempotent"
+    # the first chunk: an ordinary PUT answer; the rest: committed
+    id=$(new_session pc/two.bin "$size")
+    st=$(put_range "$id" "$SRC/pc.bin" 0 $((CHUNK - 1)) -H "Fallback-Commit: sha256=$good")
+    assert_eq 200 "$st" "PUT the first chunk with Fallback-Commit"
+    assert_eq false "$(jq -r .complete "$BODY")" "complete after the first chunk"
+    assert_no_file "$DOCROOT/pc/two.bin"
+    st=$(put_range "$id" "$SRC/pc.bin" "$CHUNK" $((size - 1)) -H "Fallback-Commit: sha256=$good")
+    assert_eq 200 "$st" "PUT the rest with Fallback-Commit"
+    assert_eq done "$(jbody .state)" "state after the rest"
+    assert_file_same "$SRC/pc.bin" "$DOCROOT/pc/two.bin"
+    # another digest: refused like POST commit, nothing in place, the session can still commit
+    id=$(new_session pc/bad.bin "$size")
+    st=$(put_range "$id" "$SRC/pc.bin" 0 $((size - 1)) -H "Fallback-Commit: sha256=$(printf '%064d' 0)")
+    assert_problem 422 digest_mismatch "$st"
+    assert_no_file "$DOCROOT/pc/bad.bin"
+    st=$(commit "$id" "$good")
+    assert_eq 200 "$st" "commit with the right digest afterwards"
+    assert_file_same "$SRC/pc.bin" "$DOCROOT/pc/bad.bin"
+    # a malformed header is refused before the body is taken
+    id=$(new_session pc/mal.bin "$size")
+    for v in "$good" "sha256=${good:0:63}" "sha256=${good:0:63}g" "md5=$good"; do
+        st=$(put_range "$id" "$SRC/pc.bin" 0 $((size - 1)) -H "Fallback-Commit: $v")
+        assert_problem 400 bad_request "$st"
+    done
+    st=$(api GET "sessions/$id")
+    assert_eq "$size" "$(jbody .missing_bytes)" "nothing written by refused PUTs"
+    api DELETE "sessions/$id" >/dev/null
+}
+
 test_session_document() {
     local id st size=$((3 * CHUNK + 10))
     mkrand "$SRC/doc.bin" "$size"
@@ -353,6 +422,8 @@ run_test "curl upload chunk B" test_upload_chunk
 run_test "curl upload chunk+1 B" test_upload_chunk_plus_1
 run_test "curl upload 5 MiB+3 in one PUT" test_upload_one_put
 run_test "curl upload 5 MiB+3 in 2 MiB PUTs" test_upload_two_chunk_puts
+run_test "a PUT that completes the file writes no checkpoint; one that leaves data missing does" test_complete_put_writes_no_checkpoint
+run_test "PUT with Fallback-Commit: commits the file it completes, same checks as POST commit" test_put_with_commit
 run_test "session document, progress, incomplete commit, resume, idempotent commit" test_session_document
 run_test "PUT with chunked transfer coding" test_chunked_put
 run_test "four PUTs of disjoint ranges at once" test_parallel_puts

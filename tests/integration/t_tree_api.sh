@@ -91,7 +91,8 @@ test_mtime_kept_on_commit() {
     st=$(commit "$id" "$(sha "$SRC/late.bin")")
     assert_eq 200 "$st" "commit late.bin"
     assert_ge "$(stat -c %Y "$DOCROOT/late.bin")" "$before" "mtime of a file committed without mtime"
-    # The checkpoint records the time (version 3, flag 2, the 8 bytes after the header).
+    # The checkpoint records the time (version 4, flag 2, the 8 bytes after the header and the
+    # 48-byte identity block).
     mkrand "$SRC/ck.bin" "$size"
     id=$(new_session ck.bin "$size" ',"mtime":1500000000,"mtime_ns":7')
     st=$(put_range "$id" "$SRC/ck.bin" 0 $((CHUNK - 1)))

@@ -106,6 +106,36 @@ test_upload_5m() {
     [ "$(jq -r .sent_retx "$T_TMP/client.json")" -le 1000000 ] || fail "resent too much: $(cat "$T_TMP/client.json")"
 }
 
+# A complete upload is about to be committed: udpd does not checkpoint it when the client closes
+# (its commit makes it durable), but writes the checkpoint about a second later if no commit came.
+test_complete_upload_checkpoint_deferred() {
+    local name=defer.bin size=20000 id st c0
+    mkrand "$SRC/$name" "$size"
+    id=$(new_session "udp/$name" "$size")
+    cp "$BODY" "$T_TMP/$name.session.json"
+    client --session "$T_TMP/$name.session.json" --upload "$SRC/$name" --rate 200000000 ||
+        fail "udp_client upload of $name failed: $(cat "$T_TMP/client.err")"
+    assert_no_file "$DOCROOT/udp/.$name.fbpart.ckpt"
+    wait_for 5 test -f "$DOCROOT/udp/.$name.fbpart.ckpt" || fail "no checkpoint of an uncommitted upload after 5 s"
+    st=$(commit "$id" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    assert_file_same "$SRC/$name" "$DOCROOT/udp/$name"
+    assert_no_file "$DOCROOT/udp/.$name.fbpart.ckpt"
+    # committed at once: no checkpoint is ever written
+    name=defer2.bin
+    mkrand "$SRC/$name" "$size"
+    c0=$(udpd_counter checkpoints)
+    id=$(new_session "udp/$name" "$size")
+    cp "$BODY" "$T_TMP/$name.session.json"
+    client --session "$T_TMP/$name.session.json" --upload "$SRC/$name" --rate 200000000 ||
+        fail "udp_client upload of $name failed: $(cat "$T_TMP/client.err")"
+    st=$(commit "$id" "$(sha "$SRC/$name")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    sleep 2
+    assert_no_file "$DOCROOT/udp/.$name.fbpart.ckpt"
+    assert_eq "$c0" "$(udpd_counter checkpoints)" "checkpoints written for an upload committed at once"
+}
+
 test_upload_edge_sizes() {
     udp_upload zero.bin 0
     udp_upload one.bin 1
@@ -433,6 +463,7 @@ T_CURRENT=setup
 udpd_start
 run_test upload_5m test_upload_5m
 run_test upload_edge_sizes test_upload_edge_sizes
+run_test complete_upload_checkpoint_deferred test_complete_upload_checkpoint_deferred
 run_test download test_download
 run_test download_end_vouched test_download_end_vouched
 run_test download_end_not_vouched_for_another_file test_download_end_not_vouched_for_another_file
