@@ -403,6 +403,8 @@ link_up() {
     # The relay's threads on the last CPU, as bench/wan does by default (docs/linkem.md, Timing).
     last_cpu=$(($(nproc) - 1))
     [ "$last_cpu" -ge 1 ] && args+=(--cpu-up "$last_cpu" --cpu-down "$last_cpu")
+    # Without ping(8) linkem-up cannot check the link; the private sshd's first login below does.
+    command -v ping >/dev/null || args+=(--no-ping)
     "$SRCDIR/bench/linkem-up" "${args[@]}" >"$SCRATCH/linkem-up.out" 2>&1 ||
         { cat "$SCRATCH/linkem-up.out" >&2; return 1; }
     LINK_UP=1
