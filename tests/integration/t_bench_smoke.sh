@@ -4,6 +4,8 @@
 # fbcp over UDP when this build has it, curl with CUBIC) into a temporary directory and checks
 # only that it produced a well-formed JSON result with a positive goodput for every tool that is
 # available. Never a timing threshold: the machine may be busy.
+# It also runs bench/tree.sh with tiny trees on loopback (every tool copies both trees, verified,
+# with a rate).
 # Skips (with a "skip" line) when not root, when network namespaces or the TUN device cannot be
 # used, or when the emulated link is already in use by another run.
 # shellcheck disable=SC2034,SC2317
@@ -167,8 +169,54 @@ test_https_loopback_gives_a_result() {
         fail "no ratios in $f"
 }
 
+# bench/tree.sh, tiny and on loopback only: every tool that can run here copies both trees, the
+# copy is verified, and each run has a positive rate, wall time, load and steal figures; the
+# goals of issue 19 are evaluated (never asserted: the machine may be busy).
+test_tree_gives_a_result() {
+    local f=$T_TMP/tree.json tool tree n
+    require_fbcp
+    [ -f "$MODULE" ] || fail "mod_fallback not built"
+    [ "$(id -u)" = 0 ] || skip "not root (bench/tree.sh runs Apache as www-data and a private sshd)"
+    run_bench_script tree.sh --cases loopback --files 60,3 --timeout 60 --port $((BASE_PORT + 6)) --out "$f"
+    jq -e . "$f" >/dev/null || fail "$f is not JSON"
+    assert_eq tree "$(jq -r .benchmark "$f")" "benchmark"
+    assert_eq 1 "$(jq '.cases | length' "$f")" "cases"
+    assert_eq 60 "$(jq .trees.small.files "$f")" "small tree files"
+    for tree in small big; do
+        for tool in fbcp-udp fbcp-https rsync scp tar-ssh tar-curl; do
+            n=$(jq --arg t "$tool" --arg tr "$tree" '[.cases[0].runs[] | select(.tool == $t and .tree == $tr)] | length' "$f")
+            assert_eq 1 "$n" "runs of $tool on the $tree tree"
+        done
+    done
+    # fbcp is always there; the others only when installed (else a reason says why)
+    jq -e '[.cases[0].runs[] | select(.tool | startswith("fbcp"))] | all(.status != "not_available")' "$f" >/dev/null ||
+        fail "an fbcp run was not available"
+    jq -e '[.cases[0].runs[] | select(.status == "not_available")] | all(.reason | length > 0)' "$f" >/dev/null ||
+        fail "a run that was not available gives no reason"
+    jq -e '[.cases[0].runs[] | select(.status != "not_available")]
+           | all(.status == "ok" and .verified == true and .files_arrived == .files and .bytes_arrived == .bytes
+                 and .wall_s > 0 and .files_per_s > 0 and .mb_per_s > 0
+                 and (.loadavg_before | type) == "number" and .cpu_steal_share >= 0)' "$f" >/dev/null ||
+        fail "a run lacks a rate or was not verified: $(jq -c '.cases[0].runs[] | {tool, tree, status, reason,
+              files_per_s, mb_per_s, verified}' "$f" | tr '\n' ' ')"
+    jq -e '[.cases[0].runs[] | select(.tool == "fbcp-udp") | .fbcp.bytes_udp] | all(. > 0)' "$f" >/dev/null ||
+        fail "fbcp-udp moved no bytes over UDP"
+    jq -e '[.cases[0].runs[] | select(.tool == "fbcp-https") | .fbcp.bytes_udp] | all(. == 0)' "$f" >/dev/null ||
+        fail "fbcp-https moved bytes over UDP"
+    jq -e '[.cases[0].goals[] | select(.goal | test("2,000"))] | length == 2 and all(.met | type == "boolean")' \
+        "$f" >/dev/null || fail "the loopback goal is not evaluated for both fbcp transports"
+    # nothing left behind: the private sshd and Apache are gone
+    [ -z "$(ss -Hltn "( sport = :$((BASE_PORT + 6)) or sport = :$((BASE_PORT + 8)) )")" ] ||
+        fail "bench/tree.sh left Apache or its sshd listening"
+    "$SRCDIR/bench/tree.sh" --cases nowhere >/dev/null 2>&1
+    assert_eq 2 "$?" "exit code of an unknown case"
+    "$SRCDIR/bench/tree.sh" --tools rsync,ftp >/dev/null 2>&1
+    assert_eq 2 "$?" "exit code of an unknown tool"
+}
+
 run_test "bench/wan --quick produces a well-formed result" test_quick_case_gives_a_result
 run_test "bench/https_loopback.sh measures every path" test_https_loopback_gives_a_result
 run_test "bench/digest_cost.sh measures an upload with and without digests" test_digest_cost_measures_both_builds
 run_test "bench/wan refuses bad options" test_bad_options_are_refused
+run_test "bench/tree.sh (tiny trees, loopback) gives a verified rate for every tool" test_tree_gives_a_result
 finish
