@@ -41,7 +41,8 @@ void fbcp_opts_init(fbcp_opts *o)
     o->preserve_times = 1;
 }
 
-const char *const fbcp_overwrite_names[5] = {"never", "always", "if_different", "older", "if_different,older"};
+const char *const fbcp_overwrite_names[5] = {"never", "always", "if_different", "older",
+                                             "if_different,older"};
 
 void fbcp_opts_free(fbcp_opts *o)
 {
@@ -206,8 +207,9 @@ static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, c
             break;
         case OPT_OVERWRITE:
             if ((idx = fbcp_pick(optarg, fbcp_overwrite_names, 5)) < 0) {
-                snprintf(errbuf, errlen, "--overwrite wants never, always, if_different, older or "
-                                         "if_different,older");
+                snprintf(errbuf, errlen,
+                         "--overwrite wants never, always, if_different, older or "
+                         "if_different,older");
                 return FB_ERR_USAGE;
             }
             o->overwrite = (fbcp_overwrite)idx;
