@@ -145,6 +145,52 @@ test_overwrite_older() {
     assert_eq "new source" "$(cat "$src/b.txt")" "a newer local file is kept"
 }
 
+# --transfers N: with 1, each file is done before the next one starts; with 4, four files of a
+# slowed-down run are all under way before the first is done.
+test_transfers() {
+    local rc src=$T_TMP/inflight i n
+    require_fbcp
+    mkdir -p "$src"
+    for i in 1 2 3 4; do mkrand "$src/f$i.bin" $((256 * 1024)); done
+    for n in 1 4; do
+        fbcp -r --transfers "$n" --fallback force --limit-rate 1m --json "$src" "$URL/inflight$n/" \
+            >"$T_TMP/inflight$n.json" 2>"$T_TMP/inflight$n.err"
+        rc=$?
+        assert_eq 0 "$rc" "--transfers $n: exit code ($(cat "$T_TMP/inflight$n.err"))"
+        assert_same_tree "$src" "$DOCROOT/inflight$n/inflight"
+    done
+    # the most files under way at once, from the order of the start and done events
+    assert_eq 1 "$(jq -s '[foreach (.[] | select(.event == "start" or .event == "done")) as $e (0;
+        if $e.event == "start" then . + 1 else . - 1 end)] | max' "$T_TMP/inflight1.json")" "files at once with --transfers 1"
+    assert_eq 4 "$(jq -s '[foreach (.[] | select(.event == "start" or .event == "done")) as $e (0;
+        if $e.event == "start" then . + 1 else . - 1 end)] | max' "$T_TMP/inflight4.json")" "files at once with --transfers 4"
+}
+
+# --overwrite if_different,older: an older identical target is skipped (and takes the source's
+# time), an older different one replaced, a newer different one kept.
+test_overwrite_if_different_older() {
+    local rc src=$T_TMP/ido
+    require_fbcp
+    mkdir -p "$src" "$DOCROOT/ido"
+    printf 'same\n' >"$src/same.txt"
+    printf 'source\n' >"$src/older.txt"
+    printf 'source\n' >"$src/newer.txt"
+    touch -d '2020-06-01 00:00:00' "$src/same.txt" "$src/older.txt" "$src/newer.txt"
+    printf 'same\n' >"$DOCROOT/ido/same.txt"
+    printf 'old target\n' >"$DOCROOT/ido/older.txt"
+    printf 'new target\n' >"$DOCROOT/ido/newer.txt"
+    touch -d '2019-01-01 00:00:00' "$DOCROOT/ido/same.txt" "$DOCROOT/ido/older.txt"
+    touch -d '2021-01-01 00:00:00' "$DOCROOT/ido/newer.txt"
+    docroot_chown "$DOCROOT/ido"
+    fbcp -r --overwrite if_different,older --json "$src" "$URL/" >"$T_TMP/ido.json" 2>"$T_TMP/ido.err"
+    rc=$?
+    assert_eq 0 "$rc" "exit code ($(cat "$T_TMP/ido.err"))"
+    assert_eq "source" "$(cat "$DOCROOT/ido/older.txt")" "an older different target is replaced"
+    assert_eq "new target" "$(cat "$DOCROOT/ido/newer.txt")" "a newer target is kept"
+    assert_eq "identical newer" "$(jq -r -s '[.[] | select(.event == "skip") | .reason] | sort | join(" ")' "$T_TMP/ido.json")" \
+        "skip reasons"
+}
+
 test_no_preserve_times() {
     local rc src=$T_TMP/notimes
     require_fbcp
@@ -157,6 +203,11 @@ test_no_preserve_times() {
     assert_ge "$(stat -c %Y "$DOCROOT/notimes/f.txt")" "$(($(date +%s) - 600))" "the target has the time of its upload"
     fbcp -r "$src" "$URL/" 2>"$T_TMP/notimes.err"
     assert_eq "$(stat -c %Y "$src/f.txt")" "$(stat -c %Y "$DOCROOT/notimes/f.txt")" "kept by default"
+    # the last of the two options wins
+    fbcp -r --no-preserve-times "$URL/notimes" "$T_TMP/notimes-back/" 2>"$T_TMP/notimes.err"
+    assert_ge "$(stat -c %Y "$T_TMP/notimes-back/f.txt")" "$(($(date +%s) - 600))" "download without times"
+    fbcp -r --no-preserve-times --preserve-times "$URL/notimes" "$T_TMP/notimes-back2/" 2>"$T_TMP/notimes.err"
+    assert_eq "$(stat -c %Y "$src/f.txt")" "$(stat -c %Y "$T_TMP/notimes-back2/f.txt")" "--preserve-times after it"
 }
 
 test_changed_while_read() {
@@ -223,6 +274,8 @@ run_test "$NFILES files up and down over UDP, twice: identical, times kept, then
 run_test "$NFILES files up and down with --fallback force, twice: identical, times kept, then all skipped" test_tree_https
 run_test "symbolic links: to a file copied as the file, to a directory skipped with a warning" test_symlinks
 run_test "--overwrite older: a newer target is kept, an older one replaced (both directions)" test_overwrite_older
+run_test "--overwrite if_different,older: identical and newer kept, older different replaced" test_overwrite_if_different_older
+run_test "--transfers: one file at a time with 1, four under way with 4" test_transfers
 run_test "--no-preserve-times: the target gets its upload's time" test_no_preserve_times
 run_test "a file that changes while it is read is not committed" test_changed_while_read
 run_test "a tree of 120 files through a table of 16 slots with 32 files in flight" test_small_table
