@@ -448,6 +448,36 @@ missing_bytes() {
     jq '[.missing[]?[1]] | add // 0' "$BODY"
 }
 
+# ---- udpd started by a test (UDPD, UDPD_LOG and UDPD_PIDFILE set by the file) -------------------
+
+# udpd_start [ARGS]: udpd on the devserver's fallback.xml (as Apache's user when run as root, so that it
+# may open the session table and write the partial files); waits for its "listening" line.
+udpd_start() {
+    local user_opt=() n pid
+    if [ "$(id -u)" = 0 ] && getent passwd www-data >/dev/null; then user_opt=(--user www-data); fi
+    n=$(grep -c "UD00016: listening" "$UDPD_LOG" 2>/dev/null)
+    FB_SCHEMA=$DS_DIR/fallback.xsd "$UDPD" -c "$DS_DIR/fallback.xml" -f "${user_opt[@]}" "$@" >>"$UDPD_LOG" 2>&1 &
+    pid=$!
+    disown "$pid" # no "Killed" job message when a test kills it
+    echo "$pid" >"$UDPD_PIDFILE"
+    T_BG_PIDS+=("$pid")
+    wait_for 10 udpd_listening_more "${n:-0}" || fail "udpd did not start: $(tail -n 5 "$UDPD_LOG")"
+}
+
+udpd_listening_more() {
+    [ "$(grep -c "UD00016: listening" "$UDPD_LOG")" -gt "$1" ]
+}
+
+# udpd_kill: SIGKILL (a crash: no goodbye to anyone) and wait until it is gone.
+udpd_kill() {
+    local pid i
+    pid=$(cat "$UDPD_PIDFILE" 2>/dev/null)
+    [ -n "$pid" ] || return 0
+    kill -KILL "$pid" 2>/dev/null
+    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
+    rm -f "$UDPD_PIDFILE"
+}
+
 # Waits (bounded, 0.1 s steps) until the command succeeds. wait_for SECONDS CMD...
 wait_for() {
     local n=$(($1 * 10)) i

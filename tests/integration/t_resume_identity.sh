@@ -20,28 +20,6 @@ mkdir -p "$SRC"
 SIZE=$((20 * CHUNK))
 T_CLEANUP_EXTRA='udpd_kill'
 
-# udpd_start: udpd on the devserver's fallback.xml (as Apache's user when run as root); waits for
-# its "listening" line.
-udpd_start() {
-    local user_opt=() pid
-    if [ "$(id -u)" = 0 ] && getent passwd www-data >/dev/null; then user_opt=(--user www-data); fi
-    FB_SCHEMA=$DS_DIR/fallback.xsd "$UDPD" -c "$DS_DIR/fallback.xml" -f "${user_opt[@]}" >>"$UDPD_LOG" 2>&1 &
-    pid=$!
-    disown "$pid"
-    echo "$pid" >"$UDPD_PIDFILE"
-    T_BG_PIDS+=("$pid")
-    wait_for 10 grep -q "UD00016: listening" "$UDPD_LOG" || fail "udpd did not start: $(tail -n 5 "$UDPD_LOG")"
-}
-
-udpd_kill() {
-    local pid i
-    pid=$(cat "$UDPD_PIDFILE" 2>/dev/null)
-    [ -n "$pid" ] || return 0
-    kill -KILL "$pid" 2>/dev/null
-    for ((i = 0; i < 100; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.05; done
-    rm -f "$UDPD_PIDFILE"
-}
-
 # transport_args MODE: fbcp options for "udp" (UDP first, as by default) or "https" (forced).
 transport_args() {
     if [ "$1" = https ]; then echo "--fallback force"; else echo "--fallback auto"; fi
