@@ -1132,12 +1132,16 @@ static int reply_committed(mod_fallback_req *req, const char *id, const fb_slot_
 }
 
 /* The answer for a session already done: idempotent for the same digest. */
-static int reply_done(mod_fallback_req *req, const char *id, fb_slot *slot, const unsigned char *sha)
+static int reply_done(mod_fallback_req *req, const char *id, fb_slot *slot, uint32_t gen, const unsigned char *sha)
 {
     fb_slot_info *info = apr_palloc(req->r->pool, sizeof(*info));
 
     fb_slot_info_read(info, slot);
     wipe_info(info);
+    /* A finished slot may be taken by a new session at any moment (fb_table_claim): what was
+     * read counts only if the slot is still this session's. */
+    if (atomic_load(&slot->state) != FB_SLOT_DONE || atomic_load(&slot->generation) != gen)
+        return mod_fallback_problem(req, FB_ERR_NOT_FOUND, "the session ended and its slot was reused");
     if (!(info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) || !fb_mem_equal_ct(info->expected_sha256, sha, FB_SHA256_LEN))
         return mod_fallback_problem(req, FB_ERR_DIGEST_MISMATCH, "the file was committed with another digest");
     return reply_committed(req, id, info, sha);
@@ -1224,12 +1228,12 @@ int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, cons
         return mod_fallback_problem(req, FB_ERR_SESSION_STATE, "only uploads are committed");
     st = atomic_load(&slot->state);
     if (st == FB_SLOT_DONE)
-        return reply_done(req, id, slot, sha);
+        return reply_done(req, id, slot, gen, sha);
     if ((info->flags & FB_SLOT_FLAG_EXPECTED_SHA256) && !fb_mem_equal_ct(info->expected_sha256, sha, FB_SHA256_LEN))
         return mod_fallback_problem(req, FB_ERR_DIGEST_MISMATCH, "differs from the sha256 given when the session was created");
     if (!fb_slot_transition(slot, FB_SLOT_ACTIVE, FB_SLOT_FINALISING)) {
         if (atomic_load(&slot->state) == FB_SLOT_DONE && atomic_load(&slot->generation) == gen)
-            return reply_done(req, id, slot, sha);
+            return reply_done(req, id, slot, gen, sha);
         return mod_fallback_session_ended(req, slot, gen);
     }
     /* From here on this request owns the slot: every path leaves FINALISING. PUTs that started
