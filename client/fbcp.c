@@ -39,6 +39,7 @@ void fbcp_opts_init(fbcp_opts *o)
     o->udp_datagram = 0; /* by the address family: fbcp_udp_new */
     o->transfers = FBCP_DEFAULT_TRANSFERS;
     o->preserve_times = 1;
+    o->packs = 1;
 }
 
 const char *const fbcp_overwrite_names[5] = {"never", "always", "if_different", "older",
@@ -73,6 +74,8 @@ static void fbcp_usage(FILE *f)
           "      --overwrite POLICY    never, always, if_different (default), older (replace\n"
           "                            only older targets) or if_different,older\n"
           "      --no-preserve-times   do not keep modification times (kept by default)\n"
+          "      --no-packs            with -r, send every file in its own session (by default files\n"
+          "                            of at most 1 MiB travel in packs of up to 1000)\n"
           "      --resume              resume interrupted transfers (default)\n"
           "      --no-resume           discard earlier partial data and start over\n"
           "  -u, --user USER[:PASS]    credentials (asks for the password on a terminal)\n"
@@ -132,6 +135,7 @@ enum {
     OPT_TRANSFERS,
     OPT_PRESERVE_TIMES,
     OPT_NO_PRESERVE_TIMES,
+    OPT_NO_PACKS,
 };
 
 static const struct option fbcp_long_opts[] = {
@@ -165,6 +169,7 @@ static const struct option fbcp_long_opts[] = {
     {"transfers", required_argument, NULL, OPT_TRANSFERS},
     {"preserve-times", no_argument, NULL, OPT_PRESERVE_TIMES},
     {"no-preserve-times", no_argument, NULL, OPT_NO_PRESERVE_TIMES},
+    {"no-packs", no_argument, NULL, OPT_NO_PACKS},
     {"help", no_argument, NULL, 'h'},
     {"version", no_argument, NULL, 'V'},
     {NULL, 0, NULL, 0},
@@ -356,6 +361,9 @@ static fb_err fbcp_parse_args(fbcp_opts *o, int *pfirst, int *pexit, int argc, c
         case OPT_PRESERVE_TIMES:
         case OPT_NO_PRESERVE_TIMES:
             o->preserve_times = ch == OPT_PRESERVE_TIMES;
+            break;
+        case OPT_NO_PACKS:
+            o->packs = 0;
             break;
         case 'h':
             *pexit = 0;

@@ -27,6 +27,8 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include <jansson.h>
+
 #include "fb_err.h"
 #include "fb_range.h"
 #include "fb_util.h"
@@ -60,6 +62,13 @@ extern const char *const fbcp_overwrite_names[5];
 #define FBCP_MAX_TRANSFERS 128
 #define FBCP_BIG_FILE (64ull * 1024 * 1024) /* files this big move one at a time */
 #define FBCP_HASH_FIRST_MAX (1024u * 1024u) /* files up to this size are hashed before sending */
+/* Packs (fbcp_pack_up.c): files up to FBCP_PACK_FILE_MAX go in packs of at most FBCP_PACK_FILES
+ * files, FBCP_PACK_BYTES bytes and FBCP_PACK_JSON bytes of request (under the server's default
+ * max_json_body of 64 KiB). */
+#define FBCP_PACK_FILE_MAX (1024u * 1024u)
+#define FBCP_PACK_FILES 1000
+#define FBCP_PACK_BYTES (16u * 1024u * 1024u)
+#define FBCP_PACK_JSON 60000
 /* Under --fallback=auto, files up to this size move over the HTTP(S) connection already open
  * instead of UDP: a UDP association (socket, HELLO, feedback, CLOSE) costs more than the data of
  * a few datagrams (docs/fbcp.md, "Small files"). */
@@ -118,6 +127,7 @@ typedef struct fbcp_opts {
     char *location;          /* --location, NULL: first path segment */
     int transfers;           /* --transfers: files in flight at once */
     int preserve_times;      /* keep modification times (default; --no-preserve-times) */
+    int packs;               /* -r: small files in packs (default; --no-packs) */
     int progress_bar;        /* derived: stderr is a terminal, not --json, not -q */
 } fbcp_opts;
 
@@ -498,6 +508,30 @@ void fbcp_move_cleanup(fbcp_xfer *x);
 /* Uploads LOCAL to REMOTE (relative to URL's location). Reports its own errors. INTO_DIR: if
  * REMOTE turns out to be a directory, upload into it under LOCAL's name (cp's rule). */
 fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int into_dir);
+/* A pack: many small files as one upload session (docs/HTTP-API.md, "Packs"). BUILD is called
+ * once the server has said which files it wants (ANSWER: the POST sessions answer, with its
+ * "pack" decisions): it gives an fd holding the pack's bytes (the caller's, left open), their
+ * count and their SHA-256. fbcp_upload_pack creates the session with REQUEST (its POST body),
+ * sends the data over UDP or HTTP(S) like any file and commits it. *PANSWER is the creation
+ * answer (NULL if there was none), *PCOMMIT the commit's (the result of each file; NULL when
+ * nothing was sent); both are the caller's to json_decref. COUNTS (may be NULL) receives the
+ * pack's byte counters (bytes, bytes_udp, bytes_http, ...). LABEL names the pack in messages. */
+typedef fb_err (*fbcp_pack_build_fn)(void *arg, json_t *answer, int *pfd, uint64_t *psize,
+                                     char sha_hex[FB_SHA256_HEX_LEN + 1], char *detail, size_t detlen);
+fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, const char *remote, json_t *request,
+                        fbcp_pack_build_fn build, void *arg, json_t **panswer, json_t **pcommit, fbcp_xfer *counts,
+                        char *detail, size_t detlen);
+/* Uploads the files ITEMS (fbcp_pack_up.c) under the remote directory ROOT as packs of at most
+ * FBCP_PACK_FILES files; each file reports its own outcome. Files the server cannot take as a
+ * pack (an older server) are sent one by one. */
+typedef struct fbcp_pack_item {
+    char *local;  /* the local file */
+    char *remote; /* its remote path (relative to the location) */
+    uint64_t size; /* as listed */
+} fbcp_pack_item;
+fb_err fbcp_upload_pack_files(fbcp_ctx *c, const fbcp_url *url, const char *root, const fbcp_pack_item *items,
+                              size_t n);
+
 /* Hooks of the HTTP(S) transport into the upload's hashing (fbcp_upload.c); both do nothing
  * unless X is an upload whose hashing thread runs. SENT: DATA, the LEN bytes at file offset OFF,
  * was just read to be sent; it is hashed from memory if it is next in file order, so the file is

@@ -31,7 +31,25 @@
 
 #include <jansson.h>
 
-typedef enum fbcp_job_kind { FBCP_JOB_LIST, FBCP_JOB_FILE, FBCP_JOB_MKDIR } fbcp_job_kind;
+typedef enum fbcp_job_kind { FBCP_JOB_LIST, FBCP_JOB_FILE, FBCP_JOB_MKDIR, FBCP_JOB_PACK_UP } fbcp_job_kind;
+
+/* Small files of one tree on their way into a pack (upload). */
+typedef struct fbcp_pack_items {
+    fbcp_pack_item *v;
+    size_t n, cap;
+    uint64_t bytes; /* their sizes */
+    size_t json;    /* an estimate of their part of the pack's request */
+} fbcp_pack_items;
+
+static void fbcp_pack_items_free(fbcp_pack_items *p)
+{
+    for (size_t i = 0; p->v != NULL && i < p->n; i++) {
+        free(p->v[i].local);
+        free(p->v[i].remote);
+    }
+    free(p->v);
+    memset(p, 0, sizeof(*p));
+}
 
 typedef struct fbcp_job {
     fbcp_job_kind kind;
@@ -44,7 +62,16 @@ typedef struct fbcp_job {
     struct timespec mtime;
     int tree;            /* index of the source tree (fbcp_progress's tree counters), -1: none */
     const fbcp_url *url; /* the server's URL (one per source of a download) */
+    fbcp_pack_items *pack; /* PACK_UP: its files (REMOTE is the pack's root); owned by the job */
 } fbcp_job;
+
+/* A source tree of an upload: its root on the server, and the pack being filled. */
+typedef struct fbcp_tree_root {
+    int tree;
+    char *remote;
+    const fbcp_url *url;
+    fbcp_pack_items pending;
+} fbcp_tree_root;
 
 typedef struct fbcp_jobs {
     fbcp_job *v;
@@ -62,9 +89,12 @@ struct fbcp_tree {
     size_t head;
     fbcp_jobs dirs;    /* every directory met, for the time pass */
     int busy;          /* workers running a job */
+    int listing;       /* ... of which listing a directory */
     int big_running;   /* a file of FBCP_BIG_FILE bytes or more is moving */
     int stop;          /* an error that stops the run happened */
     int mkcol_missing; /* the server does not know MKCOL (warned once) */
+    fbcp_tree_root *roots; /* upload trees (packs are per tree) */
+    int nroots;
 };
 
 static void fbcp_job_free(fbcp_job *j)
@@ -72,6 +102,11 @@ static void fbcp_job_free(fbcp_job *j)
     free(j->local);
     free(j->remote);
     j->local = j->remote = NULL;
+    if (j->pack != NULL) {
+        fbcp_pack_items_free(j->pack);
+        free(j->pack);
+        j->pack = NULL;
+    }
 }
 
 static void fbcp_jobs_free(fbcp_jobs *q)
@@ -138,6 +173,11 @@ void fbcp_tree_free(fbcp_tree *t)
         return;
     fbcp_jobs_free(&t->queue);
     fbcp_jobs_free(&t->dirs);
+    for (int i = 0; i < t->nroots; i++) {
+        free(t->roots[i].remote);
+        fbcp_pack_items_free(&t->roots[i].pending);
+    }
+    free(t->roots);
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->mu);
     free(t);
@@ -178,6 +218,20 @@ fb_err fbcp_tree_add_dir(fbcp_tree *t, const fbcp_url *url, const char *local, c
     if (t->direction == FBCP_UPLOAD && stat(local, &st) == 0) {
         j.has_time = 1;
         j.mtime = st.st_mtim;
+    }
+    if (t->direction == FBCP_UPLOAD && t->opts->packs && j.tree >= 0) {
+        /* its small files travel in packs rooted here */
+        fbcp_tree_root *v = realloc(t->roots, (size_t)(t->nroots + 1) * sizeof(*v));
+        if (v == NULL)
+            return FB_ERR_NOMEM;
+        t->roots = v;
+        memset(&v[t->nroots], 0, sizeof(v[0]));
+        v[t->nroots].tree = j.tree;
+        v[t->nroots].url = url;
+        v[t->nroots].remote = strdup(remote);
+        if (v[t->nroots].remote == NULL)
+            return FB_ERR_NOMEM;
+        t->nroots++;
     }
     return fbcp_tree_push(t, &j);
 }
@@ -395,6 +449,90 @@ static fb_err fbcp_remote_mkdir(fbcp_tree *t, fbcp_ctx *c, const fbcp_job *j, co
     return rv;
 }
 
+/* ---------------------------------------------------------------- packs (upload) */
+
+static fbcp_tree_root *fbcp_tree_root_of(fbcp_tree *t, int tree)
+{
+    for (int i = 0; i < t->nroots; i++)
+        if (t->roots[i].tree == tree)
+            return &t->roots[i];
+    return NULL;
+}
+
+/* Queues ROOT's pending pack as a job (with the lock held). */
+static fb_err fbcp_tree_flush_pack(fbcp_tree *t, fbcp_tree_root *root)
+{
+    fbcp_job j = {.kind = FBCP_JOB_PACK_UP, .remote = root->remote, .tree = root->tree, .url = root->url};
+    fb_err rv;
+
+    if (root->pending.n == 0)
+        return FB_OK;
+    j.pack = malloc(sizeof(*j.pack));
+    if (j.pack == NULL)
+        return FB_ERR_NOMEM;
+    *j.pack = root->pending;
+    memset(&root->pending, 0, sizeof(root->pending));
+    rv = fbcp_jobs_push(&t->queue, &j); /* the queue's copy owns the pack now */
+    if (rv != FB_OK) {
+        fbcp_pack_items_free(j.pack);
+        free(j.pack);
+    }
+    return rv;
+}
+
+/* Every pending pack to the queue (with the lock held): workers are idle. */
+static fb_err fbcp_tree_flush_packs(fbcp_tree *t)
+{
+    fb_err rv = FB_OK;
+
+    for (int i = 0; i < t->nroots && rv == FB_OK; i++)
+        rv = fbcp_tree_flush_pack(t, &t->roots[i]);
+    return rv;
+}
+
+/* Takes the small file J into its tree's pack, which is queued when full (with the lock held).
+ * Returns 0 when J is not for a pack. */
+static int fbcp_tree_pack_file(fbcp_tree *t, const fbcp_job *j, fb_err *prv)
+{
+    fbcp_tree_root *root;
+    fbcp_pack_items *p;
+    size_t json;
+
+    *prv = FB_OK;
+    if (t->direction != FBCP_UPLOAD || j->kind != FBCP_JOB_FILE || j->size > FBCP_PACK_FILE_MAX ||
+        (root = fbcp_tree_root_of(t, j->tree)) == NULL)
+        return 0;
+    p = &root->pending;
+    json = strlen(j->remote) * 2 + 200; /* path (escapes included), size, sha256, mode, times */
+    if (p->n > 0 && (p->n >= FBCP_PACK_FILES || p->bytes + j->size > FBCP_PACK_BYTES || p->json + json > FBCP_PACK_JSON))
+        *prv = fbcp_tree_flush_pack(t, root);
+    if (*prv == FB_OK && p->n == p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 64;
+        fbcp_pack_item *v = realloc(p->v, cap * sizeof(*v));
+        if (v == NULL)
+            *prv = FB_ERR_NOMEM;
+        else {
+            p->v = v;
+            p->cap = cap;
+        }
+    }
+    if (*prv != FB_OK)
+        return 1;
+    p->v[p->n].local = strdup(j->local);
+    p->v[p->n].remote = strdup(j->remote);
+    p->v[p->n].size = j->size;
+    if (p->v[p->n].local == NULL || p->v[p->n].remote == NULL) {
+        free(p->v[p->n].local);
+        free(p->v[p->n].remote);
+        *prv = FB_ERR_NOMEM;
+        return 1;
+    }
+    p->n++;
+    p->bytes += j->size;
+    p->json += json;
+    return 1;
+}
+
 /* ---------------------------------------------------------------- the workers */
 
 typedef struct fbcp_worker {
@@ -412,7 +550,9 @@ static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
     fb_err rv = FB_OK;
 
     fbcp_progress_tree_enter(j->tree);
-    if (j->kind == FBCP_JOB_FILE) {
+    if (j->kind == FBCP_JOB_PACK_UP) {
+        rv = fbcp_upload_pack_files(&w->c, j->url, j->remote, j->pack->v, j->pack->n);
+    } else if (j->kind == FBCP_JOB_FILE) {
         if (t->direction == FBCP_UPLOAD)
             rv = fbcp_upload_file(&w->c, j->url, j->local, j->remote, j->into_dir);
         else
@@ -426,7 +566,8 @@ static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
         /* what was found is copied even when the listing was incomplete (that error stands) */
         fb_err e = found.n > 0 || rv == FB_OK ? fbcp_tree_remember_dir(t, j) : FB_OK;
         for (size_t i = 0; e == FB_OK && i < found.n; i++)
-            e = fbcp_jobs_push(&t->queue, &found.v[i]);
+            if (!fbcp_tree_pack_file(t, &found.v[i], &e))
+                e = fbcp_jobs_push(&t->queue, &found.v[i]);
         if (e != FB_OK) {
             fbcp_report_error(NULL, j->local, e, NULL);
             rv = e;
@@ -469,14 +610,24 @@ static void *fbcp_worker_main(void *p)
         fb_err rv;
         int big;
 
-        while (t->head == t->queue.n && t->busy > 0 && !t->stop && !fbcp_interrupted)
+        /* Nothing queued: the packs being filled go as they are once no directory is being
+         * listed (a listing would only add to them; after it, waiting gains nothing). */
+        while (t->head == t->queue.n && !t->stop && !fbcp_interrupted) {
+            if (t->listing == 0 && fbcp_tree_flush_packs(t) != FB_OK) {
+                fbcp_report_error(NULL, NULL, FB_ERR_NOMEM, NULL);
+                t->stop = 1;
+            }
+            if (t->head < t->queue.n || t->busy == 0)
+                break;
             fbcp_cond_wait_ms(&t->cv, &t->mu, 200);
+        }
         if (t->head == t->queue.n || t->stop || fbcp_interrupted)
             break;
         j = t->queue.v[t->head];
         memset(&t->queue.v[t->head], 0, sizeof(j));
         t->head++;
         t->busy++;
+        t->listing += j.kind == FBCP_JOB_LIST;
         big = j.kind == FBCP_JOB_FILE && j.size >= FBCP_BIG_FILE && t->nworkers > 1;
         /* one big file at a time: it waits here (still counted busy, so the pass does not end) */
         while (big && t->big_running && !t->stop && !fbcp_interrupted)
@@ -492,6 +643,7 @@ static void *fbcp_worker_main(void *p)
         if (big)
             t->big_running--;
         t->busy--;
+        t->listing -= j.kind == FBCP_JOB_LIST;
         if (rv != FB_OK && fbcp_err_stops_run(rv))
             t->stop = 1;
         pthread_cond_broadcast(&t->cv);

@@ -84,6 +84,11 @@ typedef struct fbcp_upload {
     char *state;
     fbcp_switch sw; /* the transport choice for this file */
     fbcp_hash_job *hash; /* the digest beside the upload; NULL when computed before it */
+    /* A pack (fbcp_upload_pack): the POST sessions body, and the server's answers kept for the
+     * caller (the decision per file; the result per file). NULL for one file. */
+    json_t *pack_request;
+    json_t *pack_answer;
+    json_t *commit_answer;
 } fbcp_upload;
 
 static void fbcp_hash_wait(fbcp_hash_job *j)
@@ -386,6 +391,44 @@ static fb_err fbcp_upload_parse_session(fbcp_upload *u, json_t *doc, int with_id
     return rv;
 }
 
+/* POST sessions for a pack (U->pack_request; takes URL). The first answer sizes the pack (the
+ * server decides which files are sent) and is kept for the caller; an answer to a request made
+ * again (the session was lost) must describe the same pack. */
+static fb_err fbcp_upload_create_pack(fbcp_upload *u, char *url, int retries, char *detail, size_t detlen)
+{
+    fbcp_http_answer a;
+    fb_err rv;
+
+    rv = fbcp_http_request(u->c->http, &a, "POST", url, u->pack_request, FBCP_MAX_JSON, retries, detail, detlen);
+    free(url);
+    if (rv != FB_OK)
+        return rv;
+    if (a.status == 200 || a.status == 201) {
+        json_t *size = json_object_get(a.json, "size");
+        int skipped = json_is_true(json_object_get(a.json, "skipped"));
+
+        if (!skipped && (!json_is_integer(size) || json_integer_value(size) < 0)) {
+            snprintf(detail, detlen, "pack session document without a size");
+            rv = FB_ERR_PROTOCOL;
+        } else if (u->pack_answer == NULL) {
+            u->x.size = skipped ? 0 : (uint64_t)json_integer_value(size);
+        } else if (skipped || (uint64_t)json_integer_value(size) != u->x.size) {
+            snprintf(detail, detlen, "the server's view of the pack changed; run fbcp again");
+            rv = FB_ERR_CHANGED;
+        }
+        if (rv == FB_OK)
+            rv = fbcp_upload_parse_session(u, a.json, 1, detail, detlen);
+        fbcp_wipe_key(a.json);
+        if (rv == FB_OK && u->pack_answer == NULL)
+            u->pack_answer = json_incref(a.json);
+    } else {
+        rv = fbcp_http_problem(&a, detail, detlen);
+        fbcp_wipe_key(a.json);
+    }
+    fbcp_http_answer_free(&a);
+    return rv;
+}
+
 /* POST sessions: creates (or resumes) the upload session. */
 static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size_t detlen)
 {
@@ -398,6 +441,8 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
     u->refused_by = FBCP_TARGET_OTHER;
     if (url == NULL)
         return FB_ERR_NOMEM;
+    if (u->pack_request != NULL)
+        return fbcp_upload_create_pack(u, url, retries, detail, detlen);
     snprintf(mode, sizeof(mode), "%04o", (unsigned)(u->mode & 07777));
     body = json_pack("{s:s, s:s, s:I, s:s, s:s}", "direction", "upload", "path", u->x.remote, "size",
                      (json_int_t)u->x.size, "overwrite", fbcp_overwrite_names[u->c->opts->overwrite], "mode", mode);
@@ -543,6 +588,8 @@ static fb_err fbcp_upload_commit(fbcp_upload *u, char *detail, size_t detlen)
             rv = state != NULL && strcmp(state, "done") == 0 ? FB_OK : FB_ERR_PROTOCOL;
             if (rv != FB_OK)
                 snprintf(detail, detlen, "commit answered without state done");
+            else if (u->pack_request != NULL && u->commit_answer == NULL)
+                u->commit_answer = json_incref(a.json); /* the result of each file */
             fbcp_http_answer_free(&a);
             break;
         }
@@ -847,5 +894,94 @@ out:
     free(u.state);
     free(inside);
     fbcp_ranges_free(&u.missing);
+    return rv;
+}
+
+fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, const char *remote, json_t *request,
+                        fbcp_pack_build_fn build, void *arg, json_t **panswer, json_t **pcommit, fbcp_xfer *counts,
+                        char *detail, size_t detlen)
+{
+    fbcp_upload u;
+    fbcp_hash_job hash; /* never started: the pack's digest is known before it is sent */
+    char sha_hex[FB_SHA256_HEX_LEN + 1] = "";
+    uint64_t size = 0;
+    int fd = -1;
+    fb_err rv;
+
+    *panswer = NULL;
+    *pcommit = NULL;
+    memset(&u, 0, sizeof(u));
+    memset(&hash, 0, sizeof(hash));
+    fbcp_ranges_init(&u.missing);
+    u.c = c;
+    u.x.direction = FBCP_UPLOAD;
+    u.x.opts = c->opts;
+    u.x.local = label;
+    u.x.remote = remote;
+    u.x.url = url;
+    u.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
+    u.x.transport_name = c->transport->ops->name;
+    u.x.poll_fd = -1;
+    u.x.fd = -1;
+    u.x.refresh = fbcp_upload_refresh;
+    u.x.missing = fbcp_upload_missing;
+    u.x.ctx = &u;
+    u.pack_request = request;
+
+    rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, detlen);
+    if (rv != FB_OK)
+        goto out;
+    *panswer = json_incref(u.pack_answer);
+    if (u.done)
+        goto out; /* nothing to send: every file skipped (the answer says why) */
+    rv = build(arg, u.pack_answer, &fd, &size, sha_hex, detail, detlen);
+    if (rv != FB_OK)
+        goto out;
+    if (size != u.x.size || fd < 0) {
+        rv = FB_ERR_PROTOCOL;
+        snprintf(detail, detlen, "the pack holds %llu bytes, the server expects %llu", (unsigned long long)size,
+                 (unsigned long long)u.x.size);
+        goto out;
+    }
+    u.x.fd = fd;
+    if (fstat(fd, &u.source_st) != 0) {
+        rv = FB_ERR_LOCAL_IO;
+        snprintf(detail, detlen, "%s", strerror(errno));
+        goto out;
+    }
+    memcpy(u.sha_hex, sha_hex, sizeof(u.sha_hex));
+    u.x.bytes_skipped = u.x.size - fbcp_ranges_total(&u.missing);
+    u.x.resumed = u.x.bytes_skipped > 0 || u.resumed;
+    if (u.x.resumed)
+        fbcp_trace(c->opts, "%s: resuming, %llu bytes already on the server", label,
+                   (unsigned long long)u.x.bytes_skipped);
+    if (u.missing.n > 0) {
+        rv = fbcp_move_setup(c, &u.x, &u.sw, detail, detlen);
+        if (rv != FB_OK)
+            goto out;
+    }
+    u.x.start_ns = u.x.last_progress_ns = u.x.rate_mark_ns = fb_time_mono_ns();
+    rv = fbcp_upload_send_and_commit(&u, &hash, detail, detlen);
+    if (rv == FB_OK && u.commit_answer == NULL && !u.done) {
+        rv = FB_ERR_PROTOCOL;
+        snprintf(detail, detlen, "the pack's commit answered no results");
+    }
+    *pcommit = json_incref(u.commit_answer);
+out:
+    if (counts != NULL)
+        *counts = u.x;
+    fbcp_move_cleanup(&u.x);
+    free(u.x.session_id);
+    free(u.x.data_url);
+    free(u.state);
+    json_decref(u.pack_answer);
+    json_decref(u.commit_answer);
+    fbcp_ranges_free(&u.missing);
+    if (counts != NULL) {
+        counts->session_id = counts->data_url = NULL;
+        counts->udp = NULL;
+        counts->sw = NULL;
+        OPENSSL_cleanse(counts->key, sizeof(counts->key));
+    }
     return rv;
 }

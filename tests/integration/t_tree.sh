@@ -145,7 +145,7 @@ test_overwrite_older() {
     assert_eq "new source" "$(cat "$src/b.txt")" "a newer local file is kept"
 }
 
-# --transfers N: with 1, each file is done before the next one starts; with 4, four files of a
+# --transfers N (files one by one: --no-packs): with 1, each file is done before the next one starts; with 4, four files of a
 # slowed-down run are all under way before the first is done.
 test_transfers() {
     local rc src=$T_TMP/inflight i n
@@ -153,7 +153,7 @@ test_transfers() {
     mkdir -p "$src"
     for i in 1 2 3 4; do mkrand "$src/f$i.bin" $((256 * 1024)); done
     for n in 1 4; do
-        fbcp -r --transfers "$n" --fallback force --limit-rate 1m --json "$src" "$URL/inflight$n/" \
+        fbcp -r --no-packs --transfers "$n" --fallback force --limit-rate 1m --json "$src" "$URL/inflight$n/" \
             >"$T_TMP/inflight$n.json" 2>"$T_TMP/inflight$n.err"
         rc=$?
         assert_eq 0 "$rc" "--transfers $n: exit code ($(cat "$T_TMP/inflight$n.err"))"
@@ -229,7 +229,7 @@ test_changed_while_read() {
     assert_no_file "$DOCROOT/changing.bin"
 }
 
-# A table of 16 slots, 32 files in flight, 120 files.
+# A table of 16 slots, 32 files in flight, 120 files, each in its own session (--no-packs).
 test_small_table() {
     local rc src=$T_TMP/many
     require_fbcp
@@ -241,7 +241,7 @@ test_small_table() {
     sleep 1
     "$MAKE_TREE" "$src" --files 120 --size 3000 --depth 2 >/dev/null || fail "make-tree"
     for mode in auto force; do
-        fbcp -r --transfers 32 --fallback "$mode" --json "$src" "$URL/many-$mode/" >"$T_TMP/many.json" 2>"$T_TMP/many.err"
+        fbcp -r --no-packs --transfers 32 --fallback "$mode" --json "$src" "$URL/many-$mode/" >"$T_TMP/many.json" 2>"$T_TMP/many.err"
         rc=$?
         assert_eq 0 "$rc" "$mode: exit code ($(tail -n 3 "$T_TMP/many.err"))"
         assert_same_tree "$src" "$DOCROOT/many-$mode/many"
