@@ -76,9 +76,10 @@ static const char *join_root(apr_pool_t *p, const char *root, const char *path)
 
 static int bad_entry(mod_fallback_req *req, fb_err code, size_t i, const char *path, const char *what)
 {
-    return mod_fallback_problem(req, code,
-                                path != NULL ? apr_psprintf(req->r->pool, "pack[%zu] (\"%s\"): %s", i, path, what)
-                                             : apr_psprintf(req->r->pool, "pack[%zu]: %s", i, what));
+    return mod_fallback_problem(
+        req, code,
+        path != NULL ? apr_psprintf(req->r->pool, "pack[%" APR_SIZE_T_FMT "] (\"%s\"): %s", i, path, what)
+                     : apr_psprintf(req->r->pool, "pack[%" APR_SIZE_T_FMT "]: %s", i, what));
 }
 
 /* Parses entry I of the request into EN; -1 when fine, else the handler result of a 4xx. */
@@ -93,7 +94,8 @@ static int parse_entry(mod_fallback_req *req, pack_entry *en, json_t *obj, size_
     fb_err e;
 
     if (!json_is_object(obj))
-        return bad_entry(req, FB_ERR_BAD_REQUEST, i, NULL, "each entry must be an object {path, size, sha256}");
+        return bad_entry(req, FB_ERR_BAD_REQUEST, i, NULL,
+                         "each entry must be an object {path, size, sha256}");
     v = json_object_get(obj, "path");
     if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v))
         return bad_entry(req, FB_ERR_BAD_PATH, i, NULL, "path must be a string without NUL characters");
@@ -107,8 +109,9 @@ static int parse_entry(mod_fallback_req *req, pack_entry *en, json_t *obj, size_
     }
     if (e != FB_OK)
         return bad_entry(req, e, i, en->path,
-                         e == FB_ERR_PATH_ESCAPE ? "the path escapes the pack's root"
-                                                 : "not a valid file path (see fb_path_check), or too long with the root");
+                         e == FB_ERR_PATH_ESCAPE
+                             ? "the path escapes the pack's root"
+                             : "not a valid file path (see fb_path_check), or too long with the root");
     if (apr_hash_get(seen, en->joined, APR_HASH_KEY_STRING) != NULL)
         return bad_entry(req, FB_ERR_BAD_REQUEST, i, en->path, "this path is in the pack twice");
     apr_hash_set(seen, en->joined, APR_HASH_KEY_STRING, en);
@@ -120,8 +123,10 @@ static int parse_entry(mod_fallback_req *req, pack_entry *en, json_t *obj, size_
         return bad_entry(req, FB_ERR_BAD_REQUEST, i, en->path, "sha256 (64 hex digits) is required");
     en->mode = req->cfg->file_mode & 0777u;
     v = json_object_get(obj, "mode");
-    if (v != NULL && !json_is_null(v) && (!json_is_string(v) || !mod_fallback_mode_parse(&en->mode, json_string_value(v))))
-        return bad_entry(req, FB_ERR_BAD_REQUEST, i, en->path, "mode must be an octal string such as \"0644\"");
+    if (v != NULL && !json_is_null(v) &&
+        (!json_is_string(v) || !mod_fallback_mode_parse(&en->mode, json_string_value(v))))
+        return bad_entry(req, FB_ERR_BAD_REQUEST, i, en->path,
+                         "mode must be an octal string such as \"0644\"");
     bad = mod_fallback_mtime_parse(obj, &en->mtime_ns, &en->has_mtime);
     if (bad != NULL)
         return bad_entry(req, FB_ERR_BAD_REQUEST, i, en->path, bad);
@@ -194,8 +199,8 @@ static int decide_entry(mod_fallback_req *req, pack_entry *en, dir_cache *dc, fb
         return 0;
     }
 refused:
-    en->result = json_pack("{s:s, s:b, s:s, s:s}", "path", en->path, "send", 0, "error", fb_err_name(e), "detail",
-                           detail != NULL ? detail : fb_err_message(e));
+    en->result = json_pack("{s:s, s:b, s:s, s:s}", "path", en->path, "send", 0, "error", fb_err_name(e),
+                           "detail", detail != NULL ? detail : fb_err_message(e));
     if (target != NULL)
         json_object_set_new(en->result, "target", json_string(target));
     return 0;
@@ -213,9 +218,10 @@ static char *manifest_text(pack_entry **send, size_t nsend, fb_overwrite ow)
 
         fb_hex_encode(hex, en->sha, FB_SHA256_LEN);
         json_array_append_new(
-            list, json_pack("[s, I, s, o, I, i]", en->path, (json_int_t)en->size, hex,
-                            en->has_mtime ? json_integer((json_int_t)(en->mtime_ns / 1000000000ull)) : json_null(),
-                            (json_int_t)(en->has_mtime ? en->mtime_ns % 1000000000ull : 0), (int)en->mode));
+            list,
+            json_pack("[s, I, s, o, I, i]", en->path, (json_int_t)en->size, hex,
+                      en->has_mtime ? json_integer((json_int_t)(en->mtime_ns / 1000000000ull)) : json_null(),
+                      (json_int_t)(en->has_mtime ? en->mtime_ns % 1000000000ull : 0), (int)en->mode));
     }
     doc = json_pack("[i, i, o]", PACK_MANIFEST_VERSION, (int)ow, list);
     text = doc != NULL ? json_dumps(doc, JSON_COMPACT) : NULL;
@@ -239,7 +245,8 @@ static void sha256_buf(unsigned char out[FB_SHA256_LEN], const void *data, size_
 
 int mod_fallback_pack_up_create(mod_fallback_req *req, json_t *doc, const char *root)
 {
-    static const char *const single[] = {"size", "sha256", "source_id", "ask_digest", "mode", "mtime", "mtime_ns"};
+    static const char *const single[] = {"size", "sha256", "source_id", "ask_digest",
+                                         "mode", "mtime",  "mtime_ns"};
     request_rec *r = req->r;
     json_t *arr = json_object_get(doc, "pack"), *answers;
     fb_overwrite ow = FB_OVERWRITE_ALWAYS;
@@ -265,7 +272,8 @@ int mod_fallback_pack_up_create(mod_fallback_req *req, json_t *doc, const char *
         return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "pack must hold at least one file");
     if (n > PACK_MAX_ENTRIES)
         return mod_fallback_problem(req, FB_ERR_TOO_LARGE,
-                                    apr_psprintf(r->pool, "a pack holds at most %d files, this one %zu",
+                                    apr_psprintf(r->pool,
+                                                 "a pack holds at most %d files, this one %" APR_SIZE_T_FMT,
                                                  PACK_MAX_ENTRIES, n));
     if (!mod_fallback_overwrite_parse(&ow, json_object_get(doc, "overwrite")))
         return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, MOD_FALLBACK_OVERWRITE_BAD);
@@ -287,27 +295,27 @@ int mod_fallback_pack_up_create(mod_fallback_req *req, json_t *doc, const char *
             en->offset = total;
             total += en->size;
             send[nsend++] = en;
-            en->result = json_pack("{s:s, s:b, s:I}", "path", en->path, "send", 1, "offset", (json_int_t)en->offset);
-        }
-        else if (json_object_get(en->result, "error") != NULL) {
+            en->result =
+                json_pack("{s:s, s:b, s:I}", "path", en->path, "send", 1, "offset", (json_int_t)en->offset);
+        } else if (json_object_get(en->result, "error") != NULL) {
             nerr++;
-        }
-        else {
+        } else {
             nskip++;
         }
         json_array_append_new(answers, en->result);
     }
     dir_close(&dc);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                  FBLOGNO(00900) "pack of %zu files for '%s' (%s): %zu to send (%" APR_UINT64_T_FMT
-                                 " bytes), %zu skipped, %zu refused",
+                  FBLOGNO(00900) "pack of %" APR_SIZE_T_FMT " files for '%s' (%s): %" APR_SIZE_T_FMT
+                                 " to send (%" APR_UINT64_T_FMT " bytes), %" APR_SIZE_T_FMT
+                                 " skipped, %" APR_SIZE_T_FMT " refused",
                   n, req->user, root, nsend, (apr_uint64_t)total, nskip, nerr);
     if (nsend == 0)
         return mod_fallback_json_reply(
             req, HTTP_OK,
-            json_pack("{s:s, s:s, s:I, s:s, s:b, s:I, s:I, s:[], s:o}", "direction", "upload", "path", root, "size",
-                      (json_int_t)0, "state", "done", "skipped", 1, "received_bytes", (json_int_t)0, "missing_bytes",
-                      (json_int_t)0, "missing", "pack", answers),
+            json_pack("{s:s, s:s, s:I, s:s, s:b, s:I, s:I, s:[], s:o}", "direction", "upload", "path", root,
+                      "size", (json_int_t)0, "state", "done", "skipped", 1, "received_bytes", (json_int_t)0,
+                      "missing_bytes", (json_int_t)0, "missing", "pack", answers),
             0);
 
     text = manifest_text(send, nsend, ow);
@@ -330,8 +338,8 @@ int mod_fallback_pack_up_create(mod_fallback_req *req, json_t *doc, const char *
     req->answer_extra = json_pack("{s:o}", "pack", answers);
     if (req->answer_extra != NULL)
         apr_pool_cleanup_register(r->pool, req->answer_extra, json_release, apr_pool_cleanup_null);
-    return mod_fallback_upload_create(req, pack->relpath, total, ow, NULL, 0, req->cfg->file_mode & 0777u, digest,
-                                      NULL, pack);
+    return mod_fallback_upload_create(req, pack->relpath, total, ow, NULL, 0, req->cfg->file_mode & 0777u,
+                                      digest, NULL, pack);
 }
 
 /* ---- the manifest sidecar ---------------------------------------------------------------------- */
@@ -380,8 +388,9 @@ fb_err mod_fallback_pack_up_prepare(mod_fallback_req *req, struct mod_fallback_p
         e = fb_err_from_errno(errno);
     if (e != FB_OK) {
         (void)unlinkat(parent_fd, tmp, 0);
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r, FBLOGNO(00901) "cannot write the manifest of '%s': %s",
-                      pack->relpath, fb_err_message(e));
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r,
+                      FBLOGNO(00901) "cannot write the manifest of '%s': %s", pack->relpath,
+                      fb_err_message(e));
     }
     return e;
 }
@@ -419,7 +428,8 @@ static const char *manifest_load(mod_fallback_req *req, const fb_slot_info *info
     fd = openat(parent_fd, mod_fallback_basename(name), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
     if (fd < 0)
         return "the manifest is gone";
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size <= 0 || (uint64_t)sb.st_size > PACK_MANIFEST_MAX) {
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_size <= 0 ||
+        (uint64_t)sb.st_size > PACK_MANIFEST_MAX) {
         close(fd);
         return "the manifest is not a file of a sane size";
     }
@@ -435,9 +445,9 @@ static const char *manifest_load(mod_fallback_req *req, const fb_slot_info *info
     if (doc == NULL)
         return "the manifest is not JSON";
     apr_pool_cleanup_register(p, doc, json_release, apr_pool_cleanup_null);
-    if (json_unpack(doc, "[i, i, o]", &version, &ow, &list) != 0 || version != PACK_MANIFEST_VERSION || !json_is_array(list) ||
-        ow < 0 || ow > (int)FB_OVERWRITE_IF_DIFFERENT_OLDER || (n = json_array_size(list)) == 0 ||
-        n > PACK_MAX_ENTRIES)
+    if (json_unpack(doc, "[i, i, o]", &version, &ow, &list) != 0 || version != PACK_MANIFEST_VERSION ||
+        !json_is_array(list) || ow < 0 || ow > (int)FB_OVERWRITE_IF_DIFFERENT_OLDER ||
+        (n = json_array_size(list)) == 0 || n > PACK_MAX_ENTRIES)
         return "the manifest has an unknown form";
     *pow = (fb_overwrite)ow;
     *pentries = apr_pcalloc(p, n * sizeof(**pentries));
@@ -447,9 +457,11 @@ static const char *manifest_load(mod_fallback_req *req, const fb_slot_info *info
         json_int_t size, mode, nsec;
         json_t *secs;
 
-        if (json_unpack(json_array_get(list, i), "[s, I, s, o, I, I]", &path, &size, &hex, &secs, &nsec, &mode) != 0 ||
-            size < 0 || strlen(hex) != FB_SHA256_HEX_LEN || fb_hex_decode(en->sha, FB_SHA256_LEN, hex) != FB_OK ||
-            mode < 0 || mode > 0777 || nsec < 0 || nsec > 999999999 || (!json_is_null(secs) && !json_is_integer(secs)))
+        if (json_unpack(json_array_get(list, i), "[s, I, s, o, I, I]", &path, &size, &hex, &secs, &nsec,
+                        &mode) != 0 ||
+            size < 0 || strlen(hex) != FB_SHA256_HEX_LEN ||
+            fb_hex_decode(en->sha, FB_SHA256_LEN, hex) != FB_OK || mode < 0 || mode > 0777 || nsec < 0 ||
+            nsec > 999999999 || (!json_is_null(secs) && !json_is_integer(secs)))
             return "an entry of the manifest is malformed";
         en->path = path;
         en->joined = join_root(p, root, path);
@@ -491,8 +503,8 @@ typedef struct land_ctx {
 
 static void entry_failed(pack_entry *en, fb_err e, const char *detail)
 {
-    en->result = json_pack("{s:s, s:s, s:s, s:s}", "path", en->path, "result", "failed", "error", fb_err_name(e),
-                           "detail", detail != NULL ? detail : fb_err_message(e));
+    en->result = json_pack("{s:s, s:s, s:s, s:s}", "path", en->path, "result", "failed", "error",
+                           fb_err_name(e), "detail", detail != NULL ? detail : fb_err_message(e));
 }
 
 /* An error of the file being written: disk full stops the commit, anything else fails the file. */
@@ -502,12 +514,14 @@ static void write_failed(land_ctx *c, pack_entry *en, int err, const char *what)
 
     if (e == FB_ERR_DISK_FULL) {
         c->abort_err = e;
-        c->abort_detail = "the disk filled up while the pack's files were written: nothing landed, commit again";
+        c->abort_detail =
+            "the disk filled up while the pack's files were written: nothing landed, commit again";
         return;
     }
     ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), c->req->r,
                   FBLOGNO(00902) "pack %s: %s of '%s' failed", c->id, what, en->joined);
-    entry_failed(en, e == FB_ERR_PERMISSION ? e : FB_ERR_IO, apr_psprintf(c->req->r->pool, "%s failed", what));
+    entry_failed(en, e == FB_ERR_PERMISSION ? e : FB_ERR_IO,
+                 apr_psprintf(c->req->r->pool, "%s failed", what));
 }
 
 /* Phase 1 for one file: its directories, a temporary beside its target holding its bytes
@@ -532,7 +546,8 @@ static void copy_entry(land_ctx *c, pack_entry *en, EVP_MD_CTX *md)
     }
     if (e == FB_ERR_DISK_FULL) {
         c->abort_err = e;
-        c->abort_detail = "the disk filled up while the pack's directories were made: nothing landed, commit again";
+        c->abort_detail =
+            "the disk filled up while the pack's directories were made: nothing landed, commit again";
         return;
     }
     if (e != FB_OK) {
@@ -640,7 +655,8 @@ static void place_entry(land_ctx *c, pack_entry *en)
     }
     apr_hash_set(c->touched, en->parent, APR_HASH_KEY_STRING, en);
     en->result = json_pack("{s:s, s:s}", "path", en->path, "result", "committed");
-    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, req->r, FBLOGNO(00905) "pack %s: '%s' committed", c->id, en->joined);
+    ap_log_rerror(APLOG_MARK, APLOG_DEBUG, 0, req->r, FBLOGNO(00905) "pack %s: '%s' committed", c->id,
+                  en->joined);
     return;
 drop:
     (void)unlinkat(c->dc.fd, en->tmpbase, 0);
@@ -667,7 +683,8 @@ int mod_fallback_pack_up_land(mod_fallback_req *req, const char *id, fb_slot *sl
     c.touched = apr_hash_make(r->pool);
     bad = manifest_load(req, info, parent_fd, &c.ow, &entries, &n);
     if (bad != NULL) {
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00906) "pack %s ('%s'): %s", id, info->relpath, bad);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00906) "pack %s ('%s'): %s", id, info->relpath,
+                      bad);
         return mod_fallback_commit_fail_ext(
             req, slot, FB_SLOT_ACTIVE, FB_ERR_CHANGED,
             apr_pstrcat(r->pool, "the pack's manifest on the server is gone or damaged (", bad,
@@ -704,11 +721,12 @@ int mod_fallback_pack_up_land(mod_fallback_req *req, const char *id, fb_slot *sl
         int dfd = -1;
 
         apr_hash_this(hi, &key, NULL, NULL);
-        if (fb_path_open_beneath(&dfd, req->docroot_fd, (const char *)key, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0) !=
-                FB_OK ||
+        if (fb_path_open_beneath(&dfd, req->docroot_fd, (const char *)key, O_RDONLY | O_DIRECTORY | O_CLOEXEC,
+                                 0) != FB_OK ||
             fsync(dfd) != 0)
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, APR_FROM_OS_ERROR(errno), r,
-                          FBLOGNO(00908) "pack %s: fsync of the directory '%s' failed", id, (const char *)key);
+                          FBLOGNO(00908) "pack %s: fsync of the directory '%s' failed", id,
+                          (const char *)key);
         if (dfd >= 0)
             close(dfd);
     }
@@ -737,18 +755,20 @@ int mod_fallback_pack_up_land(mod_fallback_req *req, const char *id, fb_slot *sl
     slot->info.flags |= FB_SLOT_FLAG_EXPECTED_SHA256;
     fb_slot_info_write_end(slot);
     if (!fb_slot_transition(slot, FB_SLOT_FINALISING, FB_SLOT_DONE))
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00909) "session %s left FINALISING unexpectedly", id);
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00909) "session %s left FINALISING unexpectedly",
+                      id);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
-                  FBLOGNO(00910) "pack %s committed in '%s': %zu files landed, %zu skipped, %zu failed (%" APR_UINT64_T_FMT
-                                 " bytes)",
+                  FBLOGNO(00910) "pack %s committed in '%s': %" APR_SIZE_T_FMT
+                                 " files landed, %" APR_SIZE_T_FMT " skipped, %" APR_SIZE_T_FMT
+                                 " failed (%" APR_UINT64_T_FMT " bytes)",
                   id, mod_fallback_pack_root(r->pool, info->relpath), ncommitted, nskipped, nfailed,
                   (apr_uint64_t)info->size);
     fb_hex_encode(hex, digest, FB_SHA256_LEN);
     return mod_fallback_json_reply(
         req, HTTP_OK,
         json_pack("{s:s, s:s, s:s, s:I, s:s, s:o, s:I, s:I, s:I}", "id", id, "state", "done", "path",
-                  mod_fallback_pack_root(r->pool, info->relpath), "size", (json_int_t)info->size, "sha256", hex, "pack",
-                  results, "committed", (json_int_t)ncommitted, "skipped", (json_int_t)nskipped, "failed",
-                  (json_int_t)nfailed),
+                  mod_fallback_pack_root(r->pool, info->relpath), "size", (json_int_t)info->size, "sha256",
+                  hex, "pack", results, "committed", (json_int_t)ncommitted, "skipped", (json_int_t)nskipped,
+                  "failed", (json_int_t)nfailed),
         0);
 }
