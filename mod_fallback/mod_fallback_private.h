@@ -129,19 +129,21 @@ int mod_fallback_upload_create(mod_fallback_req *req, const char *relpath, uint6
  * (no target, or it may be replaced), 1 to skip (*PREASON "identical" or "newer"; an identical
  * target takes SOURCE_MTIME_NS), 0 refused: *PERR, *PDETAIL (may be NULL) and *PTARGET
  * ("directory", "file" or NULL: the problem's "target" member). */
-int mod_fallback_target_decide(request_rec *r, int parent_fd, const char *base, uint64_t size, fb_overwrite ow,
-                               const unsigned char *sha256, int ask_digest, const uint64_t *source_mtime_ns,
-                               const char **preason, fb_err *perr, const char **pdetail, const char **ptarget);
+int mod_fallback_target_decide(request_rec *r, int parent_fd, const char *base, uint64_t size,
+                               fb_overwrite ow, const unsigned char *sha256, int ask_digest,
+                               const uint64_t *source_mtime_ns, const char **preason, fb_err *perr,
+                               const char **pdetail, const char **ptarget);
 /* Under the older policies: 1 if a target (not a directory) is at BASE now that is not older
  * than SOURCE_MTIME_NS (NULL: unknown, so not older). */
-int mod_fallback_target_now_newer(int parent_fd, const char *base, fb_overwrite ow, const uint64_t *source_mtime_ns);
+int mod_fallback_target_now_newer(int parent_fd, const char *base, fb_overwrite ow,
+                                  const uint64_t *source_mtime_ns);
 /* Renames PARTBASE to BASE in PARENT_FD; under "never" without replacing (EEXIST). 0 or -1. */
 int mod_fallback_rename_into_place(int parent_fd, const char *partbase, const char *base, fb_overwrite ow);
 /* Moves a FINALISING slot to TO after a failed commit and answers CODE (EXTRA: members, taken). */
 int mod_fallback_commit_fail_ext(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
                                  const char *detail, json_t *extra);
 /* JSON "overwrite" (NULL or null: "always"); 0 if it is not one of the five names. */
-#define MOD_FALLBACK_OVERWRITE_BAD                                                                  \
+#define MOD_FALLBACK_OVERWRITE_BAD                                                                           \
     "overwrite must be \"never\", \"always\", \"if_different\", \"older\" or \"if_different,older\""
 int mod_fallback_overwrite_parse(fb_overwrite *pow, json_t *v);
 /* Octal permission string ("644", "0644", no setuid/setgid/sticky); 0 if malformed. */

@@ -148,11 +148,12 @@ static json_t *session_doc(mod_fallback_req *req, uint32_t idx, const fb_slot_in
 
     fb_session_id_format(id, idx, info->id_random);
     doc = json_pack("{s:s, s:s, s:s, s:I, s:I, s:s, s:b, s:s}", "id", id, "direction", direction_name(info->direction),
-                    "path",
-                    (info->flags & FB_SLOT_FLAG_PACK) ? mod_fallback_pack_root(req->r->pool, info->relpath)
-                                                      : info->relpath, "size", (json_int_t)info->size, "chunk_size", (json_int_t)info->chunk_size,
+                    "path", info->relpath, "size", (json_int_t)info->size, "chunk_size", (json_int_t)info->chunk_size,
                     "state", mod_fallback_state_name(state), "resumed", (info->flags & FB_SLOT_FLAG_RESUMED) != 0,
                     "location", apr_pstrcat(req->r->pool, req->base, "/sessions/", id, NULL));
+    /* A pack's path is its root directory, not its hidden name. */
+    if (doc != NULL && (info->flags & FB_SLOT_FLAG_PACK))
+        json_object_set_new(doc, "path", json_string(mod_fallback_pack_root(req->r->pool, info->relpath)));
     /* The UDP endpoint only while udpd runs: a client told of none goes straight to HTTP(S)
      * instead of waiting for a UDP handshake nobody answers. */
     if (doc != NULL && udpd_alive(req->table))
@@ -577,9 +578,10 @@ static int target_is_older(const struct stat *sb, uint64_t source_mtime_ns)
  * a digest, a regular file of the same size is refused with "target": "file" (it may be
  * identical: ask again with the digest) instead of being replaced. SOURCE_MTIME_NS is required
  * (non-NULL) by the older policies. */
-int mod_fallback_target_decide(request_rec *r, int parent_fd, const char *base, uint64_t size, fb_overwrite ow,
-                               const unsigned char *sha256, int ask_digest, const uint64_t *source_mtime_ns,
-                               const char **preason, fb_err *perr, const char **pdetail, const char **ptarget)
+int mod_fallback_target_decide(request_rec *r, int parent_fd, const char *base, uint64_t size,
+                               fb_overwrite ow, const unsigned char *sha256, int ask_digest,
+                               const uint64_t *source_mtime_ns, const char **preason, fb_err *perr,
+                               const char **pdetail, const char **ptarget)
 {
     struct stat sb;
     unsigned char digest[FB_SHA256_LEN];
@@ -603,7 +605,8 @@ int mod_fallback_target_decide(request_rec *r, int parent_fd, const char *base, 
     if (ow == FB_OVERWRITE_NEVER)
         return 0;
     /* The age first: a newer target is kept whatever its content (and is not read). */
-    if (mod_fallback_policy_needs_older(ow) && (source_mtime_ns == NULL || !target_is_older(&sb, *source_mtime_ns))) {
+    if (mod_fallback_policy_needs_older(ow) &&
+        (source_mtime_ns == NULL || !target_is_older(&sb, *source_mtime_ns))) {
         *preason = "newer";
         return 1;
     }
@@ -640,12 +643,13 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
 {
     const char *detail = NULL, *target = NULL;
     fb_err e = FB_OK;
-    int rc = mod_fallback_target_decide(req->r, parent_fd, base, size, ow, sha256, ask_digest, source_mtime_ns,
-                                        preason, &e, &detail, &target);
+    int rc = mod_fallback_target_decide(req->r, parent_fd, base, size, ow, sha256, ask_digest,
+                                        source_mtime_ns, preason, &e, &detail, &target);
 
     if (rc != 0)
         return rc;
-    return mod_fallback_problem_ext(req, e, detail, target != NULL ? json_pack("{s:s}", "target", target) : NULL);
+    return mod_fallback_problem_ext(req, e, detail,
+                                    target != NULL ? json_pack("{s:s}", "target", target) : NULL);
 }
 
 int mod_fallback_upload_create(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
@@ -908,7 +912,7 @@ int mod_fallback_mode_parse(unsigned *pmode, const char *s)
 
 /* "mtime" (integer seconds since the epoch, 0 to FB_MTIME_MAX_S) and "mtime_ns" (its
  * nanoseconds part, 0 to 999999999; only with "mtime"): *PNS in ns, *PHAS 0 when absent.
- * Returns -1 to go on, or the handler result of a 400 answer. */
+ * Returns NULL when fine, else what is wrong. */
 const char *mod_fallback_mtime_parse(json_t *obj, uint64_t *pns, int *phas)
 {
     json_t *v = json_object_get(obj, "mtime"), *vns = json_object_get(obj, "mtime_ns");
@@ -927,6 +931,7 @@ const char *mod_fallback_mtime_parse(json_t *obj, uint64_t *pns, int *phas)
     return NULL;
 }
 
+/* The same for a request: -1 to go on, or the handler result of a 400 answer. */
 static int parse_source_mtime(mod_fallback_req *req, json_t *doc, uint64_t *pns, int *phas)
 {
     const char *bad = mod_fallback_mtime_parse(doc, pns, phas);
@@ -1171,13 +1176,13 @@ static int reply_committed(mod_fallback_req *req, const char *id, const fb_slot_
     char hex[FB_SHA256_HEX_LEN + 1];
 
     fb_hex_encode(hex, sha, FB_SHA256_LEN);
-    return mod_fallback_json_reply(
-        req, HTTP_OK,
-        json_pack("{s:s, s:s, s:s, s:I, s:s}", "id", id, "state", "done", "path",
-                  (info->flags & FB_SLOT_FLAG_PACK) ? mod_fallback_pack_root(req->r->pool, info->relpath)
-                                                    : info->relpath,
-                  "size", (json_int_t)info->size, "sha256", hex),
-        0);
+    return mod_fallback_json_reply(req, HTTP_OK,
+                                   json_pack("{s:s, s:s, s:s, s:I, s:s}", "id", id, "state", "done", "path",
+                                             (info->flags & FB_SLOT_FLAG_PACK)
+                                                 ? mod_fallback_pack_root(req->r->pool, info->relpath)
+                                                 : info->relpath,
+                                             "size", (json_int_t)info->size, "sha256", hex),
+                                   0);
 }
 
 /* The answer for a session already done: idempotent for the same digest. */
@@ -1217,7 +1222,8 @@ static int commit_fail(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, f
 /* Under the older policies the target may have changed since the session was created: 1 if a
  * target (other than a directory, which the rename refuses anyway) is there now that is not
  * older than the upload's source. */
-int mod_fallback_target_now_newer(int parent_fd, const char *base, fb_overwrite ow, const uint64_t *source_mtime_ns)
+int mod_fallback_target_now_newer(int parent_fd, const char *base, fb_overwrite ow,
+                                  const uint64_t *source_mtime_ns)
 {
     struct stat sb;
 
@@ -1361,12 +1367,14 @@ int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, cons
         goto leave;
     }
     if (mod_fallback_target_now_newer(parent_fd, base, (fb_overwrite)info->overwrite,
-                                      (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) ? &info->source_mtime_ns : NULL)) {
+                                      (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) ? &info->source_mtime_ns
+                                                                                : NULL)) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       FBLOGNO(00261) "session %s: '%s' is not older than the upload any more: kept", id,
                       info->relpath);
         rc = mod_fallback_commit_fail_ext(req, slot, FB_SLOT_ACTIVE, FB_ERR_EXISTS,
-                             "the target is not older than the file", json_pack("{s:s}", "reason", "newer"));
+                                          "the target is not older than the file",
+                                          json_pack("{s:s}", "reason", "newer"));
         goto leave;
     }
     /* The verified digest stays with the file (fb_filesum.h), for Repr-Digest on files/ and
