@@ -649,8 +649,12 @@ static void place_entry(land_ctx *c, pack_entry *en)
             entry_failed(en, FB_ERR_EXISTS,
                          err == EEXIST ? "the target appeared during the upload (overwrite never)"
                                        : "a directory is in the way");
-        else
-            write_failed(c, en, err, "the rename into place");
+        else {
+            ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(err), req->r,
+                          FBLOGNO(00911) "pack %s: cannot rename '%s' into place", c->id, en->joined);
+            entry_failed(en, fb_err_from_errno(err) == FB_ERR_DISK_FULL ? FB_ERR_DISK_FULL : FB_ERR_IO,
+                         "the rename into place failed");
+        }
         goto drop;
     }
     apr_hash_set(c->touched, en->parent, APR_HASH_KEY_STRING, en);
@@ -747,6 +751,8 @@ int mod_fallback_pack_up_land(mod_fallback_req *req, const char *id, fb_slot *sl
             nskipped++;
         else
             nfailed++;
+        if (entries[i].result == NULL)
+            entry_failed(&entries[i], FB_ERR_INTERNAL, NULL);
         json_array_append_new(results, entries[i].result);
     }
     /* Remember the digest for idempotent repeats of this commit, as for one file. */

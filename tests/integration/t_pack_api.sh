@@ -328,6 +328,34 @@ test_pack_delete() {
     assert_eq "" "$(hidden_pack_files "$d")" "hidden files after DELETE"
 }
 
+test_pack_disk_full() {
+    local t=$SRC/full st id
+    [ "$MOUNTED" = 1 ] || skip "mount -t tmpfs not permitted here: $(head -n1 "$T_TMP/mount.err")"
+    mkdir -p "$t"
+    mkrand "$t/p1" 1000000
+    mkrand "$t/p2" 1000000
+    mkrand "$t/p3" 1000000
+    # The pack (3 MB) fits the 4 MiB file system; its files landed beside it do not.
+    st=$(pack_create "$t" small/full always)
+    assert_eq 201 "$st" "create: $(head -c 300 "$BODY")"
+    id=$(jbody .id)
+    pack_data "$t"
+    st=$(pack_put_all "$id")
+    assert_eq 200 "$st" "PUT"
+    st=$(commit "$id" "$(sha "$T_TMP/pack.bin")")
+    assert_problem 507 disk_full "$st"
+    assert_eq "" "$(cd "$SMALL/full" && find . -mindepth 1 ! -name '.*')" "files landed"
+    assert_eq "" "$(find "$SMALL/full" -name '*.unpack')" "temporaries left"
+    assert_eq 1 "$(find "$SMALL/full" -name '.*.fbpart' | wc -l)" "the pack's partial file is kept"
+    st=$(api GET "sessions/$id")
+    assert_eq active "$(jbody .state)" "the session stays active"
+    mount -o remount,size=16m "$SMALL" || fail "cannot grow the tmpfs"
+    st=$(commit "$id" "$(sha "$T_TMP/pack.bin")")
+    assert_eq 200 "$st" "commit once there is room: $(head -c 300 "$BODY")"
+    assert_eq 3 "$(jbody .committed)" "committed"
+    assert_landed "$t" "$SMALL/full" p1 p2 p3
+}
+
 # The devserver's fallback.xml with a bigger max_json_body, for the request of 10,001 files (written
 # here rather than edited after a first start: each start of Apache costs seconds).
 mkdir -p "$DOCROOT"
@@ -343,6 +371,16 @@ cat >"$T_TMP/fallback.xml" <<EOF
   <docroots><default>$DOCROOT</default></docroots>
 </CONF>
 EOF
+# A full disk at commit: a small tmpfs below the docroot (the test is skipped where mounting is not
+# permitted).
+SMALL=$DOCROOT/small
+mkdir -p "$SMALL"
+MOUNTED=0
+if mount -t tmpfs -o size=4m,mode=0777 fbtest-pack-small "$SMALL" 2>"$T_TMP/mount.err"; then
+    MOUNTED=1
+    T_CLEANUP_EXTRA="umount '$SMALL'"
+fi
+
 ds_start_or_bail "all pack API tests" --fallback-xml "$T_TMP/fallback.xml"
 
 run_test "a pack of many files (nested, empty, UTF-8, spaces) lands identical with mtime and mode" test_pack_many_files
@@ -351,5 +389,6 @@ run_test "a wrong pack digest: 422, nothing lands, then the right one commits" t
 run_test "a file whose own sha256 is wrong fails alone, the others land" test_pack_entry_digest_wrong
 run_test "bad packs: escape, duplicates, missing sha256, not an array, too many files" test_pack_bad_input
 run_test "the same pack asked again resumes the same session" test_pack_resume
+run_test "a full disk at commit: 507, nothing lands, the session commits once there is room" test_pack_disk_full
 run_test "DELETE removes the pack's hidden files; listings never show them" test_pack_delete
 finish
