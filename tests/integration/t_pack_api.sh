@@ -3,7 +3,8 @@
 # one session sent with PUT and committed, every file identical with its mtime and mode; the
 # per-file decisions of the overwrite policies in the creation answer; a wrong pack digest (422,
 # nothing lands) and a wrong digest of one file (only that file fails); bad requests; resume of
-# the same pack; DELETE and listings never showing the pack's hidden files.
+# the same pack; a pack over UDP through udpd; a full disk at commit (nothing lands); DELETE and
+# listings never showing the pack's hidden files.
 # shellcheck disable=SC2034,SC2317,SC2030,SC2031,SC2086
 T_INDEX=35
 # shellcheck source=tests/integration/lib.sh
@@ -11,6 +12,12 @@ T_INDEX=35
 
 SRC=$T_TMP/src
 mkdir -p "$SRC"
+UDPD=${UDPD:-$SRCDIR/udpd/udpd}
+UDP_CLIENT=${UDP_CLIENT:-$SRCDIR/tests/udp/udp_client}
+[ -x "$UDPD" ] && cp "$UDPD" "$T_TMP/bin/udpd" && UDPD=$T_TMP/bin/udpd
+[ -x "$UDP_CLIENT" ] && cp "$UDP_CLIENT" "$T_TMP/bin/udp_client" && UDP_CLIENT=$T_TMP/bin/udp_client
+UDPD_LOG=$T_TMP/udpd.log
+UDPD_PIDFILE=$T_TMP/udpd.pid
 # pack_request SRCDIR ROOT OVERWRITE [BADSHA-PATH]: the POST sessions body for every file of
 # SRCDIR (sorted), each with its size, sha256, mtime, mtime_ns and mode; BADSHA-PATH gets a wrong
 # sha256. (jq and coreutils: python3 takes seconds to start on a loaded machine.)
@@ -356,10 +363,36 @@ test_pack_disk_full() {
     assert_landed "$t" "$SMALL/full" p1 p2 p3
 }
 
+test_pack_over_udp() {
+    local t=$SRC/udp st id
+    [ -x "$UDPD" ] && [ -x "$UDP_CLIENT" ] || fail "udpd or tests/udp/udp_client not built"
+    udpd_start
+    mkdir -p "$t/d"
+    mkrand "$t/u1" 300000
+    mkrand "$t/d/u2" 900000
+    : >"$t/d/u3"
+    mkrand "$t/u4" 5
+    st=$(pack_create "$t" packs/udp always)
+    assert_eq 201 "$st" "create: $(head -c 300 "$BODY")"
+    [ -n "$(jbody .udp.port)" ] || fail "no udp member while udpd runs: $(head -c 300 "$BODY")"
+    id=$(jbody .id)
+    pack_data "$t"
+    "$UDP_CLIENT" --host 127.0.0.1 --port "$UDP_PORT" --session "$T_TMP/answer.json" --upload "$T_TMP/pack.bin" \
+        --timeout 20 >"$T_TMP/udp.out" 2>&1 || fail "UDP upload failed: $(tail -n 3 "$T_TMP/udp.out")"
+    st=$(commit "$id" "$(sha "$T_TMP/pack.bin")")
+    assert_eq 200 "$st" "commit: $(head -c 300 "$BODY")"
+    assert_eq "4|0" "$(jq -r '"\(.committed)|\(.failed)"' "$BODY")" "committed|failed"
+    assert_landed "$t" "$DOCROOT/packs/udp" u1 d/u2 d/u3 u4
+    st=$(api GET "sessions/$id")
+    assert_ne 0 "$(jbody .bytes_udp)" "bytes over UDP"
+    udpd_kill
+}
+
 # The devserver's fallback.xml with a bigger max_json_body, for the request of 10,001 files (written
 # here rather than edited after a first start: each start of Apache costs seconds).
 mkdir -p "$DOCROOT"
-cat >"$T_TMP/fallback.xml" <<EOF
+mkdir -p "$DS_DIR"
+cat >"$DS_DIR/fallback.xml" <<EOF
 <?xml version="1.0" encoding="UTF-8"?>
 <CONF version="1">
   <http_server><http_port>$HTTP_PORT</http_port><https_port>$HTTPS_PORT</https_port></http_server>
@@ -378,10 +411,11 @@ mkdir -p "$SMALL"
 MOUNTED=0
 if mount -t tmpfs -o size=4m,mode=0777 fbtest-pack-small "$SMALL" 2>"$T_TMP/mount.err"; then
     MOUNTED=1
-    T_CLEANUP_EXTRA="umount '$SMALL'"
+    T_CLEANUP_EXTRA="udpd_kill; umount '$SMALL'"
 fi
 
-ds_start_or_bail "all pack API tests" --fallback-xml "$T_TMP/fallback.xml"
+ds_start_or_bail "all pack API tests" --fallback-xml "$DS_DIR/fallback.xml"
+[ -n "$T_CLEANUP_EXTRA" ] || T_CLEANUP_EXTRA=udpd_kill
 
 run_test "a pack of many files (nested, empty, UTF-8, spaces) lands identical with mtime and mode" test_pack_many_files
 run_test "per-file decisions: identical, newer, exists, a directory in the way" test_pack_skip_decisions
@@ -389,6 +423,7 @@ run_test "a wrong pack digest: 422, nothing lands, then the right one commits" t
 run_test "a file whose own sha256 is wrong fails alone, the others land" test_pack_entry_digest_wrong
 run_test "bad packs: escape, duplicates, missing sha256, not an array, too many files" test_pack_bad_input
 run_test "the same pack asked again resumes the same session" test_pack_resume
+run_test "a pack sent over UDP through udpd, committed over HTTPS" test_pack_over_udp
 run_test "a full disk at commit: 507, nothing lands, the session commits once there is room" test_pack_disk_full
 run_test "DELETE removes the pack's hidden files; listings never show them" test_pack_delete
 finish
