@@ -120,7 +120,7 @@ test_pack_many_files() {
     st=$(pack_put_all "$id" -H "Fallback-Commit: sha256=$(sha "$T_TMP/pack.bin")")
     assert_eq 200 "$st" "PUT with Fallback-Commit: $(head -c 300 "$BODY")"
     cp "$BODY" "$T_TMP/commit.json"
-    assert_eq done "$(jbody .state)" "state"
+    assert_eq "done" "$(jbody .state)" "state"
     assert_eq "$n" "$(jbody .committed)" "files committed"
     assert_eq 0 "$(jq .failed "$BODY")" "files failed"
     assert_eq "$(sha "$T_TMP/pack.bin")" "$(jbody .sha256)" "the pack's digest"
@@ -213,6 +213,16 @@ test_pack_digest_mismatch() {
     assert_eq 200 "$st" "commit with the right digest: $(head -c 300 "$BODY")"
     assert_eq 2 "$(jbody .committed)" "committed"
     assert_file_same "$t/sub/two" "$d/sub/two"
+    # A pack of empty files only: a session of 0 bytes, committed with the digest of nothing.
+    rm -rf "$t" && mkdir -p "$t/e"
+    : >"$t/e/z1"
+    : >"$t/z2"
+    st=$(pack_create "$t" packs/empty always)
+    assert_eq 201 "$st" "create (empty files)"
+    assert_eq 0 "$(jbody .size)" "size of a pack of empty files"
+    st=$(commit "$(jbody .id)" "$(sha /dev/null)")
+    assert_eq 200 "$st" "commit (empty files): $(head -c 300 "$BODY")"
+    assert_landed "$t" "$DOCROOT/packs/empty" e/z1 z2
 }
 
 test_pack_entry_digest_wrong() {
@@ -365,7 +375,7 @@ test_pack_disk_full() {
 
 test_pack_over_udp() {
     local t=$SRC/udp st id
-    [ -x "$UDPD" ] && [ -x "$UDP_CLIENT" ] || fail "udpd or tests/udp/udp_client not built"
+    if [ ! -x "$UDPD" ] || [ ! -x "$UDP_CLIENT" ]; then fail "udpd or tests/udp/udp_client not built"; fi
     udpd_start
     mkdir -p "$t/d"
     mkrand "$t/u1" 300000
