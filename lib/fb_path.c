@@ -21,6 +21,13 @@
 #define FB_PARTIAL_SUFFIX ".fbpart"
 #define FB_CHECKPOINT_SUFFIX ".fbpart.ckpt"
 #define FB_CHECKPOINT_TMP_SUFFIX ".fbpart.ckpt.tmp"
+/* Packs (docs/HTTP-API.md, "Packs"): the manifest sidecar beside a pack's partial file, its
+ * temporary, the per-file temporaries of the commit, and the pack's own hidden name. */
+#define FB_MANIFEST_SUFFIX ".fbpart.manifest"
+#define FB_MANIFEST_TMP_SUFFIX ".fbpart.manifest.tmp"
+#define FB_UNPACK_SUFFIX ".fbpart.unpack"
+#define FB_PACK_PREFIX ".fbpack-"
+#define FB_PACK_HEX 32
 
 /* openat2 can be interrupted when opening a FIFO or a file on a network filesystem. */
 #define FB_OPEN_EINTR_RETRIES 100
@@ -33,12 +40,27 @@ static int fb_ends_with(const char *s, size_t len, const char *suffix)
     return len >= slen && memcmp(s + len - slen, suffix, slen) == 0;
 }
 
+/* True if the LEN bytes at NAME are ".fbpack-" and FB_PACK_HEX lower-case hex digits. */
+static int fb_is_pack_name(const char *name, size_t len)
+{
+    size_t plen = strlen(FB_PACK_PREFIX);
+
+    if (len != plen + FB_PACK_HEX || memcmp(name, FB_PACK_PREFIX, plen) != 0)
+        return 0;
+    for (size_t i = plen; i < len; i++)
+        if (!((name[i] >= '0' && name[i] <= '9') || (name[i] >= 'a' && name[i] <= 'f')))
+            return 0;
+    return 1;
+}
+
 /* The partial-name test on a component that is not NUL-terminated. */
 static int fb_is_partial_component(const char *name, size_t len)
 {
     return len > 0 && name[0] == '.' &&
            (fb_ends_with(name, len, FB_PARTIAL_SUFFIX) || fb_ends_with(name, len, FB_CHECKPOINT_SUFFIX) ||
-            fb_ends_with(name, len, FB_CHECKPOINT_TMP_SUFFIX));
+            fb_ends_with(name, len, FB_CHECKPOINT_TMP_SUFFIX) ||
+            fb_ends_with(name, len, FB_MANIFEST_SUFFIX) || fb_ends_with(name, len, FB_MANIFEST_TMP_SUFFIX) ||
+            fb_ends_with(name, len, FB_UNPACK_SUFFIX) || fb_is_pack_name(name, len));
 }
 
 int fb_path_is_partial_name(const char *name)
@@ -294,4 +316,9 @@ fb_err fb_path_partial_name(char *out, size_t outlen, const char *relpath)
 fb_err fb_path_checkpoint_name(char *out, size_t outlen, const char *relpath)
 {
     return fb_path_hidden_name(out, outlen, relpath, FB_CHECKPOINT_SUFFIX);
+}
+
+fb_err fb_path_manifest_name(char *out, size_t outlen, const char *relpath)
+{
+    return fb_path_hidden_name(out, outlen, relpath, FB_MANIFEST_SUFFIX);
 }

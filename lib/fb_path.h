@@ -43,9 +43,15 @@ fb_err fb_path_mkdirs_beneath(int dirfd, const char *relpath);
  * should be the checkpoint name + ".tmp", which fb_path_is_partial_name also hides.) */
 fb_err fb_path_partial_name(char *out, size_t outlen, const char *relpath);
 fb_err fb_path_checkpoint_name(char *out, size_t outlen, const char *relpath);
+/* A pack's manifest sidecar beside its partial file: "a/.NAME.fbpart.manifest" for "a/NAME"
+ * (its writer's temporary is that + ".tmp"). Errors as above. */
+fb_err fb_path_manifest_name(char *out, size_t outlen, const char *relpath);
 
 /* True if NAME (one directory entry) is a partial or checkpoint file to hide from listings:
- * it starts with "." and ends with ".fbpart", ".fbpart.ckpt" or ".fbpart.ckpt.tmp". */
+ * it starts with "." and ends with ".fbpart", ".fbpart.ckpt" or ".fbpart.ckpt.tmp"; or one of a
+ * pack's (docs/HTTP-API.md, "Packs"): the manifest sidecar (".fbpart.manifest", its temporary
+ * ".fbpart.manifest.tmp"), a file being unpacked at commit (".fbpart.unpack"), or the pack's own
+ * name, ".fbpack-" and exactly 32 lower-case hex digits. */
 int fb_path_is_partial_name(const char *name);
 
 #endif

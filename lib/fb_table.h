@@ -73,6 +73,7 @@ typedef enum fb_overwrite {
 #define FB_SLOT_FLAG_EXPECTED_SHA256 1u /* expected_sha256 is set */
 #define FB_SLOT_FLAG_RESUMED 2u         /* progress was loaded from a checkpoint */
 #define FB_SLOT_FLAG_SOURCE_MTIME 4u    /* source_mtime_ns is set (0 is a valid time) */
+#define FB_SLOT_FLAG_PACK 8u            /* an upload pack: many files in one session */
 
 /* Descriptive fields: written only while CLAIMED, under the seqlock. */
 typedef struct fb_slot_info {

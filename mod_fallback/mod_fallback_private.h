@@ -23,7 +23,8 @@ APLOG_USE_MODULE(fallback);
 
 /* Every log message starts with a unique tag ("FB00042: ") so tests can expect or forbid it.
  * Numbers by file: mod_fallback.c 00001-00099, _util 00100-00199, _sessions 00200-00399,
- * _data 00400-00499, _files 00500-00599, _status 00600-00699, _daemon 00700-00799. */
+ * _data 00400-00499, _files 00500-00599, _status 00600-00699, _daemon 00700-00799,
+ * _pack_up 00900-00949. */
 #define FBLOGNO(n) "FB" #n ": "
 
 /* Longest list of missing ranges put into one answer; the rest is summarised by
@@ -59,6 +60,7 @@ typedef struct mod_fallback_req {
     const char *docroot; /* NULL if the user has none */
     int docroot_fd;      /* -1 until mod_fallback_docroot_open */
     int body_read;       /* the request body was consumed (or its reading failed) */
+    json_t *answer_extra; /* members added to the session document answered next (packs), or NULL */
 } mod_fallback_req;
 
 /* mod_fallback_util.c. Functions returning int return a handler result: after a problem was
@@ -112,6 +114,58 @@ fb_err mod_fallback_session_error(fb_slot *slot, uint32_t gen);
 int mod_fallback_session_ended(mod_fallback_req *req, fb_slot *slot, uint32_t gen);
 /* "active", "finalising", "done", "failed" */
 const char *mod_fallback_state_name(uint32_t state);
+
+/* Shared by the single-file upload and the upload pack (mod_fallback_pack_up.c). */
+struct mod_fallback_pack_up;
+/* Creates or resumes an upload session of RELPATH (see docs/HTTP-API.md, "Resuming"); answers.
+ * PACK: NULL for one file; for a pack its manifest is written beside the partial file under the
+ * partial file's lock, the slot is marked FB_SLOT_FLAG_PACK, and max_file_size is not applied
+ * to the whole (the pack applies it to each file). */
+int mod_fallback_upload_create(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
+                               const unsigned char *sha256, int ask_digest, unsigned mode,
+                               const unsigned char *source_id, const uint64_t *source_mtime_ns,
+                               struct mod_fallback_pack_up *pack);
+/* The overwrite policy for an existing target BASE in PARENT_FD, without answering: -1 to go on
+ * (no target, or it may be replaced), 1 to skip (*PREASON "identical" or "newer"; an identical
+ * target takes SOURCE_MTIME_NS), 0 refused: *PERR, *PDETAIL (may be NULL) and *PTARGET
+ * ("directory", "file" or NULL: the problem's "target" member). */
+int mod_fallback_target_decide(request_rec *r, int parent_fd, const char *base, uint64_t size,
+                               fb_overwrite ow, const unsigned char *sha256, int ask_digest,
+                               const uint64_t *source_mtime_ns, const char **preason, fb_err *perr,
+                               const char **pdetail, const char **ptarget);
+/* Under the older policies: 1 if a target (not a directory) is at BASE now that is not older
+ * than SOURCE_MTIME_NS (NULL: unknown, so not older). */
+int mod_fallback_target_now_newer(int parent_fd, const char *base, fb_overwrite ow,
+                                  const uint64_t *source_mtime_ns);
+/* Renames PARTBASE to BASE in PARENT_FD; under "never" without replacing (EEXIST). 0 or -1. */
+int mod_fallback_rename_into_place(int parent_fd, const char *partbase, const char *base, fb_overwrite ow);
+/* Moves a FINALISING slot to TO after a failed commit and answers CODE (EXTRA: members, taken). */
+int mod_fallback_commit_fail_ext(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
+                                 const char *detail, json_t *extra);
+/* JSON "overwrite" (NULL or null: "always"); 0 if it is not one of the five names. */
+#define MOD_FALLBACK_OVERWRITE_BAD                                                                           \
+    "overwrite must be \"never\", \"always\", \"if_different\", \"older\" or \"if_different,older\""
+int mod_fallback_overwrite_parse(fb_overwrite *pow, json_t *v);
+/* Octal permission string ("644", "0644", no setuid/setgid/sticky); 0 if malformed. */
+int mod_fallback_mode_parse(unsigned *pmode, const char *s);
+/* OBJ's "mtime"/"mtime_ns" (docs/HTTP-API.md): NULL when fine (*PHAS 0 when absent), else what is
+ * wrong with them. */
+const char *mod_fallback_mtime_parse(json_t *obj, uint64_t *pns, int *phas);
+int mod_fallback_policy_needs_older(fb_overwrite ow);
+
+/* mod_fallback_pack_up.c: upload packs (docs/HTTP-API.md, "Upload packs"). */
+/* POST sessions with "pack" and direction upload; ROOT is the checked "path". */
+int mod_fallback_pack_up_create(mod_fallback_req *req, json_t *doc, const char *root);
+/* Called by mod_fallback_upload_create under the partial file's lock, PARENT_FD the root. */
+fb_err mod_fallback_pack_up_prepare(mod_fallback_req *req, struct mod_fallback_pack_up *pack, int parent_fd);
+/* The commit of a pack once its digest is verified: lands every file, answers, and leaves
+ * FINALISING. PART_FD: the pack's partial file (locked); PARENT_FD: the root directory. */
+int mod_fallback_pack_up_land(mod_fallback_req *req, const char *id, fb_slot *slot, const fb_slot_info *info,
+                              int part_fd, int parent_fd, const unsigned char *digest);
+/* Removes a pack's manifest sidecar (cancel); RELPATH is the pack's hidden relpath. */
+void mod_fallback_pack_up_remove(int parent_fd, const char *relpath);
+/* The pack's root directory for its hidden RELPATH ("" for the docroot). */
+const char *mod_fallback_pack_root(apr_pool_t *p, const char *relpath);
 
 /* mod_fallback_data.c */
 int mod_fallback_data_put(mod_fallback_req *req, const char *id);

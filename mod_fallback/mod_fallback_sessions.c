@@ -151,6 +151,9 @@ static json_t *session_doc(mod_fallback_req *req, uint32_t idx, const fb_slot_in
                     "path", info->relpath, "size", (json_int_t)info->size, "chunk_size", (json_int_t)info->chunk_size,
                     "state", mod_fallback_state_name(state), "resumed", (info->flags & FB_SLOT_FLAG_RESUMED) != 0,
                     "location", apr_pstrcat(req->r->pool, req->base, "/sessions/", id, NULL));
+    /* A pack's path is its root directory, not its hidden name. */
+    if (doc != NULL && (info->flags & FB_SLOT_FLAG_PACK))
+        json_object_set_new(doc, "path", json_string(mod_fallback_pack_root(req->r->pool, info->relpath)));
     /* The UDP endpoint only while udpd runs: a client told of none goes straight to HTTP(S)
      * instead of waiting for a UDP handshake nobody answers. */
     if (doc != NULL && udpd_alive(req->table))
@@ -256,6 +259,8 @@ static int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slo
     if (with_key)
         add_key(doc, info);
     wipe_info(info);
+    if (req->answer_extra != NULL)
+        json_object_update(doc, req->answer_extra);
     if (status == HTTP_CREATED)
         apr_table_set(req->r->headers_out, "Location", json_string_value(json_object_get(doc, "location")));
     return mod_fallback_json_reply(req, status, doc, with_key);
@@ -557,7 +562,7 @@ static int reply_skipped(mod_fallback_req *req, const char *relpath, uint64_t si
     return mod_fallback_json_reply(req, HTTP_OK, doc, 0);
 }
 
-static int policy_needs_older(fb_overwrite ow)
+int mod_fallback_policy_needs_older(fb_overwrite ow)
 {
     return ow == FB_OVERWRITE_OLDER || ow == FB_OVERWRITE_IF_DIFFERENT_OLDER;
 }
@@ -569,39 +574,47 @@ static int target_is_older(const struct stat *sb, uint64_t source_mtime_ns)
     return fb_timespec_ns(&sb->st_mtim) < source_mtime_ns;
 }
 
-/* Applies the overwrite policy to an existing target. Returns -1 to go on, 1 if the upload
- * can be skipped (*PREASON says why: "identical" or "newer"), or a handler result after
- * answering. ASK_DIGEST: under if_different(,older) without a digest, a regular file of the same
- * size is answered 409 "target": "file" (it may be identical: ask again with the digest) instead
- * of being replaced. SOURCE_MTIME_NS is required (non-NULL) by the older policies. */
-static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size,
-                        fb_overwrite ow, const unsigned char *sha256, int ask_digest,
-                        const uint64_t *source_mtime_ns, const char **preason)
+/* The overwrite policy (mod_fallback_private.h). ASK_DIGEST: under if_different(,older) without
+ * a digest, a regular file of the same size is refused with "target": "file" (it may be
+ * identical: ask again with the digest) instead of being replaced. SOURCE_MTIME_NS is required
+ * (non-NULL) by the older policies. */
+int mod_fallback_target_decide(request_rec *r, int parent_fd, const char *base, uint64_t size,
+                               fb_overwrite ow, const unsigned char *sha256, int ask_digest,
+                               const uint64_t *source_mtime_ns, const char **preason, fb_err *perr,
+                               const char **pdetail, const char **ptarget)
 {
     struct stat sb;
     unsigned char digest[FB_SHA256_LEN];
     int fd, same, if_different = ow == FB_OVERWRITE_IF_DIFFERENT || ow == FB_OVERWRITE_IF_DIFFERENT_OLDER;
 
+    *pdetail = NULL;
+    *ptarget = NULL;
     if (fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
         if (errno == ENOENT)
             return -1;
-        return mod_fallback_problem(req, fb_err_from_errno(errno), NULL);
+        *perr = fb_err_from_errno(errno);
+        return 0;
     }
-    if (S_ISDIR(sb.st_mode))
+    *perr = FB_ERR_EXISTS;
+    if (S_ISDIR(sb.st_mode)) {
         /* "target": "directory" tells a client copying like cp to upload into it instead */
-        return mod_fallback_problem_ext(req, FB_ERR_EXISTS, "the target is a directory",
-                                        json_pack("{s:s}", "target", "directory"));
+        *pdetail = "the target is a directory";
+        *ptarget = "directory";
+        return 0;
+    }
     if (ow == FB_OVERWRITE_NEVER)
-        return mod_fallback_problem(req, FB_ERR_EXISTS, NULL);
+        return 0;
     /* The age first: a newer target is kept whatever its content (and is not read). */
-    if (policy_needs_older(ow) && (source_mtime_ns == NULL || !target_is_older(&sb, *source_mtime_ns))) {
+    if (mod_fallback_policy_needs_older(ow) &&
+        (source_mtime_ns == NULL || !target_is_older(&sb, *source_mtime_ns))) {
         *preason = "newer";
         return 1;
     }
-    if (if_different && sha256 == NULL && ask_digest && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == size)
-        return mod_fallback_problem_ext(req, FB_ERR_EXISTS,
-                                        "a file of this size is at the target: ask again with the sha256",
-                                        json_pack("{s:s}", "target", "file"));
+    if (if_different && sha256 == NULL && ask_digest && S_ISREG(sb.st_mode) && (uint64_t)sb.st_size == size) {
+        *pdetail = "a file of this size is at the target: ask again with the sha256";
+        *ptarget = "file";
+        return 0;
+    }
     if (!if_different || sha256 == NULL || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_size != size)
         return -1;
     fd = openat(parent_fd, base, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
@@ -614,7 +627,7 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
         struct timespec ts[2] = {{0, UTIME_OMIT},
                                  {(time_t)(*source_mtime_ns / 1000000000u), (long)(*source_mtime_ns % 1000000000u)}};
         if (futimens(fd, ts) != 0)
-            ap_log_rerror(APLOG_MARK, APLOG_INFO, errno, req->r,
+            ap_log_rerror(APLOG_MARK, APLOG_INFO, errno, r,
                           FBLOGNO(00262) "cannot give the identical target '%s' the source's time", base);
     }
     close(fd);
@@ -622,9 +635,27 @@ static int check_target(mod_fallback_req *req, int parent_fd, const char *base, 
     return same ? 1 : -1;
 }
 
-static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
-                         const unsigned char *sha256, int ask_digest, unsigned mode,
-                         const unsigned char *source_id, const uint64_t *source_mtime_ns)
+/* mod_fallback_target_decide, answering a refusal. Returns -1 to go on, 1 to skip (*PREASON), or
+ * a handler result after answering. */
+static int check_target(mod_fallback_req *req, int parent_fd, const char *base, uint64_t size,
+                        fb_overwrite ow, const unsigned char *sha256, int ask_digest,
+                        const uint64_t *source_mtime_ns, const char **preason)
+{
+    const char *detail = NULL, *target = NULL;
+    fb_err e = FB_OK;
+    int rc = mod_fallback_target_decide(req->r, parent_fd, base, size, ow, sha256, ask_digest,
+                                        source_mtime_ns, preason, &e, &detail, &target);
+
+    if (rc != 0)
+        return rc;
+    return mod_fallback_problem_ext(req, e, detail,
+                                    target != NULL ? json_pack("{s:s}", "target", target) : NULL);
+}
+
+int mod_fallback_upload_create(mod_fallback_req *req, const char *relpath, uint64_t size, fb_overwrite ow,
+                               const unsigned char *sha256, int ask_digest, unsigned mode,
+                               const unsigned char *source_id, const uint64_t *source_mtime_ns,
+                               struct mod_fallback_pack_up *pack)
 {
     request_rec *r = req->r;
     const fb_config *cfg = req->cfg;
@@ -641,7 +672,7 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
 
     if (relpath[0] == '\0')
         return mod_fallback_problem(req, FB_ERR_BAD_PATH, "the path names the docroot itself");
-    if (cfg->max_file_size != 0 && size > cfg->max_file_size)
+    if (pack == NULL && cfg->max_file_size != 0 && size > cfg->max_file_size)
         return mod_fallback_problem(req, FB_ERR_TOO_LARGE,
                                     apr_psprintf(r->pool, "files may be at most %" APR_UINT64_T_FMT " bytes",
                                                  (apr_uint64_t)cfg->max_file_size));
@@ -677,6 +708,13 @@ static int create_upload(mod_fallback_req *req, const char *relpath, uint64_t si
         return mod_fallback_problem(req, e == FB_ERR_EXISTS ? FB_ERR_EXISTS : FB_ERR_IO, NULL);
     }
     mod_fallback_fd_close_on_cleanup(r->pool, part_fd);
+    if (pack != NULL) {
+        e = mod_fallback_pack_up_prepare(req, pack, parent_fd);
+        if (e != FB_OK) {
+            rc = mod_fallback_problem(req, e, "cannot write the pack's manifest");
+            goto leave;
+        }
+    }
 
     /* Refuse at once what cannot fit: the partial file is sparse, so otherwise the disk would
      * only fill up in the middle of the transfer. What the partial file already holds counts. */
@@ -820,8 +858,9 @@ supersede_rest:
         rc = mod_fallback_problem(req, e, NULL);
         goto leave;
     }
-    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode, resumed ? FB_SLOT_FLAG_RESUMED : 0,
-                  sha256, &sb, source_id, source_mtime_ns);
+    e = fill_slot(slot, req, FB_DIR_UPLOAD, relpath, size, cs, ow, mode,
+                  (resumed ? FB_SLOT_FLAG_RESUMED : 0) | (pack != NULL ? FB_SLOT_FLAG_PACK : 0), sha256, &sb,
+                  source_id, source_mtime_ns);
     if (e == FB_OK && resumed) {
         uint64_t i;
         for (i = 0; i < nchunks; i++)
@@ -853,7 +892,7 @@ leave:
 }
 
 /* Octal permission string: "644", "0644"; no setuid/setgid/sticky bits. */
-static int parse_mode(unsigned *pmode, const char *s)
+int mod_fallback_mode_parse(unsigned *pmode, const char *s)
 {
     unsigned v = 0;
     size_t i, n = strlen(s);
@@ -873,29 +912,54 @@ static int parse_mode(unsigned *pmode, const char *s)
 
 /* "mtime" (integer seconds since the epoch, 0 to FB_MTIME_MAX_S) and "mtime_ns" (its
  * nanoseconds part, 0 to 999999999; only with "mtime"): *PNS in ns, *PHAS 0 when absent.
- * Returns -1 to go on, or the handler result of a 400 answer. */
-static int parse_source_mtime(mod_fallback_req *req, json_t *doc, uint64_t *pns, int *phas)
+ * Returns NULL when fine, else what is wrong. */
+const char *mod_fallback_mtime_parse(json_t *obj, uint64_t *pns, int *phas)
 {
-    json_t *v = json_object_get(doc, "mtime"), *vns = json_object_get(doc, "mtime_ns");
+    json_t *v = json_object_get(obj, "mtime"), *vns = json_object_get(obj, "mtime_ns");
     json_int_t s, ns = 0;
 
     *phas = 0;
-    if (v == NULL || json_is_null(v)) {
-        if (vns != NULL && !json_is_null(vns))
-            return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mtime_ns is only valid with mtime");
-        return -1;
-    }
+    if (v == NULL || json_is_null(v))
+        return vns != NULL && !json_is_null(vns) ? "mtime_ns is only valid with mtime" : NULL;
     if (!json_is_integer(v) || (s = json_integer_value(v)) < 0 || (uint64_t)s > FB_MTIME_MAX_S)
-        return mod_fallback_problem(
-            req, FB_ERR_BAD_REQUEST,
-            "mtime must be an integer number of seconds since the epoch, 0 to 9999999999");
+        return "mtime must be an integer number of seconds since the epoch, 0 to 9999999999";
     if (vns != NULL && !json_is_null(vns) &&
         (!json_is_integer(vns) || (ns = json_integer_value(vns)) < 0 || ns > 999999999))
-        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
-                                    "mtime_ns must be an integer from 0 to 999999999");
+        return "mtime_ns must be an integer from 0 to 999999999";
     *pns = (uint64_t)s * 1000000000ull + (uint64_t)ns;
     *phas = 1;
-    return -1;
+    return NULL;
+}
+
+/* The same for a request: -1 to go on, or the handler result of a 400 answer. */
+static int parse_source_mtime(mod_fallback_req *req, json_t *doc, uint64_t *pns, int *phas)
+{
+    const char *bad = mod_fallback_mtime_parse(doc, pns, phas);
+
+    return bad != NULL ? mod_fallback_problem(req, FB_ERR_BAD_REQUEST, bad) : -1;
+}
+
+int mod_fallback_overwrite_parse(fb_overwrite *pow, json_t *v)
+{
+    static const struct {
+        const char *name;
+        fb_overwrite ow;
+    } names[] = {{"never", FB_OVERWRITE_NEVER},
+                 {"always", FB_OVERWRITE_ALWAYS},
+                 {"if_different", FB_OVERWRITE_IF_DIFFERENT},
+                 {"older", FB_OVERWRITE_OLDER},
+                 {"if_different,older", FB_OVERWRITE_IF_DIFFERENT_OLDER}};
+
+    *pow = FB_OVERWRITE_ALWAYS;
+    if (v == NULL || json_is_null(v))
+        return 1;
+    for (size_t i = 0; json_is_string(v) && i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcmp(json_string_value(v), names[i].name) == 0) {
+            *pow = names[i].ow;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 int mod_fallback_sessions_create(mod_fallback_req *req)
@@ -937,30 +1001,15 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
 
     if (strcmp(dir, "download") == 0)
         return create_download(req, relpath);
+    if (json_object_get(doc, "pack") != NULL)
+        return mod_fallback_pack_up_create(req, doc, relpath);
 
     v = json_object_get(doc, "size");
     if (!json_is_integer(v) || (size = json_integer_value(v)) < 0)
         return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "size must be a non-negative integer");
 
-    v = json_object_get(doc, "overwrite");
-    if (v != NULL && !json_is_null(v)) {
-        const char *o = json_is_string(v) ? json_string_value(v) : "";
-        if (strcmp(o, "never") == 0)
-            ow = FB_OVERWRITE_NEVER;
-        else if (strcmp(o, "always") == 0)
-            ow = FB_OVERWRITE_ALWAYS;
-        else if (strcmp(o, "if_different") == 0)
-            ow = FB_OVERWRITE_IF_DIFFERENT;
-        else if (strcmp(o, "older") == 0)
-            ow = FB_OVERWRITE_OLDER;
-        else if (strcmp(o, "if_different,older") == 0)
-            ow = FB_OVERWRITE_IF_DIFFERENT_OLDER;
-        else
-            return mod_fallback_problem(
-                req, FB_ERR_BAD_REQUEST,
-                "overwrite must be \"never\", \"always\", \"if_different\", \"older\" or "
-                "\"if_different,older\"");
-    }
+    if (!mod_fallback_overwrite_parse(&ow, json_object_get(doc, "overwrite")))
+        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, MOD_FALLBACK_OVERWRITE_BAD);
 
     v = json_object_get(doc, "sha256");
     if (v != NULL && !json_is_null(v)) {
@@ -991,19 +1040,19 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
     mode = req->cfg->file_mode & 0777u;
     v = json_object_get(doc, "mode");
     if (v != NULL && !json_is_null(v)) {
-        if (!json_is_string(v) || !parse_mode(&mode, json_string_value(v)))
+        if (!json_is_string(v) || !mod_fallback_mode_parse(&mode, json_string_value(v)))
             return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "mode must be an octal string such as \"0644\"");
     }
 
     rc = parse_source_mtime(req, doc, &mtime_ns, &has_mtime);
     if (rc != -1)
         return rc;
-    if (policy_needs_older(ow) && !has_mtime)
+    if (mod_fallback_policy_needs_older(ow) && !has_mtime)
         return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
                                     "overwrite \"older\" and \"if_different,older\" need the file's mtime");
 
-    return create_upload(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode, sourcep,
-                         has_mtime ? &mtime_ns : NULL);
+    return mod_fallback_upload_create(req, relpath, (uint64_t)size, ow, shap, ask_digest, mode, sourcep,
+                                      has_mtime ? &mtime_ns : NULL, NULL);
 }
 
 /* 1 if the live upload INFO's partial file is still the one it wrote (partial_is_the_sessions);
@@ -1084,6 +1133,8 @@ static int cancel_upload(mod_fallback_req *req, fb_slot *slot, const fb_slot_inf
             ap_log_rerror(APLOG_MARK, APLOG_WARNING, APR_FROM_OS_ERROR(errno), req->r,
                           FBLOGNO(00211) "cannot remove the partial file of '%s'", info->relpath);
         (void)fb_checkpoint_remove(parent_fd, mod_fallback_basename(ckptrel));
+        if (info->flags & FB_SLOT_FLAG_PACK)
+            mod_fallback_pack_up_remove(parent_fd, info->relpath);
     }
     close(fd);
     return owned;
@@ -1127,7 +1178,10 @@ static int reply_committed(mod_fallback_req *req, const char *id, const fb_slot_
     fb_hex_encode(hex, sha, FB_SHA256_LEN);
     return mod_fallback_json_reply(req, HTTP_OK,
                                    json_pack("{s:s, s:s, s:s, s:I, s:s}", "id", id, "state", "done", "path",
-                                             info->relpath, "size", (json_int_t)info->size, "sha256", hex),
+                                             (info->flags & FB_SLOT_FLAG_PACK)
+                                                 ? mod_fallback_pack_root(req->r->pool, info->relpath)
+                                                 : info->relpath,
+                                             "size", (json_int_t)info->size, "sha256", hex),
                                    0);
 }
 
@@ -1149,8 +1203,8 @@ static int reply_done(mod_fallback_req *req, const char *id, fb_slot *slot, uint
 
 /* Moves the slot out of FINALISING after a failed commit and answers (with EXTRA's members,
  * whose reference is taken; may be NULL). */
-static int commit_fail_ext(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
-                           const char *detail, json_t *extra)
+int mod_fallback_commit_fail_ext(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
+                                 const char *detail, json_t *extra)
 {
     if (to == FB_SLOT_FAILED)
         atomic_store(&slot->error_code, (uint32_t)code);
@@ -1162,23 +1216,24 @@ static int commit_fail_ext(mod_fallback_req *req, fb_slot *slot, fb_slot_state t
 static int commit_fail(mod_fallback_req *req, fb_slot *slot, fb_slot_state to, fb_err code,
                        const char *detail)
 {
-    return commit_fail_ext(req, slot, to, code, detail, NULL);
+    return mod_fallback_commit_fail_ext(req, slot, to, code, detail, NULL);
 }
 
 /* Under the older policies the target may have changed since the session was created: 1 if a
  * target (other than a directory, which the rename refuses anyway) is there now that is not
  * older than the upload's source. */
-static int target_now_newer(int parent_fd, const char *base, const fb_slot_info *info)
+int mod_fallback_target_now_newer(int parent_fd, const char *base, fb_overwrite ow,
+                                  const uint64_t *source_mtime_ns)
 {
     struct stat sb;
 
-    if (!policy_needs_older((fb_overwrite)info->overwrite) ||
-        fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0 || S_ISDIR(sb.st_mode))
+    if (!mod_fallback_policy_needs_older(ow) || fstatat(parent_fd, base, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+        S_ISDIR(sb.st_mode))
         return 0;
-    return !(info->flags & FB_SLOT_FLAG_SOURCE_MTIME) || !target_is_older(&sb, info->source_mtime_ns);
+    return source_mtime_ns == NULL || !target_is_older(&sb, *source_mtime_ns);
 }
 
-static int rename_into_place(int parent_fd, const char *partbase, const char *base, fb_overwrite ow)
+int mod_fallback_rename_into_place(int parent_fd, const char *partbase, const char *base, fb_overwrite ow)
 {
     if (ow != FB_OVERWRITE_NEVER)
         return renameat(parent_fd, partbase, parent_fd, base);
@@ -1292,6 +1347,11 @@ int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, cons
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_DIGEST_MISMATCH, NULL);
         goto leave;
     }
+    if (info->flags & FB_SLOT_FLAG_PACK) {
+        /* The pack's files land one by one (mod_fallback_pack_up.c); the pack itself is not. */
+        rc = mod_fallback_pack_up_land(req, id, slot, info, fd, parent_fd, digest);
+        goto leave;
+    }
     /* The mode is right before the name becomes visible. */
     if (fchmod(fd, (mode_t)(info->file_mode & 0777u)) != 0) {
         ap_log_rerror(APLOG_MARK, APLOG_ERR, APR_FROM_OS_ERROR(errno), r, FBLOGNO(00218) "fchmod of '%s' failed", partrel);
@@ -1306,12 +1366,15 @@ int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, cons
         rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_IO, NULL);
         goto leave;
     }
-    if (target_now_newer(parent_fd, base, info)) {
+    if (mod_fallback_target_now_newer(parent_fd, base, (fb_overwrite)info->overwrite,
+                                      (info->flags & FB_SLOT_FLAG_SOURCE_MTIME) ? &info->source_mtime_ns
+                                                                                : NULL)) {
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                       FBLOGNO(00261) "session %s: '%s' is not older than the upload any more: kept", id,
                       info->relpath);
-        rc = commit_fail_ext(req, slot, FB_SLOT_ACTIVE, FB_ERR_EXISTS,
-                             "the target is not older than the file", json_pack("{s:s}", "reason", "newer"));
+        rc = mod_fallback_commit_fail_ext(req, slot, FB_SLOT_ACTIVE, FB_ERR_EXISTS,
+                                          "the target is not older than the file",
+                                          json_pack("{s:s}", "reason", "newer"));
         goto leave;
     }
     /* The verified digest stays with the file (fb_filesum.h), for Repr-Digest on files/ and
@@ -1323,7 +1386,7 @@ int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, cons
         ap_log_rerror(APLOG_MARK, APLOG_DEBUG, APR_FROM_OS_ERROR(errno), r,
                       FBLOGNO(00242) "cannot keep the digest of '%s' with it: %s", info->relpath,
                       fb_err_message(e));
-    if (rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {
+    if (mod_fallback_rename_into_place(parent_fd, partbase, base, (fb_overwrite)info->overwrite) != 0) {
         int err = errno;
         if (err == EEXIST || err == EISDIR || err == ENOTEMPTY || err == ENOTDIR) {
             rc = commit_fail(req, slot, FB_SLOT_ACTIVE, FB_ERR_EXISTS, NULL);

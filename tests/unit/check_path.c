@@ -225,6 +225,36 @@ START_TEST(test_is_partial_name)
 }
 END_TEST
 
+START_TEST(test_pack_names_hidden)
+{
+    char out[96];
+
+    /* A pack's manifest sidecar, its temporary and the commit's per-file temporaries. */
+    ck_assert(fb_path_is_partial_name("..fbpack-0123456789abcdef0123456789abcdef.fbpart.manifest"));
+    ck_assert(fb_path_is_partial_name(".x.fbpart.manifest.tmp"));
+    ck_assert(fb_path_is_partial_name(".f.txt.0011223344556677.fbpart.unpack"));
+    ck_assert(!fb_path_is_partial_name("x.fbpart.manifest"));
+    ck_assert(!fb_path_is_partial_name(".x.fbpart.unpack2"));
+    /* The pack's own name: exactly ".fbpack-" and 32 lower-case hex digits. */
+    ck_assert(fb_path_is_partial_name(".fbpack-0123456789abcdef0123456789abcdef"));
+    ck_assert(!fb_path_is_partial_name(".fbpack-0123456789abcdef0123456789abcde"));
+    ck_assert(!fb_path_is_partial_name(".fbpack-0123456789abcdef0123456789abcdef0"));
+    ck_assert(!fb_path_is_partial_name(".fbpack-0123456789ABCDEF0123456789abcdef"));
+    ck_assert(!fb_path_is_partial_name(".fbpack-notes.txt"));
+    ck_assert(!fb_path_is_partial_name("fbpack-0123456789abcdef0123456789abcdef"));
+    /* Refused as client paths, in any component. */
+    expect_bad("a/.fbpack-0123456789abcdef0123456789abcdef");
+    expect_bad(".fbpack-0123456789abcdef0123456789abcdef/x");
+    expect_bad("a/.b.fbpart.manifest");
+    expect_bad("a/.b.12.fbpart.unpack");
+    expect_ok(".fbpack-notes", ".fbpack-notes");
+    ck_assert_int_eq(fb_path_manifest_name(out, sizeof(out), "r/.fbpack-0123456789abcdef0123456789abcdef"),
+                     FB_OK);
+    ck_assert_str_eq(out, "r/..fbpack-0123456789abcdef0123456789abcdef.fbpart.manifest");
+    ck_assert_int_eq(fb_path_manifest_name(out, sizeof(out), ""), FB_ERR_BAD_PATH);
+}
+END_TEST
+
 /* ---- Real filesystem: a docroot and an "outside" directory per test, under one mkdtemp base
  * that the unchecked teardown removes even when a test failed (a failed test skips the checked
  * teardown). ---- */
@@ -501,6 +531,7 @@ static Suite *path_suite(void)
     tcase_add_test(syntax, test_partial_and_checkpoint_names);
     tcase_add_test(syntax, test_partial_name_errors);
     tcase_add_test(syntax, test_is_partial_name);
+    tcase_add_test(syntax, test_pack_names_hidden);
     suite_add_tcase(s, syntax);
 
     tcase_add_unchecked_fixture(fs, base_setup, base_teardown);
