@@ -296,7 +296,8 @@ static void fbcp_pack_outcomes(fbcp_pack_up *p, const fbcp_url *url, json_t *ans
 /* A pack the server refused as a whole that its files may still pass one by one. */
 static int fbcp_pack_refused(fb_err e)
 {
-    return e == FB_ERR_BAD_REQUEST || e == FB_ERR_NOT_FOUND || e == FB_ERR_TOO_LARGE || e == FB_ERR_PROTOCOL ||
+    return e == FB_ERR_BAD_REQUEST || e == FB_ERR_BAD_PATH || e == FB_ERR_PATH_ESCAPE || e == FB_ERR_NOT_FOUND ||
+           e == FB_ERR_TOO_LARGE || e == FB_ERR_PROTOCOL ||
            e == FB_ERR_CHANGED || e == FB_ERR_DIGEST_MISMATCH || e == FB_ERR_METHOD;
 }
 
