@@ -314,6 +314,27 @@ test_pack_resume() {
     assert_eq 200 "$st" "PUT of the rest with Fallback-Commit: $(head -c 300 "$BODY")"
     assert_eq 3 "$(jbody .committed)" "committed"
     assert_landed "$t" "$DOCROOT/packs/res" r1 r2 r3
+    # The session lost (the administrator cancels it, as after a restart of the machine): the
+    # same pack asked again resumes from the checkpoint beside the partial file.
+    rm -rf "$DOCROOT/packs/res"
+    st=$(pack_create "$t" packs/res always)
+    assert_eq 201 "$st" "create after the files were removed"
+    id=$(jbody .id)
+    st=$(put_range "$id" "$T_TMP/pack.bin" 0 $((CHUNK - 1)))
+    assert_eq 200 "$st" "PUT of the first chunk"
+    require_fbctl
+    FB_SCHEMA=$DS_DIR/fallback.xsd "$FBCTL" -c "$DS_DIR/fallback.xml" cancel "$id" >"$T_TMP/c.out" 2>&1 ||
+        fail "fbctl cancel: $(cat "$T_TMP/c.out")"
+    st=$(pack_create "$t" packs/res always)
+    assert_eq 200 "$st" "create after the session was lost: $(head -c 300 "$BODY")"
+    assert_ne "$id" "$(jbody .id)" "a new session"
+    assert_eq true "$(jbody .resumed)" "resumed from the checkpoint"
+    assert_eq "[[$CHUNK,$((2100000 - CHUNK))]]" "$(jq -c .missing "$BODY")" "missing after the checkpoint"
+    id=$(jbody .id)
+    st=$(put_range "$id" "$T_TMP/pack.bin" "$CHUNK" $((2100000 - 1)) \
+        -H "Fallback-Commit: sha256=$(sha "$T_TMP/pack.bin")")
+    assert_eq 200 "$st" "the rest: $(head -c 300 "$BODY")"
+    assert_landed "$t" "$DOCROOT/packs/res" r1 r2 r3
     # Another pack to the same root (one file changed): another session.
     mkrand "$t/r3" 700000
     st=$(pack_create "$t" packs/res always)
@@ -432,7 +453,7 @@ run_test "per-file decisions: identical, newer, exists, a directory in the way" 
 run_test "a wrong pack digest: 422, nothing lands, then the right one commits" test_pack_digest_mismatch
 run_test "a file whose own sha256 is wrong fails alone, the others land" test_pack_entry_digest_wrong
 run_test "bad packs: escape, duplicates, missing sha256, not an array, too many files" test_pack_bad_input
-run_test "the same pack asked again resumes the same session" test_pack_resume
+run_test "the same pack asked again resumes its session, or its checkpoint once the session is lost" test_pack_resume
 run_test "a pack sent over UDP through udpd, committed over HTTPS" test_pack_over_udp
 run_test "a full disk at commit: 507, nothing lands, the session commits once there is room" test_pack_disk_full
 run_test "DELETE removes the pack's hidden files; listings never show them" test_pack_delete
