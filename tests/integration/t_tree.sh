@@ -4,7 +4,8 @@
 #   - 20,000 files (bench/make-tree: mostly 0 B - 16 KiB, a few of 1-4 MiB, nested 6 deep, empty
 #     directories, names with spaces and UTF-8) up and down over UDP, then with --fallback force:
 #     every file identical (diff -r), empty directories there, modification times kept (files and
-#     directories), one "tree" summary; the same command again skips every file as identical;
+#     directories), one "tree" summary, the small files in packs (a session per up to 1000 files);
+#     the same command again skips every file as identical;
 #   - symbolic links in a source tree: a link to a file is copied as that file, a link to a
 #     directory is skipped with a warning;
 #   - --overwrite older keeps a newer target and replaces an older one; --no-preserve-times;
@@ -43,6 +44,11 @@ assert_same_tree() {
     [ -z "$out" ] || fail "modification times differ (< source, > copy): $out"
 }
 
+# post_sessions: how many POST sessions the server has answered so far.
+post_sessions() {
+    grep -c '"POST [^"]*/sessions HTTP/1.1" ' "$DS_DIR/access.log"
+}
+
 # json_tree FILE FIELD: the field of the one "tree" event in FILE.
 json_tree() {
     jq -s -r "map(select(.event == \"tree\")) | if length == 1 then .[0].$2 else \"events: \\(length)\" end" "$1"
@@ -50,12 +56,18 @@ json_tree() {
 
 # roundtrip MODE: the big tree up and down with --fallback MODE, each twice.
 roundtrip() {
-    local mode=$1 rc dest=$T_TMP/back-$1
+    local mode=$1 rc posts dest=$T_TMP/back-$1
     require_fbcp
     [ -d "$BIG" ] || fail "no source tree"
+    access_log_settled
+    posts=$(post_sessions)
     fbcp -r --fallback "$mode" --json "$BIG" "$URL/$mode/" >"$T_TMP/$mode.up1.json" 2>"$T_TMP/$mode.up1.err"
     rc=$?
     assert_eq 0 "$rc" "upload exit code ($(tail -n 3 "$T_TMP/$mode.up1.err"))"
+    # small files went up in packs (up to 1000 files per session), the few big ones alone
+    access_log_settled
+    posts=$(($(post_sessions) - posts))
+    assert_ge $((NFILES / 50)) "$posts" "sessions created for $NFILES files (packs)"
     assert_eq "$NFILES" "$(json_tree "$T_TMP/$mode.up1.json" done)" "files uploaded (tree event)"
     assert_eq 0 "$(json_tree "$T_TMP/$mode.up1.json" failed)" "files failed (tree event)"
     if [ "$mode" = auto ]; then
