@@ -23,7 +23,8 @@ APLOG_USE_MODULE(fallback);
 
 /* Every log message starts with a unique tag ("FB00042: ") so tests can expect or forbid it.
  * Numbers by file: mod_fallback.c 00001-00099, _util 00100-00199, _sessions 00200-00399,
- * _data 00400-00499, _files 00500-00599, _status 00600-00699, _daemon 00700-00799. */
+ * _data 00400-00499, _files 00500-00599, _status 00600-00699, _daemon 00700-00799.
+ * _pack_down 00900-00949. */
 #define FBLOGNO(n) "FB" #n ": "
 
 /* Longest list of missing ranges put into one answer; the rest is summarised by
@@ -59,6 +60,7 @@ typedef struct mod_fallback_req {
     const char *docroot; /* NULL if the user has none */
     int docroot_fd;      /* -1 until mod_fallback_docroot_open */
     int body_read;       /* the request body was consumed (or its reading failed) */
+    json_t *reply_extra; /* members added to the session document answered (a download pack's) */
 } mod_fallback_req;
 
 /* mod_fallback_util.c. Functions returning int return a handler result: after a problem was
@@ -113,6 +115,15 @@ int mod_fallback_session_ended(mod_fallback_req *req, fb_slot *slot, uint32_t ge
 /* "active", "finalising", "done", "failed" */
 const char *mod_fallback_state_name(uint32_t state);
 
+/* A download session of RELPATH (checked by the caller; a download pack's staging file is a
+ * hidden name of the module's own), answered 201 with req->reply_extra's members added. */
+int mod_fallback_sessions_create_download(mod_fallback_req *req, const char *relpath);
+
+/* mod_fallback_pack_down.c: POST sessions with "pack" and direction download (ROOT checked). */
+int mod_fallback_pack_down_create(mod_fallback_req *req, const char *root, json_t *doc);
+/* The session of RELPATH ended (DELETE): its staging file goes, if RELPATH names one. */
+void mod_fallback_pack_down_forget(mod_fallback_req *req, const char *relpath);
+
 /* mod_fallback_data.c */
 int mod_fallback_data_put(mod_fallback_req *req, const char *id);
 
@@ -129,6 +140,8 @@ void mod_fallback_daemon_register_hooks(void);
 
 /* mod_fallback_files.c */
 int mod_fallback_files_get(mod_fallback_req *req, const char *relpath);
+/* GET/HEAD sessions/{id}/data: the file of download session ID, as files/ serves a file. */
+int mod_fallback_files_session_data(mod_fallback_req *req, const char *id);
 /* MKCOL: makes the directory RELPATH (and its parents) beneath the docroot. */
 int mod_fallback_files_mkcol(mod_fallback_req *req, const char *relpath);
 /* Mode of directories the module makes (before the umask), as mkdir -p does. */
