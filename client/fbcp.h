@@ -7,6 +7,7 @@
  *                    HTTP(S) data transport (parallel ranged PUT/GET on N connections)
  *   fbcp_upload.c    one upload: session, missing ranges, hash, commit
  *   fbcp_download.c  one download: HEAD, partial file + sidecar, ranged GETs, rename into place
+ *   fbcp_pack_down.c download packs: a tree's small files gathered, fetched as one session, landed
  *   fbcp_progress.c  messages on stderr, the progress bar and the --json event stream
  *   fbcp_udp.c       the UDP transport (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,
  *                    HELLO/HELLO_ACK, the fb_xfer sender (upload) or receiver (download),
@@ -531,6 +532,26 @@ fb_err fbcp_tree_add_file(fbcp_tree *t, const fbcp_url *url, const char *local, 
 fb_err fbcp_tree_add_dir(fbcp_tree *t, const fbcp_url *url, const char *local, const char *remote);
 /* Runs everything queued to its end; each file reports its own errors. */
 fb_err fbcp_tree_run(fbcp_tree *t);
+
+/* ---- download packs (fbcp_pack_down.c): small files of a tree in one session ---- */
+
+typedef struct fbcp_pack_down fbcp_pack_down;     /* one pack: files of one tree */
+typedef struct fbcp_pack_gather fbcp_pack_gather; /* the packs being filled, one per tree */
+
+fb_err fbcp_pack_gather_new(fbcp_pack_gather **pg);
+void fbcp_pack_gather_free(fbcp_pack_gather *g);
+/* Offers the listed file REMOTE -> LOCAL of tree TREE (DEPTH components below the tree's root;
+ * SIZE and MTIME, may be NULL, from the listing). 0: not taken (too big, ...), it goes on its own;
+ * 1: taken, and *PFULL is a pack that is full now (to run), or NULL. */
+int fbcp_pack_gather_add(fbcp_pack_gather *g, const fbcp_url *url, int tree, const char *remote,
+                         const char *local, int depth, uint64_t size, const struct timespec *mtime,
+                         fbcp_pack_down **pfull);
+/* A pack still being filled, taken out (the listings are done); NULL when there is none. */
+fbcp_pack_down *fbcp_pack_gather_flush(fbcp_pack_gather *g);
+int fbcp_pack_down_tree(const fbcp_pack_down *p);
+/* Downloads the pack's files (one by one if the server has no packs); reports per file. */
+fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p);
+void fbcp_pack_down_free(fbcp_pack_down *p);
 
 /* fbcp_progress.c's side of trees: a tree's own totals ("tree" event at the end of the run). */
 int fbcp_progress_tree_new(const char *source, const char *dest); /* its id, -1 if none */

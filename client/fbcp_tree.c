@@ -31,7 +31,7 @@
 
 #include <jansson.h>
 
-typedef enum fbcp_job_kind { FBCP_JOB_LIST, FBCP_JOB_FILE, FBCP_JOB_MKDIR } fbcp_job_kind;
+typedef enum fbcp_job_kind { FBCP_JOB_LIST, FBCP_JOB_FILE, FBCP_JOB_MKDIR, FBCP_JOB_PACK_DOWN } fbcp_job_kind;
 
 typedef struct fbcp_job {
     fbcp_job_kind kind;
@@ -44,6 +44,7 @@ typedef struct fbcp_job {
     struct timespec mtime;
     int tree;            /* index of the source tree (fbcp_progress's tree counters), -1: none */
     const fbcp_url *url; /* the server's URL (one per source of a download) */
+    fbcp_pack_down *pack; /* PACK_DOWN: the pack (owned by the job) */
 } fbcp_job;
 
 typedef struct fbcp_jobs {
@@ -65,6 +66,8 @@ struct fbcp_tree {
     int big_running;   /* a file of FBCP_BIG_FILE bytes or more is moving */
     int stop;          /* an error that stops the run happened */
     int mkcol_missing; /* the server does not know MKCOL (warned once) */
+    fbcp_pack_gather *gather; /* download: small files gathered into packs (fbcp_pack_down.c) */
+    int lists_left;           /* LIST jobs queued or running: the open packs go when it is 0 */
 };
 
 static void fbcp_job_free(fbcp_job *j)
@@ -72,6 +75,8 @@ static void fbcp_job_free(fbcp_job *j)
     free(j->local);
     free(j->remote);
     j->local = j->remote = NULL;
+    fbcp_pack_down_free(j->pack);
+    j->pack = NULL;
 }
 
 static void fbcp_jobs_free(fbcp_jobs *q)
@@ -119,6 +124,10 @@ fb_err fbcp_tree_new(fbcp_tree **pt, const fbcp_opts *o, fbcp_direction directio
     t->direction = direction;
     t->nworkers = o->transfers > 0 ? o->transfers : 1;
     t->worker_opts = *o;
+    if (direction == FBCP_DOWNLOAD && fbcp_pack_gather_new(&t->gather) != FB_OK) {
+        free(t);
+        return FB_ERR_NOMEM;
+    }
     if (pthread_mutex_init(&t->mu, NULL) != 0) {
         free(t);
         return FB_ERR_NOMEM;
@@ -138,6 +147,7 @@ void fbcp_tree_free(fbcp_tree *t)
         return;
     fbcp_jobs_free(&t->queue);
     fbcp_jobs_free(&t->dirs);
+    fbcp_pack_gather_free(t->gather);
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->mu);
     free(t);
@@ -179,6 +189,7 @@ fb_err fbcp_tree_add_dir(fbcp_tree *t, const fbcp_url *url, const char *local, c
         j.has_time = 1;
         j.mtime = st.st_mtim;
     }
+    t->lists_left++; /* before the workers start */
     return fbcp_tree_push(t, &j);
 }
 
@@ -405,6 +416,32 @@ typedef struct fbcp_worker {
     int time_pass; /* MKDIR jobs carry the directory's time */
 } fbcp_worker;
 
+/* Queues a pack (with the lock held); it is freed if that fails. */
+static fb_err fbcp_tree_queue_pack(fbcp_tree *t, fbcp_pack_down *p)
+{
+    fbcp_job j = {.kind = FBCP_JOB_PACK_DOWN, .tree = fbcp_pack_down_tree(p), .pack = p};
+    fb_err rv = fbcp_jobs_push(&t->queue, &j);
+
+    if (rv != FB_OK)
+        fbcp_pack_down_free(p);
+    return rv;
+}
+
+/* Queues J, found by a listing (with the lock held): a small file of a download goes into its
+ * tree's pack instead, and a pack that is full goes to the queue. */
+static fb_err fbcp_tree_queue_found(fbcp_tree *t, const fbcp_job *j)
+{
+    fbcp_pack_down *full = NULL;
+
+    if (j->kind == FBCP_JOB_LIST)
+        t->lists_left++;
+    if (j->kind != FBCP_JOB_FILE || t->gather == NULL ||
+        !fbcp_pack_gather_add(t->gather, j->url, j->tree, j->remote, j->local, j->depth, j->size,
+                              j->has_time ? &j->mtime : NULL, &full))
+        return fbcp_jobs_push(&t->queue, j);
+    return full != NULL ? fbcp_tree_queue_pack(t, full) : FB_OK;
+}
+
 /* Runs one job; jobs it finds (LIST) go to the queue. */
 static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
 {
@@ -417,6 +454,8 @@ static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
             rv = fbcp_upload_file(&w->c, j->url, j->local, j->remote, j->into_dir);
         else
             rv = fbcp_download_file(&w->c, j->url, j->remote, j->local);
+    } else if (j->kind == FBCP_JOB_PACK_DOWN) {
+        rv = fbcp_pack_down_run(&w->c, j->pack);
     } else if (j->kind == FBCP_JOB_LIST) {
         fbcp_jobs found = {0};
 
@@ -426,7 +465,11 @@ static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
         /* what was found is copied even when the listing was incomplete (that error stands) */
         fb_err e = found.n > 0 || rv == FB_OK ? fbcp_tree_remember_dir(t, j) : FB_OK;
         for (size_t i = 0; e == FB_OK && i < found.n; i++)
-            e = fbcp_jobs_push(&t->queue, &found.v[i]);
+            e = fbcp_tree_queue_found(t, &found.v[i]);
+        /* the last listing is done: the packs still being filled go too */
+        if (--t->lists_left == 0)
+            for (fbcp_pack_down *p; e == FB_OK && (p = fbcp_pack_gather_flush(t->gather)) != NULL;)
+                e = fbcp_tree_queue_pack(t, p);
         if (e != FB_OK) {
             fbcp_report_error(NULL, j->local, e, NULL);
             rv = e;

@@ -7,6 +7,7 @@ client_fbcp_SOURCES = \
 	client/fbcp_http.c \
 	client/fbcp_upload.c \
 	client/fbcp_download.c \
+	client/fbcp_pack_down.c \
 	client/fbcp_progress.c \
 	client/fbcp_udp.c \
 	client/fbcp_switch.c \
