@@ -42,7 +42,7 @@
 #define FBCP_PACK_MAX_TREES 4096                   /* trees with an open pack at once */
 
 typedef struct fbcp_pack_file {
-    char *remote; /* full remote path */
+    char *remote;    /* full remote path */
     const char *rel; /* REMOTE below the pack's root */
     char *local;
     uint64_t size; /* as listed */
@@ -223,10 +223,10 @@ typedef enum { FBCP_PF_ASK, FBCP_PF_DONE } fbcp_pf_state;
 typedef struct fbcp_pack_run {
     fbcp_ctx *c;
     fbcp_pack_down *p;
-    fbcp_xfer x;          /* the pack's own transfer (its bytes into the memfd) */
+    fbcp_xfer x; /* the pack's own transfer (its bytes into the memfd) */
     fbcp_switch sw;
-    fbcp_ranges done;     /* of the pack */
-    size_t *ask;          /* indexes of the files asked for, in request order */
+    fbcp_ranges done; /* of the pack */
+    size_t *ask;      /* indexes of the files asked for, in request order */
     size_t nask;
     json_t *answer;
     char *session_url;
@@ -270,12 +270,13 @@ static int fbcp_pack_policy(const fbcp_opts *o, const char *local, uint64_t size
         return -1;
     }
     if ((o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT || o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
-        S_ISREG(st.st_mode) && (uint64_t)st.st_size == size && mtime >= 0 && st.st_mtim.tv_sec == (time_t)mtime) {
+        S_ISREG(st.st_mode) && (uint64_t)st.st_size == size && mtime >= 0 &&
+        st.st_mtim.tv_sec == (time_t)mtime) {
         *preason = "identical";
         return 1;
     }
-    if ((o->overwrite == FBCP_OVERWRITE_OLDER || o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) && mtime >= 0 &&
-        st.st_mtim.tv_sec >= (time_t)mtime) {
+    if ((o->overwrite == FBCP_OVERWRITE_OLDER || o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
+        mtime >= 0 && st.st_mtim.tv_sec >= (time_t)mtime) {
         *preason = "newer"; /* the local file is not older than the server's: kept */
         return 1;
     }
@@ -339,7 +340,9 @@ static fb_err fbcp_pack_request(fbcp_pack_run *r, long *pstatus, char *detail, s
             json_decref(arr);
             arr = NULL;
         }
-    body = arr != NULL ? json_pack("{s:s, s:s, s:o}", "direction", "download", "path", r->p->root, "pack", arr) : NULL;
+    body = arr != NULL
+               ? json_pack("{s:s, s:s, s:o}", "direction", "download", "path", r->p->root, "pack", arr)
+               : NULL;
     url = malloc(len);
     if (body == NULL || url == NULL) {
         json_decref(body);
@@ -347,7 +350,8 @@ static fb_err fbcp_pack_request(fbcp_pack_run *r, long *pstatus, char *detail, s
         return FB_ERR_NOMEM;
     }
     snprintf(url, len, "%s/sessions", r->p->url->base);
-    rv = fbcp_http_request(r->c->http, &a, "POST", url, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail, detlen);
+    rv = fbcp_http_request(r->c->http, &a, "POST", url, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
+                           detlen);
     json_decref(body);
     free(url);
     if (rv != FB_OK)
@@ -372,8 +376,9 @@ static fb_err fbcp_pack_check_answer(fbcp_pack_run *r, char *detail, size_t detl
     size_t i;
 
     if (!json_is_array(pack) || json_array_size(pack) != r->nask || !json_is_integer(size) ||
-        json_integer_value(size) < 0 || (uint64_t)json_integer_value(size) > FBCP_PACK_ANSWER_MAX || sha == NULL ||
-        strlen(sha) != FB_SHA256_HEX_LEN || fb_hex_decode(r->sha, sizeof(r->sha), sha) != FB_OK) {
+        json_integer_value(size) < 0 || (uint64_t)json_integer_value(size) > FBCP_PACK_ANSWER_MAX ||
+        sha == NULL || strlen(sha) != FB_SHA256_HEX_LEN ||
+        fb_hex_decode(r->sha, sizeof(r->sha), sha) != FB_OK) {
         snprintf(detail, detlen, "the pack answer has no usable pack, size or sha256");
         return FB_ERR_PROTOCOL;
     }
@@ -483,8 +488,8 @@ static fb_err fbcp_pack_verify(fbcp_pack_run *r, char *detail, size_t detlen)
             return FB_ERR_LOCAL_IO;
         }
     }
-    if (EVP_Digest(r->map != NULL ? r->map : (const unsigned char *)"", (size_t)r->x.size, got, &len, EVP_sha256(),
-                   NULL) != 1 ||
+    if (EVP_Digest(r->map != NULL ? r->map : (const unsigned char *)"", (size_t)r->x.size, got, &len,
+                   EVP_sha256(), NULL) != 1 ||
         len != FB_SHA256_LEN)
         return FB_ERR_NOMEM;
     if (CRYPTO_memcmp(got, r->sha, FB_SHA256_LEN) != 0) {
@@ -540,9 +545,10 @@ static fb_err fbcp_pack_write(fbcp_pack_run *r, const fbcp_pack_file *f, json_t 
             struct timespec ts[2];
 
             ts[1].tv_sec = (time_t)json_integer_value(mt);
-            ts[1].tv_nsec = json_is_integer(ns) && json_integer_value(ns) >= 0 && json_integer_value(ns) < 1000000000
-                                ? (long)json_integer_value(ns)
-                                : 0;
+            ts[1].tv_nsec =
+                json_is_integer(ns) && json_integer_value(ns) >= 0 && json_integer_value(ns) < 1000000000
+                    ? (long)json_integer_value(ns)
+                    : 0;
             ts[0] = ts[1];
             if (futimens(fd, ts) != 0)
                 fbcp_warn("%s: cannot set the modification time: %s", f->local, strerror(errno));
@@ -620,9 +626,10 @@ static fb_err fbcp_pack_land(fbcp_pack_run *r)
                 continue;
             }
             fbcp_pack_file_xfer(&fx, r, f, f->size);
-            fbcp_sanitize(detail, sizeof(detail), json_string_value(json_object_get(e, "detail")) != NULL
-                                                      ? json_string_value(json_object_get(e, "detail"))
-                                                      : "");
+            fbcp_sanitize(detail, sizeof(detail),
+                          json_string_value(json_object_get(e, "detail")) != NULL
+                              ? json_string_value(json_object_get(e, "detail"))
+                              : "");
             fbcp_report_error(&fx, f->local, code != FB_OK ? code : FB_ERR_PROTOCOL, detail);
             continue;
         }
@@ -631,8 +638,9 @@ static fb_err fbcp_pack_land(fbcp_pack_run *r)
         mt = json_object_get(e, "mtime");
         fbcp_pack_file_xfer(&fx, r, f, size);
         /* again, with what the server says now */
-        pol = fbcp_pack_policy(r->c->opts, f->local, size, json_is_integer(mt) ? (int64_t)json_integer_value(mt) : -1,
-                               &reason, &rv, detail, sizeof(detail));
+        pol = fbcp_pack_policy(r->c->opts, f->local, size,
+                               json_is_integer(mt) ? (int64_t)json_integer_value(mt) : -1, &reason, &rv,
+                               detail, sizeof(detail));
         if (pol == 1) {
             fbcp_event_skip(&fx, reason);
             continue;
@@ -644,12 +652,13 @@ static fb_err fbcp_pack_land(fbcp_pack_run *r)
         fbcp_event_start(&fx);
         fx.start_ns = r->x.start_ns;
         if (fb_hex_decode(want, sizeof(want), json_string_value(json_object_get(e, "sha256"))) != FB_OK ||
-            EVP_Digest(size > 0 ? r->map + off : (const unsigned char *)"", (size_t)size, got, &len, EVP_sha256(),
-                       NULL) != 1) {
+            EVP_Digest(size > 0 ? r->map + off : (const unsigned char *)"", (size_t)size, got, &len,
+                       EVP_sha256(), NULL) != 1) {
             rv = FB_ERR_PROTOCOL;
         } else if (CRYPTO_memcmp(want, got, FB_SHA256_LEN) != 0) {
             rv = FB_ERR_DIGEST_MISMATCH;
-            snprintf(detail, sizeof(detail), "its bytes in the pack do not have the SHA-256 the server gave: not kept");
+            snprintf(detail, sizeof(detail),
+                     "its bytes in the pack do not have the SHA-256 the server gave: not kept");
         } else {
             rv = fbcp_pack_write(r, f, e, size > 0 ? r->map + off : NULL, size, detail, sizeof(detail));
         }
@@ -737,7 +746,8 @@ fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p)
     rv = fbcp_pack_request(&r, &status, detail, sizeof(detail));
     if (rv == FB_OK && r.answer == NULL) {
         /* an older server (400, 404, 405 to "pack"), or a request too large for it (413) */
-        fbcp_trace(c->opts, "%s: no download pack (HTTP %ld): %zu files one by one", p->label, status, r.nask);
+        fbcp_trace(c->opts, "%s: no download pack (HTTP %ld): %zu files one by one", p->label, status,
+                   r.nask);
         rv = fbcp_pack_one_by_one(&r, r.ask, r.nask);
         goto out;
     }

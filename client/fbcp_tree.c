@@ -44,7 +44,8 @@ typedef struct fbcp_job {
     struct timespec mtime;
     int tree;            /* index of the source tree (fbcp_progress's tree counters), -1: none */
     const fbcp_url *url; /* the server's URL (one per source of a download) */
-    fbcp_pack_down *pack; /* PACK_DOWN: the pack (owned by the job) */
+    /* PACK_DOWN: the pack (owned by the job) */
+    fbcp_pack_down *pack;
 } fbcp_job;
 
 typedef struct fbcp_jobs {
@@ -66,8 +67,10 @@ struct fbcp_tree {
     int big_running;   /* a file of FBCP_BIG_FILE bytes or more is moving */
     int stop;          /* an error that stops the run happened */
     int mkcol_missing; /* the server does not know MKCOL (warned once) */
-    fbcp_pack_gather *gather; /* download: small files gathered into packs (fbcp_pack_down.c) */
-    int lists_left;           /* LIST jobs queued or running: the open packs go when it is 0 */
+    /* download: small files gathered into packs (fbcp_pack_down.c), the open ones queued when no
+     * LIST job is left (LISTS_LEFT: queued or running) */
+    fbcp_pack_gather *gather;
+    int lists_left;
 };
 
 static void fbcp_job_free(fbcp_job *j)

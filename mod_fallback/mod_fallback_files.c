@@ -274,8 +274,8 @@ int mod_fallback_files_session_data(mod_fallback_req *req, const char *id)
     }
     if (atomic_load(&slot->state) != FB_SLOT_ACTIVE || atomic_load(&slot->generation) != gen)
         return mod_fallback_session_ended(req, slot, gen);
-    if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0) !=
-        FB_OK)
+    if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath,
+                             O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0) != FB_OK)
         return mod_fallback_problem(req, FB_ERR_CHANGED, "the session's file is gone");
     mod_fallback_fd_close_on_cleanup(r->pool, fd);
     if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_dev != info->file_dev ||
