@@ -513,6 +513,21 @@ void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
 void fbcp_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, unsigned ms);
 /* The URL of files/{REMOTE} (SLASH: with a trailing "/", for a directory listing); NULL on ENOMEM. */
 char *fbcp_files_url(const fbcp_url *url, const char *remote, int slash);
+/* Takes a download session's answer ANS into X: session_id, key, udp_port (0: none), a new
+ * session_gen. FB_ERR_PROTOCOL when it has no usable id or key. */
+fb_err fbcp_download_session_take(fbcp_xfer *x, struct json_t *ans);
+/* POST BASE/sessions with BODY (consumed; NULL: FB_ERR_NOMEM), as fbcp_http_request. */
+fb_err fbcp_sessions_post(fbcp_ctx *c, const fbcp_url *url, struct json_t *body, fbcp_http_answer *a,
+                          char *detail, size_t detlen);
+/* DELETE BASE/sessions/{ID} (without retries; the server expires what is not deleted). */
+void fbcp_session_delete(fbcp_ctx *c, const fbcp_url *url, const char *id);
+/* X (all zero first) as a download of REMOTE to LOCAL for C, on C's HTTP(S) transport to start. */
+void fbcp_download_xfer_init(fbcp_xfer *x, fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote);
+/* The local overwrite policy (O's) for a download to LOCAL of the server's SIZE and MTIME (whole
+ * seconds, -1: unknown): 0 go on, 1 skip it (*PREASON: "identical", "newer"), -1 refused (*PERR,
+ * and DETAIL when there is more to say). */
+int fbcp_download_policy(const fbcp_opts *o, const char *local, uint64_t size, int64_t mtime, const char **preason,
+                         fb_err *perr, char *detail, size_t detlen);
 /* Downloads REMOTE to LOCAL (the final target path). Reports its own errors. */
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local);
 

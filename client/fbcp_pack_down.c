@@ -32,8 +32,6 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 
-#include "fb_wire.h"
-
 #define FBCP_PACK_FILE_MAX (1024u * 1024u)         /* files this big or smaller go in packs */
 #define FBCP_PACK_MAX_FILES 1000u                  /* files per pack */
 #define FBCP_PACK_MAX_BYTES (16u * 1024u * 1024u)  /* bytes per pack (as listed) */
@@ -229,7 +227,6 @@ typedef struct fbcp_pack_run {
     size_t *ask;      /* indexes of the files asked for, in request order */
     size_t nask;
     json_t *answer;
-    char *session_url;
     unsigned char sha[FB_SHA256_LEN];
     const unsigned char *map;
     char *last_dir; /* the directory of the last file landed, fsynced when it changes */
@@ -238,49 +235,10 @@ typedef struct fbcp_pack_run {
 /* A per-file transfer record for events (sizes and counts of FILE). */
 static void fbcp_pack_file_xfer(fbcp_xfer *fx, const fbcp_pack_run *r, const fbcp_pack_file *f, uint64_t size)
 {
-    memset(fx, 0, sizeof(*fx));
-    fx->direction = FBCP_DOWNLOAD;
-    fx->opts = r->c->opts;
-    fx->local = f->local;
-    fx->remote = f->remote;
-    fx->url = r->p->url;
-    fx->fd = -1;
+    fbcp_download_xfer_init(fx, r->c, r->p->url, f->local, f->remote);
     fx->size = size;
-    fx->poll_fd = -1;
-    fx->transport_name = r->x.transport_name != NULL ? r->x.transport_name : r->c->transport->ops->name;
-}
-
-/* The local overwrite policy for a target LOCAL of the server's SIZE and MTIME (seconds, -1 unknown),
- * as fbcp_download_file applies it: 0 go on, 1 skip (*PREASON), -1 error (*PERR, DETAIL). */
-static int fbcp_pack_policy(const fbcp_opts *o, const char *local, uint64_t size, int64_t mtime,
-                            const char **preason, fb_err *perr, char *detail, size_t detlen)
-{
-    struct stat st;
-
-    if (stat(local, &st) != 0)
-        return 0;
-    if (S_ISDIR(st.st_mode)) {
-        *perr = FB_ERR_EXISTS;
-        snprintf(detail, detlen, "a directory is in the way");
-        return -1;
-    }
-    if (o->overwrite == FBCP_OVERWRITE_NEVER) {
-        *perr = FB_ERR_EXISTS;
-        detail[0] = '\0';
-        return -1;
-    }
-    if ((o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT || o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
-        S_ISREG(st.st_mode) && (uint64_t)st.st_size == size && mtime >= 0 &&
-        st.st_mtim.tv_sec == (time_t)mtime) {
-        *preason = "identical";
-        return 1;
-    }
-    if ((o->overwrite == FBCP_OVERWRITE_OLDER || o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
-        mtime >= 0 && st.st_mtim.tv_sec >= (time_t)mtime) {
-        *preason = "newer"; /* the local file is not older than the server's: kept */
-        return 1;
-    }
-    return 0;
+    if (r->x.transport_name != NULL)
+        fx->transport_name = r->x.transport_name;
 }
 
 /* The files one by one, as without packs (ASK: the indexes in R->ask, else all). */
@@ -329,10 +287,8 @@ static fb_err fbcp_pack_missing(fbcp_xfer *x, fbcp_ranges *out, char *detail, si
 /* POST sessions with the pack. *PSTATUS: the HTTP status (the answer in R->answer when 2xx). */
 static fb_err fbcp_pack_request(fbcp_pack_run *r, long *pstatus, char *detail, size_t detlen)
 {
-    json_t *arr = json_array(), *body;
+    json_t *arr = json_array();
     fbcp_http_answer a;
-    char *url;
-    size_t len = strlen(r->p->url->base) + 16;
     fb_err rv;
 
     for (size_t i = 0; arr != NULL && i < r->nask; i++)
@@ -340,20 +296,11 @@ static fb_err fbcp_pack_request(fbcp_pack_run *r, long *pstatus, char *detail, s
             json_decref(arr);
             arr = NULL;
         }
-    body = arr != NULL
-               ? json_pack("{s:s, s:s, s:o}", "direction", "download", "path", r->p->root, "pack", arr)
-               : NULL;
-    url = malloc(len);
-    if (body == NULL || url == NULL) {
-        json_decref(body);
-        free(url);
-        return FB_ERR_NOMEM;
-    }
-    snprintf(url, len, "%s/sessions", r->p->url->base);
-    rv = fbcp_http_request(r->c->http, &a, "POST", url, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
-                           detlen);
-    json_decref(body);
-    free(url);
+    rv = fbcp_sessions_post(
+        r->c, r->p->url,
+        arr != NULL ? json_pack("{s:s, s:s, s:o}", "direction", "download", "path", r->p->root, "pack", arr)
+                    : NULL,
+        &a, detail, detlen);
     if (rv != FB_OK)
         return rv;
     *pstatus = a.status;
@@ -412,31 +359,19 @@ static fb_err fbcp_pack_check_answer(fbcp_pack_run *r, char *detail, size_t detl
 /* The session of the pack (for the transports) from the answer. */
 static fb_err fbcp_pack_session(fbcp_pack_run *r, char *detail, size_t detlen)
 {
-    const char *id = json_string_value(json_object_get(r->answer, "id"));
-    const char *key = json_string_value(json_object_get(r->answer, "key"));
     const char *etag = json_string_value(json_object_get(r->answer, "etag"));
-    json_t *port = json_object_get(json_object_get(r->answer, "udp"), "port");
-    uint8_t sid[FB_WIRE_SID_LEN];
     size_t len;
+    fb_err rv = fbcp_download_session_take(&r->x, r->answer);
 
-    if (id == NULL || fb_wire_sid_from_string(sid, id) != FB_OK || key == NULL ||
-        strlen(key) != 2 * sizeof(r->x.key) || fb_hex_decode(r->x.key, sizeof(r->x.key), key) != FB_OK) {
+    if (rv == FB_ERR_PROTOCOL)
         snprintf(detail, detlen, "the pack session answer has no usable id or key");
-        return FB_ERR_PROTOCOL;
-    }
-    len = strlen(r->p->url->base) + strlen(id) + 32;
-    r->x.session_id = strdup(id);
-    r->session_url = malloc(len);
+    if (rv != FB_OK)
+        return rv;
+    len = strlen(r->p->url->base) + strlen(r->x.session_id) + 32;
     r->x.data_url = malloc(len);
-    if (r->x.session_id == NULL || r->session_url == NULL || r->x.data_url == NULL)
+    if (r->x.data_url == NULL)
         return FB_ERR_NOMEM;
-    snprintf(r->session_url, len, "%s/sessions/%s", r->p->url->base, id);
-    snprintf(r->x.data_url, len, "%s/sessions/%s/data", r->p->url->base, id);
-    r->x.have_key = 1;
-    r->x.session_gen = 1;
-    r->x.udp_port = json_is_integer(port) && json_integer_value(port) > 0 && json_integer_value(port) <= 65535
-                        ? (long)json_integer_value(port)
-                        : 0;
+    snprintf(r->x.data_url, len, "%s/sessions/%s/data", r->p->url->base, r->x.session_id);
     if (etag != NULL) {
         if (strncmp(etag, "W/", 2) != 0)
             r->x.if_range = strdup(etag);
@@ -638,9 +573,9 @@ static fb_err fbcp_pack_land(fbcp_pack_run *r)
         mt = json_object_get(e, "mtime");
         fbcp_pack_file_xfer(&fx, r, f, size);
         /* again, with what the server says now */
-        pol = fbcp_pack_policy(r->c->opts, f->local, size,
-                               json_is_integer(mt) ? (int64_t)json_integer_value(mt) : -1, &reason, &rv,
-                               detail, sizeof(detail));
+        pol = fbcp_download_policy(r->c->opts, f->local, size,
+                                   json_is_integer(mt) ? (int64_t)json_integer_value(mt) : -1, &reason, &rv,
+                                   detail, sizeof(detail));
         if (pol == 1) {
             fbcp_event_skip(&fx, reason);
             continue;
@@ -682,19 +617,6 @@ static fb_err fbcp_pack_land(fbcp_pack_run *r)
     return stop;
 }
 
-/* DELETE the pack's session: the server removes its staging file. */
-static void fbcp_pack_session_end(fbcp_pack_run *r)
-{
-    char detail[FBCP_DETAIL_LEN];
-    fbcp_http_answer a;
-
-    if (r->session_url == NULL)
-        return;
-    if (fbcp_http_request(r->c->http, &a, "DELETE", r->session_url, NULL, FBCP_MAX_JSON, 0, detail,
-                          sizeof(detail)) == FB_OK)
-        fbcp_http_answer_free(&a);
-}
-
 fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p)
 {
     fbcp_pack_run r;
@@ -706,15 +628,7 @@ fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p)
     r.c = c;
     r.p = p;
     fbcp_ranges_init(&r.done);
-    r.x.direction = FBCP_DOWNLOAD;
-    r.x.opts = c->opts;
-    r.x.local = p->label;
-    r.x.remote = p->root;
-    r.x.url = p->url;
-    r.x.fd = -1;
-    r.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
-    r.x.transport_name = c->transport->ops->name;
-    r.x.poll_fd = -1;
+    fbcp_download_xfer_init(&r.x, c, p->url, p->label, p->root);
     r.x.range_done = fbcp_pack_range_done;
     r.x.missing = fbcp_pack_missing;
     r.x.ctx = &r;
@@ -728,8 +642,8 @@ fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p)
     for (size_t i = 0; i < p->n; i++) {
         const char *reason = NULL;
         fb_err e = FB_OK;
-        int pol = fbcp_pack_policy(c->opts, p->v[i].local, p->v[i].size, p->v[i].mtime, &reason, &e, detail,
-                                   sizeof(detail));
+        int pol = fbcp_download_policy(c->opts, p->v[i].local, p->v[i].size, p->v[i].mtime, &reason, &e,
+                                       detail, sizeof(detail));
         fbcp_xfer fx;
 
         fbcp_pack_file_xfer(&fx, &r, &p->v[i], p->v[i].size);
@@ -773,7 +687,9 @@ fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p)
     }
     rv = fbcp_pack_land(&r);
 out:
-    fbcp_pack_session_end(&r);
+    /* the server removes its staging file */
+    if (r.x.session_id != NULL)
+        fbcp_session_delete(c, p->url, r.x.session_id);
     fbcp_move_cleanup(&r.x);
     if (r.map != NULL)
         munmap((void *)r.map, (size_t)r.x.size);
@@ -781,7 +697,6 @@ out:
         close(r.x.fd);
     json_decref(r.answer);
     free(r.ask);
-    free(r.session_url);
     free(r.last_dir);
     free(r.x.session_id);
     free(r.x.data_url);
