@@ -556,8 +556,8 @@ typedef struct fbcp_pack_gather fbcp_pack_gather; /* the packs being filled, one
 fb_err fbcp_pack_gather_new(fbcp_pack_gather **pg);
 void fbcp_pack_gather_free(fbcp_pack_gather *g);
 /* Offers the listed file REMOTE -> LOCAL of tree TREE (DEPTH components below the tree's root;
- * SIZE and MTIME, may be NULL, from the listing). 0: not taken (too big, ...), it goes on its own;
- * 1: taken, and *PFULL is a pack that is full now (to run), or NULL. */
+ * SIZE and MTIME, may be NULL, from the listing). 1: taken; 0: not taken (too big, ...), it goes
+ * on its own. Either way *PFULL is a pack that is full now (to run), or NULL. */
 int fbcp_pack_gather_add(fbcp_pack_gather *g, const fbcp_url *url, int tree, const char *remote,
                          const char *local, int depth, uint64_t size, const struct timespec *mtime,
                          fbcp_pack_down **pfull);

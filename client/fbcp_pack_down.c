@@ -322,9 +322,10 @@ static fb_err fbcp_pack_check_answer(fbcp_pack_run *r, char *detail, size_t detl
     uint64_t at = 0;
     size_t i;
 
+    if (json_is_integer(size) && json_integer_value(size) > (json_int_t)FBCP_PACK_ANSWER_MAX)
+        return FB_ERR_TOO_LARGE; /* the files grew since they were listed */
     if (!json_is_array(pack) || json_array_size(pack) != r->nask || !json_is_integer(size) ||
-        json_integer_value(size) < 0 || (uint64_t)json_integer_value(size) > FBCP_PACK_ANSWER_MAX ||
-        sha == NULL || strlen(sha) != FB_SHA256_HEX_LEN ||
+        json_integer_value(size) < 0 || sha == NULL || strlen(sha) != FB_SHA256_HEX_LEN ||
         fb_hex_decode(r->sha, sizeof(r->sha), sha) != FB_OK) {
         snprintf(detail, detlen, "the pack answer has no usable pack, size or sha256");
         return FB_ERR_PROTOCOL;
@@ -665,11 +666,16 @@ fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p)
         rv = fbcp_pack_one_by_one(&r, r.ask, r.nask);
         goto out;
     }
-    if (rv == FB_OK)
-        rv = fbcp_pack_check_answer(&r, detail, sizeof(detail));
     if (rv == FB_OK && json_object_get(r.answer, "id") != NULL)
         rv = fbcp_pack_session(&r, detail, sizeof(detail));
-    else if (rv == FB_OK && r.x.size > 0) {
+    if (rv == FB_OK)
+        rv = fbcp_pack_check_answer(&r, detail, sizeof(detail));
+    if (rv == FB_ERR_TOO_LARGE) {
+        fbcp_trace(c->opts, "%s: the pack is too big to hold: %zu files one by one", p->label, r.nask);
+        rv = fbcp_pack_one_by_one(&r, r.ask, r.nask);
+        goto out;
+    }
+    if (rv == FB_OK && r.x.session_id == NULL && r.x.size > 0) {
         rv = FB_ERR_PROTOCOL;
         snprintf(detail, sizeof(detail), "the pack answer has data but no session");
     }

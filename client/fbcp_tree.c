@@ -435,14 +435,19 @@ static fb_err fbcp_tree_queue_pack(fbcp_tree *t, fbcp_pack_down *p)
 static fb_err fbcp_tree_queue_found(fbcp_tree *t, const fbcp_job *j)
 {
     fbcp_pack_down *full = NULL;
+    int taken = 0;
+    fb_err rv = FB_OK;
 
     if (j->kind == FBCP_JOB_LIST)
         t->lists_left++;
-    if (j->kind != FBCP_JOB_FILE || t->gather == NULL ||
-        !fbcp_pack_gather_add(t->gather, j->url, j->tree, j->remote, j->local, j->depth, j->size,
-                              j->has_time ? &j->mtime : NULL, &full))
-        return fbcp_jobs_push(&t->queue, j);
-    return full != NULL ? fbcp_tree_queue_pack(t, full) : FB_OK;
+    if (j->kind == FBCP_JOB_FILE && t->gather != NULL)
+        taken = fbcp_pack_gather_add(t->gather, j->url, j->tree, j->remote, j->local, j->depth, j->size,
+                                     j->has_time ? &j->mtime : NULL, &full);
+    if (full != NULL)
+        rv = fbcp_tree_queue_pack(t, full);
+    if (!taken && rv == FB_OK)
+        rv = fbcp_jobs_push(&t->queue, j);
+    return rv;
 }
 
 /* Runs one job; jobs it finds (LIST) go to the queue. */
