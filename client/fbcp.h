@@ -7,6 +7,7 @@
  *                    HTTP(S) data transport (parallel ranged PUT/GET on N connections)
  *   fbcp_upload.c    one upload: session, missing ranges, hash, commit
  *   fbcp_download.c  one download: HEAD, partial file + sidecar, ranged GETs, rename into place
+ *   fbcp_pack_down.c download packs: a tree's small files gathered, fetched as one session, landed
  *   fbcp_progress.c  messages on stderr, the progress bar and the --json event stream
  *   fbcp_udp.c       the UDP transport (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,
  *                    HELLO/HELLO_ACK, the fb_xfer sender (upload) or receiver (download),
@@ -546,6 +547,21 @@ void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low);
 void fbcp_cond_wait_ms(pthread_cond_t *cv, pthread_mutex_t *mu, unsigned ms);
 /* The URL of files/{REMOTE} (SLASH: with a trailing "/", for a directory listing); NULL on ENOMEM. */
 char *fbcp_files_url(const fbcp_url *url, const char *remote, int slash);
+/* Takes a download session's answer ANS into X: session_id, key, udp_port (0: none), a new
+ * session_gen. FB_ERR_PROTOCOL when it has no usable id or key. */
+fb_err fbcp_download_session_take(fbcp_xfer *x, struct json_t *ans);
+/* POST BASE/sessions with BODY (consumed; NULL: FB_ERR_NOMEM), as fbcp_http_request. */
+fb_err fbcp_sessions_post(fbcp_ctx *c, const fbcp_url *url, struct json_t *body, fbcp_http_answer *a,
+                          char *detail, size_t detlen);
+/* DELETE BASE/sessions/{ID} (without retries; the server expires what is not deleted). */
+void fbcp_session_delete(fbcp_ctx *c, const fbcp_url *url, const char *id);
+/* X (all zero first) as a download of REMOTE to LOCAL for C, on C's HTTP(S) transport to start. */
+void fbcp_download_xfer_init(fbcp_xfer *x, fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote);
+/* The local overwrite policy (O's) for a download to LOCAL of the server's SIZE and MTIME (whole
+ * seconds, -1: unknown): 0 go on, 1 skip it (*PREASON: "identical", "newer"), -1 refused (*PERR,
+ * and DETAIL when there is more to say). */
+int fbcp_download_policy(const fbcp_opts *o, const char *local, uint64_t size, int64_t mtime, const char **preason,
+                         fb_err *perr, char *detail, size_t detlen);
 /* Downloads REMOTE to LOCAL (the final target path). Reports its own errors. */
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local);
 
@@ -565,6 +581,26 @@ fb_err fbcp_tree_add_file(fbcp_tree *t, const fbcp_url *url, const char *local, 
 fb_err fbcp_tree_add_dir(fbcp_tree *t, const fbcp_url *url, const char *local, const char *remote);
 /* Runs everything queued to its end; each file reports its own errors. */
 fb_err fbcp_tree_run(fbcp_tree *t);
+
+/* ---- download packs (fbcp_pack_down.c): small files of a tree in one session ---- */
+
+typedef struct fbcp_pack_down fbcp_pack_down;     /* one pack: files of one tree */
+typedef struct fbcp_pack_gather fbcp_pack_gather; /* the packs being filled, one per tree */
+
+fb_err fbcp_pack_gather_new(fbcp_pack_gather **pg);
+void fbcp_pack_gather_free(fbcp_pack_gather *g);
+/* Offers the listed file REMOTE -> LOCAL of tree TREE (DEPTH components below the tree's root;
+ * SIZE and MTIME, may be NULL, from the listing). 1: taken; 0: not taken (too big, ...), it goes
+ * on its own. Either way *PFULL is a pack that is full now (to run), or NULL. */
+int fbcp_pack_gather_add(fbcp_pack_gather *g, const fbcp_url *url, int tree, const char *remote,
+                         const char *local, int depth, uint64_t size, const struct timespec *mtime,
+                         fbcp_pack_down **pfull);
+/* A pack still being filled, taken out (the listings are done); NULL when there is none. */
+fbcp_pack_down *fbcp_pack_gather_flush(fbcp_pack_gather *g);
+int fbcp_pack_down_tree(const fbcp_pack_down *p);
+/* Downloads the pack's files (one by one if the server has no packs); reports per file. */
+fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p);
+void fbcp_pack_down_free(fbcp_pack_down *p);
 
 /* fbcp_progress.c's side of trees: a tree's own totals ("tree" event at the end of the run). */
 int fbcp_progress_tree_new(const char *source, const char *dest); /* its id, -1 if none */

@@ -733,33 +733,78 @@ static fb_err fbcp_download_missing(fbcp_xfer *x, fbcp_ranges *out, char *detail
     return fbcp_ranges_complement(out, &d->sc.done, x->size);
 }
 
-static char *fbcp_download_session_url(const fbcp_download *d, const char *id)
+/* BASE/sessions, or BASE/sessions/{ID}; NULL on ENOMEM. */
+static char *fbcp_sessions_url(const fbcp_url *url, const char *id)
 {
-    size_t len = strlen(d->x.url->base) + (id != NULL ? strlen(id) : 0) + 16;
+    size_t len = strlen(url->base) + (id != NULL ? strlen(id) : 0) + 16;
     char *r = malloc(len);
 
     if (r != NULL)
-        snprintf(r, len, "%s/sessions%s%s", d->x.url->base, id != NULL ? "/" : "", id != NULL ? id : "");
+        snprintf(r, len, "%s/sessions%s%s", url->base, id != NULL ? "/" : "", id != NULL ? id : "");
     return r;
 }
 
-/* DELETE the download session (its slot is all it holds on the server). Failures do not matter:
- * the server expires it. */
-static void fbcp_download_session_end(fbcp_download *d)
+fb_err fbcp_sessions_post(fbcp_ctx *c, const fbcp_url *url, json_t *body, fbcp_http_answer *a, char *detail,
+                          size_t detlen)
+{
+    char *u = fbcp_sessions_url(url, NULL);
+    fb_err rv = FB_ERR_NOMEM;
+
+    if (u != NULL && body != NULL)
+        rv = fbcp_http_request(c->http, a, "POST", u, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
+                               detlen);
+    json_decref(body);
+    free(u);
+    return rv;
+}
+
+void fbcp_session_delete(fbcp_ctx *c, const fbcp_url *url, const char *id)
 {
     char detail[FBCP_DETAIL_LEN];
     fbcp_http_answer a;
-    char *url;
+    char *u = fbcp_sessions_url(url, id);
 
+    if (u != NULL) {
+        if (fbcp_http_request(c->http, &a, "DELETE", u, NULL, FBCP_MAX_JSON, 0, detail, sizeof(detail)) ==
+            FB_OK)
+            fbcp_http_answer_free(&a);
+    }
+    free(u);
+}
+
+/* DELETE the download session (its slot is all it holds on the server). */
+static void fbcp_download_session_end(fbcp_download *d)
+{
     if (d->x.session_id == NULL)
         return;
-    url = fbcp_download_session_url(d, d->x.session_id);
-    if (url != NULL && fbcp_http_request(d->c->http, &a, "DELETE", url, NULL, FBCP_MAX_JSON, 0, detail,
-                                         sizeof(detail)) == FB_OK)
-        fbcp_http_answer_free(&a);
-    free(url);
+    fbcp_session_delete(d->c, d->x.url, d->x.session_id);
     free(d->x.session_id);
     d->x.session_id = NULL;
+}
+
+fb_err fbcp_download_session_take(fbcp_xfer *x, json_t *ans)
+{
+    const char *id = json_string_value(json_object_get(ans, "id"));
+    const char *key = json_string_value(json_object_get(ans, "key"));
+    json_t *port = json_object_get(json_object_get(ans, "udp"), "port");
+    uint8_t sid[FB_WIRE_SID_LEN];
+    fb_err rv = FB_OK;
+
+    if (id == NULL || fb_wire_sid_from_string(sid, id) != FB_OK || key == NULL ||
+        strlen(key) != 2 * sizeof(x->key) || fb_hex_decode(x->key, sizeof(x->key), key) != FB_OK)
+        rv = FB_ERR_PROTOCOL;
+    if (key != NULL)
+        OPENSSL_cleanse((void *)key, strlen(key));
+    if (rv != FB_OK)
+        return rv;
+    free(x->session_id);
+    x->session_id = strdup(id);
+    x->have_key = x->session_id != NULL;
+    x->session_gen++;
+    x->udp_port = json_is_integer(port) && json_integer_value(port) > 0 && json_integer_value(port) <= 65535
+                      ? (long)json_integer_value(port)
+                      : 0;
+    return x->session_id != NULL ? FB_OK : FB_ERR_NOMEM;
 }
 
 static int fbcp_same_etag(const char *a, const char *b)
@@ -808,37 +853,24 @@ static int fbcp_download_adopt(fbcp_download *d, json_t *ans, char **pvalidator)
 static fb_err fbcp_download_session(fbcp_download *d, char **pvalidator, char *detail, size_t detlen)
 {
     fbcp_http_answer a;
-    json_t *body;
-    char *url = fbcp_download_session_url(d, NULL);
     fb_err rv;
 
     fbcp_download_session_end(d);
-    if (url == NULL)
-        return FB_ERR_NOMEM;
-    body = json_pack("{s:s, s:s}", "direction", "download", "path", d->x.remote);
-    if (body == NULL) {
-        free(url);
-        return FB_ERR_NOMEM;
-    }
-    rv = fbcp_http_request(d->c->http, &a, "POST", url, body, FBCP_MAX_JSON, FBCP_RETRIES_DEFAULT, detail,
-                           detlen);
-    json_decref(body);
-    free(url);
+    rv = fbcp_sessions_post(d->c, d->x.url,
+                            json_pack("{s:s, s:s}", "direction", "download", "path", d->x.remote), &a, detail,
+                            detlen);
     if (rv != FB_OK)
         return rv;
     if (a.status == 200 || a.status == 201) {
-        const char *id = json_string_value(json_object_get(a.json, "id"));
-        const char *key = json_string_value(json_object_get(a.json, "key"));
         const char *etag = json_string_value(json_object_get(a.json, "etag"));
         json_t *size = json_object_get(a.json, "size");
-        json_t *port = json_object_get(json_object_get(a.json, "udp"), "port");
-        uint8_t sid[FB_WIRE_SID_LEN];
 
-        if (id == NULL || fb_wire_sid_from_string(sid, id) != FB_OK || key == NULL ||
-            strlen(key) != 2 * sizeof(d->x.key) || fb_hex_decode(d->x.key, sizeof(d->x.key), key) != FB_OK ||
-            !json_is_integer(size)) {
+        /* taken at once: a session refused below is deleted with the others */
+        if (!json_is_integer(size) || (rv = fbcp_download_session_take(&d->x, a.json)) == FB_ERR_PROTOCOL) {
             rv = FB_ERR_PROTOCOL;
             snprintf(detail, detlen, "the download session answer has no usable id, key or size");
+        } else if (rv != FB_OK) {
+            /* out of memory */
         } else if (pvalidator != NULL && !fbcp_download_adopt(d, a.json, pvalidator)) {
             rv = FB_ERR_PROTOCOL; /* the caller asks HEAD instead */
             snprintf(detail, detlen, "the download session answer does not describe the file");
@@ -849,17 +881,7 @@ static fb_err fbcp_download_session(fbcp_download *d, char **pvalidator, char *d
             /* udpd vouches for the file as the session saw it: that covers the HEAD's version
              * only when both ETags exist and were compared */
             d->etag_checked = etag != NULL && d->x.etag != NULL;
-            d->x.session_id = strdup(id);
-            d->x.have_key = d->x.session_id != NULL;
-            d->x.session_gen++;
-            d->x.udp_port =
-                json_is_integer(port) && json_integer_value(port) > 0 && json_integer_value(port) <= 65535
-                    ? (long)json_integer_value(port)
-                    : 0;
-            rv = d->x.session_id != NULL ? FB_OK : FB_ERR_NOMEM;
         }
-        if (key != NULL)
-            OPENSSL_cleanse((void *)key, strlen(key));
     } else {
         rv = fbcp_http_problem(&a, detail, detlen);
     }
@@ -964,6 +986,51 @@ static fb_err fbcp_download_finish(fbcp_download *d, char *sha_hex, char *detail
     return FB_OK;
 }
 
+void fbcp_download_xfer_init(fbcp_xfer *x, fbcp_ctx *c, const fbcp_url *url, const char *local,
+                             const char *remote)
+{
+    memset(x, 0, sizeof(*x));
+    x->direction = FBCP_DOWNLOAD;
+    x->opts = c->opts;
+    x->local = local;
+    x->remote = remote;
+    x->url = url;
+    x->fd = -1;
+    x->chunk_size = FBCP_DOWNLOAD_CHUNK;
+    x->transport_name = c->transport->ops->name;
+    x->poll_fd = -1;
+}
+
+int fbcp_download_policy(const fbcp_opts *o, const char *local, uint64_t size, int64_t mtime,
+                         const char **preason, fb_err *perr, char *detail, size_t detlen)
+{
+    struct stat st;
+
+    if (stat(local, &st) != 0)
+        return 0;
+    if (S_ISDIR(st.st_mode)) {
+        *perr = FB_ERR_EXISTS;
+        snprintf(detail, detlen, "a directory is in the way");
+        return -1;
+    }
+    if (o->overwrite == FBCP_OVERWRITE_NEVER) {
+        *perr = FB_ERR_EXISTS;
+        return -1;
+    }
+    if ((o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT || o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
+        S_ISREG(st.st_mode) && (uint64_t)st.st_size == size && mtime >= 0 &&
+        st.st_mtim.tv_sec == (time_t)mtime) {
+        *preason = "identical";
+        return 1;
+    }
+    if ((o->overwrite == FBCP_OVERWRITE_OLDER || o->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
+        mtime >= 0 && st.st_mtim.tv_sec >= (time_t)mtime) {
+        *preason = "newer"; /* the local file is not older than the server's: kept */
+        return 1;
+    }
+    return 0;
+}
+
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local)
 {
     fbcp_download d;
@@ -972,22 +1039,13 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
     char sha_hex[FB_SHA256_HEX_LEN + 1] = "";
     char *validator = NULL;
     fbcp_ranges missing;
-    struct stat st;
     fb_err rv;
 
     memset(&d, 0, sizeof(d));
     fbcp_ranges_init(&missing);
     fbcp_sidecar_init(&d.sc);
     d.c = c;
-    d.x.direction = FBCP_DOWNLOAD;
-    d.x.opts = c->opts;
-    d.x.local = local;
-    d.x.remote = remote;
-    d.x.url = url;
-    d.x.fd = -1;
-    d.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
-    d.x.transport_name = c->transport->ops->name;
-    d.x.poll_fd = -1;
+    fbcp_download_xfer_init(&d.x, c, url, local, remote);
     d.x.range_done = fbcp_download_range_done;
     d.x.missing = fbcp_download_missing;
     d.x.ctx = &d;
@@ -1029,27 +1087,15 @@ fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, 
     }
 
     /* the local overwrite policy, decided before any data moves */
-    if (stat(local, &st) == 0) {
-        if (S_ISDIR(st.st_mode)) {
-            rv = FB_ERR_EXISTS;
-            snprintf(detail, sizeof(detail), "a directory is in the way");
+    {
+        const char *reason = NULL;
+        int pol =
+            fbcp_download_policy(c->opts, local, d.x.size, d.filetime, &reason, &rv, detail, sizeof(detail));
+
+        if (pol < 0)
             goto out;
-        }
-        if (c->opts->overwrite == FBCP_OVERWRITE_NEVER) {
-            rv = FB_ERR_EXISTS;
-            goto out;
-        }
-        if ((c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT ||
-             c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
-            S_ISREG(st.st_mode) && (uint64_t)st.st_size == d.x.size && d.filetime >= 0 &&
-            st.st_mtim.tv_sec == (time_t)d.filetime) {
-            fbcp_event_skip(&d.x, "identical");
-            goto out;
-        }
-        if ((c->opts->overwrite == FBCP_OVERWRITE_OLDER || c->opts->overwrite == FBCP_OVERWRITE_IF_DIFFERENT_OLDER) &&
-            d.filetime >= 0 && st.st_mtim.tv_sec >= (time_t)d.filetime) {
-            /* the local file is not older than the server's: kept */
-            fbcp_event_skip(&d.x, "newer");
+        if (pol > 0) {
+            fbcp_event_skip(&d.x, reason);
             goto out;
         }
     }

@@ -31,7 +31,7 @@
 
 #include <jansson.h>
 
-typedef enum fbcp_job_kind { FBCP_JOB_LIST, FBCP_JOB_FILE, FBCP_JOB_MKDIR, FBCP_JOB_PACK_UP } fbcp_job_kind;
+typedef enum fbcp_job_kind { FBCP_JOB_LIST, FBCP_JOB_FILE, FBCP_JOB_MKDIR, FBCP_JOB_PACK_UP, FBCP_JOB_PACK_DOWN } fbcp_job_kind;
 
 /* Small files of one tree on their way into a pack (upload). */
 typedef struct fbcp_pack_items {
@@ -63,6 +63,7 @@ typedef struct fbcp_job {
     int tree;            /* index of the source tree (fbcp_progress's tree counters), -1: none */
     const fbcp_url *url; /* the server's URL (one per source of a download) */
     fbcp_pack_items *pack; /* PACK_UP: its files (REMOTE is the pack's root); owned by the job */
+    fbcp_pack_down *pack_down; /* PACK_DOWN: the pack (owned by the job) */
 } fbcp_job;
 
 /* A source tree of an upload: its root on the server, and the pack being filled. */
@@ -95,6 +96,10 @@ struct fbcp_tree {
     int mkcol_missing; /* the server does not know MKCOL (warned once) */
     fbcp_tree_root *roots; /* upload trees (packs are per tree) */
     int nroots;
+    /* download: small files gathered into packs (fbcp_pack_down.c), the open ones queued when no
+     * LIST job is left (LISTS_LEFT: queued or running) */
+    fbcp_pack_gather *gather;
+    int lists_left;
 };
 
 static void fbcp_job_free(fbcp_job *j)
@@ -107,6 +112,8 @@ static void fbcp_job_free(fbcp_job *j)
         free(j->pack);
         j->pack = NULL;
     }
+    fbcp_pack_down_free(j->pack_down);
+    j->pack_down = NULL;
 }
 
 static void fbcp_jobs_free(fbcp_jobs *q)
@@ -154,6 +161,10 @@ fb_err fbcp_tree_new(fbcp_tree **pt, const fbcp_opts *o, fbcp_direction directio
     t->direction = direction;
     t->nworkers = o->transfers > 0 ? o->transfers : 1;
     t->worker_opts = *o;
+    if (direction == FBCP_DOWNLOAD && o->packs && fbcp_pack_gather_new(&t->gather) != FB_OK) {
+        free(t);
+        return FB_ERR_NOMEM;
+    }
     if (pthread_mutex_init(&t->mu, NULL) != 0) {
         free(t);
         return FB_ERR_NOMEM;
@@ -178,6 +189,7 @@ void fbcp_tree_free(fbcp_tree *t)
         fbcp_pack_items_free(&t->roots[i].pending);
     }
     free(t->roots);
+    fbcp_pack_gather_free(t->gather);
     pthread_cond_destroy(&t->cv);
     pthread_mutex_destroy(&t->mu);
     free(t);
@@ -233,6 +245,7 @@ fb_err fbcp_tree_add_dir(fbcp_tree *t, const fbcp_url *url, const char *local, c
             return FB_ERR_NOMEM;
         t->nroots++;
     }
+    t->lists_left++; /* before the workers start */
     return fbcp_tree_push(t, &j);
 }
 
@@ -543,6 +556,37 @@ typedef struct fbcp_worker {
     int time_pass; /* MKDIR jobs carry the directory's time */
 } fbcp_worker;
 
+/* Queues a pack (with the lock held); it is freed if that fails. */
+static fb_err fbcp_tree_queue_pack(fbcp_tree *t, fbcp_pack_down *p)
+{
+    fbcp_job j = {.kind = FBCP_JOB_PACK_DOWN, .tree = fbcp_pack_down_tree(p), .pack_down = p};
+    fb_err rv = fbcp_jobs_push(&t->queue, &j);
+
+    if (rv != FB_OK)
+        fbcp_pack_down_free(p);
+    return rv;
+}
+
+/* Queues J, found by a listing (with the lock held): a small file of a download goes into its
+ * tree's pack instead, and a pack that is full goes to the queue. */
+static fb_err fbcp_tree_queue_found(fbcp_tree *t, const fbcp_job *j)
+{
+    fbcp_pack_down *full = NULL;
+    int taken = 0;
+    fb_err rv = FB_OK;
+
+    if (j->kind == FBCP_JOB_LIST)
+        t->lists_left++;
+    if (j->kind == FBCP_JOB_FILE && t->gather != NULL)
+        taken = fbcp_pack_gather_add(t->gather, j->url, j->tree, j->remote, j->local, j->depth, j->size,
+                                     j->has_time ? &j->mtime : NULL, &full);
+    if (full != NULL)
+        rv = fbcp_tree_queue_pack(t, full);
+    if (!taken && rv == FB_OK)
+        rv = fbcp_jobs_push(&t->queue, j);
+    return rv;
+}
+
 /* Runs one job; jobs it finds (LIST) go to the queue. */
 static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
 {
@@ -557,6 +601,8 @@ static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
             rv = fbcp_upload_file(&w->c, j->url, j->local, j->remote, j->into_dir);
         else
             rv = fbcp_download_file(&w->c, j->url, j->remote, j->local);
+    } else if (j->kind == FBCP_JOB_PACK_DOWN) {
+        rv = fbcp_pack_down_run(&w->c, j->pack_down);
     } else if (j->kind == FBCP_JOB_LIST) {
         fbcp_jobs found = {0};
 
@@ -567,7 +613,11 @@ static fb_err fbcp_worker_run(fbcp_worker *w, fbcp_job *j)
         fb_err e = found.n > 0 || rv == FB_OK ? fbcp_tree_remember_dir(t, j) : FB_OK;
         for (size_t i = 0; e == FB_OK && i < found.n; i++)
             if (!fbcp_tree_pack_file(t, &found.v[i], &e))
-                e = fbcp_jobs_push(&t->queue, &found.v[i]);
+                e = fbcp_tree_queue_found(t, &found.v[i]);
+        /* the last listing is done: the download packs still being filled go too */
+        if (--t->lists_left == 0)
+            for (fbcp_pack_down *p; e == FB_OK && (p = fbcp_pack_gather_flush(t->gather)) != NULL;)
+                e = fbcp_tree_queue_pack(t, p);
         if (e != FB_OK) {
             fbcp_report_error(NULL, j->local, e, NULL);
             rv = e;

@@ -8,6 +8,7 @@ client_fbcp_SOURCES = \
 	client/fbcp_upload.c \
 	client/fbcp_pack_up.c \
 	client/fbcp_download.c \
+	client/fbcp_pack_down.c \
 	client/fbcp_progress.c \
 	client/fbcp_udp.c \
 	client/fbcp_switch.c \

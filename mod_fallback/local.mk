@@ -9,6 +9,7 @@ mod_fallback_mod_fallback_la_SOURCES = \
 	mod_fallback/mod_fallback_pack_up.c \
 	mod_fallback/mod_fallback_data.c \
 	mod_fallback/mod_fallback_files.c \
+	mod_fallback/mod_fallback_pack_down.c \
 	mod_fallback/mod_fallback_status.c \
 	mod_fallback/mod_fallback_daemon.c
 mod_fallback_mod_fallback_la_CPPFLAGS = $(AM_CPPFLAGS) -I$(APXS_INCLUDEDIR) $(APR_CFLAGS) $(APXS_EXTRA_CPPFLAGS) \

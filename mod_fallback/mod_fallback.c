@@ -592,8 +592,10 @@ static int route(mod_fallback_req *req, const char *rem)
         }
         id = apr_pstrmemdup(r->pool, id, (apr_size_t)(slash - id));
         if (strcmp(slash + 1, "data") == 0) {
+            if (m == M_GET)
+                return mod_fallback_files_session_data(req, id);
             if (m != M_PUT)
-                return method_not_allowed(req, "PUT");
+                return method_not_allowed(req, "GET, HEAD, PUT");
             return mod_fallback_data_put(req, id);
         }
         if (strcmp(slash + 1, "commit") == 0) {

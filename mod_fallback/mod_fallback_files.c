@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/crypto.h>
+
 #include "apr_portable.h"
 #include "apr_strings.h"
 #include "http_core.h"
@@ -247,6 +249,44 @@ int mod_fallback_files_get(mod_fallback_req *req, const char *raw)
     if (S_ISDIR(sb.st_mode))
         return send_listing(req, fd, relpath);
     return mod_fallback_problem(req, FB_ERR_NOT_FOUND, "not a regular file or directory");
+}
+
+/* A download session's file over HTTP(S), for a client that cannot name it with files/ (a
+ * download pack's staging file has a hidden name): the same answer as files/ gives, Range and
+ * all, while the session is active and only for its user (another user's session is not found).
+ * The file must still be the one the session was created for (inode, size, modification time). */
+int mod_fallback_files_session_data(mod_fallback_req *req, const char *id)
+{
+    request_rec *r = req->r;
+    fb_slot_info *info = apr_palloc(r->pool, sizeof(*info));
+    fb_slot *slot = NULL;
+    uint32_t idx = 0, gen = 0;
+    struct stat sb;
+    int fd = -1, rc, fl;
+
+    rc = mod_fallback_session_lookup(req, id, &idx, &slot, &gen, info);
+    if (slot == NULL)
+        return rc;
+    OPENSSL_cleanse(info->key, sizeof(info->key));
+    if (info->direction != FB_DIR_DOWNLOAD) {
+        apr_table_setn(r->headers_out, "Allow", "PUT");
+        return mod_fallback_problem(req, FB_ERR_METHOD, "an upload session's data is sent with PUT");
+    }
+    if (atomic_load(&slot->state) != FB_SLOT_ACTIVE || atomic_load(&slot->generation) != gen)
+        return mod_fallback_session_ended(req, slot, gen);
+    if (fb_path_open_beneath(&fd, req->docroot_fd, info->relpath,
+                             O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC, 0) != FB_OK)
+        return mod_fallback_problem(req, FB_ERR_CHANGED, "the session's file is gone");
+    mod_fallback_fd_close_on_cleanup(r->pool, fd);
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (uint64_t)sb.st_dev != info->file_dev ||
+        (uint64_t)sb.st_ino != info->file_ino || (uint64_t)sb.st_size != info->size ||
+        fb_timespec_ns(&sb.st_mtim) != info->file_mtime_ns)
+        return mod_fallback_problem(req, FB_ERR_CHANGED, "the file changed since the session was created");
+    atomic_store(&slot->last_activity_ns, fb_time_now_ns());
+    fl = fcntl(fd, F_GETFL);
+    if (fl >= 0)
+        (void)fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return send_file(req, fd);
 }
 
 /* Opens RELPATH beneath the docroot as a directory. *PNOTDIR is set when something that is not

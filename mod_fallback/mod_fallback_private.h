@@ -24,7 +24,7 @@ APLOG_USE_MODULE(fallback);
 /* Every log message starts with a unique tag ("FB00042: ") so tests can expect or forbid it.
  * Numbers by file: mod_fallback.c 00001-00099, _util 00100-00199, _sessions 00200-00399,
  * _data 00400-00499, _files 00500-00599, _status 00600-00699, _daemon 00700-00799,
- * _pack_up 00900-00949. */
+ * _pack_up 00900-00949, _pack_down 00950-00999. */
 #define FBLOGNO(n) "FB" #n ": "
 
 /* Longest list of missing ranges put into one answer; the rest is summarised by
@@ -166,6 +166,14 @@ int mod_fallback_pack_up_land(mod_fallback_req *req, const char *id, fb_slot *sl
 void mod_fallback_pack_up_remove(int parent_fd, const char *relpath);
 /* The pack's root directory for its hidden RELPATH ("" for the docroot). */
 const char *mod_fallback_pack_root(apr_pool_t *p, const char *relpath);
+/* A download session of RELPATH (checked by the caller; a download pack's staging file is a
+ * hidden name of the module's own), answered 201 with req->answer_extra's members added. */
+int mod_fallback_sessions_create_download(mod_fallback_req *req, const char *relpath);
+
+/* mod_fallback_pack_down.c: POST sessions with "pack" and direction download (ROOT checked). */
+int mod_fallback_pack_down_create(mod_fallback_req *req, const char *root, json_t *doc);
+/* The session of RELPATH ended (DELETE): its staging file goes, if RELPATH names one. */
+void mod_fallback_pack_down_forget(mod_fallback_req *req, const char *relpath);
 
 /* mod_fallback_data.c */
 int mod_fallback_data_put(mod_fallback_req *req, const char *id);
@@ -183,6 +191,8 @@ void mod_fallback_daemon_register_hooks(void);
 
 /* mod_fallback_files.c */
 int mod_fallback_files_get(mod_fallback_req *req, const char *relpath);
+/* GET/HEAD sessions/{id}/data: the file of download session ID, as files/ serves a file. */
+int mod_fallback_files_session_data(mod_fallback_req *req, const char *id);
 /* MKCOL: makes the directory RELPATH (and its parents) beneath the docroot. */
 int mod_fallback_files_mkcol(mod_fallback_req *req, const char *relpath);
 /* Mode of directories the module makes (before the umask), as mkdir -p does. */

@@ -396,7 +396,7 @@ static int check_limits(mod_fallback_req *req, uint64_t size, uint32_t *pchunk)
     return -1; /* no answer written: go on */
 }
 
-static int create_download(mod_fallback_req *req, const char *relpath)
+int mod_fallback_sessions_create_download(mod_fallback_req *req, const char *relpath)
 {
     request_rec *r = req->r;
     struct stat sb;
@@ -999,8 +999,10 @@ int mod_fallback_sessions_create(mod_fallback_req *req)
     if (req->docroot_fd < 0)
         return rc;
 
+    if (strcmp(dir, "download") == 0 && json_object_get(doc, "pack") != NULL)
+        return mod_fallback_pack_down_create(req, relpath, doc);
     if (strcmp(dir, "download") == 0)
-        return create_download(req, relpath);
+        return mod_fallback_sessions_create_download(req, relpath);
     if (json_object_get(doc, "pack") != NULL)
         return mod_fallback_pack_up_create(req, doc, relpath);
 
@@ -1163,6 +1165,8 @@ int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id)
                                     st == FB_SLOT_DONE ? "the session is already committed" : "the session is being committed");
     /* Generation-checked: never frees a slot reused for another session meanwhile. */
     (void)fb_slot_cancel(slot, gen);
+    if (info->direction == FB_DIR_DOWNLOAD)
+        mod_fallback_pack_down_forget(req, info->relpath);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00212) "session %s of '%s' (%s) cancelled", id, req->user,
                   info->relpath);
     r->status = HTTP_NO_CONTENT;

@@ -287,6 +287,17 @@ static int download_file_unchanged(const sess *s)
 
     if (!s->file_verifiable || s->file_fd < 0 || fstat(s->file_fd, &cur) != 0 || !file_is_the_sessions(s, &cur))
         return 0;
+    /* A hidden name is the module's own file (a download pack's staging file): its session ends
+     * with the client's DELETE, which removes the file too, never here. */
+    {
+        char first[FB_RELPATH_MAX];
+        size_t n = strcspn(s->relpath, "/");
+
+        memcpy(first, s->relpath, n < sizeof(first) ? n : sizeof(first) - 1);
+        first[n < sizeof(first) ? n : sizeof(first) - 1] = '\0';
+        if (fb_path_is_partial_name(first))
+            return 0;
+    }
     droot = open(s->docroot, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (droot < 0)
         return 0;
