@@ -70,6 +70,9 @@ extern const char *const fbcp_overwrite_names[5];
 #define FBCP_PACK_FILES 1000
 #define FBCP_PACK_BYTES (16u * 1024u * 1024u)
 #define FBCP_PACK_JSON 60000
+/* Packs moving at once: a pack is a long stream, and more of them only compete (over UDP, every
+ * one has its own rate control), while their files' round trips are few. */
+#define FBCP_PACKS_AT_ONCE 4
 /* Under --fallback=auto, files up to this size move over the HTTP(S) connection already open
  * instead of UDP: a UDP association (socket, HELLO, feedback, CLOSE) costs more than the data of
  * a few datagrams (docs/fbcp.md, "Small files"). */

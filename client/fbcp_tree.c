@@ -92,6 +92,7 @@ struct fbcp_tree {
     int busy;          /* workers running a job */
     int listing;       /* ... of which listing a directory */
     int big_running;   /* a file of FBCP_BIG_FILE bytes or more is moving */
+    int packs_running; /* packs moving (at most FBCP_PACKS_AT_ONCE) */
     int stop;          /* an error that stops the run happened */
     int mkcol_missing; /* the server does not know MKCOL (warned once) */
     fbcp_tree_root *roots; /* upload trees (packs are per tree) */
@@ -658,7 +659,7 @@ static void *fbcp_worker_main(void *p)
     for (;;) {
         fbcp_job j;
         fb_err rv;
-        int big;
+        int big, pack;
 
         /* Nothing queued: the packs being filled go as they are once no directory is being
          * listed (a listing would only add to them; after it, waiting gains nothing). */
@@ -679,19 +680,22 @@ static void *fbcp_worker_main(void *p)
         t->busy++;
         t->listing += j.kind == FBCP_JOB_LIST;
         big = j.kind == FBCP_JOB_FILE && j.size >= FBCP_BIG_FILE && t->nworkers > 1;
-        /* one big file at a time: it waits here (still counted busy, so the pass does not end) */
-        while (big && t->big_running && !t->stop && !fbcp_interrupted)
+        pack = (j.kind == FBCP_JOB_PACK_UP || j.kind == FBCP_JOB_PACK_DOWN) && t->nworkers > 1;
+        /* one big file at a time, a few packs: they wait here (still counted busy, so the pass
+         * does not end) */
+        while (((big && t->big_running) || (pack && t->packs_running >= FBCP_PACKS_AT_ONCE)) && !t->stop &&
+               !fbcp_interrupted)
             fbcp_cond_wait_ms(&t->cv, &t->mu, 200);
-        if (big)
-            t->big_running++;
+        t->big_running += big;
+        t->packs_running += pack;
         pthread_mutex_unlock(&t->mu);
 
         rv = t->stop || fbcp_interrupted ? FB_OK : fbcp_worker_run(w, &j);
         fbcp_job_free(&j);
 
         pthread_mutex_lock(&t->mu);
-        if (big)
-            t->big_running--;
+        t->big_running -= big;
+        t->packs_running -= pack;
         t->busy--;
         t->listing -= j.kind == FBCP_JOB_LIST;
         if (rv != FB_OK && fbcp_err_stops_run(rv))
