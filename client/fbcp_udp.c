@@ -46,7 +46,7 @@
 #define FBCP_UDP_KEEPALIVE_US 1000000ull
 #define FBCP_UDP_CLOSE_WAIT_MAX_US 1000000ull  /* round trip counted for udpd's CLOSE, at most */
 #define FBCP_UDP_CLOSE_WAIT_EXTRA_US 100000ull /* beyond two round trips */
-#define FBCP_UDP_TICK_US 100000ull             /* the loop wakes at least this often (progress, timers) */
+#define FBCP_UDP_TICK_US 100000ull /* the loop wakes at least this often (progress, timers) */
 /* Shorter gaps are slept this long: the pacer's credit (2 ms) lets the datagrams due meanwhile go
  * out as one batch (one GSO message). At 100 Mbit/s that is about 8 datagrams a wake-up instead
  * of one or two with 150 us, and a third of the CPU per GiB (17.4 to 6.5 s on the benchmark's
@@ -62,9 +62,9 @@
 
 struct fbcp_udp {
     const fbcp_opts *o;
-    fb_udp_sock sock; /* connected to udpd */
-    char peer[128];   /* "host:port" for messages */
-    size_t dgram;     /* the datagram size asked for (HELLO max_datagram and padding) */
+    fb_udp_sock sock;
+    char peer[128]; /* "host:port" for messages */
+    size_t dgram;   /* the datagram size asked for (HELLO max_datagram and padding) */
 
     /* session */
     int have_session;
@@ -108,8 +108,8 @@ struct fbcp_udp {
     fb_udp_tx *tx;
     size_t stride; /* the largest datagram now: the size asked for, then the negotiated one */
 
-    int readable;           /* the last wait saw a datagram waiting */
-    uint64_t last_rx_us;    /* last receive call */
+    int readable;        /* the last wait saw a datagram waiting */
+    uint64_t last_rx_us; /* last receive call */
     uint64_t rx_gather_us;  /* after a read that found datagrams, let the next gather this long */
     uint64_t gather_end_us; /* ... until then (0: not gathering) */
     uint64_t rx_dgrams, rx_dropped;
