@@ -1,11 +1,8 @@
 /* fbcp_udp: the UDP transport of fbcp (docs/PROTOCOL.md), one association at a time per file.
  *
- * - Socket: connected to the URL's host and the session's UDP port, non-blocking, large buffers
- *   (SO_*BUFFORCE as root, else capped by net.core.[rw]mem_max). Sends go out in sendmmsg
- *   batches, runs of full-size datagrams as one UDP_SEGMENT (GSO) message where the kernel can;
- *   a kernel or device that refuses GSO (EIO, EINVAL, EOPNOTSUPP) turns it off for good and the
- *   batch is sent again as plain datagrams. Receives use recvmmsg, with UDP_GRO where offered
- *   (a coalesced buffer is split at its segment size again).
+ * - Socket: libfb's UDP layer (lib/fb_udp.h, the same as udpd's), connected to the URL's host
+ *   and the session's UDP port, 16 MiB buffers; a send batch of 128 datagrams (sendmmsg, GSO
+ *   runs), recvmmsg with GRO split, kernel arrival times, and fb_udp's errno policy.
  * - Handshake: HELLO (handshake keys, fresh client nonce, padded to the datagram size asked for)
  *   retransmitted after 250 ms, doubling; an authenticated HELLO_ACK echoing the nonce either
  *   refuses (its status) or gives the data keys, cipher, rates and datagram size.
@@ -24,8 +21,6 @@
 #include "fbcp.h"
 
 #include <errno.h>
-#include <netdb.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,25 +34,12 @@
 #include "fb_aead.h"
 #include "fb_config.h"
 #include "fb_replay.h"
+#include "fb_udp.h"
 #include "fb_wire.h"
 #include "fb_xfer.h"
 
-#ifndef SOL_UDP
-#define SOL_UDP 17
-#endif
-#ifndef UDP_SEGMENT
-#define UDP_SEGMENT 103
-#endif
-#ifndef UDP_GRO
-#define UDP_GRO 104
-#endif
-
 #define FBCP_UDP_SOCKBUF (16u << 20)
-#define FBCP_UDP_RX_BATCH 32
-#define FBCP_UDP_RX_BUF 65536 /* one GRO super-datagram */
-#define FBCP_UDP_TX_SLOTS 128
-#define FBCP_UDP_GSO_MAX_SEGS 64
-#define FBCP_UDP_GSO_MAX_BYTES 65000
+#define FBCP_UDP_TX_SLOTS 128 /* datagrams a send batch holds */
 #define FBCP_UDP_READ_AHEAD (1u << 20)
 #define FBCP_UDP_WRITE_BEHIND (1u << 20)
 #define FBCP_UDP_HELLO_RTO_US 250000ull
@@ -78,20 +60,9 @@
 #define FBCP_UDP_RX_GATHER_US 500
 #define FBCP_UDP_RX_GATHER_MAX_US 10000
 
-typedef union fbcp_cmsg_u16 {
-    char buf[CMSG_SPACE(sizeof(uint16_t))];
-    struct cmsghdr align;
-} fbcp_cmsg_u16;
-
-typedef union fbcp_cmsg_gro { /* UDP_GRO's segment size and SO_TIMESTAMPNS's arrival time */
-    char buf[CMSG_SPACE(sizeof(int)) + CMSG_SPACE(sizeof(struct timespec))];
-    struct cmsghdr align;
-} fbcp_cmsg_gro;
-
 struct fbcp_udp {
     const fbcp_opts *o;
-    int fd;
-    int gso, gro;
+    fb_udp_sock sock;
     char peer[128]; /* "host:port" for messages */
     size_t dgram;   /* the datagram size asked for (HELLO max_datagram and padding) */
 
@@ -133,25 +104,16 @@ struct fbcp_udp {
     int io_errno;
     const char *io_what;
 
-    /* receive batch */
-    uint8_t *rxbuf;
-    struct mmsghdr rmsg[FBCP_UDP_RX_BATCH];
-    struct iovec riov[FBCP_UDP_RX_BATCH];
-    fbcp_cmsg_gro rctl[FBCP_UDP_RX_BATCH];
-
-    /* send batch: slots of STRIDE bytes, so runs of full-size datagrams are contiguous (GSO) */
-    uint8_t *txbuf;
-    size_t stride;
-    size_t tlen[FBCP_UDP_TX_SLOTS];
-    unsigned tn;
+    fb_udp_rx *rx;
+    fb_udp_tx *tx;
+    size_t stride; /* the largest datagram now: the size asked for, then the negotiated one */
 
     int readable;        /* the last wait saw a datagram waiting */
     uint64_t last_rx_us; /* last receive call */
     uint64_t rx_gather_us;  /* after a read that found datagrams, let the next gather this long */
     uint64_t gather_end_us; /* ... until then (0: not gathering) */
-    uint64_t tx_dgrams, tx_gso_msgs, tx_dropped, rx_dgrams, rx_dropped;
+    uint64_t rx_dgrams, rx_dropped;
     uint64_t rx_reads; /* receive calls that found datagrams (rx_dgrams / rx_reads: the batching) */
-    uint64_t tx_sends; /* sendmmsg calls (tx_dgrams / tx_sends: datagrams per pacing wake-up) */
 
     /* FBCP_RATE_TRACE=FILE: the sender's rate controller every 10 ms (for bench/ and tuning) */
     FILE *rate_trace;
@@ -177,7 +139,7 @@ static uint64_t fbcp_now_us(void)
 
 int fbcp_udp_fd(const fbcp_udp *u)
 {
-    return u != NULL ? u->fd : -1;
+    return u != NULL ? u->sock.fd : -1;
 }
 
 int fbcp_udp_associated(const fbcp_udp *u)
@@ -187,35 +149,29 @@ int fbcp_udp_associated(const fbcp_udp *u)
 
 /* ---------------------------------------------------------------- socket */
 
-static void fbcp_udp_bufsize(int fd, int force_opt, int opt)
-{
-    int size = (int)FBCP_UDP_SOCKBUF;
-
-    /* the FORCE variants ignore rmem_max/wmem_max but need CAP_NET_ADMIN */
-    if (setsockopt(fd, SOL_SOCKET, force_opt, &size, sizeof(size)) != 0)
-        (void)setsockopt(fd, SOL_SOCKET, opt, &size, sizeof(size));
-}
-
 fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long port, char *detail,
                     size_t detlen)
 {
-    struct addrinfo hints, *res = NULL, *ai;
-    char service[16];
+    char err[256];
     fbcp_udp *u;
-    int rc, one = 1;
+    fb_err e;
 
     *pu = NULL;
-    if (port <= 0 || port > 65535) {
-        snprintf(detail, detlen, "no UDP port for %s", host);
-        return FB_ERR_CONNECTION_LOST;
-    }
     u = calloc(1, sizeof(*u));
     if (u == NULL)
         return FB_ERR_NOMEM;
     u->o = o;
-    u->fd = -1;
-    /* not given: the largest that fits an MTU of 1500 (decided below, once the family is known) */
-    u->dgram = o->udp_datagram != 0 ? o->udp_datagram : FB_WIRE_DEFAULT_DATAGRAM_IPV4;
+    e = fb_udp_sock_connect(&u->sock, host, (int)(port < 0 || port > 65535 ? 0 : port), FBCP_UDP_SOCKBUF, 1,
+                            err, sizeof(err));
+    if (e != FB_OK) {
+        snprintf(detail, detlen, "%s", err);
+        fbcp_udp_free(u);
+        return FB_ERR_CONNECTION_LOST;
+    }
+    /* not given: the largest that fits an MTU of 1500 for the address family */
+    u->dgram = o->udp_datagram != 0        ? o->udp_datagram
+               : u->sock.family == AF_INET ? FB_WIRE_DEFAULT_DATAGRAM_IPV4
+                                           : FB_WIRE_DEFAULT_DATAGRAM;
     if (u->dgram < FB_WIRE_MIN_DATAGRAM)
         u->dgram = FB_WIRE_MIN_DATAGRAM;
     if (u->dgram > FB_WIRE_MAX_DATAGRAM)
@@ -225,72 +181,13 @@ fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long po
         snprintf(u->peer, sizeof(u->peer), "[%s]:%ld", host, port);
     else
         snprintf(u->peer, sizeof(u->peer), "%s:%ld", host, port);
-    u->rxbuf = malloc((size_t)FBCP_UDP_RX_BATCH * FBCP_UDP_RX_BUF);
-    u->txbuf = malloc((size_t)FBCP_UDP_TX_SLOTS * u->dgram);
-    if (u->rxbuf == NULL || u->txbuf == NULL) {
+    if (fb_udp_rx_new(&u->rx, 0) != FB_OK ||
+        fb_udp_tx_new(&u->tx, FBCP_UDP_TX_SLOTS, (size_t)FBCP_UDP_TX_SLOTS * u->dgram) != FB_OK) {
         fbcp_udp_free(u);
         return FB_ERR_NOMEM;
     }
-
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_DGRAM;
-    hints.ai_protocol = IPPROTO_UDP;
-    snprintf(service, sizeof(service), "%ld", port);
-    {
-        /* the URL's host keeps IPv6 literals in brackets; getaddrinfo wants them bare */
-        char bare[256];
-        size_t hl = strlen(host);
-
-        if (hl >= 2 && host[0] == '[' && host[hl - 1] == ']' && hl - 2 < sizeof(bare)) {
-            memcpy(bare, host + 1, hl - 2);
-            bare[hl - 2] = '\0';
-        } else {
-            snprintf(bare, sizeof(bare), "%s", host);
-        }
-        rc = getaddrinfo(bare, service, &hints, &res);
-    }
-    if (rc != 0) {
-        snprintf(detail, detlen, "cannot resolve %s for UDP: %s", host, gai_strerror(rc));
-        fbcp_udp_free(u);
-        return FB_ERR_CONNECTION_LOST;
-    }
-    for (ai = res; ai != NULL; ai = ai->ai_next) {
-        u->fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-        if (u->fd < 0)
-            continue;
-        if (connect(u->fd, ai->ai_addr, ai->ai_addrlen) == 0) {
-            if (o->udp_datagram == 0 && ai->ai_family != AF_INET)
-                u->dgram = u->stride = FB_WIRE_DEFAULT_DATAGRAM;
-            break;
-        }
-        close(u->fd);
-        u->fd = -1;
-    }
-    freeaddrinfo(res);
-    if (u->fd < 0) {
-        snprintf(detail, detlen, "no UDP socket to %s: %s", u->peer, strerror(errno));
-        fbcp_udp_free(u);
-        return FB_ERR_CONNECTION_LOST;
-    }
-    fbcp_udp_bufsize(u->fd, SO_RCVBUFFORCE, SO_RCVBUF);
-    fbcp_udp_bufsize(u->fd, SO_SNDBUFFORCE, SO_SNDBUF);
-    /* GRO: the kernel may hand several datagrams of this flow as one buffer (Linux 5.0+) */
-    u->gro = setsockopt(u->fd, SOL_UDP, UDP_GRO, &one, sizeof(one)) == 0;
-    (void)fb_sock_rx_timestamps(u->fd); /* without them, arrival = when read */
-    /* GSO (Linux 4.18+): probe with the socket option; a send that fails still turns it off */
-    {
-        int seg = (int)u->dgram;
-        u->gso = setsockopt(u->fd, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg)) == 0;
-        seg = 0;
-        if (u->gso)
-            (void)setsockopt(u->fd, SOL_UDP, UDP_SEGMENT, &seg, sizeof(seg));
-    }
-    for (int i = 0; i < FBCP_UDP_RX_BATCH; i++) {
-        u->riov[i].iov_base = u->rxbuf + (size_t)i * FBCP_UDP_RX_BUF;
-        u->riov[i].iov_len = FBCP_UDP_RX_BUF;
-    }
-    fbcp_trace(o, "UDP socket to %s (GSO %s, GRO %s)", u->peer, u->gso ? "on" : "off", u->gro ? "on" : "off");
+    fbcp_trace(o, "UDP socket to %s (GSO %s, GRO %s)", u->peer, u->sock.gso ? "on" : "off",
+               u->sock.gro ? "on" : "off");
     *pu = u;
     return FB_OK;
 }
@@ -300,108 +197,23 @@ fb_err fbcp_udp_new(fbcp_udp **pu, const fbcp_opts *o, const char *host, long po
 /* Room for one datagram of at most STRIDE bytes, NULL when the batch is full. */
 static uint8_t *fbcp_udp_reserve(fbcp_udp *u)
 {
-    return u->tn < FBCP_UDP_TX_SLOTS ? u->txbuf + (size_t)u->tn * u->stride : NULL;
+    return fb_udp_tx_reserve(u->tx, u->stride);
 }
 
 static void fbcp_udp_commit(fbcp_udp *u, size_t len)
 {
-    u->tlen[u->tn++] = len;
+    (void)fb_udp_tx_commit(u->tx, len, NULL);
 }
 
-/* Drops the first N queued datagrams (sent or given up), keeping the rest in order. */
-static void fbcp_udp_consume(fbcp_udp *u, unsigned n)
-{
-    if (n >= u->tn) {
-        u->tn = 0;
-        return;
-    }
-    memmove(u->txbuf, u->txbuf + (size_t)n * u->stride, (size_t)(u->tn - n) * u->stride);
-    memmove(u->tlen, u->tlen + n, (u->tn - n) * sizeof(u->tlen[0]));
-    u->tn -= n;
-}
-
-/* Sends the batch. 0: all went (datagrams refused for good are dropped: the engines repair
- * them); 1: the socket buffer is full (EAGAIN), the rest stays queued. */
+/* Sends the batch (fb_udp's errno policy). 0: all went (datagrams refused for good are dropped:
+ * the engines repair them); 1: the socket buffer is full, the rest stays queued. */
 static int fbcp_udp_flush(fbcp_udp *u)
 {
-    struct mmsghdr msgs[FBCP_UDP_TX_SLOTS];
-    struct iovec iov[FBCP_UDP_TX_SLOTS];
-    fbcp_cmsg_u16 ctl[FBCP_UDP_TX_SLOTS];
-    unsigned count[FBCP_UDP_TX_SLOTS];
-    unsigned i = 0, nm = 0, done = 0;
+    int had_gso = u->sock.gso, r = fb_udp_tx_flush(&u->sock, u->tx);
 
-    if (u->tn == 0)
-        return 0;
-    memset(msgs, 0, sizeof(struct mmsghdr) * u->tn);
-    while (i < u->tn) {
-        size_t seg = u->tlen[i], bytes = seg;
-        unsigned n = 1;
-
-        /* a run of full slots is contiguous; it may end with one shorter datagram */
-        if (u->gso && seg == u->stride) {
-            while (i + n < u->tn && n < FBCP_UDP_GSO_MAX_SEGS && u->tlen[i + n - 1] == u->stride &&
-                   bytes + u->tlen[i + n] <= FBCP_UDP_GSO_MAX_BYTES)
-                bytes += u->tlen[i + n++];
-        }
-        iov[nm].iov_base = u->txbuf + (size_t)i * u->stride;
-        iov[nm].iov_len = bytes;
-        msgs[nm].msg_hdr.msg_iov = &iov[nm];
-        msgs[nm].msg_hdr.msg_iovlen = 1;
-        if (n > 1) {
-            struct cmsghdr *cm;
-
-            memset(&ctl[nm], 0, sizeof(ctl[nm]));
-            msgs[nm].msg_hdr.msg_control = ctl[nm].buf;
-            msgs[nm].msg_hdr.msg_controllen = sizeof(ctl[nm].buf);
-            cm = CMSG_FIRSTHDR(&msgs[nm].msg_hdr);
-            cm->cmsg_level = SOL_UDP;
-            cm->cmsg_type = UDP_SEGMENT;
-            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
-            {
-                uint16_t s16 = (uint16_t)seg;
-                memcpy(CMSG_DATA(cm), &s16, sizeof(s16));
-            }
-        }
-        count[nm] = n;
-        nm++;
-        i += n;
-    }
-    /* bounded: every pass sends or gives up at least one message, or returns */
-    for (unsigned m = 0; m < nm;) {
-        int r = sendmmsg(u->fd, msgs + m, nm - m, 0);
-
-        if (r > 0) {
-            u->tx_sends++;
-            for (int k = 0; k < r; k++) {
-                done += count[m + (unsigned)k];
-                u->tx_dgrams += count[m + (unsigned)k];
-                if (count[m + (unsigned)k] > 1)
-                    u->tx_gso_msgs++;
-            }
-            m += (unsigned)r;
-            continue;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            fbcp_udp_consume(u, done);
-            return 1;
-        }
-        if (u->gso && count[m] > 1 && (errno == EIO || errno == EINVAL || errno == EOPNOTSUPP)) {
-            /* the device or kernel cannot segment: plain datagrams from now on */
-            fbcp_trace(u->o, "UDP GSO refused (%s): sending plain datagrams", strerror(errno));
-            u->gso = 0;
-            fbcp_udp_consume(u, done);
-            return fbcp_udp_flush(u);
-        }
-        /* ECONNREFUSED (an ICMP error from an earlier datagram), EMSGSIZE, ENETUNREACH: this
-         * message is lost; the engines resend what matters */
-        u->tx_dropped += count[m];
-        done += count[m];
-        m++;
-    }
-    u->tn = 0;
-    return 0;
+    if (had_gso && !u->sock.gso)
+        fbcp_trace(u->o, "UDP GSO refused (%s): sending plain datagrams", strerror(u->sock.gso_errno));
+    return r;
 }
 
 /* Queues one datagram built in BUF (at most STRIDE bytes) and sends the batch at once. */
@@ -497,9 +309,9 @@ static void fbcp_udp_hello(fbcp_udp *u, uint64_t now, int fresh)
     h.pad_to = u->dgram; /* the path is checked at the size we want to use */
     u->hello_sent_us = now;
     /* no association: the send slots go back to the size asked for, which the HELLO fills */
-    if (u->tn > 0)
+    if (fb_udp_tx_pending(u->tx) > 0)
         fbcp_udp_flush(u);
-    u->tn = 0;
+    fb_udp_tx_discard(u->tx);
     u->stride = u->dgram;
     if (fb_wire_encode_hello(buf, sizeof(buf), &len, &hdr, &h, u->aead) == FB_OK)
         fbcp_udp_send_now(u, buf, len);
@@ -722,7 +534,7 @@ static int fbcp_udp_input(fbcp_udp *u, uint8_t *buf, size_t len, uint64_t now)
             u->refused = (fb_err)a->status;
             return FBCP_IN_REFUSED;
         }
-        if (u->tn > 0)
+        if (fb_udp_tx_pending(u->tx) > 0)
             fbcp_udp_flush(u);
         u->ack = *a;
         u->hello_rtt_us = now > a->echo_ts_us + a->hold_us ? now - a->echo_ts_us - a->hold_us : 0;
@@ -771,61 +583,32 @@ static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, i
 
     /* at most 8 batches: then the caller writes, answers FEEDBACK and sends before reading on */
     for (int round = 0; round < 8; round++) {
-        int64_t real_minus_mono;
-        int n;
+        fb_udp_dgram *dg;
+        /* a refused earlier datagram (ICMP, udpd not there) reads as nothing: the switch's
+         * timeouts decide, not one ICMP message */
+        int n = fb_udp_rx_recv(&u->sock, u->rx, &dg);
 
-        for (int i = 0; i < FBCP_UDP_RX_BATCH; i++) {
-            memset(&u->rmsg[i].msg_hdr, 0, sizeof(u->rmsg[i].msg_hdr));
-            u->rmsg[i].msg_hdr.msg_iov = &u->riov[i];
-            u->rmsg[i].msg_hdr.msg_iovlen = 1;
-            u->rmsg[i].msg_hdr.msg_control = u->rctl[i].buf;
-            u->rmsg[i].msg_hdr.msg_controllen = sizeof(u->rctl[i].buf);
-        }
-        n = recvmmsg(u->fd, u->rmsg, FBCP_UDP_RX_BATCH, MSG_DONTWAIT, NULL);
-        if (n <= 0) {
-            if (n < 0 && errno == EINTR)
-                continue;
-            /* EAGAIN: drained; ECONNREFUSED: an ICMP "port unreachable" (udpd not there): the
-             * switch's timeouts decide, not one ICMP message */
+        if (n < 0 || fb_udp_rx_msgs(u->rx) == 0)
             break;
-        }
         if (round == 0)
             u->rx_reads++;
         *pnow = fbcp_now_us();
-        real_minus_mono = fb_time_real_minus_mono_us();
         for (int i = 0; i < n; i++) {
-            struct msghdr *mh = &u->rmsg[i].msg_hdr;
-            size_t len = u->rmsg[i].msg_len, seg = len;
-            uint8_t *base = u->riov[i].iov_base;
-            /* when the kernel got it: what the receive rate and delay samples are made of */
-            uint64_t arrived = fb_time_rx_arrival_us(mh, *pnow, real_minus_mono);
+            /* dg[i].arrived_us: when the kernel got it, what the receive rate and delay samples
+             * are made of */
+            int r = fbcp_udp_input(u, dg[i].buf, dg[i].len, dg[i].arrived_us);
 
-            if (mh->msg_flags & MSG_TRUNC)
+            if (r == FBCP_IN_DROP)
                 continue;
-            for (struct cmsghdr *cm = CMSG_FIRSTHDR(mh); cm != NULL; cm = CMSG_NXTHDR(mh, cm)) {
-                if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
-                    int gs = 0;
-                    memcpy(&gs, CMSG_DATA(cm), sizeof(gs));
-                    if (gs > 0)
-                        seg = (size_t)gs;
-                }
-            }
-            for (size_t off = 0; off < len; off += seg) {
-                size_t l = len - off < seg ? len - off : seg;
-                int r = fbcp_udp_input(u, base + off, l, arrived);
-
-                if (r == FBCP_IN_DROP)
-                    continue;
-                heard++;
-                if (r == FBCP_IN_REFUSED && prefused != NULL)
-                    *prefused = 1;
-                if (r == FBCP_IN_ANSWERED && panswered != NULL)
-                    *panswered = 1;
-                if (sw != NULL && r != FBCP_IN_REFUSED)
-                    fbcp_switch_udp_heard(sw, *pnow, r == FBCP_IN_ANSWERED);
-            }
+            heard++;
+            if (r == FBCP_IN_REFUSED && prefused != NULL)
+                *prefused = 1;
+            if (r == FBCP_IN_ANSWERED && panswered != NULL)
+                *panswered = 1;
+            if (sw != NULL && r != FBCP_IN_REFUSED)
+                fbcp_switch_udp_heard(sw, *pnow, r == FBCP_IN_ANSWERED);
         }
-        if (n < FBCP_UDP_RX_BATCH)
+        if (fb_udp_rx_msgs(u->rx) < FB_UDP_RX_BATCH)
             break;
     }
     return heard;
@@ -834,7 +617,7 @@ static unsigned fbcp_udp_receive(fbcp_udp *u, fbcp_switch *sw, uint64_t *pnow, i
 /* Sleeps until UNTIL (us) or a datagram arrives (or, with WANT_OUT, the socket can send). */
 static void fbcp_udp_wait(fbcp_udp *u, uint64_t now, uint64_t until, int want_out)
 {
-    struct pollfd pfd = {.fd = u->fd, .events = POLLIN | (want_out ? POLLOUT : 0)};
+    struct pollfd pfd = {.fd = u->sock.fd, .events = POLLIN | (want_out ? POLLOUT : 0)};
     struct timespec ts;
     uint64_t wait;
     int read_after = 0;
@@ -1141,7 +924,7 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
                         snprintf(detail, detlen, "cannot seal a datagram");
                     break;
                 }
-                if (!blocked || u->tn > 0)
+                if (!blocked || fb_udp_tx_pending(u->tx) > 0)
                     blocked = fbcp_udp_flush(u);
                 if (!blocked) {
                     uint64_t nt = fb_xfer_sender_next_time(u->snd, now);
@@ -1211,8 +994,9 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
                 "%llu datagrams in %llu send calls (%llu GSO messages)",
                 rv == FB_OK ? "all acknowledged" : fb_err_message(rv), (unsigned long long)ss.bytes_new,
                 (unsigned long long)ss.bytes_retx, (unsigned long long)ss.lost_bytes,
-                (unsigned long long)ss.srtt_us, (unsigned long long)ss.rate, (unsigned long long)u->tx_dgrams,
-                (unsigned long long)u->tx_sends, (unsigned long long)u->tx_gso_msgs);
+                (unsigned long long)ss.srtt_us, (unsigned long long)ss.rate,
+                (unsigned long long)u->sock.st.tx_dgrams, (unsigned long long)u->sock.st.tx_calls,
+                (unsigned long long)u->sock.st.tx_gso_msgs);
         } else if (u->rcv != NULL) {
             fb_xfer_receiver_stats_get(&rs, u->rcv);
             fbcp_trace(o,
@@ -1269,16 +1053,14 @@ void fbcp_udp_free(fbcp_udp *u)
 {
     if (u == NULL)
         return;
-    if (u->fd >= 0) {
-        if (u->associated)
-            fbcp_udp_close(u, FB_ERR_CONNECTION_LOST);
-        close(u->fd);
-    }
+    if (u->sock.fd >= 0 && u->associated && u->tx != NULL)
+        fbcp_udp_close(u, FB_ERR_CONNECTION_LOST);
+    fb_udp_sock_close(&u->sock);
     fb_xfer_sender_free(u->snd);
     fb_xfer_receiver_free(u->rcv);
     fb_aead_free(u->aead); /* wipes the keys */
-    free(u->rxbuf);
-    free(u->txbuf);
+    fb_udp_rx_free(u->rx);
+    fb_udp_tx_free(u->tx);
     if (u->rate_trace != NULL)
         fclose(u->rate_trace);
     free(u->ra);

@@ -10,7 +10,7 @@ udpd_udpd_SOURCES = \
 	udpd/udpd_session.c \
 	udpd/udpd_ckpt.c \
 	udpd/udpd_log.c \
-	udpd/udpd_io.c udpd/udpd_io.h
+	udpd/udpd_io.h
 udpd_udpd_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS)
 udpd_udpd_LDADD = lib/libfb.la $(OPENSSL_LIBS) -lpthread
 dist_man8_MANS = udpd/udpd.8

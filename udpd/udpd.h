@@ -4,7 +4,7 @@
  *   udpd_session.c  per-session state and the protocol: HELLO, DATA, FEEDBACK, CLOSE, PROBE
  *   udpd_ckpt.c     the checkpoint worker thread (fdatasync off the event loop)
  *   udpd_log.c      tagged logging and the drop counters
- *   udpd_io.c       batched UDP I/O with GRO/GSO (udpd_io.h) */
+ *   udpd_io.h       udpd's names for the shared UDP socket layer (lib/fb_udp.h) */
 #ifndef UDPD_H
 #define UDPD_H
 

@@ -42,9 +42,9 @@ struct udpd {
     const char *config_file;
     fb_config *cfg;
     fb_table *table;
-    udpd_sock sock;
-    udpd_rx *rx;
-    udpd_tx *tx;
+    fb_udp_sock sock;
+    fb_udp_rx *rx;
+    fb_udp_tx *tx;
     udpd_sessions *ss;
     int epfd, tfd, sfd;
     int want_out; /* EPOLLOUT armed */
@@ -73,7 +73,11 @@ uint64_t udpd_now_us(void)
 static void flush_tx(udpd *d)
 {
     uint64_t before = d->sock.st.tx_dgrams, calls = d->sock.st.tx_calls;
-    int busy = udpd_tx_flush(&d->sock, d->tx);
+    int had_gso = d->sock.gso, busy = fb_udp_tx_flush(&d->sock, d->tx);
+
+    if (had_gso && !d->sock.gso)
+        udpd_log(UDPD_WARN, "UD00080", "the kernel refuses UDP GSO (%s): sending plain datagrams from now on",
+                 strerror(d->sock.gso_errno));
 
     udpd_ctr.tx_dgrams += d->sock.st.tx_dgrams - before;
     udpd_ctr.tx_sends += d->sock.st.tx_calls - calls;
@@ -87,12 +91,12 @@ static void flush_tx(udpd *d)
 
 uint8_t *udpd_send_reserve(udpd *d, size_t maxlen)
 {
-    uint8_t *p = udpd_tx_reserve(d->tx, maxlen);
+    uint8_t *p = fb_udp_tx_reserve(d->tx, maxlen);
 
     if (p == NULL && !d->want_out) {
         /* Full: send what is queued and try again. */
         flush_tx(d);
-        p = udpd_tx_reserve(d->tx, maxlen);
+        p = fb_udp_tx_reserve(d->tx, maxlen);
     }
     return p;
 }
@@ -104,8 +108,8 @@ int udpd_send_blocked(const udpd *d)
 
 void udpd_send_commit(udpd *d, size_t len, const udpd_addr *to)
 {
-    udpd_tx_commit(d->tx, len, to);
-    udpd_ctr.tx_bytes += len;
+    if (fb_udp_tx_commit(d->tx, len, to) == FB_OK)
+        udpd_ctr.tx_bytes += len;
 }
 
 /* ---- options ---------------------------------------------------------------------------------- */
@@ -342,8 +346,8 @@ static void receive(udpd *d)
 {
     d->rx_found_us = 0;
     for (int b = 0; b < RX_BATCHES_PER_WAKE; b++) {
-        udpd_rx_dgram *dg;
-        int n = udpd_rx_recv(&d->sock, d->rx, &dg);
+        fb_udp_dgram *dg;
+        int n = fb_udp_rx_recv(&d->sock, d->rx, &dg);
         uint64_t now;
 
         if (n < 0) {
@@ -539,8 +543,8 @@ int main(int argc, char **argv)
     }
 
     bufsize = socket_buffer_for(d.cfg);
-    e = udpd_sock_open(&d.sock, d.cfg->bind_address, d.cfg->udp_port, bufsize, !o.no_offload, err,
-                       sizeof(err));
+    e = fb_udp_sock_open(&d.sock, d.cfg->bind_address, d.cfg->udp_port, bufsize, !o.no_offload, err,
+                         sizeof(err));
     if (e != FB_OK) {
         udpd_log(UDPD_ERROR, "UD00006", "cannot open the UDP socket: %s", err);
         goto out;
@@ -570,7 +574,7 @@ int main(int argc, char **argv)
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
         udpd_log(UDPD_WARN, "UD00009", "PR_SET_NO_NEW_PRIVS: %s", strerror(errno));
 
-    if (udpd_rx_new(&d.rx) != FB_OK || udpd_tx_new(&d.tx) != FB_OK ||
+    if (fb_udp_rx_new(&d.rx, 0) != FB_OK || fb_udp_tx_new(&d.tx, 0, 0) != FB_OK ||
         udpd_sessions_new(&d.ss, &d, fb_table_nslots(d.table)) != FB_OK) {
         udpd_log(UDPD_ERROR, "UD00013", "out of memory");
         goto out;
@@ -615,9 +619,9 @@ out:
     }
     if (d.cfg != NULL && d.sock.fd >= 0)
         udpd_counters_log(UDPD_INFO, "exit");
-    udpd_rx_free(d.rx);
-    udpd_tx_free(d.tx);
-    udpd_sock_close(&d.sock);
+    fb_udp_rx_free(d.rx);
+    fb_udp_tx_free(d.tx);
+    fb_udp_sock_close(&d.sock);
     if (d.epfd >= 0)
         close(d.epfd);
     if (d.tfd >= 0)

@@ -31,7 +31,7 @@
 #include "fb_util.h"
 #include "fb_wire.h"
 #include "fb_xfer.h"
-#include "udpd_io.h"
+#include "fb_udp.h"
 
 typedef struct client {
     /* options */
@@ -51,10 +51,10 @@ typedef struct client {
     size_t nmissing;
     int have_missing;
     /* association */
-    udpd_sock sock;
-    udpd_addr server;
-    udpd_rx *rx;
-    udpd_tx *tx;
+    fb_udp_sock sock;
+    fb_udp_addr server;
+    fb_udp_rx *rx;
+    fb_udp_tx *tx;
     fb_aead_ctx *aead;
     fb_replay replay;
     uint64_t pn;
@@ -160,32 +160,32 @@ static void open_socket(client *c)
 {
     char err[256];
 
-    if (udpd_addr_parse(&c->server, c->host, c->port) != FB_OK)
+    if (fb_udp_addr_parse(&c->server, c->host, c->port) != FB_OK)
         die("bad --host");
-    if (udpd_sock_open(&c->sock, c->server.ss.ss_family == AF_INET ? "0.0.0.0" : "::", 0, 16u << 20,
-                       !c->no_offload, err, sizeof(err)) != FB_OK)
+    if (fb_udp_sock_open(&c->sock, c->server.ss.ss_family == AF_INET ? "0.0.0.0" : "::", 0, 16u << 20,
+                         !c->no_offload, err, sizeof(err)) != FB_OK)
         die(err);
-    if (udpd_rx_new(&c->rx) != FB_OK || udpd_tx_new(&c->tx) != FB_OK)
+    if (fb_udp_rx_new(&c->rx, 0) != FB_OK || fb_udp_tx_new(&c->tx, 0, 0) != FB_OK)
         die("out of memory");
 }
 
-static void send_now(client *c, const uint8_t *buf, size_t len, udpd_sock *sock)
+static void send_now(client *c, const uint8_t *buf, size_t len, fb_udp_sock *sock)
 {
-    uint8_t *p = udpd_tx_reserve(c->tx, len);
+    uint8_t *p = fb_udp_tx_reserve(c->tx, len);
 
     if (p == NULL) {
-        udpd_tx_flush(&c->sock, c->tx);
-        p = udpd_tx_reserve(c->tx, len);
+        fb_udp_tx_flush(&c->sock, c->tx);
+        p = fb_udp_tx_reserve(c->tx, len);
     }
     if (p == NULL)
         return;
     memcpy(p, buf, len);
-    udpd_tx_commit(c->tx, len, &c->server);
-    udpd_tx_flush(sock, c->tx);
+    fb_udp_tx_commit(c->tx, len, &c->server);
+    fb_udp_tx_flush(sock, c->tx);
 }
 
 /* Waits up to TIMEOUT_US for datagrams on SOCK; calls FN for each; returns the count. */
-static int wait_dgrams(client *c, udpd_sock *sock, uint64_t timeout_us,
+static int wait_dgrams(client *c, fb_udp_sock *sock, uint64_t timeout_us,
                        int (*fn)(client *c, uint8_t *buf, size_t len), int stop_after_one)
 {
     uint64_t end = now_us() + timeout_us;
@@ -195,7 +195,7 @@ static int wait_dgrams(client *c, udpd_sock *sock, uint64_t timeout_us,
         struct pollfd pfd = {.fd = sock->fd, .events = POLLIN};
         uint64_t t = now_us();
         struct timespec ts;
-        udpd_rx_dgram *dg;
+        fb_udp_dgram *dg;
         int n;
 
         if (t >= end)
@@ -204,7 +204,7 @@ static int wait_dgrams(client *c, udpd_sock *sock, uint64_t timeout_us,
         ts.tv_nsec = (long)((end - t) % 1000000) * 1000;
         if (ppoll(&pfd, 1, &ts, NULL) <= 0)
             continue;
-        n = udpd_rx_recv(sock, c->rx, &dg);
+        n = fb_udp_rx_recv(sock, c->rx, &dg);
         for (int i = 0; i < n; i++) {
             got++;
             if (fn != NULL && fn(c, dg[i].buf, dg[i].len) && stop_after_one)
@@ -357,17 +357,17 @@ static void await_close_answer(client *c)
     /* bounded: ends at UNTIL or with the answer */
     while (!c->end_answered && now_us() < until) {
         struct pollfd pfd = {.fd = c->sock.fd, .events = POLLIN};
-        udpd_rx_dgram *dg;
+        fb_udp_dgram *dg;
         int n;
 
         if (poll(&pfd, 1, 50) <= 0)
             continue;
-        n = udpd_rx_recv(&c->sock, c->rx, &dg);
+        n = fb_udp_rx_recv(&c->sock, c->rx, &dg);
         for (int i = 0; i < n; i++) {
             fb_wire_pkt pkt;
             fb_wire_reason why;
 
-            if (!udpd_addr_equal(dg[i].from, &c->server) ||
+            if (!fb_udp_addr_equal(dg[i].from, &c->server) ||
                 fb_wire_open(&pkt, &why, dg[i].buf, dg[i].len, c->aead, &c->replay) != FB_OK ||
                 pkt.hdr.type != FB_WIRE_CLOSE || pkt.u.close.reason != FB_OK)
                 continue;
@@ -389,7 +389,7 @@ static double cpu_seconds(void)
 /* Queues a FEEDBACK if one is due (unless the simulated loss takes it); 1 if one was made. */
 static int queue_feedback(client *c, fb_xfer_receiver *rcv, uint64_t now)
 {
-    uint8_t *p = udpd_tx_reserve(c->tx, FB_WIRE_MIN_DATAGRAM);
+    uint8_t *p = fb_udp_tx_reserve(c->tx, FB_WIRE_MIN_DATAGRAM);
     size_t len = 0;
 
     if (p == NULL || fb_xfer_receiver_feedback(rcv, p, FB_WIRE_MIN_DATAGRAM, &len, c->pn, now, 0) != FB_OK ||
@@ -397,7 +397,7 @@ static int queue_feedback(client *c, fb_xfer_receiver *rcv, uint64_t now)
         return 0;
     c->pn++;
     if (!lose(c))
-        udpd_tx_commit(c->tx, len, &c->server);
+        fb_udp_tx_commit(c->tx, len, &c->server);
     return 1;
 }
 
@@ -471,7 +471,7 @@ static int transfer(client *c)
         uint64_t now = now_us(), next = now + 100000;
         struct pollfd pfd = {.fd = c->sock.fd, .events = POLLIN};
         struct timespec ts;
-        udpd_rx_dgram *dg;
+        fb_udp_dgram *dg;
         int n;
 
         if (upload ? fb_xfer_sender_done(snd) : fb_xfer_receiver_complete(rcv))
@@ -488,7 +488,7 @@ static int transfer(client *c)
         /* Send what is due. */
         if (upload) {
             for (int k = 0; k < 4096 && fb_xfer_sender_next_time(snd, now) <= now; k++) {
-                uint8_t *p = udpd_tx_reserve(c->tx, dgram);
+                uint8_t *p = fb_udp_tx_reserve(c->tx, dgram);
                 size_t len = 0;
 
                 if (p == NULL)
@@ -499,7 +499,7 @@ static int transfer(client *c)
                     break;
                 c->pn++;
                 if (!lose(c))
-                    udpd_tx_commit(c->tx, len, &c->server);
+                    fb_udp_tx_commit(c->tx, len, &c->server);
                 if (k % 64 == 63)
                     now = now_us();
             }
@@ -511,7 +511,7 @@ static int transfer(client *c)
             queue_feedback(c, rcv, now);
             next = fb_xfer_receiver_next_feedback(rcv, now);
         }
-        if (udpd_tx_flush(&c->sock, c->tx) != 0)
+        if (fb_udp_tx_flush(&c->sock, c->tx) != 0)
             pfd.events |= POLLOUT;
         now = now_us();
         if (next > now + 100000)
@@ -521,7 +521,7 @@ static int transfer(client *c)
         if (ppoll(&pfd, 1, &ts, NULL) <= 0 || !(pfd.revents & POLLIN))
             continue;
         for (int b = 0; b < 64; b++) {
-            n = udpd_rx_recv(&c->sock, c->rx, &dg);
+            n = fb_udp_rx_recv(&c->sock, c->rx, &dg);
             if (n <= 0)
                 break;
             now = now_us();
@@ -529,7 +529,7 @@ static int transfer(client *c)
                 fb_wire_pkt pkt;
                 fb_wire_reason why;
 
-                if (!udpd_addr_equal(dg[i].from, &c->server) || lose(c) ||
+                if (!fb_udp_addr_equal(dg[i].from, &c->server) || lose(c) ||
                     fb_wire_open(&pkt, &why, dg[i].buf, dg[i].len, c->aead, &c->replay) != FB_OK)
                     continue;
                 c->rx_dgrams++;
@@ -547,7 +547,7 @@ static int transfer(client *c)
              * batches, not only when the socket is empty (the sender reads silence as loss of
              * the path and slows down). */
             if (!upload && queue_feedback(c, rcv, now))
-                udpd_tx_flush(&c->sock, c->tx);
+                fb_udp_tx_flush(&c->sock, c->tx);
         }
         (void)iter;
     }
@@ -717,7 +717,7 @@ static int attack(client *c)
         /* A real association on the first socket... */
         static uint8_t hello[FB_WIRE_MAX_DATAGRAM], data[8][256];
         size_t hello_len, data_len[8];
-        udpd_sock other;
+        fb_udp_sock other;
         char err[256];
 
         hello_len = handshake(c, hello, sizeof(hello));
@@ -739,8 +739,8 @@ static int attack(client *c)
                 die("cannot encode DATA (the session needs a size > 0)");
         }
         /* ...whose packets, replayed from another address, get nothing at all. */
-        if (udpd_sock_open(&other, c->server.ss.ss_family == AF_INET ? "0.0.0.0" : "::", 0, 0, 0, err,
-                           sizeof(err)) != FB_OK)
+        if (fb_udp_sock_open(&other, c->server.ss.ss_family == AF_INET ? "0.0.0.0" : "::", 0, 0, 0, err,
+                             sizeof(err)) != FB_OK)
             die(err);
         for (int r = 0; r < c->count; r++) {
             send_now(c, hello, hello_len, &other);
@@ -749,7 +749,7 @@ static int attack(client *c)
             sent += 9;
         }
         back = wait_dgrams(c, &other, (uint64_t)c->wait_ms * 1000, count_any, 0);
-        udpd_sock_close(&other);
+        fb_udp_sock_close(&other);
         printf("{\"attack\":\"replay\",\"sent\":%d,\"answers\":%d,\"hello_len\":%zu,\"hello_ack_len\":%zu}\n",
                sent, back, hello_len, c->ack_len);
         if (back != 0)

@@ -11,7 +11,6 @@ endif
 # The UDP test driver of tests/integration/t_udp_*.sh (built with the programs, not only for
 # `make check`, so the integration runner finds it).
 noinst_PROGRAMS += tests/udp/udp_client
-tests_udp_udp_client_SOURCES = tests/udp/udp_client.c udpd/udpd_io.c udpd/udpd_io.h
-tests_udp_udp_client_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/udpd
+tests_udp_udp_client_SOURCES = tests/udp/udp_client.c
 tests_udp_udp_client_CFLAGS = $(AM_CFLAGS) $(OPENSSL_CFLAGS) $(JANSSON_CFLAGS)
 tests_udp_udp_client_LDADD = lib/libfb.la $(OPENSSL_LIBS) $(JANSSON_LIBS)
