@@ -9,11 +9,18 @@
 #include <openssl/crypto.h>
 
 #include "fb_config.h"
+#include "fb_util.h"
 
 struct fb_assoc_server {
     fb_assoc_server_params p;
     uint8_t *copy; /* a datagram kept for a second key (FB_WIRE_MAX_DATAGRAM bytes) */
 };
+
+fb_err fb_assoc_random_os(void *ctx, uint8_t *buf, size_t len)
+{
+    (void)ctx;
+    return fb_random_bytes(buf, len);
+}
 
 /* ---- addresses -------------------------------------------------------------------------------- */
 
@@ -210,7 +217,7 @@ static void nonce_remember(fb_assoc_srv *s, const uint8_t *nonce)
 
 /* PROTOCOL.md 7.2: the slot's cipher if the session fixed one; else the requested one if allowed;
  * else an allowed AES-GCM cipher; 0 = refuse. */
-static unsigned choose_cipher(const fb_assoc_server_params *p, unsigned slot_cipher, uint32_t requested)
+static unsigned choose_cipher(const fb_assoc_policy *p, unsigned slot_cipher, uint32_t requested)
 {
     if (slot_cipher != 0)
         return slot_cipher;
@@ -224,14 +231,14 @@ static unsigned choose_cipher(const fb_assoc_server_params *p, unsigned slot_cip
 }
 
 /* The requested policy if allowed, else fair if allowed; 0 = refuse. */
-static unsigned choose_policy(const fb_assoc_server_params *p, uint32_t requested)
+static unsigned choose_policy(const fb_assoc_policy *p, uint32_t requested)
 {
     if (requested & p->allowed_policies)
         return requested;
     return (p->allowed_policies & FB_POLICY_FAIR) ? FB_POLICY_FAIR : 0;
 }
 
-static void choose_rates(const fb_assoc_server_params *p, const fb_wire_hello *h, fb_assoc_link *a)
+static void choose_rates(const fb_assoc_policy *p, const fb_wire_hello *h, fb_assoc_link *a)
 {
     uint64_t cap = p->target_rate_cap, mincap = p->min_rate_cap;
     uint64_t target = h->target_rate ? h->target_rate : (cap ? cap : p->default_rate), min = h->min_rate;
@@ -309,10 +316,10 @@ static fb_assoc_event on_hello(fb_assoc_server *srv, fb_assoc_srv *s, fb_assoc_o
         return FB_ASSOC_HELLO_REPLAYED;
     nonce_remember(s, h->client_nonce);
 
-    if ((cipher = choose_cipher(p, s->slot_cipher, h->cipher)) == 0) {
+    if ((cipher = choose_cipher(&p->policy, s->slot_cipher, h->cipher)) == 0) {
         st = FB_ERR_PERMISSION;
         out->detail = "no allowed cipher";
-    } else if ((policy = choose_policy(p, h->policy)) == 0) {
+    } else if ((policy = choose_policy(&p->policy, h->policy)) == 0) {
         st = FB_ERR_PERMISSION;
         out->detail = "policy not allowed";
     } else if (p->admit != NULL) {
@@ -337,8 +344,8 @@ static fb_assoc_event on_hello(fb_assoc_server *srv, fb_assoc_srv *s, fb_assoc_o
     memcpy(a->cnonce, h->client_nonce, sizeof(a->cnonce));
     a->cipher = cipher;
     a->policy = policy;
-    choose_rates(p, h, a);
-    a->max_dgram = h->max_datagram < p->max_datagram ? h->max_datagram : p->max_datagram;
+    choose_rates(&p->policy, h, a);
+    a->max_dgram = h->max_datagram < p->policy.max_datagram ? h->max_datagram : p->policy.max_datagram;
     a->peer = *from;
     fb_replay_init(&a->replay);
     a->last_rx_us = now;
@@ -353,7 +360,7 @@ fb_err fb_assoc_server_new(fb_assoc_server **psrv, const fb_assoc_server_params 
     fb_assoc_server *srv;
 
     *psrv = NULL;
-    if (p->random == NULL || p->lookup == NULL || p->max_datagram < FB_WIRE_MIN_DATAGRAM)
+    if (p->random == NULL || p->lookup == NULL || p->policy.max_datagram < FB_WIRE_MIN_DATAGRAM)
         return FB_ERR_INTERNAL;
     srv = calloc(1, sizeof(*srv));
     if (srv == NULL)
@@ -366,6 +373,13 @@ fb_err fb_assoc_server_new(fb_assoc_server **psrv, const fb_assoc_server_params 
     }
     *psrv = srv;
     return FB_OK;
+}
+
+void fb_assoc_server_set_policy(fb_assoc_server *srv, const fb_assoc_policy *policy)
+{
+    srv->p.policy = *policy;
+    if (srv->p.policy.max_datagram < FB_WIRE_MIN_DATAGRAM)
+        srv->p.policy.max_datagram = FB_WIRE_MIN_DATAGRAM;
 }
 
 void fb_assoc_server_free(fb_assoc_server *srv)

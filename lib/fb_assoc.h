@@ -52,6 +52,8 @@
 
 /* Fills BUF with LEN random bytes; FB_OK or an error (nothing is then sent). */
 typedef fb_err (*fb_assoc_random_fn)(void *ctx, uint8_t *buf, size_t len);
+/* The programs' generator: fb_random_bytes (OpenSSL's CSPRNG); CTX unused. */
+fb_err fb_assoc_random_os(void *ctx, uint8_t *buf, size_t len);
 
 /* A peer's address, normalised by fb_assoc_addr_set (family, address, port, IPv6 scope; every
  * other byte zero) so that two addresses are the same peer exactly when fb_assoc_addr_equal. */
@@ -152,12 +154,17 @@ void fb_assoc_srv_promote(fb_assoc_srv *s);
  * running one is idle that long (the caller ends it: fb_assoc_srv_end). */
 int fb_assoc_srv_expire(fb_assoc_srv *s, uint64_t now_us);
 
-typedef struct fb_assoc_server_params {
+/* What the server grants (its configuration; may change between HELLOs). */
+typedef struct fb_assoc_policy {
     unsigned allowed_ciphers, allowed_policies; /* fb_cipher / fb_policy bits */
     uint64_t target_rate_cap, min_rate_cap;     /* bytes/s, 0 = no cap */
     uint64_t default_rate;                      /* bytes/s when neither client nor cap says */
-    uint16_t max_datagram;                      /* the server's limit */
-    fb_assoc_random_fn random;                  /* server nonces, handshake packet numbers */
+    uint16_t max_datagram;                      /* the server's limit (>= FB_WIRE_MIN_DATAGRAM) */
+} fb_assoc_policy;
+
+typedef struct fb_assoc_server_params {
+    fb_assoc_policy policy;
+    fb_assoc_random_fn random; /* server nonces, handshake packet numbers */
     /* The session HDR names (its slot), or NULL with *WHY (unknown_session, or no_keys for a
      * data-phase packet of an active session no HELLO reached yet). May create the session's
      * state for a HELLO. */
@@ -172,6 +179,8 @@ typedef struct fb_assoc_server fb_assoc_server;
 
 fb_err fb_assoc_server_new(fb_assoc_server **psrv, const fb_assoc_server_params *p);
 void fb_assoc_server_free(fb_assoc_server *srv);
+/* Applies to the HELLOs that follow (a reloaded configuration). */
+void fb_assoc_server_set_policy(fb_assoc_server *srv, const fb_assoc_policy *policy);
 
 typedef enum fb_assoc_event {
     FB_ASSOC_DROP = 0,        /* out.reason: the codec's, unknown_session or no_keys */

@@ -26,13 +26,13 @@
 #include <openssl/crypto.h>
 
 #include "fb_aead.h"
+#include "fb_assoc.h"
 #include "fb_checkpoint.h"
 #include "fb_path.h"
 #include "fb_range.h"
 #include "fb_util.h"
 #include "fb_xfer.h"
 
-#define ASSOC_IDLE_US (5ull * 1000000)     /* nothing authenticated for this long: forgotten */
 #define SESSION_IDLE_US (300ull * 1000000) /* context without association: freed */
 #define CKPT_BYTES (64ull << 20)
 #define CKPT_INTERVAL_US (2ull * 1000000)
@@ -40,7 +40,6 @@
 #define HOUSEKEEP_US 100000ull
 #define WBUF_SIZE (1u << 20)
 #define RBUF_SIZE (1u << 20)
-#define NONCE_MEMORY 16
 #define SEND_QUANTUM 64 /* DATA per session per round, so sessions share the batch */
 /* Sleep at least this long between pacing wakes: the pacer's 2 ms burst credit keeps the rate,
  * and each wake sends a batch (at 100 Mbit/s about 8 datagrams; with 250 us one or two, at twice
@@ -48,20 +47,6 @@
 #define PACING_QUANTUM_US 1000
 
 typedef struct sess sess;
-
-typedef struct assoc {
-    int live;
-    fb_aead_ctx *aead; /* this association's data keys (and the handshake keys) */
-    udpd_addr peer;
-    char peer_str[64];
-    uint8_t cnonce[FB_AEAD_HELLO_NONCE_LEN], snonce[FB_AEAD_HELLO_NONCE_LEN];
-    fb_replay replay;
-    uint64_t pn_out;
-    unsigned cipher, policy;
-    uint64_t target_rate, min_rate;
-    uint16_t max_dgram;
-    uint64_t last_rx_us; /* last authenticated datagram (the HELLO, for a pending one) */
-} assoc;
 
 struct sess {
     udpd_sessions *ss;
@@ -74,21 +59,18 @@ struct sess {
     uint32_t chunk_size;
     uint64_t nchunks;
     uint32_t ckpt_flags;  /* FB_CHECKPOINT_FLAG_SHA256 when the session has an expected digest */
-    uint32_t slot_cipher; /* the cipher the session fixed (info.cipher), 0 = the client's choice */
     uint8_t expected_sha256[32];
     uint64_t source_mtime_ns; /* with FB_CHECKPOINT_FLAG_SOURCE_MTIME in ckpt_flags */
     uint8_t source_id[32]; /* an upload's source identity, for its checkpoints */
     char relpath[FB_RELPATH_MAX];
     char docroot[FB_DOCROOT_MAX];
-    uint8_t key[FB_KEY_LEN]; /* the session key: each association derives its own keys from it */
-    fb_aead_ctx *hs;         /* handshake keys only: opens HELLOs, seals refusals */
-    uint64_t last_seen_us;   /* any datagram for this session that authenticated */
+    uint64_t last_seen_us; /* any datagram for this session that authenticated */
 
-    /* The running association, and a new one waiting for its first authenticated data-phase
-     * packet (PROTOCOL.md 7.4, 7.5): the old one keeps going until the new one is validated. */
-    assoc cur, pend;
-    uint8_t seen[NONCE_MEMORY][FB_AEAD_HELLO_NONCE_LEN]; /* client nonces answered before */
-    unsigned nseen, seen_next;
+    /* The handshake (fb_assoc): the session key, the running association (as.cur) and a new one
+     * waiting for its first authenticated data-phase packet (as.pend, PROTOCOL.md 7.4, 7.5). */
+    fb_assoc_srv as;
+    udpd_addr peer;    /* as.cur's address, as the socket layer takes it */
+    char peer_str[64]; /* ... and for the log */
     int force_feedback;
 
     /* files (opened at the first association) */
@@ -135,7 +117,8 @@ struct udpd_sessions {
     sess *touched;
     uint64_t last_housekeep_us;
     uint64_t *scratch;   /* bitmap copy */
-    uint8_t *dgram_copy; /* a datagram kept for a second key (UDPD_MAX_DATAGRAM bytes) */
+    fb_assoc_server *hs;        /* the handshake of every session */
+    const fb_config *policy_of; /* the configuration its policy was taken from */
 };
 
 static void count_wire(fb_wire_reason why)
@@ -196,7 +179,7 @@ static void send_close(sess *s, fb_err reason, uint8_t flags)
     uint8_t *p;
     size_t len = 0;
 
-    if (!s->cur.live)
+    if (!s->as.cur.live)
         return;
     p = udpd_send_reserve(s->ss->d, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED);
     if (p == NULL)
@@ -204,12 +187,12 @@ static void send_close(sess *s, fb_err reason, uint8_t flags)
     memset(&hdr, 0, sizeof(hdr));
     memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
     hdr.flags = flags;
-    hdr.pn = s->cur.pn_out;
+    hdr.pn = s->as.cur.pn_out;
     c.reason = (uint32_t)reason;
-    if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->cur.aead) ==
+    if (fb_wire_encode_close(p, FB_WIRE_OVERHEAD + FB_WIRE_CLOSE_FIXED, &len, &hdr, &c, s->as.cur.aead) ==
         FB_OK) {
-        s->cur.pn_out++;
-        udpd_send_commit(s->ss->d, len, &s->cur.peer);
+        s->as.cur.pn_out++;
+        udpd_send_commit(s->ss->d, len, &s->peer);
     }
 }
 
@@ -218,7 +201,7 @@ static void send_feedback(sess *s, uint64_t now, int force)
     uint8_t *p;
     size_t len = 0;
 
-    if (!s->cur.live || s->rcv == NULL)
+    if (!s->as.cur.live || s->rcv == NULL)
         return;
     if (s->force_feedback)
         force = 1;
@@ -227,12 +210,12 @@ static void send_feedback(sess *s, uint64_t now, int force)
     p = udpd_send_reserve(s->ss->d, FB_WIRE_MIN_DATAGRAM);
     if (p == NULL)
         return;
-    if (fb_xfer_receiver_feedback(s->rcv, p, FB_WIRE_MIN_DATAGRAM, &len, s->cur.pn_out, now, force) ==
+    if (fb_xfer_receiver_feedback(s->rcv, p, FB_WIRE_MIN_DATAGRAM, &len, s->as.cur.pn_out, now, force) ==
             FB_OK &&
         len > 0) {
-        s->cur.pn_out++;
+        s->as.cur.pn_out++;
         s->force_feedback = 0;
-        udpd_send_commit(s->ss->d, len, &s->cur.peer);
+        udpd_send_commit(s->ss->d, len, &s->peer);
         udpd_ctr.feedbacks_sent++;
     }
 }
@@ -585,16 +568,10 @@ static fb_err read_cb(void *ctx, uint64_t offset, uint8_t *buf, size_t len)
 
 /* ---- life cycle ------------------------------------------------------------------------------- */
 
-static void assoc_clear(assoc *a)
-{
-    fb_aead_free(a->aead); /* wipes the keys */
-    OPENSSL_cleanse(a, sizeof(*a));
-}
-
 /* Ends the running association (the context stays for a new HELLO). */
 static void assoc_end(sess *s, uint64_t now, const char *why)
 {
-    if (!s->cur.live)
+    if (!s->as.cur.live)
         return;
     if (s->direction == FB_DIR_UPLOAD && s->rcv != NULL) {
         if (publish(s) == FB_OK)
@@ -605,8 +582,8 @@ static void assoc_end(sess *s, uint64_t now, const char *why)
         s->snd = NULL;
     }
     assoc_unlink(s);
-    udpd_log(UDPD_INFO, "UD00020", "session %s: association with %s ended: %s", s->id, s->cur.peer_str, why);
-    assoc_clear(&s->cur);
+    udpd_log(UDPD_INFO, "UD00020", "session %s: association with %s ended: %s", s->id, s->peer_str, why);
+    fb_assoc_srv_end(&s->as); /* wipes its keys */
 }
 
 static void sess_destroy(sess *s, uint64_t now, const char *why)
@@ -624,18 +601,17 @@ static void sess_destroy(sess *s, uint64_t now, const char *why)
         s->next_touched = NULL;
     }
 
-    if (s->cur.live) {
+    if (s->as.cur.live) {
         /* The session is gone (or ending): nothing may be written or recorded for it any more. */
         s->wlen = 0;
         s->npend = 0;
         s->ckpt_dirty = 0;
         assoc_end(s, now, why);
     }
-    assoc_clear(&s->pend);
     ss->by_index[s->index] = NULL;
     fb_xfer_receiver_free(s->rcv);
     fb_xfer_sender_free(s->snd);
-    fb_aead_free(s->hs);
+    fb_assoc_srv_clear(&s->as);
     if (s->part_fd >= 0)
         close(s->part_fd);
     if (s->parent_fd >= 0)
@@ -684,13 +660,12 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
          info->nchunks == fb_chunk_count(info->size, info->chunk_size) && info->nchunks <= FB_BITMAP_BITS;
     if (ok)
         s = calloc(1, sizeof(*s));
-    if (s != NULL && fb_aead_new(&s->hs, info->key, FB_AEAD_SERVER) != FB_OK) {
+    if (s != NULL && fb_assoc_srv_init(&s->as, sid, info->key, info->cipher, s) != FB_OK) {
         free(s);
         s = NULL;
     }
     if (s != NULL) {
         s->ss = ss;
-        memcpy(s->key, info->key, sizeof(s->key));
         s->index = idx;
         s->generation = gen;
         memcpy(s->sid, sid, FB_WIRE_SID_LEN);
@@ -700,7 +675,6 @@ static sess *sess_create(udpd_sessions *ss, uint32_t idx, const uint8_t sid[FB_W
         s->size = info->size;
         s->chunk_size = info->chunk_size;
         s->nchunks = info->nchunks;
-        s->slot_cipher = info->cipher;
         s->created_ns = info->created_ns;
         s->file_dev = info->file_dev;
         s->file_ino = info->file_ino;
@@ -755,7 +729,7 @@ static fb_err engines_prepare(sess *s, uint64_t now)
         memset(&rp, 0, sizeof(rp));
         rp.size = s->size;
         rp.chunk_size = s->chunk_size;
-        rp.aead = s->hs; /* replaced by the association's keys when it is validated */
+        rp.aead = s->as.hs; /* replaced by the association's keys when it is validated */
         memcpy(rp.sid, s->sid, FB_WIRE_SID_LEN);
         rp.write = write_cb;
         rp.on_chunk_complete = chunk_cb;
@@ -789,203 +763,137 @@ static void upload_fail(sess *s, fb_err e, uint64_t now)
     assoc_end(s, now, fb_err_name(e));
 }
 
-/* ---- HELLO ------------------------------------------------------------------------------------ */
+/* ---- handshake (fb_assoc) --------------------------------------------------------------------- */
 
-static void rates_for(const fb_config *cfg, const fb_wire_hello *h, uint64_t *ptarget, uint64_t *pmin)
+/* The negotiation follows the configuration (a reload applies to the HELLOs after it). */
+static void policy_refresh(udpd_sessions *ss)
 {
-    uint64_t cap = cfg->target_rate_cap_kbps * 125, mincap = cfg->min_rate_cap_kbps * 125; /* kbit/s -> B/s */
-    uint64_t target = h->target_rate ? h->target_rate : (cap ? cap : UDPD_DEFAULT_RATE), min = h->min_rate;
+    const fb_config *cfg = udpd_cfg(ss->d);
+    fb_assoc_policy pol;
 
-    if (cap && target > cap)
-        target = cap;
-    if (mincap && min > mincap)
-        min = mincap;
-    if (min > target)
-        min = target;
-    *ptarget = target;
-    *pmin = min;
+    if (cfg == ss->policy_of)
+        return;
+    memset(&pol, 0, sizeof(pol));
+    pol.allowed_ciphers = cfg->allowed_ciphers;
+    pol.allowed_policies = cfg->allowed_policies;
+    pol.target_rate_cap = cfg->target_rate_cap_kbps * 125; /* kbit/s -> B/s */
+    pol.min_rate_cap = cfg->min_rate_cap_kbps * 125;
+    pol.default_rate = UDPD_DEFAULT_RATE;
+    pol.max_datagram = (uint16_t)UDPD_MAX_DATAGRAM;
+    fb_assoc_server_set_policy(ss->hs, &pol);
+    ss->policy_of = cfg;
 }
 
-/* Answers a HELLO: for the association A it created or repeats, or a refusal (A NULL, sealed
- * with the handshake keys). Never larger than the HELLO. */
-static void send_hello_ack(sess *s, const assoc *a, const fb_wire_hello *h, fb_err status, size_t hello_len,
-                           uint64_t now, const udpd_addr *to)
+/* The session a datagram names: its context, created on a HELLO for an ACTIVE slot whose random
+ * part matches; a context whose slot is no longer the same session is dropped first. */
+static fb_assoc_srv *lookup_cb(void *ctx, const fb_wire_hdr *hdr, uint64_t now, fb_wire_reason *why)
 {
-    fb_wire_hdr hdr;
-    fb_wire_hello_ack ack;
-    uint8_t *p;
-    size_t len = 0;
-    const size_t ack_len = FB_WIRE_OVERHEAD + FB_WIRE_HELLO_ACK_FIXED;
+    udpd_sessions *ss = ctx;
+    uint32_t idx = fb_wire_sid_slot(hdr->sid);
+    sess *s;
 
-    /* The codec pads every HELLO to 1200 bytes; the answer is 132. */
-    if (ack_len > hello_len)
-        return;
-    p = udpd_send_reserve(s->ss->d, ack_len);
-    if (p == NULL)
-        return;
-    memset(&hdr, 0, sizeof(hdr));
-    memset(&ack, 0, sizeof(ack));
-    memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
-    /* Handshake packets carry random numbers (their keys are per session, not per association). */
-    if (fb_random_bytes((unsigned char *)&hdr.pn, sizeof(hdr.pn)) != FB_OK)
-        return;
-    memcpy(ack.client_nonce, h->client_nonce, sizeof(ack.client_nonce));
-    ack.status = (uint32_t)status;
-    ack.echo_ts_us = h->client_ts_us;
-    ack.hold_us = 0; /* answered within the batch it arrived in */
-    ack.server_ts_us = now;
-    if (a != NULL) {
-        memcpy(ack.server_nonce, a->snonce, sizeof(ack.server_nonce));
-        ack.cipher = a->cipher;
-        ack.policy = a->policy;
-        ack.target_rate = a->target_rate;
-        ack.min_rate = a->min_rate;
-        ack.max_datagram = a->max_dgram;
-    } else if (fb_random_bytes(ack.server_nonce, sizeof(ack.server_nonce)) != FB_OK) {
-        return;
+    if (idx >= ss->nslots) {
+        *why = FB_WIRE_R_UNKNOWN_SESSION;
+        return NULL;
     }
-    if (fb_wire_encode_hello_ack(p, ack_len, &len, &hdr, &ack, a ? a->aead : s->hs) == FB_OK)
-        udpd_send_commit(s->ss->d, len, to);
-}
-
-static int nonce_seen(const sess *s, const uint8_t *nonce)
-{
-    for (unsigned i = 0; i < s->nseen; i++)
-        if (memcmp(s->seen[i], nonce, FB_AEAD_HELLO_NONCE_LEN) == 0)
-            return 1;
-    return 0;
-}
-
-static void nonce_remember(sess *s, const uint8_t *nonce)
-{
-    memcpy(s->seen[s->seen_next], nonce, FB_AEAD_HELLO_NONCE_LEN);
-    s->seen_next = (s->seen_next + 1) % NONCE_MEMORY;
-    if (s->nseen < NONCE_MEMORY)
-        s->nseen++;
-}
-
-/* PROTOCOL.md 7.2: the slot's cipher if the session fixed one; else the requested one if
- * allowed; else an allowed AES-GCM cipher; 0 = refuse. */
-static unsigned choose_cipher(const fb_config *cfg, uint32_t slot_cipher, uint32_t requested)
-{
-    if (slot_cipher != 0)
-        return slot_cipher;
-    if (requested & cfg->allowed_ciphers)
-        return requested;
-    if (cfg->allowed_ciphers & FB_CIPHER_AES128_GCM)
-        return FB_CIPHER_AES128_GCM;
-    if (cfg->allowed_ciphers & FB_CIPHER_AES256_GCM)
-        return FB_CIPHER_AES256_GCM;
-    return 0;
-}
-
-/* The requested policy if allowed, else fair if allowed; 0 = refuse. */
-static unsigned choose_policy(const fb_config *cfg, uint32_t requested)
-{
-    if (requested & cfg->allowed_policies)
-        return requested;
-    return (cfg->allowed_policies & FB_POLICY_FAIR) ? FB_POLICY_FAIR : 0;
-}
-
-static void on_hello(sess *s, const fb_wire_pkt *pkt, const udpd_addr *from, uint64_t now)
-{
-    const fb_config *cfg = udpd_cfg(s->ss->d);
-    const fb_wire_hello *h = &pkt->u.hello;
-    const char *detail = NULL;
-    fb_err st = FB_OK;
-    unsigned cipher = 0, policy = 0;
-    char where[64];
-    assoc *a;
-
-    udpd_ctr.hellos++;
-    /* The same HELLO again: our answer was lost; the same answer (same server nonce). From
-     * anywhere else it is a replay. */
-    for (int k = 0; k < 2; k++) {
-        a = k == 0 ? &s->pend : &s->cur;
-        if (a->live && memcmp(h->client_nonce, a->cnonce, sizeof(a->cnonce)) == 0) {
-            if (!udpd_addr_equal(from, &a->peer)) {
-                count_drop(UDPD_DROP_HELLO_REPLAYED);
-                return;
-            }
-            send_hello_ack(s, a, h, FB_OK, pkt->datagram_len, now, from);
-            return;
+    s = ss->by_index[idx];
+    if (s != NULL && !slot_still_ours(s)) {
+        sess_ended(s, now);
+        s = NULL;
+    }
+    if (s == NULL) {
+        if (hdr->type != FB_WIRE_HELLO) {
+            /* No context: the session is unknown, or no HELLO came yet. */
+            *why = atomic_load(&fb_table_slot(udpd_table(ss->d), idx)->state) == FB_SLOT_ACTIVE
+                       ? FB_WIRE_R_NO_KEYS
+                       : FB_WIRE_R_UNKNOWN_SESSION;
+            return NULL;
+        }
+        s = sess_create(ss, idx, hdr->sid, now);
+        if (s == NULL) {
+            *why = FB_WIRE_R_UNKNOWN_SESSION;
+            return NULL;
         }
     }
-    if (nonce_seen(s, h->client_nonce)) {
-        count_drop(UDPD_DROP_HELLO_REPLAYED);
-        return;
-    }
-    nonce_remember(s, h->client_nonce);
-    udpd_addr_format(where, sizeof(where), from);
+    return &s->as;
+}
 
-    if ((cipher = choose_cipher(cfg, s->slot_cipher, h->cipher)) == 0) {
-        st = FB_ERR_PERMISSION;
-        detail = "no allowed cipher";
-    } else if ((policy = choose_policy(cfg, h->policy)) == 0) {
-        st = FB_ERR_PERMISSION;
-        detail = "policy not allowed";
-    } else if (!docroot_allowed(cfg, s->docroot)) {
-        st = FB_ERR_PERMISSION;
-        detail = "the session's docroot is not in this udpd's configuration";
-    } else if (!s->files_open && (st = open_files(s)) != FB_OK) {
-        detail = "cannot open the file";
+/* What udpd requires of a HELLO beyond cipher and policy: its docroot, its files, the engines. */
+static fb_err admit_cb(void *ctx, fb_assoc_srv *as, uint64_t now, const char **detail)
+{
+    udpd_sessions *ss = ctx;
+    sess *s = as->user;
+    fb_err st = FB_OK;
+
+    if (!docroot_allowed(udpd_cfg(ss->d), s->docroot)) {
+        *detail = "the session's docroot is not in this udpd's configuration";
+        return FB_ERR_PERMISSION;
     }
-    if (st == FB_OK && (st = engines_prepare(s, now)) != FB_OK)
-        detail = "out of memory";
-    if (st != FB_OK) {
+    if (!s->files_open && (st = open_files(s)) != FB_OK) {
+        *detail = "cannot open the file";
+        return st;
+    }
+    if ((st = engines_prepare(s, now)) != FB_OK)
+        *detail = "out of memory";
+    return st;
+}
+
+/* An authenticated HELLO was answered (or not): count, log, send the answer back to FROM. */
+static void on_hello(sess *s, fb_assoc_event ev, const fb_assoc_out *out, const udpd_addr *from)
+{
+    char where[64];
+    uint8_t *p;
+
+    udpd_ctr.hellos++;
+    udpd_addr_format(where, sizeof(where), from);
+    switch (ev) {
+    case FB_ASSOC_HELLO_REPLAYED:
+        count_drop(UDPD_DROP_HELLO_REPLAYED);
+        break;
+    case FB_ASSOC_HELLO_REFUSED:
         udpd_ctr.hello_refused++;
         udpd_log(UDPD_INFO, "UD00023", "session %s: HELLO from %s refused: %s (%s)", s->id, where,
-                 fb_err_message(st), detail);
-        send_hello_ack(s, NULL, h, st, pkt->datagram_len, now, from);
-        return;
-    }
-    /* A new pending association replaces an older pending one; the running one goes on until
-     * this one is validated. */
-    assoc_clear(&s->pend);
-    a = &s->pend;
-    if (fb_aead_new(&a->aead, s->key, FB_AEAD_SERVER) != FB_OK ||
-        fb_random_bytes(a->snonce, sizeof(a->snonce)) != FB_OK ||
-        fb_aead_set_data_keys(a->aead, cipher, h->client_nonce, a->snonce) != FB_OK) {
+                 fb_err_message(out->status), out->detail ? out->detail : "");
+        break;
+    case FB_ASSOC_HELLO_FAILED:
         udpd_log(UDPD_ERROR, "UD00024", "session %s: cannot derive data keys", s->id);
-        assoc_clear(a);
-        return;
+        break;
+    case FB_ASSOC_HELLO_PENDING:
+        udpd_log(UDPD_DEBUG, "UD00029", "session %s: HELLO from %s accepted, waiting for its first packet",
+                 s->id, where);
+        break;
+    default: /* FB_ASSOC_HELLO_AGAIN: our answer was lost; the same one again */
+        break;
     }
-    a->live = 1;
-    memcpy(a->cnonce, h->client_nonce, sizeof(a->cnonce));
-    a->cipher = cipher;
-    a->policy = policy;
-    rates_for(cfg, h, &a->target_rate, &a->min_rate);
-    a->max_dgram = h->max_datagram < UDPD_MAX_DATAGRAM ? h->max_datagram : (uint16_t)UDPD_MAX_DATAGRAM;
-    a->peer = *from;
-    snprintf(a->peer_str, sizeof(a->peer_str), "%s", where);
-    fb_replay_init(&a->replay);
-    a->last_rx_us = now;
-    udpd_log(UDPD_DEBUG, "UD00029", "session %s: HELLO from %s accepted, waiting for its first packet", s->id,
-             where);
-    send_hello_ack(s, a, h, FB_OK, pkt->datagram_len, now, from);
+    if (out->len == 0 || (p = udpd_send_reserve(s->ss->d, out->len)) == NULL)
+        return;
+    memcpy(p, out->dgram, out->len);
+    udpd_send_commit(s->ss->d, out->len, from);
 }
 
 /* The pending association proved its address: it becomes the running one. */
 static void promote(sess *s, uint64_t now)
 {
-    if (s->cur.live)
+    if (s->as.cur.live)
         assoc_end(s, now, "replaced by a new association");
-    s->cur = s->pend;
-    memset(&s->pend, 0, sizeof(s->pend)); /* its keys moved, not copied */
+    fb_assoc_srv_promote(&s->as);
+    memcpy(&s->peer.ss, &s->as.cur.peer.ss, sizeof(s->peer.ss));
+    s->peer.len = s->as.cur.peer.len;
+    udpd_addr_format(s->peer_str, sizeof(s->peer_str), &s->peer);
     assoc_link(s);
     udpd_ctr.associations++;
     s->snd_done_logged = 0;
     s->roff = s->rlen = 0;
     if (s->rcv != NULL) {
-        fb_xfer_receiver_set_aead(s->rcv, s->cur.aead);
+        fb_xfer_receiver_set_aead(s->rcv, s->as.cur.aead);
         s->force_feedback = 1; /* the client learns at once what is held */
     }
     udpd_log(
         UDPD_INFO, "UD00025",
         "session %s: %s of '%s' (%llu bytes) from %s: cipher %s, policy %s, rate %llu..%llu B/s, datagram %u",
         s->id, s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath, (unsigned long long)s->size,
-        s->cur.peer_str, fb_config_cipher_name(s->cur.cipher), fb_config_policy_name(s->cur.policy),
-        (unsigned long long)s->cur.min_rate, (unsigned long long)s->cur.target_rate, s->cur.max_dgram);
+        s->peer_str, fb_config_cipher_name(s->as.cur.cipher), fb_config_policy_name(s->as.cur.policy),
+        (unsigned long long)s->as.cur.min_rate, (unsigned long long)s->as.cur.target_rate, s->as.cur.max_dgram);
 }
 
 /* ---- data phase ------------------------------------------------------------------------------- */
@@ -1065,13 +973,13 @@ static void on_feedback(sess *s, const fb_wire_pkt *pkt, uint64_t now)
 
         memset(&sp, 0, sizeof(sp));
         sp.size = s->size;
-        sp.max_payload = s->cur.max_dgram - FB_WIRE_DATA_OVERHEAD;
+        sp.max_payload = s->as.cur.max_dgram - FB_WIRE_DATA_OVERHEAD;
         sp.chunk_size = s->chunk_size;
-        sp.rate.policy = s->cur.policy;
-        sp.rate.target_rate = s->cur.target_rate;
-        sp.rate.min_rate = s->cur.min_rate;
-        sp.rate.packet_size = s->cur.max_dgram;
-        sp.aead = s->cur.aead;
+        sp.rate.policy = s->as.cur.policy;
+        sp.rate.target_rate = s->as.cur.target_rate;
+        sp.rate.min_rate = s->as.cur.min_rate;
+        sp.rate.packet_size = s->as.cur.max_dgram;
+        sp.aead = s->as.cur.aead;
         memcpy(sp.sid, s->sid, FB_WIRE_SID_LEN);
         sp.read = read_cb;
         sp.read_ctx = s;
@@ -1117,14 +1025,14 @@ static void on_probe(sess *s, const fb_wire_pkt *pkt, uint64_t now, uint64_t arr
     memset(&hdr, 0, sizeof(hdr));
     memcpy(hdr.sid, s->sid, sizeof(hdr.sid));
     hdr.flags = FB_WIRE_F_PROBE_REPLY;
-    hdr.pn = s->cur.pn_out;
+    hdr.pn = s->as.cur.pn_out;
     r.probe_id = pkt->u.probe.probe_id;
     r.ts_us = pkt->u.probe.ts_us;
     r.hold_us = now > arrived ? (uint32_t)(now - arrived) : 0;
     r.pad_to = size; /* the same size: path MTU probing, and never larger than the probe */
-    if (fb_wire_encode_probe(p, size, &len, &hdr, &r, s->cur.aead) == FB_OK) {
-        s->cur.pn_out++;
-        udpd_send_commit(s->ss->d, len, &s->cur.peer);
+    if (fb_wire_encode_probe(p, size, &len, &hdr, &r, s->as.cur.aead) == FB_OK) {
+        s->as.cur.pn_out++;
+        udpd_send_commit(s->ss->d, len, &s->peer);
     }
 }
 
@@ -1167,111 +1075,50 @@ static void on_close(sess *s, const fb_wire_pkt *pkt, uint64_t now)
 void udpd_sessions_input(udpd_sessions *ss, uint8_t *buf, size_t len, const udpd_addr *from, uint64_t now,
                          uint64_t arrived)
 {
-    fb_wire_hdr hdr;
-    fb_wire_reason why;
-    fb_wire_pkt pkt;
-    uint32_t idx;
-    int pend_match, cur_match;
+    fb_assoc_out out;
+    fb_assoc_addr peer;
+    fb_assoc_event ev;
     sess *s;
 
     udpd_ctr.rx_dgrams++;
     udpd_ctr.rx_bytes += len;
-    if (fb_wire_peek_header(&hdr, &why, buf, len) != FB_OK) {
-        count_wire(why);
+    policy_refresh(ss);
+    fb_assoc_addr_set(&peer, (const struct sockaddr *)&from->ss, from->len);
+    ev = fb_assoc_server_input(ss->hs, &out, buf, len, &peer, now);
+    s = out.srv != NULL ? out.srv->user : NULL;
+    switch (ev) {
+    case FB_ASSOC_DROP:
+        count_wire(out.reason);
         return;
-    }
-    /* Server-to-client types are never accepted (and reflected ones would not authenticate). */
-    if (hdr.type == FB_WIRE_HELLO_ACK) {
+    case FB_ASSOC_DROP_UNEXPECTED:
         count_drop(UDPD_DROP_UNEXPECTED);
         return;
-    }
-    idx = fb_wire_sid_slot(hdr.sid);
-    if (idx >= ss->nslots) {
-        count_wire(FB_WIRE_R_UNKNOWN_SESSION);
+    case FB_ASSOC_DROP_ADDRESS:
+        count_drop(UDPD_DROP_WRONG_ADDRESS);
         return;
-    }
-    s = ss->by_index[idx];
-    if (s != NULL && !slot_still_ours(s)) {
-        sess_ended(s, now);
-        s = NULL;
-    }
-    if (s == NULL) {
-        if (hdr.type != FB_WIRE_HELLO) {
-            /* No context: the session is unknown, or no HELLO came yet. */
-            if (atomic_load(&fb_table_slot(udpd_table(ss->d), idx)->state) == FB_SLOT_ACTIVE)
-                count_wire(FB_WIRE_R_NO_KEYS);
-            else
-                count_wire(FB_WIRE_R_UNKNOWN_SESSION);
-            return;
-        }
-        s = sess_create(ss, idx, hdr.sid, now);
-        if (s == NULL) {
-            count_wire(FB_WIRE_R_UNKNOWN_SESSION);
-            return;
-        }
-    } else if (!fb_wire_names_session(&hdr, s->sid)) {
-        count_wire(FB_WIRE_R_UNKNOWN_SESSION);
-        return;
-    }
-
-    if (hdr.type == FB_WIRE_HELLO) {
-        if (fb_wire_open(&pkt, &why, buf, len, s->hs, NULL) != FB_OK) {
-            count_wire(why);
-            return;
-        }
+    case FB_ASSOC_VALIDATED:
+        promote(s, now);
+        break;
+    case FB_ASSOC_PACKET:
+        break;
+    default:
         s->last_seen_us = now;
-        on_hello(s, &pkt, from, now);
+        on_hello(s, ev, &out, from);
         return;
     }
-    /* Data phase: the pending association first (its first packet validates it), then the
-     * running one; a new address needs a new HELLO. */
-    pend_match = s->pend.live && udpd_addr_equal(from, &s->pend.peer);
-    cur_match = s->cur.live && udpd_addr_equal(from, &s->cur.peer);
-    if (!pend_match && !cur_match) {
-        if (s->cur.live || s->pend.live)
-            count_drop(UDPD_DROP_WRONG_ADDRESS);
-        else
-            count_wire(FB_WIRE_R_NO_KEYS); /* no association: e.g. udpd restarted; the client re-handshakes */
-        return;
-    }
-    if (pend_match) {
-        /* A failed open leaves the buffer decrypted in place: keep a copy for the running
-         * association when both could own it (the client re-handshakes from the same port). */
-        uint8_t *copy = NULL;
-
-        if (cur_match && len <= UDPD_MAX_DATAGRAM) {
-            memcpy(ss->dgram_copy, buf, len);
-            copy = ss->dgram_copy;
-        }
-        if (fb_wire_open(&pkt, &why, buf, len, s->pend.aead, &s->pend.replay) == FB_OK) {
-            promote(s, now);
-            goto dispatch;
-        }
-        if (copy == NULL) {
-            count_wire(why);
-            return;
-        }
-        buf = copy;
-    }
-    if (fb_wire_open(&pkt, &why, buf, len, s->cur.aead, &s->cur.replay) != FB_OK) {
-        count_wire(why);
-        return;
-    }
-dispatch:
-    s->cur.last_rx_us = now;
     s->last_seen_us = now;
-    switch (pkt.hdr.type) {
+    switch (out.pkt.hdr.type) {
     case FB_WIRE_DATA:
-        on_data(s, &pkt, now, arrived);
+        on_data(s, &out.pkt, now, arrived);
         break;
     case FB_WIRE_FEEDBACK:
-        on_feedback(s, &pkt, arrived);
+        on_feedback(s, &out.pkt, arrived);
         break;
     case FB_WIRE_CLOSE:
-        on_close(s, &pkt, now);
+        on_close(s, &out.pkt, now);
         break;
     case FB_WIRE_PROBE:
-        on_probe(s, &pkt, now, arrived);
+        on_probe(s, &out.pkt, now, arrived);
         break;
     default:
         count_drop(UDPD_DROP_UNEXPECTED);
@@ -1319,13 +1166,11 @@ static void housekeeping(udpd_sessions *ss, uint64_t now)
             sess_ended(s, now);
             continue;
         }
-        if (s->pend.live && now - s->pend.last_rx_us > ASSOC_IDLE_US)
-            assoc_clear(&s->pend);
-        if (s->cur.live && now - s->cur.last_rx_us > ASSOC_IDLE_US) {
+        if (fb_assoc_srv_expire(&s->as, now)) {
             assoc_end(s, now, "idle");
             continue;
         }
-        if (!s->cur.live && !s->pend.live && now - s->last_seen_us > SESSION_IDLE_US) {
+        if (!s->as.cur.live && !s->as.pend.live && now - s->last_seen_us > SESSION_IDLE_US) {
             checkpoint(s, now, 0);
             sess_destroy(s, now, "idle");
             continue;
@@ -1356,13 +1201,13 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
             if (s->snd == NULL)
                 continue;
             for (int k = 0; k < SEND_QUANTUM && fb_xfer_sender_next_time(s->snd, now) <= now; k++) {
-                uint8_t *p = udpd_send_reserve(ss->d, s->cur.max_dgram);
+                uint8_t *p = udpd_send_reserve(ss->d, s->as.cur.max_dgram);
                 size_t len = 0;
                 fb_err e;
 
                 if (p == NULL) /* batch full: flush and come back at once, or on EPOLLOUT */
                     return udpd_send_blocked(ss->d) ? next : now;
-                e = fb_xfer_sender_next(s->snd, p, s->cur.max_dgram, &len, s->cur.pn_out, now);
+                e = fb_xfer_sender_next(s->snd, p, s->as.cur.max_dgram, &len, s->as.cur.pn_out, now);
                 if (e != FB_OK) {
                     udpd_log(UDPD_ERROR, "UD00028", "session %s: reading '%s' failed: %s", s->id, s->relpath,
                              fb_err_message(e));
@@ -1372,8 +1217,8 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
                 }
                 if (len == 0)
                     break;
-                s->cur.pn_out++;
-                udpd_send_commit(ss->d, len, &s->cur.peer);
+                s->as.cur.pn_out++;
+                udpd_send_commit(ss->d, len, &s->peer);
                 udpd_ctr.data_bytes_sent += len - FB_WIRE_DATA_OVERHEAD;
                 progress = 1;
             }
@@ -1401,6 +1246,8 @@ uint64_t udpd_sessions_run(udpd_sessions *ss, uint64_t now)
 fb_err udpd_sessions_new(udpd_sessions **pss, udpd *d, uint32_t nslots)
 {
     udpd_sessions *ss = calloc(1, sizeof(*ss));
+    fb_assoc_server_params ap;
+    fb_err e;
 
     *pss = NULL;
     if (ss == NULL)
@@ -1409,13 +1256,24 @@ fb_err udpd_sessions_new(udpd_sessions **pss, udpd *d, uint32_t nslots)
     ss->nslots = nslots;
     ss->by_index = calloc(nslots ? nslots : 1, sizeof(sess *));
     ss->scratch = calloc(FB_BITMAP_WORDS, sizeof(uint64_t));
-    ss->dgram_copy = malloc(UDPD_MAX_DATAGRAM);
-    if (ss->by_index == NULL || ss->scratch == NULL || ss->dgram_copy == NULL) {
+    if (ss->by_index == NULL || ss->scratch == NULL) {
         free(ss->by_index);
         free(ss->scratch);
-        free(ss->dgram_copy);
         free(ss);
         return FB_ERR_NOMEM;
+    }
+    memset(&ap, 0, sizeof(ap));
+    ap.policy.max_datagram = (uint16_t)UDPD_MAX_DATAGRAM; /* the rest: policy_refresh */
+    ap.random = fb_assoc_random_os;
+    ap.lookup = lookup_cb;
+    ap.admit = admit_cb;
+    ap.ctx = ss;
+    e = fb_assoc_server_new(&ss->hs, &ap);
+    if (e != FB_OK) {
+        free(ss->by_index);
+        free(ss->scratch);
+        free(ss);
+        return e;
     }
     *pss = ss;
     return FB_OK;
@@ -1434,14 +1292,14 @@ void udpd_sessions_free(udpd_sessions *ss)
             continue;
         if (s->rcv != NULL && slot_still_ours(s) && publish(s) == FB_OK)
             checkpoint(s, now, 1);
-        if (s->cur.live)
+        if (s->as.cur.live)
             assoc_end(s, now, "udpd stopping");
         s->ckpt_dirty = 0;
         sess_destroy(s, now, "udpd stopping");
     }
     free(ss->by_index);
     free(ss->scratch);
-    free(ss->dgram_copy);
+    fb_assoc_server_free(ss->hs);
     free(ss);
 }
 
@@ -1465,7 +1323,7 @@ void udpd_sessions_log(udpd_sessions *ss)
                 UDPD_INFO, "UD00052",
                 "session %s: upload '%s' %s%s: %llu of %llu bytes held, %llu new over UDP, %llu duplicate, "
                 "%llu FEEDBACK",
-                s->id, s->relpath, s->cur.live ? "with " : "idle", s->cur.live ? s->cur.peer_str : "",
+                s->id, s->relpath, s->as.cur.live ? "with " : "idle", s->as.cur.live ? s->peer_str : "",
                 (unsigned long long)st.held_bytes, (unsigned long long)s->size,
                 (unsigned long long)st.bytes_new, (unsigned long long)st.bytes_dup,
                 (unsigned long long)st.feedbacks);
@@ -1477,13 +1335,13 @@ void udpd_sessions_log(udpd_sessions *ss)
                      "session %s: download '%s' with %s: %llu bytes sent, %llu resent, %llu still needed, "
                      "rate %llu "
                      "B/s, srtt %llu us",
-                     s->id, s->relpath, s->cur.peer_str, (unsigned long long)st.bytes_new,
+                     s->id, s->relpath, s->peer_str, (unsigned long long)st.bytes_new,
                      (unsigned long long)st.bytes_retx, (unsigned long long)st.need_bytes,
                      (unsigned long long)st.rate, (unsigned long long)st.srtt_us);
         } else {
             udpd_log(UDPD_INFO, "UD00054", "session %s: %s '%s', %s", s->id,
                      s->direction == FB_DIR_UPLOAD ? "upload" : "download", s->relpath,
-                     s->cur.live ? "associated" : "no association");
+                     s->as.cur.live ? "associated" : "no association");
         }
     }
 }

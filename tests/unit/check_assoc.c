@@ -128,10 +128,10 @@ static void world_init(world *w, unsigned allowed_ciphers)
     for (int i = 0; i < 32; i++)
         w->key[i] = (uint8_t)(i * 7 + 1);
     ck_assert_int_eq(fb_wire_sid_from_string(w->sid, SID), FB_OK);
-    w->sp.allowed_ciphers = allowed_ciphers;
-    w->sp.allowed_policies = FB_POLICY_FIXED | FB_POLICY_FAIR | FB_POLICY_HIGH | FB_POLICY_LOW;
-    w->sp.default_rate = 125000000;
-    w->sp.max_datagram = FB_WIRE_MAX_DATAGRAM;
+    w->sp.policy.allowed_ciphers = allowed_ciphers;
+    w->sp.policy.allowed_policies = FB_POLICY_FIXED | FB_POLICY_FAIR | FB_POLICY_HIGH | FB_POLICY_LOW;
+    w->sp.policy.default_rate = 125000000;
+    w->sp.policy.max_datagram = FB_WIRE_MAX_DATAGRAM;
     w->sp.random = rnd;
     w->sp.lookup = lookup;
     w->sp.admit = admit;
@@ -295,9 +295,9 @@ START_TEST(test_server_caps_rates_and_datagram)
 
     world_init(&w, FB_CIPHER_AES128_GCM);
     fb_assoc_server_free(w.srv);
-    w.sp.target_rate_cap = 10000000;
-    w.sp.min_rate_cap = 500000;
-    w.sp.max_datagram = 1300;
+    w.sp.policy.target_rate_cap = 10000000;
+    w.sp.policy.min_rate_cap = 500000;
+    w.sp.policy.max_datagram = 1300;
     ck_assert_int_eq(fb_assoc_server_new(&w.srv, &w.sp), FB_OK);
     client_params(&w, &cp, FB_CIPHER_AES256_GCM); /* not allowed: the server picks AES-128 */
     cp.policy = FB_POLICY_HIGH;
@@ -682,9 +682,8 @@ START_TEST(test_refusals)
 
     /* a policy the server does not allow, without fair to fall back on */
     world_init(&w, FB_CIPHER_AES128_GCM);
-    fb_assoc_server_free(w.srv);
-    w.sp.allowed_policies = FB_POLICY_LOW;
-    ck_assert_int_eq(fb_assoc_server_new(&w.srv, &w.sp), FB_OK);
+    w.sp.policy.allowed_policies = FB_POLICY_LOW; /* a reloaded configuration */
+    fb_assoc_server_set_policy(w.srv, &w.sp.policy);
     client_hello(&w, T0, 1);
     ck_assert_int_eq(server_in(&w, w.hello, w.hello_len, &w.a1, T0), FB_ASSOC_HELLO_REFUSED);
     ck_assert_str_eq(w.out.detail, "policy not allowed");
