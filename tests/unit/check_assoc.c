@@ -874,6 +874,7 @@ END_TEST
 START_TEST(test_new_address_needs_a_new_hello)
 {
     world w;
+    fb_assoc_addr a3;
     uint8_t probe[128];
     size_t plen;
 
@@ -889,6 +890,15 @@ START_TEST(test_new_address_needs_a_new_hello)
     ck_assert(w.sess.pend.live);
     ck_assert_int_eq(client_in(&w, w.out.dgram, w.out.len, T0 + 20001), FB_ASSOC_C_ACCEPTED);
     w.c_pn = 0;
+    /* the new keys from anywhere but the new address validate nothing */
+    addr4(&a3, "198.51.100.7", 40000);
+    plen = client_probe(&w, probe, sizeof(probe));
+    ck_assert_int_eq(server_in(&w, probe, plen, &a3, T0 + 25000), FB_ASSOC_DROP_ADDRESS);
+    plen = client_probe(&w, probe, sizeof(probe));
+    ck_assert_int_eq(server_in(&w, probe, plen, &w.a1, T0 + 25000), FB_ASSOC_DROP);
+    ck_assert_int_eq(w.out.reason, FB_WIRE_R_AUTH_FAILED); /* tried as the running one's */
+    ck_assert(w.sess.pend.live);
+    ck_assert(fb_assoc_addr_equal(&w.sess.cur.peer, &w.a1));
     plen = client_probe(&w, probe, sizeof(probe));
     ck_assert_int_eq(server_in(&w, probe, plen, &w.a2, T0 + 30000), FB_ASSOC_VALIDATED);
     fb_assoc_srv_promote(&w.sess);
