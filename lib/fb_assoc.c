@@ -11,6 +11,9 @@
 #include "fb_config.h"
 #include "fb_util.h"
 
+/* PROTOCOL.md 3: HELLO_ACK is exactly 132 bytes, below the 1200 of the smallest HELLO. */
+_Static_assert(FB_ASSOC_ACK_LEN == 132 && FB_ASSOC_ACK_LEN < FB_WIRE_MIN_DATAGRAM, "HELLO_ACK size");
+
 struct fb_assoc_server {
     fb_assoc_server_params p;
     uint8_t *copy; /* a datagram kept for a second key (FB_WIRE_MAX_DATAGRAM bytes) */

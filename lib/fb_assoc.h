@@ -83,11 +83,11 @@ typedef struct fb_assoc_client {
     int pending;       /* a HELLO with cnonce is out, unanswered */
     uint8_t cnonce[FB_AEAD_HELLO_NONCE_LEN];
     uint64_t hello_pn, sent_us, rto_us;
-    /* the accepted answer (after FB_ASSOC_ACCEPTED) */
+    /* the accepted answer (after FB_ASSOC_C_ACCEPTED) */
     fb_wire_hello_ack ack;
     uint16_t max_dgram; /* min(the client's, the server's) */
     uint64_t rtt_us;    /* HELLO to HELLO_ACK less the server's hold */
-    fb_err refused;     /* the status of a refusal (FB_ASSOC_REFUSED) */
+    fb_err refused;     /* the status of a refusal (FB_ASSOC_C_REFUSED) */
 } fb_assoc_client;
 
 typedef enum fb_assoc_client_event {

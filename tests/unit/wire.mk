@@ -20,7 +20,7 @@ tests_unit_check_replay_LDADD = lib/libfb.la $(CHECK_LIBS)
 tests_unit_check_rate_SOURCES = tests/unit/check_rate.c
 tests_unit_check_rate_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS) $(OPENSSL_CFLAGS)
 tests_unit_check_rate_LDADD = lib/libfb.la $(CHECK_LIBS)
-tests_unit_check_assoc_SOURCES = tests/unit/check_assoc.c
+tests_unit_check_assoc_SOURCES = tests/unit/check_assoc.c tests/unit/assoc_world.c tests/unit/assoc_world.h
 tests_unit_check_assoc_CFLAGS = $(AM_CFLAGS) $(CHECK_CFLAGS) $(OPENSSL_CFLAGS)
 tests_unit_check_assoc_LDADD = lib/libfb.la $(CHECK_LIBS)
 endif
