@@ -32,6 +32,7 @@
 #include <openssl/crypto.h>
 
 #include "fb_aead.h"
+#include "fb_assoc.h"
 #include "fb_config.h"
 #include "fb_replay.h"
 #include "fb_udp.h"
@@ -42,7 +43,6 @@
 #define FBCP_UDP_TX_SLOTS 128 /* datagrams a send batch holds */
 #define FBCP_UDP_READ_AHEAD (1u << 20)
 #define FBCP_UDP_WRITE_BEHIND (1u << 20)
-#define FBCP_UDP_HELLO_RTO_US 250000ull
 #define FBCP_UDP_KEEPALIVE_US 1000000ull
 #define FBCP_UDP_CLOSE_WAIT_MAX_US 1000000ull  /* round trip counted for udpd's CLOSE, at most */
 #define FBCP_UDP_CLOSE_WAIT_EXTRA_US 100000ull /* beyond two round trips */
@@ -73,10 +73,7 @@ struct fbcp_udp {
     fb_aead_ctx *aead;
 
     /* association */
-    int hello_pending; /* a HELLO with CNONCE is out, unanswered */
-    uint8_t cnonce[FB_AEAD_HELLO_NONCE_LEN];
-    uint64_t hello_pn;
-    uint64_t hello_sent_us, hello_rto_us;
+    fb_assoc_client hs; /* the handshake: HELLO, its retransmissions, the answer */
     int associated;
     fb_wire_hello_ack ack;
     size_t max_dgram; /* negotiated */
@@ -234,26 +231,6 @@ static void fbcp_udp_send_now(fbcp_udp *u, const uint8_t *buf, size_t len)
 
 /* ---------------------------------------------------------------- session and handshake */
 
-/* Takes X's session id and key (again when the session was created anew). */
-static fb_err fbcp_udp_sync_session(fbcp_udp *u, const fbcp_xfer *x)
-{
-    if (u->have_session && u->gen == x->session_gen)
-        return FB_OK;
-    if (!x->have_key || x->session_id == NULL || fb_wire_sid_from_string(u->sid, x->session_id) != FB_OK)
-        return FB_ERR_PROTOCOL;
-    fb_aead_free(u->aead);
-    u->aead = NULL;
-    if (fb_aead_new(&u->aead, x->key, FB_AEAD_CLIENT) != FB_OK)
-        return FB_ERR_NOMEM;
-    u->have_session = 1;
-    u->gen = x->session_gen;
-    u->associated = 0;
-    u->hello_pending = 0;
-    u->refused = FB_OK;
-    u->peer_closed = 0;
-    return FB_OK;
-}
-
 static unsigned fbcp_policy_bit(fbcp_policy p)
 {
     switch (p) {
@@ -269,52 +246,60 @@ static unsigned fbcp_policy_bit(fbcp_policy p)
     return FB_POLICY_FAIR;
 }
 
-/* HELLO with the current nonce (a fresh attempt when FRESH). */
-static void fbcp_udp_hello(fbcp_udp *u, uint64_t now, int fresh)
+/* Takes X's session id and key (again when the session was created anew). */
+static fb_err fbcp_udp_sync_session(fbcp_udp *u, const fbcp_xfer *x)
 {
     const fbcp_opts *o = u->o;
-    uint8_t buf[FB_WIRE_MAX_DATAGRAM];
-    fb_wire_hdr hdr;
-    fb_wire_hello h;
-    size_t len = 0;
+    fb_assoc_client_params hp;
     uint64_t target = o->target_rate / 8, min = o->min_rate / 8;
 
-    if (fresh) {
-        if (fb_random_bytes(u->cnonce, sizeof(u->cnonce)) != FB_OK ||
-            fb_random_bytes((unsigned char *)&u->hello_pn, sizeof(u->hello_pn)) != FB_OK)
-            return;
-        u->hello_pending = 1;
-        u->hello_rto_us = FBCP_UDP_HELLO_RTO_US;
-        u->refused = FB_OK;
-        u->peer_closed = 0;
-    } else {
-        u->hello_rto_us *= 2;
-        u->hello_pn++; /* another random-looking number: a retransmission is a new packet */
-    }
+    if (u->have_session && u->gen == x->session_gen)
+        return FB_OK;
+    memset(&hp, 0, sizeof(hp));
+    if (!x->have_key || x->session_id == NULL || fb_wire_sid_from_string(hp.sid, x->session_id) != FB_OK)
+        return FB_ERR_PROTOCOL;
+    fb_aead_free(u->aead);
+    u->aead = NULL;
+    if (fb_aead_new(&u->aead, x->key, FB_AEAD_CLIENT) != FB_OK)
+        return FB_ERR_NOMEM;
+    memcpy(u->sid, hp.sid, sizeof(u->sid));
     if (o->limit_rate > 0 && (target == 0 || target > o->limit_rate))
         target = o->limit_rate; /* --limit-rate bounds UDP too */
     if (target != 0 && min > target)
         min = target;
-    memset(&hdr, 0, sizeof(hdr));
-    memset(&h, 0, sizeof(h));
-    memcpy(hdr.sid, u->sid, sizeof(hdr.sid));
-    hdr.pn = u->hello_pn;
-    memcpy(h.client_nonce, u->cnonce, sizeof(h.client_nonce));
-    h.cipher = o->cipher;
-    h.policy = fbcp_policy_bit(o->policy);
-    h.target_rate = target;
-    h.min_rate = min;
-    h.client_ts_us = now;
-    h.max_datagram = (uint16_t)u->dgram;
-    h.pad_to = u->dgram; /* the path is checked at the size we want to use */
-    u->hello_sent_us = now;
+    hp.cipher = o->cipher;
+    hp.policy = fbcp_policy_bit(o->policy);
+    hp.target_rate = target;
+    hp.min_rate = min;
+    hp.max_datagram = (uint16_t)u->dgram;
+    hp.random = fb_assoc_random_os;
+    fb_assoc_client_init(&u->hs, &hp, u->aead);
+    u->have_session = 1;
+    u->gen = x->session_gen;
+    u->associated = 0;
+    u->refused = FB_OK;
+    u->peer_closed = 0;
+    return FB_OK;
+}
+
+/* HELLO: a fresh attempt when FRESH, else the pending one again (fb_assoc). */
+static void fbcp_udp_hello(fbcp_udp *u, uint64_t now, int fresh)
+{
+    uint8_t buf[FB_WIRE_MAX_DATAGRAM];
+    size_t len = 0;
+
+    if (fb_assoc_client_hello(&u->hs, buf, sizeof(buf), &len, now, fresh) != FB_OK)
+        return;
+    if (fresh) {
+        u->refused = FB_OK;
+        u->peer_closed = 0;
+    }
     /* no association: the send slots go back to the size asked for, which the HELLO fills */
     if (fb_udp_tx_pending(u->tx) > 0)
         fbcp_udp_flush(u);
     fb_udp_tx_discard(u->tx);
     u->stride = u->dgram;
-    if (fb_wire_encode_hello(buf, sizeof(buf), &len, &hdr, &h, u->aead) == FB_OK)
-        fbcp_udp_send_now(u, buf, len);
+    fbcp_udp_send_now(u, buf, len);
 }
 
 static void fbcp_udp_close(fbcp_udp *u, fb_err reason);
@@ -509,42 +494,32 @@ enum { FBCP_IN_DROP = 0, FBCP_IN_DATA_PHASE = 1, FBCP_IN_ANSWERED = 2, FBCP_IN_R
 /* One received datagram (decrypted in place). Returns what it was. */
 static int fbcp_udp_input(fbcp_udp *u, uint8_t *buf, size_t len, uint64_t now)
 {
-    fb_wire_hdr hdr;
     fb_wire_pkt pkt;
     fb_wire_reason why;
 
     u->rx_dgrams++;
-    if (!u->have_session || fb_wire_peek_header(&hdr, &why, buf, len) != FB_OK ||
-        !fb_wire_names_session(&hdr, u->sid))
+    if (!u->have_session)
         goto drop;
-    if (hdr.type == FB_WIRE_HELLO_ACK) {
-        fb_wire_hello_ack *a = &pkt.u.hello_ack;
-
-        if (!u->hello_pending || fb_wire_open(&pkt, &why, buf, len, u->aead, NULL) != FB_OK ||
-            memcmp(a->client_nonce, u->cnonce, sizeof(u->cnonce)) != 0)
-            goto drop;
-        u->hello_pending = 0;
-        if (a->status == FB_OK && a->cipher == FB_CIPHER_NONE && u->o->cipher != FB_CIPHER_NONE)
-            a->status = FB_ERR_SERVER_REFUSED; /* never less protection than asked for */
-        if (a->status == FB_OK &&
-            (a->max_datagram < FB_WIRE_MIN_DATAGRAM ||
-             fb_aead_set_data_keys(u->aead, a->cipher, u->cnonce, a->server_nonce) != FB_OK))
-            a->status = FB_ERR_PROTOCOL;
-        if (a->status != FB_OK) {
-            u->refused = (fb_err)a->status;
-            return FBCP_IN_REFUSED;
-        }
+    switch (fb_assoc_client_input(&u->hs, buf, len, now)) {
+    case FB_ASSOC_C_DROP:
+        goto drop;
+    case FB_ASSOC_C_REFUSED:
+        u->refused = u->hs.refused;
+        return FBCP_IN_REFUSED;
+    case FB_ASSOC_C_ACCEPTED:
         if (fb_udp_tx_pending(u->tx) > 0)
             fbcp_udp_flush(u);
-        u->ack = *a;
-        u->hello_rtt_us = now > a->echo_ts_us + a->hold_us ? now - a->echo_ts_us - a->hold_us : 0;
-        u->max_dgram = a->max_datagram < u->dgram ? a->max_datagram : u->dgram;
+        u->ack = u->hs.ack;
+        u->hello_rtt_us = u->hs.rtt_us;
+        u->max_dgram = u->hs.max_dgram;
         u->stride = u->max_dgram;
         fb_replay_init(&u->replay);
         u->pn = 0;
         u->associated = 1;
         u->last_keepalive_us = now;
         return FBCP_IN_ANSWERED;
+    case FB_ASSOC_C_DATA_PHASE:
+        break;
     }
     if (!u->associated || fb_wire_open(&pkt, &why, buf, len, u->aead, &u->replay) != FB_OK)
         goto drop;
@@ -883,11 +858,11 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
         }
         wake = fbcp_switch_udp_deadline(sw);
         if (!u->associated) {
-            if (u->hello_pending && now >= u->hello_sent_us + u->hello_rto_us)
+            if (now >= fb_assoc_client_next_time(&u->hs))
                 fbcp_udp_hello(u, now, 0);
-            if (u->hello_pending && u->hello_sent_us + u->hello_rto_us < wake)
-                wake = u->hello_sent_us + u->hello_rto_us;
-            if (!u->hello_pending) /* a refusal seen by an earlier probe, say: try afresh */
+            if (fb_assoc_client_next_time(&u->hs) < wake)
+                wake = fb_assoc_client_next_time(&u->hs);
+            if (!u->hs.pending) /* a refusal seen by an earlier probe, say: try afresh */
                 fbcp_udp_hello(u, now, 1);
         } else {
             if (u->snd == NULL && u->rcv == NULL) {
@@ -978,7 +953,7 @@ static fb_err fbcp_udp_leg(fbcp_transport *t, fbcp_xfer *x, const fbcp_ranges *t
         fbcp_udp_close(u, rv == FB_ERR_LOCAL_IO ? FB_ERR_LOCAL_IO : FB_ERR_CONNECTION_LOST);
     }
     u->associated = 0;
-    u->hello_pending = 0;
+    fb_assoc_client_cancel(&u->hs);
     if (u->rcv != NULL && u->io_what == NULL)
         (void)fbcp_udp_publish(u); /* keep what arrived */
     fbcp_udp_account(u, x, todo_total, &s_new, &s_retx, &s_acked);

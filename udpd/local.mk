@@ -7,7 +7,7 @@ sbin_PROGRAMS += udpd/udpd
 udpd_udpd_SOURCES = \
 	udpd/udpd.h \
 	udpd/udpd_main.c \
-	udpd/udpd_session.c \
+	udpd/udpd_session.c udpd/udpd_sess.h udpd/udpd_files.c udpd/udpd_data.c \
 	udpd/udpd_ckpt.c \
 	udpd/udpd_log.c \
 	udpd/udpd_io.h

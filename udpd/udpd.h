@@ -1,7 +1,9 @@
 /* udpd.h: private declarations shared by the udpd source files.
  *
  *   udpd_main.c     options, configuration, socket, privileges, signals, the event loop
- *   udpd_session.c  per-session state and the protocol: HELLO, DATA, FEEDBACK, CLOSE, PROBE
+ *   udpd_session.c  per-session state, the handshake (fb_assoc), dispatch, timers (udpd_sess.h)
+ *   udpd_files.c    a session's files, write buffer, checkpoints, read-ahead
+ *   udpd_data.c     the data phase: DATA, FEEDBACK, PROBE, CLOSE
  *   udpd_ckpt.c     the checkpoint worker thread (fdatasync off the event loop)
  *   udpd_log.c      tagged logging and the drop counters
  *   udpd_io.h       udpd's names for the shared UDP socket layer (lib/fb_udp.h) */

@@ -424,6 +424,33 @@ test_heartbeat_and_reload() {
     if grep -q "key" <(grep -v "UD0005" "$UDPD_LOG" | grep -i '"key"\|key=[0-9a-f]'); then fail "a key in the log"; fi
 }
 
+# A reload applies to the associations after it: with only AES-256-GCM allowed now, a client asking
+# for AES-128-GCM gets AES-256-GCM; with the file as it was, AES-128-GCM again.
+reloads_more() {
+    [ "$(grep -c "UD00033: configuration .* reloaded" "$UDPD_LOG")" -gt "$1" ]
+}
+test_reload_applies_to_new_associations() {
+    local name=reload.bin xml=$DS_DIR/fallback.xml n
+    mkrand "$SRC/$name" 100000
+    new_session "udp/$name" 100000 >/dev/null
+    cp "$BODY" "$T_TMP/reload.session.json"
+    cp "$xml" "$T_TMP/fallback.xml.orig"
+    sed -i 's#<docroots>#<transfer><allowed_ciphers>aes-256-gcm</allowed_ciphers></transfer>\n  <docroots>#' "$xml"
+    n=$(grep -c "UD00033: configuration .* reloaded" "$UDPD_LOG")
+    kill -HUP "$(udpd_pid)"
+    wait_for 5 reloads_more "$n" || fail "no reload message"
+    grep "UD00033" "$UDPD_LOG" | tail -n 1 | grep -q "ciphers aes-256-gcm," || fail "reload did not take the ciphers"
+    client --session "$T_TMP/reload.session.json" --upload "$SRC/$name" --cipher aes128 ||
+        fail "upload failed: $(cat "$T_TMP/client.err")"
+    assert_eq 4 "$(jq -r .cipher "$T_TMP/client.json")" "cipher granted after the reload (AES-256-GCM)"
+    cp "$T_TMP/fallback.xml.orig" "$xml"
+    kill -HUP "$(udpd_pid)"
+    wait_for 5 reloads_more "$((n + 1))" || fail "no second reload message"
+    client --session "$T_TMP/reload.session.json" --upload "$SRC/$name" --cipher aes128 ||
+        fail "upload failed: $(cat "$T_TMP/client.err")"
+    assert_eq 2 "$(jq -r .cipher "$T_TMP/client.json")" "cipher granted after reloading the old file (AES-128-GCM)"
+}
+
 # Without GSO/GRO (as on kernels or devices without them) the same transfers work.
 test_without_offload() {
     local name=plain.bin
@@ -476,6 +503,7 @@ run_test new_client_takes_over test_new_client_takes_over
 run_test cipher_negotiated test_cipher_negotiated
 run_test cancelled_session_is_dropped test_cancelled_session_is_dropped
 run_test heartbeat_and_reload test_heartbeat_and_reload
+run_test reload_applies_to_new_associations test_reload_applies_to_new_associations
 run_test stop_mid_upload_checkpoints_and_resumes test_stop_mid_upload_checkpoints_and_resumes
 run_test without_offload test_without_offload
 run_test udpd_log_clean test_udpd_log_clean
