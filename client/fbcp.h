@@ -522,15 +522,15 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
  * pack's byte counters (bytes, bytes_udp, bytes_http, ...). LABEL names the pack in messages. */
 typedef fb_err (*fbcp_pack_build_fn)(void *arg, json_t *answer, int *pfd, uint64_t *psize,
                                      char sha_hex[FB_SHA256_HEX_LEN + 1], char *detail, size_t detlen);
-fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, const char *remote, json_t *request,
-                        fbcp_pack_build_fn build, void *arg, json_t **panswer, json_t **pcommit, fbcp_xfer *counts,
-                        char *detail, size_t detlen);
+fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, const char *remote,
+                        json_t *request, fbcp_pack_build_fn build, void *arg, json_t **panswer,
+                        json_t **pcommit, fbcp_xfer *counts, char *detail, size_t detlen);
 /* Uploads the files ITEMS (fbcp_pack_up.c) under the remote directory ROOT as packs of at most
  * FBCP_PACK_FILES files; each file reports its own outcome. Files the server cannot take as a
  * pack (an older server) are sent one by one. */
 typedef struct fbcp_pack_item {
-    char *local;  /* the local file */
-    char *remote; /* its remote path (relative to the location) */
+    char *local;   /* the local file */
+    char *remote;  /* its remote path (relative to the location) */
     uint64_t size; /* as listed */
 } fbcp_pack_item;
 fb_err fbcp_upload_pack_files(fbcp_ctx *c, const fbcp_url *url, const char *root, const fbcp_pack_item *items,
@@ -559,12 +559,13 @@ fb_err fbcp_sessions_post(fbcp_ctx *c, const fbcp_url *url, struct json_t *body,
 /* DELETE BASE/sessions/{ID} (without retries; the server expires what is not deleted). */
 void fbcp_session_delete(fbcp_ctx *c, const fbcp_url *url, const char *id);
 /* X (all zero first) as a download of REMOTE to LOCAL for C, on C's HTTP(S) transport to start. */
-void fbcp_download_xfer_init(fbcp_xfer *x, fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote);
+void fbcp_download_xfer_init(fbcp_xfer *x, fbcp_ctx *c, const fbcp_url *url, const char *local,
+                             const char *remote);
 /* The local overwrite policy (O's) for a download to LOCAL of the server's SIZE and MTIME (whole
  * seconds, -1: unknown): 0 go on, 1 skip it (*PREASON: "identical", "newer"), -1 refused (*PERR,
  * and DETAIL when there is more to say). */
-int fbcp_download_policy(const fbcp_opts *o, const char *local, uint64_t size, int64_t mtime, const char **preason,
-                         fb_err *perr, char *detail, size_t detlen);
+int fbcp_download_policy(const fbcp_opts *o, const char *local, uint64_t size, int64_t mtime,
+                         const char **preason, fb_err *perr, char *detail, size_t detlen);
 /* Downloads REMOTE to LOCAL (the final target path). Reports its own errors. */
 fb_err fbcp_download_file(fbcp_ctx *c, const fbcp_url *url, const char *remote, const char *local);
 

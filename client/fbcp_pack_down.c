@@ -157,8 +157,8 @@ int fbcp_pack_gather_add(fbcp_pack_gather *g, const fbcp_url *url, int tree, con
     json = 12 + fbcp_json_str_len(remote);
     if (json > FBCP_PACK_JSON / 2)
         return 0; /* a name this long goes on its own */
-    if (p != NULL && (p->n >= FBCP_PACK_FILES || p->bytes + size > FBCP_PACK_BYTES ||
-                      p->json + json > FBCP_PACK_JSON)) {
+    if (p != NULL &&
+        (p->n >= FBCP_PACK_FILES || p->bytes + size > FBCP_PACK_BYTES || p->json + json > FBCP_PACK_JSON)) {
         *pfull = p;
         g->open[tree] = p = NULL;
     }

@@ -26,19 +26,19 @@
 
 typedef struct fbcp_pack_file {
     const fbcp_pack_item *item;
-    const char *rel;  /* its path below the pack's root */
-    uint64_t offset;  /* where its bytes are in the memfd */
+    const char *rel; /* its path below the pack's root */
+    uint64_t offset; /* where its bytes are in the memfd */
     struct stat st;
     char sha_hex[FB_SHA256_HEX_LEN + 1];
-    int send;         /* the server wants it */
+    int send; /* the server wants it */
 } fbcp_pack_file;
 
 typedef struct fbcp_pack_up {
     fbcp_ctx *c;
     fbcp_pack_file *files; /* those read into the memfd, in request order */
     size_t n;
-    int memfd;   /* every file's bytes */
-    int sendfd;  /* the pack as sent: MEMFD itself, or the wanted files copied out of it */
+    int memfd;  /* every file's bytes */
+    int sendfd; /* the pack as sent: MEMFD itself, or the wanted files copied out of it */
     unsigned char *buf;
 } fbcp_pack_up;
 
@@ -100,8 +100,8 @@ out:
 }
 
 /* fbcp_pack_build_fn: the wanted files, in order, and their SHA-256 as one stream. */
-static fb_err fbcp_pack_build(void *arg, json_t *answer, int *pfd, uint64_t *psize, char sha_hex[FB_SHA256_HEX_LEN + 1],
-                              char *detail, size_t detlen)
+static fb_err fbcp_pack_build(void *arg, json_t *answer, int *pfd, uint64_t *psize,
+                              char sha_hex[FB_SHA256_HEX_LEN + 1], char *detail, size_t detlen)
 {
     fbcp_pack_up *p = arg;
     json_t *decisions = json_object_get(answer, "pack");
@@ -296,9 +296,9 @@ static void fbcp_pack_outcomes(fbcp_pack_up *p, const fbcp_url *url, json_t *ans
 /* A pack the server refused as a whole that its files may still pass one by one. */
 static int fbcp_pack_refused(fb_err e)
 {
-    return e == FB_ERR_BAD_REQUEST || e == FB_ERR_BAD_PATH || e == FB_ERR_PATH_ESCAPE || e == FB_ERR_NOT_FOUND ||
-           e == FB_ERR_TOO_LARGE || e == FB_ERR_PROTOCOL ||
-           e == FB_ERR_CHANGED || e == FB_ERR_DIGEST_MISMATCH || e == FB_ERR_METHOD;
+    return e == FB_ERR_BAD_REQUEST || e == FB_ERR_BAD_PATH || e == FB_ERR_PATH_ESCAPE ||
+           e == FB_ERR_NOT_FOUND || e == FB_ERR_TOO_LARGE || e == FB_ERR_PROTOCOL || e == FB_ERR_CHANGED ||
+           e == FB_ERR_DIGEST_MISMATCH || e == FB_ERR_METHOD;
 }
 
 fb_err fbcp_upload_pack_files(fbcp_ctx *c, const fbcp_url *url, const char *root, const fbcp_pack_item *items,
@@ -349,13 +349,14 @@ fb_err fbcp_upload_pack_files(fbcp_ctx *c, const fbcp_url *url, const char *root
     if (rv == FB_OK && p.n > 0) {
         snprintf(label, sizeof(label), "%s: pack of %zu files", p.files[0].item->local, p.n);
         fbcp_trace(c->opts, "%s (%llu bytes) to %s", label, (unsigned long long)off, root[0] ? root : "/");
-        e = fbcp_upload_pack(c, url, label, root, request, fbcp_pack_build, &p, &answer, &commit, &counts, detail,
-                             sizeof(detail));
+        e = fbcp_upload_pack(c, url, label, root, request, fbcp_pack_build, &p, &answer, &commit, &counts,
+                             detail, sizeof(detail));
         if (e == FB_OK) {
             fbcp_pack_outcomes(&p, url, answer, commit, &counts);
         } else if (fbcp_pack_refused(e) && !fbcp_interrupted) {
             /* e.g. a server without packs: each file goes alone */
-            fbcp_trace(c->opts, "%s: %s (%s): sending its files one by one", label, fb_err_message(e), detail);
+            fbcp_trace(c->opts, "%s: %s (%s): sending its files one by one", label, fb_err_message(e),
+                       detail);
             for (size_t i = 0, k = 0; i < n; i++)
                 if (!alone[i] && k < p.n && p.files[k].item == &items[i]) {
                     alone[i] = 1;

@@ -31,7 +31,13 @@
 
 #include <jansson.h>
 
-typedef enum fbcp_job_kind { FBCP_JOB_LIST, FBCP_JOB_FILE, FBCP_JOB_MKDIR, FBCP_JOB_PACK_UP, FBCP_JOB_PACK_DOWN } fbcp_job_kind;
+typedef enum fbcp_job_kind {
+    FBCP_JOB_LIST,
+    FBCP_JOB_FILE,
+    FBCP_JOB_MKDIR,
+    FBCP_JOB_PACK_UP,
+    FBCP_JOB_PACK_DOWN
+} fbcp_job_kind;
 
 /* Small files of one tree on their way into a pack (upload). */
 typedef struct fbcp_pack_items {
@@ -60,9 +66,9 @@ typedef struct fbcp_job {
     int depth;     /* LIST: directory depth below the source */
     int has_time;  /* the directory's time below is known */
     struct timespec mtime;
-    int tree;            /* index of the source tree (fbcp_progress's tree counters), -1: none */
-    const fbcp_url *url; /* the server's URL (one per source of a download) */
-    fbcp_pack_items *pack; /* PACK_UP: its files (REMOTE is the pack's root); owned by the job */
+    int tree;                  /* index of the source tree (fbcp_progress's tree counters), -1: none */
+    const fbcp_url *url;       /* the server's URL (one per source of a download) */
+    fbcp_pack_items *pack;     /* PACK_UP: its files (REMOTE is the pack's root); owned by the job */
     fbcp_pack_down *pack_down; /* PACK_DOWN: the pack (owned by the job) */
 } fbcp_job;
 
@@ -88,13 +94,13 @@ struct fbcp_tree {
     pthread_cond_t cv;
     fbcp_jobs queue; /* FIFO: [head, n) waits */
     size_t head;
-    fbcp_jobs dirs;    /* every directory met, for the time pass */
-    int busy;          /* workers running a job */
-    int listing;       /* ... of which listing a directory */
-    int big_running;   /* a file of FBCP_BIG_FILE bytes or more is moving */
-    int packs_running; /* packs moving (at most FBCP_PACKS_AT_ONCE) */
-    int stop;          /* an error that stops the run happened */
-    int mkcol_missing; /* the server does not know MKCOL (warned once) */
+    fbcp_jobs dirs;        /* every directory met, for the time pass */
+    int busy;              /* workers running a job */
+    int listing;           /* ... of which listing a directory */
+    int big_running;       /* a file of FBCP_BIG_FILE bytes or more is moving */
+    int packs_running;     /* packs moving (at most FBCP_PACKS_AT_ONCE) */
+    int stop;              /* an error that stops the run happened */
+    int mkcol_missing;     /* the server does not know MKCOL (warned once) */
     fbcp_tree_root *roots; /* upload trees (packs are per tree) */
     int nroots;
     /* download: small files gathered into packs (fbcp_pack_down.c), the open ones queued when no
@@ -518,7 +524,8 @@ static int fbcp_tree_pack_file(fbcp_tree *t, const fbcp_job *j, fb_err *prv)
         return 0;
     p = &root->pending;
     json = strlen(j->remote) * 2 + 200; /* path (escapes included), size, sha256, mode, times */
-    if (p->n > 0 && (p->n >= FBCP_PACK_FILES || p->bytes + j->size > FBCP_PACK_BYTES || p->json + json > FBCP_PACK_JSON))
+    if (p->n > 0 &&
+        (p->n >= FBCP_PACK_FILES || p->bytes + j->size > FBCP_PACK_BYTES || p->json + json > FBCP_PACK_JSON))
         *prv = fbcp_tree_flush_pack(t, root);
     if (*prv == FB_OK && p->n == p->cap) {
         size_t cap = p->cap ? p->cap * 2 : 64;

@@ -399,7 +399,8 @@ static fb_err fbcp_upload_create_pack(fbcp_upload *u, char *url, int retries, ch
     fbcp_http_answer a;
     fb_err rv;
 
-    rv = fbcp_http_request(u->c->http, &a, "POST", url, u->pack_request, FBCP_MAX_JSON, retries, detail, detlen);
+    rv = fbcp_http_request(u->c->http, &a, "POST", url, u->pack_request, FBCP_MAX_JSON, retries, detail,
+                           detlen);
     free(url);
     if (rv != FB_OK)
         return rv;
@@ -758,6 +759,28 @@ static fb_err fbcp_upload_start_over(fbcp_upload *u, fbcp_hash_job *hash, char *
     return rv;
 }
 
+/* An upload of LOCAL (a file, or a pack's label) to REMOTE, with no file open yet. */
+static void fbcp_upload_init(fbcp_upload *u, fbcp_hash_job *hash, fbcp_ctx *c, const fbcp_url *url,
+                             const char *local, const char *remote)
+{
+    memset(u, 0, sizeof(*u));
+    memset(hash, 0, sizeof(*hash));
+    fbcp_ranges_init(&u->missing);
+    u->c = c;
+    u->x.direction = FBCP_UPLOAD;
+    u->x.opts = c->opts;
+    u->x.local = local;
+    u->x.remote = remote;
+    u->x.url = url;
+    u->x.chunk_size = FBCP_DOWNLOAD_CHUNK;
+    u->x.transport_name = c->transport->ops->name;
+    u->x.poll_fd = -1;
+    u->x.fd = -1;
+    u->x.refresh = fbcp_upload_refresh;
+    u->x.missing = fbcp_upload_missing;
+    u->x.ctx = u;
+}
+
 fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int into_dir)
 {
     fbcp_upload u;
@@ -767,21 +790,7 @@ fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, con
     char *inside = NULL; /* REMOTE/<name of LOCAL> when REMOTE is a directory */
     fb_err rv;
 
-    memset(&u, 0, sizeof(u));
-    memset(&hash, 0, sizeof(hash));
-    fbcp_ranges_init(&u.missing);
-    u.c = c;
-    u.x.direction = FBCP_UPLOAD;
-    u.x.opts = c->opts;
-    u.x.local = local;
-    u.x.remote = remote;
-    u.x.url = url;
-    u.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
-    u.x.transport_name = c->transport->ops->name;
-    u.x.poll_fd = -1;
-    u.x.refresh = fbcp_upload_refresh;
-    u.x.missing = fbcp_upload_missing;
-    u.x.ctx = &u;
+    fbcp_upload_init(&u, &hash, c, url, local, remote);
     u.x.fd = open(local, O_RDONLY | O_CLOEXEC);
     if (u.x.fd < 0) {
         rv = errno == ENOENT ? FB_ERR_NOT_FOUND : FB_ERR_LOCAL_IO;
@@ -897,9 +906,9 @@ out:
     return rv;
 }
 
-fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, const char *remote, json_t *request,
-                        fbcp_pack_build_fn build, void *arg, json_t **panswer, json_t **pcommit, fbcp_xfer *counts,
-                        char *detail, size_t detlen)
+fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, const char *remote,
+                        json_t *request, fbcp_pack_build_fn build, void *arg, json_t **panswer,
+                        json_t **pcommit, fbcp_xfer *counts, char *detail, size_t detlen)
 {
     fbcp_upload u;
     fbcp_hash_job hash; /* never started: the pack's digest is known before it is sent */
@@ -910,22 +919,7 @@ fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, con
 
     *panswer = NULL;
     *pcommit = NULL;
-    memset(&u, 0, sizeof(u));
-    memset(&hash, 0, sizeof(hash));
-    fbcp_ranges_init(&u.missing);
-    u.c = c;
-    u.x.direction = FBCP_UPLOAD;
-    u.x.opts = c->opts;
-    u.x.local = label;
-    u.x.remote = remote;
-    u.x.url = url;
-    u.x.chunk_size = FBCP_DOWNLOAD_CHUNK;
-    u.x.transport_name = c->transport->ops->name;
-    u.x.poll_fd = -1;
-    u.x.fd = -1;
-    u.x.refresh = fbcp_upload_refresh;
-    u.x.missing = fbcp_upload_missing;
-    u.x.ctx = &u;
+    fbcp_upload_init(&u, &hash, c, url, label, remote);
     u.pack_request = request;
 
     rv = fbcp_upload_create(&u, FBCP_RETRIES_DEFAULT, detail, detlen);
@@ -939,8 +933,8 @@ fb_err fbcp_upload_pack(fbcp_ctx *c, const fbcp_url *url, const char *label, con
         goto out;
     if (size != u.x.size || fd < 0) {
         rv = FB_ERR_PROTOCOL;
-        snprintf(detail, detlen, "the pack holds %llu bytes, the server expects %llu", (unsigned long long)size,
-                 (unsigned long long)u.x.size);
+        snprintf(detail, detlen, "the pack holds %llu bytes, the server expects %llu",
+                 (unsigned long long)size, (unsigned long long)u.x.size);
         goto out;
     }
     u.x.fd = fd;

@@ -488,3 +488,23 @@ wait_for() {
     done
     return 1
 }
+
+# supervised_udpd NAME [CONF-LINE...]: copies the built udpd ($UDPD_BUILT) to $UDPD (a private
+# copy a test may replace or kill) and writes $T_TMP/daemon.conf, which has Apache start and
+# supervise it, with the CONF-LINEs after; without a built udpd it prints
+# "not ok - NAME # udpd not built" and exits.
+supervised_udpd() {
+    local name=$1 line
+    shift
+    if [ ! -x "$UDPD_BUILT" ]; then
+        echo "not ok - $name # udpd not built"
+        exit 1
+    fi
+    mkdir -p "$(dirname "$UDPD")"
+    cp "$UDPD_BUILT" "$UDPD" || { echo "not ok - copy udpd"; exit 1; }
+    {
+        echo "FallbackDaemon on"
+        echo "FallbackDaemonPath $UDPD"
+        for line in "$@"; do echo "$line"; done
+    } >"$T_TMP/daemon.conf"
+}

@@ -279,15 +279,7 @@ test_fbcp_without_packs() {
     rm -rf "$dest"
 }
 
-if [ ! -x "$UDPD_BUILT" ]; then
-    echo "not ok - download packs # udpd not built"
-    exit 1
-fi
-cp "$UDPD_BUILT" "$UDPD" || { echo "not ok - copy udpd"; exit 1; }
-cat >"$T_TMP/daemon.conf" <<EOF
-FallbackDaemon on
-FallbackDaemonPath $UDPD
-EOF
+supervised_udpd "download packs"
 udp_port_bound() {
     ss -Hlun "sport = :$UDP_PORT" 2>/dev/null | grep -q .
 }

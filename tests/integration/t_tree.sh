@@ -264,15 +264,7 @@ test_small_table() {
     assert_ge "$(grep -c '"POST [^"]*/sessions HTTP/1.1" 503 ' "$DS_DIR/access.log")" 1 "503 answers to POST sessions"
 }
 
-if [ ! -x "$UDPD_BUILT" ]; then
-    echo "not ok - trees # udpd not built"
-    exit 1
-fi
-cp "$UDPD_BUILT" "$UDPD" || { echo "not ok - copy udpd"; exit 1; }
-cat >"$T_TMP/daemon.conf" <<EOF
-FallbackDaemon on
-FallbackDaemonPath $UDPD
-EOF
+supervised_udpd "trees"
 "$MAKE_TREE" "$BIG" --files "$NFILES" --empty-dirs 5 >"$T_TMP/make-tree.out" || { echo "not ok - make-tree"; exit 1; }
 udp_port_bound() {
     ss -Hlun "sport = :$UDP_PORT" 2>/dev/null | grep -q .
