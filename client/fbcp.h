@@ -70,9 +70,10 @@ extern const char *const fbcp_overwrite_names[5];
 #define FBCP_PACK_FILES 1000
 #define FBCP_PACK_BYTES (16u * 1024u * 1024u)
 #define FBCP_PACK_JSON 60000
-/* Packs moving at once: a pack is a long stream, and more of them only compete (over UDP, every
- * one has its own rate control), while their files' round trips are few. */
-#define FBCP_PACKS_AT_ONCE 4
+/* Packs moving at once, by their bytes: many small packs overlap their round trips, while a few
+ * big ones fill the link (more would only compete: over UDP each has its own rate control; 16 of
+ * 16 MiB resent up to a fifth of their bytes on loopback, 4 none). */
+#define FBCP_PACK_BYTES_AT_ONCE (64ull * 1024 * 1024)
 /* Under --fallback=auto, files up to this size move over the HTTP(S) connection already open
  * instead of UDP: a UDP association (socket, HELLO, feedback, CLOSE) costs more than the data of
  * a few datagrams (docs/fbcp.md, "Small files"). */
@@ -602,6 +603,7 @@ int fbcp_pack_gather_add(fbcp_pack_gather *g, const fbcp_url *url, int tree, con
 /* A pack still being filled, taken out (the listings are done); NULL when there is none. */
 fbcp_pack_down *fbcp_pack_gather_flush(fbcp_pack_gather *g);
 int fbcp_pack_down_tree(const fbcp_pack_down *p);
+uint64_t fbcp_pack_down_bytes(const fbcp_pack_down *p); /* its files' sizes as listed */
 /* Downloads the pack's files (one by one if the server has no packs); reports per file. */
 fb_err fbcp_pack_down_run(fbcp_ctx *c, fbcp_pack_down *p);
 void fbcp_pack_down_free(fbcp_pack_down *p);

@@ -77,6 +77,11 @@ int fbcp_pack_down_tree(const fbcp_pack_down *p)
     return p->tree;
 }
 
+uint64_t fbcp_pack_down_bytes(const fbcp_pack_down *p)
+{
+    return p->bytes;
+}
+
 fb_err fbcp_pack_gather_new(fbcp_pack_gather **pg)
 {
     *pg = calloc(1, sizeof(**pg));

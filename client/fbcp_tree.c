@@ -94,14 +94,14 @@ struct fbcp_tree {
     pthread_cond_t cv;
     fbcp_jobs queue; /* FIFO: [head, n) waits */
     size_t head;
-    fbcp_jobs dirs;        /* every directory met, for the time pass */
-    int busy;              /* workers running a job */
-    int listing;           /* ... of which listing a directory */
-    int big_running;       /* a file of FBCP_BIG_FILE bytes or more is moving */
-    int packs_running;     /* packs moving (at most FBCP_PACKS_AT_ONCE) */
-    int stop;              /* an error that stops the run happened */
-    int mkcol_missing;     /* the server does not know MKCOL (warned once) */
-    fbcp_tree_root *roots; /* upload trees (packs are per tree) */
+    fbcp_jobs dirs;              /* every directory met, for the time pass */
+    int busy;                    /* workers running a job */
+    int listing;                 /* ... of which listing a directory */
+    int big_running;             /* a file of FBCP_BIG_FILE bytes or more is moving */
+    uint64_t pack_bytes_running; /* the bytes of the packs moving (FBCP_PACK_BYTES_AT_ONCE) */
+    int stop;                    /* an error that stops the run happened */
+    int mkcol_missing;           /* the server does not know MKCOL (warned once) */
+    fbcp_tree_root *roots;       /* upload trees (packs are per tree) */
     int nroots;
     /* download: small files gathered into packs (fbcp_pack_down.c), the open ones queued when no
      * LIST job is left (LISTS_LEFT: queued or running) */
@@ -482,7 +482,11 @@ static fbcp_tree_root *fbcp_tree_root_of(fbcp_tree *t, int tree)
 /* Queues ROOT's pending pack as a job (with the lock held). */
 static fb_err fbcp_tree_flush_pack(fbcp_tree *t, fbcp_tree_root *root)
 {
-    fbcp_job j = {.kind = FBCP_JOB_PACK_UP, .remote = root->remote, .tree = root->tree, .url = root->url};
+    fbcp_job j = {.kind = FBCP_JOB_PACK_UP,
+                  .remote = root->remote,
+                  .size = root->pending.bytes + 1, /* an empty file's pack counts too */
+                  .tree = root->tree,
+                  .url = root->url};
     fb_err rv;
 
     if (root->pending.n == 0)
@@ -523,7 +527,9 @@ static int fbcp_tree_pack_file(fbcp_tree *t, const fbcp_job *j, fb_err *prv)
         (root = fbcp_tree_root_of(t, j->tree)) == NULL)
         return 0;
     p = &root->pending;
-    json = strlen(j->remote) * 2 + 200; /* path (escapes included), size, sha256, mode, times */
+    /* its entry: the path below the root (UTF-8 as it is; a quote or backslash escaped, counted
+     * twice to be safe), size, sha256, mode and times */
+    json = 2 * (strlen(j->remote) - strlen(root->remote)) + 180;
     if (p->n > 0 &&
         (p->n >= FBCP_PACK_FILES || p->bytes + j->size > FBCP_PACK_BYTES || p->json + json > FBCP_PACK_JSON))
         *prv = fbcp_tree_flush_pack(t, root);
@@ -567,7 +573,10 @@ typedef struct fbcp_worker {
 /* Queues a pack (with the lock held); it is freed if that fails. */
 static fb_err fbcp_tree_queue_pack(fbcp_tree *t, fbcp_pack_down *p)
 {
-    fbcp_job j = {.kind = FBCP_JOB_PACK_DOWN, .tree = fbcp_pack_down_tree(p), .pack_down = p};
+    fbcp_job j = {.kind = FBCP_JOB_PACK_DOWN,
+                  .size = fbcp_pack_down_bytes(p) + 1,
+                  .tree = fbcp_pack_down_tree(p),
+                  .pack_down = p};
     fb_err rv = fbcp_jobs_push(&t->queue, &j);
 
     if (rv != FB_OK)
@@ -666,7 +675,8 @@ static void *fbcp_worker_main(void *p)
     for (;;) {
         fbcp_job j;
         fb_err rv;
-        int big, pack;
+        int big;
+        uint64_t pack;
 
         /* Nothing queued: the packs being filled go as they are once no directory is being
          * listed (a listing would only add to them; after it, waiting gains nothing). */
@@ -687,14 +697,15 @@ static void *fbcp_worker_main(void *p)
         t->busy++;
         t->listing += j.kind == FBCP_JOB_LIST;
         big = j.kind == FBCP_JOB_FILE && j.size >= FBCP_BIG_FILE && t->nworkers > 1;
-        pack = (j.kind == FBCP_JOB_PACK_UP || j.kind == FBCP_JOB_PACK_DOWN) && t->nworkers > 1;
-        /* one big file at a time, a few packs: they wait here (still counted busy, so the pass
-         * does not end) */
-        while (((big && t->big_running) || (pack && t->packs_running >= FBCP_PACKS_AT_ONCE)) && !t->stop &&
-               !fbcp_interrupted)
+        pack = (j.kind == FBCP_JOB_PACK_UP || j.kind == FBCP_JOB_PACK_DOWN) && t->nworkers > 1 ? j.size : 0;
+        /* one big file at a time, packs up to FBCP_PACK_BYTES_AT_ONCE: they wait here (still
+         * counted busy, so the pass does not end) */
+        while (((big && t->big_running) || (pack && t->pack_bytes_running > 0 &&
+                                            t->pack_bytes_running + pack > FBCP_PACK_BYTES_AT_ONCE)) &&
+               !t->stop && !fbcp_interrupted)
             fbcp_cond_wait_ms(&t->cv, &t->mu, 200);
         t->big_running += big;
-        t->packs_running += pack;
+        t->pack_bytes_running += pack;
         pthread_mutex_unlock(&t->mu);
 
         rv = t->stop || fbcp_interrupted ? FB_OK : fbcp_worker_run(w, &j);
@@ -702,7 +713,7 @@ static void *fbcp_worker_main(void *p)
 
         pthread_mutex_lock(&t->mu);
         t->big_running -= big;
-        t->packs_running -= pack;
+        t->pack_bytes_running -= pack;
         t->busy--;
         t->listing -= j.kind == FBCP_JOB_LIST;
         if (rv != FB_OK && fbcp_err_stops_run(rv))
