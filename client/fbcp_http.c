@@ -1124,8 +1124,7 @@ static fb_err fbcp_engine_run(fbcp_engine *g)
                 yielding = 1;
         }
         if (yielding == 1) {
-            yielding = 2;
-            yielding = 1;
+            yielding = 2; /* said once: 2 is yielding, already traced */
             fbcp_trace(x->opts, "HTTP(S): starting no new request, letting the running ones finish");
         }
         /* fill idle connections with ready requests, in file order */
