@@ -5,6 +5,7 @@ client_fbcp_SOURCES = \
 	client/fbcp_tree.c \
 	client/fbcp_util.c \
 	client/fbcp_http.c \
+	client/fbcp_http_data.c \
 	client/fbcp_upload.c \
 	client/fbcp_pack_up.c \
 	client/fbcp_download.c \
