@@ -10,9 +10,10 @@
  *   fbcp_download.c  one download: HEAD, partial file + sidecar, ranged GETs, rename into place
  *   fbcp_pack_down.c download packs: a tree's small files gathered, fetched as one session, landed
  *   fbcp_progress.c  messages on stderr, the progress bar and the --json event stream
- *   fbcp_udp.c       the UDP transport (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,
- *                    HELLO/HELLO_ACK, the fb_xfer sender (upload) or receiver (download),
- *                    pacing, and the probe that finds UDP again while HTTP(S) carries the data
+ *   fbcp_udp.c       the UDP association (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,
+ *                    HELLO/HELLO_ACK, receiving, CLOSE, and the probe that finds UDP again
+ *                    while HTTP(S) carries the data (internals shared in fbcp_udp.h)
+ *   fbcp_udp_leg.c   a UDP leg: the fb_xfer sender (upload) or receiver (download), pacing
  *   fbcp_switch.c    the transport choice in virtual time (pure: no I/O, no clock)
  *   fbcp_move.c      moves a file's missing ranges, on UDP or HTTP(S) as fbcp_switch decides
  *

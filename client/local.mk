@@ -11,7 +11,8 @@ client_fbcp_SOURCES = \
 	client/fbcp_download.c \
 	client/fbcp_pack_down.c \
 	client/fbcp_progress.c \
-	client/fbcp_udp.c \
+	client/fbcp_udp.c client/fbcp_udp.h \
+	client/fbcp_udp_leg.c \
 	client/fbcp_switch.c \
 	client/fbcp_move.c
 client_fbcp_CFLAGS = $(AM_CFLAGS) $(CURL_CFLAGS) $(JANSSON_CFLAGS) $(OPENSSL_CFLAGS)
