@@ -8,6 +8,7 @@
  *   fbcp_http_data.c the HTTP(S) data transport (parallel ranged PUT/GET on N connections)
  *   fbcp_upload.c    one upload: session, missing ranges, hash, commit
  *   fbcp_download.c  one download: HEAD, partial file + sidecar, ranged GETs, rename into place
+ *   fbcp_download_hash.c  its running SHA-256, resume check and checkpoints, on threads
  *   fbcp_pack_down.c download packs: a tree's small files gathered, fetched as one session, landed
  *   fbcp_progress.c  messages on stderr, the progress bar and the --json event stream
  *   fbcp_udp.c       the UDP association (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,

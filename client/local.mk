@@ -8,7 +8,8 @@ client_fbcp_SOURCES = \
 	client/fbcp_http_data.c \
 	client/fbcp_upload.c \
 	client/fbcp_pack_up.c \
-	client/fbcp_download.c \
+	client/fbcp_download.c client/fbcp_download.h \
+	client/fbcp_download_hash.c \
 	client/fbcp_pack_down.c \
 	client/fbcp_progress.c \
 	client/fbcp_udp.c client/fbcp_udp.h \
