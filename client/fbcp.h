@@ -7,6 +7,7 @@
  *                    (sessions, commit, listings)
  *   fbcp_http_data.c the HTTP(S) data transport (parallel ranged PUT/GET on N connections)
  *   fbcp_upload.c    one upload: session, missing ranges, hash, commit
+ *   fbcp_upload_hash.c  its SHA-256 while the data goes out (sender buffers, a thread)
  *   fbcp_download.c  one download: HEAD, partial file + sidecar, ranged GETs, rename into place
  *   fbcp_download_hash.c  its running SHA-256, resume check and checkpoints, on threads
  *   fbcp_pack_down.c download packs: a tree's small files gathered, fetched as one session, landed

@@ -6,7 +6,8 @@ client_fbcp_SOURCES = \
 	client/fbcp_util.c \
 	client/fbcp_http.c \
 	client/fbcp_http_data.c \
-	client/fbcp_upload.c \
+	client/fbcp_upload.c client/fbcp_upload.h \
+	client/fbcp_upload_hash.c \
 	client/fbcp_pack_up.c \
 	client/fbcp_download.c client/fbcp_download.h \
 	client/fbcp_download_hash.c \
