@@ -2,7 +2,9 @@
  *
  *   fbcp.c           command line, planning (which local file goes to which remote path), main()
  *   fbcp_tree.c      the run's job queue and its workers: several files (and listings) at once
- *   fbcp_util.c      pure helpers: URLs, range lists, number parsing, the download sidecar
+ *   fbcp_util.c      pure helpers: URLs, remote paths, number parsing
+ *   fbcp_ranges.c    range lists (pure)
+ *   fbcp_sidecar.c   the download sidecar (read, written atomically)
  *   fbcp_http.c      libcurl plumbing: shared settings, error mapping, the control API
  *                    (sessions, commit, listings)
  *   fbcp_http_data.c the HTTP(S) data transport (parallel ranged PUT/GET on N connections)
