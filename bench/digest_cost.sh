@@ -81,7 +81,7 @@ if ! (cd "$SCRATCH/src" && ./autogen.sh && ./configure CPPFLAGS=-DFB_BENCH_UNSAF
     exit 1
 fi
 # The switch must have reached both ends: each prints a #warning when compiled with it.
-for f in lib/fb_digest.c client/fbcp_upload.c; do
+for f in lib/fb_digest.c client/fbcp_upload_hash.c; do
     grep -q "$f:[0-9:]* warning: #warning \"FB_BENCH_UNSAFE_NO_DIGESTS" "$SCRATCH/build.log" ||
         { echo "digest_cost: the scratch build did not take the switch in $f" >&2; exit 1; }
 done

@@ -2,16 +2,22 @@
  *
  *   fbcp.c           command line, planning (which local file goes to which remote path), main()
  *   fbcp_tree.c      the run's job queue and its workers: several files (and listings) at once
- *   fbcp_util.c      pure helpers: URLs, range lists, number parsing, the download sidecar
- *   fbcp_http.c      libcurl plumbing: the control API (sessions, commit, listings) and the
- *                    HTTP(S) data transport (parallel ranged PUT/GET on N connections)
+ *   fbcp_util.c      pure helpers: URLs, remote paths, number parsing
+ *   fbcp_ranges.c    range lists (pure)
+ *   fbcp_sidecar.c   the download sidecar (read, written atomically)
+ *   fbcp_http.c      libcurl plumbing: shared settings, error mapping, the control API
+ *                    (sessions, commit, listings)
+ *   fbcp_http_data.c the HTTP(S) data transport (parallel ranged PUT/GET on N connections)
  *   fbcp_upload.c    one upload: session, missing ranges, hash, commit
+ *   fbcp_upload_hash.c  its SHA-256 while the data goes out (sender buffers, a thread)
  *   fbcp_download.c  one download: HEAD, partial file + sidecar, ranged GETs, rename into place
+ *   fbcp_download_hash.c  its running SHA-256, resume check and checkpoints, on threads
  *   fbcp_pack_down.c download packs: a tree's small files gathered, fetched as one session, landed
  *   fbcp_progress.c  messages on stderr, the progress bar and the --json event stream
- *   fbcp_udp.c       the UDP transport (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,
- *                    HELLO/HELLO_ACK, the fb_xfer sender (upload) or receiver (download),
- *                    pacing, and the probe that finds UDP again while HTTP(S) carries the data
+ *   fbcp_udp.c       the UDP association (docs/PROTOCOL.md): socket with batched, GSO/GRO I/O,
+ *                    HELLO/HELLO_ACK, receiving, CLOSE, and the probe that finds UDP again
+ *                    while HTTP(S) carries the data (internals shared in fbcp_udp.h)
+ *   fbcp_udp_leg.c   a UDP leg: the fb_xfer sender (upload) or receiver (download), pacing
  *   fbcp_switch.c    the transport choice in virtual time (pure: no I/O, no clock)
  *   fbcp_move.c      moves a file's missing ranges, on UDP or HTTP(S) as fbcp_switch decides
  *
@@ -28,6 +34,7 @@
 #include <stdio.h>
 #include <sys/types.h>
 
+#include <curl/curl.h>
 #include <jansson.h>
 
 #include "fb_err.h"
@@ -367,6 +374,37 @@ void fbcp_sanitize(char *dst, size_t len, const char *src);
 /* Maps a non-2xx answer to an error code and detail (problem+json "code" and "detail"). */
 fb_err fbcp_http_problem(const fbcp_http_answer *a, char *detail, size_t detlen);
 
+/* ---- libcurl internals shared by fbcp_http.c and fbcp_http_data.c ---- */
+
+/* The settings every request shares, and the easy handle of control requests. */
+struct fbcp_http {
+    const fbcp_opts *o;
+    CURLSH *share;
+    CURL *api;
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+/* A curl answer body collected in memory, at most MAX bytes (OVERFLOW set beyond). */
+typedef struct fbcp_buf {
+    char *data;
+    size_t len;
+    size_t max;
+    int overflow;
+} fbcp_buf;
+
+/* CURLOPT_WRITEFUNCTION into an fbcp_buf. */
+size_t fbcp_buf_write(char *ptr, size_t size, size_t nmemb, void *ud);
+/* The settings every handle shares. */
+fb_err fbcp_http_setup(fbcp_http *h, CURL *e, char *errbuf);
+/* Maps a failed curl transfer to an error code and a detail line. */
+fb_err fbcp_curl_error(CURL *easy, CURLcode c, const char *errbuf, char *detail, size_t detlen);
+/* Transport failures worth another attempt (the server may come back). */
+int fbcp_curl_retryable(CURLcode c);
+/* HTTP statuses worth another attempt (408, 429, 500, 502, 503, 504). */
+int fbcp_status_retryable(long status);
+/* Maps STATUS and a problem+json DOC (may be NULL) to an error code and detail. */
+fb_err fbcp_problem_from(long status, json_t *doc, char *detail, size_t detlen);
+
 /* ---- transports ---- */
 
 typedef struct fbcp_transport fbcp_transport;
@@ -512,7 +550,8 @@ void fbcp_move_cleanup(fbcp_xfer *x);
 
 /* Uploads LOCAL to REMOTE (relative to URL's location). Reports its own errors. INTO_DIR: if
  * REMOTE turns out to be a directory, upload into it under LOCAL's name (cp's rule). */
-fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote, int into_dir);
+fb_err fbcp_upload_file(fbcp_ctx *c, const fbcp_url *url, const char *local, const char *remote,
+                        int into_dir);
 /* A pack: many small files as one upload session (docs/HTTP-API.md, "Packs"). BUILD is called
  * once the server has said which files it wants (ANSWER: the POST sessions answer, with its
  * "pack" decisions): it gives an fd holding the pack's bytes (the caller's, left open), their
@@ -579,8 +618,8 @@ fb_err fbcp_tree_new(fbcp_tree **pt, const fbcp_opts *o, fbcp_direction directio
 void fbcp_tree_free(fbcp_tree *t);
 /* Queues one file (upload: LOCAL -> REMOTE; download: REMOTE -> LOCAL). SIZE, when known, lets
  * big files take turns. INTO_DIR as for fbcp_upload_file. */
-fb_err fbcp_tree_add_file(fbcp_tree *t, const fbcp_url *url, const char *local, const char *remote, uint64_t size,
-                          int into_dir);
+fb_err fbcp_tree_add_file(fbcp_tree *t, const fbcp_url *url, const char *local, const char *remote,
+                          uint64_t size, int into_dir);
 /* Queues a whole directory (upload: LOCAL's tree to REMOTE; download: REMOTE's tree into LOCAL,
  * created if needed); it gets its own "tree" summary. */
 fb_err fbcp_tree_add_dir(fbcp_tree *t, const fbcp_url *url, const char *local, const char *remote);

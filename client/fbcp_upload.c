@@ -16,13 +16,11 @@
  * The SHA-256 of the file is computed while the data goes out, except with --overwrite
  * if_different when a file of the same size is at the target (the server says so), where the
  * server needs it in the POST to decide whether the target is already identical: then the file
- * is read twice (hash first, then send). While
- * the data goes out, what the HTTP(S) transport has just read to send is hashed from its buffer
- * when it is next in file order, so the file is read once; a thread reads and hashes the rest
- * (ranges sent out of order by other connections, UDP, resumed parts), never ahead of where the
- * HTTP(S) senders are still to read unless they stall. A session the server has lost (404) is
- * created again: the server resumes it from its checkpoint. */
+ * is read twice (hash first, then send). Otherwise the file is read once: fbcp_upload_hash.c.
+ * A session the server has lost (404) is created again: the server resumes it from its
+ * checkpoint. */
 #include "fbcp.h"
+#include "fbcp_upload.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,233 +34,6 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-
-#define FBCP_HASH_BLOCK (1024u * 1024u)
-#define FBCP_HASH_WAIT_MS 20         /* the thread's longest sleep before it looks again */
-#define FBCP_HASH_STALL_NS 300000000ull /* the front has not moved this long: the thread hashes */
-#define FBCP_HASH_ALIVE_NS 500000000ull /* no hint this long: no HTTP(S) sender runs */
-
-/* The file's SHA-256 in file order. POS only grows; whoever hashes [POS, ...) claims it first and
- * hashes outside the lock, so the thread and a sender never wait for each other's hashing. */
-typedef struct fbcp_hash_job {
-    pthread_t thread;
-    int started;
-    int fd;
-    uint64_t size;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    EVP_MD_CTX *md;
-    uint64_t pos;         /* bytes hashed */
-    int claimed;          /* [POS, CLAIM_END) is being hashed outside the lock */
-    uint64_t claim_end;
-    int stop;             /* the upload ended early: stop hashing */
-    uint64_t read_low;    /* lowest offset an HTTP(S) sender is still to read; UINT64_MAX: none */
-    uint64_t hint_ns;     /* when READ_LOW was last published */
-    uint64_t moved_ns;    /* when POS last moved */
-    uint64_t inline_bytes; /* hashed from the senders' buffers (for -v) */
-    unsigned char digest[FB_SHA256_LEN];
-    fb_err rv;
-} fbcp_hash_job;
-
-typedef struct fbcp_upload {
-    fbcp_ctx *c;
-    fbcp_xfer x;
-    mode_t mode;
-    struct stat source_st; /* the local file when the upload began (its time; unchanged at commit) */
-    int local_changed;     /* the local file changed while it was read: nothing to start over */
-    char sha_hex[FB_SHA256_HEX_LEN + 1]; /* "" until known */
-    char source_hex[FB_SHA256_HEX_LEN + 1]; /* the file's identity (fbcp_upload_source_id) */
-    fbcp_ranges missing;                 /* from the last session document */
-    int done;                            /* the server says the session is done */
-    int skipped;                         /* ... because the target is identical (or newer) */
-    const char *skip_reason;             /* "identical" or "newer" */
-    int resumed;
-    /* why POST sessions was refused, from the problem's "target" member: a directory is there,
-     * or a file of the same size (if_different, no digest yet) */
-    enum { FBCP_TARGET_OTHER, FBCP_TARGET_DIRECTORY, FBCP_TARGET_FILE } refused_by;
-    int ask_digest;      /* the first session request: ask for the digest rather than replace */
-    char *state;
-    fbcp_switch sw; /* the transport choice for this file */
-    fbcp_hash_job *hash; /* the digest beside the upload; NULL when computed before it */
-    /* A pack (fbcp_upload_pack): the POST sessions body, and the server's answers kept for the
-     * caller (the decision per file; the result per file). NULL for one file. */
-    json_t *pack_request;
-    json_t *pack_answer;
-    json_t *commit_answer;
-} fbcp_upload;
-
-static void fbcp_hash_wait(fbcp_hash_job *j)
-{
-    fbcp_cond_wait_ms(&j->cv, &j->mu, FBCP_HASH_WAIT_MS);
-}
-
-/* The thread: hashes from the file what no sender is about to read. Bounded: every pass hashes
- * a block or sleeps at most FBCP_HASH_WAIT_MS, and after FBCP_HASH_STALL_NS without progress it
- * hashes a block whatever the senders do. */
-static void *fbcp_hash_main(void *p)
-{
-    fbcp_hash_job *j = p;
-    unsigned char *buf = malloc(FBCP_HASH_BLOCK);
-    unsigned int outlen = 0;
-
-    pthread_mutex_lock(&j->mu);
-    if (buf == NULL)
-        j->rv = FB_ERR_NOMEM;
-    while (j->rv == FB_OK && j->pos < j->size && !j->stop) {
-        uint64_t now = fb_time_mono_ns(), limit, at, n;
-        int fail = 0;
-
-        if (j->claimed) {
-            fbcp_hash_wait(j);
-            continue;
-        }
-        if (j->pos < j->read_low)
-            limit = j->read_low; /* no sender will read below READ_LOW: hash up to it */
-        else if (now - j->hint_ns > FBCP_HASH_ALIVE_NS)
-            limit = j->size; /* no HTTP(S) sender runs (UDP, or between transports) */
-        else if (now - j->moved_ns > FBCP_HASH_STALL_NS)
-            limit = j->pos + FBCP_HASH_BLOCK; /* the sender at the front is stuck (backoff) */
-        else {
-            fbcp_hash_wait(j); /* the sender at the front hashes as it reads */
-            continue;
-        }
-        at = j->pos;
-        n = j->size - at;
-        if (n > limit - at)
-            n = limit - at;
-        if (n > FBCP_HASH_BLOCK)
-            n = FBCP_HASH_BLOCK;
-        j->claimed = 1;
-        j->claim_end = at + n;
-        pthread_mutex_unlock(&j->mu);
-        /* shorter than at the start: its digest would be meaningless */
-#ifndef FB_BENCH_UNSAFE_NO_DIGESTS
-        fail = fb_pread_all(j->fd, buf, (size_t)n, at) != FB_OK;
-        if (!fail && EVP_DigestUpdate(j->md, buf, (size_t)n) != 1)
-            fail = 1;
-#endif
-        pthread_mutex_lock(&j->mu);
-        j->claimed = 0;
-        if (fail) {
-            j->rv = FB_ERR_IO;
-        } else {
-            j->pos = at + n;
-            j->moved_ns = fb_time_mono_ns();
-        }
-        pthread_cond_broadcast(&j->cv);
-    }
-    if (j->rv == FB_OK && j->pos == j->size &&
-        (EVP_DigestFinal_ex(j->md, j->digest, &outlen) != 1 || outlen != FB_SHA256_LEN))
-        j->rv = FB_ERR_INTERNAL;
-    else if (j->rv == FB_OK && j->pos != j->size)
-        j->rv = FB_ERR_INTERNAL; /* stopped: the upload ended early, the digest is not needed */
-    pthread_mutex_unlock(&j->mu);
-    free(buf);
-    return NULL;
-}
-
-static fb_err fbcp_hash_start(fbcp_hash_job *j)
-{
-    j->md = EVP_MD_CTX_new();
-    if (j->md == NULL || EVP_DigestInit_ex(j->md, EVP_sha256(), NULL) != 1)
-        return FB_ERR_NOMEM;
-    if (pthread_mutex_init(&j->mu, NULL) != 0)
-        return FB_ERR_NOMEM;
-    if (pthread_cond_init(&j->cv, NULL) != 0) {
-        pthread_mutex_destroy(&j->mu);
-        return FB_ERR_NOMEM;
-    }
-    /* Until a sender publishes where it reads, the thread waits (at most FBCP_HASH_ALIVE_NS):
-     * starting at once it would race ahead of the first request and read everything itself. */
-    j->read_low = 0;
-    j->hint_ns = j->moved_ns = fb_time_mono_ns();
-    if (pthread_create(&j->thread, NULL, fbcp_hash_main, j) != 0) {
-        pthread_cond_destroy(&j->cv);
-        pthread_mutex_destroy(&j->mu);
-        return FB_ERR_NOMEM;
-    }
-    j->started = 1;
-    return FB_OK;
-}
-
-/* Waits for the thread (STOP: asks it to stop first) and frees what fbcp_hash_start made. */
-static void fbcp_hash_finish(fbcp_hash_job *j, int stop)
-{
-    if (j->started) {
-        if (stop) {
-            pthread_mutex_lock(&j->mu);
-            j->stop = 1;
-            pthread_cond_broadcast(&j->cv);
-            pthread_mutex_unlock(&j->mu);
-        }
-        pthread_join(j->thread, NULL);
-        j->started = 0;
-        pthread_cond_destroy(&j->cv);
-        pthread_mutex_destroy(&j->mu);
-    }
-    EVP_MD_CTX_free(j->md);
-    j->md = NULL;
-}
-
-void fbcp_upload_hash_sent(fbcp_xfer *x, uint64_t off, const void *data, size_t len)
-{
-    fbcp_upload *u = x->ctx;
-    fbcp_hash_job *j;
-    uint64_t skip;
-    int ok;
-
-    if (x->direction != FBCP_UPLOAD || u == NULL || u->hash == NULL || !u->hash->started)
-        return;
-    j = u->hash;
-    pthread_mutex_lock(&j->mu);
-    /* The thread is hashing up to where this data starts (it caught up with this sender): wait
-     * for it, at most one block's hashing (a millisecond), rather than leave this data to be
-     * read again, and the next and the next, the thread always just behind. */
-    for (int i = 0; i < 100 && j->claimed && j->claim_end == off && j->rv == FB_OK; i++)
-        fbcp_hash_wait(j);
-    if (j->claimed || j->stop || j->rv != FB_OK || j->pos < off || j->pos >= off + len) {
-        pthread_mutex_unlock(&j->mu);
-        return; /* not next in file order: the thread reads it later */
-    }
-    skip = j->pos - off;
-    j->claimed = 1;
-    pthread_mutex_unlock(&j->mu);
-#ifdef FB_BENCH_UNSAFE_NO_DIGESTS
-    /* Only in the scratch build of bench/digest_cost.sh: nothing hashed, nothing verified. */
-#warning "FB_BENCH_UNSAFE_NO_DIGESTS: uploads are not verified; for bench/digest_cost.sh only"
-    (void)data;
-    ok = 1;
-#else
-    ok = EVP_DigestUpdate(j->md, (const unsigned char *)data + skip, (size_t)(len - skip)) == 1;
-#endif
-    pthread_mutex_lock(&j->mu);
-    j->claimed = 0;
-    if (ok) {
-        j->pos = off + len;
-        j->moved_ns = fb_time_mono_ns();
-        j->inline_bytes += len - skip;
-    } else {
-        j->rv = FB_ERR_INTERNAL;
-    }
-    pthread_cond_broadcast(&j->cv);
-    pthread_mutex_unlock(&j->mu);
-}
-
-void fbcp_upload_hash_hint(fbcp_xfer *x, uint64_t read_low)
-{
-    fbcp_upload *u = x->ctx;
-    fbcp_hash_job *j;
-
-    if (x->direction != FBCP_UPLOAD || u == NULL || u->hash == NULL || !u->hash->started)
-        return;
-    j = u->hash;
-    pthread_mutex_lock(&j->mu);
-    if (read_low != j->read_low)
-        pthread_cond_broadcast(&j->cv);
-    j->read_low = read_low;
-    j->hint_ns = fb_time_mono_ns();
-    pthread_mutex_unlock(&j->mu);
-}
 
 /* The session key is only needed by the UDP transport, which keeps its own copy: wipe it from the
  * parsed answer before it is freed so it does not linger in freed memory. */
@@ -446,7 +217,8 @@ static fb_err fbcp_upload_create(fbcp_upload *u, int retries, char *detail, size
         return fbcp_upload_create_pack(u, url, retries, detail, detlen);
     snprintf(mode, sizeof(mode), "%04o", (unsigned)(u->mode & 07777));
     body = json_pack("{s:s, s:s, s:I, s:s, s:s}", "direction", "upload", "path", u->x.remote, "size",
-                     (json_int_t)u->x.size, "overwrite", fbcp_overwrite_names[u->c->opts->overwrite], "mode", mode);
+                     (json_int_t)u->x.size, "overwrite", fbcp_overwrite_names[u->c->opts->overwrite], "mode",
+                     mode);
     if (body != NULL && (u->c->opts->preserve_times || u->c->opts->overwrite >= FBCP_OVERWRITE_OLDER)) {
         /* the target gets the source's time; the "older" policies compare it */
         json_object_set_new(body, "mtime", json_integer((json_int_t)u->source_st.st_mtim.tv_sec));
@@ -705,8 +477,10 @@ static fb_err fbcp_upload_send_and_commit(fbcp_upload *u, fbcp_hash_job *hash, c
      * versions with a matching digest. Like tar's "file changed as we read it", but an error:
      * the target is left as it was and the session is cancelled. */
     if (fstat(u->x.fd, &now) != 0 || now.st_size != u->source_st.st_size ||
-        now.st_mtim.tv_sec != u->source_st.st_mtim.tv_sec || now.st_mtim.tv_nsec != u->source_st.st_mtim.tv_nsec ||
-        now.st_ctim.tv_sec != u->source_st.st_ctim.tv_sec || now.st_ctim.tv_nsec != u->source_st.st_ctim.tv_nsec) {
+        now.st_mtim.tv_sec != u->source_st.st_mtim.tv_sec ||
+        now.st_mtim.tv_nsec != u->source_st.st_mtim.tv_nsec ||
+        now.st_ctim.tv_sec != u->source_st.st_ctim.tv_sec ||
+        now.st_ctim.tv_nsec != u->source_st.st_ctim.tv_nsec) {
         char ignored[FBCP_DETAIL_LEN];
 
         u->local_changed = 1;

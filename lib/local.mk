@@ -5,8 +5,11 @@ lib_libfb_la_SOURCES = \
 	lib/fb_util.c lib/fb_util.h \
 	lib/fb_range.c lib/fb_range.h \
 	lib/fb_path.c lib/fb_path.h \
-	lib/fb_config.c lib/fb_config.h \
-	lib/fb_table.c lib/fb_table.h \
+	lib/fb_config.c lib/fb_config.h lib/fb_config_private.h \
+	lib/fb_config_xml.c \
+	lib/fb_config_edit.c \
+	lib/fb_table.c lib/fb_table.h lib/fb_table_private.h \
+	lib/fb_table_open.c \
 	lib/fb_checkpoint.c lib/fb_checkpoint.h \
 	lib/fb_digest.c lib/fb_digest.h \
 	lib/fb_filesum.c lib/fb_filesum.h

@@ -6,6 +6,8 @@ mod_fallback_mod_fallback_la_SOURCES = \
 	mod_fallback/mod_fallback_private.h \
 	mod_fallback/mod_fallback_util.c \
 	mod_fallback/mod_fallback_sessions.c \
+	mod_fallback/mod_fallback_create.c \
+	mod_fallback/mod_fallback_commit.c \
 	mod_fallback/mod_fallback_pack_up.c \
 	mod_fallback/mod_fallback_data.c \
 	mod_fallback/mod_fallback_files.c \

@@ -93,7 +93,7 @@ int mod_fallback_fd_set_mtime(int fd, const uint64_t *mtime_ns);
 struct timespec;
 void mod_fallback_json_set_mtime(json_t *obj, const struct timespec *t);
 
-/* mod_fallback_sessions.c */
+/* mod_fallback_sessions.c, mod_fallback_create.c, mod_fallback_commit.c */
 int mod_fallback_sessions_create(mod_fallback_req *req);
 int mod_fallback_sessions_get(mod_fallback_req *req, const char *id);
 int mod_fallback_sessions_delete(mod_fallback_req *req, const char *id);
@@ -101,6 +101,20 @@ int mod_fallback_sessions_commit(mod_fallback_req *req, const char *id);
 /* The commit with the file digest SHA (32 bytes) already known: for POST .../commit and for a PUT
  * with Fallback-Commit that completes the file. */
 int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, const unsigned char *sha);
+/* Shared by mod_fallback_sessions.c, mod_fallback_create.c and mod_fallback_commit.c: */
+struct stat;
+/* Wipes INFO's key. */
+void wipe_info(fb_slot_info *info);
+/* Answers a session document; the key only to its creator (create/resume answers). */
+int reply_session(mod_fallback_req *req, int status, uint32_t idx, fb_slot *slot, int with_key, int with_stats,
+                  int resumed);
+/* Opens (creating) the partial file and takes its flock. Retries when the name was replaced or
+ * removed while we waited (a cancel, a commit, or a restart of the upload). */
+fb_err lock_partial(int *pfd, int parent_fd, const char *partbase, int create);
+/* 1 if SB (the partial file as opened now) is still the partial file the live upload INFO wrote. */
+int partial_is_the_sessions(const struct stat *sb, const fb_slot_info *info);
+/* 1 if the target SB may be replaced under an "older" policy (mtime before SOURCE_MTIME_NS). */
+int target_is_older(const struct stat *sb, uint64_t source_mtime_ns);
 /* Finds session ID of the request's user and docroot (opening the docroot). When it is not
  * found (or belongs to someone else: the same answer) it answers 404 and leaves *PSLOT NULL.
  * *PGEN is the slot generation seen before INFO was read: compare it later to detect reuse.
