@@ -15,6 +15,7 @@
 
 #include "mod_fallback_private.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -37,6 +38,7 @@
 /* A manifest of 10,000 entries with paths of 1 KiB is about 11 MB. */
 #define PACK_MANIFEST_MAX (16u << 20)
 #define PACK_COPY_BUF (1u << 20)
+#define PACK_SWEEP_MAX 4096 /* directory entries looked at per sweep of a root */
 /* Bytes of a file's name kept in its unpack temporary's name (NAME_MAX is 255). */
 #define PACK_TMP_NAME_KEEP 200
 
@@ -351,6 +353,71 @@ static fb_err write_all(int fd, const char *data, size_t len)
 
 /* Writes the manifest beside the partial file unless it is there already: under the partial
  * file's lock, a temporary synced and renamed, so a crash leaves the old one or the new one. */
+/* Whether the file NAME in DIR_FD is missing or was last modified at least MAX_AGE_NS ago. */
+static int stale_or_gone(int dir_fd, const char *name, uint64_t now, uint64_t max_age_ns)
+{
+    struct stat sb;
+    uint64_t mt;
+
+    if (fstatat(dir_fd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0)
+        return errno == ENOENT;
+    mt = fb_timespec_ns(&sb.st_mtim);
+    return mt <= now && now - mt >= max_age_ns;
+}
+
+/* Removes the hidden files of other packs in the root PARENT_FD that nobody has touched for
+ * idle_timeout: a pack is formed anew by each run of a client, so the pack of a client killed
+ * mid-way is rarely asked for again and its partial file would stay for good. A pack whose
+ * manifest (refreshed whenever the pack is asked for) and partial file are both that old has no
+ * live session (idle_timeout ends it). KEEP_BASE: the name of this pack (".fbpack-<hex>"). Looks
+ * at PACK_SWEEP_MAX entries at most. */
+static void sweep_stale_packs(mod_fallback_req *req, int parent_fd, const char *keep_base)
+{
+    static const char manifest_suffix[] = ".fbpart.manifest";
+    static const char *const sidecars[] = {".fbpart", ".fbpart.ckpt", ".fbpart.ckpt.tmp", ".fbpart.manifest",
+                                           ".fbpart.manifest.tmp"};
+    uint64_t now = fb_time_now_ns(), max_age = (uint64_t)req->cfg->idle_timeout * 1000000000ull;
+    size_t slen = sizeof(manifest_suffix) - 1;
+    unsigned seen = 0, removed = 0;
+    struct dirent *de;
+    int dfd = dup(parent_fd);
+    DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
+
+    if (dir == NULL) {
+        if (dfd >= 0)
+            close(dfd);
+        return;
+    }
+    while (seen < PACK_SWEEP_MAX && (de = readdir(dir)) != NULL) {
+        size_t len = strlen(de->d_name);
+        const char *base;
+        char part[NAME_MAX + 1];
+
+        seen++;
+        /* "..fbpack-<hex>.fbpart.manifest": the pack ".fbpack-<hex>" */
+        if (strncmp(de->d_name, "..fbpack-", 9) != 0 || len <= slen + 1 ||
+            strcmp(de->d_name + len - slen, manifest_suffix) != 0)
+            continue;
+        base = apr_pstrndup(req->r->pool, de->d_name + 1, len - slen - 1);
+        if (strcmp(base, keep_base) == 0 || !fb_path_is_partial_name(base))
+            continue;
+        snprintf(part, sizeof(part), ".%s.fbpart", base);
+        if (!stale_or_gone(parent_fd, de->d_name, now, max_age) || !stale_or_gone(parent_fd, part, now, max_age))
+            continue;
+        for (size_t i = 0; i < sizeof(sidecars) / sizeof(sidecars[0]); i++) {
+            snprintf(part, sizeof(part), ".%s%s", base, sidecars[i]);
+            (void)unlinkat(parent_fd, part, 0);
+        }
+        removed++;
+    }
+    closedir(dir);
+    if (removed > 0)
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, req->r,
+                      FBLOGNO(00912) "removed %u upload pack(s) of '%s' untouched for %u s (partial files of "
+                                     "interrupted runs)",
+                      removed, req->user, (unsigned)req->cfg->idle_timeout);
+}
+
 fb_err mod_fallback_pack_up_prepare(mod_fallback_req *req, struct mod_fallback_pack_up *pack, int parent_fd)
 {
     char name[FB_RELPATH_MAX + 48];
@@ -372,9 +439,14 @@ fb_err mod_fallback_pack_up_prepare(mod_fallback_req *req, struct mod_fallback_p
             same = fb_pread_all(fd, have, pack->manifest_len, 0) == FB_OK &&
                    memcmp(have, pack->manifest, pack->manifest_len) == 0;
         }
-        close(fd);
+        /* asked for again: it is not stale (sweep_stale_packs) */
         if (same)
+            (void)futimens(fd, NULL);
+        close(fd);
+        if (same) {
+            sweep_stale_packs(req, parent_fd, mod_fallback_basename(pack->relpath));
             return FB_OK;
+        }
     }
     tmp = apr_pstrcat(req->r->pool, base, ".tmp", NULL);
     fd = openat(parent_fd, tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
@@ -391,6 +463,8 @@ fb_err mod_fallback_pack_up_prepare(mod_fallback_req *req, struct mod_fallback_p
         ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r,
                       FBLOGNO(00901) "cannot write the manifest of '%s': %s", pack->relpath,
                       fb_err_message(e));
+    } else {
+        sweep_stale_packs(req, parent_fd, mod_fallback_basename(pack->relpath));
     }
     return e;
 }

@@ -366,6 +366,37 @@ test_pack_delete() {
     assert_eq "" "$(hidden_pack_files "$d")" "hidden files after DELETE"
 }
 
+# The pack of an interrupted run is rarely asked for again (the next run forms its packs anew):
+# its hidden files, untouched for idle_timeout, go when another pack of that root is made; a
+# recent one stays.
+test_pack_stale_swept() {
+    local t=$SRC/stale d=$DOCROOT/packs/stale st old
+    mkdir -p "$t"
+    mkrand "$t/a" 1000
+    st=$(pack_create "$t" packs/stale always)
+    assert_eq 201 "$st" "create the first pack"
+    old=$(hidden_pack_files "$d" | grep -c 'fbpack')
+    assert_eq 2 "$old" "the first pack's partial file and manifest: $(hidden_pack_files "$d")"
+    hidden_pack_files "$d" | xargs -r touch -h -d '3 days ago'
+    old=$(hidden_pack_files "$d" | sort)
+    mkrand "$t/b" 1000
+    st=$(pack_create "$t" packs/stale always)
+    assert_eq 201 "$st" "create a second pack (another file set)"
+    for f in $old; do
+        assert_no_file "$f"
+    done
+    assert_eq 2 "$(hidden_pack_files "$d" | wc -l)" "the second pack's files stay: $(hidden_pack_files "$d")"
+    grep -q 'FB00912: removed 1 upload pack' "$DS_DIR/error.log" || fail "no FB00912 line in the error log"
+    # a pack asked for again is fresh: its files stay though a third pack is made
+    hidden_pack_files "$d" | xargs -r touch -h -d '3 days ago'
+    st=$(pack_create "$t" packs/stale always)
+    assert_in "$st" 200 201
+    mkrand "$t/c" 1000
+    st=$(pack_create "$t" packs/stale always)
+    assert_eq 201 "$st" "create a third pack"
+    assert_eq 4 "$(hidden_pack_files "$d" | wc -l)" "the second and third packs' files: $(hidden_pack_files "$d")"
+}
+
 test_pack_disk_full() {
     local t=$SRC/full st id
     [ "$MOUNTED" = 1 ] || skip "mount -t tmpfs not permitted here: $(head -n1 "$T_TMP/mount.err")"
@@ -457,4 +488,5 @@ run_test "the same pack asked again resumes its session, or its checkpoint once 
 run_test "a pack sent over UDP through udpd, committed over HTTPS" test_pack_over_udp
 run_test "a full disk at commit: 507, nothing lands, the session commits once there is room" test_pack_disk_full
 run_test "DELETE removes the pack's hidden files; listings never show them" test_pack_delete
+run_test "the hidden files of a pack untouched for idle_timeout go when another pack is made" test_pack_stale_swept
 finish
