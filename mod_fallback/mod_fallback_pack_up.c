@@ -402,7 +402,8 @@ static void sweep_stale_packs(mod_fallback_req *req, int parent_fd, const char *
         if (strcmp(base, keep_base) == 0 || !fb_path_is_partial_name(base))
             continue;
         snprintf(part, sizeof(part), ".%s.fbpart", base);
-        if (!stale_or_gone(parent_fd, de->d_name, now, max_age) || !stale_or_gone(parent_fd, part, now, max_age))
+        if (!stale_or_gone(parent_fd, de->d_name, now, max_age) ||
+            !stale_or_gone(parent_fd, part, now, max_age))
             continue;
         for (size_t i = 0; i < sizeof(sidecars) / sizeof(sidecars[0]); i++) {
             snprintf(part, sizeof(part), ".%s%s", base, sidecars[i]);
