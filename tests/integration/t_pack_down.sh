@@ -28,9 +28,10 @@ staging_files() {
     find "$DOCROOT/$PACK_DIR" -type f 2>/dev/null | wc -l
 }
 
-# mtime_of FILE: "seconds nanoseconds"
+# mtime_of FILE: "seconds nanoseconds", as JSON integers print them (no leading zeros: 18373810,
+# not 018373810)
 mtime_of() {
-    stat -c '%.9Y' "$1" | sed 's/\./ /'
+    stat -c '%.9Y' "$1" | awk -F. '{ printf "%s %d\n", $1, $2 }'
 }
 
 test_pack_answer() {
