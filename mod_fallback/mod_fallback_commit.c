@@ -269,15 +269,7 @@ int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, cons
                       FBLOGNO(00220) "fsync of the directory of '%s' failed", info->relpath);
     (void)fb_checkpoint_remove(parent_fd, ckptbase);
 
-    /* Remember the digest for idempotent repeats of this commit. Only this request writes
-     * INFO while the slot is FINALISING; readers use the seqlock as always. */
-    fb_slot_info_write_begin(slot);
-    memcpy(slot->info.expected_sha256, digest, FB_SHA256_LEN);
-    slot->info.flags |= FB_SLOT_FLAG_EXPECTED_SHA256;
-    fb_slot_info_write_end(slot);
-    if (!fb_slot_transition(slot, FB_SLOT_FINALISING, FB_SLOT_DONE))
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00221) "session %s left FINALISING unexpectedly",
-                      id);
+    mod_fallback_commit_done(req, slot, id, digest);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                   FBLOGNO(00222) "session %s committed '%s' (%" APR_UINT64_T_FMT " bytes)", id, info->relpath,
                   (apr_uint64_t)info->size);
@@ -286,4 +278,18 @@ int mod_fallback_sessions_commit_sha(mod_fallback_req *req, const char *id, cons
 leave:
     mod_fallback_fd_close_now(r->pool, fd);
     return rc;
+}
+
+void mod_fallback_commit_done(mod_fallback_req *req, fb_slot *slot, const char *id,
+                              const unsigned char *digest)
+{
+    /* Remember the digest for idempotent repeats of this commit. Only this request writes INFO
+     * while the slot is FINALISING; readers use the seqlock as always. */
+    fb_slot_info_write_begin(slot);
+    memcpy(slot->info.expected_sha256, digest, FB_SHA256_LEN);
+    slot->info.flags |= FB_SLOT_FLAG_EXPECTED_SHA256;
+    fb_slot_info_write_end(slot);
+    if (!fb_slot_transition(slot, FB_SLOT_FINALISING, FB_SLOT_DONE))
+        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, req->r,
+                      FBLOGNO(00221) "session %s left FINALISING unexpectedly", id);
 }

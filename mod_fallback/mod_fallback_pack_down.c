@@ -19,7 +19,6 @@
 
 #include "mod_fallback_private.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -101,38 +100,28 @@ static int staging_in_use(mod_fallback_req *req, const char *relpath)
     return 0;
 }
 
-/* Removes the staging files older than idle_timeout that no live session serves: those of
- * clients killed before their DELETE. Looks at PACK_SWEEP_MAX entries at most. */
+/* mod_fallback_sweep_dir's visitor: a staging file older than idle_timeout that no live session
+ * serves (a client killed before its DELETE) is removed. */
+static int staging_visit(mod_fallback_req *req, int dir_fd, const char *name, uint64_t now, uint64_t max_age,
+                         void *arg)
+{
+    const char *base = NULL;
+    const char *rel = apr_pstrcat(req->r->pool, PACK_DIR "/", name, NULL);
+    struct stat sb;
+
+    (void)arg;
+    if (!staging_relpath(rel, &base) || fstatat(dir_fd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
+        !S_ISREG(sb.st_mode) || !mod_fallback_stale_or_gone(dir_fd, name, now, max_age) ||
+        staging_in_use(req, rel))
+        return 0;
+    return unlinkat(dir_fd, name, 0) == 0;
+}
+
+/* Removes the stale staging files (staging_visit). Looks at PACK_SWEEP_MAX entries at most. */
 static void staging_sweep(mod_fallback_req *req, int dir_fd)
 {
-    uint64_t now = fb_time_now_ns(), max_age = (uint64_t)req->cfg->idle_timeout * 1000000000ull;
-    struct dirent *de;
-    unsigned seen = 0, removed = 0;
-    int dfd = dup(dir_fd);
-    DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
+    unsigned removed = mod_fallback_sweep_dir(req, dir_fd, PACK_SWEEP_MAX, staging_visit, NULL);
 
-    if (dir == NULL) {
-        if (dfd >= 0)
-            close(dfd);
-        return;
-    }
-    while (seen < PACK_SWEEP_MAX && (de = readdir(dir)) != NULL) {
-        const char *base = NULL;
-        const char *rel = apr_pstrcat(req->r->pool, PACK_DIR "/", de->d_name, NULL);
-        struct stat sb;
-        uint64_t mt;
-
-        seen++;
-        if (!staging_relpath(rel, &base) || fstatat(dir_fd, de->d_name, &sb, AT_SYMLINK_NOFOLLOW) != 0 ||
-            !S_ISREG(sb.st_mode))
-            continue;
-        mt = fb_timespec_ns(&sb.st_mtim);
-        if (mt > now || now - mt < max_age || staging_in_use(req, rel))
-            continue;
-        if (unlinkat(dir_fd, de->d_name, 0) == 0)
-            removed++;
-    }
-    closedir(dir);
     if (removed > 0)
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, req->r,
                       FBLOGNO(00951) "removed %u download pack staging file(s) of '%s' older than %u s",

@@ -15,7 +15,6 @@
 
 #include "mod_fallback_private.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -353,16 +352,34 @@ static fb_err write_all(int fd, const char *data, size_t len)
 
 /* Writes the manifest beside the partial file unless it is there already: under the partial
  * file's lock, a temporary synced and renamed, so a crash leaves the old one or the new one. */
-/* Whether the file NAME in DIR_FD is missing or was last modified at least MAX_AGE_NS ago. */
-static int stale_or_gone(int dir_fd, const char *name, uint64_t now, uint64_t max_age_ns)
+/* mod_fallback_sweep_dir's visitor for sweep_stale_packs: NAME is the manifest of another pack
+ * ("..fbpack-<hex>.fbpart.manifest" of the pack ".fbpack-<hex>") that, like its partial file, has
+ * been untouched for idle_timeout: the pack's files go. ARG: the name of this pack. */
+static int stale_pack_visit(mod_fallback_req *req, int dir_fd, const char *name, uint64_t now,
+                            uint64_t max_age, void *arg)
 {
-    struct stat sb;
-    uint64_t mt;
+    static const char manifest_suffix[] = ".fbpart.manifest";
+    static const char *const sidecars[] = {".fbpart", ".fbpart.ckpt", ".fbpart.ckpt.tmp", ".fbpart.manifest",
+                                           ".fbpart.manifest.tmp"};
+    size_t len = strlen(name), slen = sizeof(manifest_suffix) - 1;
+    const char *base;
+    char part[NAME_MAX + 1];
 
-    if (fstatat(dir_fd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0)
-        return errno == ENOENT;
-    mt = fb_timespec_ns(&sb.st_mtim);
-    return mt <= now && now - mt >= max_age_ns;
+    if (strncmp(name, "..fbpack-", 9) != 0 || len <= slen + 1 ||
+        strcmp(name + len - slen, manifest_suffix) != 0)
+        return 0;
+    base = apr_pstrndup(req->r->pool, name + 1, len - slen - 1);
+    if (strcmp(base, (const char *)arg) == 0 || !fb_path_is_partial_name(base))
+        return 0;
+    snprintf(part, sizeof(part), ".%s.fbpart", base);
+    if (!mod_fallback_stale_or_gone(dir_fd, name, now, max_age) ||
+        !mod_fallback_stale_or_gone(dir_fd, part, now, max_age))
+        return 0;
+    for (size_t i = 0; i < sizeof(sidecars) / sizeof(sidecars[0]); i++) {
+        snprintf(part, sizeof(part), ".%s%s", base, sidecars[i]);
+        (void)unlinkat(dir_fd, part, 0);
+    }
+    return 1;
 }
 
 /* Removes the hidden files of other packs in the root PARENT_FD that nobody has touched for
@@ -373,45 +390,9 @@ static int stale_or_gone(int dir_fd, const char *name, uint64_t now, uint64_t ma
  * at PACK_SWEEP_MAX entries at most. */
 static void sweep_stale_packs(mod_fallback_req *req, int parent_fd, const char *keep_base)
 {
-    static const char manifest_suffix[] = ".fbpart.manifest";
-    static const char *const sidecars[] = {".fbpart", ".fbpart.ckpt", ".fbpart.ckpt.tmp", ".fbpart.manifest",
-                                           ".fbpart.manifest.tmp"};
-    uint64_t now = fb_time_now_ns(), max_age = (uint64_t)req->cfg->idle_timeout * 1000000000ull;
-    size_t slen = sizeof(manifest_suffix) - 1;
-    unsigned seen = 0, removed = 0;
-    struct dirent *de;
-    int dfd = dup(parent_fd);
-    DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
+    unsigned removed =
+        mod_fallback_sweep_dir(req, parent_fd, PACK_SWEEP_MAX, stale_pack_visit, (void *)keep_base);
 
-    if (dir == NULL) {
-        if (dfd >= 0)
-            close(dfd);
-        return;
-    }
-    while (seen < PACK_SWEEP_MAX && (de = readdir(dir)) != NULL) {
-        size_t len = strlen(de->d_name);
-        const char *base;
-        char part[NAME_MAX + 1];
-
-        seen++;
-        /* "..fbpack-<hex>.fbpart.manifest": the pack ".fbpack-<hex>" */
-        if (strncmp(de->d_name, "..fbpack-", 9) != 0 || len <= slen + 1 ||
-            strcmp(de->d_name + len - slen, manifest_suffix) != 0)
-            continue;
-        base = apr_pstrndup(req->r->pool, de->d_name + 1, len - slen - 1);
-        if (strcmp(base, keep_base) == 0 || !fb_path_is_partial_name(base))
-            continue;
-        snprintf(part, sizeof(part), ".%s.fbpart", base);
-        if (!stale_or_gone(parent_fd, de->d_name, now, max_age) ||
-            !stale_or_gone(parent_fd, part, now, max_age))
-            continue;
-        for (size_t i = 0; i < sizeof(sidecars) / sizeof(sidecars[0]); i++) {
-            snprintf(part, sizeof(part), ".%s%s", base, sidecars[i]);
-            (void)unlinkat(parent_fd, part, 0);
-        }
-        removed++;
-    }
-    closedir(dir);
     if (removed > 0)
         ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, req->r,
                       FBLOGNO(00912) "removed %u upload pack(s) of '%s' untouched for %u s (partial files of "
@@ -830,14 +811,7 @@ int mod_fallback_pack_up_land(mod_fallback_req *req, const char *id, fb_slot *sl
             entry_failed(&entries[i], FB_ERR_INTERNAL, NULL);
         json_array_append_new(results, entries[i].result);
     }
-    /* Remember the digest for idempotent repeats of this commit, as for one file. */
-    fb_slot_info_write_begin(slot);
-    memcpy(slot->info.expected_sha256, digest, FB_SHA256_LEN);
-    slot->info.flags |= FB_SLOT_FLAG_EXPECTED_SHA256;
-    fb_slot_info_write_end(slot);
-    if (!fb_slot_transition(slot, FB_SLOT_FINALISING, FB_SLOT_DONE))
-        ap_log_rerror(APLOG_MARK, APLOG_ERR, 0, r, FBLOGNO(00909) "session %s left FINALISING unexpectedly",
-                      id);
+    mod_fallback_commit_done(req, slot, id, digest);
     ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r,
                   FBLOGNO(00910) "pack %s committed in '%s': %" APR_SIZE_T_FMT
                                  " files landed, %" APR_SIZE_T_FMT " skipped, %" APR_SIZE_T_FMT

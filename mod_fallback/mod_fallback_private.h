@@ -189,6 +189,18 @@ int mod_fallback_pack_down_create(mod_fallback_req *req, const char *root, json_
 /* The session of RELPATH ended (DELETE): its staging file goes, if RELPATH names one. */
 void mod_fallback_pack_down_forget(mod_fallback_req *req, const char *relpath);
 
+/* Calls VISIT for each entry of DIR_FD (at most MAX_ENTRIES looked at), with the time now and
+ * idle_timeout in ns; VISIT returns non-zero when it removed something. Returns how many did. */
+unsigned mod_fallback_sweep_dir(mod_fallback_req *req, int dir_fd, unsigned max_entries,
+                                int (*visit)(mod_fallback_req *req, int dir_fd, const char *name, uint64_t now,
+                                             uint64_t max_age_ns, void *arg),
+                                void *arg);
+/* Whether NAME in DIR_FD is missing, or was last modified at least MAX_AGE_NS before NOW. */
+int mod_fallback_stale_or_gone(int dir_fd, const char *name, uint64_t now, uint64_t max_age_ns);
+/* The end of a successful commit (one file or a pack): DIGEST kept for repeated commits, the
+ * slot FINALISING -> DONE. */
+void mod_fallback_commit_done(mod_fallback_req *req, fb_slot *slot, const char *id, const unsigned char *digest);
+
 /* mod_fallback_data.c */
 int mod_fallback_data_put(mod_fallback_req *req, const char *id);
 

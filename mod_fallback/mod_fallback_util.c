@@ -4,6 +4,7 @@
 
 #include "mod_fallback_private.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <string.h>
@@ -47,7 +48,8 @@ static int write_json(request_rec *r, json_t *doc, int sensitive)
         r->status = HTTP_INTERNAL_SERVER_ERROR;
         ap_set_content_type(r, "application/problem+json");
         ap_rputs("{\"type\":\"urn:fallback:error:internal_error\",\"title\":\"Internal error\","
-                 "\"status\":500,\"code\":\"internal_error\"}\n", r);
+                 "\"status\":500,\"code\":\"internal_error\"}\n",
+                 r);
         return OK;
     }
     len = strlen(text);
@@ -71,8 +73,9 @@ static int problem_write(request_rec *r, fb_err code, const char *detail, const 
     json_t *doc;
     int rc;
 
-    doc = json_pack("{s:s, s:s, s:i, s:s}", "type", apr_pstrcat(r->pool, "urn:fallback:error:", fb_err_name(code), NULL),
-                    "title", fb_err_message(code), "status", status, "code", fb_err_name(code));
+    doc = json_pack("{s:s, s:s, s:i, s:s}", "type",
+                    apr_pstrcat(r->pool, "urn:fallback:error:", fb_err_name(code), NULL), "title",
+                    fb_err_message(code), "status", status, "code", fb_err_name(code));
     if (doc != NULL && extra != NULL)
         json_object_update_missing(doc, (json_t *)extra);
     if (doc != NULL && detail != NULL)
@@ -174,8 +177,9 @@ int mod_fallback_read_json(mod_fallback_req *req, json_t **pdoc)
         if (apr_strtoff(&n, cl, &end, 10) != APR_SUCCESS || n < 0 || (end != NULL && *end != '\0'))
             return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "bad Content-Length");
         if ((apr_uint64_t)n > max)
-            return mod_fallback_problem(req, FB_ERR_TOO_LARGE,
-                                        apr_psprintf(r->pool, "JSON body larger than %" APR_SIZE_T_FMT " bytes", max));
+            return mod_fallback_problem(
+                req, FB_ERR_TOO_LARGE,
+                apr_psprintf(r->pool, "JSON body larger than %" APR_SIZE_T_FMT " bytes", max));
     }
 
     bb = apr_brigade_create(r->pool, r->connection->bucket_alloc);
@@ -220,8 +224,9 @@ int mod_fallback_read_json(mod_fallback_req *req, json_t **pdoc)
                 /* Chunked bodies have no Content-Length to refuse up front. */
                 req->body_read = 1;
                 r->connection->keepalive = AP_CONN_CLOSE;
-                return mod_fallback_problem(req, FB_ERR_TOO_LARGE,
-                                            apr_psprintf(r->pool, "JSON body larger than %" APR_SIZE_T_FMT " bytes", max));
+                return mod_fallback_problem(
+                    req, FB_ERR_TOO_LARGE,
+                    apr_psprintf(r->pool, "JSON body larger than %" APR_SIZE_T_FMT " bytes", max));
             }
             memcpy(buf + len, data, n);
             len += n;
@@ -233,8 +238,9 @@ int mod_fallback_read_json(mod_fallback_req *req, json_t **pdoc)
 
     doc = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
     if (doc == NULL)
-        return mod_fallback_problem(req, FB_ERR_BAD_REQUEST,
-                                    apr_psprintf(r->pool, "invalid JSON: %s (offset %d)", jerr.text, jerr.position));
+        return mod_fallback_problem(
+            req, FB_ERR_BAD_REQUEST,
+            apr_psprintf(r->pool, "invalid JSON: %s (offset %d)", jerr.text, jerr.position));
     if (!json_is_object(doc)) {
         json_decref(doc);
         return mod_fallback_problem(req, FB_ERR_BAD_REQUEST, "the JSON body must be an object");
@@ -279,8 +285,8 @@ int mod_fallback_docroot_open(mod_fallback_req *req)
      * takes the docroot from the session's slot and never resolves it itself. */
     req->docroot = fb_config_docroot_for_user(req->cfg, req->user);
     if (req->docroot == NULL) {
-        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00105) "no docroot for user '%s' in %s", req->user,
-                      req->state->config_file);
+        ap_log_rerror(APLOG_MARK, APLOG_INFO, 0, r, FBLOGNO(00105) "no docroot for user '%s' in %s",
+                      req->user, req->state->config_file);
         return mod_fallback_problem(req, FB_ERR_PERMISSION, "no docroot is configured for this user");
     }
     fd = open(req->docroot, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -303,8 +309,7 @@ fb_err mod_fallback_split_parent(const char **pparent, const char **pbase, apr_p
     if (slash == NULL) {
         *pparent = ".";
         *pbase = relpath;
-    }
-    else {
+    } else {
         *pparent = apr_pstrmemdup(p, relpath, (apr_size_t)(slash - relpath));
         *pbase = slash + 1;
     }
@@ -364,4 +369,39 @@ int mod_fallback_fd_set_mtime(int fd, const uint64_t *mtime_ns)
         ts[1].tv_nsec = (long)(*mtime_ns % 1000000000ull);
     }
     return futimens(fd, ts);
+}
+
+unsigned mod_fallback_sweep_dir(mod_fallback_req *req, int dir_fd, unsigned max_entries,
+                                int (*visit)(mod_fallback_req *req, int dir_fd, const char *name,
+                                             uint64_t now, uint64_t max_age_ns, void *arg),
+                                void *arg)
+{
+    uint64_t now = fb_time_now_ns(), max_age = (uint64_t)req->cfg->idle_timeout * 1000000000ull;
+    unsigned seen = 0, removed = 0;
+    struct dirent *de;
+    int dfd = dup(dir_fd);
+    DIR *dir = dfd >= 0 ? fdopendir(dfd) : NULL;
+
+    if (dir == NULL) {
+        if (dfd >= 0)
+            close(dfd);
+        return 0;
+    }
+    while (seen < max_entries && (de = readdir(dir)) != NULL) {
+        seen++;
+        removed += visit(req, dir_fd, de->d_name, now, max_age, arg) != 0;
+    }
+    closedir(dir);
+    return removed;
+}
+
+int mod_fallback_stale_or_gone(int dir_fd, const char *name, uint64_t now, uint64_t max_age_ns)
+{
+    struct stat sb;
+    uint64_t mt;
+
+    if (fstatat(dir_fd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0)
+        return errno == ENOENT;
+    mt = fb_timespec_ns(&sb.st_mtim);
+    return mt <= now && now - mt >= max_age_ns;
 }

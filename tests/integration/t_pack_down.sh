@@ -255,6 +255,23 @@ fetch_tree() {
 test_fbcp_tree_udp() { fetch_tree auto; }
 test_fbcp_tree_https() { fetch_tree force; }
 
+# --no-packs: every file in its own download session; no pack is asked for.
+test_fbcp_no_packs_option() {
+    local rc dest=$T_TMP/dest-noopt packs0 out
+    require_fbcp
+    [ -d "$DOCROOT/tree" ] || fail "no tree on the server"
+    packs0=$(grep -c 'FB00950: download pack session' "$DS_DIR/error.log")
+    mkdir -p "$dest"
+    fbcp -r --no-packs --fallback force --json "$URL/tree" "$dest/" >"$T_TMP/noopt.json" 2>"$T_TMP/noopt.err"
+    rc=$?
+    assert_eq 0 "$rc" "exit code ($(tail -n 3 "$T_TMP/noopt.err"))"
+    out=$(diff -r "$DOCROOT/tree" "$dest/tree" 2>&1 | head -n 5)
+    [ -z "$out" ] || fail "trees differ: $out"
+    access_log_settled
+    assert_eq "$packs0" "$(grep -c 'FB00950: download pack session' "$DS_DIR/error.log")" "pack sessions with --no-packs"
+    rm -rf "$dest"
+}
+
 # A server that refuses the pack request (here: 413, its JSON limit below a pack's request) gets
 # the files one by one.
 test_fbcp_without_packs() {
@@ -293,5 +310,6 @@ run_test "stale staging files are swept when a pack is made" test_stale_staging_
 run_test "10,000 entries per pack, 10,001 are too many" test_pack_entry_limit
 run_test "fbcp -r down over UDP: small files in packs, identical, times kept; again: all skipped" test_fbcp_tree_udp
 run_test "fbcp -r down with --fallback force: the same over HTTPS (GET sessions/{id}/data)" test_fbcp_tree_https
+run_test "fbcp -r --no-packs down: every file in its own session" test_fbcp_no_packs_option
 run_test "a server that refuses packs (413) gets the files one by one" test_fbcp_without_packs
 finish
